@@ -1,0 +1,110 @@
+//! `hookbridge serve`: the daemon.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{ConfigArg, LogArgs};
+use crate::config::LoadMode;
+use crate::server::{self, App};
+use crate::store::{self, OpenMode};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    crate::telemetry::init_logging(args.log.log_format, args.log.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let loaded = match args.config.load(LoadMode::Serve) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let config = loaded.config;
+    info!(config = %config.path.display(), summary = %config.summary(), version = env!("CARGO_PKG_VERSION"), "starting");
+    let store = match store::open(&config.store, OpenMode::Daemon).await {
+        Ok(store) => store,
+        Err(e) => {
+            error!(error = %e, "cannot open the store");
+            eprintln!("error: cannot open the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hooks = match TcpListener::bind(config.server.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: cannot listen on {} ([server] listen): {e}",
+                config.server.listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match TcpListener::bind(config.admin.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: cannot listen on {} ([admin] listen): {e}",
+                config.admin.listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = App::new(config, store);
+    let shutdown = CancellationToken::new();
+    if let Err(e) = spawn_signal_handlers(app.clone(), shutdown.clone()) {
+        eprintln!("error: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match server::run(app, hooks, admin, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM and SIGINT stop gracefully (a second one exits at once); SIGHUP reloads the config.
+fn spawn_signal_handlers(app: App, shutdown: CancellationToken) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    server::reload(&app);
+                    continue;
+                }
+            }
+            if shutdown.is_cancelled() {
+                warn!("second stop signal: exiting now");
+                std::process::exit(130);
+            }
+            info!("stop signal received");
+            shutdown.cancel();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Config diagnostics: a message tied to a place in the file, rendered the way
+//! compilers do (`--> file:line:col`, the line, a caret under the span).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// How bad a diagnostic is. Warnings never stop `serve`; errors always do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about a config file.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub message: String,
+    /// Byte range in the file; `None` for findings about the file as a whole.
+    pub span: Option<Range<usize>>,
+    /// A hint on how to fix it, printed after the snippet.
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(message: impl Into<String>, span: Option<Range<usize>>) -> Self {
+        Self {
+            severity: Severity::Error,
+            message: message.into(),
+            span,
+            help: None,
+        }
+    }
+
+    pub fn warning(message: impl Into<String>, span: Option<Range<usize>>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            message: message.into(),
+            span,
+            help: None,
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// Line and column (both 1-based, column counted in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+/// A set of diagnostics for one file, with the text needed to render snippets.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub path: PathBuf,
+    pub text: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn new(path: &Path, text: &str) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            text: text.to_owned(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, diagnostic: Diagnostic) {
+        self.diagnostics.push(diagnostic);
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+    }
+
+    /// Render one diagnostic with its location and snippet.
+    pub fn render(&self, d: &Diagnostic) -> String {
+        let mut out = String::new();
+        let label = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        out.push_str(&format!("{label}: {}\n", d.message));
+        match &d.span {
+            Some(span) => {
+                let (line, col) = line_col(&self.text, span.start);
+                out.push_str(&format!("  --> {}:{line}:{col}\n", self.path.display()));
+                let line_text = self.text.lines().nth(line - 1).unwrap_or("");
+                let gutter = line.to_string().len();
+                let pad = " ".repeat(gutter);
+                // The caret covers the span, clipped to the first line.
+                let span_text = self.text.get(span.clone()).unwrap_or("");
+                let first = span_text.split('\n').next().unwrap_or("");
+                let width = first.chars().count().max(1);
+                out.push_str(&format!("{pad} |\n{line} | {line_text}\n"));
+                out.push_str(&format!("{pad} | {}{}\n", " ".repeat(col - 1), "^".repeat(width)));
+            }
+            None => out.push_str(&format!("  --> {}\n", self.path.display())),
+        }
+        if let Some(help) = &d.help {
+            out.push_str(&format!("  = help: {help}\n"));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for d in self.errors().chain(self.warnings()) {
+            if !first {
+                writeln!(f)?;
+            }
+            first = false;
+            write!(f, "{}", self.render(d))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Report {}
+
+/// "Did you mean" for a misspelled name: the closest candidate within a small edit distance.
+pub fn suggest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(given, c), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(1) + 1 && *d > 0)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        let text = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        assert_eq!(line_col(text, 11), (2, 6));
+    }
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(suggest("circle", ["circleci", "gitlab"]), Some("circleci"));
+        assert_eq!(suggest("zzz", ["circleci", "gitlab"]), None);
+    }
+
+    #[test]
+    fn renders_caret_under_span() {
+        let mut r = Report::new(Path::new("x.toml"), "[a]\nkey = \"bad\"\n");
+        r.push(Diagnostic::error("bad value", Some(10..15)));
+        let out = r.to_string();
+        assert!(out.contains("--> x.toml:2:7"), "{out}");
+        assert!(out.contains("  |       ^^^^^"), "{out}");
+    }
+}

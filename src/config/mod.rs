@@ -1,0 +1,454 @@
+//! Configuration: the TOML file parsed once into validated types.
+//!
+//! [`load`] reads the file, rejects unknown keys, resolves secrets, compiles
+//! sources, targets, globs, templates and `if` expressions, and reports every
+//! problem with its file, line and column. The result is immutable; a reload
+//! builds a new [`Config`] and swaps it in whole.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub mod diagnostic;
+pub mod raw;
+pub mod secret;
+pub mod units;
+
+pub use diagnostic::{Diagnostic, Report, Severity, suggest};
+pub use secret::{Secret, SecretRef, SecretSlot};
+
+use crate::rules::RuleSet;
+use crate::source::Source;
+use crate::target::Target;
+use raw::{RawConfig, RawRetry, SpannedList};
+
+/// Where the config file is looked for when `--config` is not given.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("HOOKBRIDGE_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("hookbridge.toml"))
+}
+
+/// How strictly missing secrets are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// `serve`: every referenced secret must resolve.
+    Serve,
+    /// `check`, `explain`, `test`: missing secrets are warnings (CI rarely has them).
+    Check,
+}
+
+/// Retry and timeout policy for trigger attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 12,
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// This policy with the keys `raw` sets replaced.
+    pub fn overlay(&self, raw: &RawRetry, loader: &mut Loader) -> RetryPolicy {
+        let mut p = self.clone();
+        if let Some(n) = &raw.max_attempts {
+            if *n.get_ref() == 0 {
+                loader.push(Diagnostic::error(
+                    "`max_attempts` must be at least 1",
+                    Some(n.span()),
+                ));
+            }
+            p.max_attempts = (*n.get_ref()).max(1);
+        }
+        if let Some(d) = raw.initial_backoff {
+            p.initial_backoff = d.0;
+        }
+        if let Some(d) = raw.max_backoff {
+            p.max_backoff = d.0;
+        }
+        if let Some(d) = raw.request_timeout {
+            p.request_timeout = d.0;
+        }
+        p
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_body: u64,
+    pub read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+/// Which store backs the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("`sqlite://` needs a file path, e.g. `sqlite://hookbridge.db`".into());
+            }
+            Ok(StoreUrl::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreUrl::Postgres(url.to_owned()))
+        } else {
+            Err(format!(
+                "unsupported store url `{}`; expected `sqlite://PATH` or `postgres://...`",
+                redact_url(url)
+            ))
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub url: StoreUrl,
+    pub retention: Duration,
+    pub password: Option<Secret>,
+    pub pool_size: u32,
+    pub statement_timeout: Duration,
+    pub tls: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// Trigger requests in flight at once.
+    pub concurrency: usize,
+    /// How long a leased job belongs to its worker before another may take it over.
+    pub lease: Duration,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub store: StoreSettings,
+    pub retry: RetryPolicy,
+    pub dispatch: DispatchSettings,
+    pub sources: BTreeMap<String, Source>,
+    pub targets: BTreeMap<String, Target>,
+    pub rules: RuleSet,
+}
+
+impl Config {
+    /// The one-line summary `check` prints.
+    pub fn summary(&self) -> String {
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}: ok — {}, {}, {}",
+            self.path.display(),
+            plural(self.sources.len(), "source"),
+            plural(self.targets.len(), "target"),
+            plural(self.rules.len(), "rule"),
+        )
+    }
+}
+
+/// A loaded config with the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Report,
+}
+
+/// Collects diagnostics and resolves secrets while a config compiles.
+pub struct Loader {
+    pub mode: LoadMode,
+    report: Report,
+}
+
+impl Loader {
+    pub fn new(mode: LoadMode, report: Report) -> Self {
+        Loader { mode, report }
+    }
+
+    pub fn push(&mut self, d: Diagnostic) {
+        self.report.push(d);
+    }
+
+    pub fn error(&mut self, message: impl Into<String>, span: Range<usize>) {
+        self.report.push(Diagnostic::error(message, Some(span)));
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.report.errors().count()
+    }
+
+    /// Resolve one secret. Missing ones are errors when serving, warnings otherwise.
+    pub fn secret(&mut self, r: &Spanned<SecretRef>) -> Option<Secret> {
+        if r.get_ref().is_literal() {
+            self.push(
+                Diagnostic::warning("secret written literally in the config", Some(r.span()))
+                    .with_help("use `env:NAME` or `file:PATH` so the secret stays out of the file"),
+            );
+        }
+        match r.get_ref().resolve() {
+            Ok(s) => Some(s),
+            Err(why) => {
+                let message = format!("secret `{}` is unavailable: {why}", r.get_ref());
+                let d = match self.mode {
+                    LoadMode::Serve => Diagnostic::error(message, Some(r.span())),
+                    LoadMode::Check => Diagnostic::warning(message, Some(r.span())),
+                };
+                self.push(d);
+                None
+            }
+        }
+    }
+
+    pub fn secrets_with_spans(&mut self, list: &SpannedList<SecretRef>) -> Vec<(Secret, Range<usize>)> {
+        list.get_ref()
+            .iter()
+            .filter_map(|r| self.secret(r).map(|s| (s, r.span())))
+            .collect()
+    }
+
+    pub fn secrets(&mut self, list: &SpannedList<SecretRef>) -> Vec<Secret> {
+        self.secrets_with_spans(list)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    fn finish(self) -> Report {
+        self.report
+    }
+}
+
+/// Read and compile the config at `path`.
+pub fn load(path: &Path, mode: LoadMode) -> Result<Loaded, Report> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut r = Report::new(path, "");
+        r.push(Diagnostic::error(format!("cannot read config file: {e}"), None));
+        r
+    })?;
+    parse(path, &text, mode)
+}
+
+/// Compile config text; `path` is used in messages only.
+pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Loaded, Report> {
+    let mut loader = Loader::new(mode, Report::new(path, text));
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let mut message = e.message().trim().to_owned();
+            if let Some(first) = message.lines().next() {
+                message = first.to_owned();
+            }
+            loader.push(Diagnostic::error(message, e.span()));
+            return Err(loader.finish());
+        }
+    };
+    let config = compile(path, raw, &mut loader);
+    let report = loader.finish();
+    match config {
+        Some(config) if !report.has_errors() => Ok(Loaded {
+            config,
+            warnings: report,
+        }),
+        _ => Err(report),
+    }
+}
+
+fn socket_addr(value: Option<&Spanned<String>>, default: &str, loader: &mut Loader) -> SocketAddr {
+    let fallback: SocketAddr = default.parse().expect("default listen addresses are valid");
+    match value {
+        None => fallback,
+        Some(v) => v.get_ref().parse().unwrap_or_else(|_| {
+            loader.push(
+                Diagnostic::error(format!("`{}` is not an address", v.get_ref()), Some(v.span()))
+                    .with_help("write an IP and port, e.g. `0.0.0.0:8080` or `127.0.0.1:9090`"),
+            );
+            fallback
+        }),
+    }
+}
+
+fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
+    let server = ServerSettings {
+        listen: socket_addr(raw.server.listen.as_ref(), "0.0.0.0:8080", loader),
+        max_body: raw.server.max_body.map_or(25 * 1024 * 1024, |b| b.0),
+        read_timeout: raw.server.read_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        shutdown_grace: raw.server.shutdown_grace.map_or(Duration::from_secs(25), |d| d.0),
+    };
+    let admin_listen = socket_addr(raw.admin.listen.as_ref(), "127.0.0.1:9090", loader);
+    let admin_token = raw.admin.token.as_ref().and_then(|t| loader.secret(t));
+    if !admin_listen.ip().is_loopback() && raw.admin.token.is_none() {
+        let span = raw.admin.listen.as_ref().map(Spanned::span);
+        loader.push(
+            Diagnostic::error(
+                format!("the admin listener on non-loopback `{admin_listen}` needs `[admin] token`"),
+                span,
+            )
+            .with_help("set `token = \"env:HOOKBRIDGE_ADMIN_TOKEN\"` or listen on 127.0.0.1"),
+        );
+    }
+    let admin = AdminSettings {
+        listen: admin_listen,
+        token: admin_token,
+    };
+
+    let url = match &raw.store.url {
+        None => StoreUrl::Sqlite(PathBuf::from("hookbridge.db")),
+        Some(u) => StoreUrl::parse(u.get_ref()).unwrap_or_else(|e| {
+            loader.error(e, u.span());
+            StoreUrl::Sqlite(PathBuf::from("hookbridge.db"))
+        }),
+    };
+    let store = StoreSettings {
+        url,
+        retention: raw
+            .store
+            .retention
+            .map_or(Duration::from_secs(14 * 86400), |d| d.0),
+        password: raw.store.password.as_ref().and_then(|p| loader.secret(p)),
+        pool_size: raw.store.pool_size.as_ref().map_or(10, |p| *p.get_ref()).max(1),
+        statement_timeout: raw
+            .store
+            .statement_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
+        tls: raw
+            .store
+            .tls
+            .as_ref()
+            .map_or_else(|| "prefer".to_owned(), |t| t.get_ref().clone()),
+    };
+
+    let retry = RetryPolicy::default().overlay(&raw.retry, loader);
+    let dispatch = DispatchSettings {
+        concurrency: raw
+            .dispatch
+            .concurrency
+            .as_ref()
+            .map_or(16, |c| *c.get_ref() as usize)
+            .max(1),
+        lease: raw.dispatch.lease.map_or_else(
+            || (retry.request_timeout * 2).max(Duration::from_secs(60)),
+            |d| d.0,
+        ),
+    };
+    if dispatch.lease <= retry.request_timeout {
+        loader.push(Diagnostic::error(
+            format!(
+                "`[dispatch] lease` ({}) must be longer than `[retry] request_timeout` ({})",
+                units::HumanDuration(dispatch.lease),
+                units::HumanDuration(retry.request_timeout)
+            ),
+            None,
+        ));
+    }
+
+    let mut sources = BTreeMap::new();
+    for (name, source) in &raw.sources {
+        check_name(name, "source", loader);
+        if let Some(s) = crate::source::build(name.get_ref(), source, loader) {
+            sources.insert(name.get_ref().clone(), s);
+        }
+    }
+    let mut targets = BTreeMap::new();
+    for (name, target) in &raw.targets {
+        check_name(name, "target", loader);
+        if let Some(t) = crate::target::build(name.get_ref(), target, &retry, loader) {
+            targets.insert(name.get_ref().clone(), t);
+        }
+    }
+    let source_names: Vec<&str> = raw.sources.keys().map(|k| k.get_ref().as_str()).collect();
+    let rules = crate::rules::build(&raw.rules, &source_names, &raw.targets, &targets, loader);
+
+    Some(Config {
+        path: path.to_path_buf(),
+        server,
+        admin,
+        store,
+        retry,
+        dispatch,
+        sources,
+        targets,
+        rules,
+    })
+}
+
+/// Names appear in URLs (`/hooks/{source}`) and logs: keep them simple.
+fn check_name(name: &Spanned<String>, what: &str, loader: &mut Loader) {
+    let ok = !name.get_ref().is_empty()
+        && name
+            .get_ref()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        loader.error(
+            format!(
+                "{what} name `{}` may only contain letters, digits, `-`, `_` and `.`",
+                name.get_ref()
+            ),
+            name.span(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/hb"),
+            "postgres://app:***@db:5432/hb"
+        );
+        assert_eq!(redact_url("postgres://db/hb"), "postgres://db/hb");
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            StoreUrl::parse("sqlite://data/hb.db").unwrap(),
+            StoreUrl::Sqlite(PathBuf::from("data/hb.db"))
+        );
+        assert!(StoreUrl::parse("mysql://x").is_err());
+    }
+}

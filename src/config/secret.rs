@@ -1,0 +1,206 @@
+//! Secrets by reference: `env:NAME`, `file:PATH` (with `${VAR}` expansion, for
+//! systemd's `${CREDENTIALS_DIRECTORY}`), or a literal.
+//!
+//! A [`Secret`] never prints its value: not in `Debug`, not in `Display`, not in
+//! error messages. Code that needs the bytes calls [`Secret::expose`] at the
+//! point of use (an HMAC key, an outbound header) and nowhere else.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// A resolved secret value.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+
+    /// The secret's value, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a secret comes from, as the user wrote it. Safe to print.
+#[derive(Clone)]
+pub enum SecretRef {
+    Env(String),
+    File(String),
+    Literal(SecretString),
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{path}"),
+            SecretRef::Literal(_) => f.write_str("<literal>"),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl SecretRef {
+    pub fn parse(text: &str) -> Result<SecretRef, String> {
+        if let Some(name) = text.strip_prefix("env:") {
+            let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("`env:{name}` is not a valid environment variable name"));
+            }
+            Ok(SecretRef::Env(name.to_owned()))
+        } else if let Some(path) = text.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("`file:` needs a path".to_owned());
+            }
+            Ok(SecretRef::File(path.to_owned()))
+        } else if text.is_empty() {
+            Err("a secret cannot be empty".to_owned())
+        } else {
+            Ok(SecretRef::Literal(SecretString::from(text.to_owned())))
+        }
+    }
+
+    pub fn is_literal(&self) -> bool {
+        matches!(self, SecretRef::Literal(_))
+    }
+
+    /// Read the secret now. The error says what is missing, never a value.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        match self {
+            SecretRef::Literal(s) => Ok(Secret(s.clone())),
+            SecretRef::Env(name) => match std::env::var(name) {
+                Ok(v) if v.is_empty() => Err(format!("environment variable `{name}` is empty")),
+                Ok(v) => Ok(Secret::new(v)),
+                Err(std::env::VarError::NotPresent) => {
+                    Err(format!("environment variable `{name}` is not set"))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(format!("environment variable `{name}` is not valid UTF-8"))
+                }
+            },
+            SecretRef::File(raw) => {
+                let path = expand_vars(raw)?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read secret file `{path}`: {e}"))?;
+                // Files written by editors and `echo` end with a newline that is not part of the secret.
+                let value = text.trim_end_matches(['\n', '\r']);
+                if value.is_empty() {
+                    return Err(format!("secret file `{path}` is empty"));
+                }
+                Ok(Secret::new(value))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SecretRef::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Expand `${NAME}` from the environment (e.g. `${CREDENTIALS_DIRECTORY}/token`).
+pub fn expand_vars(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in `{raw}`"))?;
+        let name = &after[..end];
+        let value = std::env::var(name)
+            .map_err(|_| format!("`${{{name}}}` in `{raw}`: environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A secret reference plus its value when it could be read.
+///
+/// `check` loads configs without the production secrets; `serve` refuses to
+/// start unless every slot holds a value.
+#[derive(Clone, Debug)]
+pub struct SecretSlot {
+    pub reference: SecretRef,
+    value: Result<Secret, String>,
+}
+
+impl SecretSlot {
+    pub fn load(reference: SecretRef) -> Self {
+        let value = reference.resolve();
+        SecretSlot { reference, value }
+    }
+
+    pub fn literal(value: &str) -> Self {
+        let reference = SecretRef::Literal(SecretString::from(value.to_owned()));
+        SecretSlot::load(reference)
+    }
+
+    pub fn get(&self) -> Result<&Secret, &str> {
+        self.value.as_ref().map_err(String::as_str)
+    }
+
+    pub fn missing(&self) -> Option<&str> {
+        self.value.as_ref().err().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        let r = SecretRef::parse("hunter2").unwrap();
+        assert_eq!(format!("{r:?} {r}"), "<literal> <literal>");
+        let slot = SecretSlot::load(r);
+        assert!(!format!("{slot:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn parses_references() {
+        assert_eq!(SecretRef::parse("env:A_B").unwrap().to_string(), "env:A_B");
+        assert_eq!(SecretRef::parse("file:/x").unwrap().to_string(), "file:/x");
+        assert!(SecretRef::parse("env:").is_err());
+        assert!(SecretRef::parse("env:A-B").is_err());
+        assert!(SecretRef::parse("").is_err());
+    }
+
+    #[test]
+    fn file_secrets_drop_the_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc\n").unwrap();
+        let r = SecretRef::parse(&format!("file:{}", path.display())).unwrap();
+        assert_eq!(r.resolve().unwrap().expose(), "abc");
+    }
+
+    #[test]
+    fn missing_env_is_reported_by_name() {
+        let r = SecretRef::parse("env:HOOKBRIDGE_TEST_SURELY_UNSET").unwrap();
+        let err = r.resolve().unwrap_err();
+        assert!(err.contains("HOOKBRIDGE_TEST_SURELY_UNSET"));
+    }
+}

@@ -1,0 +1,160 @@
+//! From a raw request to a delivery ready to store: verify, describe, evaluate.
+//!
+//! The HTTP handler, `explain`, `test` and `replay --reevaluate` all go through
+//! here, so what they report is what the daemon does.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::config::Config;
+use crate::event::{Event, kind};
+use crate::rules::Evaluation;
+use crate::source::{DescribeError, Inbound, Source, VerifyError};
+use crate::store::{MatchedJob, NewDelivery, NewJob, Summary};
+
+/// Why a request was refused. The message is safe to send back to the sender.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("unknown source `{0}`")]
+    UnknownSource(String),
+    #[error("{0}")]
+    Unauthorized(#[from] VerifyError),
+    #[error("{0}")]
+    Undescribable(#[from] DescribeError),
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::UnknownSource(_) => StatusCode::NOT_FOUND,
+            Rejection::Unauthorized(e) => e.status(),
+            Rejection::Undescribable(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The metrics label for this outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "unknown_source",
+            _ => "invalid",
+        }
+    }
+}
+
+/// A verified and described delivery with every rule's verdict.
+#[derive(Debug)]
+pub struct Intake {
+    pub event: Event,
+    /// Request headers without credentials (what rules see as `headers`).
+    pub headers: BTreeMap<String, String>,
+    /// The JSON payload.
+    pub payload: Vec<u8>,
+    pub evaluation: Evaluation,
+}
+
+impl Intake {
+    pub fn is_ping(&self) -> bool {
+        self.event.kind == kind::PING
+    }
+}
+
+/// Verify (unless `verify` is false, for `explain`), describe and evaluate one request.
+pub fn process(
+    config: &Config,
+    source: &Source,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+    verify: bool,
+) -> Result<Intake, Rejection> {
+    let inbound = Inbound { headers, body, now };
+    let verified = if verify {
+        source.scheme.verify(&inbound)?
+    } else {
+        crate::source::unverified(&inbound)?
+    };
+    let event = source.scheme.describe(&source.name, &inbound, &verified)?;
+    let visible = source.visible_headers(headers);
+    let payload = verified.into_payload();
+    let evaluation = if event.kind == kind::PING {
+        Evaluation::default()
+    } else {
+        evaluate(config, &event, &visible, &payload)?
+    };
+    Ok(Intake {
+        event,
+        headers: visible,
+        payload,
+        evaluation,
+    })
+}
+
+/// Run the rules on a described event; parses the payload only when a rule reads `body`.
+pub fn evaluate(
+    config: &Config,
+    event: &Event,
+    headers: &BTreeMap<String, String>,
+    payload: &[u8],
+) -> Result<Evaluation, Rejection> {
+    let body: Option<serde_json::Value> = if config.rules.needs_body() {
+        Some(crate::source::parse(payload)?)
+    } else {
+        None
+    };
+    Ok(config.rules.evaluate(event, body.as_ref(), headers))
+}
+
+/// Assign job ids and build the summary and the record to store.
+pub fn delivery(intake: Intake, received_at: SystemTime) -> NewDelivery {
+    let (summary, jobs) = summary_and_jobs(&intake.event, &intake.evaluation);
+    NewDelivery {
+        id: ulid::Ulid::generate().to_string(),
+        source: intake.event.source.clone(),
+        delivery: intake.event.delivery.clone(),
+        received_at,
+        event: intake.event,
+        headers: intake.headers,
+        payload: intake.payload,
+        summary,
+        jobs,
+    }
+}
+
+/// The summary of an evaluation, with a new job for every match.
+pub fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec<NewJob>) {
+    let jobs: Vec<NewJob> = evaluation
+        .matched
+        .iter()
+        .map(|m| NewJob {
+            id: ulid::Ulid::generate().to_string(),
+            rule: m.rule.clone(),
+            target: m.target.clone(),
+            request: m.request.clone(),
+        })
+        .collect();
+    let summary = Summary {
+        delivery: event.delivery.clone(),
+        source: event.source.clone(),
+        event: event.name.clone(),
+        duplicate: false,
+        matched: jobs
+            .iter()
+            .map(|j| MatchedJob {
+                rule: j.rule.clone(),
+                job: j.id.clone(),
+                target: j.target.clone(),
+            })
+            .collect(),
+        skipped: evaluation.skipped.clone(),
+        errors: evaluation.errors.clone(),
+    };
+    (summary, jobs)
+}
+
+/// The summary for a ping: nothing matched, nothing stored.
+pub fn ping_summary(event: &Event) -> Summary {
+    summary_and_jobs(event, &Evaluation::default()).0
+}

@@ -1,0 +1,25 @@
+//! hookbridge: verified VCS webhooks in, CircleCI and GitLab pipeline triggers out, durably.
+//!
+//! The flow of one webhook, and the module that owns each step:
+//!
+//! ```text
+//! POST /hooks/{source} ─▶ source (verify, describe) ─▶ event::Event ─▶ rules (match, render)
+//!     ─▶ store (one transaction: delivery + jobs) ─▶ 202 + summary
+//! dispatch (lease, send through target, retry, dead-letter) ─▶ CI API
+//! ```
+//!
+//! [`config`] turns the TOML file into validated, compiled types; [`intake`] is
+//! the shared path from a raw request to a delivery ready to store, used by the
+//! HTTP handler and by the offline tools alike; [`server`] owns the listeners.
+
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod event;
+pub mod intake;
+pub mod rules;
+pub mod server;
+pub mod source;
+pub mod store;
+pub mod target;
+pub mod telemetry;

@@ -1,0 +1,506 @@
+//! Rules: filters, `if` expressions and templates that map an event to triggers.
+//!
+//! Every rule is evaluated for every event. Each one either matches (and its
+//! trigger is rendered into a concrete [`TriggerRequest`]), is skipped with the
+//! first filter that failed and the value it saw, or errors (a template or
+//! expression failed, with the message). Several rules may match one event.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use toml::Spanned;
+
+pub mod filter;
+pub mod template;
+
+use crate::config::raw::{RawRule, RawTarget, SpannedList};
+use crate::config::{Diagnostic, Loader, RetryPolicy, suggest};
+use crate::event::{Event, kind};
+use crate::target::{Target, TriggerRequest, TriggerTemplate};
+use filter::PatternList;
+use template::{Condition, TemplateCompiler, Templates};
+
+/// What a rule does when a push's changed files are not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathsUnknown {
+    Skip,
+    Match,
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub sources: Option<Vec<String>>,
+    pub events: Option<Vec<String>>,
+    pub actions: Option<Vec<String>>,
+    pub repositories: Option<PatternList>,
+    pub branches: Option<PatternList>,
+    pub branches_ignore: Option<PatternList>,
+    pub tags: Option<PatternList>,
+    pub tags_ignore: Option<PatternList>,
+    pub paths: Option<PatternList>,
+    pub paths_ignore: Option<PatternList>,
+    pub paths_unknown: PathsUnknown,
+    pub condition: Option<Condition>,
+    pub target: String,
+    pub trigger: TriggerTemplate,
+    /// Effective retry policy: global, then target, then rule.
+    pub retry: RetryPolicy,
+}
+
+/// All rules of a config with their compiled templates.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    templates: Templates,
+    needs_body: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Matched {
+    pub rule: String,
+    pub target: String,
+    pub request: TriggerRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub rule: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Errored {
+    pub rule: String,
+    pub error: String,
+}
+
+/// The verdict of every rule on one event.
+#[derive(Debug, Default, Clone)]
+pub struct Evaluation {
+    pub matched: Vec<Matched>,
+    pub skipped: Vec<Skipped>,
+    pub errors: Vec<Errored>,
+}
+
+/// Why a rule did not match: skipped by a filter, or failed to evaluate.
+enum Miss {
+    Skip(String),
+    Error(String),
+}
+
+impl RuleSet {
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Whether any template or `if` reads `body` (so the payload must be parsed).
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
+    }
+
+    /// The template scope: `event`, `body`, `headers`.
+    pub fn scope(
+        event: &Event,
+        body: Option<&serde_json::Value>,
+        headers: &BTreeMap<String, String>,
+    ) -> minijinja::Value {
+        let event = minijinja::Value::from(minijinja::value::Serde(event));
+        let headers = minijinja::Value::from(minijinja::value::Serde(headers));
+        match body {
+            Some(body) => {
+                minijinja::context! { event, headers, body => minijinja::Value::from(minijinja::value::Serde(body)) }
+            }
+            None => minijinja::context! { event, headers },
+        }
+    }
+
+    /// Evaluate every rule against one event.
+    pub fn evaluate(
+        &self,
+        event: &Event,
+        body: Option<&serde_json::Value>,
+        headers: &BTreeMap<String, String>,
+    ) -> Evaluation {
+        let scope = Self::scope(event, body, headers);
+        let mut out = Evaluation::default();
+        for rule in &self.rules {
+            match self.check(rule, event, &scope) {
+                Ok(request) => out.matched.push(Matched {
+                    rule: rule.name.clone(),
+                    target: rule.target.clone(),
+                    request,
+                }),
+                Err(Miss::Skip(reason)) => out.skipped.push(Skipped {
+                    rule: rule.name.clone(),
+                    reason,
+                }),
+                Err(Miss::Error(error)) => out.errors.push(Errored {
+                    rule: rule.name.clone(),
+                    error,
+                }),
+            }
+        }
+        out
+    }
+
+    fn check(&self, rule: &Rule, event: &Event, scope: &minijinja::Value) -> Result<TriggerRequest, Miss> {
+        filters(rule, event).map_err(Miss::Skip)?;
+        if let Some(cond) = &rule.condition {
+            match self.templates.test(cond, scope) {
+                Ok(true) => {}
+                Ok(false) => return Err(Miss::Skip(format!("if: `{}` is false", cond.source))),
+                Err(e) => return Err(Miss::Error(format!("if: {e}"))),
+            }
+        }
+        rule.trigger
+            .render(&self.templates, scope, event)
+            .map_err(Miss::Error)
+    }
+}
+
+fn list_display(items: &[String]) -> String {
+    format!("[{}]", items.join(", "))
+}
+
+/// Changed paths for messages: the first few, then a count.
+fn paths_display(paths: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut items: Vec<String> = paths.iter().take(SHOWN).map(|p| format!("{p:?}")).collect();
+    if paths.len() > SHOWN {
+        items.push(format!("… {} more", paths.len() - SHOWN));
+    }
+    format!("[{}]", items.join(", "))
+}
+
+/// The first failing filter, with the value it saw.
+fn filters(rule: &Rule, event: &Event) -> Result<(), String> {
+    if let Some(sources) = &rule.sources
+        && !sources.contains(&event.source)
+    {
+        return Err(format!(
+            "source '{}' not in sources {}",
+            event.source,
+            list_display(sources)
+        ));
+    }
+    if let Some(events) = &rule.events
+        && !events.iter().any(|e| *e == event.kind || *e == event.name)
+    {
+        let seen = if event.name == event.kind {
+            format!("'{}'", event.name)
+        } else {
+            format!("'{}' ({})", event.name, event.kind)
+        };
+        return Err(format!("event {seen} not in events {}", list_display(events)));
+    }
+    if let Some(actions) = &rule.actions {
+        let matches = |a: &Option<String>| a.as_ref().is_some_and(|a| actions.contains(a));
+        if !matches(&event.action) && !matches(&event.provider_action) {
+            return Err(match &event.action {
+                Some(a) => format!("action '{a}' not in actions {}", list_display(actions)),
+                None => format!("event has no action; actions {} required", list_display(actions)),
+            });
+        }
+    }
+    if let Some(repos) = &rule.repositories {
+        match &event.repository {
+            Some(r) if repos.matches(r) => {}
+            Some(r) => return Err(format!("repositories: {r:?} matches none of {}", repos.display())),
+            None => return Err("repositories: the event names no repository".into()),
+        }
+    }
+    refs(rule, event)?;
+    paths(rule, event)
+}
+
+/// Branch and tag filters, with GitHub Actions' rules for which applies.
+fn refs(rule: &Rule, event: &Event) -> Result<(), String> {
+    let branch_filtered = rule.branches.is_some() || rule.branches_ignore.is_some();
+    let tag_filtered = rule.tags.is_some() || rule.tags_ignore.is_some();
+    if !branch_filtered && !tag_filtered {
+        return Ok(());
+    }
+    // Pull requests are filtered on their base branch, as in GitHub Actions.
+    let (branch, label) = if event.kind == kind::PULL_REQUEST {
+        (event.base_branch.as_deref(), "base branch ")
+    } else {
+        (event.branch.as_deref(), "")
+    };
+    match (branch, event.tag.as_deref()) {
+        (Some(b), _) => {
+            if !branch_filtered {
+                return Err(format!(
+                    "tags: {label}{b:?} is a branch; the rule filters tags only"
+                ));
+            }
+            check_include("branches", &rule.branches, b, label)?;
+            check_exclude("branches_ignore", &rule.branches_ignore, b, label)
+        }
+        (None, Some(t)) => {
+            if !tag_filtered {
+                return Err(format!(
+                    "branches: {t:?} is a tag; the rule filters branches only"
+                ));
+            }
+            check_include("tags", &rule.tags, t, "")?;
+            check_exclude("tags_ignore", &rule.tags_ignore, t, "")
+        }
+        (None, None) => Err(format!(
+            "{}: the event has no branch or tag",
+            if branch_filtered { "branches" } else { "tags" }
+        )),
+    }
+}
+
+fn check_include(key: &str, list: &Option<PatternList>, value: &str, label: &str) -> Result<(), String> {
+    match list {
+        Some(l) if !l.matches(value) => {
+            Err(format!("{key}: {label}{value:?} matches none of {}", l.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_exclude(key: &str, list: &Option<PatternList>, value: &str, label: &str) -> Result<(), String> {
+    match list {
+        Some(l) if l.matches(value) => Err(format!(
+            "{key}: {label}{value:?} matches {:?}",
+            l.deciding_pattern(value).unwrap_or_default()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Path filters. As in GitHub Actions they do not apply to tag pushes.
+fn paths(rule: &Rule, event: &Event) -> Result<(), String> {
+    if rule.paths.is_none() && rule.paths_ignore.is_none() {
+        return Ok(());
+    }
+    if event.kind == kind::PUSH && event.tag.is_some() {
+        return Ok(());
+    }
+    let key = if rule.paths.is_some() {
+        "paths"
+    } else {
+        "paths_ignore"
+    };
+    let Some(paths) = &event.paths else {
+        if rule.paths_unknown == PathsUnknown::Match {
+            return Ok(());
+        }
+        let why = event
+            .paths_unknown
+            .as_deref()
+            .unwrap_or("the payload does not list them");
+        return Err(format!(
+            "{key}: changed files unknown ({why}); set paths_unknown = \"match\" to run anyway"
+        ));
+    };
+    if let Some(include) = &rule.paths
+        && !paths.iter().any(|p| include.matches(p))
+    {
+        return Err(format!(
+            "paths: {} match none of {}",
+            paths_display(paths),
+            include.display()
+        ));
+    }
+    if let Some(ignore) = &rule.paths_ignore
+        && !paths.is_empty()
+        && paths.iter().all(|p| ignore.matches(p))
+    {
+        return Err(format!(
+            "paths_ignore: every changed file {} matches {}",
+            paths_display(paths),
+            ignore.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Compile the `[[rules]]` array.
+pub fn build(
+    raw_rules: &[Spanned<RawRule>],
+    source_names: &[&str],
+    raw_targets: &BTreeMap<Spanned<String>, Spanned<RawTarget>>,
+    targets: &BTreeMap<String, Target>,
+    loader: &mut Loader,
+) -> RuleSet {
+    let mut compiler = TemplateCompiler::new(Event::FIELDS);
+    let mut rules = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for raw in raw_rules {
+        let r = raw.get_ref();
+        let name = r.name.get_ref().clone();
+        if !seen.insert(name.clone()) {
+            loader.error(
+                format!("rule name `{name}` is used twice; names identify rules in summaries and jobs"),
+                r.name.span(),
+            );
+            continue;
+        }
+        if name.trim().is_empty() {
+            loader.error("rule name cannot be empty", r.name.span());
+            continue;
+        }
+        if let Some(rule) = build_rule(
+            &name,
+            raw,
+            source_names,
+            raw_targets,
+            targets,
+            &mut compiler,
+            loader,
+        ) {
+            rules.push(rule);
+        }
+    }
+    let (templates, needs_body) = compiler.finish();
+    RuleSet {
+        rules,
+        templates,
+        needs_body,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_rule(
+    name: &str,
+    raw: &Spanned<RawRule>,
+    source_names: &[&str],
+    raw_targets: &BTreeMap<Spanned<String>, Spanned<RawTarget>>,
+    targets: &BTreeMap<String, Target>,
+    compiler: &mut TemplateCompiler,
+    loader: &mut Loader,
+) -> Option<Rule> {
+    let r = raw.get_ref();
+    let errors_before = loader.error_count();
+
+    let sources = r.source.as_ref().map(|s| {
+        let list: Vec<String> = s.get_ref().0.iter().map(|n| n.get_ref().clone()).collect();
+        for n in &s.get_ref().0 {
+            if !source_names.contains(&n.get_ref().as_str()) {
+                let span = if n.span().is_empty() { s.span() } else { n.span() };
+                let mut d = Diagnostic::error(
+                    format!("rule `{name}`: unknown source `{}`", n.get_ref()),
+                    Some(span),
+                );
+                d = match suggest(n.get_ref(), source_names.iter().copied()) {
+                    Some(m) => d.with_help(format!("did you mean `{m}`?")),
+                    None if source_names.is_empty() => d.with_help("no `[sources.NAME]` is configured"),
+                    None => d.with_help(format!("sources are {}", source_names.join(", "))),
+                };
+                loader.push(d);
+            }
+        }
+        list
+    });
+    let words = |l: &Option<SpannedList<String>>, loader: &mut Loader, key: &str| {
+        l.as_ref().map(|l| {
+            if l.get_ref().is_empty() {
+                loader.error(
+                    format!("rule `{name}`: `{key}` is empty and would match nothing; remove it instead"),
+                    l.span(),
+                );
+            }
+            l.get_ref()
+                .iter()
+                .map(|s| s.get_ref().clone())
+                .collect::<Vec<_>>()
+        })
+    };
+    let events = words(&r.events, loader, "events");
+    let actions = words(&r.actions, loader, "actions");
+    let patterns =
+        |l: &Option<SpannedList<String>>, case_insensitive: bool, loader: &mut Loader, key: &str| {
+            l.as_ref()
+                .and_then(|l| match PatternList::compile(l, case_insensitive) {
+                    Ok(p) => Some(p),
+                    Err((msg, span)) => {
+                        loader.error(format!("rule `{name}`: {key}: {msg}"), span);
+                        None
+                    }
+                })
+        };
+    let repositories = patterns(&r.repositories, true, loader, "repositories");
+    let branches = patterns(&r.branches, false, loader, "branches");
+    let branches_ignore = patterns(&r.branches_ignore, false, loader, "branches_ignore");
+    let tags = patterns(&r.tags, false, loader, "tags");
+    let tags_ignore = patterns(&r.tags_ignore, false, loader, "tags_ignore");
+    let paths = patterns(&r.paths, false, loader, "paths");
+    let paths_ignore = patterns(&r.paths_ignore, false, loader, "paths_ignore");
+    let paths_unknown = match r.paths_unknown.as_ref().map(|p| p.get_ref().as_str()) {
+        None | Some("skip") => PathsUnknown::Skip,
+        Some("match") => PathsUnknown::Match,
+        Some(other) => {
+            let span = r.paths_unknown.as_ref().map(Spanned::span).unwrap_or_default();
+            loader.error(
+                format!("rule `{name}`: paths_unknown `{other}`: expected \"skip\" or \"match\""),
+                span,
+            );
+            PathsUnknown::Skip
+        }
+    };
+    let condition = r.condition.as_ref().and_then(|c| {
+        compiler
+            .condition(&format!("rule `{name}` if"), c.get_ref())
+            .map_err(|e| loader.error(format!("rule `{name}`: if: {e}"), c.span()))
+            .ok()
+    });
+
+    let target_name = r.trigger.get_ref().target.get_ref();
+    let Some(target) = targets.get(target_name) else {
+        // A target that exists but failed to build already has its own error.
+        if !raw_targets.keys().any(|k| k.get_ref() == target_name) {
+            let names: Vec<&str> = raw_targets.keys().map(|k| k.get_ref().as_str()).collect();
+            let mut d = Diagnostic::error(
+                format!("rule `{name}`: unknown target `{target_name}`"),
+                Some(r.trigger.get_ref().target.span()),
+            );
+            d = match suggest(target_name, names.iter().copied()) {
+                Some(m) => d.with_help(format!("did you mean `{m}`?")),
+                None if names.is_empty() => d.with_help("no `[targets.NAME]` is configured"),
+                None => d.with_help(format!("targets are {}", names.join(", "))),
+            };
+            loader.push(d);
+        }
+        return None;
+    };
+    let trigger = TriggerTemplate::compile(name, &r.trigger, target, compiler, loader)?;
+    let retry = match &r.retry {
+        Some(raw_retry) => target.retry.overlay(raw_retry, loader),
+        None => target.retry.clone(),
+    };
+    (loader.error_count() == errors_before).then(|| Rule {
+        name: name.to_owned(),
+        sources,
+        events,
+        actions,
+        repositories,
+        branches,
+        branches_ignore,
+        tags,
+        tags_ignore,
+        paths,
+        paths_ignore,
+        paths_unknown,
+        condition,
+        target: target_name.clone(),
+        trigger,
+        retry,
+    })
+}

@@ -1,0 +1,191 @@
+//! `POST /hooks/{source}`: the webhook listener.
+//!
+//! The order of work is the contract: refuse unknown sources and oversized
+//! bodies before reading them, verify the raw bytes before parsing, and
+//! answer 2xx only once the delivery and its jobs are durable.
+
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::App;
+use crate::intake::{self, Rejection};
+use crate::store::{Ingested, Summary};
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/hooks/{source}", post(receive))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; webhooks are received at POST /hooks/{source}",
+    )
+}
+
+/// A JSON error body: `{"error": "..."}`. Messages never contain secrets.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn summary(status: StatusCode, summary: &Summary) -> Response {
+    (status, axum::Json(summary)).into_response()
+}
+
+fn count(source: &str, outcome: &'static str) {
+    metrics::counter!("hookbridge_webhooks_received_total", "source" => source.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+async fn receive(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = info_span!("webhook", source = %name, delivery = tracing::field::Empty);
+    handle(app, name, headers, body).instrument(span).await
+}
+
+async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let config = app.config.load_full();
+    let Some(source) = config.sources.get(&name) else {
+        count("unknown", "unknown_source");
+        debug!("unknown source");
+        return error(StatusCode::NOT_FOUND, format!("unknown source `{name}`"));
+    };
+    let limit = config.server.max_body;
+    let too_large = || {
+        count(&name, "too_large");
+        warn!(max_body = limit, "body over max_body refused");
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "body is larger than max_body ({})",
+                crate::config::units::ByteSize(limit)
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    let read = tokio::time::timeout(
+        config.server.read_timeout,
+        Limited::new(body, limit_usize).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Err(_) => {
+            count(&name, "invalid");
+            return error(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body");
+        }
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            count(&name, "invalid");
+            debug!(error = %e, "unreadable body");
+            return error(StatusCode::BAD_REQUEST, "the request body could not be read");
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+
+    let received_at = SystemTime::now();
+    let processed = intake::process(&config, source, &headers, &bytes, received_at, true);
+    let intake = match processed {
+        Ok(intake) => intake,
+        Err(rejection) => return reject(&name, rejection),
+    };
+    tracing::Span::current().record("delivery", intake.event.delivery.as_str());
+    if intake.is_ping() {
+        count(&name, "ping");
+        info!(event = %intake.event.name, "ping answered; nothing stored");
+        return summary(StatusCode::OK, &intake::ping_summary(&intake.event));
+    }
+    for e in &intake.evaluation.errors {
+        warn!(rule = %e.rule, error = %e.error, "rule could not be evaluated");
+    }
+    for m in &intake.evaluation.matched {
+        metrics::counter!("hookbridge_rule_matches_total", "rule" => m.rule.clone()).increment(1);
+    }
+    let delivery = intake::delivery(intake, received_at);
+    let fresh = delivery.summary.clone();
+    let event = delivery.event.name.clone();
+    match app.store.ingest(delivery).await {
+        Ok(Ingested::Stored) => {
+            metrics::histogram!("hookbridge_ingest_duration_seconds").record(started.elapsed().as_secs_f64());
+            let matched = !fresh.matched.is_empty();
+            if matched {
+                app.wake.notify_one();
+            }
+            count(&name, if matched { "accepted" } else { "ignored" });
+            info!(
+                event = %event,
+                matched = fresh.matched.len(),
+                skipped = fresh.skipped.len(),
+                errors = fresh.errors.len(),
+                "delivery stored"
+            );
+            summary(
+                if matched {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                },
+                &fresh,
+            )
+        }
+        Ok(Ingested::Duplicate {
+            mut summary,
+            requeued,
+        }) => {
+            summary.duplicate = true;
+            count(&name, "duplicate");
+            if requeued > 0 {
+                app.wake.notify_one();
+                info!(
+                    requeued,
+                    "duplicate delivery; its dead-lettered jobs are queued again"
+                );
+                self::summary(StatusCode::ACCEPTED, &summary)
+            } else {
+                info!("duplicate delivery; nothing new triggered");
+                self::summary(StatusCode::OK, &summary)
+            }
+        }
+        Err(e) => {
+            count(&name, "unavailable");
+            warn!(error = %e, "delivery not stored; the sender was told to retry");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the delivery could not be stored; it was not accepted, please retry",
+            )
+        }
+    }
+}
+
+fn reject(source: &str, rejection: Rejection) -> Response {
+    let status = rejection.status();
+    count(source, rejection.outcome());
+    if status == StatusCode::UNAUTHORIZED {
+        warn!(reason = %rejection, "webhook refused");
+    } else {
+        info!(status = status.as_u16(), reason = %rejection, "webhook refused");
+    }
+    error(status, rejection.to_string())
+}

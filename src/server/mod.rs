@@ -1,0 +1,134 @@
+//! The daemon: webhook listener, admin listener, dispatcher and housekeeping.
+//!
+//! [`run`] takes already-bound listeners so tests (and socket activation) can
+//! pick the ports. Shutdown is ordered: both listeners stop accepting and
+//! finish in-flight requests, then the dispatcher lets running attempts finish
+//! within `[server] shutdown_grace` and gives back what it still holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dispatch::{self, Dispatcher};
+use crate::store::Store;
+
+pub mod admin;
+pub mod hooks;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    /// The live config; replaced atomically on reload.
+    pub config: Arc<ArcSwap<Config>>,
+    pub store: Arc<dyn Store>,
+    /// Wakes the dispatcher when new jobs are stored.
+    pub wake: Arc<Notify>,
+}
+
+impl App {
+    pub fn new(config: Config, store: Arc<dyn Store>) -> App {
+        App {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            store,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// Serve until `shutdown` is cancelled, then stop in order.
+pub async fn run(
+    app: App,
+    hooks_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    crate::telemetry::metrics();
+    let grace = app.config.load().server.shutdown_grace;
+    info!(
+        hooks = %hooks_listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        "listening"
+    );
+
+    let dispatcher_stop = CancellationToken::new();
+    let dispatcher = Dispatcher::new(app.store.clone(), app.config.clone(), app.wake.clone());
+    let dispatcher = tokio::spawn(dispatcher.run(dispatcher_stop.clone(), grace));
+    let purge = tokio::spawn(dispatch::purge_loop(
+        app.store.clone(),
+        app.config.clone(),
+        dispatcher_stop.clone(),
+    ));
+
+    let hooks = axum::serve(hooks_listener, hooks::router(app.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin = axum::serve(admin_listener, admin::router(app.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let servers = async {
+        let (h, a) = tokio::join!(hooks.into_future(), admin.into_future());
+        h.and(a)
+    };
+    tokio::pin!(servers);
+    let served = tokio::select! {
+        r = &mut servers => r,
+        () = shutdown.cancelled() => {
+            info!("shutting down: no new webhooks accepted");
+            // In-flight requests get the grace period to finish storing.
+            match tokio::time::timeout(grace, &mut servers).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!("requests still in flight after the grace period were abandoned");
+                    Ok(())
+                }
+            }
+        }
+    };
+    dispatcher_stop.cancel();
+    let _ = tokio::time::timeout(grace + Duration::from_secs(5), dispatcher).await;
+    let _ = purge.await;
+    info!("stopped");
+    served.map_err(Into::into)
+}
+
+/// Load the config file again; a valid one replaces the live config atomically,
+/// an invalid one is logged and the old one stays. Returns whether it was applied.
+pub fn reload(app: &App) -> bool {
+    let current = app.config.load_full();
+    match crate::config::load(&current.path, crate::config::LoadMode::Serve) {
+        Ok(loaded) => {
+            let next = loaded.config;
+            for (setting, changed) in [
+                ("[server] listen", next.server.listen != current.server.listen),
+                ("[admin] listen", next.admin.listen != current.admin.listen),
+                ("[store] url", next.store.url != current.store.url),
+                (
+                    "[dispatch] concurrency",
+                    next.dispatch.concurrency != current.dispatch.concurrency,
+                ),
+            ] {
+                if changed {
+                    warn!(
+                        setting,
+                        "changed in the config file; takes effect at the next restart"
+                    );
+                }
+            }
+            info!(summary = %next.summary(), "config reloaded");
+            metrics::counter!("hookbridge_config_reloads_total", "result" => "ok").increment(1);
+            app.config.store(Arc::new(next));
+            true
+        }
+        Err(report) => {
+            metrics::counter!("hookbridge_config_reloads_total", "result" => "error").increment(1);
+            for d in report.errors() {
+                warn!(error = %report.render(d), "config reload refused; the running config stays");
+            }
+            false
+        }
+    }
+}

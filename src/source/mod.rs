@@ -1,0 +1,402 @@
+//! Senders and their signature schemes: one file per provider.
+//!
+//! A source turns an [`Inbound`] request into a [`Verified`] payload (the only
+//! way to obtain one is to pass [`Scheme::verify`]), and a verified payload into
+//! a normalized [`Event`] with [`Scheme::describe`]. Verification always runs
+//! over the raw bytes, before anything parses them.
+//!
+//! Adding a provider is adding a file with a [`Scheme`] implementation and one
+//! line in [`build`].
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use http::HeaderMap;
+
+use crate::config::raw::RawSource;
+use crate::config::{Diagnostic, Loader};
+use crate::event::Event;
+
+pub mod azure;
+pub mod bitbucket;
+pub mod gitea;
+pub mod github;
+pub mod gitlab;
+pub mod hmac;
+pub mod signature;
+pub mod standard;
+
+/// An HTTP request as received, before anyone trusts it.
+pub struct Inbound<'a> {
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    /// The clock used for timestamp tolerances (injectable for tests).
+    pub now: SystemTime,
+}
+
+impl<'a> Inbound<'a> {
+    pub fn new(headers: &'a HeaderMap, body: &'a [u8]) -> Self {
+        Inbound {
+            headers,
+            body,
+            now: SystemTime::now(),
+        }
+    }
+
+    /// A header's value, trimmed; empty values count as absent.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// True when the body is `application/x-www-form-urlencoded`.
+    pub fn is_form(&self) -> bool {
+        self.header("content-type").is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+    }
+
+    /// The JSON inside a form body's `payload` field.
+    pub fn form_payload(&self) -> Result<Vec<u8>, VerifyError> {
+        form_urlencoded::parse(self.body)
+            .find(|(k, _)| k == "payload")
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .ok_or(VerifyError::NoFormPayload)
+    }
+}
+
+/// A payload whose authenticity a [`Scheme`] has checked. Only this module can make one.
+pub struct Verified<'a> {
+    payload: Cow<'a, [u8]>,
+}
+
+impl<'a> Verified<'a> {
+    fn new(payload: Cow<'a, [u8]>) -> Self {
+        Verified { payload }
+    }
+
+    /// The JSON payload (for form deliveries, the decoded `payload` field).
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload.into_owned()
+    }
+}
+
+/// Treat a request as verified without checking it. Only for the offline tools
+/// (`explain` without `--verify`, `test`), which never store or trigger anything.
+pub fn unverified<'a>(inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
+    let payload = if inbound.is_form() {
+        Cow::Owned(inbound.form_payload()?)
+    } else {
+        Cow::Borrowed(inbound.body)
+    };
+    Ok(Verified::new(payload))
+}
+
+/// Why a request was not accepted as authentic. Messages never include a
+/// secret, a computed signature, or which of several secrets was tried.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("missing `{0}` header")]
+    MissingHeader(&'static str),
+    #[error("`{0}` header is malformed: {1}")]
+    Malformed(&'static str, String),
+    #[error("signature does not match")]
+    Mismatch,
+    #[error("`{0}` does not match")]
+    TokenMismatch(&'static str),
+    #[error("webhook-timestamp is {skew_secs}s away from now; the tolerance is {tolerance_secs}s")]
+    Stale { skew_secs: u64, tolerance_secs: u64 },
+    #[error("the source has no usable secret configured")]
+    NoSecret,
+    #[error("form body has no `payload` field")]
+    NoFormPayload,
+}
+
+impl VerifyError {
+    /// 400 for requests that are unreadable, 401 for requests that are not authentic.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            VerifyError::NoFormPayload => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// Why a verified payload could not be described.
+#[derive(Debug, thiserror::Error)]
+pub enum DescribeError {
+    #[error("missing `{0}` header: cannot tell which event this is")]
+    MissingEventHeader(&'static str),
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// Parse a typed view of a payload, mapping serde errors to [`DescribeError`].
+pub fn parse<'de, T: serde::Deserialize<'de>>(payload: &'de [u8]) -> Result<T, DescribeError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            DescribeError::InvalidJson(e.to_string())
+        } else {
+            DescribeError::Unreadable(format!("payload does not have the expected shape: {e}"))
+        }
+    })
+}
+
+/// One provider's scheme: verification, description, and signing for tests.
+pub trait Scheme: Send + Sync + fmt::Debug {
+    /// Check the request's signature or token over the raw bytes.
+    fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError>;
+
+    /// Turn a verified payload into a normalized event.
+    fn describe(
+        &self,
+        source: &str,
+        inbound: &Inbound<'_>,
+        verified: &Verified<'_>,
+    ) -> Result<Event, DescribeError>;
+
+    /// The headers this provider's sender would attach to `body` (`hookbridge sign`).
+    fn sign(&self, body: &[u8], now: SystemTime) -> Result<Vec<(String, String)>, String>;
+
+    /// Headers that carry credentials for this scheme, beyond the common ones.
+    fn credential_headers(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A configured source: its name and the scheme that checks it.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    pub scheme: Box<dyn Scheme>,
+}
+
+/// The `type` of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Github,
+    Gitlab,
+    Bitbucket,
+    Gitea,
+    Forgejo,
+    Gogs,
+    AzureDevops,
+    Standard,
+    Hmac,
+}
+
+impl SourceKind {
+    pub const ALL: [(&'static str, SourceKind); 9] = [
+        ("github", SourceKind::Github),
+        ("gitlab", SourceKind::Gitlab),
+        ("bitbucket", SourceKind::Bitbucket),
+        ("gitea", SourceKind::Gitea),
+        ("forgejo", SourceKind::Forgejo),
+        ("gogs", SourceKind::Gogs),
+        ("azure-devops", SourceKind::AzureDevops),
+        ("standard", SourceKind::Standard),
+        ("hmac", SourceKind::Hmac),
+    ];
+
+    pub fn parse(s: &str) -> Option<SourceKind> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("unknown")
+    }
+
+    /// Keys besides `type` that this kind accepts.
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            SourceKind::Github => &["secrets"],
+            SourceKind::Gitlab => &["secrets", "signing_secrets", "tolerance"],
+            SourceKind::Bitbucket => &["secrets", "basic_auth"],
+            SourceKind::Gitea | SourceKind::Forgejo | SourceKind::Gogs => &["secrets"],
+            SourceKind::AzureDevops => &["secrets"],
+            SourceKind::Standard => &["secrets", "tolerance"],
+            SourceKind::Hmac => &[
+                "secrets",
+                "header",
+                "algorithm",
+                "encoding",
+                "prefix",
+                "event_header",
+                "event",
+                "delivery_header",
+            ],
+        }
+    }
+}
+
+/// Headers that carry credentials for any scheme; never shown to rules or stored.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "x-gitlab-token",
+    "webhook-signature",
+    "svix-signature",
+    "x-gitea-signature",
+    "x-gogs-signature",
+    "x-forgejo-signature",
+];
+
+impl Source {
+    /// The request headers rules may see: lower-cased names, credentials removed.
+    pub fn visible_headers(&self, headers: &HeaderMap) -> BTreeMap<String, String> {
+        let extra = self.scheme.credential_headers();
+        let mut out: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in headers {
+            let name = name.as_str();
+            if CREDENTIAL_HEADERS.contains(&name) || extra.iter().any(|h| h == name) {
+                continue;
+            }
+            let value = String::from_utf8_lossy(value.as_bytes());
+            out.entry(name.to_owned())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                })
+                .or_insert_with(|| value.into_owned());
+        }
+        out
+    }
+}
+
+/// Build a source from its config table, reporting every problem with its span.
+pub fn build(name: &str, raw: &toml::Spanned<RawSource>, loader: &mut Loader) -> Option<Source> {
+    let raw_ref = raw.get_ref();
+    let Some(kind) = SourceKind::parse(raw_ref.kind.get_ref()) else {
+        let names: Vec<&str> = SourceKind::ALL.iter().map(|(n, _)| *n).collect();
+        let mut d = Diagnostic::error(
+            format!("source `{name}`: unknown type `{}`", raw_ref.kind.get_ref()),
+            Some(raw_ref.kind.span()),
+        )
+        .with_help(format!("types are {}", names.join(", ")));
+        if let Some(s) = crate::config::suggest(raw_ref.kind.get_ref(), names.iter().copied()) {
+            d = d.with_help(format!("did you mean `{s}`?"));
+        }
+        loader.push(d);
+        return None;
+    };
+    let allowed = kind.settings();
+    for (key, span) in present_settings(raw_ref) {
+        if !allowed.contains(&key) {
+            loader.push(
+                Diagnostic::error(
+                    format!(
+                        "source `{name}`: `{key}` is not a setting of `{}` sources",
+                        kind.as_str()
+                    ),
+                    Some(span),
+                )
+                .with_help(format!(
+                    "`{}` sources take: type, {}",
+                    kind.as_str(),
+                    allowed.join(", ")
+                )),
+            );
+        }
+    }
+    let errors_before = loader.error_count();
+    let scheme: Box<dyn Scheme> = match kind {
+        SourceKind::Github => Box::new(github::GitHub::build(name, raw_ref, loader)),
+        SourceKind::Gitlab => Box::new(gitlab::GitLab::build(name, raw_ref, loader)),
+        SourceKind::Bitbucket => Box::new(bitbucket::Bitbucket::build(name, raw_ref, loader)),
+        SourceKind::Gitea => Box::new(gitea::Gitea::build(name, raw_ref, loader, gitea::Flavor::Gitea)),
+        SourceKind::Forgejo => Box::new(gitea::Gitea::build(name, raw_ref, loader, gitea::Flavor::Forgejo)),
+        SourceKind::Gogs => Box::new(gitea::Gitea::build(name, raw_ref, loader, gitea::Flavor::Gogs)),
+        SourceKind::AzureDevops => Box::new(azure::AzureDevops::build(name, raw_ref, loader)),
+        SourceKind::Standard => Box::new(standard::Standard::build(name, raw_ref, loader)),
+        SourceKind::Hmac => Box::new(hmac::GenericHmac::build(name, raw_ref, loader)),
+    };
+    (loader.error_count() == errors_before).then(|| Source {
+        name: name.to_owned(),
+        kind,
+        scheme,
+    })
+}
+
+fn present_settings(raw: &RawSource) -> Vec<(&'static str, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    macro_rules! key {
+        ($field:ident) => {
+            if let Some(v) = &raw.$field {
+                out.push((stringify!($field), v.span()));
+            }
+        };
+    }
+    key!(secrets);
+    key!(signing_secrets);
+    key!(basic_auth);
+    key!(tolerance);
+    key!(header);
+    key!(algorithm);
+    key!(encoding);
+    key!(prefix);
+    key!(event_header);
+    key!(event);
+    key!(delivery_header);
+    out
+}
+
+/// Resolve a list of secrets, requiring at least one entry.
+pub(crate) fn required_secrets(
+    name: &str,
+    key: &str,
+    list: Option<&crate::config::raw::SpannedList<crate::config::SecretRef>>,
+    whole: std::ops::Range<usize>,
+    loader: &mut Loader,
+) -> Vec<(crate::config::Secret, std::ops::Range<usize>)> {
+    match list {
+        Some(list) if !list.get_ref().is_empty() => loader.secrets_with_spans(list),
+        Some(list) => {
+            loader.push(Diagnostic::error(
+                format!(
+                    "source `{name}`: `{key}` is empty; hookbridge does not accept unauthenticated webhooks"
+                ),
+                Some(list.span()),
+            ));
+            Vec::new()
+        }
+        None => {
+            loader.push(
+                Diagnostic::error(
+                    format!("source `{name}`: `{key}` is required; hookbridge does not accept unauthenticated webhooks"),
+                    Some(whole),
+                )
+                .with_help(format!("add `{key} = [\"env:YOUR_SECRET\"]`")),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// The delivery id from the first present header, else a digest of the body.
+pub(crate) fn delivery_id(inbound: &Inbound<'_>, headers: &[&str]) -> String {
+    headers
+        .iter()
+        .find_map(|h| inbound.header(h))
+        .map(str::to_owned)
+        .unwrap_or_else(|| signature::body_digest(inbound.body))
+}

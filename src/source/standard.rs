@@ -1,0 +1,113 @@
+//! Standard Webhooks (Svix and adopters): `webhook-id`, `webhook-timestamp`,
+//! `webhook-signature` (space-separated `v1,<base64>` entries), `whsec_` keys,
+//! and a timestamp tolerance against replays. Svix's `svix-*` header names are
+//! accepted too. The event name is the body's `type`, by convention.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use super::signature::standard;
+use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, parse, required_secrets};
+use crate::config::raw::RawSource;
+use crate::config::{Diagnostic, Loader};
+use crate::event::{Event, Provider};
+
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+pub struct Standard {
+    keys: Vec<Vec<u8>>,
+    tolerance: Duration,
+}
+
+impl Standard {
+    pub fn build(name: &str, raw: &RawSource, loader: &mut Loader) -> Self {
+        let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader);
+        let mut keys = Vec::new();
+        for (secret, span) in &secrets {
+            match standard::key(secret.expose()) {
+                Ok(k) => keys.push(k),
+                Err(e) => loader.push(Diagnostic::error(
+                    format!("source `{name}`: {e}"),
+                    Some(span.clone()),
+                )),
+            }
+        }
+        Standard {
+            keys,
+            tolerance: raw
+                .tolerance
+                .as_ref()
+                .map_or(DEFAULT_TOLERANCE, |t| t.get_ref().0),
+        }
+    }
+
+    pub fn with_keys(keys: Vec<Vec<u8>>, tolerance: Duration) -> Self {
+        Standard { keys, tolerance }
+    }
+}
+
+/// A Standard Webhooks header, or its `svix-` twin.
+fn header<'a>(inbound: &Inbound<'a>, name: &'static str) -> Result<&'a str, VerifyError> {
+    inbound
+        .header(name)
+        .or_else(|| inbound.header(&name.replacen("webhook-", "svix-", 1)))
+        .ok_or(VerifyError::MissingHeader(name))
+}
+
+impl Scheme for Standard {
+    fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
+        let sig = header(inbound, "webhook-signature")?;
+        let id = header(inbound, "webhook-id")?;
+        let ts = header(inbound, "webhook-timestamp")?;
+        if self.keys.is_empty() {
+            return Err(VerifyError::NoSecret);
+        }
+        standard::verify(
+            &self.keys,
+            id,
+            ts,
+            sig,
+            inbound.body,
+            inbound.now,
+            Some(self.tolerance),
+        )?;
+        Ok(Verified::new(Cow::Borrowed(inbound.body)))
+    }
+
+    fn describe(
+        &self,
+        source: &str,
+        inbound: &Inbound<'_>,
+        verified: &Verified<'_>,
+    ) -> Result<Event, DescribeError> {
+        #[derive(Deserialize)]
+        struct Typed {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+        }
+        let typed: Typed = parse(verified.payload())?;
+        let name = typed.kind.unwrap_or_else(|| "webhook".to_owned());
+        let delivery = header(inbound, "webhook-id")
+            .map_or_else(|_| super::signature::body_digest(inbound.body), str::to_owned);
+        Ok(Event::new(source, Provider::Standard, &name, &name, delivery))
+    }
+
+    fn sign(&self, body: &[u8], now: SystemTime) -> Result<Vec<(String, String)>, String> {
+        let key = self.keys.first().ok_or("the source has no secret to sign with")?;
+        let id = format!("msg_{}", ulid::Ulid::generate());
+        let ts = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string();
+        let sig = standard::sign(key, &id, &ts, body);
+        Ok(vec![
+            ("webhook-id".into(), id),
+            ("webhook-timestamp".into(), ts),
+            ("webhook-signature".into(), sig),
+        ])
+    }
+}

@@ -1,0 +1,363 @@
+//! Durable storage of deliveries, jobs and attempts, behind one [`Store`] trait.
+//!
+//! The contract every backend keeps:
+//! - [`Store::ingest`] writes a delivery and all its jobs in one transaction,
+//!   and returns only once that transaction is durable. A second delivery with
+//!   the same (source, delivery id) stores nothing and returns the original
+//!   summary, re-queueing the delivery's dead-lettered jobs.
+//! - [`Store::lease_due`] hands each due job to one worker until its lease
+//!   expires; an expired lease (a crashed worker) makes the job due again.
+//! - [`Store::record_attempt`] stores every attempt and moves the job on, but
+//!   only while the worker still holds the lease.
+//!
+//! SQLite ([`sqlite`]) is the embedded default.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::rules::{Errored, Skipped};
+use crate::target::{TriggerRequest, TriggerResult};
+
+pub mod sqlite;
+
+/// Milliseconds since the Unix epoch, the stores' time unit.
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// A job in a summary: which rule matched, the job it created, and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchedJob {
+    pub rule: String,
+    pub job: String,
+    pub target: String,
+}
+
+/// What the sender is told about its delivery (and what `deliveries show` repeats).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub delivery: String,
+    pub source: String,
+    pub event: String,
+    pub duplicate: bool,
+    pub matched: Vec<MatchedJob>,
+    pub skipped: Vec<Skipped>,
+    pub errors: Vec<Errored>,
+}
+
+/// A job to create with its delivery.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub rule: String,
+    pub target: String,
+    pub request: TriggerRequest,
+}
+
+/// A verified, described delivery with the jobs its rules produced.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Internal id (ULID).
+    pub id: String,
+    pub source: String,
+    /// The provider's delivery id (deduplication key with `source`).
+    pub delivery: String,
+    pub received_at: SystemTime,
+    pub event: Event,
+    /// Request headers without credentials.
+    pub headers: BTreeMap<String, String>,
+    /// The JSON payload.
+    pub payload: Vec<u8>,
+    pub summary: Summary,
+    pub jobs: Vec<NewJob>,
+}
+
+/// The result of [`Store::ingest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Stored,
+    /// Seen before: the original summary, and how many dead jobs were queued again.
+    Duplicate {
+        summary: Summary,
+        requeued: usize,
+    },
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct LeasedJob {
+    pub id: String,
+    pub delivery_id: String,
+    pub delivery: String,
+    pub source: String,
+    pub rule: String,
+    pub target: String,
+    pub request: TriggerRequest,
+    /// Attempt number within the current round (1 for the first try).
+    pub attempt: u32,
+}
+
+/// One attempt, as it will be recorded.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    /// The response body, truncated.
+    pub response: Option<String>,
+}
+
+/// Where a job goes after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Done(TriggerResult),
+    /// The CI chose not to run; nothing to retry.
+    Skipped(String),
+    Retry {
+        at: SystemTime,
+        reason: String,
+    },
+    Dead(String),
+}
+
+impl Transition {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Transition::Done(_) => "done",
+            Transition::Skipped(_) => "skipped",
+            Transition::Retry { .. } => "retry",
+            Transition::Dead(_) => "dead",
+        }
+    }
+}
+
+/// A delivery's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Some job still waits for (another) attempt.
+    Pending,
+    /// Every job finished.
+    Done,
+    /// Some job was dead-lettered.
+    Dead,
+    /// No rule matched (or the CI skipped every job).
+    Skipped,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Done => "done",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "done" => Some(DeliveryStatus::Done),
+            "dead" => Some(DeliveryStatus::Dead),
+            "skipped" => Some(DeliveryStatus::Skipped),
+            _ => None,
+        }
+    }
+}
+
+/// Filters for listing deliveries, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub source: Option<String>,
+    pub rule: Option<String>,
+    pub since: Option<SystemTime>,
+    /// Return deliveries older than this internal id (pagination cursor).
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// One line of `deliveries list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub source: String,
+    pub delivery: String,
+    pub received_at: i64,
+    pub event: String,
+    pub kind: String,
+    pub repository: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub status: DeliveryStatus,
+    pub jobs: u32,
+}
+
+/// A recorded attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRow {
+    pub n: u32,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub response: Option<String>,
+}
+
+/// A job with its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub id: String,
+    pub rule: String,
+    pub target: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub result: Option<TriggerResult>,
+    pub request: TriggerRequest,
+    pub history: Vec<AttemptRow>,
+}
+
+/// Everything known about one delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub row: DeliveryRow,
+    pub summary: Summary,
+    pub normalized: Event,
+    pub jobs: Vec<JobDetail>,
+}
+
+/// The stored inputs of a delivery, for re-evaluating rules.
+#[derive(Debug, Clone)]
+pub struct StoredPayload {
+    pub event: Event,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+/// Queue figures for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub running: u64,
+    pub dead: u64,
+    pub oldest_pending: Option<SystemTime>,
+}
+
+/// How to find a delivery: its provider id (optionally with the source), or the internal id.
+#[derive(Debug, Clone)]
+pub struct DeliveryKey {
+    pub id: String,
+    pub source: Option<String>,
+}
+
+/// Failures of the store. `Unavailable` means "try again later" (the HTTP layer answers 503).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("no delivery `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The durable queue and delivery history.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Store a delivery and its jobs atomically and durably, or report a duplicate.
+    async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError>;
+
+    /// Lease up to `limit` due jobs (pending and due, or running with an expired lease).
+    async fn lease_due(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<LeasedJob>, StoreError>;
+
+    /// Record an attempt and move the job on, if `owner` still holds its lease.
+    async fn record_attempt(
+        &self,
+        job: &LeasedJob,
+        owner: &str,
+        attempt: Attempt,
+        next: Transition,
+    ) -> Result<(), StoreError>;
+
+    /// Give back every lease `owner` holds (graceful shutdown).
+    async fn release(&self, owner: &str) -> Result<(), StoreError>;
+
+    /// When the next pending job falls due, if any.
+    async fn next_due(&self) -> Result<Option<SystemTime>, StoreError>;
+
+    async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    async fn get(&self, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError>;
+
+    async fn payload(&self, key: &DeliveryKey) -> Result<StoredPayload, StoreError>;
+
+    /// Queue a delivery's finished jobs (or one job) again; returns the job ids queued.
+    async fn replay(&self, key: &DeliveryKey, job: Option<&str>) -> Result<Vec<String>, StoreError>;
+
+    /// Add jobs to a stored delivery (`replay --reevaluate`) and replace its summary.
+    async fn add_jobs(
+        &self,
+        key: &DeliveryKey,
+        jobs: Vec<NewJob>,
+        summary: Summary,
+    ) -> Result<(), StoreError>;
+
+    /// Delete finished deliveries received before `cutoff`, at most `batch` of them.
+    async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError>;
+
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Is the store reachable and writable?
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Who opens a store: the daemon (owns the queue) or a CLI client beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    Daemon,
+    Client,
+}
+
+/// Open the store the config names.
+pub async fn open(
+    settings: &crate::config::StoreSettings,
+    mode: OpenMode,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    match &settings.url {
+        crate::config::StoreUrl::Sqlite(path) => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || match mode {
+                OpenMode::Daemon => sqlite::SqliteStore::open_exclusive(&path),
+                OpenMode::Client => sqlite::SqliteStore::open(&path),
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            Ok(std::sync::Arc::new(store))
+        }
+        crate::config::StoreUrl::Postgres(_) => Err(StoreError::Invalid(
+            "this build does not include the PostgreSQL store yet".into(),
+        )),
+    }
+}

@@ -1,0 +1,1077 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`,
+//! so a commit is on disk before `ingest` returns.
+//!
+//! All writes go through one writer thread that drains its queue into a single
+//! transaction per batch (group commit): under load many deliveries share one
+//! fsync, and each caller is answered only after the commit that holds its
+//! write. Reads use their own connections and never wait for the writer.
+//!
+//! The daemon opens the file with [`SqliteStore::open_exclusive`], which holds
+//! a lock file for its lifetime: one `serve` per database, so leases left by a
+//! previous (crashed) process can be taken back at start. The CLI opens the
+//! same file with [`SqliteStore::open`] while the daemon runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// Most operations folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE deliveries (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    delivery    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    event_name  TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    repository  TEXT,
+    git_ref     TEXT,
+    status      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    headers     TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    UNIQUE (source, delivery)
+);
+CREATE INDEX deliveries_delivery ON deliveries (delivery);
+CREATE INDEX deliveries_status ON deliveries (status, received_at);
+CREATE INDEX deliveries_received ON deliveries (received_at);
+CREATE TABLE jobs (
+    id              TEXT PRIMARY KEY,
+    delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    rule            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    last_error      TEXT,
+    result          TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+CREATE INDEX jobs_delivery ON jobs (delivery_id);
+CREATE INDEX jobs_rule ON jobs (rule);
+CREATE TABLE attempts (
+    job_id      TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    n           INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status      INTEGER,
+    outcome     TEXT NOT NULL,
+    error       TEXT,
+    response    TEXT,
+    PRIMARY KEY (job_id, n)
+);
+"#];
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(corrupt)
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )
+    .map_err(unavailable)
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let version: usize = tx
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(unavailable)? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Invalid(format!(
+            "the database schema (version {version}) is newer than this hookbridge understands ({}); upgrade hookbridge",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(unavailable)?;
+    }
+    tx.commit().map_err(unavailable)
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A write, executed by the writer thread inside a batch transaction.
+enum Op {
+    Ingest(Box<NewDelivery>, Reply<Ingested>),
+    Lease {
+        owner: String,
+        limit: usize,
+        lease: Duration,
+        reply: Reply<Vec<LeasedJob>>,
+    },
+    Record {
+        job: String,
+        delivery_id: String,
+        owner: String,
+        attempt: Attempt,
+        next: Transition,
+        reply: Reply<()>,
+    },
+    Release {
+        owner: Option<String>,
+        reply: Reply<()>,
+    },
+    Replay {
+        key: DeliveryKey,
+        job: Option<String>,
+        reply: Reply<Vec<String>>,
+    },
+    AddJobs {
+        key: DeliveryKey,
+        jobs: Vec<NewJob>,
+        summary: Box<Summary>,
+        reply: Reply<()>,
+    },
+    Purge {
+        cutoff: SystemTime,
+        batch: usize,
+        reply: Reply<u64>,
+    },
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<Op>,
+    readers: std::sync::Arc<Mutex<Vec<Connection>>>,
+    /// Held for the daemon's lifetime; released by the OS if the process dies.
+    _lock: Option<std::fs::File>,
+}
+
+impl SqliteStore {
+    /// Open for the daemon: one per file, and leases of a previous process are taken back.
+    pub fn open_exclusive(path: &Path) -> Result<SqliteStore, StoreError> {
+        let lock_path = lock_path(path);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| unavailable(format!("cannot open lock file {}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Invalid(format!(
+                    "{} is in use by another `hookbridge serve`; SQLite serves one daemon (use PostgreSQL to run several)",
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(unavailable(e)),
+        }
+        let store = Self::start(path, Some(lock))?;
+        // Any job still marked running was in flight when the previous process stopped.
+        let conn = connect(path)?;
+        release_leases(&conn, None, SystemTime::now())?;
+        Ok(store)
+    }
+
+    /// Open as a client alongside a running daemon (the CLI).
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::start(path, None)
+    }
+
+    fn start(path: &Path, lock: Option<std::fs::File>) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let mut conn = connect(path)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel(4096);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(unavailable)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: tx,
+            readers: std::sync::Arc::new(Mutex::new(Vec::new())),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers
+                .lock()
+                .map_err(|_| unavailable("reader pool poisoned"))?
+                .pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => connect(&path)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = readers.lock()
+                && pool.len() < 4
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    db.with_file_name(name)
+}
+
+/// The writer thread: batch every queued op into one transaction and commit.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch);
+    }
+}
+
+/// Replies held until the batch's commit decides their fate.
+enum Pending {
+    Ingest(Reply<Ingested>, Result<Ingested, StoreError>),
+    Lease(Reply<Vec<LeasedJob>>, Result<Vec<LeasedJob>, StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+    Ids(Reply<Vec<String>>, Result<Vec<String>, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
+}
+
+impl Pending {
+    fn send(self, commit: &Result<(), String>) {
+        fn finish<T>(reply: Reply<T>, r: Result<T, StoreError>, commit: &Result<(), String>) {
+            let r = match commit {
+                Ok(()) => r,
+                Err(e) => Err(StoreError::Unavailable(e.clone())),
+            };
+            // The caller may have gone away (request cancelled); the write stands regardless.
+            let _ = reply.send(r);
+        }
+        match self {
+            Pending::Ingest(reply, r) => finish(reply, r, commit),
+            Pending::Lease(reply, r) => finish(reply, r, commit),
+            Pending::Unit(reply, r) => finish(reply, r, commit),
+            Pending::Ids(reply, r) => finish(reply, r, commit),
+            Pending::Count(reply, r) => finish(reply, r, commit),
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let failed = Err(e.to_string());
+            for op in batch {
+                failed_op(op, StoreError::Unavailable("cannot begin a transaction".into())).send(&failed);
+            }
+            return;
+        }
+    };
+    let now = SystemTime::now();
+    let mut pending = Vec::with_capacity(batch.len());
+    for op in batch {
+        // Each op runs in a savepoint so one failure does not undo the others.
+        let mut sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => {
+                pending.push(failed_op(op, unavailable(e)));
+                continue;
+            }
+        };
+        let mut result = apply(&sp, op, now);
+        if result.is_ok() {
+            if let Err(e) = sp.commit() {
+                result = result.fail(unavailable(e));
+            }
+        } else {
+            let _ = sp.rollback();
+        }
+        pending.push(result);
+    }
+    let commit = tx.commit().map_err(|e| e.to_string());
+    for p in pending {
+        p.send(&commit);
+    }
+}
+
+impl Pending {
+    fn is_ok(&self) -> bool {
+        match self {
+            Pending::Ingest(_, r) => r.is_ok(),
+            Pending::Lease(_, r) => r.is_ok(),
+            Pending::Unit(_, r) => r.is_ok(),
+            Pending::Ids(_, r) => r.is_ok(),
+            Pending::Count(_, r) => r.is_ok(),
+        }
+    }
+
+    fn fail(self, e: StoreError) -> Pending {
+        match self {
+            Pending::Ingest(reply, _) => Pending::Ingest(reply, Err(e)),
+            Pending::Lease(reply, _) => Pending::Lease(reply, Err(e)),
+            Pending::Unit(reply, _) => Pending::Unit(reply, Err(e)),
+            Pending::Ids(reply, _) => Pending::Ids(reply, Err(e)),
+            Pending::Count(reply, _) => Pending::Count(reply, Err(e)),
+        }
+    }
+}
+
+/// The reply for an op that could not run.
+fn failed_op(op: Op, e: StoreError) -> Pending {
+    match op {
+        Op::Ingest(_, reply) => Pending::Ingest(reply, Err(e)),
+        Op::Lease { reply, .. } => Pending::Lease(reply, Err(e)),
+        Op::Record { reply, .. } | Op::Release { reply, .. } | Op::AddJobs { reply, .. } => {
+            Pending::Unit(reply, Err(e))
+        }
+        Op::Replay { reply, .. } => Pending::Ids(reply, Err(e)),
+        Op::Purge { reply, .. } => Pending::Count(reply, Err(e)),
+    }
+}
+
+fn apply(tx: &Connection, op: Op, now: SystemTime) -> Pending {
+    match op {
+        Op::Ingest(d, reply) => Pending::Ingest(reply, ingest(tx, *d)),
+        Op::Lease {
+            owner,
+            limit,
+            lease,
+            reply,
+        } => Pending::Lease(reply, lease_due(tx, &owner, limit, lease, now)),
+        Op::Record {
+            job,
+            delivery_id,
+            owner,
+            attempt,
+            next,
+            reply,
+        } => Pending::Unit(
+            reply,
+            record(tx, &job, &delivery_id, &owner, &attempt, &next, now),
+        ),
+        Op::Release { owner, reply } => Pending::Unit(reply, release_leases(tx, owner.as_deref(), now)),
+        Op::Replay { key, job, reply } => Pending::Ids(reply, replay(tx, &key, job.as_deref(), now)),
+        Op::AddJobs {
+            key,
+            jobs,
+            summary,
+            reply,
+        } => Pending::Unit(reply, add_jobs(tx, &key, &jobs, &summary, now)),
+        Op::Purge { cutoff, batch, reply } => Pending::Count(reply, purge(tx, cutoff, batch)),
+    }
+}
+
+fn insert_job(tx: &Connection, delivery_id: &str, job: &NewJob, now: i64) -> Result<(), StoreError> {
+    let request = to_json(&job.request)?;
+    tx.prepare_cached(
+        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)",
+    )
+    .and_then(|mut s| s.execute(params![job.id, delivery_id, job.rule, job.target, request, now]))
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn ingest(tx: &Connection, d: NewDelivery) -> Result<Ingested, StoreError> {
+    let existing: Option<(String, String)> = tx
+        .prepare_cached("SELECT id, summary FROM deliveries WHERE source = ?1 AND delivery = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![d.source, d.delivery], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(unavailable)?;
+    if let Some((id, summary)) = existing {
+        let now = millis(SystemTime::now());
+        let requeued = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+                 WHERE delivery_id = ?1 AND state = 'dead'",
+            )
+            .and_then(|mut s| s.execute(params![id, now]))
+            .map_err(unavailable)?;
+        if requeued > 0 {
+            refresh_status(tx, &id)?;
+        }
+        return Ok(Ingested::Duplicate {
+            summary: from_json(&summary)?,
+            requeued,
+        });
+    }
+    let received = millis(d.received_at);
+    let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
+    tx.prepare_cached(
+        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status, summary, event, headers, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            d.id,
+            d.source,
+            d.delivery,
+            received,
+            d.event.name,
+            d.event.kind,
+            d.event.repository,
+            d.event.git_ref,
+            status,
+            to_json(&d.summary).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            to_json(&d.event).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            to_json(&d.headers).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            d.payload,
+        ])
+    })
+    .map_err(unavailable)?;
+    for job in &d.jobs {
+        insert_job(tx, &d.id, job, received)?;
+    }
+    Ok(Ingested::Stored)
+}
+
+/// Recompute a delivery's status from its jobs.
+fn refresh_status(tx: &Connection, delivery_id: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET status = CASE
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state IN ('pending', 'running')) THEN 'pending'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state = 'dead') THEN 'dead'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state = 'done') THEN 'done'
+            ELSE 'skipped' END
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![delivery_id]))
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
+    tx.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")
+        .and_then(|mut s| s.query_row(params![job], |r| r.get(0)))
+        .map_err(unavailable)
+}
+
+fn lease_due(
+    tx: &Connection,
+    owner: &str,
+    limit: usize,
+    lease: Duration,
+    now: SystemTime,
+) -> Result<Vec<LeasedJob>, StoreError> {
+    let now_ms = millis(now);
+    let mut ids: Vec<(String, bool)> = Vec::new();
+    {
+        let mut expired = tx
+            .prepare_cached("SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?1 LIMIT ?2")
+            .map_err(unavailable)?;
+        let rows = expired
+            .query_map(params![now_ms, limit as i64], |r| r.get::<_, String>(0))
+            .map_err(unavailable)?;
+        for id in rows {
+            ids.push((id.map_err(unavailable)?, true));
+        }
+        let mut due = tx
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+            )
+            .map_err(unavailable)?;
+        let rows = due
+            .query_map(params![now_ms, (limit - ids.len().min(limit)) as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(unavailable)?;
+        for id in rows {
+            ids.push((id.map_err(unavailable)?, false));
+        }
+    }
+    let until = millis(now + lease);
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, was_expired) in ids {
+        if was_expired {
+            interrupted(
+                tx,
+                &id,
+                now_ms,
+                "the worker's lease expired mid-attempt (its process stopped?)",
+            )?;
+        }
+        let row = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, attempts = attempts + 1, updated_at = ?4
+                 WHERE id = ?1
+                 RETURNING delivery_id, rule, target, request, attempts",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id, owner, until, now_ms], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+            })
+            .map_err(unavailable)?;
+        let (delivery_id, rule, target, request, attempts) = row;
+        let (delivery, source): (String, String) = tx
+            .prepare_cached("SELECT delivery, source FROM deliveries WHERE id = ?1")
+            .and_then(|mut s| s.query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(unavailable)?;
+        out.push(LeasedJob {
+            id,
+            delivery_id,
+            delivery,
+            source,
+            rule,
+            target,
+            request: from_json(&request)?,
+            attempt: attempts.max(1) as u32,
+        });
+    }
+    Ok(out)
+}
+
+/// Record that an attempt was cut short (crash, shutdown past the grace period).
+fn interrupted(tx: &Connection, job: &str, now_ms: i64, why: &str) -> Result<(), StoreError> {
+    let n = next_attempt_number(tx, job)?;
+    tx.prepare_cached(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+         VALUES (?1, ?2, ?3, 0, NULL, 'interrupted', ?4, NULL)",
+    )
+    .and_then(|mut s| s.execute(params![job, n, now_ms, why]))
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn release_leases(tx: &Connection, owner: Option<&str>, now: SystemTime) -> Result<(), StoreError> {
+    let now_ms = millis(now);
+    let ids: Vec<(String, String)> = {
+        let mut s = tx
+            .prepare_cached("SELECT id, delivery_id FROM jobs WHERE state = 'running' AND (?1 IS NULL OR lease_owner = ?1)")
+            .map_err(unavailable)?;
+        let rows = s
+            .query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)?
+    };
+    for (id, _) in &ids {
+        interrupted(
+            tx,
+            id,
+            now_ms,
+            "hookbridge stopped during this attempt; it runs again",
+        )?;
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, next_attempt_at = ?2, updated_at = ?2
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, now_ms]))
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn record(
+    tx: &Connection,
+    job: &str,
+    delivery_id: &str,
+    owner: &str,
+    attempt: &Attempt,
+    next: &Transition,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let n = next_attempt_number(tx, job)?;
+    let error = match next {
+        Transition::Done(_) => attempt.error.clone(),
+        Transition::Skipped(m) => Some(m.clone()),
+        Transition::Retry { reason, .. } | Transition::Dead(reason) => Some(reason.clone()),
+    };
+    tx.prepare_cached(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            job,
+            n,
+            millis(attempt.started_at),
+            attempt.duration.as_millis() as i64,
+            attempt.status,
+            next.outcome(),
+            error,
+            attempt.response,
+        ])
+    })
+    .map_err(unavailable)?;
+    let now_ms = millis(now);
+    let (state, next_at, result) = match next {
+        Transition::Done(r) => ("done", now_ms, Some(to_json(r)?)),
+        Transition::Skipped(_) => ("skipped", now_ms, None),
+        Transition::Retry { at, .. } => ("pending", millis(*at), None),
+        Transition::Dead(_) => ("dead", now_ms, None),
+    };
+    // Only the lease holder moves the job; a late worker's attempt is still recorded above.
+    tx.prepare_cached(
+        "UPDATE jobs SET state = ?3, next_attempt_at = ?4, lease_owner = NULL, lease_until = NULL,
+                last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
+         WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+    )
+    .and_then(|mut s| s.execute(params![job, owner, state, next_at, error, result, now_ms]))
+    .map_err(unavailable)?;
+    refresh_status(tx, delivery_id)
+}
+
+/// Resolve a [`DeliveryKey`] to an internal id.
+fn resolve(conn: &Connection, key: &DeliveryKey) -> Result<String, StoreError> {
+    let by_internal: Option<String> = conn
+        .prepare_cached("SELECT id FROM deliveries WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![key.id], |r| r.get(0)).optional())
+        .map_err(unavailable)?;
+    if let Some(id) = by_internal {
+        return Ok(id);
+    }
+    let mut s = conn
+        .prepare_cached(
+            "SELECT id, source FROM deliveries WHERE delivery = ?1 AND (?2 IS NULL OR source = ?2)",
+        )
+        .map_err(unavailable)?;
+    let rows: Vec<(String, String)> = s
+        .query_map(params![key.id, key.source], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(unavailable)?
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    match rows.len() {
+        0 => Err(StoreError::NotFound(key.id.clone())),
+        1 => Ok(rows[0].0.clone()),
+        _ => {
+            let sources: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
+            Err(StoreError::Ambiguous(format!(
+                "delivery `{}` exists for several sources ({}); name one with --source",
+                key.id,
+                sources.join(", ")
+            )))
+        }
+    }
+}
+
+fn replay(
+    tx: &Connection,
+    key: &DeliveryKey,
+    job: Option<&str>,
+    now: SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let id = resolve(tx, key)?;
+    let now_ms = millis(now);
+    let ids: Vec<String> = {
+        let mut s = tx
+            .prepare_cached("SELECT id FROM jobs WHERE delivery_id = ?1 AND (?2 IS NULL OR id = ?2) AND state != 'running'")
+            .map_err(unavailable)?;
+        s.query_map(params![id, job], |r| r.get(0))
+            .map_err(unavailable)?
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?
+    };
+    if let Some(j) = job
+        && ids.is_empty()
+    {
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND delivery_id = ?2)",
+                params![j, id],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        if !exists {
+            return Err(StoreError::NotFound(format!("{j} (job of delivery {})", key.id)));
+        }
+    }
+    for j in &ids {
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![j, now_ms]))
+        .map_err(unavailable)?;
+    }
+    refresh_status(tx, &id)?;
+    Ok(ids)
+}
+
+fn add_jobs(
+    tx: &Connection,
+    key: &DeliveryKey,
+    jobs: &[NewJob],
+    summary: &Summary,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let id = resolve(tx, key)?;
+    for job in jobs {
+        insert_job(tx, &id, job, millis(now))?;
+    }
+    tx.execute(
+        "UPDATE deliveries SET summary = ?2 WHERE id = ?1",
+        params![id, to_json(summary)?],
+    )
+    .map_err(unavailable)?;
+    refresh_status(tx, &id)
+}
+
+fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "DELETE FROM deliveries WHERE id IN (
+                SELECT id FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![millis(cutoff), batch as i64]))
+        .map_err(unavailable)?;
+    Ok(n as u64)
+}
+
+fn row_to_delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryRow, String)> {
+    let status: String = r.get(8)?;
+    Ok((
+        DeliveryRow {
+            id: r.get(0)?,
+            source: r.get(1)?,
+            delivery: r.get(2)?,
+            received_at: r.get(3)?,
+            event: r.get(4)?,
+            kind: r.get(5)?,
+            repository: r.get(6)?,
+            git_ref: r.get(7)?,
+            status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+            jobs: r.get::<_, i64>(9)? as u32,
+        },
+        status,
+    ))
+}
+
+const DELIVERY_COLUMNS: &str =
+    "d.id, d.source, d.delivery, d.received_at, d.event_name, d.kind, d.repository, d.git_ref, d.status,
+     (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id)";
+
+fn list(conn: &Connection, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE 1 = 1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(s) = f.status {
+        args.push(Box::new(s.as_str()));
+        sql.push_str(&format!(" AND d.status = ?{}", args.len()));
+    }
+    if let Some(s) = &f.source {
+        args.push(Box::new(s.clone()));
+        sql.push_str(&format!(" AND d.source = ?{}", args.len()));
+    }
+    if let Some(r) = &f.rule {
+        args.push(Box::new(r.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.rule = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(since) = f.since {
+        args.push(Box::new(millis(since)));
+        sql.push_str(&format!(" AND d.received_at >= ?{}", args.len()));
+    }
+    if let Some(before) = &f.before {
+        args.push(Box::new(before.clone()));
+        sql.push_str(&format!(" AND d.id < ?{}", args.len()));
+    }
+    args.push(Box::new(f.limit.max(1) as i64));
+    sql.push_str(&format!(" ORDER BY d.id DESC LIMIT ?{}", args.len()));
+    let mut s = conn.prepare(&sql).map_err(unavailable)?;
+    let rows = s
+        .query_map(rusqlite::params_from_iter(args.iter()), row_to_delivery)
+        .map_err(unavailable)?;
+    rows.map(|r| r.map(|(row, _)| row).map_err(unavailable)).collect()
+}
+
+fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
+    let id = resolve(conn, key)?;
+    let (row, summary, event): (DeliveryRow, String, String) = conn
+        .query_row(
+            &format!("SELECT {DELIVERY_COLUMNS}, d.summary, d.event FROM deliveries d WHERE d.id = ?1"),
+            params![id],
+            |r| Ok((row_to_delivery(r)?.0, r.get(10)?, r.get(11)?)),
+        )
+        .map_err(unavailable)?;
+    let mut jobs = Vec::new();
+    let mut s = conn
+        .prepare(
+            "SELECT id, rule, target, state, attempts, next_attempt_at, last_error, result, request
+             FROM jobs WHERE delivery_id = ?1 ORDER BY id",
+        )
+        .map_err(unavailable)?;
+    let rows: Vec<_> = s
+        .query_map(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })
+        .map_err(unavailable)?
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    for (job_id, rule, target, state, attempts, next, last_error, result, request) in rows {
+        let mut a = conn
+            .prepare_cached(
+                "SELECT n, started_at, duration_ms, status, outcome, error, response FROM attempts WHERE job_id = ?1 ORDER BY n",
+            )
+            .map_err(unavailable)?;
+        let history = a
+            .query_map(params![job_id], |r| {
+                Ok(AttemptRow {
+                    n: r.get::<_, i64>(0)? as u32,
+                    started_at: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    status: r.get::<_, Option<i64>>(3)?.map(|s| s as u16),
+                    outcome: r.get(4)?,
+                    error: r.get(5)?,
+                    response: r.get(6)?,
+                })
+            })
+            .map_err(unavailable)?
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?;
+        let waiting = state == "pending";
+        jobs.push(JobDetail {
+            id: job_id,
+            rule,
+            target,
+            state,
+            attempts: attempts as u32,
+            next_attempt_at: waiting.then_some(next),
+            last_error,
+            result: result.as_deref().map(from_json).transpose()?,
+            request: from_json(&request)?,
+            history,
+        });
+    }
+    Ok(DeliveryDetail {
+        row,
+        summary: from_json(&summary)?,
+        normalized: from_json(&event)?,
+        jobs,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
+        self.write(|reply| Op::Ingest(Box::new(delivery), reply)).await
+    }
+
+    async fn lease_due(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        let owner = owner.to_owned();
+        self.write(|reply| Op::Lease {
+            owner,
+            limit,
+            lease,
+            reply,
+        })
+        .await
+    }
+
+    async fn record_attempt(
+        &self,
+        job: &LeasedJob,
+        owner: &str,
+        attempt: Attempt,
+        next: Transition,
+    ) -> Result<(), StoreError> {
+        let (job_id, delivery_id, owner) = (job.id.clone(), job.delivery_id.clone(), owner.to_owned());
+        self.write(|reply| Op::Record {
+            job: job_id,
+            delivery_id,
+            owner,
+            attempt,
+            next,
+            reply,
+        })
+        .await
+    }
+
+    async fn release(&self, owner: &str) -> Result<(), StoreError> {
+        let owner = Some(owner.to_owned());
+        self.write(|reply| Op::Release { owner, reply }).await
+    }
+
+    async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+        self.read(|c| {
+            let next: Option<i64> = c
+                .query_row(
+                    "SELECT MIN(t) FROM (
+                        SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'pending'
+                        UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(next.map(from_millis))
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |c| list(c, &filter)).await
+    }
+
+    async fn get(&self, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
+        let key = key.clone();
+        self.read(move |c| get(c, &key)).await
+    }
+
+    async fn payload(&self, key: &DeliveryKey) -> Result<StoredPayload, StoreError> {
+        let key = key.clone();
+        self.read(move |c| {
+            let id = resolve(c, &key)?;
+            let (event, headers, payload): (String, String, Vec<u8>) = c
+                .query_row(
+                    "SELECT event, headers, payload FROM deliveries WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(unavailable)?;
+            Ok(StoredPayload {
+                event: from_json(&event)?,
+                headers: from_json::<BTreeMap<String, String>>(&headers)?,
+                payload,
+            })
+        })
+        .await
+    }
+
+    async fn replay(&self, key: &DeliveryKey, job: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let (key, job) = (key.clone(), job.map(str::to_owned));
+        self.write(|reply| Op::Replay { key, job, reply }).await
+    }
+
+    async fn add_jobs(
+        &self,
+        key: &DeliveryKey,
+        jobs: Vec<NewJob>,
+        summary: Summary,
+    ) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.write(|reply| Op::AddJobs {
+            key,
+            jobs,
+            summary: Box::new(summary),
+            reply,
+        })
+        .await
+    }
+
+    async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
+        self.write(|reply| Op::Purge { cutoff, batch, reply }).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(|c| {
+            let mut stats = QueueStats::default();
+            let mut s = c
+                .prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY state")
+                .map_err(unavailable)?;
+            let rows = s
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(unavailable)?;
+            for row in rows {
+                let (state, n) = row.map_err(unavailable)?;
+                match state.as_str() {
+                    "pending" => stats.pending = n as u64,
+                    "running" => stats.running = n as u64,
+                    _ => stats.dead = n as u64,
+                }
+            }
+            let oldest: Option<i64> = c
+                .query_row("SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            stats.oldest_pending = oldest.map(from_millis);
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Unavailable("the store's writer has stopped".into()));
+        }
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+            .await
+    }
+}

@@ -1,0 +1,103 @@
+//! Logs and metrics.
+//!
+//! Logs go to stderr, as JSON lines (`--log-format json`, the default when
+//! stderr is not a terminal) or human-readable text; `RUST_LOG` or
+//! `--log-level` set the filter. Metrics are recorded through the `metrics`
+//! facade and rendered in Prometheus text format on the admin listener.
+
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, pretty otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// Install the global log subscriber. Safe to call more than once (later calls do nothing).
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Another recorder may already be installed (tests embedding the server); then
+        // this handle renders an empty page rather than failing.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "hookbridge_webhooks_received_total",
+        "Webhook requests by source and outcome (accepted, ignored, duplicate, ping, unauthorized, invalid, too_large, unknown_source, unavailable)"
+    );
+    metrics::describe_counter!(
+        "hookbridge_rule_matches_total",
+        "Rules that matched a delivery, by rule"
+    );
+    metrics::describe_counter!(
+        "hookbridge_trigger_attempts_total",
+        "Trigger attempts by target and outcome (done, skipped, retry, dead)"
+    );
+    metrics::describe_histogram!(
+        "hookbridge_trigger_attempt_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time of one trigger request to the CI API"
+    );
+    metrics::describe_counter!("hookbridge_dead_lettered_total", "Jobs dead-lettered, by target");
+    metrics::describe_histogram!(
+        "hookbridge_ingest_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from request received to stored delivery"
+    );
+    metrics::describe_gauge!("hookbridge_jobs_pending", "Jobs waiting for an attempt");
+    metrics::describe_gauge!("hookbridge_jobs_running", "Jobs leased by a worker");
+    metrics::describe_gauge!("hookbridge_jobs_dead", "Dead-lettered jobs");
+    metrics::describe_gauge!(
+        "hookbridge_oldest_pending_job_age_seconds",
+        metrics::Unit::Seconds,
+        "Age of the oldest pending job"
+    );
+    metrics::describe_counter!(
+        "hookbridge_config_reloads_total",
+        "Config reloads by result (ok, error)"
+    );
+}
