@@ -1,0 +1,399 @@
+//! Stand-in CircleCI and GitLab servers on 127.0.0.1.
+//!
+//! Every request is checked against the official API descriptions vendored in
+//! `tests/fixtures/openapi/` (request body schemas, path shapes, required
+//! headers) and against the rules in the targets research (JSON content type,
+//! token in a header or the body and never in the URL, no forwarded webhook
+//! headers). Violations are collected; tests assert there are none. Replies
+//! can be scripted to simulate outages.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The token the stand-ins expect (CircleCI `Circle-Token`, GitLab body `token`).
+pub const CIRCLE_TOKEN: &str = "circle-token-for-tests";
+pub const GITLAB_TRIGGER_TOKEN: &str = "glptt-trigger-token-for-tests";
+
+/// A scripted reply, used before the normal (successful) behaviour resumes.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(u16),
+    /// A status with `Retry-After: <secs>`.
+    RetryAfter(u16, u64),
+    /// Never answer (the client times out or goes away).
+    Hang,
+}
+
+/// One received request, as the stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `circleci-job`, `circleci-pipeline`, `circleci-pipeline-run`, `gitlab-trigger`.
+    pub api: &'static str,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+    /// The status answered (0 when it hung).
+    pub status: u16,
+}
+
+impl Recorded {
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    requests: Mutex<Vec<Recorded>>,
+    violations: Mutex<Vec<String>>,
+    script: Mutex<VecDeque<Reply>>,
+    hang: std::sync::atomic::AtomicBool,
+    counter: AtomicU64,
+}
+
+/// A running stand-in; serves both the CircleCI and the GitLab API.
+#[derive(Clone)]
+pub struct StandIn {
+    pub url: String,
+    shared: Arc<Shared>,
+}
+
+impl StandIn {
+    pub async fn start() -> StandIn {
+        let shared = Arc::new(Shared::default());
+        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        StandIn { url, shared }
+    }
+
+    /// Queue replies for the next requests (any API).
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.script.lock().unwrap().extend(replies);
+    }
+
+    /// While set, every request hangs.
+    pub fn set_hang(&self, hang: bool) {
+        self.shared.hang.store(hang, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn accepted(&self) -> Vec<Recorded> {
+        self.requests().into_iter().filter(Recorded::accepted).collect()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.shared.violations.lock().unwrap().clone()
+    }
+
+    /// Panics with every schema or protocol violation seen so far.
+    pub fn assert_clean(&self) {
+        let v = self.violations();
+        assert!(
+            v.is_empty(),
+            "stand-in CI saw invalid requests:\n{}",
+            v.join("\n")
+        );
+    }
+}
+
+fn load_json(rel: &str) -> Value {
+    let path = super::fixtures().join("openapi").join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    if rel.ends_with(".yaml") {
+        serde_yaml::from_str(&text).unwrap()
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+struct Validators {
+    pipeline: jsonschema::Validator,
+    pipeline_run: jsonschema::Validator,
+    job: jsonschema::Validator,
+    gitlab_trigger: jsonschema::Validator,
+}
+
+/// A validator for the schema at `pointer` inside an API document, with the
+/// document's shared definitions available to `$ref`.
+fn validator(doc: &Value, pointer: &str) -> jsonschema::Validator {
+    let schema = doc
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no schema at {pointer}"));
+    let mut root = schema.clone();
+    for shared in ["components", "definitions"] {
+        if let Some(v) = doc.get(shared) {
+            root[shared] = v.clone();
+        }
+    }
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft7)
+        .should_validate_formats(true)
+        .build(&root)
+        .unwrap()
+}
+
+fn validators() -> &'static Validators {
+    static V: OnceLock<Validators> = OnceLock::new();
+    V.get_or_init(|| {
+        let v2 = load_json("circleci-v2.json");
+        let v1 = load_json("circleci-v1.1.json");
+        let gitlab = load_json("gitlab-openapi_v2-ci_triggers.excerpt.yaml");
+        Validators {
+            pipeline: validator(
+                &v2,
+                "/paths/~1project~1{project-slug}~1pipeline/post/requestBody/content/application~1json/schema",
+            ),
+            pipeline_run: validator(&v2, "/components/schemas/pipelineRequest"),
+            job: validator(&v1, "/components/schemas/BuildParameters"),
+            gitlab_trigger: validator(&gitlab, "/definitions/postApiV4ProjectsId(refRef)triggerPipeline"),
+        }
+    })
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_matches('/').split('/').collect()
+}
+
+fn decode(seg: &str) -> String {
+    percent_encoding::percent_decode_str(seg)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Which API a path addresses, or why it addresses none.
+fn route(path: &str) -> Result<&'static str, String> {
+    let s = segments(path);
+    match s.as_slice() {
+        ["api", "v2", "project", slug @ .., "pipeline", "run"] => {
+            if slug.len() != 3 {
+                return Err(format!(
+                    "pipeline/run takes the slug as three segments, got {slug:?}"
+                ));
+            }
+            Ok("circleci-pipeline-run")
+        }
+        ["api", "v2", "project", slug @ .., "pipeline"] => {
+            let joined = slug.iter().map(|s| decode(s)).collect::<Vec<_>>().join("/");
+            if joined.split('/').count() != 3 && !joined.starts_with("circleci/") {
+                return Err(format!("project slug `{joined}` is not vcs/org/repo"));
+            }
+            Ok("circleci-pipeline")
+        }
+        ["api", "v1.1", "project", vcs, _user, _project, "tree", _branch] => {
+            if !["github", "bitbucket"].contains(vcs) {
+                return Err(format!("v1.1 vcs-type `{vcs}` is not github or bitbucket"));
+            }
+            Ok("circleci-job")
+        }
+        ["api", "v4", "projects", _id, "trigger", "pipeline"] => Ok("gitlab-trigger"),
+        _ => Err(format!("no such endpoint: {path}")),
+    }
+}
+
+fn check_request(api: &str, uri: &Uri, headers: &HeaderMap, body: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if header("content-type") != "application/json" {
+        problems.push(format!(
+            "Content-Type is `{}`, not application/json",
+            header("content-type")
+        ));
+    }
+    if !header("accept").contains("application/json") {
+        problems.push("Accept does not ask for application/json".into());
+    }
+    if uri.query().is_some() {
+        problems.push(format!("query string in the URL: {uri}"));
+    }
+    for (name, _) in headers {
+        let n = name.as_str();
+        if n.starts_with("x-github-")
+            || n.starts_with("x-gitlab-")
+            || n.starts_with("x-hub-")
+            || n.starts_with("x-gitea-")
+            || n.starts_with("webhook-")
+            || n == "authorization"
+        {
+            problems.push(format!("forwarded or unexpected header `{n}`"));
+        }
+    }
+    let v = validators();
+    let (validator, circle) = match api {
+        "circleci-pipeline" => (&v.pipeline, true),
+        "circleci-pipeline-run" => (&v.pipeline_run, true),
+        "circleci-job" => (&v.job, true),
+        _ => (&v.gitlab_trigger, false),
+    };
+    for e in validator.iter_errors(body) {
+        problems.push(format!("schema: {e} at {}", e.instance_path()));
+    }
+    if circle {
+        if header("circle-token") != CIRCLE_TOKEN {
+            problems.push("missing or wrong Circle-Token".into());
+        }
+    } else {
+        if body["token"] != GITLAB_TRIGGER_TOKEN {
+            problems.push("missing or wrong trigger token in the body".into());
+        }
+        if !body["ref"].as_str().is_some_and(|r| !r.is_empty()) {
+            problems.push("`ref` missing".into());
+        }
+        if let Some(vars) = body.get("variables") {
+            match vars.as_object() {
+                Some(map) => {
+                    for (k, val) in map {
+                        if !val.is_string() {
+                            problems.push(format!("variable `{k}` is not a string: {val}"));
+                        }
+                    }
+                }
+                None => problems.push("variables is not an object".into()),
+            }
+        }
+    }
+    if api == "circleci-pipeline" && body.get("branch").is_some() && body.get("tag").is_some() {
+        problems.push("branch and tag are mutually exclusive".into());
+    }
+    if api == "circleci-job"
+        && body
+            .pointer("/build_parameters/CIRCLE_JOB")
+            .and_then(Value::as_str)
+            .is_none()
+    {
+        problems.push("build_parameters.CIRCLE_JOB missing".into());
+    }
+    problems
+}
+
+fn created(api: &str, n: u64, path: &str) -> Response {
+    let id = format!("5034460f-c7c4-4c43-9457-de07e2{n:06}");
+    match api {
+        "circleci-job" => (
+            StatusCode::OK,
+            axum::Json(json!({
+                "build_num": n,
+                "build_url": format!("https://circleci.example/gh/acme/app/{n}"),
+                "status": "not_running",
+                "lifecycle": "not_running",
+            })),
+        )
+            .into_response(),
+        "gitlab-trigger" => (
+            StatusCode::CREATED,
+            axum::Json(json!({
+                "id": 1000 + n,
+                "iid": n,
+                "project_id": 3,
+                "status": "created",
+                "web_url": format!("https://gitlab.example{path}/../-/pipelines/{}", 1000 + n),
+            })),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::CREATED,
+            axum::Json(json!({
+                "id": id,
+                "state": "created",
+                "number": n,
+                "created_at": "2026-11-23T10:00:00Z",
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let api = match route(&path) {
+        Ok(api) => api,
+        Err(problem) => {
+            shared.violations.lock().unwrap().push(problem);
+            return (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Not Found"}))).into_response();
+        }
+    };
+    let mut problems = Vec::new();
+    if method != Method::POST {
+        problems.push(format!("{method} instead of POST"));
+    }
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(format!("body is not JSON: {e}"));
+            Value::Null
+        }
+    };
+    problems.extend(check_request(api, &uri, &headers, &parsed));
+    let invalid = !problems.is_empty();
+    shared
+        .violations
+        .lock()
+        .unwrap()
+        .extend(problems.into_iter().map(|p| format!("{api} {path}: {p}")));
+
+    let scripted = shared.script.lock().unwrap().pop_front();
+    let hang = shared.hang.load(Ordering::SeqCst) || matches!(scripted, Some(Reply::Hang));
+    let mut record = Recorded {
+        api,
+        path: path.clone(),
+        headers,
+        body: parsed,
+        status: 0,
+    };
+    if hang {
+        shared.requests.lock().unwrap().push(record);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
+    }
+    let response = if invalid {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "invalid request"})),
+        )
+            .into_response()
+    } else {
+        match scripted {
+            Some(Reply::Status(code)) => {
+                let status = StatusCode::from_u16(code).unwrap();
+                (status, axum::Json(json!({"message": format!("scripted {code}")}))).into_response()
+            }
+            Some(Reply::RetryAfter(code, secs)) => {
+                let status = StatusCode::from_u16(code).unwrap();
+                (
+                    status,
+                    [("retry-after", secs.to_string())],
+                    axum::Json(json!({"message": format!("scripted {code}")})),
+                )
+                    .into_response()
+            }
+            Some(Reply::Hang) | None => {
+                let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+                created(api, n, &path)
+            }
+        }
+    };
+    record.status = response.status().as_u16();
+    shared.requests.lock().unwrap().push(record);
+    response
+}
