@@ -313,7 +313,8 @@ async fn bad_requests_get_the_right_status_and_store_nothing() {
     let body = payload("github/push.json");
     let url = daemon.hook_url("github");
     let good_sig = github_signature(GITHUB_SECRET, &body);
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         (
             "wrong signature",
             vec![

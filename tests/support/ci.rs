@@ -251,7 +251,7 @@ fn check_request(api: &str, uri: &Uri, headers: &HeaderMap, body: &Value) -> Vec
         if body["token"] != GITLAB_TRIGGER_TOKEN {
             problems.push("missing or wrong trigger token in the body".into());
         }
-        if !body["ref"].as_str().is_some_and(|r| !r.is_empty()) {
+        if body["ref"].as_str().is_none_or(str::is_empty) {
             problems.push("`ref` missing".into());
         }
         if let Some(vars) = body.get("variables") {
