@@ -248,7 +248,8 @@ fn describe(source: &str, name: &str, delivery: String, payload: &[u8]) -> Resul
             let total = p.total_commits_count.unwrap_or(p.commits.len());
             if total > p.commits.len() {
                 event.paths_unknown = Some(format!(
-                    "GitLab lists at most 20 commits and this push has {total}; changed files are incomplete"
+                    "the payload lists {} of the push's {total} commits (GitLab sends at most 20); changed files are incomplete",
+                    p.commits.len()
                 ));
             } else {
                 event.paths = Some(union_paths(p.commits.iter().flat_map(|c| {

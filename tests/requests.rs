@@ -1,0 +1,130 @@
+//! The exact outbound request of representative rules: method, URL, headers
+//! (secrets redacted) and body, rendered from real payloads.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::SystemTime;
+
+use hookbridge::config::LoadMode;
+use hookbridge::target::Reveal;
+use http::{HeaderMap, HeaderValue};
+use support::{github_signature, payload};
+
+const CONFIG: &str = r#"
+[sources.github]
+type = "github"
+secrets = ["s3cret"]
+
+[targets.circleci]
+type = "circleci"
+token = "circle-token-value"
+
+[targets.circleci-server]
+type = "circleci"
+url = "https://circleci.internal.example:8443/"
+token = "circle-server-token"
+
+[targets.gitlab]
+type = "gitlab"
+url = "https://gitlab.example.com"
+token = "glptt-default-token"
+
+[[rules]]
+name = "v2-pipeline-on-pr"
+events = ["pull_request"]
+actions = ["opened", "synchronize"]
+[rules.trigger]
+target = "circleci"
+project = "gh/Codertocat/Hello-World"
+branch = "{{ body.pull_request.head.ref }}"
+parameters = { pr_number = "{{ body.pull_request.number }}", run_e2e = true, title = "PR #{{ event.number }}: {{ body.pull_request.title }}" }
+
+[[rules]]
+name = "v1-job-on-pr"
+events = ["pull_request"]
+[rules.trigger]
+target = "circleci-server"
+project = "bb/acme team/app"
+job = "build and test"
+branch = "{{ event.branch }}/x"
+revision = "{{ event.sha }}"
+build_parameters = { DEPLOY_ENV = "prod", PR = "{{ event.number }}" }
+
+[[rules]]
+name = "pipeline-run"
+events = ["pull_request"]
+[rules.trigger]
+target = "circleci"
+project = "circleci/9d3c0b1e-0000-4000-8000-000000000001/7a1f0c2d-0000-4000-8000-000000000002"
+definition_id = "0f4c7e2a-0000-4000-8000-000000000003"
+branch = "{{ event.branch }}"
+parameters = { deploy = false }
+
+[[rules]]
+name = "gitlab-pipeline"
+events = ["pull_request"]
+[rules.trigger]
+target = "gitlab"
+project = "acme/sub group/app"
+ref = "{{ event.base_branch }}"
+variables = { UPSTREAM_SHA = "{{ event.sha }}", PR = "{{ event.number }}", DRY = false }
+inputs = { environment = "staging", scan_security = false, level = 3, labels = "{{ body.pull_request.labels | map(attribute='name') | list }}" }
+
+[[rules]]
+name = "gitlab-rule-token"
+events = ["pull_request"]
+[rules.trigger]
+target = "gitlab"
+project = "42"
+ref = "main"
+token = "glptt-rule-token"
+"#;
+
+#[test]
+fn rendered_requests() {
+    let config = hookbridge::config::parse(std::path::Path::new("r.toml"), CONFIG, LoadMode::Check)
+        .unwrap()
+        .config;
+    let body = payload("github/pull_request-opened.json");
+    let mut headers = HeaderMap::new();
+    headers.insert("x-github-event", HeaderValue::from_static("pull_request"));
+    headers.insert("x-github-delivery", HeaderValue::from_static("d-1"));
+    headers.insert(
+        "x-hub-signature-256",
+        HeaderValue::from_str(&github_signature("s3cret", &body)).unwrap(),
+    );
+    let intake = hookbridge::intake::process(
+        &config,
+        &config.sources["github"],
+        &headers,
+        &body,
+        SystemTime::now(),
+        true,
+    )
+    .unwrap();
+    assert!(
+        intake.evaluation.errors.is_empty(),
+        "{:?}",
+        intake.evaluation.errors
+    );
+    let mut requests = serde_json::Map::new();
+    for m in &intake.evaluation.matched {
+        let rule_token = config.rules.get(&m.rule).and_then(|r| r.trigger.token());
+        let request = config.targets[&m.target]
+            .request(&m.request, rule_token, Reveal::Redacted)
+            .unwrap();
+        let text = serde_json::to_string(&request).unwrap();
+        for secret in [
+            "circle-token-value",
+            "circle-server-token",
+            "glptt-default-token",
+            "glptt-rule-token",
+        ] {
+            assert!(!text.contains(secret), "{} leaks a secret", m.rule);
+        }
+        requests.insert(m.rule.clone(), serde_json::to_value(&request).unwrap());
+    }
+    assert_eq!(requests.len(), 5);
+    insta::assert_json_snapshot!(requests);
+}

@@ -1,0 +1,734 @@
+//! Every fixture payload, signed the way its sender signs, is verified and
+//! described into the expected normalized event; every signature vector verifies.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::SystemTime;
+
+use base64::Engine;
+use hookbridge::config::{Config, LoadMode};
+use hookbridge::event::Event;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use support::{github_signature, hmac_sha256_hex, payload, standard_signature};
+
+const SECRET: &str = "It's a Secret to Everybody";
+const WHSEC: &str = "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0dGVzdHRlc3Q=";
+
+fn config() -> Config {
+    hookbridge::config::parse(
+        std::path::Path::new("sources.toml"),
+        &sources_toml(),
+        LoadMode::Check,
+    )
+    .unwrap()
+    .config
+}
+
+fn sources_toml() -> String {
+    format!(
+        r#"
+[sources.github]
+type = "github"
+secrets = ["old-secret", "{SECRET}"]
+
+[sources.gitlab]
+type = "gitlab"
+secrets = ["{SECRET}"]
+
+[sources.gitlab-signed]
+type = "gitlab"
+secrets = ["{SECRET}"]
+signing_secrets = ["{WHSEC}"]
+
+[sources.bitbucket]
+type = "bitbucket"
+secrets = ["{SECRET}"]
+
+[sources.gitea]
+type = "gitea"
+secrets = ["{SECRET}"]
+
+[sources.forgejo]
+type = "forgejo"
+secrets = ["{SECRET}"]
+
+[sources.gogs]
+type = "gogs"
+secrets = ["{SECRET}"]
+
+[sources.azure]
+type = "azure-devops"
+secrets = ["hooks:{SECRET}"]
+
+[sources.standard]
+type = "standard"
+secrets = ["{WHSEC}"]
+
+[sources.custom]
+type = "hmac"
+secrets = ["{SECRET}"]
+header = "X-Signature"
+algorithm = "sha512"
+encoding = "base64"
+prefix = "sha512="
+event_header = "X-Event"
+"#
+    )
+}
+
+fn headers(pairs: &[(&str, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        map.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    map
+}
+
+/// Sign `body` the way `provider`'s sender does, with `event` as its event header.
+fn signed(source: &str, event: &str, body: &[u8]) -> HeaderMap {
+    let hex = hmac_sha256_hex(SECRET.as_bytes(), body);
+    let json = ("Content-Type", "application/json".to_owned());
+    match source {
+        "github" => headers(&[
+            json,
+            ("X-GitHub-Event", event.into()),
+            ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+            ("X-Hub-Signature-256", github_signature(SECRET, body)),
+        ]),
+        "gitlab" => headers(&[
+            json,
+            ("X-Gitlab-Event", event.into()),
+            ("X-Gitlab-Token", SECRET.into()),
+            (
+                "X-Gitlab-Event-UUID",
+                "13792a34-cac6-4fda-95a8-c58e00a3954e".into(),
+            ),
+            ("Idempotency-Key", "f5e5f430-f57b-4e6e-9fac-d9128cd7232f".into()),
+        ]),
+        "bitbucket-cloud" => headers(&[
+            json,
+            ("X-Event-Key", event.into()),
+            ("X-Request-UUID", "9f6b2b5e-0000-4000-8000-00000000b17b".into()),
+            ("X-Hub-Signature", format!("sha256={hex}")),
+        ]),
+        "bitbucket-dc" => headers(&[
+            json,
+            ("X-Event-Key", event.into()),
+            ("X-Request-Id", "b1d0c0de-0000-4000-8000-000000000dc0".into()),
+            ("X-Hub-Signature", format!("sha256={hex}")),
+        ]),
+        "gitea" | "forgejo" => {
+            let p = if source == "gitea" { "Gitea" } else { "Forgejo" };
+            headers(&[
+                json,
+                (&format!("X-{p}-Event"), event.into()),
+                (&format!("X-{p}-Event-Type"), event.into()),
+                (
+                    &format!("X-{p}-Delivery"),
+                    "6a5f6c7e-0000-4000-8000-0000000017ea".into(),
+                ),
+                (&format!("X-{p}-Signature"), hex.clone()),
+                ("X-GitHub-Event", event.into()),
+                ("X-Hub-Signature-256", format!("sha256={hex}")),
+            ])
+        }
+        "gogs" => headers(&[
+            json,
+            ("X-Gogs-Event", event.into()),
+            ("X-Gogs-Delivery", "0c0a0b0d-0000-4000-8000-00000000060e".into()),
+            ("X-Gogs-Signature", hex),
+        ]),
+        "azure" => headers(&[
+            json,
+            (
+                "Authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("hooks:{SECRET}"))
+                ),
+            ),
+        ]),
+        other => panic!("no signer for {other}"),
+    }
+}
+
+fn describe(config: &Config, source: &str, headers: &HeaderMap, body: &[u8]) -> Event {
+    let src = config.sources.get(source).unwrap();
+    hookbridge::intake::process(config, src, headers, body, SystemTime::now(), true)
+        .unwrap_or_else(|e| panic!("{source}: {e}"))
+        .event
+}
+
+/// (source, signer, event header, fixture, expected normalized fields)
+fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value)> {
+    vec![
+        (
+            "github",
+            "github",
+            "push",
+            "github/push.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": "master", "created": true, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "push", "name": "push", "number": null, "paths": ["README.md"], "paths_unknown": false, "provider": "github", "provider_action": null, "ref": "refs/heads/master", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "source": "github", "tag": null}),
+        ),
+        (
+            "github",
+            "github",
+            "push",
+            "github/push-tag-deleted.json",
+            json!({"action": null, "base_branch": null, "before": "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "branch": null, "created": false, "deleted": true, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "push", "name": "push", "number": null, "paths": [], "paths_unknown": false, "provider": "github", "provider_action": null, "ref": "refs/tags/simple-tag", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": null, "source": "github", "tag": "simple-tag"}),
+        ),
+        (
+            "github",
+            "github",
+            "ping",
+            "github/ping.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "ping", "name": "ping", "number": null, "paths": null, "paths_unknown": false, "provider": "github", "provider_action": null, "ref": null, "repository": "Octocoders/Hello-World", "sender": "Codertocat", "sha": null, "source": "github", "tag": null}),
+        ),
+        (
+            "github",
+            "github",
+            "pull_request",
+            "github/pull_request-opened.json",
+            json!({"action": "opened", "base_branch": "master", "before": null, "branch": "changes", "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "pull_request", "name": "pull_request", "number": 2, "paths": null, "paths_unknown": true, "provider": "github", "provider_action": null, "ref": "refs/heads/changes", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": "ec26c3e57ca3a959ca5aad62de7213c562f8c821", "source": "github", "tag": null}),
+        ),
+        (
+            "github",
+            "github",
+            "release",
+            "github/release-published.json",
+            json!({"action": "published", "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "release", "name": "release", "number": null, "paths": null, "paths_unknown": false, "provider": "github", "provider_action": null, "ref": "refs/tags/0.0.1", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": null, "source": "github", "tag": "0.0.1"}),
+        ),
+        (
+            "github",
+            "github",
+            "create",
+            "github/create-tag.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": true, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "create", "name": "create", "number": null, "paths": null, "paths_unknown": false, "provider": "github", "provider_action": null, "ref": "refs/tags/simple-tag", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": null, "source": "github", "tag": "simple-tag"}),
+        ),
+        (
+            "github",
+            "github",
+            "push",
+            "github/ghes-3.5/push-tag-created.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": true, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "push", "name": "push", "number": null, "paths": [], "paths_unknown": false, "provider": "github", "provider_action": null, "ref": "refs/tags/simple-tag", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "source": "github", "tag": "simple-tag"}),
+        ),
+        (
+            "github",
+            "github",
+            "ping",
+            "github/ghes-3.5/ping.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "ping", "name": "ping", "number": null, "paths": null, "paths_unknown": false, "provider": "github", "provider_action": null, "ref": null, "repository": "Octocoders/Hello-World", "sender": "Codertocat", "sha": null, "source": "github", "tag": null}),
+        ),
+        (
+            "gitlab",
+            "gitlab",
+            "Push Hook",
+            "gitlab/push-hook.json",
+            json!({"action": null, "base_branch": null, "before": "95790bf891e76fee5e1747ab589903a6a1f80f22", "branch": "master", "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "push", "name": "Push Hook", "number": null, "paths": null, "paths_unknown": true, "provider": "gitlab", "provider_action": null, "ref": "refs/heads/master", "repository": "mike/diaspora", "sender": "jsmith", "sha": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7", "source": "gitlab", "tag": null}),
+        ),
+        (
+            "gitlab",
+            "gitlab",
+            "Tag Push Hook",
+            "gitlab/tag-push-hook.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": true, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "push", "name": "Tag Push Hook", "number": null, "paths": [], "paths_unknown": false, "provider": "gitlab", "provider_action": null, "ref": "refs/tags/v1.0.0", "repository": "jsmith/example", "sender": null, "sha": "82b3d5ae55f7080f1e6022629cdb57bfae7cccc7", "source": "gitlab", "tag": "v1.0.0"}),
+        ),
+        (
+            "gitlab",
+            "gitlab",
+            "Merge Request Hook",
+            "gitlab/merge-request-hook.json",
+            json!({"action": "opened", "base_branch": "master", "before": null, "branch": "ms-viewport", "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "pull_request", "name": "Merge Request Hook", "number": 1, "paths": null, "paths_unknown": true, "provider": "gitlab", "provider_action": "open", "ref": "refs/heads/ms-viewport", "repository": "gitlabhq/gitlab-test", "sender": "root", "sha": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7", "source": "gitlab", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-cloud",
+            "repo:push",
+            "bitbucket-cloud/repo-push.json",
+            json!({"action": null, "base_branch": null, "before": "a10199272451f4c7c5edced2d40b5d6f2f6f5fa3", "branch": "feature/issue-819", "created": false, "deleted": false, "delivery": "9f6b2b5e-0000-4000-8000-00000000b17b", "forced": true, "kind": "push", "name": "repo:push", "number": null, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/heads/feature/issue-819", "repository": "amuniz/test-repos", "sender": "Nikolas Falco", "sha": "5ecffa3874e96920f24a2b3c0d0038e47d5cd1a4", "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-cloud",
+            "repo:push",
+            "bitbucket-cloud/repo-push-tag-created.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": true, "deleted": false, "delivery": "9f6b2b5e-0000-4000-8000-00000000b17b", "forced": false, "kind": "push", "name": "repo:push", "number": null, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/tags/simple-tag", "repository": "amuniz/test-repos", "sender": "Nikolas Falco", "sha": "7ef5981d59145c3ed300b1ab77b93907d33abe59", "source": "bitbucket", "tag": "simple-tag"}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-cloud",
+            "repo:push",
+            "bitbucket-cloud/repo-push-signed.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": "feature/webhook", "created": true, "deleted": false, "delivery": "9f6b2b5e-0000-4000-8000-00000000b17b", "forced": false, "kind": "push", "name": "repo:push", "number": null, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/heads/feature/webhook", "repository": "nfalco79/test-repos", "sender": "Nikolas Falco", "sha": "d7f300a32270053bdfd97a6d64113f58202c33e7", "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-cloud",
+            "pullrequest:created",
+            "bitbucket-cloud/pullrequest-created.json",
+            json!({"action": "opened", "base_branch": "master", "before": null, "branch": "feature/test", "created": false, "deleted": false, "delivery": "9f6b2b5e-0000-4000-8000-00000000b17b", "forced": false, "kind": "pull_request", "name": "pullrequest:created", "number": 735, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": "created", "ref": "refs/heads/feature/test", "repository": "amuniz/test-repos", "sender": "Nikolas Falco", "sha": "d31df3425c5b", "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-dc",
+            "repo:refs_changed",
+            "bitbucket-datacenter/repo-refs_changed.json",
+            json!({"action": null, "base_branch": null, "before": "a8c13e8850dc60300be720019d1ffc1aa2fded87", "branch": "main", "created": false, "deleted": false, "delivery": "b1d0c0de-0000-4000-8000-000000000dc0", "forced": false, "kind": "push", "name": "repo:refs_changed", "number": null, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/heads/main", "repository": "AMUNIZ/test-repos", "sender": "amuniz", "sha": "9fdd7b96d3f5c276d0b9e0bf38c879eb112d889a", "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-dc",
+            "repo:refs_changed",
+            "bitbucket-datacenter/repo-refs_changed-tag-created.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": true, "deleted": false, "delivery": "b1d0c0de-0000-4000-8000-000000000dc0", "forced": false, "kind": "push", "name": "repo:refs_changed", "number": null, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/tags/simple-tag", "repository": "AMUNIZ/test-repos", "sender": "admin", "sha": "fb522a6f08c7c7df337312e4e65ec1b57710672e", "source": "bitbucket", "tag": "simple-tag"}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-dc",
+            "diagnostics:ping",
+            "bitbucket-datacenter/diagnostics-ping.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "b1d0c0de-0000-4000-8000-000000000dc0", "forced": false, "kind": "ping", "name": "diagnostics:ping", "number": null, "paths": null, "paths_unknown": false, "provider": "bitbucket", "provider_action": null, "ref": null, "repository": null, "sender": null, "sha": null, "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-dc",
+            "pr:opened",
+            "bitbucket-datacenter/pr-opened.json",
+            json!({"action": "opened", "base_branch": "master", "before": null, "branch": "feature/wip", "created": false, "deleted": false, "delivery": "b1d0c0de-0000-4000-8000-000000000dc0", "forced": false, "kind": "pull_request", "name": "pr:opened", "number": 5, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/heads/feature/wip", "repository": "~gopher/webhook-test", "sender": "gopher", "sha": "32a0b8a740c2963c6f56bd8baf3dc05683d299e0", "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "gitea",
+            "gitea",
+            "push",
+            "gitea/push.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": "master", "created": true, "deleted": false, "delivery": "6a5f6c7e-0000-4000-8000-0000000017ea", "forced": false, "kind": "push", "name": "push", "number": null, "paths": ["example"], "paths_unknown": false, "provider": "gitea", "provider_action": null, "ref": "refs/heads/master", "repository": "example/example", "sender": "example", "sha": "67b56589a45103f891bdee7c0546e5d40bc02001", "source": "gitea", "tag": null}),
+        ),
+        (
+            "forgejo",
+            "forgejo",
+            "push",
+            "gitea/push-docs-example.json",
+            json!({"action": null, "base_branch": null, "before": "28e1879d029cb852e4844d9c718537df08844e03", "branch": "develop", "created": false, "deleted": false, "delivery": "6a5f6c7e-0000-4000-8000-0000000017ea", "forced": false, "kind": "push", "name": "push", "number": null, "paths": null, "paths_unknown": true, "provider": "forgejo", "provider_action": null, "ref": "refs/heads/develop", "repository": "gitea/webhooks", "sender": "gitea", "sha": "bffeb74224043ba2feb48d137756c8a9331c449a", "source": "forgejo", "tag": null}),
+        ),
+        (
+            "gitea",
+            "gitea",
+            "pull_request",
+            "gitea/pull_request-opened.json",
+            json!({"action": "opened", "base_branch": "master", "before": null, "branch": "master", "created": false, "deleted": false, "delivery": "6a5f6c7e-0000-4000-8000-0000000017ea", "forced": false, "kind": "pull_request", "name": "pull_request", "number": 2, "paths": null, "paths_unknown": true, "provider": "gitea", "provider_action": null, "ref": "refs/heads/master", "repository": "example/example", "sender": "example2", "sha": "48e773f892a831faa47c0a160d1b7f0cd369ae2a", "source": "gitea", "tag": null}),
+        ),
+        (
+            "gitea",
+            "gitea",
+            "create",
+            "gitea/create.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": "master", "created": true, "deleted": false, "delivery": "6a5f6c7e-0000-4000-8000-0000000017ea", "forced": false, "kind": "create", "name": "create", "number": null, "paths": null, "paths_unknown": false, "provider": "gitea", "provider_action": null, "ref": "refs/heads/master", "repository": "example/example", "sender": "example", "sha": "67b56589a45103f891bdee7c0546e5d40bc02001", "source": "gitea", "tag": null}),
+        ),
+        (
+            "forgejo",
+            "forgejo",
+            "release",
+            "gitea/release.json",
+            json!({"action": "published", "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "6a5f6c7e-0000-4000-8000-0000000017ea", "forced": false, "kind": "release", "name": "release", "number": null, "paths": null, "paths_unknown": false, "provider": "forgejo", "provider_action": null, "ref": "refs/tags/example", "repository": "example/example", "sender": "example", "sha": null, "source": "forgejo", "tag": "example"}),
+        ),
+        (
+            "gogs",
+            "gogs",
+            "push",
+            "gogs/push.json",
+            json!({"action": null, "base_branch": null, "before": "28e1879d029cb852e4844d9c718537df08844e03", "branch": "develop", "created": false, "deleted": false, "delivery": "0c0a0b0d-0000-4000-8000-00000000060e", "forced": false, "kind": "push", "name": "push", "number": null, "paths": null, "paths_unknown": true, "provider": "gogs", "provider_action": null, "ref": "refs/heads/develop", "repository": "unknwon/webhooks", "sender": "unknwon", "sha": "bffeb74224043ba2feb48d137756c8a9331c449a", "source": "gogs", "tag": null}),
+        ),
+        (
+            "azure",
+            "azure",
+            "",
+            "azure-devops/git.push.json",
+            json!({"action": null, "base_branch": null, "before": "aad331d8d3b131fa9ae03cf5e53965b51942618a", "branch": "main", "created": false, "deleted": false, "delivery": "03c164c2-8912-4d5e-8009-3707d5f83734", "forced": false, "kind": "push", "name": "git.push", "number": null, "paths": null, "paths_unknown": true, "provider": "azure-devops", "provider_action": null, "ref": "refs/heads/main", "repository": "Fabrikam-Fiber-Git/Fabrikam-Fiber-Git", "sender": "Windows Live ID\\fabrikamfiber4@hotmail.com", "sha": "33b55f7cb7e7e245323987634f960cf4a6e6bc74", "source": "azure", "tag": null}),
+        ),
+        (
+            "azure",
+            "azure",
+            "",
+            "azure-devops/git.pullrequest.created.json",
+            json!({"action": "opened", "base_branch": "master", "before": null, "branch": "mytopic", "created": false, "deleted": false, "delivery": "2ab4e3d3-b7a6-425e-92b1-5a9982c1269e", "forced": false, "kind": "pull_request", "name": "git.pullrequest.created", "number": 1, "paths": null, "paths_unknown": true, "provider": "azure-devops", "provider_action": "created", "ref": "refs/heads/mytopic", "repository": "Fabrikam/Fabrikam", "sender": "fabrikamfiber4@hotmail.com", "sha": "53d54ac915144006c2c9e90d2c7d3880920db49c", "source": "azure", "tag": null}),
+        ),
+    ]
+}
+
+#[test]
+fn every_fixture_is_verified_and_described() {
+    let config = config();
+    let cases = cases();
+    assert_eq!(cases.len(), 27);
+    for (source, signer, event, file, mut want) in cases {
+        let body = payload(file);
+        let got = describe(&config, source, &signed(signer, event, &body), &body);
+        let mut got = serde_json::to_value(&got).unwrap();
+        let obj = got.as_object_mut().unwrap();
+        obj.remove("changes");
+        let unknown = obj["paths_unknown"].is_string();
+        obj.insert("paths_unknown".into(), Value::Bool(unknown));
+        // Every field of the normalized event is asserted.
+        let want_obj = want.as_object_mut().unwrap();
+        assert_eq!(
+            obj.keys().collect::<Vec<_>>(),
+            want_obj.keys().collect::<Vec<_>>(),
+            "{file}: field set"
+        );
+        assert_eq!(got, want, "{file}");
+    }
+}
+
+#[test]
+fn bitbucket_push_lists_every_change_and_reports_the_first() {
+    let config = config();
+    let body = payload("bitbucket-cloud/repo-push.json");
+    let e = describe(
+        &config,
+        "bitbucket",
+        &signed("bitbucket-cloud", "repo:push", &body),
+        &body,
+    );
+    assert_eq!(e.changes.len(), 1);
+    assert_eq!(e.changes[0].git_ref, e.git_ref.clone().unwrap());
+    assert!(e.changes[0].forced);
+}
+
+#[test]
+fn tampered_bodies_and_wrong_secrets_fail_for_every_sender() {
+    let config = config();
+    for (source, signer, event, file, _) in cases() {
+        let body = payload(file);
+        let headers = signed(signer, event, &body);
+        let src = config.sources.get(source).unwrap();
+        let mut tampered = body.clone();
+        tampered.extend_from_slice(b"\n ");
+        let outcome = hookbridge::intake::process(&config, src, &headers, &tampered, SystemTime::now(), true);
+        if source == "gitlab" || source == "azure" {
+            // Token and basic-auth schemes do not sign the body.
+            continue;
+        }
+        let err = outcome.expect_err(file);
+        assert_eq!(err.status(), 401, "{file}: {err}");
+    }
+    // A wrong token or password fails for the token schemes.
+    let body = payload("gitlab/push-hook.json");
+    let mut headers = signed("gitlab", "Push Hook", &body);
+    headers.insert("x-gitlab-token", HeaderValue::from_static("wrong"));
+    let err = hookbridge::intake::process(
+        &config,
+        &config.sources["gitlab"],
+        &headers,
+        &body,
+        SystemTime::now(),
+        true,
+    )
+    .unwrap_err();
+    assert_eq!(err.status(), 401);
+    let body = payload("azure-devops/git.push.json");
+    let mut headers = signed("azure", "", &body);
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static("Basic aG9va3M6d3Jvbmc="),
+    );
+    let err = hookbridge::intake::process(
+        &config,
+        &config.sources["azure"],
+        &headers,
+        &body,
+        SystemTime::now(),
+        true,
+    )
+    .unwrap_err();
+    assert_eq!(err.status(), 401);
+}
+
+#[test]
+fn any_configured_secret_verifies() {
+    let config = config();
+    let body = payload("github/push.json");
+    // `github` lists "old-secret" first; the current secret (second) verifies too.
+    let headers = signed("github", "push", &body);
+    describe(&config, "github", &headers, &body);
+    let old = headers_with(
+        "X-Hub-Signature-256",
+        &github_signature("old-secret", &body),
+        &headers,
+    );
+    describe(&config, "github", &old, &body);
+}
+
+fn headers_with(name: &'static str, value: &str, base: &HeaderMap) -> HeaderMap {
+    let mut h = base.clone();
+    h.insert(name, HeaderValue::from_str(value).unwrap());
+    h
+}
+
+/// A source of the vector's scheme holding the vector's secret.
+fn vector_source(scheme: &str, secret: &str) -> Option<String> {
+    let s = secret.replace('\\', "\\\\").replace('"', "\\\"");
+    let table = if scheme.starts_with("github-x-hub-signature-256") {
+        format!("type = \"github\"\nsecrets = [\"{s}\"]")
+    } else if scheme.starts_with("github-x-hub-signature (sha1") {
+        format!(
+            "type = \"hmac\"\nsecrets = [\"{s}\"]\nheader = \"X-Hub-Signature\"\nalgorithm = \"sha1\"\nprefix = \"sha1=\"\nevent = \"push\""
+        )
+    } else if scheme.starts_with("standard-webhooks") {
+        format!("type = \"standard\"\nsecrets = [\"{s}\"]")
+    } else if scheme.starts_with("bitbucket") {
+        format!("type = \"bitbucket\"\nsecrets = [\"{s}\"]")
+    } else if scheme.starts_with("gitea") {
+        format!("type = \"gitea\"\nsecrets = [\"{s}\"]")
+    } else if scheme.starts_with("gitlab-signing-token") {
+        format!("type = \"gitlab\"\nsigning_secrets = [\"{s}\"]")
+    } else {
+        return None;
+    };
+    Some(format!("[sources.v]\n{table}\n"))
+}
+
+#[test]
+fn every_signature_vector_verifies() {
+    let vectors: Value = serde_json::from_slice(&payload("signature-vectors.json")).unwrap();
+    let vectors = vectors["vectors"].as_array().unwrap();
+    assert_eq!(vectors.len(), 10);
+    for v in vectors {
+        let scheme = v["scheme"].as_str().unwrap();
+        let secret = v["secret"].as_str().unwrap();
+        let body = match (v.get("body_utf8"), v.get("body_file")) {
+            (Some(text), _) => text.as_str().unwrap().as_bytes().to_vec(),
+            (None, Some(file)) => payload(file.as_str().unwrap()),
+            _ => panic!("vector without a body: {v}"),
+        };
+        let toml = vector_source(scheme, secret).unwrap_or_else(|| panic!("unhandled scheme {scheme}"));
+        let config = hookbridge::config::parse(std::path::Path::new("v.toml"), &toml, LoadMode::Check)
+            .unwrap_or_else(|r| panic!("{scheme}: {r}"))
+            .config;
+        let mut pairs: Vec<(&str, String)> = v["expected_headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, val)| (k.as_str(), val.as_str().unwrap().to_owned()))
+            .collect();
+        if let Some(ct) = v.get("content_type") {
+            pairs.push(("Content-Type", ct.as_str().unwrap().to_owned()));
+        }
+        let headers = headers(&pairs);
+        // Signed deliveries are checked against their own timestamp.
+        let now = v
+            .get("webhook_timestamp")
+            .map(|t| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.as_str().unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(SystemTime::now);
+        let source = &config.sources["v"];
+        let inbound = hookbridge::source::Inbound {
+            headers: &headers,
+            body: &body,
+            now,
+        };
+        source
+            .scheme
+            .verify(&inbound)
+            .unwrap_or_else(|e| panic!("{scheme} ({}): {e}", v["source"]));
+        let mut tampered = body.clone();
+        tampered.push(b' ');
+        let inbound = hookbridge::source::Inbound {
+            headers: &headers,
+            body: &tampered,
+            now,
+        };
+        assert!(
+            source.scheme.verify(&inbound).is_err(),
+            "{scheme}: tampered body verified"
+        );
+        // The independent signers used by the other tests agree with the vectors.
+        if let Some(sig) = v["expected_headers"].get("X-Hub-Signature-256") {
+            assert_eq!(sig.as_str().unwrap(), github_signature(secret, &body));
+        }
+        if let Some(sig) = v["expected_headers"].get("webhook-signature") {
+            let id = v["webhook_id"].as_str().unwrap();
+            let ts: u64 = v["webhook_timestamp"].as_str().unwrap().parse().unwrap();
+            assert_eq!(sig.as_str().unwrap(), standard_signature(secret, id, ts, &body));
+        }
+    }
+}
+
+#[test]
+fn signed_deliveries_outside_the_tolerance_are_refused() {
+    let config = config();
+    let body = payload("gitlab/push-hook.json");
+    let id = "f5e5f430-f57b-4e6e-9fac-d9128cd7232f";
+    for (age, ok) in [(0u64, true), (200, true), (900, false)] {
+        let ts = support::unix_now() - age;
+        let mut h = signed("gitlab", "Push Hook", &body);
+        h.insert("webhook-id", HeaderValue::from_static(id));
+        h.insert(
+            "webhook-timestamp",
+            HeaderValue::from_str(&ts.to_string()).unwrap(),
+        );
+        h.insert(
+            "webhook-signature",
+            HeaderValue::from_str(&standard_signature(WHSEC, id, ts, &body)).unwrap(),
+        );
+        let r = hookbridge::intake::process(
+            &config,
+            &config.sources["gitlab-signed"],
+            &h,
+            &body,
+            SystemTime::now(),
+            true,
+        );
+        assert_eq!(r.is_ok(), ok, "age {age}s");
+    }
+    // With signing configured, the token alone is not enough.
+    let h = signed("gitlab", "Push Hook", &body);
+    let r = hookbridge::intake::process(
+        &config,
+        &config.sources["gitlab-signed"],
+        &h,
+        &body,
+        SystemTime::now(),
+        true,
+    );
+    assert_eq!(r.unwrap_err().status(), 401);
+}
+
+/// The same push, as each provider sends it: to `main` of `acme/app` at one sha.
+fn same_push(provider: &str) -> (&'static str, &'static str, &'static str, Vec<u8>) {
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    let edit = |file: &str, f: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_slice(&payload(file)).unwrap();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    match provider {
+        "github" => (
+            "github",
+            "github",
+            "push",
+            edit("github/push.json", &|v| {
+                v["ref"] = json!("refs/heads/main");
+                v["after"] = json!(SHA);
+                v["repository"]["full_name"] = json!("acme/app");
+            }),
+        ),
+        "gitlab" => (
+            "gitlab",
+            "gitlab",
+            "Push Hook",
+            edit("gitlab/push-hook.json", &|v| {
+                v["ref"] = json!("refs/heads/main");
+                v["after"] = json!(SHA);
+                v["checkout_sha"] = json!(SHA);
+                v["project"]["path_with_namespace"] = json!("acme/app");
+            }),
+        ),
+        "bitbucket-cloud" => (
+            "bitbucket",
+            "bitbucket-cloud",
+            "repo:push",
+            edit("bitbucket-cloud/repo-push.json", &|v| {
+                v["push"]["changes"][0]["new"]["name"] = json!("main");
+                v["push"]["changes"][0]["new"]["target"]["hash"] = json!(SHA);
+                v["repository"]["full_name"] = json!("acme/app");
+            }),
+        ),
+        "bitbucket-dc" => (
+            "bitbucket",
+            "bitbucket-dc",
+            "repo:refs_changed",
+            edit("bitbucket-datacenter/repo-refs_changed.json", &|v| {
+                v["changes"][0]["ref"]["id"] = json!("refs/heads/main");
+                v["changes"][0]["ref"]["displayId"] = json!("main");
+                v["changes"][0]["refId"] = json!("refs/heads/main");
+                v["changes"][0]["toHash"] = json!(SHA);
+                v["repository"]["project"]["key"] = json!("acme");
+                v["repository"]["slug"] = json!("app");
+            }),
+        ),
+        "gitea" | "forgejo" => {
+            let body = edit("gitea/push.json", &|v| {
+                v["ref"] = json!("refs/heads/main");
+                v["after"] = json!(SHA);
+                v["repository"]["full_name"] = json!("acme/app");
+            });
+            if provider == "gitea" {
+                ("gitea", "gitea", "push", body)
+            } else {
+                ("forgejo", "forgejo", "push", body)
+            }
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn one_rule_fires_identically_for_every_provider() {
+    let config_text = format!(
+        "{}\n{}",
+        sources_toml(),
+        r#"
+[targets.circleci]
+type = "circleci"
+token = "circle-token"
+
+[[rules]]
+name = "main-to-circleci"
+events = ["push"]
+branches = ["main"]
+repositories = ["acme/app"]
+[rules.trigger]
+target = "circleci"
+project = "gh/acme/app"
+branch = "{{ event.branch }}"
+parameters = { sha = "{{ event.sha }}", repository = "{{ event.repository }}", deploy = true }
+"#
+    );
+    let config = hookbridge::config::parse(std::path::Path::new("same.toml"), &config_text, LoadMode::Check)
+        .unwrap()
+        .config;
+    let mut rendered = Vec::new();
+    for provider in [
+        "github",
+        "gitlab",
+        "bitbucket-cloud",
+        "bitbucket-dc",
+        "gitea",
+        "forgejo",
+    ] {
+        let (source, signer, event, body) = same_push(provider);
+        let intake = hookbridge::intake::process(
+            &config,
+            &config.sources[source],
+            &signed(signer, event, &body),
+            &body,
+            SystemTime::now(),
+            true,
+        )
+        .unwrap_or_else(|e| panic!("{provider}: {e}"));
+        assert_eq!(
+            intake.evaluation.matched.len(),
+            1,
+            "{provider}: {:?}",
+            intake.evaluation.skipped
+        );
+        let m = &intake.evaluation.matched[0];
+        let request = config.targets[&m.target]
+            .request(&m.request, None, hookbridge::target::Reveal::Redacted)
+            .unwrap();
+        rendered.push((provider, serde_json::to_value(&request).unwrap()));
+    }
+    let (_, first) = &rendered[0];
+    assert_eq!(
+        first["body"],
+        json!({"branch": "main", "parameters": {"sha": "0123456789abcdef0123456789abcdef01234567", "repository": "acme/app", "deploy": true}})
+    );
+    for (provider, request) in &rendered {
+        assert_eq!(request, first, "{provider} renders a different request");
+    }
+}
