@@ -1,7 +1,7 @@
 //! Logs and metrics.
 //!
 //! Logs go to stderr, as JSON lines (`--log-format json`, the default when
-//! stderr is not a terminal) or human-readable text; `RUST_LOG` or
+//! stdout is not a terminal) or human-readable text; `RUST_LOG` or
 //! `--log-level` set the filter. Metrics are recorded through the `metrics`
 //! facade and rendered in Prometheus text format on the admin listener.
 
@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// JSON when stderr is not a terminal, pretty otherwise.
+    /// JSON when stdout is not a terminal, pretty otherwise.
     Auto,
     Json,
     Pretty,
@@ -29,7 +29,7 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -60,6 +60,12 @@ pub fn metrics() -> &'static PrometheusHandle {
         // this handle renders an empty page rather than failing.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        metrics::gauge!(
+            "hookbridge_build_info",
+            "version" => env!("CARGO_PKG_VERSION"),
+            "commit" => env!("HOOKBRIDGE_COMMIT")
+        )
+        .set(1.0);
         handle
     })
 }
@@ -67,7 +73,7 @@ pub fn metrics() -> &'static PrometheusHandle {
 fn describe() {
     metrics::describe_counter!(
         "hookbridge_webhooks_received_total",
-        "Webhook requests by source and outcome (accepted, ignored, duplicate, ping, unauthorized, invalid, too_large, unknown_source, unavailable)"
+        "Webhook requests by source and outcome (accepted, unmatched, duplicate, ping, unauthorized, invalid, too_large, unknown_source, unavailable)"
     );
     metrics::describe_counter!(
         "hookbridge_rule_matches_total",

@@ -9,11 +9,25 @@ use crate::config::{self, LoadMode, Loaded};
 use crate::telemetry::LogFormat;
 
 mod check;
+pub mod common;
+pub mod deliveries;
+pub mod explain;
+mod gitlab;
 mod serve;
+mod sign;
+mod test_cases;
+
+/// `0.1.0 (commit abc123)`
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HOOKBRIDGE_COMMIT"),
+    ")"
+);
 
 /// Verified VCS webhooks in, CircleCI and GitLab pipeline triggers out, durably.
 #[derive(Debug, Parser)]
-#[command(name = "hookbridge", version, about, propagate_version = true)]
+#[command(name = "hookbridge", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +39,24 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Validate the config; prints a summary, or every error with file:line:col and exits 1.
     Check(ConfigArg),
+    /// Show which rules a payload matches, why the others do not, and the requests
+    /// the matches would send (no network). Exit 0 if a rule matched, 3 if none did.
+    Explain(explain::ExplainArgs),
+    /// Run golden cases (payload + expected matches and requests) against the rules.
+    Test(test_cases::TestArgs),
+    /// Print the headers a source's sender would attach to a payload, for curl.
+    Sign(sign::SignArgs),
+    /// Inspect and replay stored deliveries (works while the daemon runs).
+    #[command(subcommand)]
+    Deliveries(deliveries::DeliveriesCommand),
+    /// GitLab helpers: manage pipeline trigger tokens
+    #[command(subcommand)]
+    Gitlab(gitlab::GitlabCommand),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `--config PATH`, shared by every command that reads the config.
@@ -42,10 +74,21 @@ impl ConfigArg {
 
     /// Load the config, printing errors (and warnings) to stderr.
     pub fn load(&self, mode: LoadMode) -> Result<Loaded, ExitCode> {
+        self.load_with(mode, true)
+    }
+
+    /// Load the config for a tool that does not need every secret: errors only.
+    pub fn load_quiet(&self) -> Result<Loaded, ExitCode> {
+        self.load_with(LoadMode::Check, false)
+    }
+
+    fn load_with(&self, mode: LoadMode, warnings: bool) -> Result<Loaded, ExitCode> {
         match config::load(&self.path(), mode) {
             Ok(loaded) => {
-                for w in loaded.warnings.warnings() {
-                    eprintln!("{}", loaded.warnings.render(w));
+                if warnings {
+                    for w in loaded.warnings.warnings() {
+                        eprintln!("{}", loaded.warnings.render(w));
+                    }
                 }
                 Ok(loaded)
             }
@@ -74,5 +117,15 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(&args),
+        Command::Explain(args) => explain::run(&args),
+        Command::Test(args) => test_cases::run(&args),
+        Command::Sign(args) => sign::run(&args),
+        Command::Deliveries(cmd) => deliveries::run(cmd),
+        Command::Gitlab(cmd) => gitlab::run(cmd),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "hookbridge", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }

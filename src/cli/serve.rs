@@ -1,6 +1,7 @@
 //! `hookbridge serve`: the daemon.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use tokio::net::TcpListener;
@@ -19,6 +20,9 @@ pub struct ServeArgs {
     pub config: ConfigArg,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Do not reload when the config file changes (SIGHUP still reloads)
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -73,6 +77,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Err(e) = spawn_signal_handlers(app.clone(), shutdown.clone()) {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
+    }
+    if !args.no_watch {
+        tokio::spawn(server::watch_config(
+            app.clone(),
+            Duration::from_secs(1),
+            shutdown.clone(),
+        ));
     }
     match server::run(app, hooks, admin, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

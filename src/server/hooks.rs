@@ -133,7 +133,7 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
             if matched {
                 app.wake.notify_one();
             }
-            count(&name, if matched { "accepted" } else { "ignored" });
+            count(&name, if matched { "accepted" } else { "unmatched" });
             info!(
                 event = %event,
                 matched = fresh.matched.len(),

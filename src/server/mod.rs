@@ -132,3 +132,37 @@ pub fn reload(app: &App) -> bool {
         }
     }
 }
+
+/// Reload when the config file's content changes: polled every `interval`, and
+/// applied once two reads agree (debounce; editors and Kubernetes ConfigMap
+/// updates write in steps). Reading the path each time follows symlink swaps,
+/// which inotify on the old inode would miss.
+pub async fn watch_config(app: App, interval: Duration, shutdown: CancellationToken) {
+    let path = app.config.load().path.clone();
+    let digest = |bytes: &[u8]| -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).into()
+    };
+    let read = || std::fs::read(&path).ok().map(|b| digest(&b));
+    let mut applied = read();
+    let mut candidate = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = read();
+        if now.is_none() || now == applied {
+            candidate = None;
+            continue;
+        }
+        if candidate == now {
+            info!(path = %path.display(), "config file changed");
+            reload(&app);
+            applied = now;
+            candidate = None;
+        } else {
+            candidate = now;
+        }
+    }
+}

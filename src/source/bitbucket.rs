@@ -96,6 +96,10 @@ pub(super) fn verify_basic(inbound: &Inbound<'_>, credentials: &[Secret]) -> Res
 }
 
 impl Scheme for Bitbucket {
+    fn event_headers(&self, event: &str) -> Vec<(String, String)> {
+        vec![("X-Event-Key".into(), event.into())]
+    }
+
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
         if self.basic_required {
             verify_basic(inbound, &self.basic_auth)?;

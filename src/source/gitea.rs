@@ -89,6 +89,18 @@ impl Gitea {
 }
 
 impl Scheme for Gitea {
+    fn event_headers(&self, event: &str) -> Vec<(String, String)> {
+        let prefix = match self.flavor {
+            Flavor::Gitea => "X-Gitea",
+            Flavor::Forgejo => "X-Forgejo",
+            Flavor::Gogs => return vec![("X-Gogs-Event".into(), event.into())],
+        };
+        vec![
+            (format!("{prefix}-Event"), event.into()),
+            (format!("{prefix}-Event-Type"), event.into()),
+        ]
+    }
+
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
         let headers = self.flavor.signature_headers();
         // Gitea sends empty signature headers when the hook has no secret: empty is missing.

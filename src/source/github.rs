@@ -65,6 +65,10 @@ pub(super) fn verify_hub_signature(
 }
 
 impl Scheme for GitHub {
+    fn event_headers(&self, event: &str) -> Vec<(String, String)> {
+        vec![("X-GitHub-Event".into(), event.into())]
+    }
+
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
         // SHA-256 when present; the legacy SHA-1 header only for senders that lack it.
         let (header, value) = match inbound.header("x-hub-signature-256") {

@@ -73,6 +73,10 @@ impl GitLab {
 }
 
 impl Scheme for GitLab {
+    fn event_headers(&self, event: &str) -> Vec<(String, String)> {
+        vec![("X-Gitlab-Event".into(), event.into())]
+    }
+
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
         if self.signing_required {
             // When signing is configured the signature is required; never fall back to the token.

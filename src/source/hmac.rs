@@ -100,6 +100,13 @@ impl GenericHmac {
 }
 
 impl Scheme for GenericHmac {
+    fn event_headers(&self, event: &str) -> Vec<(String, String)> {
+        self.event_header
+            .iter()
+            .map(|h| (h.clone(), event.to_owned()))
+            .collect()
+    }
+
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
         let value = inbound
             .header(&self.header)

@@ -170,6 +170,13 @@ pub trait Scheme: Send + Sync + fmt::Debug {
     /// The headers this provider's sender would attach to `body` (`hookbridge sign`).
     fn sign(&self, body: &[u8], now: SystemTime) -> Result<Vec<(String, String)>, String>;
 
+    /// The headers that name `event` the way this provider's sender does
+    /// (`X-GitHub-Event: push`); used by `sign --event`, `explain` and `test`.
+    fn event_headers(&self, event: &str) -> Vec<(String, String)> {
+        let _ = event;
+        Vec::new()
+    }
+
     /// Headers that carry credentials for this scheme, beyond the common ones.
     fn credential_headers(&self) -> Vec<String> {
         Vec::new()

@@ -1,0 +1,324 @@
+//! `hookbridge deliveries list|show|replay`: the delivery history, read from
+//! the store directly (safe while the daemon runs).
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Subcommand};
+
+use super::ConfigArg;
+use crate::store::{
+    self, DeliveryDetail, DeliveryFilter, DeliveryKey, DeliveryRow, DeliveryStatus, OpenMode, Store,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Recent deliveries, newest first
+    List(ListArgs),
+    /// One delivery: summary, jobs, every attempt, created pipelines
+    Show(ShowArgs),
+    /// Queue a delivery's recorded jobs again (or re-run the current rules with --reevaluate)
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<DeliveryStatus>,
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only deliveries with a job for this rule
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Received within this long (`1h`, `2d`) or since an RFC 3339 time
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<SystemTime>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The delivery id from the summary (or the internal id)
+    pub id: String,
+    /// When the same delivery id exists for several sources
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    pub id: String,
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only this job
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Evaluate the current rules on the stored payload and queue the jobs they produce
+    #[arg(long, conflicts_with = "job")]
+    pub reevaluate: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_status(s: &str) -> Result<DeliveryStatus, String> {
+    DeliveryStatus::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a status; use pending, done, dead or skipped"))
+}
+
+/// `1h`, `30m`, `2d` ago, or an RFC 3339 timestamp.
+pub fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(SystemTime::now() - d);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|_| format!("`{s}` is neither a duration (`1h`, `2d`) nor an RFC 3339 time"))
+}
+
+pub fn run(cmd: DeliveriesCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cmd {
+            DeliveriesCommand::List(a) => list(a).await,
+            DeliveriesCommand::Show(a) => show(a).await,
+            DeliveriesCommand::Replay(a) => replay(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open(config: &ConfigArg) -> Result<(crate::config::Config, std::sync::Arc<dyn Store>), String> {
+    let loaded = config
+        .load_quiet()
+        .map_err(|_| "the configuration is invalid".to_owned())?;
+    let store = store::open(&loaded.config.store, OpenMode::Client)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((loaded.config, store))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+pub fn time(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(store::from_millis(ms)).to_string()
+}
+
+async fn list(a: ListArgs) -> Result<(), String> {
+    let (_, store) = open(&a.config).await?;
+    let rows = store
+        .list(&DeliveryFilter {
+            status: a.status,
+            source: a.source,
+            rule: a.rule,
+            since: a.since,
+            before: None,
+            limit: a.limit,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if a.json {
+        return print_json(&rows);
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+/// The `deliveries list` table.
+pub fn table(rows: &[DeliveryRow]) -> String {
+    let mut lines = vec![[
+        "RECEIVED".to_owned(),
+        "SOURCE".into(),
+        "DELIVERY".into(),
+        "EVENT".into(),
+        "REF".into(),
+        "STATUS".into(),
+        "JOBS".into(),
+    ]];
+    for r in rows {
+        lines.push([
+            time(r.received_at),
+            r.source.clone(),
+            r.delivery.clone(),
+            r.event.clone(),
+            r.git_ref.clone().unwrap_or_else(|| "-".into()),
+            r.status.as_str().into(),
+            r.jobs.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no deliveries)\n");
+    }
+    out
+}
+
+async fn show(a: ShowArgs) -> Result<(), String> {
+    let (_, store) = open(&a.config).await?;
+    let detail = store
+        .get(&DeliveryKey {
+            id: a.id,
+            source: a.source,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if a.json {
+        return print_json(&detail);
+    }
+    print!("{}", describe(&detail));
+    Ok(())
+}
+
+/// The `deliveries show` report.
+pub fn describe(d: &DeliveryDetail) -> String {
+    let r = &d.row;
+    let mut out = format!(
+        "delivery {} (source {}, event {}, kind {})\n  received {}  status {}  id {}\n",
+        r.delivery,
+        r.source,
+        r.event,
+        r.kind,
+        time(r.received_at),
+        r.status.as_str(),
+        r.id
+    );
+    if let Some(repo) = &r.repository {
+        out.push_str(&format!(
+            "  repository {repo}  ref {}\n",
+            r.git_ref.as_deref().unwrap_or("-")
+        ));
+    }
+    for s in &d.summary.skipped {
+        out.push_str(&format!("  skipped {}: {}\n", s.rule, s.reason));
+    }
+    for e in &d.summary.errors {
+        out.push_str(&format!("  error   {}: {}\n", e.rule, e.error));
+    }
+    for j in &d.jobs {
+        out.push_str(&format!(
+            "\njob {}  rule {}  target {}  state {}  attempts {}\n",
+            j.id, j.rule, j.target, j.state, j.attempts
+        ));
+        if let Some(res) = &j.result {
+            let mut parts = Vec::new();
+            if let Some(id) = &res.id {
+                parts.push(format!("id {id}"));
+            }
+            if let Some(n) = res.number {
+                parts.push(format!("number {n}"));
+            }
+            if let Some(u) = &res.url {
+                parts.push(u.clone());
+            }
+            out.push_str(&format!("  created: {}\n", parts.join("  ")));
+        }
+        if let Some(e) = &j.last_error {
+            out.push_str(&format!("  last error: {e}\n"));
+        }
+        if let (Some(next), "pending") = (j.next_attempt_at, j.state.as_str()) {
+            out.push_str(&format!("  next attempt: {}\n", time(next)));
+        }
+        for a in &j.history {
+            out.push_str(&format!(
+                "  #{} {}  {}  {} ms  {}\n",
+                a.n,
+                time(a.started_at),
+                a.status.map_or_else(|| "---".to_owned(), |s| s.to_string()),
+                a.duration_ms,
+                a.outcome
+            ));
+            if let Some(e) = &a.error {
+                out.push_str(&format!("     error: {e}\n"));
+            }
+            if let Some(body) = &a.response {
+                out.push_str(&format!("     response: {}\n", body.replace('\n', " ")));
+            }
+        }
+    }
+    out
+}
+
+async fn replay(a: ReplayArgs) -> Result<(), String> {
+    let (config, store) = open(&a.config).await?;
+    let key = DeliveryKey {
+        id: a.id.clone(),
+        source: a.source.clone(),
+    };
+    let queued = if a.reevaluate {
+        reevaluate(&config, store.as_ref(), &key).await?
+    } else {
+        store
+            .replay(&key, a.job.as_deref())
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    if a.json {
+        return print_json(&serde_json::json!({ "queued": queued }));
+    }
+    if queued.is_empty() {
+        println!("nothing to replay: delivery {} has no finished jobs", a.id);
+    } else {
+        println!(
+            "queued {} job{} of delivery {}: {}",
+            queued.len(),
+            if queued.len() == 1 { "" } else { "s" },
+            a.id,
+            queued.join(", ")
+        );
+        println!("the running daemon picks them up within a second");
+    }
+    Ok(())
+}
+
+/// Run the current rules on a stored delivery and queue what matches.
+pub async fn reevaluate(
+    config: &crate::config::Config,
+    store: &dyn Store,
+    key: &DeliveryKey,
+) -> Result<Vec<String>, String> {
+    let stored = store.payload(key).await.map_err(|e| e.to_string())?;
+    let evaluation = crate::intake::evaluate(config, &stored.event, &stored.headers, &stored.payload)
+        .map_err(|e| e.to_string())?;
+    let (summary, jobs) = crate::intake::summary_and_jobs(&stored.event, &evaluation);
+    let ids = jobs.iter().map(|j| j.id.clone()).collect();
+    store
+        .add_jobs(key, jobs, summary)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ids)
+}

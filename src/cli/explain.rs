@@ -1,0 +1,142 @@
+//! `hookbridge explain`: which rules match a payload, why the others do not,
+//! and the exact requests the matches would send. No network, no store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::Args;
+
+use super::ConfigArg;
+use super::common::{Rendered, format_request, parse_header, read_payload, render, request_headers};
+use crate::event::Event;
+use crate::rules::{Errored, Skipped};
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The source (`[sources.NAME]`) the payload arrives at
+    #[arg(long)]
+    pub source: String,
+    /// The provider's event name (`push`, `Push Hook`, `repo:push`), sent in its event header
+    #[arg(long)]
+    pub event: Option<String>,
+    /// An extra request header, `Name: value` (repeatable)
+    #[arg(long = "header", short = 'H', value_name = "K:V", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Check the signature too (give the signature headers with --header)
+    #[arg(long)]
+    pub verify: bool,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+    /// The payload file
+    pub payload: PathBuf,
+}
+
+/// What `explain --json` prints.
+#[derive(Debug, serde::Serialize)]
+pub struct Explanation {
+    pub event: Event,
+    pub matched: Vec<Rendered>,
+    pub skipped: Vec<Skipped>,
+    pub errors: Vec<Errored>,
+}
+
+/// Exit code when no rule matched.
+pub const NO_MATCH: u8 = 3;
+
+pub fn run(args: &ExplainArgs) -> ExitCode {
+    let Ok(loaded) = args.config.load_quiet() else {
+        return ExitCode::FAILURE;
+    };
+    let config = loaded.config;
+    let Some(source) = config.sources.get(&args.source) else {
+        eprintln!(
+            "error: unknown source `{}`; the config has: {}",
+            args.source,
+            config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let outcome = read_payload(&args.payload).and_then(|body| {
+        let headers = request_headers(source, &body, args.event.as_deref(), &args.headers)?;
+        crate::intake::process(&config, source, &headers, &body, SystemTime::now(), args.verify)
+            .map_err(|e| format!("{} ({})", e, e.status()))
+    });
+    let intake = match outcome {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let explanation = Explanation {
+        matched: render(&config, &intake.evaluation),
+        skipped: intake.evaluation.skipped,
+        errors: intake.evaluation.errors,
+        event: intake.event,
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&explanation) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", human(&explanation, config.rules.len()));
+    }
+    if explanation.matched.is_empty() {
+        ExitCode::from(NO_MATCH)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The human-readable report.
+pub fn human(x: &Explanation, rules: usize) -> String {
+    let e = &x.event;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "event {:?} (kind {}{}) from source {} [{}], delivery {}\n",
+        e.name,
+        e.kind,
+        e.action
+            .as_ref()
+            .map(|a| format!(", action {a}"))
+            .unwrap_or_default(),
+        e.source,
+        e.provider.as_str(),
+        e.delivery
+    );
+    out.push_str(&format!(
+        "  repository {}  ref {}  sha {}\n\n",
+        opt(&e.repository),
+        opt(&e.git_ref),
+        opt(&e.sha)
+    ));
+    for m in &x.matched {
+        out.push_str(&format!("MATCH  {} -> target {}\n", m.rule, m.target));
+        match (&m.request, &m.error) {
+            (Some(r), _) => out.push_str(&format_request(r, "       ")),
+            (None, Some(err)) => out.push_str(&format!("       cannot build the request: {err}\n")),
+            (None, None) => {}
+        }
+        out.push('\n');
+    }
+    for s in &x.skipped {
+        out.push_str(&format!("SKIP   {}: {}\n", s.rule, s.reason));
+    }
+    for err in &x.errors {
+        out.push_str(&format!("ERROR  {}: {}\n", err.rule, err.error));
+    }
+    out.push_str(&format!(
+        "\n{} of {rules} rule{} matched\n",
+        x.matched.len(),
+        if rules == 1 { "" } else { "s" }
+    ));
+    out
+}
