@@ -118,6 +118,9 @@ pub fn human(x: &Explanation, rules: usize) -> String {
         opt(&e.git_ref),
         opt(&e.sha)
     ));
+    if e.kind == crate::event::kind::PING {
+        out.push_str("a ping: answered 200 with nothing stored; rules are not evaluated\n");
+    }
     for m in &x.matched {
         out.push_str(&format!("MATCH  {} -> target {}\n", m.rule, m.target));
         match (&m.request, &m.error) {

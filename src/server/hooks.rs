@@ -120,9 +120,6 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
     for e in &intake.evaluation.errors {
         warn!(rule = %e.rule, error = %e.error, "rule could not be evaluated");
     }
-    for m in &intake.evaluation.matched {
-        metrics::counter!("hookbridge_rule_matches_total", "rule" => m.rule.clone()).increment(1);
-    }
     let delivery = intake::delivery(intake, received_at);
     let fresh = delivery.summary.clone();
     let event = delivery.event.name.clone();
@@ -130,6 +127,9 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
         Ok(Ingested::Stored) => {
             metrics::histogram!("hookbridge_ingest_duration_seconds").record(started.elapsed().as_secs_f64());
             let matched = !fresh.matched.is_empty();
+            for m in &fresh.matched {
+                metrics::counter!("hookbridge_rule_matches_total", "rule" => m.rule.clone()).increment(1);
+            }
             if matched {
                 app.wake.notify_one();
             }

@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 /// The token the stand-ins expect (CircleCI `Circle-Token`, GitLab body `token`).
 pub const CIRCLE_TOKEN: &str = "circle-token-for-tests";
 pub const GITLAB_TRIGGER_TOKEN: &str = "glptt-trigger-token-for-tests";
+/// The `PRIVATE-TOKEN` the GitLab trigger-token API expects.
+pub const GITLAB_PRIVATE_TOKEN: &str = "glpat-private-token-for-tests";
 
 /// A scripted reply, used before the normal (successful) behaviour resumes.
 #[derive(Debug, Clone)]
@@ -58,6 +60,8 @@ struct Shared {
     script: Mutex<VecDeque<Reply>>,
     hang: std::sync::atomic::AtomicBool,
     counter: AtomicU64,
+    /// GitLab trigger tokens: (id, description, token, expires_at).
+    triggers: Mutex<Vec<(u64, String, String, Option<String>)>>,
 }
 
 /// A running stand-in; serves both the CircleCI and the GitLab API.
@@ -123,6 +127,8 @@ fn load_json(rel: &str) -> Value {
 }
 
 struct Validators {
+    trigger_create: jsonschema::Validator,
+    trigger_update: jsonschema::Validator,
     pipeline: jsonschema::Validator,
     pipeline_run: jsonschema::Validator,
     job: jsonschema::Validator,
@@ -155,6 +161,8 @@ fn validators() -> &'static Validators {
         let v1 = load_json("circleci-v1.1.json");
         let gitlab = load_json("gitlab-openapi_v2-ci_triggers.excerpt.yaml");
         Validators {
+            trigger_create: validator(&gitlab, "/definitions/postApiV4ProjectsIdTriggers"),
+            trigger_update: validator(&gitlab, "/definitions/putApiV4ProjectsIdTriggersTriggerId"),
             pipeline: validator(
                 &v2,
                 "/paths/~1project~1{project-slug}~1pipeline/post/requestBody/content/application~1json/schema",
@@ -326,6 +334,9 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    if path.contains("/triggers") {
+        return trigger_tokens(&shared, &method, &uri, &headers, &body);
+    }
     let api = match route(&path) {
         Ok(api) => api,
         Err(problem) => {
@@ -396,4 +407,138 @@ async fn handle(
     record.status = response.status().as_u16();
     shared.requests.lock().unwrap().push(record);
     response
+}
+
+fn trigger_json(t: &(u64, String, String, Option<String>), full: bool) -> Value {
+    json!({
+        "id": t.0,
+        "description": t.1,
+        "token": if full { t.2.clone() } else { t.2[..4].to_owned() },
+        "created_at": "2026-11-23T10:00:00.000Z",
+        "updated_at": "2026-11-23T10:00:00.000Z",
+        "last_used": null,
+        "expires_at": t.3,
+        "owner": {"id": 1, "username": "root", "name": "Administrator", "state": "active"},
+    })
+}
+
+/// `/api/v4/projects/:id/triggers[/:trigger_id]`, checked against the GitLab excerpt.
+fn trigger_tokens(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let path = uri.path();
+    let segs = segments(path);
+    let violation = |p: String| {
+        shared
+            .violations
+            .lock()
+            .unwrap()
+            .push(format!("triggers {method} {path}: {p}"))
+    };
+    if headers.get("private-token").and_then(|v| v.to_str().ok()) != Some(GITLAB_PRIVATE_TOKEN) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"message": "401 Unauthorized"})),
+        )
+            .into_response();
+    }
+    if uri.query().is_some_and(|q| q.contains("private_token")) {
+        violation("token in the query string".into());
+    }
+    let (project, id) = match segs.as_slice() {
+        ["api", "v4", "projects", project, "triggers"] => (*project, None),
+        ["api", "v4", "projects", project, "triggers", id] => match id.parse::<u64>() {
+            Ok(id) => (*project, Some(id)),
+            Err(_) => {
+                violation(format!("trigger_id `{id}` is not an integer"));
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+        },
+        _ => {
+            violation("no such endpoint".into());
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    };
+    if decode(project).contains('/') && !project.contains("%2F") {
+        violation("project path not URL-encoded".into());
+    }
+    let v = validators();
+    let parsed = || -> Option<Value> {
+        if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+            violation("body without Content-Type: application/json".into());
+        }
+        serde_json::from_slice(body).ok()
+    };
+    let mut triggers = shared.triggers.lock().unwrap();
+    match (method.clone(), id) {
+        (Method::GET, None) => axum::Json(Value::Array(
+            triggers.iter().map(|t| trigger_json(t, false)).collect(),
+        ))
+        .into_response(),
+        (Method::POST, None) => {
+            let Some(b) = parsed() else {
+                violation("body is not JSON".into());
+                return StatusCode::BAD_REQUEST.into_response();
+            };
+            let errors: Vec<String> = v.trigger_create.iter_errors(&b).map(|e| e.to_string()).collect();
+            if !errors.is_empty() {
+                violation(format!("schema: {}", errors.join("; ")));
+                return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": errors}))).into_response();
+            }
+            let n = triggers.len() as u64 + 10;
+            let t = (
+                n,
+                b["description"].as_str().unwrap_or_default().to_owned(),
+                format!("glptt-{n:0>36}"),
+                b["expires_at"].as_str().map(str::to_owned),
+            );
+            let out = trigger_json(&t, true);
+            triggers.push(t);
+            (StatusCode::CREATED, axum::Json(out)).into_response()
+        }
+        (m, Some(id)) => {
+            let Some(pos) = triggers.iter().position(|t| t.0 == id) else {
+                return (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"message": "404 Trigger Not Found"})),
+                )
+                    .into_response();
+            };
+            match m {
+                Method::GET => axum::Json(trigger_json(&triggers[pos], false)).into_response(),
+                Method::PUT => {
+                    let Some(b) = parsed() else {
+                        violation("body is not JSON".into());
+                        return StatusCode::BAD_REQUEST.into_response();
+                    };
+                    let errors: Vec<String> =
+                        v.trigger_update.iter_errors(&b).map(|e| e.to_string()).collect();
+                    if !errors.is_empty() {
+                        violation(format!("schema: {}", errors.join("; ")));
+                        return StatusCode::BAD_REQUEST.into_response();
+                    }
+                    if let Some(d) = b["description"].as_str() {
+                        triggers[pos].1 = d.to_owned();
+                    }
+                    axum::Json(trigger_json(&triggers[pos], false)).into_response()
+                }
+                Method::DELETE => {
+                    triggers.remove(pos);
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                other => {
+                    violation(format!("method {other} not in the API"));
+                    StatusCode::METHOD_NOT_ALLOWED.into_response()
+                }
+            }
+        }
+        (other, None) => {
+            violation(format!("method {other} not in the API"));
+            StatusCode::METHOD_NOT_ALLOWED.into_response()
+        }
+    }
 }
