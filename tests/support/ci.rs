@@ -53,6 +53,9 @@ impl Recorded {
     }
 }
 
+/// A GitLab trigger token held by the stand-in: (id, description, token, expires_at).
+type TriggerToken = (u64, String, String, Option<String>);
+
 #[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<Recorded>>,
@@ -60,8 +63,7 @@ struct Shared {
     script: Mutex<VecDeque<Reply>>,
     hang: std::sync::atomic::AtomicBool,
     counter: AtomicU64,
-    /// GitLab trigger tokens: (id, description, token, expires_at).
-    triggers: Mutex<Vec<(u64, String, String, Option<String>)>>,
+    triggers: Mutex<Vec<TriggerToken>>,
 }
 
 /// A running stand-in; serves both the CircleCI and the GitLab API.
@@ -409,7 +411,7 @@ async fn handle(
     response
 }
 
-fn trigger_json(t: &(u64, String, String, Option<String>), full: bool) -> Value {
+fn trigger_json(t: &TriggerToken, full: bool) -> Value {
     json!({
         "id": t.0,
         "description": t.1,
