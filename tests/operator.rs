@@ -286,7 +286,7 @@ parameters = { sha = "{{ event.sha }}" }
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("0 of 4 rules matched"), "{out}");
     // --verify checks the signature given with --header.
-    let body = std::fs::read(&fixture).unwrap();
+    let body = std::fs::read(fixture).unwrap();
     let good = format!("X-Hub-Signature-256: {}", github_signature("s", &body));
     let (code, _, _) = ws.cli(
         &[
