@@ -52,10 +52,10 @@ fn key_paths(root: &Value, schema: &Value, prefix: &str, out: &mut BTreeSet<Stri
     if let Some(items) = schema.get("items") {
         key_paths(root, items, prefix, out);
     }
-    if let Some(extra) = schema.get("additionalProperties").filter(|v| v.is_object()) {
-        if is_table(root, extra) {
-            key_paths(root, extra, &format!("{prefix}.*"), out);
-        }
+    if let Some(extra) = schema.get("additionalProperties").filter(|v| v.is_object())
+        && is_table(root, extra)
+    {
+        key_paths(root, extra, &format!("{prefix}.*"), out);
     }
 }
 
@@ -97,10 +97,10 @@ fn documented_keys(doc: &str) -> BTreeSet<String> {
                     .collect::<Vec<_>>()
                     .join(".")
             });
-        } else if let (Some(table), Some(row)) = (&table, line.strip_prefix("| `")) {
-            if let Some(key) = row.split('`').next() {
-                out.insert(format!("{table}.{key}"));
-            }
+        } else if let (Some(table), Some(row)) = (&table, line.strip_prefix("| `"))
+            && let Some(key) = row.split('`').next()
+        {
+            out.insert(format!("{table}.{key}"));
         }
     }
     out

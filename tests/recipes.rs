@@ -12,7 +12,6 @@ use std::time::SystemTime;
 use hookbridge::config::LoadMode;
 use hookbridge::target::Reveal;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::Value;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
