@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, LoadMode, Loaded};
@@ -13,6 +15,7 @@ pub mod common;
 pub mod deliveries;
 pub mod explain;
 mod gitlab;
+mod healthcheck;
 mod serve;
 mod sign;
 mod test_cases;
@@ -52,11 +55,15 @@ pub enum Command {
     /// GitLab helpers: manage pipeline trigger tokens
     #[command(subcommand)]
     Gitlab(gitlab::GitlabCommand),
+    /// Print the JSON Schema of the config file (for editors and CI)
+    Schema,
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Ask the running daemon's admin listener for /healthz (or /readyz); exit 0 on 200.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// `--config PATH`, shared by every command that reads the config.
@@ -122,10 +129,22 @@ pub fn main() -> ExitCode {
         Command::Sign(args) => sign::run(&args),
         Command::Deliveries(cmd) => deliveries::run(cmd),
         Command::Gitlab(cmd) => gitlab::run(cmd),
+        Command::Schema => match serde_json::to_string_pretty(&crate::config::schema::schema()) {
+            Ok(text) => {
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = writeln!(std::io::stdout().lock(), "{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "hookbridge", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
+        Command::Healthcheck(args) => healthcheck::run(&args),
     }
 }

@@ -15,6 +15,7 @@ use toml::Spanned;
 
 pub mod diagnostic;
 pub mod raw;
+pub mod schema;
 pub mod secret;
 pub mod units;
 

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -15,7 +16,7 @@ use super::units::{ByteSize, HumanDuration};
 pub type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
 pub type SpannedTable = Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -29,16 +30,20 @@ pub struct RawConfig {
     #[serde(default)]
     pub dispatch: RawDispatch,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawSource>")]
     pub sources: BTreeMap<Spanned<String>, Spanned<RawSource>>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawTarget>")]
     pub targets: BTreeMap<Spanned<String>, Spanned<RawTarget>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawRule>")]
     pub rules: Vec<Spanned<RawRule>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    #[schemars(with = "Option<String>")]
     pub listen: Option<Spanned<String>>,
     pub max_body: Option<ByteSize>,
     /// Time allowed to receive a whole request (headers and body).
@@ -47,71 +52,94 @@ pub struct RawServer {
     pub shutdown_grace: Option<HumanDuration>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
+    #[schemars(with = "Option<String>")]
     pub listen: Option<Spanned<String>>,
+    #[schemars(with = "Option<SecretRef>")]
     pub token: Option<Spanned<SecretRef>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
+    #[schemars(with = "Option<String>")]
     pub url: Option<Spanned<String>>,
     pub retention: Option<HumanDuration>,
     /// PostgreSQL: password, instead of putting it in the URL.
+    #[schemars(with = "Option<SecretRef>")]
     pub password: Option<Spanned<SecretRef>>,
     /// PostgreSQL: connections in the pool.
+    #[schemars(with = "Option<u32>")]
     pub pool_size: Option<Spanned<u32>>,
     /// PostgreSQL: `statement_timeout` for every session.
     pub statement_timeout: Option<HumanDuration>,
     /// PostgreSQL: `sslmode` (disable, prefer, require).
+    #[schemars(with = "Option<String>")]
     pub tls: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
+    #[schemars(with = "Option<u32>")]
     pub max_attempts: Option<Spanned<u32>>,
     pub initial_backoff: Option<HumanDuration>,
     pub max_backoff: Option<HumanDuration>,
     pub request_timeout: Option<HumanDuration>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDispatch {
     /// Trigger requests in flight at once.
+    #[schemars(with = "Option<u32>")]
     pub concurrency: Option<Spanned<u32>>,
     /// How long a worker owns a job before another may take it over.
     pub lease: Option<HumanDuration>,
 }
 
 /// Every key any source type accepts; [`crate::source`] checks which apply.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     #[serde(rename = "type")]
+    #[schemars(with = "String")]
     pub kind: Spanned<String>,
+    #[schemars(with = "Option<Vec<SecretRef>>")]
     pub secrets: Option<SpannedList<SecretRef>>,
+    #[schemars(with = "Option<Vec<SecretRef>>")]
     pub signing_secrets: Option<SpannedList<SecretRef>>,
+    #[schemars(with = "Option<Vec<SecretRef>>")]
     pub basic_auth: Option<SpannedList<SecretRef>>,
+    #[schemars(with = "Option<HumanDuration>")]
     pub tolerance: Option<Spanned<HumanDuration>>,
+    #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub algorithm: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub encoding: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub prefix: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub event_header: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub event: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub delivery_header: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     #[serde(rename = "type")]
+    #[schemars(with = "String")]
     pub kind: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     pub url: Option<Spanned<String>>,
+    #[schemars(with = "Option<SecretRef>")]
     pub token: Option<Spanned<SecretRef>>,
     pub retry: Option<RawRetry>,
 }
@@ -144,50 +172,80 @@ impl<'de> Deserialize<'de> for OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     pub description: Option<String>,
+    #[schemars(with = "Option<OneOrMany>")]
     pub source: Option<Spanned<OneOrMany>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub events: Option<SpannedList<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub actions: Option<SpannedList<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub branches: Option<SpannedList<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub branches_ignore: Option<SpannedList<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub tags: Option<SpannedList<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub tags_ignore: Option<SpannedList<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub paths: Option<SpannedList<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub paths_ignore: Option<SpannedList<String>>,
+    #[schemars(with = "Option<String>")]
     pub paths_unknown: Option<Spanned<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     pub repositories: Option<SpannedList<String>>,
     #[serde(rename = "if")]
+    #[schemars(with = "Option<String>")]
     pub condition: Option<Spanned<String>>,
+    #[schemars(with = "RawTrigger")]
     pub trigger: Spanned<RawTrigger>,
     pub retry: Option<RawRetry>,
 }
 
 /// Every key any trigger accepts; the target's type decides which apply.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTrigger {
+    #[schemars(with = "String")]
     pub target: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     pub project: Option<Spanned<String>>,
     // CircleCI
+    #[schemars(with = "Option<String>")]
     pub job: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub branch: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub tag: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub revision: Option<Spanned<String>>,
+    #[schemars(with = "Option<serde_json::Value>")]
     pub parallel: Option<Spanned<toml::Value>>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub build_parameters: Option<SpannedTable>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub parameters: Option<SpannedTable>,
+    #[schemars(with = "Option<String>")]
     pub definition_id: Option<Spanned<String>>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub config: Option<SpannedTable>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub checkout: Option<SpannedTable>,
     // GitLab
     #[serde(rename = "ref")]
+    #[schemars(with = "Option<String>")]
     pub git_ref: Option<Spanned<String>>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub variables: Option<SpannedTable>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub inputs: Option<SpannedTable>,
+    #[schemars(with = "Option<SecretRef>")]
     pub token: Option<Spanned<SecretRef>>,
 }
 

@@ -203,4 +203,27 @@ mod tests {
         let err = r.resolve().unwrap_err();
         assert!(err.contains("HOOKBRIDGE_TEST_SURELY_UNSET"));
     }
+
+    #[test]
+    fn file_paths_expand_credentials_directory() {
+        // `set_var` is unsafe (and `unsafe_code` is forbidden), so this uses a
+        // variable cargo sets for tests; tests/systemd.rs runs the daemon with a
+        // real `CREDENTIALS_DIRECTORY`.
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+        let r = SecretRef::parse("file:${CARGO_MANIFEST_DIR}/Cargo.toml").unwrap();
+        assert_eq!(r.to_string(), "file:${CARGO_MANIFEST_DIR}/Cargo.toml");
+        assert!(r.resolve().unwrap().expose().contains("name = \"hookbridge\""));
+        assert_eq!(
+            expand_vars("${CARGO_MANIFEST_DIR}/a/${CARGO_MANIFEST_DIR}").unwrap(),
+            format!("{dir}/a/{dir}")
+        );
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+            let err = SecretRef::parse("file:${CREDENTIALS_DIRECTORY}/github-webhook-secret")
+                .unwrap()
+                .resolve()
+                .unwrap_err();
+            assert!(err.contains("`CREDENTIALS_DIRECTORY` is not set"), "{err}");
+        }
+        assert!(expand_vars("${UNCLOSED/x").unwrap_err().contains("unclosed"));
+    }
 }

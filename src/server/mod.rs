@@ -20,6 +20,7 @@ use crate::store::Store;
 
 pub mod admin;
 pub mod hooks;
+pub mod systemd;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -55,6 +56,7 @@ pub async fn run(
         admin = %admin_listener.local_addr()?,
         "listening"
     );
+    systemd::ready(&shutdown);
 
     let dispatcher_stop = CancellationToken::new();
     let dispatcher = Dispatcher::new(app.store.clone(), app.config.clone(), app.wake.clone());
@@ -98,6 +100,7 @@ pub async fn run(
 /// Load the config file again; a valid one replaces the live config atomically,
 /// an invalid one is logged and the old one stays. Returns whether it was applied.
 pub fn reload(app: &App) -> bool {
+    let _reloading = systemd::Reloading::start();
     let current = app.config.load_full();
     match crate::config::load(&current.path, crate::config::LoadMode::Serve) {
         Ok(loaded) => {
