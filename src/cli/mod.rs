@@ -9,6 +9,7 @@ use crate::config::{self, LoadMode, Loaded};
 use crate::telemetry::LogFormat;
 
 mod check;
+mod migrate;
 mod serve;
 
 /// Verified VCS webhooks in, CircleCI and GitLab pipeline triggers out, durably.
@@ -25,6 +26,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Validate the config; prints a summary, or every error with file:line:col and exits 1.
     Check(ConfigArg),
+    /// Apply the store's schema migrations and exit (`serve` also does at start).
+    Migrate(ConfigArg),
 }
 
 /// `--config PATH`, shared by every command that reads the config.
@@ -74,5 +77,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(&args),
+        Command::Migrate(args) => migrate::run(&args),
     }
 }
