@@ -375,7 +375,7 @@ async fn replay_queues_finished_jobs_again(h: Harness) {
     assert_eq!(s.get(&key("r-1")).await.unwrap().row.status, DeliveryStatus::Done);
     let detail = s.get(&key("r-1")).await.unwrap();
     let one = detail.jobs[0].id.clone();
-    assert_eq!(s.replay(&key("r-1"), Some(&one)).await.unwrap(), [one.clone()]);
+    assert_eq!(s.replay(&key("r-1"), Some(&one)).await.unwrap(), vec![one]);
     assert_eq!(
         s.get(&key("r-1")).await.unwrap().row.status,
         DeliveryStatus::Pending
