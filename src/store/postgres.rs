@@ -930,3 +930,47 @@ impl Store for PostgresStore {
         tokio::spawn(listen(self.pool.clone(), wake, shutdown));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, StoreUrl};
+
+    fn settings(url: &str, tls: &str) -> StoreSettings {
+        StoreSettings {
+            url: StoreUrl::Postgres(url.into()),
+            retention: Duration::from_secs(60),
+            password: Some(Secret::new("hunter2")),
+            pool_size: 4,
+            statement_timeout: Duration::from_secs(5),
+            tls: tls.into(),
+        }
+    }
+
+    #[test]
+    fn options_take_the_password_secret_and_tls_mode() {
+        let o = connect_options(&settings("postgres://app@db:5433/hb", "require")).unwrap();
+        assert_eq!(o.get_host(), "db");
+        assert_eq!(o.get_port(), 5433);
+        assert_eq!(o.get_database(), Some("hb"));
+        assert!(matches!(o.get_ssl_mode(), PgSslMode::Require));
+        // An explicit sslmode in the URL wins.
+        let o = connect_options(&settings("postgres://app@db/hb?sslmode=disable", "require")).unwrap();
+        assert!(matches!(o.get_ssl_mode(), PgSslMode::Disable));
+    }
+
+    #[test]
+    fn errors_never_show_the_password() {
+        let e = connect_options(&settings("postgres://app:s3cret@db:notaport/hb", "prefer"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("invalid store url"), "{e}");
+        assert!(!e.contains("s3cret") && !e.contains("hunter2"), "{e}");
+        let e = connect_options(&settings("postgres://app@db/hb", "sometimes"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("`sometimes`") && !e.contains("hunter2"), "{e}");
+    }
+}
