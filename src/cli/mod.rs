@@ -16,6 +16,7 @@ pub mod deliveries;
 pub mod explain;
 mod gitlab;
 mod healthcheck;
+mod migrate;
 mod serve;
 mod sign;
 mod test_cases;
@@ -64,6 +65,8 @@ pub enum Command {
     },
     /// Ask the running daemon's admin listener for /healthz (or /readyz); exit 0 on 200.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Apply the store's schema migrations and exit (`serve` also does at start).
+    Migrate(ConfigArg),
 }
 
 /// `--config PATH`, shared by every command that reads the config.
@@ -146,5 +149,6 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Healthcheck(args) => healthcheck::run(&args),
+        Command::Migrate(args) => migrate::run(&args),
     }
 }

@@ -61,6 +61,8 @@ pub async fn run(
     let dispatcher_stop = CancellationToken::new();
     let dispatcher = Dispatcher::new(app.store.clone(), app.config.clone(), app.wake.clone());
     let dispatcher = tokio::spawn(dispatcher.run(dispatcher_stop.clone(), grace));
+    // Jobs queued by other replicas wake this dispatcher too.
+    app.store.watch(app.wake.clone(), dispatcher_stop.clone());
     let purge = tokio::spawn(dispatch::purge_loop(
         app.store.clone(),
         app.config.clone(),

@@ -10,7 +10,8 @@
 //! - [`Store::record_attempt`] stores every attempt and moves the job on, but
 //!   only while the worker still holds the lease.
 //!
-//! SQLite ([`sqlite`]) is the embedded default.
+//! SQLite ([`sqlite`]) is the embedded default; PostgreSQL ([`postgres`])
+//! lets several replicas share one queue.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,7 @@ use crate::event::Event;
 use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Milliseconds since the Unix epoch, the stores' time unit.
@@ -331,6 +333,16 @@ pub trait Store: Send + Sync {
 
     /// Is the store reachable and writable?
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Wake `wake` whenever another process queues jobs, until `shutdown`.
+    /// Stores without such news do nothing; the dispatcher polls anyway.
+    fn watch(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let _ = (wake, shutdown);
+    }
 }
 
 /// Who opens a store: the daemon (owns the queue) or a CLI client beside it.
@@ -356,8 +368,30 @@ pub async fn open(
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
             Ok(std::sync::Arc::new(store))
         }
-        crate::config::StoreUrl::Postgres(_) => Err(StoreError::Invalid(
-            "this build does not include the PostgreSQL store yet".into(),
-        )),
+        crate::config::StoreUrl::Postgres(_) => {
+            // Several replicas share the database: nothing to take back at start,
+            // a dead replica's leases expire instead.
+            let _ = mode;
+            Ok(std::sync::Arc::new(
+                postgres::PostgresStore::open(settings).await?,
+            ))
+        }
+    }
+}
+
+/// Bring the store's schema up to date (`hookbridge migrate`); returns its version.
+pub async fn migrate(settings: &crate::config::StoreSettings) -> Result<usize, StoreError> {
+    match &settings.url {
+        crate::config::StoreUrl::Sqlite(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                sqlite::SqliteStore::open(&path).map(|_| sqlite::schema_version())
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        }
+        crate::config::StoreUrl::Postgres(_) => {
+            postgres::migrate(&postgres::connect_options(settings)?).await
+        }
     }
 }

@@ -76,6 +76,11 @@ CREATE TABLE attempts (
 );
 "#];
 
+/// The schema version this build creates.
+pub fn schema_version() -> usize {
+    MIGRATIONS.len()
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }

@@ -64,6 +64,8 @@ struct Shared {
     hang: std::sync::atomic::AtomicBool,
     counter: AtomicU64,
     triggers: Mutex<Vec<TriggerToken>>,
+    /// Milliseconds to wait before answering (a slow CI).
+    delay_ms: AtomicU64,
 }
 
 /// A running stand-in; serves both the CircleCI and the GitLab API.
@@ -93,6 +95,13 @@ impl StandIn {
     /// While set, every request hangs.
     pub fn set_hang(&self, hang: bool) {
         self.shared.hang.store(hang, Ordering::SeqCst);
+    }
+
+    /// Wait this long before answering each request (a slow CI API).
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -408,6 +417,12 @@ async fn handle(
     };
     record.status = response.status().as_u16();
     shared.requests.lock().unwrap().push(record);
+    // A slow CI: the work is done (and recorded) before the answer arrives,
+    // so a caller that dies meanwhile has triggered it all the same.
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     response
 }
 

@@ -1,0 +1,470 @@
+//! One store test suite, run against every backend: SQLite (a temp file) and
+//! PostgreSQL (a fresh database per test, dropped at the end).
+//!
+//! PostgreSQL comes from `HOOKBRIDGE_TEST_POSTGRES_URL` (a maintenance
+//! connection allowed to create databases), defaulting to
+//! `postgres://postgres@127.0.0.1:5432/postgres`.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hookbridge::config::{StoreSettings, StoreUrl};
+use hookbridge::store::*;
+use hookbridge::target::{TriggerRequest, TriggerResult};
+use support::pg::TestDatabase;
+
+/// A store under test, and what keeps its backing storage alive.
+struct Harness {
+    store: Arc<dyn Store>,
+    _sqlite: Option<tempfile::TempDir>,
+    _postgres: Option<TestDatabase>,
+}
+
+async fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(StoreUrl::Sqlite(dir.path().join("hb.db")));
+    let store = open(&settings, OpenMode::Daemon).await.unwrap();
+    Harness {
+        store,
+        _sqlite: Some(dir),
+        _postgres: None,
+    }
+}
+
+async fn postgres() -> Harness {
+    let db = TestDatabase::create().await;
+    let store = open(&settings(StoreUrl::Postgres(db.url.clone())), OpenMode::Daemon)
+        .await
+        .unwrap();
+    Harness {
+        store,
+        _sqlite: None,
+        _postgres: Some(db),
+    }
+}
+
+fn settings(url: StoreUrl) -> StoreSettings {
+    StoreSettings {
+        url,
+        retention: Duration::from_secs(14 * 86400),
+        password: None,
+        pool_size: 8,
+        statement_timeout: Duration::from_secs(10),
+        tls: "disable".into(),
+    }
+}
+
+fn event(source: &str, delivery: &str) -> hookbridge::event::Event {
+    serde_json::from_value(serde_json::json!({
+        "source": source, "provider": "github", "name": "push", "kind": "push",
+        "delivery": delivery, "repository": "acme/app", "ref": "refs/heads/main",
+        "branch": "main", "created": false, "deleted": false, "forced": false, "changes": []
+    }))
+    .unwrap()
+}
+
+fn request() -> TriggerRequest {
+    serde_json::from_value(
+        serde_json::json!({"api": "gitlab_pipeline", "project": "acme/app", "ref": "main"}),
+    )
+    .unwrap()
+}
+
+/// A delivery with `jobs` matched rules (`rule-0`, `rule-1`, ...).
+fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> NewDelivery {
+    let jobs: Vec<NewJob> = (0..jobs)
+        .map(|i| NewJob {
+            id: ulid::Ulid::generate().to_string(),
+            rule: format!("rule-{i}"),
+            target: "gitlab".into(),
+            request: request(),
+        })
+        .collect();
+    NewDelivery {
+        id: ulid::Ulid::generate().to_string(),
+        source: source.into(),
+        delivery: id.into(),
+        received_at,
+        event: event(source, id),
+        headers: [("x-github-event".to_owned(), "push".to_owned())].into(),
+        payload: br#"{"ref":"refs/heads/main"}"#.to_vec(),
+        summary: Summary {
+            delivery: id.into(),
+            source: source.into(),
+            event: "push".into(),
+            duplicate: false,
+            matched: jobs
+                .iter()
+                .map(|j| MatchedJob {
+                    rule: j.rule.clone(),
+                    job: j.id.clone(),
+                    target: j.target.clone(),
+                })
+                .collect(),
+            skipped: vec![],
+            errors: vec![],
+        },
+        jobs,
+    }
+}
+
+fn key(id: &str) -> DeliveryKey {
+    DeliveryKey {
+        id: id.into(),
+        source: None,
+    }
+}
+
+fn attempt(status: u16) -> Attempt {
+    Attempt {
+        started_at: SystemTime::now(),
+        duration: Duration::from_millis(5),
+        status: Some(status),
+        error: None,
+        response: Some("{}".into()),
+    }
+}
+
+fn created() -> Transition {
+    Transition::Done(TriggerResult {
+        id: Some("42".into()),
+        number: Some(7),
+        url: None,
+        state: None,
+    })
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn ingest_then_read_back(h: Harness) {
+    let s = &h.store;
+    let d = delivery("github", "d-1", 2, SystemTime::now());
+    let summary = d.summary.clone();
+    assert_eq!(s.ingest(d).await.unwrap(), Ingested::Stored);
+    let detail = s.get(&key("d-1")).await.unwrap();
+    assert_eq!(detail.summary, summary);
+    assert_eq!(detail.row.status, DeliveryStatus::Pending);
+    assert_eq!(detail.row.jobs, 2);
+    assert_eq!(detail.jobs.len(), 2);
+    assert_eq!(detail.jobs[0].request, request());
+    let payload = s.payload(&key("d-1")).await.unwrap();
+    assert_eq!(payload.payload, br#"{"ref":"refs/heads/main"}"#);
+    assert_eq!(payload.headers["x-github-event"], "push");
+    let skipped = delivery("github", "d-2", 0, SystemTime::now());
+    assert_eq!(s.ingest(skipped).await.unwrap(), Ingested::Stored);
+    let rows = s
+        .list(&DeliveryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].delivery, "d-2", "newest first");
+    assert_eq!(rows[0].status, DeliveryStatus::Skipped);
+    let pending = s
+        .list(&DeliveryFilter {
+            status: Some(DeliveryStatus::Pending),
+            rule: Some("rule-1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(matches!(s.get(&key("nope")).await, Err(StoreError::NotFound(_))));
+}
+
+async fn duplicates_return_the_original_summary(h: Harness) {
+    let s = &h.store;
+    let first = delivery("github", "dup", 1, SystemTime::now());
+    let original = first.summary.clone();
+    assert_eq!(s.ingest(first).await.unwrap(), Ingested::Stored);
+    let again = delivery("github", "dup", 1, SystemTime::now());
+    assert_eq!(
+        s.ingest(again).await.unwrap(),
+        Ingested::Duplicate {
+            summary: original,
+            requeued: 0
+        }
+    );
+    // The same delivery id from another source is another delivery.
+    assert_eq!(
+        s.ingest(delivery("gitea", "dup", 1, SystemTime::now()))
+            .await
+            .unwrap(),
+        Ingested::Stored
+    );
+    assert!(matches!(s.get(&key("dup")).await, Err(StoreError::Ambiguous(_))));
+    let stats = s.stats().await.unwrap();
+    assert_eq!(stats.pending, 2);
+}
+
+async fn concurrent_duplicates_are_stored_once(h: Harness) {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.ingest(delivery("github", "race", 1, SystemTime::now()))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut stored = 0;
+    let mut summaries = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ingested::Stored => stored += 1,
+            Ingested::Duplicate { summary, .. } => summaries.push(summary),
+        }
+    }
+    assert_eq!(stored, 1);
+    let original = h.store.get(&key("race")).await.unwrap().summary;
+    assert!(summaries.iter().all(|s| *s == original));
+    assert_eq!(h.store.stats().await.unwrap().pending, 1);
+}
+
+async fn lease_hands_each_job_to_one_worker(h: Harness) {
+    let s = &h.store;
+    s.ingest(delivery("github", "l-1", 3, SystemTime::now()))
+        .await
+        .unwrap();
+    let a = s.lease_due("a", 2, LEASE).await.unwrap();
+    let b = s.lease_due("b", 5, LEASE).await.unwrap();
+    assert_eq!((a.len(), b.len()), (2, 1));
+    assert!(
+        a.iter()
+            .chain(&b)
+            .all(|j| j.attempt == 1 && j.delivery == "l-1" && j.source == "github")
+    );
+    assert!(s.lease_due("c", 5, LEASE).await.unwrap().is_empty());
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.running), (0, 3));
+    assert!(stats.oldest_pending.is_some());
+    // Graceful shutdown gives leases back.
+    s.release("a").await.unwrap();
+    let again = s.lease_due("c", 5, LEASE).await.unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|j| j.attempt == 2));
+}
+
+async fn an_expired_lease_is_taken_over(h: Harness) {
+    let s = &h.store;
+    s.ingest(delivery("github", "e-1", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let dead_worker = s.lease_due("a", 1, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(dead_worker.len(), 1);
+    assert!(
+        s.lease_due("b", 1, LEASE).await.unwrap().is_empty(),
+        "lease still held"
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let next_due = s.next_due().await.unwrap().unwrap();
+    assert!(next_due <= SystemTime::now());
+    let taken = s.lease_due("b", 1, LEASE).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, dead_worker[0].id);
+    assert_eq!(taken[0].attempt, 2);
+    // The first worker comes back late: its attempt is recorded, but the job stays with b.
+    s.record_attempt(&dead_worker[0], "a", attempt(201), created())
+        .await
+        .unwrap();
+    let job = &s.get(&key("e-1")).await.unwrap().jobs[0];
+    assert_eq!(job.state, "running");
+    let outcomes: Vec<&str> = job.history.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["interrupted", "done"]);
+    s.record_attempt(&taken[0], "b", attempt(201), created())
+        .await
+        .unwrap();
+    let detail = s.get(&key("e-1")).await.unwrap();
+    assert_eq!(detail.jobs[0].state, "done");
+    assert_eq!(detail.jobs[0].history.len(), 3);
+    assert_eq!(detail.row.status, DeliveryStatus::Done);
+}
+
+async fn attempts_are_recorded_and_retries_come_back(h: Harness) {
+    let s = &h.store;
+    s.ingest(delivery("github", "a-1", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let job = s.lease_due("w", 1, LEASE).await.unwrap().remove(0);
+    let retry = Transition::Retry {
+        at: SystemTime::now() + Duration::from_millis(100),
+        reason: "HTTP 503".into(),
+    };
+    s.record_attempt(&job, "w", attempt(503), retry).await.unwrap();
+    let detail = s.get(&key("a-1")).await.unwrap();
+    assert_eq!(detail.jobs[0].state, "pending");
+    assert_eq!(detail.jobs[0].last_error.as_deref(), Some("HTTP 503"));
+    assert!(detail.jobs[0].next_attempt_at.is_some());
+    assert!(
+        s.lease_due("w", 1, LEASE).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let job = s.lease_due("w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(job.attempt, 2);
+    s.record_attempt(&job, "w", attempt(201), created())
+        .await
+        .unwrap();
+    let detail = s.get(&key("a-1")).await.unwrap();
+    let j = &detail.jobs[0];
+    assert_eq!((j.state.as_str(), j.attempts), ("done", 2));
+    assert_eq!(j.result.as_ref().and_then(|r| r.id.as_deref()), Some("42"));
+    let history: Vec<(u32, Option<u16>, &str)> = j
+        .history
+        .iter()
+        .map(|a| (a.n, a.status, a.outcome.as_str()))
+        .collect();
+    assert_eq!(history, [(1, Some(503), "retry"), (2, Some(201), "done")]);
+    assert_eq!(detail.row.status, DeliveryStatus::Done);
+}
+
+async fn dead_letters_are_requeued_by_a_duplicate(h: Harness) {
+    let s = &h.store;
+    s.ingest(delivery("github", "x-1", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let job = s.lease_due("w", 1, LEASE).await.unwrap().remove(0);
+    s.record_attempt(&job, "w", attempt(404), Transition::Dead("HTTP 404".into()))
+        .await
+        .unwrap();
+    let detail = s.get(&key("x-1")).await.unwrap();
+    assert_eq!(detail.row.status, DeliveryStatus::Dead);
+    assert_eq!(detail.jobs[0].last_error.as_deref(), Some("HTTP 404"));
+    assert_eq!(s.stats().await.unwrap().dead, 1);
+    let dead = s
+        .list(&DeliveryFilter {
+            status: Some(DeliveryStatus::Dead),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    match s
+        .ingest(delivery("github", "x-1", 1, SystemTime::now()))
+        .await
+        .unwrap()
+    {
+        Ingested::Duplicate { requeued, .. } => assert_eq!(requeued, 1),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(
+        s.get(&key("x-1")).await.unwrap().row.status,
+        DeliveryStatus::Pending
+    );
+    let again = s.lease_due("w", 1, LEASE).await.unwrap();
+    assert_eq!(again[0].attempt, 1, "a new round starts at attempt 1");
+}
+
+async fn replay_queues_finished_jobs_again(h: Harness) {
+    let s = &h.store;
+    s.ingest(delivery("github", "r-1", 2, SystemTime::now()))
+        .await
+        .unwrap();
+    for job in s.lease_due("w", 2, LEASE).await.unwrap() {
+        s.record_attempt(&job, "w", attempt(201), created())
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.get(&key("r-1")).await.unwrap().row.status, DeliveryStatus::Done);
+    let detail = s.get(&key("r-1")).await.unwrap();
+    let one = detail.jobs[0].id.clone();
+    assert_eq!(s.replay(&key("r-1"), Some(&one)).await.unwrap(), vec![one]);
+    assert_eq!(
+        s.get(&key("r-1")).await.unwrap().row.status,
+        DeliveryStatus::Pending
+    );
+    let mut all = s.replay(&key("r-1"), None).await.unwrap();
+    all.sort();
+    assert_eq!(all.len(), 2);
+    assert!(matches!(
+        s.replay(&key("r-1"), Some("no-such-job")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.lease_due("w", 5, LEASE).await.unwrap().len(), 2);
+    // Re-evaluation adds jobs and replaces the summary.
+    let mut extra = delivery("github", "r-1", 1, SystemTime::now());
+    extra.summary.matched[0].rule = "rule-new".into();
+    extra.jobs[0].rule = "rule-new".into();
+    s.add_jobs(&key("r-1"), extra.jobs, extra.summary.clone())
+        .await
+        .unwrap();
+    let detail = s.get(&key("r-1")).await.unwrap();
+    assert_eq!(detail.jobs.len(), 3);
+    assert_eq!(detail.summary, extra.summary);
+}
+
+async fn retention_purges_finished_deliveries_in_batches(h: Harness) {
+    let s = &h.store;
+    let old = SystemTime::now() - Duration::from_secs(30 * 86400);
+    for i in 0..3 {
+        s.ingest(delivery("github", &format!("old-{i}"), 0, old))
+            .await
+            .unwrap();
+    }
+    s.ingest(delivery("github", "old-pending", 1, old)).await.unwrap();
+    s.ingest(delivery("github", "old-done", 1, old)).await.unwrap();
+    let jobs = s.lease_due("w", 5, LEASE).await.unwrap();
+    let done = jobs.iter().find(|j| j.delivery == "old-done").unwrap();
+    s.record_attempt(done, "w", attempt(201), created())
+        .await
+        .unwrap();
+    s.ingest(delivery("github", "new", 0, SystemTime::now()))
+        .await
+        .unwrap();
+    let cutoff = SystemTime::now() - Duration::from_secs(14 * 86400);
+    assert_eq!(s.purge(cutoff, 3).await.unwrap(), 3);
+    assert_eq!(s.purge(cutoff, 3).await.unwrap(), 1);
+    assert_eq!(s.purge(cutoff, 3).await.unwrap(), 0);
+    let left: Vec<String> = s
+        .list(&DeliveryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.delivery)
+        .collect();
+    assert_eq!(left, ["new", "old-pending"]);
+    assert!(s.ping().await.is_ok());
+}
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::postgres().await).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    ingest_then_read_back,
+    duplicates_return_the_original_summary,
+    concurrent_duplicates_are_stored_once,
+    lease_hands_each_job_to_one_worker,
+    an_expired_lease_is_taken_over,
+    attempts_are_recorded_and_retries_come_back,
+    dead_letters_are_requeued_by_a_duplicate,
+    replay_queues_finished_jobs_again,
+    retention_purges_finished_deliveries_in_batches,
+);
