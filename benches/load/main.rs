@@ -34,6 +34,8 @@ struct Options {
     smoke: bool,
     duration: Duration,
     keep: bool,
+    /// Run only the scenarios whose name contains this (for profiling).
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -53,6 +55,11 @@ fn options() -> Options {
         smoke,
         duration,
         keep: args.iter().any(|a| a == "--keep"),
+        only: args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .cloned(),
     }
 }
 
@@ -145,6 +152,26 @@ fn large_push(base: &[u8]) -> Bytes {
     Bytes::from(serde_json::to_vec(&v).unwrap())
 }
 
+/// Latency of appending 4 KiB and `fdatasync` (what a WAL commit costs at
+/// least): p50, p99 and max in milliseconds.
+fn fsync_probe(dir: &Path, n: usize) -> (f64, f64, f64) {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let page = [7u8; 4096];
+    let mut times: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&page).unwrap();
+            f.sync_data().unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    std::fs::remove_file(path).unwrap();
+    times.sort_by(f64::total_cmp);
+    (times[n / 2], times[n * 99 / 100], times[n - 1])
+}
+
 fn stored_deliveries(db: &Path) -> i64 {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -176,6 +203,12 @@ async fn run(opts: Options) {
     );
     println!("store: embedded SQLite, WAL, synchronous=FULL (each 2xx is sent after its commit is fsynced)");
     println!("work dir: {}", dir.path().display());
+
+    let fsync = fsync_probe(dir.path(), if opts.smoke { 100 } else { 500 });
+    println!(
+        "disk: write 4 KiB + fdatasync in the work dir: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (the floor under every stored ack)",
+        fsync.0, fsync.1, fsync.2
+    );
 
     let ci = StandIn::default();
     let ci_addr = ci.start().await;
@@ -212,6 +245,9 @@ async fn run(opts: Options) {
     let mut rows = Vec::new();
     let mut stored_acks = 0u64;
     for (n, s) in SCENARIOS.iter().enumerate() {
+        if opts.only.as_ref().is_some_and(|o| !s.name.contains(o.as_str())) {
+            continue;
+        }
         for target in [Target::Ceiling, Target::Hookbridge] {
             let proc: &Proc = if target == Target::Ceiling { &ceiling } else { &hb };
             let body = if s.body == Body::Large {
