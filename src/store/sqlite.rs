@@ -24,6 +24,16 @@ use super::*;
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Most payload bytes folded into one transaction. Big payloads (1 MB pushes)
+/// commit in smaller batches, so that a batch fits the writer's page cache
+/// (instead of spilling pages into the WAL and reading them back) and fewer
+/// bodies wait in memory for one commit. Small deliveries still share fsyncs.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The writer connection's page cache in KiB: room for one batch of
+/// [`MAX_BATCH_BYTES`]. Pages are allocated as used, so an idle daemon stays small.
+const WRITER_CACHE_KIB: i64 = 8192;
+
 /// How often the checkpointer thread copies committed WAL frames into the
 /// database file. Checkpoints run beside the writer, so a commit (and the acks
 /// waiting on it) never waits for one.
@@ -206,6 +216,16 @@ impl PreparedDelivery {
     }
 }
 
+impl Op {
+    /// Roughly how many bytes the op writes (payloads dominate).
+    fn size(&self) -> usize {
+        match self {
+            Op::Ingest(p, _) => p.delivery.payload.len() + p.event.len() + p.summary.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
@@ -256,6 +276,8 @@ impl SqliteStore {
         let mut conn = connect(path)?;
         migrate(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(unavailable)?;
         let checkpoint_conn = connect(path)?;
         let (tx, rx) = mpsc::channel(4096);
@@ -328,10 +350,14 @@ fn lock_path(db: &Path) -> PathBuf {
 /// The writer thread: batch every queued op into one transaction and commit.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
     while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.size();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => {
+                    bytes += op.size();
+                    batch.push(op);
+                }
                 Err(_) => break,
             }
         }
