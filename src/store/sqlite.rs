@@ -113,8 +113,12 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+    // 16 KiB pages (for new databases; an existing file keeps its page size):
+    // a 9 KB push fits one page instead of an overflow chain of three, and each
+    // page is one WAL frame, so commits make a quarter of the write calls.
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA page_size = 16384;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;",
     )
