@@ -60,6 +60,29 @@ pub fn transition(outcome: Outcome, attempt: u32, policy: &RetryPolicy, now: Sys
     }
 }
 
+/// How many jobs to lease when `free` of `concurrency` slots are free.
+///
+/// Under load a lease is one round trip through the store's writer (a group
+/// commit), so leasing only one job per freed slot caps triggers at a few per
+/// commit. When the lease lasts at least twice the longest request timeout,
+/// lease up to `concurrency` jobs ahead: each of them gets a slot within one
+/// request timeout (every running attempt ends by then) and finishes its
+/// attempt within the next, so it never outlives its lease and runs once.
+pub fn lease_size(config: &Config, free: usize, concurrency: usize) -> usize {
+    let longest = config
+        .rules
+        .rules()
+        .iter()
+        .map(|r| r.retry.request_timeout)
+        .chain(config.targets.values().map(|t| t.retry.request_timeout))
+        .fold(config.retry.request_timeout, Duration::max);
+    if config.dispatch.lease >= longest * 2 {
+        (free + concurrency).min(free.max(128))
+    } else {
+        free
+    }
+}
+
 /// Everything a worker needs; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -118,15 +141,22 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let lease = self.config.load().dispatch.lease;
-            let want = free.min(64);
+            let (lease, want) = {
+                let config = self.config.load();
+                (config.dispatch.lease, lease_size(&config, free, concurrency))
+            };
             match self.store.lease_due(&self.owner, want, lease).await {
                 Ok(jobs) => {
                     store_backoff = Duration::from_millis(100);
                     let full = jobs.len() == want;
                     for job in jobs {
-                        let Ok(permit) = slots.clone().acquire_owned().await else {
-                            break;
+                        // Jobs not started by shutdown are given back by `release` below.
+                        let permit = tokio::select! {
+                            p = slots.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            },
+                            _ = shutdown.cancelled() => break,
                         };
                         let worker = self.clone();
                         let span = info_span!(
@@ -138,13 +168,7 @@ impl Dispatcher {
                             job = %job.id,
                             attempt = job.attempt,
                         );
-                        inflight.spawn(
-                            async move {
-                                worker.attempt(job).await;
-                                drop(permit);
-                            }
-                            .instrument(span),
-                        );
+                        inflight.spawn(async move { worker.attempt(job, permit).await }.instrument(span));
                     }
                     if full {
                         continue;
@@ -193,8 +217,10 @@ impl Dispatcher {
         info!("dispatcher stopped");
     }
 
-    /// One attempt of one job, recorded whatever happens.
-    async fn attempt(&self, job: LeasedJob) {
+    /// One attempt of one job, recorded whatever happens. `permit` is the
+    /// concurrency slot for the call to the CI API; it is given back as soon as
+    /// the CI answered, so waiting for the record's commit does not hold it.
+    async fn attempt(&self, job: LeasedJob, permit: tokio::sync::OwnedSemaphorePermit) {
         let config = self.config.load_full();
         let policy = config
             .rules
@@ -231,6 +257,7 @@ impl Dispatcher {
             },
         };
         record.duration = clock.elapsed();
+        drop(permit);
         let next = transition(outcome, job.attempt, &policy, SystemTime::now());
         let target_kind = config
             .targets

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use crate::config::Config;
@@ -50,8 +51,8 @@ pub struct Intake {
     pub event: Event,
     /// Request headers without credentials (what rules see as `headers`).
     pub headers: BTreeMap<String, String>,
-    /// The JSON payload.
-    pub payload: Vec<u8>,
+    /// The JSON payload (shares the request body's buffer where it can).
+    pub payload: Bytes,
     pub evaluation: Evaluation,
 }
 
@@ -70,7 +71,31 @@ pub fn process(
     now: SystemTime,
     verify: bool,
 ) -> Result<Intake, Rejection> {
-    let inbound = Inbound { headers, body, now };
+    process_bytes(
+        config,
+        source,
+        headers,
+        &Bytes::copy_from_slice(body),
+        now,
+        verify,
+    )
+}
+
+/// [`process`] for a body already in [`Bytes`] (the daemon): the intake's
+/// payload is then the body itself, not a copy.
+pub fn process_bytes(
+    config: &Config,
+    source: &Source,
+    headers: &HeaderMap,
+    body: &Bytes,
+    now: SystemTime,
+    verify: bool,
+) -> Result<Intake, Rejection> {
+    let inbound = Inbound {
+        headers,
+        body: &body[..],
+        now,
+    };
     let verified = if verify {
         source.scheme.verify(&inbound)?
     } else {
@@ -78,7 +103,7 @@ pub fn process(
     };
     let event = source.scheme.describe(&source.name, &inbound, &verified)?;
     let visible = source.visible_headers(headers);
-    let payload = verified.into_payload();
+    let payload = verified.into_payload_bytes(body);
     let evaluation = if event.kind == kind::PING {
         Evaluation::default()
     } else {

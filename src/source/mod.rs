@@ -89,6 +89,24 @@ impl<'a> Verified<'a> {
     pub fn into_payload(self) -> Vec<u8> {
         self.payload.into_owned()
     }
+
+    /// The payload as [`bytes::Bytes`]; when it is the request body as received
+    /// (not a decoded form field), a view of `body` rather than a copy, which
+    /// matters for payloads of several megabytes.
+    pub fn into_payload_bytes(self, body: &bytes::Bytes) -> bytes::Bytes {
+        match self.payload {
+            Cow::Borrowed(b) if is_within(b, body) => body.slice_ref(b),
+            Cow::Borrowed(b) => bytes::Bytes::copy_from_slice(b),
+            Cow::Owned(v) => bytes::Bytes::from(v),
+        }
+    }
+}
+
+/// Whether `part` lies inside `whole` (so [`bytes::Bytes::slice_ref`] accepts it).
+fn is_within(part: &[u8], whole: &[u8]) -> bool {
+    let (start, end) = (whole.as_ptr() as usize, whole.as_ptr() as usize + whole.len());
+    let p = part.as_ptr() as usize;
+    p >= start && p + part.len() <= end
 }
 
 /// Treat a request as verified without checking it. Only for the offline tools

@@ -75,8 +75,8 @@ pub struct NewDelivery {
     pub event: Event,
     /// Request headers without credentials.
     pub headers: BTreeMap<String, String>,
-    /// The JSON payload.
-    pub payload: Vec<u8>,
+    /// The JSON payload; for the daemon, the request body itself (not a copy).
+    pub payload: bytes::Bytes,
     pub summary: Summary,
     pub jobs: Vec<NewJob>,
 }

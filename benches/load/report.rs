@@ -1,0 +1,226 @@
+//! The results table, the ratios to the ceiling, and the goals of issue 7.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::generator::Tally;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Ceiling,
+    Hookbridge,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Ceiling => "ceiling",
+            Target::Hookbridge => "hookbridge",
+        }
+    }
+}
+
+/// One scenario on one server.
+pub struct Row {
+    pub target: Target,
+    pub scenario: &'static str,
+    pub requests: u64,
+    /// Answers with the expected status (200 ceiling, 202 stored, 401 bad signature).
+    pub ok: u64,
+    pub not_ok: u64,
+    pub acks_per_sec: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub cpu_us_per_delivery: f64,
+    pub peak_rss_mb: f64,
+    pub triggers_per_sec: Option<f64>,
+    /// Time for the stand-in to receive every trigger after the load stopped.
+    pub drain: Option<Duration>,
+    /// Deliveries stored during a bad-signature scenario (must be 0).
+    pub stored_delta: Option<i64>,
+}
+
+impl Row {
+    pub fn new(target: Target, scenario: &'static str, t: &Tally, cpu: Duration, peak_kib: u64) -> Row {
+        Row {
+            target,
+            scenario,
+            requests: t.total(),
+            ok: t.ok,
+            not_ok: t.total() - t.ok,
+            acks_per_sec: t.per_sec(),
+            p50: t.ms(0.50),
+            p99: t.ms(0.99),
+            max: t.max_ms(),
+            cpu_us_per_delivery: cpu.as_secs_f64() * 1e6 / t.total().max(1) as f64,
+            peak_rss_mb: peak_kib as f64 / 1024.0,
+            triggers_per_sec: None,
+            drain: None,
+            stored_delta: None,
+        }
+    }
+}
+
+fn find<'a>(rows: &'a [Row], target: Target, scenario: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.target == target && r.scenario == scenario)
+}
+
+/// hookbridge's acks/s over the ceiling's in the same scenario.
+fn ratio(rows: &[Row], scenario: &str) -> Option<f64> {
+    let c = find(rows, Target::Ceiling, scenario)?;
+    let h = find(rows, Target::Hookbridge, scenario)?;
+    Some(h.acks_per_sec / c.acks_per_sec)
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "| scenario | server | requests | ok | acks/s | p50 ms | p99 ms | max ms | triggers/s | CPU µs/delivery | peak RSS MB | ratio |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
+    for r in rows {
+        let ratio = match r.target {
+            Target::Hookbridge => ratio(rows, r.scenario).map_or("-".into(), |x| format!("{x:.2}×")),
+            Target::Ceiling => String::new(),
+        };
+        let triggers = r.triggers_per_sec.map_or("-".into(), |t| format!("{t:.0}"));
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.1} | {} |",
+            r.scenario,
+            r.target.name(),
+            r.requests,
+            r.ok,
+            r.acks_per_sec,
+            r.p50,
+            r.p99,
+            r.max,
+            triggers,
+            r.cpu_us_per_delivery,
+            r.peak_rss_mb,
+            ratio
+        )
+        .unwrap();
+    }
+    for r in rows.iter().filter(|r| r.drain.is_some() || r.not_ok > 0) {
+        let mut notes = Vec::new();
+        if r.not_ok > 0 {
+            notes.push(format!("{} answers not as expected", r.not_ok));
+        }
+        if let Some(d) = r.drain {
+            notes.push(format!(
+                "triggers drained {:.2} s after the load",
+                d.as_secs_f64()
+            ));
+        }
+        writeln!(out, "  {} {}: {}", r.target.name(), r.scenario, notes.join("; ")).unwrap();
+    }
+    out
+}
+
+pub struct Startup {
+    pub first: Duration,
+    pub median: Duration,
+    pub idle_kib: u64,
+}
+
+pub struct Check {
+    pub goal: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// The goals of issue 7, each a ratio to the ceiling measured in the same run.
+pub fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut push = |goal: &str, measured: String, met: bool| {
+        checks.push(Check {
+            goal: goal.into(),
+            measured,
+            met,
+        })
+    };
+    let ceiling64 = find(rows, Target::Ceiling, "c=64").map_or(f64::NAN, |r| r.acks_per_sec);
+    if let Some(h) = find(rows, Target::Hookbridge, "c=64") {
+        let r = h.acks_per_sec / ceiling64;
+        push(
+            "stored acks at c=64 ≥ 0.25× ceiling",
+            format!("{r:.2}× ({:.0}/s)", h.acks_per_sec),
+            r >= 0.25,
+        );
+        let t = h.triggers_per_sec.unwrap_or(0.0) / ceiling64;
+        push(
+            "triggers/s at c=64 ≥ 0.10× ceiling",
+            format!("{t:.2}× ({:.0}/s)", h.triggers_per_sec.unwrap_or(0.0)),
+            t >= 0.10,
+        );
+    }
+    if let Some(h) = find(rows, Target::Hookbridge, "open 1000/s") {
+        push(
+            "open loop 1000/s: all 2xx, p99 ≤ 5 ms",
+            format!("{}/{} 2xx, p99 {:.2} ms", h.ok, h.requests, h.p99),
+            h.not_ok == 0 && h.p99 <= 5.0,
+        );
+    }
+    if let (Some(h), Some(r)) = (
+        find(rows, Target::Hookbridge, "1 MB c=64"),
+        ratio(rows, "1 MB c=64"),
+    ) {
+        push(
+            "1 MB at c=64 ≥ 0.20× ceiling",
+            format!("{r:.2}× ({:.0}/s)", h.acks_per_sec),
+            r >= 0.20,
+        );
+        push(
+            "1 MB at c=64 peak RSS ≤ 150 MB",
+            format!("{:.1} MB", h.peak_rss_mb),
+            h.peak_rss_mb <= 150.0,
+        );
+    }
+    if let Some(h) = find(rows, Target::Hookbridge, "bad sig c=64") {
+        let c = find(rows, Target::Ceiling, "bad sig c=64").map_or(ceiling64, |r| r.acks_per_sec);
+        let r = h.acks_per_sec / c;
+        let stored = h.stored_delta.unwrap_or(-1);
+        push(
+            "bad signatures 401 ≥ 0.30× ceiling, nothing stored",
+            format!(
+                "{r:.2}× ({:.0}/s), {} not 401, {stored} stored",
+                h.acks_per_sec, h.not_ok
+            ),
+            r >= 0.30 && stored == 0 && h.not_ok == 0,
+        );
+    }
+    push(
+        "start-up ≤ 50 ms to a listening port",
+        format!(
+            "median {:.1} ms (first {:.1} ms)",
+            s.median.as_secs_f64() * 1e3,
+            s.first.as_secs_f64() * 1e3
+        ),
+        s.median <= Duration::from_millis(50),
+    );
+    push(
+        "idle RSS ≤ 15 MB",
+        format!("{:.1} MB", s.idle_kib as f64 / 1024.0),
+        s.idle_kib <= 15 * 1024,
+    );
+    checks
+}
+
+pub fn render_goals(checks: &[Check]) -> String {
+    let mut out = String::from("| goal | measured | met |\n|---|---|---|\n");
+    for c in checks {
+        writeln!(
+            out,
+            "| {} | {} | {} |",
+            c.goal,
+            c.measured,
+            if c.met { "yes" } else { "NO" }
+        )
+        .unwrap();
+    }
+    out
+}
