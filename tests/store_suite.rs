@@ -90,7 +90,7 @@ fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> New
         received_at,
         event: event(source, id),
         headers: [("x-github-event".to_owned(), "push".to_owned())].into(),
-        payload: br#"{"ref":"refs/heads/main"}"#.to_vec(),
+        payload: br#"{"ref":"refs/heads/main"}"#.to_vec().into(),
         summary: Summary {
             delivery: id.into(),
             source: source.into(),

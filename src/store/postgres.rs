@@ -308,7 +308,7 @@ async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, StoreError> {
     .bind(to_json(&d.summary)?)
     .bind(to_json(&d.event)?)
     .bind(to_json(&d.headers)?)
-    .bind(&d.payload)
+    .bind(d.payload.as_ref())
     .fetch_optional(&mut **tx)
     .await
     .map_err(unavailable)?;
