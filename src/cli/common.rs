@@ -9,6 +9,30 @@ use crate::rules::Evaluation;
 use crate::source::Source;
 use crate::target::{OutboundRequest, Reveal};
 
+/// The named source, or an error listing the ones the config has.
+pub fn find_source<'a>(config: &'a Config, name: &str) -> Result<&'a Source, String> {
+    config.sources.get(name).ok_or_else(|| {
+        format!(
+            "unknown source `{name}`; the config has: {}",
+            config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// Left-aligned columns separated by two spaces; the first row is the header.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// Read a payload file, with the path in the error.
 pub fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))

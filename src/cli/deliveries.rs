@@ -173,15 +173,7 @@ pub fn table(rows: &[DeliveryRow]) -> String {
             r.jobs.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = super::common::table(&lines);
     if rows.is_empty() {
         out.push_str("(no deliveries)\n");
     }

@@ -8,7 +8,9 @@ use std::time::SystemTime;
 use clap::Args;
 
 use super::ConfigArg;
-use super::common::{Rendered, format_request, parse_header, read_payload, render, request_headers};
+use super::common::{
+    Rendered, find_source, format_request, parse_header, read_payload, render, request_headers,
+};
 use crate::event::Event;
 use crate::rules::{Errored, Skipped};
 
@@ -52,13 +54,12 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let config = loaded.config;
-    let Some(source) = config.sources.get(&args.source) else {
-        eprintln!(
-            "error: unknown source `{}`; the config has: {}",
-            args.source,
-            config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-        return ExitCode::FAILURE;
+    let source = match find_source(&config, &args.source) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let outcome = read_payload(&args.payload).and_then(|body| {
         let headers = request_headers(source, &body, args.event.as_deref(), &args.headers)?;

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use clap::Args;
 
 use super::ConfigArg;
-use super::common::read_payload;
+use super::common::{find_source, read_payload};
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
@@ -28,13 +28,12 @@ pub fn run(args: &SignArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let config = loaded.config;
-    let Some(source) = config.sources.get(&args.source) else {
-        eprintln!(
-            "error: unknown source `{}`; the config has: {}",
-            args.source,
-            config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-        return ExitCode::FAILURE;
+    let source = match find_source(&config, &args.source) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let body = match read_payload(&args.payload) {
         Ok(b) => b,
