@@ -1,6 +1,7 @@
 //! Pieces shared by the offline tools (`sign`, `explain`, `test`).
 
 use std::path::Path;
+use std::process::ExitCode;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -8,6 +9,26 @@ use crate::config::Config;
 use crate::rules::Evaluation;
 use crate::source::Source;
 use crate::target::{OutboundRequest, Reveal};
+
+/// Print a command's error as `error: ...` and turn the outcome into an exit code.
+pub fn finish(outcome: Result<ExitCode, String>) -> ExitCode {
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Run a one-shot command's async work on a current-thread runtime.
+pub fn block_on(work: impl Future<Output = Result<(), String>>) -> ExitCode {
+    finish(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))
+            .and_then(|rt| rt.block_on(work))
+            .map(|()| ExitCode::SUCCESS),
+    )
+}
 
 /// The named source, or an error listing the ones the config has.
 pub fn find_source<'a>(config: &'a Config, name: &str) -> Result<&'a Source, String> {

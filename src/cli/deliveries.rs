@@ -86,27 +86,13 @@ pub fn parse_since(s: &str) -> Result<SystemTime, String> {
 }
 
 pub fn run(cmd: DeliveriesCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    super::common::block_on(async {
         match cmd {
             DeliveriesCommand::List(a) => list(a).await,
             DeliveriesCommand::Show(a) => show(a).await,
             DeliveriesCommand::Replay(a) => replay(a).await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 async fn open(config: &ConfigArg) -> Result<(crate::config::Config, std::sync::Arc<dyn Store>), String> {

@@ -9,8 +9,9 @@ use clap::Args;
 
 use super::ConfigArg;
 use super::common::{
-    Rendered, find_source, format_request, parse_header, read_payload, render, request_headers,
+    Rendered, find_source, finish, format_request, parse_header, read_payload, render, request_headers,
 };
+use crate::config::Config;
 use crate::event::Event;
 use crate::rules::{Errored, Skipped};
 
@@ -53,48 +54,34 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
     let Ok(loaded) = args.config.load_quiet() else {
         return ExitCode::FAILURE;
     };
-    let config = loaded.config;
-    let source = match find_source(&config, &args.source) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = read_payload(&args.payload).and_then(|body| {
-        let headers = request_headers(source, &body, args.event.as_deref(), &args.headers)?;
-        crate::intake::process(&config, source, &headers, &body, SystemTime::now(), args.verify)
-            .map_err(|e| format!("{} ({})", e, e.status()))
-    });
-    let intake = match outcome {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    finish(explain(args, &loaded.config))
+}
+
+fn explain(args: &ExplainArgs, config: &Config) -> Result<ExitCode, String> {
+    let source = find_source(config, &args.source)?;
+    let body = read_payload(&args.payload)?;
+    let headers = request_headers(source, &body, args.event.as_deref(), &args.headers)?;
+    let intake = crate::intake::process(config, source, &headers, &body, SystemTime::now(), args.verify)
+        .map_err(|e| format!("{} ({})", e, e.status()))?;
     let explanation = Explanation {
-        matched: render(&config, &intake.evaluation),
+        matched: render(config, &intake.evaluation),
         skipped: intake.evaluation.skipped,
         errors: intake.evaluation.errors,
         event: intake.event,
     };
     if args.json {
-        match serde_json::to_string_pretty(&explanation) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).map_err(|e| e.to_string())?
+        );
     } else {
         print!("{}", human(&explanation, config.rules.len()));
     }
-    if explanation.matched.is_empty() {
+    Ok(if explanation.matched.is_empty() {
         ExitCode::from(NO_MATCH)
     } else {
         ExitCode::SUCCESS
-    }
+    })
 }
 
 /// The human-readable report.

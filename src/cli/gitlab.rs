@@ -94,20 +94,7 @@ pub struct Trigger {
 
 pub fn run(cmd: GitlabCommand) -> ExitCode {
     let GitlabCommand::Triggers(cmd) = cmd;
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(triggers(cmd)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    super::common::block_on(triggers(cmd))
 }
 
 struct Client {

@@ -14,21 +14,11 @@ pub fn run(args: &ConfigArg) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::store::migrate(&loaded.config.store)) {
-        Ok(version) => {
-            println!("store schema is at version {version}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: cannot migrate the store: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    super::common::block_on(async {
+        let version = crate::store::migrate(&loaded.config.store)
+            .await
+            .map_err(|e| format!("cannot migrate the store: {e}"))?;
+        println!("store schema is at version {version}");
+        Ok(())
+    })
 }

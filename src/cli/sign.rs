@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use clap::Args;
 
 use super::ConfigArg;
-use super::common::{find_source, read_payload};
+use super::common::{find_source, finish, read_payload};
+use crate::config::Config;
 
 #[derive(Debug, Args)]
 pub struct SignArgs {
@@ -27,28 +28,16 @@ pub fn run(args: &SignArgs) -> ExitCode {
     let Ok(loaded) = args.config.load_quiet() else {
         return ExitCode::FAILURE;
     };
-    let config = loaded.config;
-    let source = match find_source(&config, &args.source) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let body = match read_payload(&args.payload) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut headers = match source.scheme.sign(&body, SystemTime::now()) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("error: source `{}`: {e}", args.source);
-            return ExitCode::FAILURE;
-        }
-    };
+    finish(sign(args, &loaded.config).map(|()| ExitCode::SUCCESS))
+}
+
+fn sign(args: &SignArgs, config: &Config) -> Result<(), String> {
+    let source = find_source(config, &args.source)?;
+    let body = read_payload(&args.payload)?;
+    let mut headers = source
+        .scheme
+        .sign(&body, SystemTime::now())
+        .map_err(|e| format!("source `{}`: {e}", args.source))?;
     if let Some(event) = &args.event {
         for (name, value) in source.scheme.event_headers(event) {
             if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
@@ -59,5 +48,5 @@ pub fn run(args: &SignArgs) -> ExitCode {
     for (name, value) in headers {
         println!("{name}: {value}");
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
