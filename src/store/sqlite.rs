@@ -1,5 +1,7 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`,
-//! so a commit is on disk before `ingest` returns.
+//! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`
+//! for every write that answers someone, so a delivery's commit is on disk
+//! before `ingest` returns. Only the dispatcher's own bookkeeping (leases and
+//! attempt records) commits without an fsync of its own (see [`Durability`]).
 //!
 //! All writes go through one writer thread that drains its queue into a single
 //! transaction per batch (group commit): under load many deliveries share one
@@ -43,7 +45,15 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// at 4 KiB pages): only a safety valve, should the checkpointer fall behind.
 const WRITER_AUTOCHECKPOINT: i64 = 16384;
 
-const MIGRATIONS: &[&str] = &[r#"
+/// Page size of new databases. Every commit writes each page it touches
+/// whole into the WAL, and a small commit (one delivery, a lease, an attempt
+/// record) touches a dozen pages of tables and indexes, so small pages keep
+/// the bytes written per delivery down; payloads larger than a page go to
+/// overflow pages of their own table.
+const PAGE_SIZE: usize = 4096;
+
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE deliveries (
     id          TEXT PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -93,7 +103,46 @@ CREATE TABLE attempts (
     response    TEXT,
     PRIMARY KEY (job_id, n)
 );
-"#];
+"#,
+    // Version 2: the columns written once (payload, normalized event, headers,
+    // summary) move to their own table, so the rows that change (a delivery's
+    // status, its jobs) sit densely in a few pages instead of one page per
+    // delivery, and a status change rewrites only those. One unique index on
+    // (delivery, source) serves deduplication and lookups by delivery id alone;
+    // the index on jobs.rule had no query. `seq` is the explicit rowid the
+    // payload is keyed by (stable across VACUUM).
+    r#"
+CREATE TABLE payloads (
+    seq     INTEGER PRIMARY KEY,
+    summary TEXT NOT NULL,
+    event   TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE deliveries_v2 (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    source      TEXT NOT NULL,
+    delivery    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    event_name  TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    repository  TEXT,
+    git_ref     TEXT,
+    status      TEXT NOT NULL,
+    UNIQUE (delivery, source)
+);
+INSERT INTO deliveries_v2 (seq, id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
+    SELECT rowid, id, source, delivery, received_at, event_name, kind, repository, git_ref, status FROM deliveries;
+INSERT INTO payloads (seq, summary, event, headers, payload)
+    SELECT rowid, summary, event, headers, payload FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v2 RENAME TO deliveries;
+CREATE INDEX deliveries_status ON deliveries (status, received_at);
+CREATE INDEX deliveries_received ON deliveries (received_at);
+DROP INDEX jobs_rule;
+"#,
+];
 
 /// The schema version this build creates.
 pub fn schema_version() -> usize {
@@ -118,15 +167,16 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
-    // 16 KiB pages (for new databases; an existing file keeps its page size):
-    // a 9 KB push fits one page instead of an overflow chain of three, and each
-    // page is one WAL frame, so commits make a quarter of the write calls.
-    conn.execute_batch(
-        "PRAGMA page_size = 16384;
+    // The page size applies to new databases only (a file keeps its own).
+    // Temporary storage in memory keeps the statement journal of the
+    // writer's per-op savepoints off the disk.
+    conn.execute_batch(&format!(
+        "PRAGMA page_size = {PAGE_SIZE};
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;",
-    )
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;"
+    ))
     .map_err(unavailable)
 }
 
@@ -137,6 +187,29 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // Rebuilding a table (SQLite's documented procedure) needs foreign keys
+    // off, or dropping the old table would cascade into its jobs; the pragma
+    // is a no-op inside a transaction, so it is set around it.
+    conn.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(unavailable)?;
+    let migrated = migrate_tx(conn).and_then(|()| {
+        let broken: Option<String> = conn
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        match broken {
+            Some(table) => Err(corrupt(format!(
+                "a foreign key in `{table}` points nowhere after migration"
+            ))),
+            None => Ok(()),
+        }
+    });
+    conn.execute_batch("PRAGMA foreign_keys = ON")
+        .map_err(unavailable)?;
+    migrated
+}
+
+fn migrate_tx(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(unavailable)?;
@@ -358,6 +431,7 @@ fn lock_path(db: &Path) -> PathBuf {
 
 /// The writer thread: batch every queued op into one transaction and commit.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+    let mut sync = Durability::Full;
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.size();
         let mut batch = vec![first];
@@ -370,7 +444,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch);
+        run_batch(&mut conn, batch, &mut sync);
     }
 }
 
@@ -414,7 +488,56 @@ impl Pending {
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Op>) {
+/// How a batch's commit reaches the disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Durability {
+    /// fsync the WAL before anyone is answered: acknowledged deliveries,
+    /// operator actions.
+    Full,
+    /// Commit without an fsync of its own: the dispatcher's bookkeeping
+    /// (leases, attempt records). It survives a process crash like any
+    /// commit (the WAL is in the OS's page cache) and reaches the disk with
+    /// the next full commit or checkpoint; a power loss can lose the last
+    /// ones, and those jobs then run again: at least once, never lost.
+    Normal,
+}
+
+impl Durability {
+    fn of(batch: &[Op]) -> Durability {
+        if batch
+            .iter()
+            .all(|op| matches!(op, Op::Lease { .. } | Op::Record { .. }))
+        {
+            Durability::Normal
+        } else {
+            Durability::Full
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "PRAGMA synchronous = FULL",
+            Durability::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability) {
+    let wanted = Durability::of(&batch);
+    if wanted != *sync {
+        match conn.execute_batch(wanted.pragma()) {
+            Ok(()) => *sync = wanted,
+            // Still FULL or NORMAL as before; only a FULL batch must not run as NORMAL.
+            Err(e) if wanted == Durability::Full => {
+                let failed = Err(e.to_string());
+                for op in batch {
+                    failed_op(op, StoreError::Unavailable("cannot set the sync mode".into())).send(&failed);
+                }
+                return;
+            }
+            Err(_) => {}
+        }
+    }
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -538,7 +661,10 @@ fn insert_job(
 fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, StoreError> {
     let d = &p.delivery;
     let existing: Option<(String, String)> = tx
-        .prepare_cached("SELECT id, summary FROM deliveries WHERE source = ?1 AND delivery = ?2")
+        .prepare_cached(
+            "SELECT d.id, p.summary FROM deliveries d JOIN payloads p ON p.seq = d.seq
+             WHERE d.source = ?1 AND d.delivery = ?2",
+        )
         .and_then(|mut s| {
             s.query_row(params![d.source, d.delivery], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
@@ -564,8 +690,8 @@ fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, StoreError> 
     let received = millis(d.received_at);
     let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
     tx.prepare_cached(
-        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status, summary, event, headers, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -578,12 +704,14 @@ fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, StoreError> 
             d.event.repository,
             d.event.git_ref,
             status,
-            p.summary,
-            p.event,
-            p.headers,
-            &d.payload[..],
         ])
     })
+    .map_err(unavailable)?;
+    let seq = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO payloads (seq, summary, event, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![seq, p.summary, p.event, p.headers, &d.payload[..]]))
     .map_err(unavailable)?;
     for (job, request) in d.jobs.iter().zip(&p.requests) {
         insert_job(tx, &d.id, job, request, received)?;
@@ -871,7 +999,7 @@ fn add_jobs(
         insert_job(tx, &id, job, &to_json(&job.request)?, millis(now))?;
     }
     tx.execute(
-        "UPDATE deliveries SET summary = ?2 WHERE id = ?1",
+        "UPDATE payloads SET summary = ?2 WHERE seq = (SELECT seq FROM deliveries WHERE id = ?1)",
         params![id, to_json(summary)?],
     )
     .map_err(unavailable)?;
@@ -879,14 +1007,24 @@ fn add_jobs(
 }
 
 fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
-    let n = tx
+    let seqs: Vec<i64> = tx
         .prepare_cached(
-            "DELETE FROM deliveries WHERE id IN (
-                SELECT id FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < ?1 LIMIT ?2)",
+            "SELECT seq FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < ?1 LIMIT ?2",
         )
-        .and_then(|mut s| s.execute(params![millis(cutoff), batch as i64]))
+        .and_then(|mut s| {
+            s.query_map(params![millis(cutoff), batch as i64], |r| r.get(0))?
+                .collect()
+        })
         .map_err(unavailable)?;
-    Ok(n as u64)
+    for seq in &seqs {
+        // Jobs and attempts go with the delivery (ON DELETE CASCADE).
+        tx.prepare_cached("DELETE FROM payloads WHERE seq = ?1")
+            .and_then(|mut s| s.execute(params![seq]))
+            .and_then(|_| tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1"))
+            .and_then(|mut s| s.execute(params![seq]))
+            .map_err(unavailable)?;
+    }
+    Ok(seqs.len() as u64)
 }
 
 fn row_to_delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryRow, String)> {
@@ -951,7 +1089,9 @@ fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreErro
     let id = resolve(conn, key)?;
     let (row, summary, event): (DeliveryRow, String, String) = conn
         .query_row(
-            &format!("SELECT {DELIVERY_COLUMNS}, d.summary, d.event FROM deliveries d WHERE d.id = ?1"),
+            &format!(
+                "SELECT {DELIVERY_COLUMNS}, p.summary, p.event FROM deliveries d JOIN payloads p ON p.seq = d.seq WHERE d.id = ?1"
+            ),
             params![id],
             |r| Ok((row_to_delivery(r)?.0, r.get(10)?, r.get(11)?)),
         )
@@ -1102,7 +1242,7 @@ impl Store for SqliteStore {
             let id = resolve(c, &key)?;
             let (event, headers, payload): (String, String, Vec<u8>) = c
                 .query_row(
-                    "SELECT event, headers, payload FROM deliveries WHERE id = ?1",
+                    "SELECT p.event, p.headers, p.payload FROM deliveries d JOIN payloads p ON p.seq = d.seq WHERE d.id = ?1",
                     params![id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
@@ -1173,5 +1313,57 @@ impl Store for SqliteStore {
         }
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
             .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A database written by the first schema keeps every delivery, job and
+    /// attempt through the upgrade, and the upgraded store works on them.
+    #[tokio::test]
+    async fn version_1_databases_are_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                r#"PRAGMA user_version = 1;
+                INSERT INTO deliveries VALUES ('01D1', 'github', 'guid-1', 1000, 'push', 'push', 'acme/app',
+                    'refs/heads/main', 'pending',
+                    '{"delivery":"guid-1","source":"github","event":"push","duplicate":false,"matched":[{"rule":"r","job":"01J1","target":"gl"}],"skipped":[],"errors":[]}',
+                    '{"source":"github","provider":"github","name":"push","kind":"push","delivery":"guid-1","repository":"acme/app","ref":"refs/heads/main","branch":"main","created":false,"deleted":false,"forced":false,"changes":[]}',
+                    '{"x-github-event":"push"}', X'7B7D');
+                INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
+                    VALUES ('01J1', '01D1', 'r', 'gl', '{"api":"gitlab_pipeline","project":"acme/app","ref":"main"}', 'pending', 1, 0, 1000, 1000);
+                INSERT INTO attempts VALUES ('01J1', 1, 1000, 5, 503, 'retry', 'CI unavailable', NULL);"#,
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let key = DeliveryKey {
+            id: "guid-1".into(),
+            source: None,
+        };
+        let detail = store.get(&key).await.unwrap();
+        assert_eq!(detail.summary.matched[0].job, "01J1");
+        assert_eq!(detail.normalized.repository.as_deref(), Some("acme/app"));
+        assert_eq!(detail.jobs.len(), 1);
+        assert_eq!(detail.jobs[0].history.len(), 1);
+        let payload = store.payload(&key).await.unwrap();
+        assert_eq!(payload.payload, b"{}");
+        assert_eq!(payload.headers["x-github-event"], "push");
+        let leased = store
+            .lease_due("test", 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(leased[0].delivery, "guid-1");
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version as usize, schema_version());
     }
 }
