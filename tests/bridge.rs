@@ -574,6 +574,74 @@ async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
     assert_eq!(daemon.stop(), 0);
 }
 
+/// POST a signed push with `Transfer-Encoding: chunked` (no `Content-Length`)
+/// over a raw connection, in 1 KiB chunks; returns the status code.
+async fn post_github_chunked(url: &str, delivery: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut conn = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\n\
+         X-Hub-Signature-256: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n",
+        github_signature(GITHUB_SECRET, body)
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(1024) {
+        conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        conn.write_all(chunk).await.unwrap();
+        conn.write_all(b"\r\n").await.unwrap();
+    }
+    conn.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn senders_beyond_body_memory_wait_their_turn_and_every_delivery_is_stored() {
+    let ci = StandIn::start().await;
+    // Room for two pushes at a time; twenty-six arrive at once, two of them
+    // chunked (no declared length).
+    let config = config(&ci.url).replace(
+        "max_body = \"64KiB\"",
+        "max_body = \"64KiB\"\nbody_memory = \"16KiB\"",
+    );
+    let ws = Workspace::new(&config);
+    let daemon = ws.start(&env());
+    let url = daemon.hook_url("github");
+    let body = payload("github/push.json");
+    assert!(
+        body.len() > 6 * 1024,
+        "the fixture push fills a good part of the budget"
+    );
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let (url, body) = (url.clone(), body.clone());
+        sends.spawn(async move { post_github(&url, "push", &format!("room-{i}"), &body).await.0 });
+    }
+    for i in 0..2 {
+        let (url, body) = (url.clone(), body.clone());
+        sends.spawn(async move { post_github_chunked(&url, &format!("room-chunked-{i}"), &body).await });
+    }
+    let statuses = sends.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert_eq!(delivery_count(&ws).await, 26);
+    eventually(Duration::from_secs(20), "every job delivered", || {
+        ci.accepted().len() == 26 * 3
+    })
+    .await;
+    ci.assert_clean();
+    assert_eq!(daemon.stop(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn form_encoded_github_delivery_is_verified_over_the_raw_body() {
     let ci = StandIn::start().await;

@@ -93,6 +93,8 @@ impl RetryPolicy {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub max_body: u64,
+    /// Bytes of request bodies held at once (read, verified, waiting for their commit).
+    pub body_memory: u64,
     pub read_timeout: Duration,
     pub shutdown_grace: Duration,
 }
@@ -309,10 +311,15 @@ fn socket_addr(value: Option<&Spanned<String>>, default: &str, loader: &mut Load
     }
 }
 
+/// `[server] body_memory` when unset: room for a couple of thousand ordinary
+/// pushes (7–10 KB), or sixteen one-megabyte ones, while the store commits.
+pub const DEFAULT_BODY_MEMORY: u64 = 16 * 1024 * 1024;
+
 fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     let server = ServerSettings {
         listen: socket_addr(raw.server.listen.as_ref(), "0.0.0.0:8080", loader),
         max_body: raw.server.max_body.map_or(25 * 1024 * 1024, |b| b.0),
+        body_memory: raw.server.body_memory.map_or(DEFAULT_BODY_MEMORY, |b| b.0.max(1)),
         read_timeout: raw.server.read_timeout.map_or(Duration::from_secs(30), |d| d.0),
         shutdown_grace: raw.server.shutdown_grace.map_or(Duration::from_secs(25), |d| d.0),
     };

@@ -46,6 +46,8 @@ pub struct RawServer {
     #[schemars(with = "Option<String>")]
     pub listen: Option<Spanned<String>>,
     pub max_body: Option<ByteSize>,
+    /// Most request-body bytes held in memory at once, over all requests.
+    pub body_memory: Option<ByteSize>,
     /// Time allowed to receive a whole request (headers and body).
     pub read_timeout: Option<HumanDuration>,
     /// How long shutdown waits for in-flight requests and trigger attempts.

@@ -4,6 +4,7 @@
 //! bodies before reading them, verify the raw bytes before parsing, and
 //! answer 2xx only once the delivery and its jobs are durable.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Router;
@@ -15,6 +16,7 @@ use axum::routing::post;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::App;
@@ -87,19 +89,37 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
         return too_large();
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let read = tokio::time::timeout(config.server.read_timeout, read_body(body, limit_usize, declared)).await;
+    let deadline = tokio::time::Instant::from_std(started) + config.server.read_timeout;
+    // Bodies in memory stay within `body_memory` however many senders there
+    // are: a request takes room for its body before reading it, the others
+    // wait (their bytes stay in the kernel's socket buffers) and are told to
+    // retry if no room comes within `read_timeout`.
+    let mut room = Room::new(&app.body_memory, config.server.body_memory);
+    let read = tokio::time::timeout_at(deadline, read_body(body, limit_usize, declared, &mut room)).await;
     let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ReadError::NoRoom)) | Err(_) if room.waiting => {
+            count(&name, "unavailable");
+            warn!(
+                "no room for the body within read_timeout ([server] body_memory); the sender was told to retry"
+            );
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many webhooks are being received at once; it was not accepted, please retry",
+            );
+        }
         Err(_) => {
             count(&name, "invalid");
             return error(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body");
         }
-        Ok(Err(e)) if e.is::<LengthLimitError>() => return too_large(),
+        Ok(Err(ReadError::TooLarge)) => return too_large(),
         Ok(Err(e)) => {
             count(&name, "invalid");
-            debug!(error = %e, "unreadable body");
+            if let ReadError::Unreadable(e) = e {
+                debug!(error = %e, "unreadable body");
+            }
             return error(StatusCode::BAD_REQUEST, "the request body could not be read");
         }
-        Ok(Ok(bytes)) => bytes,
     };
 
     let received_at = SystemTime::now();
@@ -176,18 +196,95 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
     }
 }
 
+/// A request's share of `[server] body_memory`, in KiB permits, held until
+/// its answer. It grows with the body: the declared `Content-Length` up front,
+/// or chunk by chunk when the sender declared none. It never exceeds the
+/// whole budget, so one body larger than `body_memory` still gets through,
+/// alone.
+struct Room {
+    memory: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    budget_kib: u32,
+    /// Set while waiting for room, so a timeout there answers 503, not 408.
+    waiting: bool,
+}
+
+impl Room {
+    fn new(memory: &Arc<Semaphore>, budget: u64) -> Room {
+        Room {
+            memory: Arc::clone(memory),
+            held: None,
+            budget_kib: kib(budget),
+            waiting: false,
+        }
+    }
+
+    /// Hold room for `bytes` of body, waiting for other requests to answer
+    /// if there is none yet.
+    async fn hold(&mut self, bytes: u64) -> Result<(), ReadError> {
+        let held = self
+            .held
+            .as_ref()
+            .map_or(0, |p| u32::try_from(p.num_permits()).unwrap_or(u32::MAX));
+        let want = kib(bytes).clamp(1, self.budget_kib.max(1));
+        if want <= held {
+            return Ok(());
+        }
+        self.waiting = true;
+        let more = Arc::clone(&self.memory)
+            .acquire_many_owned(want - held)
+            .await
+            .map_err(|_| ReadError::NoRoom)?;
+        self.waiting = false;
+        match &mut self.held {
+            Some(permit) => permit.merge(more),
+            None => self.held = Some(more),
+        }
+        Ok(())
+    }
+}
+
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+/// Room taken at once by a body of undeclared length before it grows.
+const CHUNKED_ROOM: u64 = 64 * 1024;
+
+enum ReadError {
+    TooLarge,
+    NoRoom,
+    Unreadable(axum::BoxError),
+}
+
 /// Read the whole body, at most `limit` bytes, into one buffer sized from
 /// `Content-Length` when the sender declared it: one allocation and no final
 /// copy of the chunks (a 1 MB push arrives in many frames). The buffer is then
 /// shared, not copied, by the intake and the store.
-async fn read_body(body: Body, limit: usize, declared: Option<u64>) -> Result<Bytes, axum::BoxError> {
+async fn read_body(
+    body: Body,
+    limit: usize,
+    declared: Option<u64>,
+    room: &mut Room,
+) -> Result<Bytes, ReadError> {
+    room.hold(declared.unwrap_or(CHUNKED_ROOM)).await?;
     let capacity = declared
         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
         .min(limit);
     let mut buf = BytesMut::with_capacity(capacity);
     let mut body = Limited::new(body, limit);
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+        let frame = frame.map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ReadError::TooLarge
+            } else {
+                ReadError::Unreadable(e)
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if declared.is_none() {
+                room.hold((buf.len() + data.len()) as u64).await?;
+            }
             buf.extend_from_slice(&data);
         }
     }
@@ -203,4 +300,49 @@ fn reject(source: &str, rejection: Rejection) -> Response {
         info!(status = status.as_u16(), reason = %rejection, "webhook refused");
     }
     error(status, rejection.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Semaphore;
+
+    use super::Room;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[tokio::test]
+    async fn a_body_holds_its_length_and_never_more_than_the_budget() {
+        let memory = Arc::new(Semaphore::new(32 * 1024));
+        let mut room = Room::new(&memory, 32 * MIB);
+        assert!(room.hold(9000).await.is_ok());
+        assert_eq!(memory.available_permits(), 32 * 1024 - 9);
+        // Growing takes only the difference; shrinking gives nothing back early.
+        assert!(room.hold(20_000).await.is_ok());
+        assert!(room.hold(5).await.is_ok());
+        assert_eq!(memory.available_permits(), 32 * 1024 - 20);
+        // Larger than the whole budget: it takes everything and goes through alone.
+        let mut big = Room::new(&memory, 32 * MIB);
+        drop(room);
+        assert!(big.hold(40 * MIB).await.is_ok());
+        assert_eq!(memory.available_permits(), 0);
+        drop(big);
+        assert_eq!(memory.available_permits(), 32 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_body_waits_for_room_until_another_answers() {
+        let memory = Arc::new(Semaphore::new(1024));
+        let mut first = Room::new(&memory, MIB);
+        assert!(first.hold(800 * 1024).await.is_ok());
+        let mut second = Room::new(&memory, MIB);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(50), second.hold(400 * 1024)).await;
+        assert!(waited.is_err(), "there is no room while the first body is held");
+        assert!(second.waiting);
+        drop(first);
+        assert!(second.hold(400 * 1024).await.is_ok());
+        assert!(!second.waiting);
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -30,11 +30,18 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// Wakes the dispatcher when new jobs are stored.
     pub wake: Arc<Notify>,
+    /// `[server] body_memory`, in KiB permits: a request holds its body's
+    /// share from before reading it until its answer.
+    pub body_memory: Arc<Semaphore>,
 }
 
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>) -> App {
+        let kib = usize::try_from(config.server.body_memory.div_ceil(1024))
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         App {
+            body_memory: Arc::new(Semaphore::new(kib)),
             config: Arc::new(ArcSwap::from_pointee(config)),
             store,
             wake: Arc::new(Notify::new()),
@@ -111,6 +118,10 @@ pub fn reload(app: &App) -> bool {
                 ("[server] listen", next.server.listen != current.server.listen),
                 ("[admin] listen", next.admin.listen != current.admin.listen),
                 ("[store] url", next.store.url != current.store.url),
+                (
+                    "[server] body_memory",
+                    next.server.body_memory != current.server.body_memory,
+                ),
                 (
                     "[dispatch] concurrency",
                     next.dispatch.concurrency != current.dispatch.concurrency,
