@@ -219,8 +219,11 @@ impl RefChange {
 }
 
 /// Collect the union of changed paths over commit file lists, keeping first-seen order.
+/// A push can list thousands of paths: they are hashed with foldhash (seeded
+/// per process, several times cheaper than the default SipHash on short
+/// strings); bodies reach here only after their signature was verified.
 pub fn union_paths<'a>(lists: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = foldhash::HashSet::default();
     let mut out = Vec::new();
     for p in lists {
         if seen.insert(p) {
