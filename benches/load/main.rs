@@ -201,7 +201,10 @@ async fn run(opts: Options) {
         large.len(),
         opts.duration
     );
-    println!("store: embedded SQLite, WAL, synchronous=FULL (each 2xx is sent after its commit is fsynced)");
+    println!(
+        "store: embedded SQLite, WAL; deliveries synchronous=FULL (each 2xx is sent after its commit is fsynced), \
+         dispatcher leases and attempt records synchronous=NORMAL"
+    );
     println!("work dir: {}", dir.path().display());
 
     let fsync = fsync_probe(dir.path(), if opts.smoke { 100 } else { 500 });
