@@ -141,6 +141,23 @@ fn store(ws: &Workspace) -> SqliteStore {
     SqliteStore::open(&ws.db_path()).unwrap()
 }
 
+/// The delivery's detail once every job is in `state` (the CI's answer reaches
+/// the stand-in before the attempt's record is committed); after 10 s, as it is.
+async fn delivery_when_jobs(
+    ws: &Workspace,
+    key: &DeliveryKey,
+    state: &str,
+) -> hookbridge::store::DeliveryDetail {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let detail = store(ws).get(key).await.unwrap();
+        if detail.jobs.iter().all(|j| j.state == state) || std::time::Instant::now() > deadline {
+            return detail;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn delivery_count(ws: &Workspace) -> usize {
     if !ws.db_path().exists() {
         return 0;
@@ -219,19 +236,11 @@ async fn github_push_triggers_every_matching_rule_once() {
     );
 
     // The created pipelines are recorded on the jobs.
-    let detail = loop {
-        let d = store(&ws)
-            .get(&DeliveryKey {
-                id: "d-1".into(),
-                source: Some("github".into()),
-            })
-            .await
-            .unwrap();
-        if d.jobs.iter().all(|j| j.state == "done") {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let key = DeliveryKey {
+        id: "d-1".into(),
+        source: Some("github".into()),
     };
+    let detail = delivery_when_jobs(&ws, &key, "done").await;
     for job in &detail.jobs {
         let result = job.result.as_ref().unwrap();
         assert!(result.id.is_some() || result.number.is_some(), "{job:?}");
@@ -475,13 +484,11 @@ async fn outage_is_retried_until_each_job_is_delivered_exactly_once() {
     apis.sort_unstable();
     assert_eq!(apis, ["circleci-job", "circleci-pipeline", "gitlab-trigger"]);
 
-    let detail = store(&ws)
-        .get(&DeliveryKey {
-            id: "out-1".into(),
-            source: None,
-        })
-        .await
-        .unwrap();
+    let key = DeliveryKey {
+        id: "out-1".into(),
+        source: None,
+    };
+    let detail = delivery_when_jobs(&ws, &key, "done").await;
     let attempts: usize = detail.jobs.iter().map(|j| j.history.len()).sum();
     assert_eq!(attempts, 8, "every attempt recorded");
     for job in &detail.jobs {
@@ -511,17 +518,12 @@ async fn permanent_errors_are_dead_lettered_and_redelivery_requeues_them() {
         id: "dead-1".into(),
         source: Some("github".into()),
     };
-    let mut dead = false;
-    for _ in 0..200 {
-        let d = store(&ws).get(&key).await.unwrap();
-        if d.jobs.iter().all(|j| j.state == "dead") {
-            assert!(d.jobs[0].last_error.as_deref().unwrap().contains("404"));
-            dead = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(dead, "jobs dead-lettered after a 404");
+    let d = delivery_when_jobs(&ws, &key, "dead").await;
+    assert!(
+        d.jobs.iter().all(|j| j.state == "dead"),
+        "jobs dead-lettered after a 404: {d:?}"
+    );
+    assert!(d.jobs[0].last_error.as_deref().unwrap().contains("404"));
     assert_eq!(ci.requests().len(), 3, "404 is not retried");
 
     let (status, again) = post_github(&daemon.hook_url("github"), "push", "dead-1", &body).await;

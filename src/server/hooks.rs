@@ -94,7 +94,7 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
     // are: a request takes room for its body before reading it, the others
     // wait (their bytes stay in the kernel's socket buffers) and are told to
     // retry if no room comes within `read_timeout`.
-    let mut room = Room::new(&app.body_memory, config.server.body_memory);
+    let mut room = Room::new(&app.body_memory);
     let read = tokio::time::timeout_at(deadline, read_body(body, limit_usize, declared, &mut room)).await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
@@ -196,25 +196,41 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
     }
 }
 
+/// `[server] body_memory`: KiB permits for the request bodies held at once.
+/// Sized once at start (a reload cannot resize it).
+#[derive(Clone)]
+pub struct BodyMemory {
+    permits: Arc<Semaphore>,
+    kib: u32,
+}
+
+impl BodyMemory {
+    pub fn new(bytes: u64) -> BodyMemory {
+        let kib = kib(bytes).clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+        BodyMemory {
+            permits: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+}
+
 /// A request's share of `[server] body_memory`, in KiB permits, held until
 /// its answer. It grows with the body: the declared `Content-Length` up front,
 /// or chunk by chunk when the sender declared none. It never exceeds the
 /// whole budget, so one body larger than `body_memory` still gets through,
 /// alone.
 struct Room {
-    memory: Arc<Semaphore>,
+    memory: BodyMemory,
     held: Option<OwnedSemaphorePermit>,
-    budget_kib: u32,
     /// Set while waiting for room, so a timeout there answers 503, not 408.
     waiting: bool,
 }
 
 impl Room {
-    fn new(memory: &Arc<Semaphore>, budget: u64) -> Room {
+    fn new(memory: &BodyMemory) -> Room {
         Room {
-            memory: Arc::clone(memory),
+            memory: memory.clone(),
             held: None,
-            budget_kib: kib(budget),
             waiting: false,
         }
     }
@@ -226,12 +242,12 @@ impl Room {
             .held
             .as_ref()
             .map_or(0, |p| u32::try_from(p.num_permits()).unwrap_or(u32::MAX));
-        let want = kib(bytes).clamp(1, self.budget_kib.max(1));
+        let want = kib(bytes).clamp(1, self.memory.kib);
         if want <= held {
             return Ok(());
         }
         self.waiting = true;
-        let more = Arc::clone(&self.memory)
+        let more = Arc::clone(&self.memory.permits)
             .acquire_many_owned(want - held)
             .await
             .map_err(|_| ReadError::NoRoom)?;
@@ -304,39 +320,36 @@ fn reject(source: &str, rejection: Rejection) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use tokio::sync::Semaphore;
-
-    use super::Room;
+    use super::{BodyMemory, Room};
 
     const MIB: u64 = 1024 * 1024;
 
     #[tokio::test]
     async fn a_body_holds_its_length_and_never_more_than_the_budget() {
-        let memory = Arc::new(Semaphore::new(32 * 1024));
-        let mut room = Room::new(&memory, 32 * MIB);
+        let memory = BodyMemory::new(32 * MIB);
+        let free = || memory.permits.available_permits();
+        let mut room = Room::new(&memory);
         assert!(room.hold(9000).await.is_ok());
-        assert_eq!(memory.available_permits(), 32 * 1024 - 9);
+        assert_eq!(free(), 32 * 1024 - 9);
         // Growing takes only the difference; shrinking gives nothing back early.
         assert!(room.hold(20_000).await.is_ok());
         assert!(room.hold(5).await.is_ok());
-        assert_eq!(memory.available_permits(), 32 * 1024 - 20);
+        assert_eq!(free(), 32 * 1024 - 20);
         // Larger than the whole budget: it takes everything and goes through alone.
-        let mut big = Room::new(&memory, 32 * MIB);
+        let mut big = Room::new(&memory);
         drop(room);
         assert!(big.hold(40 * MIB).await.is_ok());
-        assert_eq!(memory.available_permits(), 0);
+        assert_eq!(free(), 0);
         drop(big);
-        assert_eq!(memory.available_permits(), 32 * 1024);
+        assert_eq!(free(), 32 * 1024);
     }
 
     #[tokio::test]
     async fn a_body_waits_for_room_until_another_answers() {
-        let memory = Arc::new(Semaphore::new(1024));
-        let mut first = Room::new(&memory, MIB);
+        let memory = BodyMemory::new(MIB);
+        let mut first = Room::new(&memory);
         assert!(first.hold(800 * 1024).await.is_ok());
-        let mut second = Room::new(&memory, MIB);
+        let mut second = Room::new(&memory);
         let waited =
             tokio::time::timeout(std::time::Duration::from_millis(50), second.hold(400 * 1024)).await;
         assert!(waited.is_err(), "there is no room while the first body is held");

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dispatch::{self, Dispatcher};
 use crate::store::Store;
+use hooks::BodyMemory;
 
 pub mod admin;
 pub mod hooks;
@@ -30,18 +31,15 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// Wakes the dispatcher when new jobs are stored.
     pub wake: Arc<Notify>,
-    /// `[server] body_memory`, in KiB permits: a request holds its body's
+    /// `[server] body_memory` as sized at start: a request holds its body's
     /// share from before reading it until its answer.
-    pub body_memory: Arc<Semaphore>,
+    pub body_memory: BodyMemory,
 }
 
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>) -> App {
-        let kib = usize::try_from(config.server.body_memory.div_ceil(1024))
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
         App {
-            body_memory: Arc::new(Semaphore::new(kib)),
+            body_memory: BodyMemory::new(config.server.body_memory),
             config: Arc::new(ArcSwap::from_pointee(config)),
             store,
             wake: Arc::new(Notify::new()),
