@@ -528,25 +528,13 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability) {
         match conn.execute_batch(wanted.pragma()) {
             Ok(()) => *sync = wanted,
             // Still FULL or NORMAL as before; only a FULL batch must not run as NORMAL.
-            Err(e) if wanted == Durability::Full => {
-                let failed = Err(e.to_string());
-                for op in batch {
-                    failed_op(op, StoreError::Unavailable("cannot set the sync mode".into())).send(&failed);
-                }
-                return;
-            }
+            Err(e) if wanted == Durability::Full => return fail_batch(batch, "cannot set the sync mode", &e),
             Err(_) => {}
         }
     }
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            let failed = Err(e.to_string());
-            for op in batch {
-                failed_op(op, StoreError::Unavailable("cannot begin a transaction".into())).send(&failed);
-            }
-            return;
-        }
+        Err(e) => return fail_batch(batch, "cannot begin a transaction", &e),
     };
     let now = SystemTime::now();
     let mut pending = Vec::with_capacity(batch.len());
@@ -598,6 +586,14 @@ impl Pending {
 }
 
 /// The reply for an op that could not run.
+/// Answer every op of a batch that could not run at all.
+fn fail_batch(batch: Vec<Op>, what: &str, e: &rusqlite::Error) {
+    let failed = Err(e.to_string());
+    for op in batch {
+        failed_op(op, StoreError::Unavailable(what.into())).send(&failed);
+    }
+}
+
 fn failed_op(op: Op, e: StoreError) -> Pending {
     match op {
         Op::Ingest(_, reply) => Pending::Ingest(reply, Err(e)),
