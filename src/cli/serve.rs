@@ -1,11 +1,13 @@
 //! `hookbridge serve`: the daemon.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -74,13 +76,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let app = App::new(config, store);
     let shutdown = CancellationToken::new();
-    if let Err(e) = spawn_signal_handlers(app.clone(), shutdown.clone()) {
+    let reloads = Arc::new(Notify::new());
+    if let Err(e) = spawn_signal_handlers(reloads.clone(), shutdown.clone()) {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    tokio::spawn(server::reloader(app.clone(), reloads.clone(), shutdown.clone()));
     if !args.no_watch {
         tokio::spawn(server::watch_config(
             app.clone(),
+            reloads,
             Duration::from_secs(1),
             shutdown.clone(),
         ));
@@ -94,8 +99,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// SIGTERM and SIGINT stop gracefully (a second one exits at once); SIGHUP reloads the config.
-fn spawn_signal_handlers(app: App, shutdown: CancellationToken) -> std::io::Result<()> {
+/// SIGTERM and SIGINT stop gracefully (a second one exits at once); SIGHUP asks
+/// the reloader for a reload. This task does nothing else, so nothing a reload
+/// does can stop it from hearing the next signal.
+fn spawn_signal_handlers(reloads: Arc<Notify>, shutdown: CancellationToken) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -105,7 +112,7 @@ fn spawn_signal_handlers(app: App, shutdown: CancellationToken) -> std::io::Resu
                 _ = term.recv() => {}
                 _ = int.recv() => {}
                 _ = hup.recv() => {
-                    server::reload(&app);
+                    reloads.notify_one();
                     continue;
                 }
             }

@@ -96,6 +96,11 @@ pub struct ServerSettings {
     /// Bytes of request bodies held at once (read, verified, waiting for their commit).
     pub body_memory: u64,
     pub read_timeout: Duration,
+    /// Longest pause between body bytes before a sender is cut off.
+    pub body_idle_timeout: Duration,
+    /// Longest a connection may go without a complete request head (new,
+    /// kept alive, or sending its headers slowly) before it is closed.
+    pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -311,9 +316,16 @@ fn socket_addr(value: Option<&Spanned<String>>, default: &str, loader: &mut Load
     }
 }
 
-/// `[server] body_memory` when unset: room for a couple of thousand ordinary
-/// pushes (7–10 KB), or sixteen one-megabyte ones, while the store commits.
-pub const DEFAULT_BODY_MEMORY: u64 = 16 * 1024 * 1024;
+/// `[server] body_memory` when unset: room for thousands of ordinary pushes
+/// (7–10 KB), or thirty-two one-megabyte ones, while the store commits; one
+/// source or connection may use seven eighths (28 MiB), more than `max_body`.
+pub const DEFAULT_BODY_MEMORY: u64 = 32 * 1024 * 1024;
+
+/// The part of `body_memory` that one source or one connection may hold: all
+/// but an eighth, which stays for the others.
+pub fn body_share(body_memory: u64) -> u64 {
+    body_memory.saturating_sub(body_memory / 8).max(1)
+}
 
 fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     let server = ServerSettings {
@@ -321,8 +333,26 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         max_body: raw.server.max_body.map_or(25 * 1024 * 1024, |b| b.0),
         body_memory: raw.server.body_memory.map_or(DEFAULT_BODY_MEMORY, |b| b.0.max(1)),
         read_timeout: raw.server.read_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        body_idle_timeout: raw
+            .server
+            .body_idle_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
+        idle_timeout: raw.server.idle_timeout.map_or(Duration::from_secs(15), |d| d.0),
         shutdown_grace: raw.server.shutdown_grace.map_or(Duration::from_secs(25), |d| d.0),
     };
+    if server.max_body > body_share(server.body_memory) {
+        loader.push(
+            Diagnostic::warning(
+                format!(
+                    "`[server] max_body` ({}) is more than one request may hold: seven eighths of `body_memory` ({}); larger bodies are answered 413",
+                    units::ByteSize(server.max_body),
+                    units::ByteSize(body_share(server.body_memory)),
+                ),
+                None,
+            )
+            .with_help("raise `body_memory` to at least 8/7 of `max_body`, or lower `max_body`"),
+        );
+    }
     let admin_listen = socket_addr(raw.admin.listen.as_ref(), "127.0.0.1:9090", loader);
     let admin_token = raw.admin.token.as_ref().and_then(|t| loader.secret(t));
     if !admin_listen.ip().is_loopback() && raw.admin.token.is_none() {

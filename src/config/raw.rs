@@ -48,8 +48,13 @@ pub struct RawServer {
     pub max_body: Option<ByteSize>,
     /// Most request-body bytes held in memory at once, over all requests.
     pub body_memory: Option<ByteSize>,
-    /// Time allowed to receive a whole request (headers and body).
+    /// Time allowed to receive a whole request body.
     pub read_timeout: Option<HumanDuration>,
+    /// A sender that sends no body bytes for this long is cut off.
+    pub body_idle_timeout: Option<HumanDuration>,
+    /// A connection must send a complete request head within this long of
+    /// opening or of its previous answer, or it is closed.
+    pub idle_timeout: Option<HumanDuration>,
     /// How long shutdown waits for in-flight requests and trigger attempts.
     pub shutdown_grace: Option<HumanDuration>,
 }

@@ -4,6 +4,10 @@
 //! pick the ports. Shutdown is ordered: both listeners stop accepting and
 //! finish in-flight requests, then the dispatcher lets running attempts finish
 //! within `[server] shutdown_grace` and gives back what it still holds.
+//!
+//! Config reloads (SIGHUP, file changes) run one at a time on a blocking
+//! thread of their own, so a reload that fails in any way, even by panicking,
+//! leaves the running config, signal handling and later reloads untouched.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +21,13 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dispatch::{self, Dispatcher};
 use crate::store::Store;
-use hooks::BodyMemory;
+use body::BodyMemory;
+use listener::{Connections, Timeouts};
 
 pub mod admin;
+pub mod body;
 pub mod hooks;
+pub mod listener;
 pub mod systemd;
 
 /// What every handler shares.
@@ -74,12 +81,32 @@ pub async fn run(
         dispatcher_stop.clone(),
     ));
 
-    let hooks = axum::serve(hooks_listener, hooks::router(app.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin = axum::serve(admin_listener, admin::router(app.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (connections, timeouts) = {
+        let config = app.config.load();
+        let outbound = u64::try_from(config.dispatch.concurrency).unwrap_or(u64::MAX);
+        (
+            Connections::for_this_process(outbound.saturating_mul(2)),
+            Timeouts {
+                idle: config.server.idle_timeout,
+            },
+        )
+    };
+    let hooks = listener::serve(
+        hooks_listener,
+        hooks::router(app.clone()),
+        connections.clone(),
+        timeouts,
+        shutdown.clone(),
+    );
+    let admin = listener::serve(
+        admin_listener,
+        admin::router(app.clone()),
+        connections,
+        timeouts,
+        shutdown.clone(),
+    );
     let servers = async {
-        let (h, a) = tokio::join!(hooks.into_future(), admin.into_future());
+        let (h, a) = tokio::join!(hooks, admin);
         h.and(a)
     };
     tokio::pin!(servers);
@@ -102,6 +129,41 @@ pub async fn run(
     let _ = purge.await;
     info!("stopped");
     served.map_err(Into::into)
+}
+
+/// Run reloads one at a time as `requests` asks for them, until `shutdown`.
+/// SIGHUP and the file watcher only ask; neither ever runs a reload itself.
+pub async fn reloader(app: App, requests: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = requests.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        reload_isolated(&app).await;
+    }
+}
+
+/// [`reload`] on a blocking thread: file reads and compiling every template
+/// stay off the runtime, and a panic is logged and counted, not spread.
+pub async fn reload_isolated(app: &App) -> bool {
+    let worker = app.clone();
+    match tokio::task::spawn_blocking(move || reload(&worker)).await {
+        Ok(applied) => applied,
+        Err(e) => {
+            metrics::counter!("hookbridge_config_reloads_total", "result" => "error").increment(1);
+            let cause = e
+                .try_into_panic()
+                .ok()
+                .and_then(|p| {
+                    p.downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                })
+                .unwrap_or_else(|| "cancelled".to_owned());
+            warn!(error = %cause, "config reload failed unexpectedly; the running config stays");
+            false
+        }
+    }
 }
 
 /// Load the config file again; a valid one replaces the live config atomically,
@@ -147,32 +209,32 @@ pub fn reload(app: &App) -> bool {
     }
 }
 
-/// Reload when the config file's content changes: polled every `interval`, and
-/// applied once two reads agree (debounce; editors and Kubernetes ConfigMap
-/// updates write in steps). Reading the path each time follows symlink swaps,
-/// which inotify on the old inode would miss.
-pub async fn watch_config(app: App, interval: Duration, shutdown: CancellationToken) {
+/// Ask for a reload when the config file's content changes: polled every
+/// `interval`, and asked once two reads agree (debounce; editors and Kubernetes
+/// ConfigMap updates write in steps). Reading the path each time follows
+/// symlink swaps, which inotify on the old inode would miss.
+pub async fn watch_config(app: App, reloads: Arc<Notify>, interval: Duration, shutdown: CancellationToken) {
     let path = app.config.load().path.clone();
     let digest = |bytes: &[u8]| -> [u8; 32] {
         use sha2::Digest;
         sha2::Sha256::digest(bytes).into()
     };
-    let read = || std::fs::read(&path).ok().map(|b| digest(&b));
-    let mut applied = read();
+    let read = async || tokio::fs::read(&path).await.ok().map(|b| digest(&b));
+    let mut applied = read().await;
     let mut candidate = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
         }
-        let now = read();
+        let now = read().await;
         if now.is_none() || now == applied {
             candidate = None;
             continue;
         }
         if candidate == now {
             info!(path = %path.display(), "config file changed");
-            reload(&app);
+            reloads.notify_one();
             applied = now;
             candidate = None;
         } else {

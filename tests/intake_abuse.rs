@@ -1,0 +1,269 @@
+//! Unauthenticated senders cannot hold back intake: stalled and slow bodies,
+//! stalled headers, idle connections. The real server runs in-process on
+//! 127.0.0.1 with a real SQLite store; the attackers are raw TCP sockets.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hookbridge::config::LoadMode;
+use hookbridge::server::{self, App};
+use hookbridge::store::{self, OpenMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "abuse-test-secret";
+
+struct Server {
+    hooks: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(server_settings: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            r#"
+[server]
+{server_settings}
+[store]
+url = "sqlite://{db}"
+[sources.github]
+type = "github"
+secrets = ["{SECRET}"]
+[targets.circleci]
+type = "circleci"
+url = "http://127.0.0.1:9"
+token = "t"
+[[rules]]
+name = "build"
+source = "github"
+events = ["push"]
+[rules.trigger]
+target = "circleci"
+project = "gh/a/b"
+branch = "main"
+"#,
+            db = dir.path().join("hb.db").display()
+        );
+        let config = hookbridge::config::parse(&dir.path().join("hb.toml"), &toml, LoadMode::Serve)
+            .unwrap()
+            .config;
+        let store = store::open(&config.store, OpenMode::Daemon).await.unwrap();
+        let app = App::new(config, store);
+        let hooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hooks.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server::run(app, hooks, admin, shutdown.clone()));
+        Server {
+            hooks: addr,
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// A signed push, as GitHub sends it, on a new connection; the status and
+    /// how long the answer took.
+    async fn signed_push(&self, delivery: &str) -> (u16, Duration) {
+        let body = support::payload("github/push.json");
+        let started = Instant::now();
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+            .post(format!("http://{}/hooks/github", self.hooks))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", support::github_signature(SECRET, &body))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), started.elapsed())
+    }
+
+    /// A connection that sent the head of a push declaring `length` bytes, and
+    /// then `sent` bytes of its body.
+    async fn declare(&self, length: u64, sent: usize) -> TcpStream {
+        let mut conn = TcpStream::connect(self.hooks).await.unwrap();
+        let head = format!(
+            "POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: stall\r\n\
+             X-Hub-Signature-256: sha256=00\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&vec![b' '; sent]).await.unwrap();
+        conn
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        // Attackers' connections may still be open: they are cut off by their
+        // timeouts, well within this bound.
+        let _ = tokio::time::timeout(Duration::from_secs(40), self.task).await;
+    }
+}
+
+/// Read until the peer closes; the bytes read and how long that took.
+async fn read_until_closed(conn: &mut TcpStream, bound: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(bound, conn.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was still open after {bound:?}");
+    (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_declaring_20_mb_and_stalling_holds_back_nobody() {
+    let server = Server::start("").await;
+    let stalled = server.declare(20_000_000, 0).await;
+    // And one that sent part of its body before stalling.
+    let partial = server.declare(20_000_000, 256 * 1024).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        let (status, took) = server.signed_push(&format!("after-20mb-{i}")).await;
+        assert_eq!(status, 202);
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    }
+    drop((stalled, partial));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_connections_declaring_5_mb_hold_back_nobody() {
+    // A small budget, so that reserving declared lengths would exhaust it
+    // many times over.
+    let server = Server::start(
+        r#"body_memory = "16MiB"
+max_body = "6MiB""#,
+    )
+    .await;
+    let mut stalled = Vec::new();
+    for i in 0..50 {
+        // Every fifth one sends 64 KiB of its body first (a chunk of it held).
+        let sent = if i % 5 == 0 { 64 * 1024 } else { 0 };
+        stalled.push(server.declare(5_000_000, sent).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        let (status, took) = server.signed_push(&format!("after-50x5mb-{i}")).await;
+        assert_eq!(status, 202);
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    }
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_stops_mid_body_is_cut_off_within_body_idle_timeout() {
+    let server = Server::start(r#"body_idle_timeout = "1s""#).await;
+    let mut conn = server.declare(100_000, 1000).await;
+    let (answer, took) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_idle_timeout"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "cut off after {took:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_that_stalls_is_cut_off_and_holds_back_nobody() {
+    let server = Server::start(
+        r#"body_memory = "1MiB"
+body_idle_timeout = "2s""#,
+    )
+    .await;
+    let mut conn = TcpStream::connect(server.hooks).await.unwrap();
+    conn.write_all(
+        b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b' '; 256 * 1024];
+    conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+        .await
+        .unwrap();
+    conn.write_all(&chunk).await.unwrap();
+    conn.write_all(b"\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, took) = server.signed_push("after-chunked").await;
+    assert_eq!(status, 202);
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    let (answer, _) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_header_connections_are_closed() {
+    let server = Server::start(r#"idle_timeout = "1s""#).await;
+    // Never sends a byte.
+    let mut silent = TcpStream::connect(server.hooks).await.unwrap();
+    // Sends its headers a byte at a time, slower than the timeout allows.
+    let mut slow = TcpStream::connect(server.hooks).await.unwrap();
+    slow.write_all(b"POST /hooks/github HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    let (_, took) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+
+    // A kept-alive connection is closed once idle for as long.
+    let mut kept = TcpStream::connect(server.hooks).await.unwrap();
+    kept.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    kept.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 404");
+    let (_, took) = read_until_closed(&mut kept, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_bodies_beyond_body_memory_is_read_without_deadlock() {
+    // Twelve 256 KiB bodies sent at once in small writes through a 1 MiB
+    // budget: each is read as it arrives, none waits forever on another.
+    let server = Server::start(r#"body_memory = "1MiB""#).await;
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let addr = server.hooks;
+        sends.spawn(async move {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            let length = 256 * 1024;
+            conn.write_all(
+                format!(
+                    "POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: {length}\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            for _ in 0..16 {
+                conn.write_all(&[b' '; 16 * 1024]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            let mut answer = [0u8; 12];
+            conn.read_exact(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        });
+    }
+    let answers = tokio::time::timeout(Duration::from_secs(10), sends.join_all())
+        .await
+        .expect("every body was read");
+    // Read in full and then refused for their bad signature: not 503 or 408.
+    assert!(answers.iter().all(|a| a == "HTTP/1.1 401"), "{answers:?}");
+    server.stop().await;
+}
