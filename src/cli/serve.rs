@@ -81,7 +81,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    tokio::spawn(server::reloader(app.clone(), reloads.clone(), shutdown.clone()));
+    tokio::spawn(server::reloader(
+        app.clone(),
+        reloads.clone(),
+        shutdown.clone(),
+        server::load_for_serve,
+    ));
     if !args.no_watch {
         tokio::spawn(server::watch_config(
             app.clone(),

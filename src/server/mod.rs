@@ -63,6 +63,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     crate::telemetry::metrics();
     let grace = app.config.load().server.shutdown_grace;
+    let (connections, timeouts) = {
+        let config = app.config.load();
+        let outbound = u64::try_from(config.dispatch.concurrency).unwrap_or(u64::MAX);
+        (
+            Connections::for_this_process(outbound.saturating_mul(2)),
+            Timeouts {
+                idle: config.server.idle_timeout,
+            },
+        )
+    };
     info!(
         hooks = %hooks_listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
@@ -81,16 +91,6 @@ pub async fn run(
         dispatcher_stop.clone(),
     ));
 
-    let (connections, timeouts) = {
-        let config = app.config.load();
-        let outbound = u64::try_from(config.dispatch.concurrency).unwrap_or(u64::MAX);
-        (
-            Connections::for_this_process(outbound.saturating_mul(2)),
-            Timeouts {
-                idle: config.server.idle_timeout,
-            },
-        )
-    };
     let hooks = listener::serve(
         hooks_listener,
         hooks::router(app.clone()),
@@ -133,21 +133,29 @@ pub async fn run(
 
 /// Run reloads one at a time as `requests` asks for them, until `shutdown`.
 /// SIGHUP and the file watcher only ask; neither ever runs a reload itself.
-pub async fn reloader(app: App, requests: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn reloader(app: App, requests: Arc<Notify>, shutdown: CancellationToken, load: LoadConfig) {
     loop {
         tokio::select! {
             () = requests.notified() => {}
             () = shutdown.cancelled() => return,
         }
-        reload_isolated(&app).await;
+        reload_isolated(&app, load).await;
     }
+}
+
+/// How a reload reads the config: [`load_for_serve`] in the daemon.
+pub type LoadConfig = fn(&std::path::Path) -> Result<crate::config::Loaded, crate::config::Report>;
+
+/// The config as `serve` loads it.
+pub fn load_for_serve(path: &std::path::Path) -> Result<crate::config::Loaded, crate::config::Report> {
+    crate::config::load(path, crate::config::LoadMode::Serve)
 }
 
 /// [`reload`] on a blocking thread: file reads and compiling every template
 /// stay off the runtime, and a panic is logged and counted, not spread.
-pub async fn reload_isolated(app: &App) -> bool {
+pub async fn reload_isolated(app: &App, load: LoadConfig) -> bool {
     let worker = app.clone();
-    match tokio::task::spawn_blocking(move || reload(&worker)).await {
+    match tokio::task::spawn_blocking(move || reload(&worker, load)).await {
         Ok(applied) => applied,
         Err(e) => {
             metrics::counter!("hookbridge_config_reloads_total", "result" => "error").increment(1);
@@ -168,10 +176,10 @@ pub async fn reload_isolated(app: &App) -> bool {
 
 /// Load the config file again; a valid one replaces the live config atomically,
 /// an invalid one is logged and the old one stays. Returns whether it was applied.
-pub fn reload(app: &App) -> bool {
+pub fn reload(app: &App, load: LoadConfig) -> bool {
     let _reloading = systemd::Reloading::start();
     let current = app.config.load_full();
-    match crate::config::load(&current.path, crate::config::LoadMode::Serve) {
+    match load(&current.path) {
         Ok(loaded) => {
             let next = loaded.config;
             for (setting, changed) in [
@@ -240,5 +248,74 @@ pub async fn watch_config(app: App, reloads: Arc<Notify>, interval: Duration, sh
         } else {
             candidate = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::config::{LoadMode, Loaded, Report};
+
+    const CONFIG: &str = r#"
+[sources.github]
+type = "github"
+secrets = ["s"]
+"#;
+
+    static PANIC_NEXT: AtomicBool = AtomicBool::new(true);
+
+    /// Panics on its first call, then loads for real.
+    fn flaky_load(path: &Path) -> Result<Loaded, Report> {
+        if PANIC_NEXT.swap(false, Ordering::SeqCst) {
+            panic!("a bug in config loading");
+        }
+        load_for_serve(path)
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_panics_leaves_the_reloader_and_the_running_config() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("hb.toml");
+        let text = format!("[store]\nurl = \"sqlite://{}\"\n{CONFIG}", dir.path().join("hb.db").display());
+        std::fs::write(&path, &text).expect("config written");
+        let config = crate::config::parse(&path, &text, LoadMode::Serve)
+            .expect("valid config")
+            .config;
+        let store = crate::store::open(&config.store, crate::store::OpenMode::Client)
+            .await
+            .expect("store");
+        let app = App::new(config, store);
+        let requests = Arc::new(Notify::new());
+        let shutdown = CancellationToken::new();
+        let reloader = tokio::spawn(reloader(app.clone(), requests.clone(), shutdown.clone(), flaky_load));
+
+        // The edit adds a source; the first reload panics and changes nothing.
+        std::fs::write(&path, format!("{text}\n[sources.gitea]\ntype = \"gitea\"\nsecrets = [\"g\"]\n"))
+            .expect("config edited");
+        requests.notify_one();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while PANIC_NEXT.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first reload ran");
+        assert!(!app.config.load().sources.contains_key("gitea"));
+        assert!(!reloader.is_finished(), "the reloader outlived the panic");
+
+        // The next request is served, and applies the edit.
+        requests.notify_one();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !app.config.load().sources.contains_key("gitea") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the second reload applied the edit");
+        shutdown.cancel();
+        reloader.await.expect("the reloader stops on shutdown");
     }
 }

@@ -68,7 +68,22 @@ impl Workspace {
 impl Daemon {
     /// Start `hookbridge serve` and wait until both listeners are up.
     pub fn start(config: &Path, cwd: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(BIN)
+        Daemon::spawn(Command::new(BIN), config, cwd, env)
+    }
+
+    /// Start it with its open-file limit (soft and hard) set to `nofile`, as a
+    /// supervisor or container runtime might.
+    pub fn start_with_nofile(config: &Path, cwd: &Path, env: &[(&str, &str)], nofile: u64) -> Daemon {
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(BIN);
+        Daemon::spawn(shell, config, cwd, env)
+    }
+
+    fn spawn(mut command: Command, config: &Path, cwd: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut child = command
             .args(["serve", "--config"])
             .arg(config)
             .args(["--log-format", "json", "--log-level", "hookbridge=debug,info"])

@@ -1,0 +1,151 @@
+//! The real daemon at its edges: a low open-file limit under thousands of idle
+//! connections, and reloads that fail without taking signal handling along.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::daemon::{Daemon, Workspace};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "edges-secret";
+
+fn config(extra_source: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+idle_timeout = "60s"
+[admin]
+listen = "127.0.0.1:0"
+[sources.github]
+type = "github"
+secrets = ["{SECRET}"]
+{extra_source}
+[targets.circleci]
+type = "circleci"
+url = "http://127.0.0.1:9"
+token = "t"
+[[rules]]
+name = "build"
+source = "github"
+events = ["push"]
+[rules.trigger]
+target = "circleci"
+project = "gh/a/b"
+branch = "main"
+"#
+    )
+}
+
+async fn signed_push(url: &str, delivery: &str) -> u16 {
+    let body = support::payload("github/push.json");
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .post(url)
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", support::github_signature(SECRET, &body))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_thousand_idle_connections_do_not_starve_the_listener() {
+    // This test holds 3,000 sockets itself.
+    let _ = rlimit::increase_nofile_limit(8192);
+    let ws = Workspace::new(&config(""));
+    let daemon = Daemon::start_with_nofile(&ws.config_path(), ws.dir.path(), &[], 1024);
+    let logs = daemon.logs();
+    let capacity_line = logs
+        .lines()
+        .find(|l| l.contains("open-file limit allows"))
+        .unwrap_or_else(|| panic!("the capacity is logged:\n{logs}"));
+    let capacity: serde_json::Value = serde_json::from_str(capacity_line).unwrap();
+    assert_eq!(capacity["fd_limit"], 1024, "{capacity_line}");
+    let connections = capacity["connections"].as_u64().unwrap();
+    assert!(connections < 1000, "{capacity_line}");
+
+    let addr = daemon.hooks.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..3000 {
+        let conn = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr))
+            .await
+            .expect("connect within 5 s")
+            .unwrap();
+        idle.push(conn);
+    }
+    let started = Instant::now();
+    assert_eq!(signed_push(&daemon.hook_url("github"), "beside-idle").await, 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        daemon.logs().lines().all(|l| !l.contains("panicked")),
+        "{}",
+        daemon.logs()
+    );
+    drop(idle);
+    assert_eq!(daemon.stop(), 0);
+}
+
+/// Wait until `needle` has been logged `times` times.
+async fn logged(daemon: &Daemon, needle: &str, times: usize) {
+    support::eventually(Duration::from_secs(10), needle, || {
+        daemon.logs().matches(needle).count() >= times
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reloads_leave_sighup_and_sigterm_working() {
+    let ws = Workspace::new(&config(""));
+    let daemon = Daemon::start(&ws.config_path(), ws.dir.path(), &[]);
+    let gitea = daemon.hook_url("gitea");
+    let unsigned = || async {
+        reqwest::Client::new()
+            .post(&gitea)
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(unsigned().await, 404);
+
+    // Not TOML at all.
+    ws.write_config("[sources.github\n");
+    daemon.reload();
+    logged(&daemon, "config reload refused", 1).await;
+    // The path is now a directory: the file cannot be read.
+    std::fs::remove_file(ws.config_path()).unwrap();
+    std::fs::create_dir(ws.config_path()).unwrap();
+    daemon.reload();
+    logged(&daemon, "cannot read config file", 1).await;
+    assert_eq!(
+        signed_push(&daemon.hook_url("github"), "between-reloads").await,
+        202
+    );
+
+    // SIGHUP still reloads: a valid config with one more source applies.
+    std::fs::remove_dir(ws.config_path()).unwrap();
+    ws.write_config(&config(
+        "[sources.gitea]\ntype = \"gitea\"\nsecrets = [\"g\"]",
+    ));
+    daemon.reload();
+    logged(&daemon, "config reloaded", 1).await;
+    assert_eq!(unsigned().await, 401);
+    // And SIGTERM still stops it, cleanly.
+    assert_eq!(daemon.stop(), 0);
+}
