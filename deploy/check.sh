@@ -4,7 +4,9 @@
 #   - hadolint on deploy/container/Dockerfile
 #   - kustomize (kubectl's) renders base and overlays, kubernetes-validate
 #     checks every rendered object against the Kubernetes schemas.
-# Also builds the release binary exactly as the container's build stage does.
+# Also builds the release binary exactly as the container's build stage does:
+# from a copy of the files its Dockerfile copies (after .dockerignore), so a
+# file missing from the image's build context fails here.
 # Run alone: bash deploy/check.sh   (set HOOKBRIDGE_SKIP_RELEASE_BUILD=1 to reuse
 # an existing target/release/hookbridge).
 set -euo pipefail
@@ -40,8 +42,12 @@ install_tools() {
 
 release_binary() {
     if [ -z "${HOOKBRIDGE_SKIP_RELEASE_BUILD:-}" ] || [ ! -x "$BIN" ]; then
-        step "cargo build --locked --release (the container's build stage)"
-        cargo build --locked --release --quiet
+        local context
+        context=$(python3 deploy/container/context.py .)
+        step "cargo build --locked --release in the container's build context ($(cd "$context" && find . -type f | wc -l) files)"
+        # The repository's target dir keeps the dependencies built once.
+        (cd "$context" && CARGO_TARGET_DIR="$(dirname "$(dirname "$BIN")")" cargo build --locked --release --quiet)
+        rm -rf "$(dirname "$context")"
     fi
 }
 

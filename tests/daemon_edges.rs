@@ -140,9 +140,7 @@ async fn failed_reloads_leave_sighup_and_sigterm_working() {
 
     // SIGHUP still reloads: a valid config with one more source applies.
     std::fs::remove_dir(ws.config_path()).unwrap();
-    ws.write_config(&config(
-        "[sources.gitea]\ntype = \"gitea\"\nsecrets = [\"g\"]",
-    ));
+    ws.write_config(&config("[sources.gitea]\ntype = \"gitea\"\nsecrets = [\"g\"]"));
     daemon.reload();
     logged(&daemon, "config reloaded", 1).await;
     assert_eq!(unsigned().await, 401);

@@ -230,9 +230,8 @@ async fn connection(
     loop {
         // HTTP/1 connections are closed by hyper's header timer; this one also
         // covers HTTP/2, which has no such timer.
-        let idle_deadline = activity
-            .idle_since()
-            .map_or_else(|| Instant::now() + timeouts.idle, |since| since + timeouts.idle);
+        let idle_deadline =
+            super::hooks::later(activity.idle_since().unwrap_or_else(Instant::now), timeouts.idle);
         tokio::select! {
             served = conn.as_mut() => {
                 if let Err(e) = served {

@@ -125,7 +125,7 @@ pub async fn run(
         }
     };
     dispatcher_stop.cancel();
-    let _ = tokio::time::timeout(grace + Duration::from_secs(5), dispatcher).await;
+    let _ = tokio::time::timeout(grace.saturating_add(Duration::from_secs(5)), dispatcher).await;
     let _ = purge.await;
     info!("stopped");
     served.map_err(Into::into)
@@ -279,7 +279,10 @@ secrets = ["s"]
     async fn a_reload_that_panics_leaves_the_reloader_and_the_running_config() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("hb.toml");
-        let text = format!("[store]\nurl = \"sqlite://{}\"\n{CONFIG}", dir.path().join("hb.db").display());
+        let text = format!(
+            "[store]\nurl = \"sqlite://{}\"\n{CONFIG}",
+            dir.path().join("hb.db").display()
+        );
         std::fs::write(&path, &text).expect("config written");
         let config = crate::config::parse(&path, &text, LoadMode::Serve)
             .expect("valid config")
@@ -290,11 +293,19 @@ secrets = ["s"]
         let app = App::new(config, store);
         let requests = Arc::new(Notify::new());
         let shutdown = CancellationToken::new();
-        let reloader = tokio::spawn(reloader(app.clone(), requests.clone(), shutdown.clone(), flaky_load));
+        let reloader = tokio::spawn(reloader(
+            app.clone(),
+            requests.clone(),
+            shutdown.clone(),
+            flaky_load,
+        ));
 
         // The edit adds a source; the first reload panics and changes nothing.
-        std::fs::write(&path, format!("{text}\n[sources.gitea]\ntype = \"gitea\"\nsecrets = [\"g\"]\n"))
-            .expect("config edited");
+        std::fs::write(
+            &path,
+            format!("{text}\n[sources.gitea]\ntype = \"gitea\"\nsecrets = [\"g\"]\n"),
+        )
+        .expect("config edited");
         requests.notify_one();
         tokio::time::timeout(Duration::from_secs(10), async {
             while PANIC_NEXT.load(Ordering::SeqCst) {
