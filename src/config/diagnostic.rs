@@ -136,7 +136,8 @@ fn snippet(line: &str, col: usize, width: usize) -> (String, usize, usize) {
     if length <= SNIPPET_WIDTH {
         return (line.to_owned(), col, width);
     }
-    let start = col.saturating_sub(1).saturating_sub(10);
+    // From the line's start when the span starts early; else a little before it.
+    let start = if col <= SNIPPET_WIDTH / 2 { 0 } else { col - 11 };
     let end = (start + SNIPPET_WIDTH).min(length);
     let mut shown: String = line.chars().skip(start).take(end - start).collect();
     let mut col = col - start;
