@@ -234,14 +234,26 @@ branch = "main"
 fn out_of_range() -> Vec<(&'static str, String)> {
     let braces = format!("{}main{}", "{".repeat(250), "}".repeat(250));
     vec![
-        ("huge_retention", "\n[store]\nretention = \"500000000000y\"\n".to_owned()),
+        (
+            "huge_retention",
+            "\n[store]\nretention = \"500000000000y\"\n".to_owned(),
+        ),
         (
             "request_timeout_2_pow_63_s",
             "\n[retry]\nrequest_timeout = \"9223372036854775808s\"\n".to_owned(),
         ),
-        ("huge_lease", "\n[dispatch]\nlease = \"500000000000y\"\n".to_owned()),
-        ("if_10k_not", rule(&format!("{}event.deleted", "not ".repeat(10_000)), "main")),
-        ("if_100k_not", rule(&format!("{}event.deleted", "not ".repeat(100_000)), "main")),
+        (
+            "huge_lease",
+            "\n[dispatch]\nlease = \"500000000000y\"\n".to_owned(),
+        ),
+        (
+            "if_10k_not",
+            rule(&format!("{}event.deleted", "not ".repeat(10_000)), "main"),
+        ),
+        (
+            "if_100k_not",
+            rule(&format!("{}event.deleted", "not ".repeat(100_000)), "main"),
+        ),
         ("glob_250_nested_braces", rule("true", &braces)),
     ]
 }
@@ -428,7 +440,11 @@ fn a_reload_with_out_of_range_values_keeps_the_daemon_and_its_config() {
         daemon.reload();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while refusals(&daemon) == before {
-            assert!(std::time::Instant::now() < deadline, "{name}: no refusal logged:\n{}", daemon.logs());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no refusal logged:\n{}",
+                daemon.logs()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }

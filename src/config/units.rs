@@ -185,7 +185,11 @@ fn bytes(s: &str) -> Result<u64, SizeFault> {
         return Err(Invalid);
     }
     // Only digits are left, so a failed parse is an overflow.
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| Overflow)? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| Overflow)?
+    };
     let mut total = whole.checked_mul(factor).ok_or(Overflow)?;
     // Digits past the 18th change less than a byte of anything below EiB.
     let fraction = &fraction[..fraction.len().min(18)];

@@ -60,6 +60,14 @@ pub fn check_template(source: &str) -> Result<(), TooComplex> {
             b'#' => {
                 i = source[i + 2..].find("#}").map_or(b.len(), |j| i + 2 + j + 2);
             }
+            b'%' if basic_tag(&b[i + 2..], "raw").is_some() => {
+                // Raw text up to `{% endraw %}`, not lexed at all; without
+                // one, minijinja stops with an error here.
+                match end_of_raw(b, i + 2) {
+                    Some(end) => i = end,
+                    None => return Ok(()),
+                }
+            }
             open @ (b'{' | b'%') => {
                 let tag = scan_tag(b, i + 2, open == b'%');
                 if tag.operators > limits::EXPRESSION_OPERATORS {
@@ -86,11 +94,50 @@ pub fn check_template(source: &str) -> Result<(), TooComplex> {
 }
 
 /// Statements that open a block closed by an `end…` tag (`set` only in its
-/// block form, without `=`). `raw` counts too, so its `endraw` cannot
-/// cancel another block's level.
-const BLOCK_OPENERS: [&str; 10] = [
-    "if", "for", "with", "macro", "call", "filter", "block", "autoescape", "set", "raw",
+/// block form, without `=`).
+const BLOCK_OPENERS: [&str; 9] = [
+    "if",
+    "for",
+    "with",
+    "macro",
+    "call",
+    "filter",
+    "block",
+    "autoescape",
+    "set",
 ];
+
+/// The length of `[-+]? ws* name ws* [-+]? %}` at the start of `rest` (what
+/// follows a `{%`), as minijinja recognises `raw` and `endraw` tags.
+fn basic_tag(rest: &[u8], name: &str) -> Option<usize> {
+    let skip_ws = |mut i: usize| {
+        while rest.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(usize::from(matches!(rest.first(), Some(b'-' | b'+'))));
+    if !rest[i..].starts_with(name.as_bytes()) {
+        return None;
+    }
+    i = skip_ws(i + name.len());
+    i += usize::from(matches!(rest.get(i), Some(b'-' | b'+')));
+    rest[i..].starts_with(b"%}").then_some(i + 2)
+}
+
+/// Index just past the `{% endraw %}` closing the raw block whose content
+/// starts at or after `from`.
+fn end_of_raw(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(at) = b[i..].windows(2).position(|w| w == b"{%") {
+        let after = i + at + 2;
+        if let Some(n) = basic_tag(&b[after..], "endraw") {
+            return Some(after + n);
+        }
+        i = after;
+    }
+    None
+}
 
 /// Keywords that are operators in an expression.
 const KEYWORD_OPERATORS: [&str; 7] = ["not", "and", "or", "in", "is", "if", "else"];

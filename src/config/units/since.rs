@@ -51,7 +51,10 @@ mod tests {
     #[test]
     fn durations_count_back_from_now() {
         assert_eq!(parse_since("1h", now()), Ok(now() - Duration::from_secs(3600)));
-        assert_eq!(parse_since(" 2d ", now()), Ok(now() - Duration::from_secs(2 * 86400)));
+        assert_eq!(
+            parse_since(" 2d ", now()),
+            Ok(now() - Duration::from_secs(2 * 86400))
+        );
     }
 
     #[test]
@@ -68,7 +71,10 @@ mod tests {
             parse_since("500000000000y", now()),
             Err(SinceError::TooFarBack("500000000000y".into()))
         );
-        assert!(matches!(parse_since("57y", now()), Err(SinceError::TooFarBack(_))));
+        assert!(matches!(
+            parse_since("57y", now()),
+            Err(SinceError::TooFarBack(_))
+        ));
         assert!(parse_since("56y", now()).is_ok());
     }
 

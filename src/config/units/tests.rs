@@ -5,7 +5,10 @@ use super::*;
 #[test]
 fn durations() {
     assert_eq!("30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(30));
-    assert_eq!("10m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(600));
+    assert_eq!(
+        "10m".parse::<HumanDuration>().unwrap().0,
+        Duration::from_secs(600)
+    );
     assert_eq!(
         "14d".parse::<HumanDuration>().unwrap().0,
         Duration::from_secs(14 * 86400)
@@ -25,11 +28,18 @@ fn durations_over_the_maximum_are_refused_with_the_maximum_named() {
         Duration::from_secs(10 * limits::YEAR)
     );
     assert!("10y 1s".parse::<DurationAtMost<{ limits::RETENTION }>>().is_err());
-    assert!("1day".parse::<DurationAtMost<{ limits::REQUEST_TIMEOUT }>>().is_ok());
+    assert!(
+        "1day"
+            .parse::<DurationAtMost<{ limits::REQUEST_TIMEOUT }>>()
+            .is_ok()
+    );
     let e = "25h"
         .parse::<DurationAtMost<{ limits::REQUEST_TIMEOUT }>>()
         .unwrap_err();
-    assert_eq!(e.to_string(), "duration `25h` is too long: at most `1day` is allowed here");
+    assert_eq!(
+        e.to_string(),
+        "duration `25h` is too long: at most `1day` is allowed here"
+    );
 }
 
 #[test]
@@ -68,9 +78,15 @@ fn sizes() {
 fn sizes_over_the_maximum_are_refused() {
     let e = "99999999999999999999EiB".parse::<ByteSize>().unwrap_err();
     assert!(matches!(e, UnitError::SizeTooLarge { .. }), "{e}");
-    assert!(matches!(parse_size("17EiB", u64::MAX), Err(UnitError::SizeTooLarge { .. })));
+    assert!(matches!(
+        parse_size("17EiB", u64::MAX),
+        Err(UnitError::SizeTooLarge { .. })
+    ));
     let e = "65GiB".parse::<ByteSize>().unwrap_err();
-    assert_eq!(e.to_string(), "size `65GiB` is too large: at most `64.0 GiB` is allowed here");
+    assert_eq!(
+        e.to_string(),
+        "size `65GiB` is too large: at most `64.0 GiB` is allowed here"
+    );
     assert_eq!(parse_size("1GiB", limits::MAX_BODY), Ok(limits::GIB));
     assert!(parse_size("1025MiB", limits::MAX_BODY).is_err());
 }

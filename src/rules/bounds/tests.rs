@@ -73,7 +73,12 @@ fn the_deepest_allowed_expressions_compile_and_run_on_a_small_stack() {
         format!("event.branch{}", repeat("|lower", max - 1)),
         format!("{}1{}", repeat("(", nest), repeat(")", nest)),
         format!("{}1{}", repeat("[", nest), repeat("]", nest)),
-        format!("{}{}1{}", repeat("(", nest), repeat("not ", max - nest), repeat(")", nest)),
+        format!(
+            "{}{}1{}",
+            repeat("(", nest),
+            repeat("not ", max - nest),
+            repeat(")", nest)
+        ),
         format!("{}1{}", repeat("(-", nest), repeat(")", nest)),
     ];
     for expr in shapes {
@@ -120,10 +125,29 @@ fn sequences_of_blocks_and_set_statements_do_not_add_up() {
 }
 
 #[test]
+fn raw_blocks_are_skipped_as_minijinja_skips_them() {
+    // An unterminated string inside `raw` is text: what follows still counts.
+    let source = format!(
+        "{{% raw %}}{{{{ \" {{%- endraw -%}}{{{{ {}1 }}}}",
+        repeat("not ", 300)
+    );
+    assert_eq!(
+        template(source).unwrap_err(),
+        TooComplex::Operators(300).to_string()
+    );
+    let inner = format!("{{{{ {}1 }}}}", repeat("not ", 300));
+    let source = format!("{{% raw %}}{inner}{{% endraw %}}");
+    assert_eq!(template(source).unwrap().unwrap(), serde_json::json!(inner));
+}
+
+#[test]
 fn raw_blocks_cannot_hide_nesting() {
     let source = format!(
         "{}x{}",
-        repeat("{% if 1 %}{% raw %}{% endraw %}", limits::TEMPLATE_BLOCK_NESTING + 1),
+        repeat(
+            "{% if 1 %}{% raw %}{% endraw %}",
+            limits::TEMPLATE_BLOCK_NESTING + 1
+        ),
         repeat("{% endif %}", limits::TEMPLATE_BLOCK_NESTING + 1)
     );
     assert!(template(source).is_err());
@@ -133,7 +157,10 @@ fn raw_blocks_cannot_hide_nesting() {
 fn strings_and_closing_markers_inside_brackets_are_not_operators_or_ends() {
     // `}}` inside a dict does not end the tag for minijinja, nor for us.
     let source = format!("{{{{ {{'a': {{'b': {}1}}}} }}}}", repeat("not ", 300));
-    assert_eq!(template(source).unwrap_err(), TooComplex::Operators(302).to_string());
+    assert_eq!(
+        template(source).unwrap_err(),
+        TooComplex::Operators(302).to_string()
+    );
     let many_strings = format!("{{{{ [{}] }}}}", repeat("'not - . ( }}', ", 500));
     assert!(template(many_strings).unwrap().is_ok());
 }
@@ -179,9 +206,36 @@ fn the_deepest_allowed_globs_compile() {
 /// Pieces that build every kind of nesting the parser knows.
 fn expression_piece() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
-        "not ", "- ", "-", "(", ")", "[", "]", "{", "}", "1", "event.branch", ".x", " and ", " or ",
-        "|lower", " if ", " else ", "'", "\"", ", ", ": ", "==", "~", "{{", "}}", "{%", "%}",
-        "x", "(1)", " ",
+        "not ",
+        "- ",
+        "-",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        "1",
+        "event.branch",
+        ".x",
+        " and ",
+        " or ",
+        "|lower",
+        " if ",
+        " else ",
+        "'",
+        "\"",
+        ", ",
+        ": ",
+        "==",
+        "~",
+        "{{",
+        "}}",
+        "{%",
+        "%}",
+        "x",
+        "(1)",
+        " ",
     ])
 }
 
