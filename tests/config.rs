@@ -184,3 +184,276 @@ fn serve_refuses_missing_secrets_without_printing_them() {
     assert!(err.contains("hookbridge.toml:6:12"), "{err}");
     assert!(!err.contains("sekrit-value"));
 }
+
+/// `serve` on `BASE` + `extra`: it must refuse to start (and not panic).
+/// Returns (exit code, stderr); a daemon that starts anyway fails the test.
+fn serve(extra: &str) -> (i32, String) {
+    // No store URL: a refused config never gets as far as opening the store.
+    let ws = Workspace::new(&format!("{BASE}{extra}"));
+    let mut child = std::process::Command::new(support::daemon::BIN)
+        .args(["serve", "--config", "hookbridge.toml"])
+        .current_dir(ws.dir.path())
+        .env("GITHUB_WEBHOOK_SECRET", "s")
+        .env("CIRCLECI_TOKEN", "t")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started with a config it should refuse");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A rule whose `if` and `branches` are given.
+fn rule(condition: &str, branches: &str) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "deploy"
+if = "{condition}"
+branches = ["{branches}"]
+[rules.trigger]
+target = "circleci"
+project = "gh/acme/app"
+branch = "main"
+"#
+    )
+}
+
+/// Values `check` used to accept (or crash on) that broke `serve`.
+fn out_of_range() -> Vec<(&'static str, String)> {
+    let braces = format!("{}main{}", "{".repeat(250), "}".repeat(250));
+    vec![
+        (
+            "huge_retention",
+            "\n[store]\nretention = \"500000000000y\"\n".to_owned(),
+        ),
+        (
+            "request_timeout_2_pow_63_s",
+            "\n[retry]\nrequest_timeout = \"9223372036854775808s\"\n".to_owned(),
+        ),
+        (
+            "huge_lease",
+            "\n[dispatch]\nlease = \"500000000000y\"\n".to_owned(),
+        ),
+        (
+            "if_10k_not",
+            rule(&format!("{}event.deleted", "not ".repeat(10_000)), "main"),
+        ),
+        (
+            "if_100k_not",
+            rule(&format!("{}event.deleted", "not ".repeat(100_000)), "main"),
+        ),
+        ("glob_250_nested_braces", rule("true", &braces)),
+    ]
+}
+
+#[test]
+fn out_of_range_values_are_config_errors_with_their_place() {
+    for (name, extra) in out_of_range() {
+        let (code, err) = check(&extra);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains("--> hookbridge.toml:"), "{name}: {err}");
+        insta::assert_snapshot!(format!("out_of_range_{name}"), err);
+    }
+}
+
+#[test]
+fn serve_refuses_out_of_range_values_with_the_same_error() {
+    for (name, extra) in out_of_range() {
+        let (_, checked) = check(&extra);
+        let (code, err) = serve(&extra);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(&checked), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+}
+
+mod accepted_configs {
+    //! Whatever `check` accepts, the daemon can compute with.
+
+    use std::path::Path;
+    use std::time::{Duration, Instant, SystemTime};
+
+    use hookbridge::config::{LoadMode, RetryPolicy, parse};
+    use proptest::prelude::*;
+
+    /// Durations of every magnitude, in every unit `humantime` knows.
+    fn duration() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![0u64..100, 0u64..100_000, any::<u64>()],
+            "(ns|ms|s|m|h|d|w|M|y)",
+        )
+            .prop_map(|(n, unit)| format!("{n}{unit}"))
+    }
+
+    /// Sizes of every magnitude.
+    fn size() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![0u64..100, 0u64..100_000, any::<u64>()],
+            "(|B|KiB|MB|MiB|GiB|TiB|EiB)",
+        )
+            .prop_map(|(n, unit)| format!("\"{n}{unit}\""))
+    }
+
+    /// `d` can be added to and taken from both clocks, doubled, and turned
+    /// into milliseconds for the store, without overflow.
+    fn usable(d: Duration) -> bool {
+        SystemTime::now().checked_add(d * 2).is_some()
+            && SystemTime::now().checked_sub(d).is_some()
+            && Instant::now().checked_add(d * 2).is_some()
+            && i64::try_from(d.as_millis()).is_ok()
+    }
+
+    fn usable_policy(p: &RetryPolicy) -> bool {
+        [p.initial_backoff, p.max_backoff, p.request_timeout]
+            .into_iter()
+            .all(usable)
+    }
+
+    /// Every duration and size key, as `(table, key, is a size)`.
+    const KEYS: [(&str, &str, bool); 12] = [
+        ("server", "max_body", true),
+        ("server", "body_memory", true),
+        ("server", "read_timeout", false),
+        ("server", "shutdown_grace", false),
+        ("store", "retention", false),
+        ("store", "statement_timeout", false),
+        ("retry", "initial_backoff", false),
+        ("retry", "max_backoff", false),
+        ("retry", "request_timeout", false),
+        ("dispatch", "lease", false),
+        ("sources.std", "tolerance", false),
+        ("targets.ci.retry", "request_timeout", false),
+    ];
+
+    const SOURCES_AND_TARGETS: &str = r#"
+[sources.std]
+type = "standard"
+secrets = ["env:X"]
+[targets.ci]
+type = "circleci"
+token = "env:Y"
+"#;
+
+    /// The config with `key = value` added to its table.
+    fn config_with(table: &str, key: &str, value: &str) -> String {
+        let line = format!("{key} = {value}\n");
+        if SOURCES_AND_TARGETS.contains(&format!("[{table}]\n")) {
+            SOURCES_AND_TARGETS.replace(&format!("[{table}]\n"), &format!("[{table}]\n{line}"))
+        } else {
+            format!("[{table}]\n{line}{SOURCES_AND_TARGETS}")
+        }
+    }
+
+    /// Asserts every duration and size of whatever `text` compiles to is usable;
+    /// returns whether it compiled.
+    fn assert_usable(text: &str) -> Result<bool, TestCaseError> {
+        let Ok(loaded) = parse(Path::new("hookbridge.toml"), text, LoadMode::Check) else {
+            return Ok(false);
+        };
+        let c = loaded.config;
+        for d in [
+            c.server.read_timeout,
+            c.server.shutdown_grace,
+            c.store.retention,
+            c.store.statement_timeout,
+            c.dispatch.lease,
+        ] {
+            prop_assert!(usable(d), "{d:?}");
+        }
+        prop_assert!(usable_policy(&c.retry));
+        prop_assert!(c.targets.values().all(|t| usable_policy(&t.retry)));
+        prop_assert!(c.server.max_body <= 1 << 30 && c.server.body_memory <= 64 << 30);
+        Ok(true)
+    }
+
+    #[test]
+    fn the_maxima_themselves_are_accepted() {
+        for (table, key, value) in [
+            ("store", "retention", "\"10y\""),
+            ("retry", "request_timeout", "\"1d\""),
+            ("dispatch", "lease", "\"2d\""),
+            ("retry", "max_backoff", "\"7d\""),
+            ("server", "max_body", "\"1GiB\""),
+            ("server", "body_memory", "68719476736"),
+        ] {
+            assert!(assert_usable(&config_with(table, key, value)).unwrap(), "{key}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// One key at a time, any value: refused, or usable.
+        #[test]
+        fn every_accepted_duration_and_size_is_usable(
+            key in 0..KEYS.len(), d in duration(), s in size(),
+        ) {
+            let (table, key, is_size) = KEYS[key];
+            let value = if is_size { s } else { format!("\"{d}\"") };
+            assert_usable(&config_with(table, key, &value))?;
+        }
+
+        /// Every key at once, mostly small values: the combinations
+        /// (`lease` against `request_timeout`, defaults derived from others).
+        #[test]
+        fn every_accepted_combination_is_usable(
+            values in prop::collection::vec((0u64..100, "(ms|s|m|h|d)"), KEYS.len()),
+        ) {
+            let mut text = SOURCES_AND_TARGETS.to_owned();
+            for ((table, key, is_size), (n, unit)) in KEYS.iter().zip(values) {
+                let value = if *is_size { format!("\"{n}MiB\"") } else { format!("\"{n}{unit}\"") };
+                let line = format!("{key} = {value}\n");
+                text = if text.contains(&format!("[{table}]\n")) {
+                    text.replace(&format!("[{table}]\n"), &format!("[{table}]\n{line}"))
+                } else {
+                    format!("[{table}]\n{line}{text}")
+                };
+            }
+            assert_usable(&text)?;
+        }
+    }
+}
+
+#[test]
+fn a_reload_with_out_of_range_values_keeps_the_daemon_and_its_config() {
+    let daemon_part = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let valid = format!("{daemon_part}{BASE}{}", rule("true", "main"));
+    let ws = Workspace::new(&valid);
+    let daemon = ws.start(&[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")]);
+    let refusals = |d: &support::daemon::Daemon| d.logs().matches("config reload refused").count();
+    for (name, extra) in out_of_range() {
+        // `[store]` and `[retry]` tables come before the rule's in `extra`.
+        let before = refusals(&daemon);
+        ws.write_config(&format!("{daemon_part}{BASE}{extra}"));
+        daemon.reload();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while refusals(&daemon) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no refusal logged:\n{}",
+                daemon.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    // Still up, still serving.
+    let health = std::process::Command::new("curl")
+        .args(["-sf", &format!("{}/healthz", daemon.admin)])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{}", daemon.logs());
+    assert!(!daemon.logs().contains("panicked"), "{}", daemon.logs());
+    assert_eq!(daemon.stop(), 0);
+}

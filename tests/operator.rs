@@ -739,3 +739,50 @@ async fn metrics_parse_as_prometheus_text_and_move() {
             .starts_with("hookbridge_trigger_attempt_duration_seconds")
     }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_range_since_and_status_are_a_clear_400_and_a_cli_error() {
+    let ci = StandIn::start().await;
+    let ws = Workspace::new(&daemon_config(&ci.url, "127.0.0.1:0", "master"));
+    let daemon = ws.start(&env());
+    let (status, _) = push(&daemon.hook_url("github"), "since-1").await;
+    assert_eq!(status, 202);
+    let url = |query: &str| format!("{}/api/v1/deliveries?{query}", daemon.admin);
+
+    // Used to panic the handler and drop the connection.
+    let (status, body) = api("GET", &url("since=500000000000y"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        "`500000000000y` reaches back before 1970; use a shorter duration or an RFC 3339 time"
+    );
+    let (status, body) = api("GET", &url("since=99999999999999999999999d"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api("GET", &url("since=yesterday"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("RFC 3339"), "{body}");
+    let (status, body) = api("GET", &url("status=exploded"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        "`exploded` is not a status; use pending, done, dead or skipped"
+    );
+
+    // The daemon is unharmed, and sane values still filter.
+    let (status, page) = api("GET", &url("since=1h"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["deliveries"][0]["delivery"], "since-1");
+    let (status, page) = api("GET", &url("since=2999-01-01T00:00:00Z"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["deliveries"].as_array().unwrap().len(), 0);
+
+    // The CLI: a clear `error:` and a usage exit code, not a panic (101).
+    let (code, _, err) = ws.cli(&["deliveries", "list", "--since", "500000000000y"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("reaches back before 1970"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, out, err) = ws.cli(&["deliveries", "list", "--since", "1h", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("since-1"), "{out}");
+}

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use clap::{Args, Subcommand};
 
 use super::ConfigArg;
+use crate::config::units::parse_since;
 use crate::store::{
     self, DeliveryDetail, DeliveryFilter, DeliveryKey, DeliveryRow, DeliveryStatus, OpenMode, Store,
 };
@@ -25,7 +26,7 @@ pub enum DeliveriesCommand {
 pub struct ListArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    #[arg(long, value_parser = parse_status)]
+    #[arg(long, value_parser = str::parse::<DeliveryStatus>)]
     pub status: Option<DeliveryStatus>,
     #[arg(long)]
     pub source: Option<String>,
@@ -33,7 +34,7 @@ pub struct ListArgs {
     #[arg(long)]
     pub rule: Option<String>,
     /// Received within this long (`1h`, `2d`) or since an RFC 3339 time
-    #[arg(long, value_parser = parse_since)]
+    #[arg(long, value_parser = |s: &str| parse_since(s, SystemTime::now()))]
     pub since: Option<SystemTime>,
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -69,20 +70,6 @@ pub struct ReplayArgs {
     pub reevaluate: bool,
     #[arg(long)]
     pub json: bool,
-}
-
-pub fn parse_status(s: &str) -> Result<DeliveryStatus, String> {
-    DeliveryStatus::parse(s)
-        .ok_or_else(|| format!("`{s}` is not a status; use pending, done, dead or skipped"))
-}
-
-/// `1h`, `30m`, `2d` ago, or an RFC 3339 timestamp.
-pub fn parse_since(s: &str) -> Result<SystemTime, String> {
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(SystemTime::now() - d);
-    }
-    humantime::parse_rfc3339_weak(s)
-        .map_err(|_| format!("`{s}` is neither a duration (`1h`, `2d`) nor an RFC 3339 time"))
 }
 
 pub fn run(cmd: DeliveriesCommand) -> ExitCode {

@@ -112,7 +112,8 @@ impl Report {
                 let span_text = self.text.get(span.clone()).unwrap_or("");
                 let first = span_text.split('\n').next().unwrap_or("");
                 let width = first.chars().count().max(1);
-                out.push_str(&format!("{pad} |\n{line} | {line_text}\n"));
+                let (shown, col, width) = snippet(line_text, col, width);
+                out.push_str(&format!("{pad} |\n{line} | {shown}\n"));
                 out.push_str(&format!("{pad} | {}{}\n", " ".repeat(col - 1), "^".repeat(width)));
             }
             None => out.push_str(&format!("  --> {}\n", self.path.display())),
@@ -122,6 +123,34 @@ impl Report {
         }
         out
     }
+}
+
+/// Characters of a source line shown in a snippet.
+const SNIPPET_WIDTH: usize = 100;
+
+/// The part of `line` to show, and where the caret goes in it: a long line
+/// (an `if` of 10,000 `not`) is cut to a window starting a little before the
+/// span, with `…` where text was left out.
+fn snippet(line: &str, col: usize, width: usize) -> (String, usize, usize) {
+    let length = line.chars().count();
+    if length <= SNIPPET_WIDTH {
+        return (line.to_owned(), col, width);
+    }
+    // From the line's start when the span starts early; else a little before it.
+    let start = if col <= SNIPPET_WIDTH / 2 { 0 } else { col - 11 };
+    let end = (start + SNIPPET_WIDTH).min(length);
+    let mut shown: String = line.chars().skip(start).take(end - start).collect();
+    let mut col = col - start;
+    if start > 0 {
+        shown.insert(0, '…');
+        col += 1;
+    }
+    if end < length {
+        shown.push('…');
+    }
+    // The caret stops at the end of what is shown.
+    let width = width.min(shown.chars().count().saturating_sub(col - 1)).max(1);
+    (shown, col, width)
 }
 
 impl fmt::Display for Report {
@@ -180,6 +209,20 @@ mod tests {
     fn suggests_close_names_only() {
         assert_eq!(suggest("circle", ["circleci", "gitlab"]), Some("circleci"));
         assert_eq!(suggest("zzz", ["circleci", "gitlab"]), None);
+    }
+
+    #[test]
+    fn long_lines_are_cut_around_the_span() {
+        let line = format!("{}if = \"{}x\"", "a".repeat(200), "not ".repeat(10_000));
+        let mut r = Report::new(Path::new("x.toml"), &format!("[a]\n{line}\n"));
+        let start = 4 + 205;
+        r.push(Diagnostic::error("too complex", Some(start..start + 40_002)));
+        let out = r.to_string();
+        assert!(out.contains("--> x.toml:2:206"), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[3], format!("2 | …aaaaaif = \"{}n…", "not ".repeat(22)));
+        assert_eq!(lines[4], format!("  | {}{}", " ".repeat(11), "^".repeat(91)));
+        assert!(out.len() < 400, "{out}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub mod diagnostic;
+pub mod limits;
 pub mod raw;
 pub mod schema;
 pub mod secret;

@@ -10,8 +10,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::limits;
 use super::secret::SecretRef;
-use super::units::{ByteSize, HumanDuration};
+use super::units::{DurationAtMost, SizeAtMost};
 
 pub type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
 pub type SpannedTable = Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>;
@@ -45,18 +46,18 @@ pub struct RawConfig {
 pub struct RawServer {
     #[schemars(with = "Option<String>")]
     pub listen: Option<Spanned<String>>,
-    pub max_body: Option<ByteSize>,
+    pub max_body: Option<SizeAtMost<{ limits::MAX_BODY }>>,
     /// Most request-body bytes held in memory at once, over all requests.
-    pub body_memory: Option<ByteSize>,
+    pub body_memory: Option<SizeAtMost<{ limits::BODY_MEMORY }>>,
     /// Time allowed to receive a whole request body.
-    pub read_timeout: Option<HumanDuration>,
+    pub read_timeout: Option<DurationAtMost<{ limits::READ_TIMEOUT }>>,
     /// A sender that sends no body bytes for this long is cut off.
-    pub body_idle_timeout: Option<HumanDuration>,
+    pub body_idle_timeout: Option<DurationAtMost<{ limits::READ_TIMEOUT }>>,
     /// A connection must send a complete request head within this long of
     /// opening or of its previous answer, or it is closed.
-    pub idle_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<DurationAtMost<{ limits::IDLE_TIMEOUT }>>,
     /// How long shutdown waits for in-flight requests and trigger attempts.
-    pub shutdown_grace: Option<HumanDuration>,
+    pub shutdown_grace: Option<DurationAtMost<{ limits::SHUTDOWN_GRACE }>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]
@@ -73,7 +74,7 @@ pub struct RawAdmin {
 pub struct RawStore {
     #[schemars(with = "Option<String>")]
     pub url: Option<Spanned<String>>,
-    pub retention: Option<HumanDuration>,
+    pub retention: Option<DurationAtMost<{ limits::RETENTION }>>,
     /// PostgreSQL: password, instead of putting it in the URL.
     #[schemars(with = "Option<SecretRef>")]
     pub password: Option<Spanned<SecretRef>>,
@@ -81,7 +82,7 @@ pub struct RawStore {
     #[schemars(with = "Option<u32>")]
     pub pool_size: Option<Spanned<u32>>,
     /// PostgreSQL: `statement_timeout` for every session.
-    pub statement_timeout: Option<HumanDuration>,
+    pub statement_timeout: Option<DurationAtMost<{ limits::STATEMENT_TIMEOUT }>>,
     /// PostgreSQL: `sslmode` (disable, prefer, require).
     #[schemars(with = "Option<String>")]
     pub tls: Option<Spanned<String>>,
@@ -92,9 +93,9 @@ pub struct RawStore {
 pub struct RawRetry {
     #[schemars(with = "Option<u32>")]
     pub max_attempts: Option<Spanned<u32>>,
-    pub initial_backoff: Option<HumanDuration>,
-    pub max_backoff: Option<HumanDuration>,
-    pub request_timeout: Option<HumanDuration>,
+    pub initial_backoff: Option<DurationAtMost<{ limits::INITIAL_BACKOFF }>>,
+    pub max_backoff: Option<DurationAtMost<{ limits::MAX_BACKOFF }>>,
+    pub request_timeout: Option<DurationAtMost<{ limits::REQUEST_TIMEOUT }>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]
@@ -104,7 +105,7 @@ pub struct RawDispatch {
     #[schemars(with = "Option<u32>")]
     pub concurrency: Option<Spanned<u32>>,
     /// How long a worker owns a job before another may take it over.
-    pub lease: Option<HumanDuration>,
+    pub lease: Option<DurationAtMost<{ limits::LEASE }>>,
 }
 
 /// Every key any source type accepts; [`crate::source`] checks which apply.
@@ -120,8 +121,8 @@ pub struct RawSource {
     pub signing_secrets: Option<SpannedList<SecretRef>>,
     #[schemars(with = "Option<Vec<SecretRef>>")]
     pub basic_auth: Option<SpannedList<SecretRef>>,
-    #[schemars(with = "Option<HumanDuration>")]
-    pub tolerance: Option<Spanned<HumanDuration>>,
+    #[schemars(with = "Option<DurationAtMost<{ limits::TOLERANCE }>>")]
+    pub tolerance: Option<Spanned<DurationAtMost<{ limits::TOLERANCE }>>>,
     #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
     #[schemars(with = "Option<String>")]

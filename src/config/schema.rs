@@ -12,7 +12,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use super::raw::{OneOrMany, RawConfig};
 use super::secret::SecretRef;
-use super::units::{ByteSize, HumanDuration};
+use super::units::{ByteSize, DurationAtMost, HumanDuration, SizeAtMost};
 
 /// The JSON Schema (draft 2020-12) of the whole config file.
 pub fn schema() -> serde_json::Value {
@@ -58,6 +58,48 @@ impl JsonSchema for ByteSize {
             "type": ["string", "integer"],
             "minimum": 0,
             "description": "a size: `25MiB`, `512KiB`, `1MB`, or a number of bytes",
+            "examples": ["25MiB", 1048576]
+        })
+    }
+}
+
+/// Durations with a maximum of their own are written out at each key (the
+/// maximum differs), as `"Duration"` with the maximum in the description.
+impl<const MAX: u64> JsonSchema for DurationAtMost<MAX> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let max = HumanDuration(Self::MAX);
+        json_schema!({
+            "type": "string",
+            "description": format!("a duration of at most `{max}`: `500ms`, `30s`, `10m`, `2h`, `14d`, or combined like `1h30m`"),
+            "examples": ["30s", "10m"]
+        })
+    }
+}
+
+impl<const MAX: u64> JsonSchema for SizeAtMost<MAX> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let max = ByteSize(MAX);
+        json_schema!({
+            "type": ["string", "integer"],
+            "minimum": 0,
+            "maximum": MAX,
+            "description": format!("a size of at most `{max}`: `25MiB`, `512KiB`, `1MB`, or a number of bytes"),
             "examples": ["25MiB", 1048576]
         })
     }

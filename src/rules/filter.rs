@@ -41,12 +41,18 @@ impl PatternList {
             if glob.is_empty() {
                 return Err(("empty pattern".into(), item.span()));
             }
+            // globset panics on a pattern its regex compiler refuses (250
+            // nested `{}`): measure it first.
+            super::bounds::check_glob(glob).map_err(|e| (e.to_string(), item.span()))?;
             let compiled: Glob = GlobBuilder::new(glob)
                 .literal_separator(true)
                 .backslash_escape(true)
                 .case_insensitive(case_insensitive)
                 .build()
-                .map_err(|e| (format!("invalid glob `{text}`: {}", e.kind()), item.span()))?;
+                .map_err(|e| {
+                    let text = crate::config::units::shown(text);
+                    (format!("invalid glob `{text}`: {}", e.kind()), item.span())
+                })?;
             patterns.push(Pattern {
                 negated,
                 matcher: compiled.compile_matcher(),

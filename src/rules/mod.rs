@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use toml::Spanned;
 
+pub mod bounds;
 pub mod filter;
 pub mod template;
 

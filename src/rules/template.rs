@@ -71,6 +71,9 @@ fn new_environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_debug(false);
+    // Macro calls, includes and recursive loops at render time: an error past
+    // this depth, well before a worker's 2 MiB stack runs out.
+    env.set_recursion_limit(crate::config::limits::TEMPLATE_RECURSION);
     env.set_formatter(|out, state, value| {
         if value.is_none() {
             return Err(Error::new(
@@ -185,6 +188,9 @@ impl TemplateCompiler {
     }
 
     fn add(&mut self, name: &str, source: String) -> Result<(), String> {
+        // Before the parser sees it: minijinja recurses without a limit on
+        // some shapes (`not not not …`), see `bounds`.
+        super::bounds::check_template(&source).map_err(|e| e.to_string())?;
         self.env
             .add_template_owned(name.to_owned(), source)
             .map_err(|e| describe_error(&e))?;
@@ -227,7 +233,13 @@ impl TemplateCompiler {
 }
 
 /// A minijinja error as one line: what went wrong, without engine internals.
+/// An error inside a macro or include is wrapped ("error in \"t\""); the
+/// innermost one says what happened.
 fn describe_error(e: &Error) -> String {
+    let mut e = e;
+    while let Some(inner) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<Error>()) {
+        e = inner;
+    }
     let detail = e
         .detail()
         .map(str::to_owned)

@@ -16,7 +16,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::App;
-use crate::store::{DeliveryFilter, DeliveryKey, StoreError};
+use crate::config::units::parse_since;
+use crate::store::{DeliveryFilter, DeliveryKey, DeliveryStatus, StoreError};
 
 /// Largest page of `GET /api/v1/deliveries`.
 const MAX_PAGE: usize = 500;
@@ -85,23 +86,18 @@ struct ListQuery {
 }
 
 async fn list_deliveries(State(app): State<App>, Query(q): Query<ListQuery>) -> Response {
-    let status = match q
-        .status
-        .as_deref()
-        .map(crate::cli::deliveries::parse_status)
-        .transpose()
-    {
+    let status = match q.status.as_deref().map(str::parse::<DeliveryStatus>).transpose() {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let since = match q
         .since
         .as_deref()
-        .map(crate::cli::deliveries::parse_since)
+        .map(|s| parse_since(s, SystemTime::now()))
         .transpose()
     {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     let filter = DeliveryFilter {

@@ -176,6 +176,20 @@ impl DeliveryStatus {
     }
 }
 
+/// A status name that is none of [`DeliveryStatus`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a status; use pending, done, dead or skipped")]
+pub struct UnknownStatus(pub String);
+
+/// `--status` and `?status=`: admin callers' text.
+impl std::str::FromStr for DeliveryStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeliveryStatus::parse(s).ok_or_else(|| UnknownStatus(crate::config::units::shown(s)))
+    }
+}
+
 /// Filters for listing deliveries, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
