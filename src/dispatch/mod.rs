@@ -278,3 +278,52 @@ pub async fn purge_loop(store: Arc<dyn Store>, config: Arc<ArcSwap<Config>>, shu
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A task that dies outside the attempt's own `catch_unwind` is reaped
+    /// and logged with its job, not dropped in silence.
+    #[tokio::test]
+    async fn a_task_that_panics_is_logged_with_its_job() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let mut inflight = Inflight::default();
+        inflight.spawn("01JOB".into(), async { panic!("outside the attempt") });
+        inflight.spawn("01FINE".into(), async {});
+        assert!(inflight.next().await);
+        assert!(inflight.next().await);
+        assert!(!inflight.next().await);
+        assert!(inflight.jobs.is_empty());
+
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].contains("job=01JOB"), "{text}");
+        assert!(lines[0].contains("outside the attempt"), "{text}");
+        assert!(lines[0].contains("runs again when its lease expires"), "{text}");
+    }
+}
