@@ -718,9 +718,7 @@ parameters = { sha = "{{ event.sha }}", repository = "{{ event.repository }}", d
             intake.evaluation.skipped
         );
         let m = &intake.evaluation.matched[0];
-        let request = config.targets[&m.target]
-            .request(&m.request, None, hookbridge::target::Reveal::Redacted)
-            .unwrap();
+        let request = config.targets[&m.target].request(&m.request).unwrap();
         rendered.push((provider, serde_json::to_value(&request).unwrap()));
     }
     let (_, first) = &rendered[0];

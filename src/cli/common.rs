@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::Config;
 use crate::rules::Evaluation;
 use crate::source::Source;
-use crate::target::{OutboundRequest, Reveal};
+use crate::target::OutboundRequest;
 
 /// Print a command's error as `error: ...` and turn the outcome into an exit code.
 pub fn finish(outcome: Result<ExitCode, String>) -> ExitCode {
@@ -119,12 +119,11 @@ pub fn render(config: &Config, evaluation: &Evaluation) -> Vec<Rendered> {
         .matched
         .iter()
         .map(|m| {
-            let rule_token = config.rules.get(&m.rule).and_then(|r| r.trigger.token());
             let request = config
                 .targets
                 .get(&m.target)
                 .ok_or_else(|| format!("unknown target `{}`", m.target))
-                .and_then(|t| t.request(&m.request, rule_token, Reveal::Redacted));
+                .and_then(|t| t.request(&m.request));
             let (request, error) = match request {
                 Ok(r) => (Some(r), None),
                 Err(e) => (None, Some(e)),

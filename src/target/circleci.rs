@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::{
-    Fields, GitRef, Header, OutboundRequest, Outcome, TriggerRequest, TriggerResult, json_headers, json_type,
-    render_opt_string, render_string, render_table,
+    Credential, Fields, GitRef, Header, OutboundRequest, Outcome, REDACTED, TriggerRequest, TriggerResult,
+    json_headers, json_type, render_opt_string, render_string, render_table,
 };
 use crate::config::raw::RawTrigger;
 use crate::event::Event;
@@ -435,14 +435,17 @@ fn vcs_type(provider: &str) -> &str {
     }
 }
 
-pub(super) fn request(base: &str, token: &str, req: &TriggerRequest) -> Result<OutboundRequest, String> {
+/// The header CircleCI reads its personal API token from.
+const TOKEN_HEADER: &str = "Circle-Token";
+
+/// The request for `req`; the token header holds [`REDACTED`] until the wire.
+pub(super) fn request(base: &str, req: &TriggerRequest) -> Result<OutboundRequest, String> {
     let mut headers = json_headers();
     headers.insert(
         0,
         Header {
-            name: "Circle-Token",
-            value: token.to_owned(),
-            sensitive: true,
+            name: TOKEN_HEADER,
+            value: REDACTED.to_owned(),
         },
     );
     let (url, body) = match req {
@@ -515,6 +518,7 @@ pub(super) fn request(base: &str, token: &str, req: &TriggerRequest) -> Result<O
         url,
         headers,
         body,
+        credential: Credential::Header(TOKEN_HEADER),
     })
 }
 

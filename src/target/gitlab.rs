@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::{
-    Fields, OutboundRequest, Outcome, Response, Target, TriggerRequest, TriggerResult, json_headers,
-    json_type, render_string, render_table, retry_after,
+    Credential, Fields, OutboundRequest, Outcome, REDACTED, Response, Target, TriggerRequest, TriggerResult,
+    json_headers, json_type, render_string, render_table, retry_after,
 };
 use crate::config::Secret;
 use crate::config::raw::RawTrigger;
@@ -165,7 +165,11 @@ fn api_root(base: &str) -> String {
     }
 }
 
-pub(super) fn request(base: &str, token: &str, r: &PipelineRequest) -> OutboundRequest {
+/// The body field GitLab reads the trigger token from.
+const TOKEN_FIELD: &str = "token";
+
+/// The request for `r`; the body's `token` holds [`REDACTED`] until the wire.
+pub(super) fn request(base: &str, r: &PipelineRequest) -> OutboundRequest {
     let url = format!(
         "{}/projects/{}/trigger/pipeline",
         api_root(base),
@@ -173,7 +177,7 @@ pub(super) fn request(base: &str, token: &str, r: &PipelineRequest) -> OutboundR
     );
     let mut body = serde_json::Map::new();
     body.insert("ref".into(), r.git_ref.clone().into());
-    body.insert("token".into(), token.to_owned().into());
+    body.insert(TOKEN_FIELD.into(), REDACTED.into());
     if !r.variables.is_empty() {
         body.insert(
             "variables".into(),
@@ -188,6 +192,7 @@ pub(super) fn request(base: &str, token: &str, r: &PipelineRequest) -> OutboundR
         url,
         headers: json_headers(),
         body: serde_json::Value::Object(body),
+        credential: Credential::BodyField(TOKEN_FIELD),
     }
 }
 
@@ -242,13 +247,13 @@ mod tests {
             inputs: serde_json::Map::from_iter([("level".to_owned(), serde_json::json!(3))]),
             rule_token: false,
         };
-        let req = request("https://gitlab.example.com", "glptt-secret", &r);
+        let req = request("https://gitlab.example.com", &r);
         assert_eq!(
             req.url,
             "https://gitlab.example.com/api/v4/projects/group%2Fsub%2Fapp/trigger/pipeline"
         );
-        assert!(!req.url.contains("glptt"));
-        assert_eq!(req.body["token"], "glptt-secret");
+        assert_eq!(req.body["token"], REDACTED);
+        assert_eq!(req.credential, Credential::BodyField("token"));
         assert_eq!(req.body["inputs"]["level"], 3);
         assert_eq!(api_root("https://g.example/api/v4"), "https://g.example/api/v4");
     }

@@ -4,15 +4,16 @@
 //! A rule's trigger compiles into a [`TriggerTemplate`]; rendering it against an
 //! event yields a [`TriggerRequest`], which is stored with the job and holds no
 //! secret. At send time the [`Target`] (from the current config) turns it into
-//! an [`OutboundRequest`] with the token, and [`classify`] maps the response to
-//! an [`Outcome`] the dispatcher acts on with one `match`.
+//! an [`OutboundRequest`], which holds `***` where the token goes; the
+//! [`client`] puts the token there only while building the HTTP request, and
+//! [`classify`] maps the response to an [`Outcome`] the dispatcher acts on with
+//! one `match`.
 //!
 //! Error policy: a 2xx is success; 408, 425, 429, 5xx, connection errors,
 //! timeouts and GitLab's "Too many pipelines" 400 are retried; any other answer
 //! is permanent and dead-letters the job with its status and (truncated) body.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -23,7 +24,14 @@ use crate::event::Event;
 use crate::rules::template::{TemplateCompiler, TemplateValue, Templates};
 
 pub mod circleci;
+mod classify;
+pub mod client;
 pub mod gitlab;
+mod outbound;
+
+pub use classify::{Outcome, Response, TriggerResult, classify, error_message, retry_after, truncate_body};
+use outbound::json_headers;
+pub use outbound::{Credential, Header, OutboundRequest, REDACTED, USER_AGENT};
 
 /// The `type` of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,72 +388,10 @@ impl TriggerRequest {
     }
 }
 
-/// Whether an outbound request shows its secrets or `***`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reveal {
-    Secrets,
-    Redacted,
-}
-
-/// One HTTP header of an outbound request.
-#[derive(Debug, Clone, Serialize)]
-pub struct Header {
-    pub name: &'static str,
-    pub value: String,
-    #[serde(skip)]
-    pub sensitive: bool,
-}
-
-/// The exact request a trigger sends.
-#[derive(Debug, Clone, Serialize)]
-pub struct OutboundRequest {
-    pub method: &'static str,
-    pub url: String,
-    pub headers: Vec<Header>,
-    pub body: serde_json::Value,
-}
-
-pub const USER_AGENT: &str = concat!("hookbridge/", env!("CARGO_PKG_VERSION"));
-
-fn json_headers() -> Vec<Header> {
-    vec![
-        Header {
-            name: "Content-Type",
-            value: "application/json".into(),
-            sensitive: false,
-        },
-        Header {
-            name: "Accept",
-            value: "application/json".into(),
-            sensitive: false,
-        },
-        Header {
-            name: "User-Agent",
-            value: USER_AGENT.into(),
-            sensitive: false,
-        },
-    ]
-}
-
-/// The token text for a request: the secret, or `***`.
-fn token_text(token: Option<&Secret>, reveal: Reveal) -> Result<String, String> {
-    match (token, reveal) {
-        (_, Reveal::Redacted) => Ok("***".into()),
-        (Some(t), Reveal::Secrets) => Ok(t.expose().to_owned()),
-        (None, Reveal::Secrets) => Err("no token is available for this target".into()),
-    }
-}
-
 impl Target {
-    /// The request for `req`, with the token from `rule_token` or the target's own.
-    pub fn request(
-        &self,
-        req: &TriggerRequest,
-        rule_token: Option<&Secret>,
-        reveal: Reveal,
-    ) -> Result<OutboundRequest, String> {
-        let token = rule_token.or(self.token.as_ref());
-        let token = token_text(token, reveal)?;
+    /// The request for `req`, with [`REDACTED`] where the token goes: safe to
+    /// print and store. The token joins it only on the wire ([`client`]).
+    pub fn request(&self, req: &TriggerRequest) -> Result<OutboundRequest, String> {
         match (self.kind, req) {
             (TargetKind::Circleci, TriggerRequest::GitlabPipeline(_))
             | (TargetKind::Gitlab, TriggerRequest::CircleciJob(_))
@@ -456,237 +402,126 @@ impl Target {
                 self.kind.as_str(),
                 req.target_kind().as_str()
             )),
-            (TargetKind::Circleci, req) => circleci::request(&self.base_url, &token, req),
-            (TargetKind::Gitlab, TriggerRequest::GitlabPipeline(r)) => {
-                Ok(gitlab::request(&self.base_url, &token, r))
-            }
+            (TargetKind::Circleci, req) => circleci::request(&self.base_url, req),
+            (TargetKind::Gitlab, TriggerRequest::GitlabPipeline(r)) => Ok(gitlab::request(&self.base_url, r)),
         }
     }
-}
 
-/// The response of a trigger call, as the dispatcher saw it.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: bytes::Bytes,
-}
-
-/// What was created on the CI side.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TriggerResult {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub number: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-}
-
-/// What a response means for the job.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The pipeline or job was created.
-    Created(TriggerResult),
-    /// The CI accepted the call but chose not to run (CircleCI `200 {message}`).
-    Skipped(String),
-    /// Not processed; try again (after `after` when the server said so).
-    Retry { reason: String, after: Option<Duration> },
-    /// Will not succeed as is; dead-letter with this reason.
-    Permanent(String),
-}
-
-/// Truncate a response body for records and messages.
-pub fn truncate_body(body: &[u8], limit: usize) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.len() <= limit {
-        return text.to_owned();
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], body.len())
-}
-
-/// The error message of a CI error body (`{"message": ...}` or `{"error": ...}`), else the text.
-pub fn error_message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct E {
-        message: Option<serde_json::Value>,
-        error: Option<serde_json::Value>,
-    }
-    let text = |v: serde_json::Value| match v {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    };
-    match serde_json::from_slice::<E>(body) {
-        Ok(E { message: Some(m), .. }) => truncate_body(text(m).as_bytes(), 500),
-        Ok(E { error: Some(e), .. }) => truncate_body(text(e).as_bytes(), 500),
-        _ => truncate_body(body, 500),
-    }
-}
-
-/// Delay requested by `Retry-After` (seconds or HTTP date) or `RateLimit-Reset`
-/// (seconds, or a Unix time as GitLab sends it).
-pub fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(v) = get("retry-after") {
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(date) = httpdate::parse_http_date(v) {
-            return Some(date.duration_since(now).unwrap_or_default());
-        }
-    }
-    if let Some(v) = get("ratelimit-reset").and_then(|v| v.parse::<u64>().ok()) {
-        // Values this large are Unix times (GitLab); smaller ones are seconds (CircleCI).
-        if v > 1_000_000_000 {
-            let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(v);
-            return Some(reset.duration_since(now).unwrap_or_default());
-        }
-        return Some(Duration::from_secs(v));
-    }
-    None
-}
-
-/// Classify a response for `req`.
-pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> Outcome {
-    let status = response.status;
-    if (200..300).contains(&status) {
-        return match req {
-            TriggerRequest::GitlabPipeline(_) => gitlab::created(&response.body),
-            other => circleci::created(other, status, &response.body),
-        };
-    }
-    let message = error_message(&response.body);
-    if matches!(status, 408 | 425 | 429) || status >= 500 {
-        return Outcome::Retry {
-            reason: format!("HTTP {status}: {message}"),
-            after: retry_after(&response.headers, now),
-        };
-    }
-    if (300..400).contains(&status) {
-        let location = response
-            .headers
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("(no Location)");
-        return Outcome::Permanent(format!(
-            "HTTP {status} redirect to {location} was not followed: the project may have moved; update the trigger"
-        ));
-    }
-    match req {
-        TriggerRequest::GitlabPipeline(_) => gitlab::failed(status, &message, response, now),
-        _ => circleci::failed(status, &message),
+    /// The token a job sends: its rule's own (GitLab), else the target's.
+    pub fn token_for<'a>(&'a self, rule_token: Option<&'a Secret>) -> Result<&'a Secret, String> {
+        rule_token
+            .or(self.token.as_ref())
+            .ok_or_else(|| format!("no token is available for target `{}`", self.name))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-        let mut h = http::HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        Response {
-            status,
-            headers: h,
-            body: bytes::Bytes::from(body.to_owned()),
+    const TOKEN: &str = "live-token-7f3a9c";
+
+    fn target(kind: TargetKind) -> Target {
+        Target {
+            name: kind.as_str().into(),
+            kind,
+            base_url: "https://ci.example.com".into(),
+            token: Some(Secret::new(TOKEN)),
+            has_token: true,
+            retry: RetryPolicy::default(),
         }
     }
 
-    fn gitlab_req() -> TriggerRequest {
-        TriggerRequest::GitlabPipeline(gitlab::PipelineRequest {
-            project: "a/b".into(),
-            git_ref: "main".into(),
-            variables: BTreeMap::new(),
-            inputs: serde_json::Map::new(),
-            rule_token: false,
-        })
-    }
-
-    fn circle_req() -> TriggerRequest {
-        TriggerRequest::CircleciPipeline(circleci::PipelineRequest {
-            project: "gh/a/b".into(),
+    fn requests() -> Vec<(TargetKind, TriggerRequest)> {
+        let gitref = GitRef {
             branch: Some("main".into()),
             tag: None,
-            parameters: serde_json::Map::new(),
-        })
+        };
+        vec![
+            (
+                TargetKind::Circleci,
+                TriggerRequest::CircleciJob(circleci::JobRequest {
+                    project: "gh/acme/app".into(),
+                    branch: "main".into(),
+                    job: "build".into(),
+                    revision: None,
+                    parallel: None,
+                    build_parameters: serde_json::Map::new(),
+                }),
+            ),
+            (
+                TargetKind::Circleci,
+                TriggerRequest::CircleciPipeline(circleci::PipelineRequest {
+                    project: "gh/acme/app".into(),
+                    branch: Some("main".into()),
+                    tag: None,
+                    parameters: serde_json::Map::new(),
+                }),
+            ),
+            (
+                TargetKind::Circleci,
+                TriggerRequest::CircleciPipelineRun(circleci::PipelineRunRequest {
+                    project: "gh/acme/app".into(),
+                    definition_id: "d".into(),
+                    config: gitref.clone(),
+                    checkout: gitref,
+                    parameters: serde_json::Map::new(),
+                }),
+            ),
+            (
+                TargetKind::Gitlab,
+                TriggerRequest::GitlabPipeline(gitlab::PipelineRequest {
+                    project: "acme/app".into(),
+                    git_ref: "main".into(),
+                    variables: BTreeMap::new(),
+                    inputs: serde_json::Map::new(),
+                    rule_token: false,
+                }),
+            ),
+        ]
     }
 
+    /// Printing or storing an outbound request cannot leak the token: it is
+    /// not in the request at all, only in the wire request built from it.
     #[test]
-    fn status_table() {
-        let now = SystemTime::now();
-        let cases: &[(u16, &str, &str)] = &[
-            (
-                201,
-                r#"{"id":"5034460f-c7c4-4c43-9457-de07e2029e7b","state":"created","number":25,"created_at":"2024-01-01T00:00:00Z"}"#,
-                "created",
-            ),
-            (
-                400,
-                r#"{"message":"Unexpected request body provided."}"#,
-                "permanent",
-            ),
-            (401, r#"{"message":"Invalid token provided."}"#, "permanent"),
-            (404, r#"{"message":"Project not found"}"#, "permanent"),
-            (408, "", "retry"),
-            (425, "", "retry"),
-            (429, "Retry later", "retry"),
-            (500, "oops", "retry"),
-            (502, "", "retry"),
-            (503, "", "retry"),
-            (301, "", "permanent"),
-        ];
-        for (status, body, want) in cases {
-            let got = classify(&circle_req(), &response(*status, &[], body), now);
-            let kind = match got {
-                Outcome::Created(_) => "created",
-                Outcome::Skipped(_) => "skipped",
-                Outcome::Retry { .. } => "retry",
-                Outcome::Permanent(_) => "permanent",
-            };
-            assert_eq!(kind, *want, "status {status}");
+    fn no_printable_request_holds_a_token() {
+        let client = client::http_client();
+        for (kind, req) in requests() {
+            let target = target(kind);
+            let r = target.request(&req).unwrap();
+            let debug = format!("{r:?}");
+            assert!(!debug.contains(TOKEN), "{debug}");
+            let pretty = format!("{r:#?}");
+            assert!(!pretty.contains(TOKEN), "{pretty}");
+            let json = serde_json::to_string(&r).unwrap();
+            assert!(!json.contains(TOKEN), "{json}");
+            assert!(json.contains(REDACTED), "{json}");
+
+            let token = target.token_for(None).unwrap();
+            assert_eq!(format!("{token:?}"), "Secret(***)");
+            let wire = client::wire(&client, &r, token, Duration::from_secs(5)).unwrap();
+            let body = String::from_utf8(wire.body().unwrap().as_bytes().unwrap().to_vec()).unwrap();
+            let in_header = wire.headers().get("circle-token").is_some_and(|v| v == TOKEN);
+            assert!(
+                in_header != body.contains(TOKEN),
+                "{kind:?}: the token goes in exactly one place"
+            );
+            assert!(!wire.url().as_str().contains(TOKEN));
         }
     }
 
     #[test]
-    fn gitlab_too_many_pipelines_is_retried() {
-        let body =
-            r#"{"message":{"base":["Too many pipelines created in the last minute. Try again later."]}}"#;
-        let got = classify(&gitlab_req(), &response(400, &[], body), SystemTime::now());
-        assert!(
-            matches!(got, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(60)),
-            "{got:?}"
+    fn a_rule_token_wins_and_a_missing_token_is_an_error() {
+        let mut t = target(TargetKind::Gitlab);
+        let rule = Secret::new("rule-token");
+        assert_eq!(t.token_for(Some(&rule)).unwrap().expose(), "rule-token");
+        t.token = None;
+        assert_eq!(
+            t.token_for(None).unwrap_err(),
+            "no token is available for target `gitlab`"
         );
-        let other = classify(
-            &gitlab_req(),
-            &response(400, &[], r#"{"message":{"base":["Reference not found"]}}"#),
-            SystemTime::now(),
-        );
-        assert!(matches!(other, Outcome::Permanent(_)));
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
-        let h = response(429, &[("retry-after", "7")], "").headers;
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
-        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        let h = response(429, &[("retry-after", &date)], "").headers;
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
-        let h = response(429, &[("ratelimit-reset", "2000000045")], "").headers;
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(45)));
-        let h = response(429, &[("ratelimit-reset", "12")], "").headers;
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(12)));
     }
 }

@@ -31,6 +31,8 @@ pub enum Reply {
     Status(u16),
     /// A status with `Retry-After: <secs>`.
     RetryAfter(u16, u64),
+    /// A status with these headers, verbatim (rate-limit answers a CI may send).
+    Headers(u16, Vec<(&'static str, String)>),
     /// Never answer (the client times out or goes away).
     Hang,
 }
@@ -408,6 +410,17 @@ async fn handle(
                     axum::Json(json!({"message": format!("scripted {code}")})),
                 )
                     .into_response()
+            }
+            Some(Reply::Headers(code, headers)) => {
+                let status = StatusCode::from_u16(code).unwrap();
+                let mut response =
+                    (status, axum::Json(json!({"message": format!("scripted {code}")}))).into_response();
+                for (name, value) in headers {
+                    response
+                        .headers_mut()
+                        .insert(name, axum::http::HeaderValue::from_str(&value).unwrap());
+                }
+                response
             }
             Some(Reply::Hang) | None => {
                 let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;

@@ -1,0 +1,253 @@
+//! One attempt of one job, recorded whatever happens.
+//!
+//! The call to the CI runs under `catch_unwind`: a panic anywhere in
+//! preparing, sending or classifying becomes a retryable outcome ("internal
+//! error: ...") that is logged in the job's span and recorded like any other.
+//! And a job whose earlier attempts never finished (its worker died each time,
+//! so nothing was recorded) is dead-lettered here, before sending, once it is
+//! past `max_attempts`: no job is sent more than `max_attempts` times.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{error, info, warn};
+
+use super::Dispatcher;
+use super::retry::{LONGEST_WAIT, transition};
+use crate::config::{Config, RetryPolicy};
+use crate::store::{Attempt, LeasedJob, Transition};
+use crate::target::{self, Outcome, truncate_body};
+
+/// Response bytes kept per attempt.
+const RESPONSE_LIMIT: usize = 2048;
+
+/// Why a job is given up before sending, when `attempt` is past `max_attempts`.
+///
+/// Every completed attempt is recorded, and the attempt that reaches
+/// `max_attempts` dead-letters a job that keeps failing, so the attempt that
+/// did not complete is the last one: its worker stopped (or panicked outside
+/// the attempt) before it could record. Only when `max_attempts` was lowered
+/// since can a job be further past it.
+pub fn gave_up(attempt: u32, max_attempts: u32) -> Option<String> {
+    let done = attempt.checked_sub(1)?;
+    if attempt <= max_attempts {
+        None
+    } else if done == max_attempts {
+        Some(format!(
+            "gave up after {done} attempts; last: the worker stopped mid-attempt"
+        ))
+    } else {
+        Some(format!(
+            "gave up after {done} attempts: more than max_attempts ({max_attempts})"
+        ))
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
+impl Dispatcher {
+    /// One attempt of one job, recorded whatever happens. `permit` is the
+    /// concurrency slot for the call to the CI API; it is given back as soon as
+    /// the CI answered, so waiting for the record's commit does not hold it.
+    pub(super) async fn attempt(&self, job: LeasedJob, permit: OwnedSemaphorePermit) {
+        let config = self.config.load_full();
+        let policy = config
+            .rules
+            .get(&job.rule)
+            .map(|r| &r.retry)
+            .or_else(|| config.targets.get(&job.target).map(|t| &t.retry))
+            .unwrap_or(&config.retry)
+            .clone();
+        let clock = Instant::now();
+        let mut record = Attempt {
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            status: None,
+            error: None,
+            response: None,
+        };
+        let next = if let Some(reason) = gave_up(job.attempt, policy.max_attempts) {
+            drop(permit);
+            Transition::Dead(reason)
+        } else {
+            let call = AssertUnwindSafe(self.call(&config, &job, &policy, &mut record));
+            let outcome = call.catch_unwind().await.unwrap_or_else(|panic| {
+                let message = panic_message(&*panic);
+                error!(panic = %message, "the attempt panicked; recorded as a retryable failure");
+                Outcome::Retry {
+                    reason: format!("internal error: {message}"),
+                    after: None,
+                }
+            });
+            record.duration = clock.elapsed();
+            drop(permit);
+            transition(outcome, job.attempt, &policy, SystemTime::now())
+        };
+        self.report(&config, &job, &record, &next);
+        self.record(&job, record, next).await;
+    }
+
+    /// Prepare, send and classify: everything that talks to the CI.
+    async fn call(
+        &self,
+        config: &Config,
+        job: &LeasedJob,
+        policy: &RetryPolicy,
+        record: &mut Attempt,
+    ) -> Outcome {
+        let (request, token) = match prepare(config, job) {
+            Ok(prepared) => prepared,
+            Err(reason) => return Outcome::Permanent(reason),
+        };
+        let timeout = policy.request_timeout.min(LONGEST_WAIT);
+        match self.transport.send(&request, token, timeout).await {
+            Ok(response) => {
+                record.status = Some(response.status);
+                record.response =
+                    Some(truncate_body(&response.body, RESPONSE_LIMIT)).filter(|r| !r.is_empty());
+                target::classify(&job.request, &response, SystemTime::now())
+            }
+            // The request cannot be built from this config: retrying will not help.
+            Err(error @ target::client::SendError::Build(_)) => {
+                record.error = Some(error.to_string());
+                Outcome::Permanent(error.to_string())
+            }
+            Err(error) => {
+                record.error = Some(error.to_string());
+                Outcome::Retry {
+                    reason: error.to_string(),
+                    after: None,
+                }
+            }
+        }
+    }
+
+    /// Metrics and the log line of an attempt.
+    fn report(&self, config: &Config, job: &LeasedJob, record: &Attempt, next: &Transition) {
+        let target_kind = config
+            .targets
+            .get(&job.target)
+            .map_or("unknown", |t| t.kind.as_str());
+        metrics::counter!("hookbridge_trigger_attempts_total", "target" => job.target.clone(), "type" => target_kind, "outcome" => next.outcome()).increment(1);
+        metrics::histogram!("hookbridge_trigger_attempt_duration_seconds", "target" => job.target.clone())
+            .record(record.duration.as_secs_f64());
+        match next {
+            Transition::Done(result) => info!(
+                status = record.status,
+                pipeline = result.id.as_deref().unwrap_or(""),
+                number = result.number,
+                url = result.url.as_deref().unwrap_or(""),
+                duration_ms = record.duration.as_millis() as u64,
+                "trigger delivered"
+            ),
+            Transition::Skipped(message) => {
+                info!(status = record.status, message = %message, "CI skipped the trigger")
+            }
+            Transition::Retry { at, reason } => warn!(
+                status = record.status,
+                reason = %reason,
+                retry_in_ms = at.duration_since(SystemTime::now()).unwrap_or_default().as_millis() as u64,
+                "trigger failed; will retry"
+            ),
+            Transition::Dead(reason) => {
+                metrics::counter!("hookbridge_dead_lettered_total", "target" => job.target.clone())
+                    .increment(1);
+                warn!(status = record.status, reason = %reason, "trigger dead-lettered")
+            }
+        }
+    }
+
+    /// Store the attempt; retried while the store is briefly unavailable, since a
+    /// lost record means the job runs again when its lease expires.
+    async fn record(&self, job: &LeasedJob, attempt: Attempt, next: Transition) {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..10 {
+            match self
+                .store
+                .record_attempt(job, &self.owner, attempt.clone(), next.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, "cannot record the attempt; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        warn!("attempt not recorded; the job runs again when its lease expires");
+    }
+}
+
+/// The printable request for a job, from the current config, and the token
+/// that goes with it on the wire.
+fn prepare<'c>(
+    config: &'c Config,
+    job: &LeasedJob,
+) -> Result<(target::OutboundRequest, &'c crate::config::Secret), String> {
+    let target = config
+        .targets
+        .get(&job.target)
+        .ok_or_else(|| format!("target `{}` no longer exists in the configuration", job.target))?;
+    let rule_token = match &job.request {
+        target::TriggerRequest::GitlabPipeline(r) if r.rule_token => Some(
+            config
+                .rules
+                .get(&job.rule)
+                .and_then(|r| r.trigger.token())
+                .ok_or_else(|| {
+                    format!(
+                        "rule `{}` no longer defines the trigger token this job needs",
+                        job.rule
+                    )
+                })?,
+        ),
+        _ => None,
+    };
+    let request = target.request(&job.request)?;
+    Ok((request, target.token_for(rule_token)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_past_max_attempts_are_given_up_before_sending() {
+        assert_eq!(gave_up(1, 1), None);
+        assert_eq!(gave_up(3, 3), None);
+        assert_eq!(
+            gave_up(4, 3).as_deref(),
+            Some("gave up after 3 attempts; last: the worker stopped mid-attempt")
+        );
+        assert_eq!(
+            gave_up(9, 3).as_deref(),
+            Some("gave up after 8 attempts: more than max_attempts (3)")
+        );
+        assert_eq!(gave_up(0, 3), None);
+        assert_eq!(
+            gave_up(u32::MAX, 0).as_deref(),
+            Some("gave up after 4294967294 attempts: more than max_attempts (0)")
+        );
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_either_payload() {
+        let p: Box<dyn Any + Send> = Box::new("boom");
+        assert_eq!(panic_message(&*p), "boom");
+        let p: Box<dyn Any + Send> = Box::new(String::from("bang 7"));
+        assert_eq!(panic_message(&*p), "bang 7");
+        let p: Box<dyn Any + Send> = Box::new(7u8);
+        assert_eq!(panic_message(&*p), "a panic without a message");
+    }
+}

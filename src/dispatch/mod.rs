@@ -1,0 +1,329 @@
+//! The dispatcher: lease due jobs, call the CI API, record every attempt.
+//!
+//! Workers are tasks bounded by `[dispatch] concurrency`. New jobs wake the
+//! loop at once; otherwise it sleeps until the next job falls due (or a short
+//! poll interval, to notice jobs queued by other processes). Each attempt's
+//! outcome is one `match` on `target::Outcome`: created and CI-skipped jobs
+//! finish, retryable ones are rescheduled with exponential backoff and jitter
+//! (or the server's longer `Retry-After`, up to `max_backoff`: [`retry`]),
+//! everything else is dead-lettered. A panicking attempt is recorded as a
+//! retryable failure, and a job is never sent more than `max_attempts` times,
+//! even when its worker died every time ([`attempt`]). On shutdown the running
+//! attempts get a grace period; leases still held after it are given back so
+//! the next start runs those jobs again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::target::client::{Http, Transport};
+
+mod attempt;
+mod retry;
+
+pub use attempt::gave_up;
+pub use retry::{LONGEST_WAIT, backoff, backoff_base, retry_delay, transition};
+
+/// How often an idle dispatcher looks for work queued elsewhere (CLI replays, other replicas).
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many jobs to lease when `free` of `concurrency` slots are free.
+///
+/// Under load a lease is one round trip through the store's writer (a group
+/// commit), so leasing only one job per freed slot caps triggers at a few per
+/// commit. When the lease lasts at least twice the longest request timeout,
+/// lease up to `concurrency` jobs ahead: each of them gets a slot within one
+/// request timeout (every running attempt ends by then) and finishes its
+/// attempt within the next, so it never outlives its lease and runs once.
+pub fn lease_size(config: &Config, free: usize, concurrency: usize) -> usize {
+    let longest = config
+        .rules
+        .rules()
+        .iter()
+        .map(|r| r.retry.request_timeout)
+        .chain(config.targets.values().map(|t| t.retry.request_timeout))
+        .fold(config.retry.request_timeout, Duration::max);
+    if config.dispatch.lease >= longest.saturating_mul(2) {
+        (free + concurrency).min(free.max(128))
+    } else {
+        free
+    }
+}
+
+/// Everything a worker needs; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    config: Arc<ArcSwap<Config>>,
+    /// The HTTP call to the CI: reqwest, or a stand-in in tests.
+    transport: Arc<dyn Transport>,
+    wake: Arc<Notify>,
+    owner: String,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, config: Arc<ArcSwap<Config>>, wake: Arc<Notify>) -> Self {
+        let owner = format!("{}:{}:{}", hostname(), std::process::id(), ulid::Ulid::generate());
+        Dispatcher {
+            store,
+            config,
+            transport: Arc::new(Http::new()),
+            wake,
+            owner,
+        }
+    }
+
+    /// This dispatcher, calling the CI through `transport` instead of HTTP.
+    pub fn with_transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Run until `shutdown`, then let attempts finish within `grace`.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let concurrency = self.config.load().dispatch.concurrency;
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut inflight = Inflight::default();
+        let mut store_backoff = Duration::from_millis(100);
+        info!(owner = %self.owner, concurrency, "dispatcher started");
+        loop {
+            inflight.reap_finished();
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = inflight.next() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let (lease, want) = {
+                let config = self.config.load();
+                (
+                    config.dispatch.lease.min(LONGEST_WAIT),
+                    lease_size(&config, free, concurrency),
+                )
+            };
+            match self.store.lease_due(&self.owner, want, lease).await {
+                Ok(jobs) => {
+                    store_backoff = Duration::from_millis(100);
+                    let full = jobs.len() == want;
+                    for job in jobs {
+                        // Jobs not started by shutdown are given back by `release` below.
+                        let permit = tokio::select! {
+                            p = slots.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => break,
+                            },
+                            _ = shutdown.cancelled() => break,
+                        };
+                        let worker = self.clone();
+                        let span = info_span!(
+                            "attempt",
+                            delivery = %job.delivery,
+                            source = %job.source,
+                            rule = %job.rule,
+                            target = %job.target,
+                            job = %job.id,
+                            attempt = job.attempt,
+                        );
+                        let id = job.id.clone();
+                        inflight.spawn(
+                            id,
+                            async move { worker.attempt(job, permit).await }.instrument(span),
+                        );
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?store_backoff, "cannot lease jobs");
+                    tokio::select! {
+                        _ = tokio::time::sleep(store_backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    store_backoff = (store_backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+            let wait = match self.store.next_due().await {
+                Ok(Some(t)) => t
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .clamp(Duration::from_millis(1), POLL_INTERVAL),
+                _ => POLL_INTERVAL,
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                true = inflight.next() => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let running = inflight.tasks.len();
+        if running > 0 {
+            info!(running, grace = ?grace, "waiting for running trigger attempts");
+            let drained = tokio::time::timeout(grace, async { while inflight.next().await {} }).await;
+            if drained.is_err() {
+                warn!(
+                    left = inflight.tasks.len(),
+                    "grace period over; the remaining jobs run again at next start"
+                );
+                inflight.tasks.abort_all();
+            }
+        }
+        if let Err(e) = self.store.release(&self.owner).await {
+            warn!(error = %e, "cannot give back leases; they expire on their own");
+        }
+        info!("dispatcher stopped");
+    }
+}
+
+/// Running attempts, with the job each task runs: a task that ends in a panic
+/// (outside the attempt's own `catch_unwind`) or is cancelled is logged with
+/// its job instead of vanishing.
+#[derive(Default)]
+struct Inflight {
+    tasks: JoinSet<()>,
+    jobs: HashMap<tokio::task::Id, String>,
+}
+
+impl Inflight {
+    fn spawn(&mut self, job: String, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.jobs.insert(handle.id(), job);
+    }
+
+    fn reap(&mut self, done: Result<(tokio::task::Id, ()), JoinError>) {
+        let e = match done {
+            Ok((id, ())) => {
+                self.jobs.remove(&id);
+                return;
+            }
+            Err(e) => e,
+        };
+        let job = self.jobs.remove(&e.id()).unwrap_or_default();
+        if e.is_panic() {
+            error!(job = %job, error = %e, "a trigger attempt's task panicked; the job runs again when its lease expires");
+        } else {
+            warn!(job = %job, error = %e, "a trigger attempt's task was cancelled; the job runs again when its lease expires");
+        }
+    }
+
+    /// Reap every task that has finished, without waiting.
+    fn reap_finished(&mut self) {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            self.reap(done);
+        }
+    }
+
+    /// Wait for the next task to finish and reap it; false when none runs.
+    async fn next(&mut self) -> bool {
+        match self.tasks.join_next_with_id().await {
+            Some(done) => {
+                self.reap(done);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hookbridge".to_owned())
+}
+
+/// Delete finished deliveries past retention, in small batches, hourly.
+pub async fn purge_loop(store: Arc<dyn Store>, config: Arc<ArcSwap<Config>>, shutdown: CancellationToken) {
+    loop {
+        let retention = config.load().store.retention;
+        // Saturating: a retention longer than the clock's past purges nothing.
+        let cutoff = SystemTime::now().checked_sub(retention).unwrap_or(UNIX_EPOCH);
+        loop {
+            match store.purge(cutoff, 500).await {
+                Ok(0) => break,
+                Ok(n) => debug!(deleted = n, "purged old deliveries"),
+                Err(e) => {
+                    warn!(error = %e, "retention purge failed");
+                    break;
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A task that dies outside the attempt's own `catch_unwind` is reaped
+    /// and logged with its job, not dropped in silence.
+    #[tokio::test]
+    async fn a_task_that_panics_is_logged_with_its_job() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let mut inflight = Inflight::default();
+        inflight.spawn("01JOB".into(), async { panic!("outside the attempt") });
+        inflight.spawn("01FINE".into(), async {});
+        assert!(inflight.next().await);
+        assert!(inflight.next().await);
+        assert!(!inflight.next().await);
+        assert!(inflight.jobs.is_empty());
+
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(lines[0].contains("job=01JOB"), "{text}");
+        assert!(lines[0].contains("outside the attempt"), "{text}");
+        assert!(lines[0].contains("runs again when its lease expires"), "{text}");
+    }
+}

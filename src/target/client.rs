@@ -1,0 +1,281 @@
+//! The HTTP call to a CI API, behind a small [`Transport`] seam.
+//!
+//! The dispatcher holds an `Arc<dyn Transport>`: [`Http`] (reqwest) in the
+//! daemon, a scripted stand-in in tests (one that panics, say, to prove a
+//! failing attempt is still recorded). The live token is a [`Secret`] passed
+//! beside the printable [`OutboundRequest`] and joins it only in [`wire`],
+//! while the HTTP request is built.
+
+use std::time::Duration;
+
+use crate::config::Secret;
+
+use super::{Credential, OutboundRequest, Response, USER_AGENT};
+
+/// Response bytes read per attempt; the rest of a large CI error page is
+/// never read (the connection is dropped instead of drained).
+pub const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Why no response came back.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("timed out waiting for the CI API")]
+    Timeout,
+    #[error("cannot connect to the CI API: {0}")]
+    Connect(String),
+    #[error("request failed: {0}")]
+    Failed(String),
+    /// The request itself cannot be built (a config problem, not the CI's).
+    #[error("cannot build the request: {0}")]
+    Build(String),
+}
+
+/// One trigger call: send `request` with `token` in its place, within `timeout`.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    async fn send(
+        &self,
+        request: &OutboundRequest,
+        token: &Secret,
+        timeout: Duration,
+    ) -> Result<Response, SendError>;
+}
+
+/// The shared HTTP client: no redirects, warm connections.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(USER_AGENT)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The reqwest [`Transport`].
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+}
+
+impl Http {
+    pub fn new() -> Http {
+        Http {
+            client: http_client(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for Http {
+    async fn send(
+        &self,
+        request: &OutboundRequest,
+        token: &Secret,
+        timeout: Duration,
+    ) -> Result<Response, SendError> {
+        let wire = wire(&self.client, request, token, timeout)?;
+        let mut response = self.client.execute(wire).await.map_err(describe_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        // Keep a bounded prefix of the body and stop reading there: CI error
+        // pages can be large, and a slow one would otherwise hold the attempt
+        // until its timeout.
+        let mut body = Vec::new();
+        while body.len() < RESPONSE_BODY_LIMIT {
+            let Some(chunk) = response.chunk().await.map_err(describe_error)? else {
+                break;
+            };
+            let room = RESPONSE_BODY_LIMIT - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        Ok(Response {
+            status,
+            headers,
+            body: body.into(),
+        })
+    }
+}
+
+/// The HTTP request for `request`, with the live token where its
+/// [`Credential`] says. The only place a token meets a request.
+pub fn wire(
+    client: &reqwest::Client,
+    request: &OutboundRequest,
+    token: &Secret,
+    timeout: Duration,
+) -> Result<reqwest::Request, SendError> {
+    let method = reqwest::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| SendError::Build(format!("invalid method {}", request.method)))?;
+    let body = match request.credential {
+        Credential::Header(_) => serde_json::to_vec(&request.body),
+        Credential::BodyField(field) => {
+            let mut body = request.body.clone();
+            let slot = body
+                .as_object_mut()
+                .and_then(|b| b.get_mut(field))
+                .ok_or_else(|| SendError::Build(format!("the body has no `{field}` field")))?;
+            *slot = token.expose().into();
+            serde_json::to_vec(&body)
+        }
+    }
+    .map_err(|e| SendError::Build(e.to_string()))?;
+    let mut builder = client.request(method, &request.url).timeout(timeout).body(body);
+    for h in &request.headers {
+        let value = match request.credential {
+            Credential::Header(name) if name == h.name => {
+                let mut value = http::HeaderValue::from_str(token.expose())
+                    .map_err(|_| SendError::Build(format!("the token is not a valid {name} header value")))?;
+                value.set_sensitive(true);
+                value
+            }
+            _ => http::HeaderValue::from_str(&h.value)
+                .map_err(|_| SendError::Build(format!("invalid value for header {}", h.name)))?,
+        };
+        builder = builder.header(h.name, value);
+    }
+    builder.build().map_err(describe_error)
+}
+
+fn describe_error(e: reqwest::Error) -> SendError {
+    let e = e.without_url();
+    if e.is_timeout() {
+        SendError::Timeout
+    } else if e.is_connect() {
+        SendError::Connect(root_cause(&e))
+    } else if e.is_builder() {
+        SendError::Build(root_cause(&e))
+    } else {
+        SendError::Failed(root_cause(&e))
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::target::{Header, REDACTED};
+
+    fn circleci() -> OutboundRequest {
+        OutboundRequest {
+            method: "POST",
+            url: "https://circleci.com/api/v2/project/gh/a/b/pipeline".into(),
+            headers: vec![
+                Header {
+                    name: "Circle-Token",
+                    value: REDACTED.into(),
+                },
+                Header {
+                    name: "Content-Type",
+                    value: "application/json".into(),
+                },
+            ],
+            body: serde_json::json!({"branch": "main"}),
+            credential: Credential::Header("Circle-Token"),
+        }
+    }
+
+    fn gitlab() -> OutboundRequest {
+        OutboundRequest {
+            method: "POST",
+            url: "https://gitlab.example.com/api/v4/projects/1/trigger/pipeline".into(),
+            headers: vec![Header {
+                name: "Content-Type",
+                value: "application/json".into(),
+            }],
+            body: serde_json::json!({"ref": "main", "token": REDACTED, "variables": {"A": "1"}}),
+            credential: Credential::BodyField("token"),
+        }
+    }
+
+    fn body(r: &reqwest::Request) -> String {
+        String::from_utf8(r.body().unwrap().as_bytes().unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_token_joins_the_request_only_on_the_wire() {
+        let client = http_client();
+        let token = Secret::new("circle-live-token");
+        let w = wire(&client, &circleci(), &token, Duration::from_secs(5)).unwrap();
+        let names: Vec<&str> = w.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["circle-token", "content-type"]);
+        assert_eq!(w.headers()["circle-token"], "circle-live-token");
+        assert!(w.headers()["circle-token"].is_sensitive());
+        assert_eq!(body(&w), r#"{"branch":"main"}"#);
+        assert!(!w.url().as_str().contains("circle-live-token"));
+
+        let token = Secret::new("glptt-live-token");
+        let w = wire(&client, &gitlab(), &token, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            body(&w),
+            r#"{"ref":"main","token":"glptt-live-token","variables":{"A":"1"}}"#
+        );
+        assert!(!w.url().as_str().contains("glptt"));
+        for (_, v) in w.headers() {
+            assert!(!v.to_str().unwrap().contains("glptt"));
+        }
+    }
+
+    #[test]
+    fn a_body_without_its_token_field_is_refused() {
+        let mut r = gitlab();
+        r.body = serde_json::json!({"ref": "main"});
+        let e = wire(&http_client(), &r, &Secret::new("t"), Duration::from_secs(5)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot build the request: the body has no `token` field"
+        );
+    }
+
+    /// A CI answering a huge body slowly: `send` returns once it holds
+    /// [`RESPONSE_BODY_LIMIT`] bytes, long before the request timeout.
+    #[tokio::test]
+    async fn reading_stops_at_the_body_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = socket.read(&mut buf).await.unwrap();
+            let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10000000\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&vec![b'x'; 100 * 1024]).await.unwrap();
+            // Then stall with the rest of the declared body unsent.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let mut request = circleci();
+        request.url = format!("http://{addr}/api/v2/project/gh/a/b/pipeline");
+        let started = Instant::now();
+        let response = Http::new()
+            .send(&request, &Secret::new("t"), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 503);
+        assert_eq!(response.body.len(), RESPONSE_BODY_LIMIT);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        server.abort();
+    }
+}
