@@ -197,9 +197,9 @@ pub(in crate::source) fn describe(
         }
         kind::PULL_REQUEST => {
             let p: PullRequest = parse(payload)?;
-            let word = p.action.unwrap_or_default();
-            let action = pr_action(&word, p.pull_request.merged.unwrap_or(false));
-            event.set_action(&word, action);
+            if let Some(word) = p.action {
+                event.set_action(&word, pr_action(&word, p.pull_request.merged.unwrap_or(false)));
+            }
             event.number = p.number.or(p.pull_request.number);
             event.set_ref(&format!("refs/heads/{}", p.pull_request.head.git_ref));
             event.sha = p.pull_request.head.sha;

@@ -211,12 +211,14 @@ fn repository_update(event: &mut Event, p: RepositoryUpdate) {
 
 fn merge_request(event: &mut Event, p: MergeRequest) {
     let a = p.object_attributes;
-    let word = a.action.unwrap_or_default();
-    let action = match word.as_str() {
-        "update" if a.oldrev.is_some() => "synchronize",
-        other => past_tense(other),
-    };
-    event.set_action(&word, action);
+    // System hooks' merge requests carry no action: it stays null, not "".
+    if let Some(word) = a.action {
+        let action = match word.as_str() {
+            "update" if a.oldrev.is_some() => "synchronize",
+            other => past_tense(other),
+        };
+        event.set_action(&word, action);
+    }
     if let Some(b) = a.source_branch {
         event.set_ref(&format!("refs/heads/{b}"));
     }
@@ -229,12 +231,13 @@ fn merge_request(event: &mut Event, p: MergeRequest) {
 }
 
 fn release(event: &mut Event, p: Release) {
-    let word = p.action.unwrap_or_default();
-    let action = match word.as_str() {
-        "create" => "published",
-        other => past_tense(other),
-    };
-    event.set_action(&word, action);
+    if let Some(word) = p.action {
+        let action = match word.as_str() {
+            "create" => "published",
+            other => past_tense(other),
+        };
+        event.set_action(&word, action);
+    }
     if let Some(tag) = p.tag {
         event.set_ref(&format!("refs/tags/{tag}"));
     }
