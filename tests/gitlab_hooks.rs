@@ -175,7 +175,11 @@ fn cases() -> Vec<(String, &'static str, Value)> {
         "user_remove_from_team",
         "user_update_for_team",
     ] {
-        cases.push((format!("gitlab-system/{word}.json"), SYSTEM, json!({ "kind": word })));
+        cases.push((
+            format!("gitlab-system/{word}.json"),
+            SYSTEM,
+            json!({ "kind": word }),
+        ));
     }
     cases
 }
@@ -217,7 +221,10 @@ async fn every_system_and_group_hook_example_is_accepted_and_described() {
     let (_ws, daemon) = start();
     let cases = cases();
     // Every file of go-gitlab's testdata/systemhooks is covered.
-    let system = cases.iter().filter(|(f, _, _)| f.starts_with("gitlab-system/")).count();
+    let system = cases
+        .iter()
+        .filter(|(f, _, _)| f.starts_with("gitlab-system/"))
+        .count();
     assert_eq!(system, 24);
     for (i, (file, event, want)) in cases.iter().enumerate() {
         let key = format!("5e1f0000-0000-4000-8000-{i:012}");

@@ -521,7 +521,9 @@ fn outcome(config: &Config, source: &str, headers: &HeaderMap, body: &[u8]) -> R
 }
 
 fn assert_not_utf8(what: &str, got: Result<(), (u16, String)>) {
-    let (status, message) = got.err().unwrap_or_else(|| panic!("{what}: a non-UTF-8 payload was accepted"));
+    let (status, message) = got
+        .err()
+        .unwrap_or_else(|| panic!("{what}: a non-UTF-8 payload was accepted"));
     assert_eq!(status, 400, "{what}: {message}");
     assert!(message.contains("not valid UTF-8"), "{what}: {message}");
 }
@@ -534,7 +536,10 @@ fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
     for (source, signer, event, file, _) in cases() {
         if signers.insert(signer) {
             let body = with_latin1_field(&payload(file));
-            assert_not_utf8(file, outcome(&config, source, &signed(signer, event, &body), &body));
+            assert_not_utf8(
+                file,
+                outcome(&config, source, &signed(signer, event, &body), &body),
+            );
         }
     }
     assert_eq!(signers.len(), 8);
@@ -544,7 +549,10 @@ fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
     let (id, ts) = ("msg_1", support::unix_now());
     let mut h = signed("gitlab", "Push Hook", &body);
     h.insert("webhook-id", HeaderValue::from_static(id));
-    h.insert("webhook-timestamp", HeaderValue::from_str(&ts.to_string()).unwrap());
+    h.insert(
+        "webhook-timestamp",
+        HeaderValue::from_str(&ts.to_string()).unwrap(),
+    );
     h.insert(
         "webhook-signature",
         HeaderValue::from_str(&standard_signature(WHSEC, id, ts, &body)).unwrap(),
@@ -553,7 +561,10 @@ fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
 
     // GitHub's form content type: the decoded `payload` field is what must be UTF-8.
     let json = with_latin1_field(&payload("github/push.json"));
-    let form = format!("payload={}", form_urlencoded::byte_serialize(&json).collect::<String>());
+    let form = format!(
+        "payload={}",
+        form_urlencoded::byte_serialize(&json).collect::<String>()
+    );
     let mut h = signed("github", "push", form.as_bytes());
     h.insert(
         "content-type",
@@ -562,7 +573,9 @@ fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
     assert_not_utf8("github form", outcome(&config, "github", &h, form.as_bytes()));
 
     // Standard Webhooks and generic HMAC read nothing but the JSON's validity.
-    let good = "{\"type\":\"invoice.paid\",\"note\":\"caf\u{e9}\"}".as_bytes().to_vec();
+    let good = "{\"type\":\"invoice.paid\",\"note\":\"caf\u{e9}\"}"
+        .as_bytes()
+        .to_vec();
     let bad = b"{\"type\":\"invoice.paid\",\"note\":\"caf\xe9\"}".to_vec();
     let standard = |body: &[u8]| {
         let ts = support::unix_now();

@@ -174,5 +174,4 @@ mod tests {
         );
         assert!(github().verify(&Inbound::new(&h, b"Hello, World!")).is_ok());
     }
-
 }
