@@ -101,6 +101,7 @@ pub fn process_bytes(
     } else {
         crate::source::unverified(&inbound)?
     };
+    crate::source::require_utf8(verified.payload())?;
     let event = source.scheme.describe(&source.name, &inbound, &verified)?;
     let visible = source.visible_headers(headers);
     let payload = verified.into_payload_bytes(body);

@@ -245,6 +245,55 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
             json!({"action": "opened", "base_branch": "master", "before": null, "branch": "ms-viewport", "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "pull_request", "name": "Merge Request Hook", "number": 1, "paths": null, "paths_unknown": true, "provider": "gitlab", "provider_action": "open", "ref": "refs/heads/ms-viewport", "repository": "gitlabhq/gitlab-test", "sender": "root", "sha": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7", "source": "gitlab", "tag": null}),
         ),
         (
+            "github",
+            "github",
+            "pull_request_review",
+            "github/pull_request_review-submitted.json",
+            json!({"action": "submitted", "base_branch": "master", "before": null, "branch": "changes", "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "pull_request_review", "name": "pull_request_review", "number": 2, "paths": null, "paths_unknown": true, "provider": "github", "provider_action": null, "ref": "refs/heads/changes", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": "ec26c3e57ca3a959ca5aad62de7213c562f8c821", "source": "github", "tag": null}),
+        ),
+        (
+            "github",
+            "github",
+            "pull_request_review_comment",
+            "github/pull_request_review_comment-created.json",
+            json!({"action": "created", "base_branch": "master", "before": null, "branch": "changes", "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "pull_request_review_comment", "name": "pull_request_review_comment", "number": 2, "paths": null, "paths_unknown": true, "provider": "github", "provider_action": null, "ref": "refs/heads/changes", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": "ec26c3e57ca3a959ca5aad62de7213c562f8c821", "source": "github", "tag": null}),
+        ),
+        (
+            "github",
+            "github",
+            "pull_request_review_thread",
+            "github/pull_request_review_thread-resolved.json",
+            json!({"action": "resolved", "base_branch": "master", "before": null, "branch": "changes", "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "pull_request_review_thread", "name": "pull_request_review_thread", "number": 2, "paths": null, "paths_unknown": true, "provider": "github", "provider_action": null, "ref": "refs/heads/changes", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": "ec26c3e57ca3a959ca5aad62de7213c562f8c821", "source": "github", "tag": null}),
+        ),
+        (
+            "gitlab",
+            "gitlab",
+            "Issue Hook",
+            "gitlab/issue-hook.json",
+            json!({"action": "opened", "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "issue", "name": "Issue Hook", "number": null, "paths": null, "paths_unknown": false, "provider": "gitlab", "provider_action": "open", "ref": null, "repository": "gitlabhq/gitlab-test", "sender": "root", "sha": null, "source": "gitlab", "tag": null}),
+        ),
+        (
+            "gitlab",
+            "gitlab",
+            "Wiki Page Hook",
+            "gitlab/wiki-page-hook.json",
+            json!({"action": "created", "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "wiki_page", "name": "Wiki Page Hook", "number": null, "paths": null, "paths_unknown": false, "provider": "gitlab", "provider_action": "create", "ref": null, "repository": "root/awesome-project", "sender": "user1", "sha": null, "source": "gitlab", "tag": null}),
+        ),
+        (
+            "gitlab",
+            "gitlab",
+            "Member Hook",
+            "gitlab/member-hook.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "user_add_to_group", "name": "Member Hook", "number": null, "paths": null, "paths_unknown": false, "provider": "gitlab", "provider_action": null, "ref": null, "repository": null, "sender": null, "sha": null, "source": "gitlab", "tag": null}),
+        ),
+        (
+            "gitlab",
+            "gitlab",
+            "Subgroup Hook",
+            "gitlab/subgroup-hook.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "subgroup_create", "name": "Subgroup Hook", "number": null, "paths": null, "paths_unknown": false, "provider": "gitlab", "provider_action": null, "ref": null, "repository": null, "sender": null, "sha": null, "source": "gitlab", "tag": null}),
+        ),
+        (
             "bitbucket",
             "bitbucket-cloud",
             "repo:push",
@@ -363,7 +412,7 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
 fn every_fixture_is_verified_and_described() {
     let config = config();
     let cases = cases();
-    assert_eq!(cases.len(), 27);
+    assert_eq!(cases.len(), 34);
     for (source, signer, event, file, mut want) in cases {
         let body = payload(file);
         let got = describe(&config, source, &signed(signer, event, &body), &body);
@@ -445,6 +494,115 @@ fn tampered_bodies_and_wrong_secrets_fail_for_every_sender() {
     )
     .unwrap_err();
     assert_eq!(err.status(), 401);
+}
+
+/// `body` with one more string field, in Latin-1 rather than UTF-8, where no
+/// provider's typed view looks: only an encoding check can notice it.
+fn with_latin1_field(body: &[u8]) -> Vec<u8> {
+    let open = body.iter().position(|b| *b == b'{').unwrap();
+    let mut out = body[..=open].to_vec();
+    out.extend_from_slice(b"\"hookbridge_note\":\"caf\xe9\",");
+    out.extend_from_slice(&body[open + 1..]);
+    out
+}
+
+/// Process a signed delivery; `Ok(())` when accepted, else the status and message.
+fn outcome(config: &Config, source: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), (u16, String)> {
+    hookbridge::intake::process(
+        config,
+        &config.sources[source],
+        headers,
+        body,
+        SystemTime::now(),
+        true,
+    )
+    .map(drop)
+    .map_err(|e| (e.status().as_u16(), e.to_string()))
+}
+
+fn assert_not_utf8(what: &str, got: Result<(), (u16, String)>) {
+    let (status, message) = got
+        .err()
+        .unwrap_or_else(|| panic!("{what}: a non-UTF-8 payload was accepted"));
+    assert_eq!(status, 400, "{what}: {message}");
+    assert!(message.contains("not valid UTF-8"), "{what}: {message}");
+}
+
+#[test]
+fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
+    let config = config();
+    // One fixture per signer, each accepted as it is (every_fixture_is_verified_and_described).
+    let mut signers = std::collections::BTreeSet::new();
+    for (source, signer, event, file, _) in cases() {
+        if signers.insert(signer) {
+            let body = with_latin1_field(&payload(file));
+            assert_not_utf8(
+                file,
+                outcome(&config, source, &signed(signer, event, &body), &body),
+            );
+        }
+    }
+    assert_eq!(signers.len(), 8);
+
+    // GitLab with a signing token.
+    let body = with_latin1_field(&payload("gitlab/push-hook.json"));
+    let (id, ts) = ("msg_1", support::unix_now());
+    let mut h = signed("gitlab", "Push Hook", &body);
+    h.insert("webhook-id", HeaderValue::from_static(id));
+    h.insert(
+        "webhook-timestamp",
+        HeaderValue::from_str(&ts.to_string()).unwrap(),
+    );
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&standard_signature(WHSEC, id, ts, &body)).unwrap(),
+    );
+    assert_not_utf8("gitlab-signed", outcome(&config, "gitlab-signed", &h, &body));
+
+    // GitHub's form content type: the decoded `payload` field is what must be UTF-8.
+    let json = with_latin1_field(&payload("github/push.json"));
+    let form = format!(
+        "payload={}",
+        form_urlencoded::byte_serialize(&json).collect::<String>()
+    );
+    let mut h = signed("github", "push", form.as_bytes());
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    assert_not_utf8("github form", outcome(&config, "github", &h, form.as_bytes()));
+
+    // Standard Webhooks and generic HMAC read nothing but the JSON's validity.
+    let good = "{\"type\":\"invoice.paid\",\"note\":\"caf\u{e9}\"}"
+        .as_bytes()
+        .to_vec();
+    let bad = b"{\"type\":\"invoice.paid\",\"note\":\"caf\xe9\"}".to_vec();
+    let standard = |body: &[u8]| {
+        let ts = support::unix_now();
+        headers(&[
+            ("webhook-id", "msg_2".into()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", standard_signature(WHSEC, "msg_2", ts, body)),
+        ])
+    };
+    let custom = |body: &[u8]| {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha512>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(body);
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        headers(&[
+            ("X-Signature", format!("sha512={sig}")),
+            ("X-Event", "invoice.paid".into()),
+        ])
+    };
+    assert_eq!(outcome(&config, "standard", &standard(&good), &good), Ok(()));
+    assert_not_utf8("standard", outcome(&config, "standard", &standard(&bad), &bad));
+    assert_eq!(outcome(&config, "custom", &custom(&good), &good), Ok(()));
+    assert_not_utf8("hmac", outcome(&config, "custom", &custom(&bad), &bad));
+    // Authentication still comes first: a wrong signature is 401, whatever the bytes.
+    let mut forged = custom(&good);
+    forged.insert("x-signature", HeaderValue::from_static("sha512=AAAA"));
+    assert_eq!(outcome(&config, "custom", &forged, &bad).unwrap_err().0, 401);
 }
 
 #[test]

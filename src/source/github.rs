@@ -5,16 +5,14 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use serde::Deserialize;
-
 use super::signature::{self, Algorithm};
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, parse, required_secrets};
+use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, required_secrets};
 use crate::config::raw::RawSource;
 use crate::config::{Loader, Secret};
-use crate::event::{Event, Provider, RefChange, kind, union_paths};
+use crate::event::{Event, Provider};
 
-/// GitHub lists at most this many commits in a push payload.
-const MAX_PUSH_COMMITS: usize = 2048;
+mod payload;
+pub(super) use payload::describe;
 
 #[derive(Debug)]
 pub struct GitHub {
@@ -126,230 +124,6 @@ impl Scheme for GitHub {
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct Repo {
-    pub full_name: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct User {
-    pub login: Option<String>,
-    pub username: Option<String>,
-}
-
-impl User {
-    pub fn name(self) -> Option<String> {
-        self.login.or(self.username)
-    }
-}
-
-#[derive(Deserialize)]
-pub(super) struct Commit {
-    pub added: Option<Vec<String>>,
-    pub modified: Option<Vec<String>>,
-    pub removed: Option<Vec<String>>,
-}
-
-impl Commit {
-    /// False for senders (Gogs) whose commits carry no file lists.
-    pub fn lists_files(&self) -> bool {
-        self.added.is_some() || self.modified.is_some() || self.removed.is_some()
-    }
-
-    pub fn files(&self) -> impl Iterator<Item = &str> {
-        [&self.added, &self.modified, &self.removed]
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(String::as_str)
-    }
-}
-
-#[derive(Deserialize)]
-pub(super) struct Push {
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-    #[serde(default)]
-    pub created: bool,
-    #[serde(default)]
-    pub deleted: bool,
-    #[serde(default)]
-    pub forced: bool,
-    #[serde(default)]
-    pub commits: Option<Vec<Commit>>,
-    /// Gitea: the real number of commits when `commits` was capped.
-    pub total_commits: Option<usize>,
-    pub repository: Option<Repo>,
-    pub sender: Option<User>,
-    pub pusher: Option<User>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct PullRequest {
-    pub action: Option<String>,
-    pub number: Option<u64>,
-    pub pull_request: Pr,
-    pub repository: Option<Repo>,
-    pub sender: Option<User>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct Pr {
-    pub number: Option<u64>,
-    pub head: PrRef,
-    pub base: PrRef,
-    #[serde(default)]
-    pub merged: Option<bool>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct PrRef {
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub sha: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct Release {
-    pub action: Option<String>,
-    pub release: ReleaseInfo,
-    pub repository: Option<Repo>,
-    pub sender: Option<User>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct ReleaseInfo {
-    pub tag_name: String,
-}
-
-#[derive(Deserialize)]
-pub(super) struct CreateDelete {
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub ref_type: String,
-    pub sha: Option<String>,
-    pub repository: Option<Repo>,
-    pub sender: Option<User>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct Other {
-    pub action: Option<String>,
-    pub repository: Option<Repo>,
-    pub sender: Option<User>,
-}
-
-/// Describe a GitHub-shaped payload. Gitea, Forgejo and Gogs share this shape,
-/// with their own provider tag and a few different words. `name` is the event
-/// name users see; `coarse` the GitHub-compatible one that decides the shape.
-pub(super) fn describe(
-    source: &str,
-    provider: Provider,
-    name: &str,
-    coarse: &str,
-    delivery: String,
-    payload: &[u8],
-) -> Result<Event, DescribeError> {
-    let normalized = match coarse {
-        "push" => kind::PUSH,
-        "pull_request" | "pull_request_target" => kind::PULL_REQUEST,
-        "release" => kind::RELEASE,
-        "ping" => kind::PING,
-        other => other,
-    };
-    let mut event = Event::new(source, provider, name, normalized, delivery);
-    match normalized {
-        kind::PUSH => {
-            let p: Push = parse(payload)?;
-            let mut change = RefChange::new(&p.git_ref, p.before.as_deref(), p.after.as_deref());
-            change.created |= p.created;
-            change.deleted |= p.deleted;
-            change.forced = p.forced;
-            event.set_push(change);
-            event.repository = p.repository.and_then(|r| r.full_name);
-            event.sender = p
-                .sender
-                .and_then(User::name)
-                .or_else(|| p.pusher.and_then(User::name));
-            match p.commits {
-                Some(commits) if commits.len() >= MAX_PUSH_COMMITS => {
-                    event.paths_unknown = Some(format!(
-                        "the payload lists only the first {MAX_PUSH_COMMITS} commits of this push"
-                    ));
-                }
-                Some(commits) if p.total_commits.is_some_and(|t| t > commits.len()) => {
-                    event.paths_unknown = Some(format!(
-                        "the payload lists {} of {} commits; changed files are incomplete",
-                        commits.len(),
-                        p.total_commits.unwrap_or_default()
-                    ));
-                }
-                Some(commits) if !commits.iter().all(Commit::lists_files) => {
-                    event.paths_unknown = Some("the payload's commits do not list changed files".into());
-                }
-                Some(commits) => event.paths = Some(union_paths(commits.iter().flat_map(Commit::files))),
-                None => event.paths_unknown = Some("the payload lists no commits".into()),
-            }
-        }
-        kind::PULL_REQUEST => {
-            let p: PullRequest = parse(payload)?;
-            let word = p.action.unwrap_or_default();
-            let action = pr_action(&word, p.pull_request.merged.unwrap_or(false));
-            event.set_action(&word, action);
-            event.number = p.number.or(p.pull_request.number);
-            event.set_ref(&format!("refs/heads/{}", p.pull_request.head.git_ref));
-            event.sha = p.pull_request.head.sha;
-            event.base_branch = Some(p.pull_request.base.git_ref);
-            event.repository = p.repository.and_then(|r| r.full_name);
-            event.sender = p.sender.and_then(User::name);
-            event.paths_unknown = Some("pull request payloads do not list changed files".into());
-        }
-        kind::RELEASE => {
-            let p: Release = parse(payload)?;
-            if let Some(a) = p.action {
-                event.set_action(&a, &a);
-            }
-            event.set_ref(&format!("refs/tags/{}", p.release.tag_name));
-            event.repository = p.repository.and_then(|r| r.full_name);
-            event.sender = p.sender.and_then(User::name);
-        }
-        "create" | "delete" => {
-            let p: CreateDelete = parse(payload)?;
-            // These events carry the short name; rebuild the full ref.
-            let full = match p.ref_type.as_str() {
-                "tag" => format!("refs/tags/{}", p.git_ref),
-                _ => format!("refs/heads/{}", p.git_ref),
-            };
-            event.set_ref(&full);
-            event.sha = p.sha;
-            event.created = coarse == "create";
-            event.deleted = coarse == "delete";
-            event.repository = p.repository.and_then(|r| r.full_name);
-            event.sender = p.sender.and_then(User::name);
-        }
-        _ => {
-            let p: Other = parse(payload)?;
-            if let Some(a) = p.action {
-                event.set_action(&a, &a);
-            }
-            event.repository = p.repository.and_then(|r| r.full_name);
-            event.sender = p.sender.and_then(User::name);
-        }
-    }
-    Ok(event)
-}
-
-/// Map a pull request action word onto the common vocabulary.
-pub(super) fn pr_action(word: &str, merged: bool) -> &str {
-    match word {
-        "closed" if merged => "merged",
-        "synchronized" => "synchronize",
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,12 +173,5 @@ mod tests {
             "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59".parse().unwrap(),
         );
         assert!(github().verify(&Inbound::new(&h, b"Hello, World!")).is_ok());
-    }
-
-    #[test]
-    fn closed_and_merged_becomes_merged() {
-        assert_eq!(pr_action("closed", true), "merged");
-        assert_eq!(pr_action("closed", false), "closed");
-        assert_eq!(pr_action("synchronized", false), "synchronize");
     }
 }

@@ -5,13 +5,13 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::signature::{self, standard};
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, parse};
+use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id};
 use crate::config::raw::RawSource;
 use crate::config::{Diagnostic, Loader, Secret};
-use crate::event::{Event, Provider, RefChange, kind, union_paths};
+use crate::event::Event;
+
+mod payload;
 
 /// Default allowed clock skew for signed deliveries.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
@@ -126,7 +126,7 @@ impl Scheme for GitLab {
             .header("x-gitlab-event")
             .ok_or(DescribeError::MissingEventHeader("X-Gitlab-Event"))?;
         let delivery = delivery_id(inbound, &["idempotency-key", "webhook-id", "x-gitlab-event-uuid"]);
-        describe(source, name, delivery, verified.payload())
+        payload::describe(source, name, delivery, verified.payload())
     }
 
     fn sign(&self, body: &[u8], now: SystemTime) -> Result<Vec<(String, String)>, String> {
@@ -151,167 +151,6 @@ impl Scheme for GitLab {
         headers.push(("Idempotency-Key".into(), id));
         Ok(headers)
     }
-}
-
-#[derive(Deserialize)]
-struct Kind {
-    object_kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Project {
-    path_with_namespace: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Commit {
-    #[serde(default)]
-    added: Vec<String>,
-    #[serde(default)]
-    modified: Vec<String>,
-    #[serde(default)]
-    removed: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Push {
-    #[serde(rename = "ref")]
-    git_ref: String,
-    before: Option<String>,
-    after: Option<String>,
-    checkout_sha: Option<String>,
-    user_username: Option<String>,
-    project: Option<Project>,
-    #[serde(default)]
-    commits: Vec<Commit>,
-    total_commits_count: Option<usize>,
-}
-
-#[derive(Deserialize)]
-struct MergeRequest {
-    user: Option<UserRef>,
-    project: Option<Project>,
-    object_attributes: MrAttributes,
-}
-
-#[derive(Deserialize)]
-struct UserRef {
-    username: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct MrAttributes {
-    iid: Option<u64>,
-    source_branch: Option<String>,
-    target_branch: Option<String>,
-    action: Option<String>,
-    oldrev: Option<String>,
-    last_commit: Option<LastCommit>,
-}
-
-#[derive(Deserialize)]
-struct LastCommit {
-    id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Release {
-    action: Option<String>,
-    tag: Option<String>,
-    project: Option<Project>,
-    commit: Option<LastCommit>,
-}
-
-#[derive(Deserialize)]
-struct Other {
-    project: Option<Project>,
-    user_username: Option<String>,
-    user: Option<UserRef>,
-}
-
-fn describe(source: &str, name: &str, delivery: String, payload: &[u8]) -> Result<Event, DescribeError> {
-    let object_kind = parse::<Kind>(payload)?.object_kind.ok_or_else(|| {
-        DescribeError::Unreadable(
-            "GitLab payload has no `object_kind`; is a custom webhook template reshaping the body?".into(),
-        )
-    })?;
-    let normalized = match object_kind.as_str() {
-        "push" | "tag_push" => kind::PUSH,
-        "merge_request" => kind::PULL_REQUEST,
-        "release" => kind::RELEASE,
-        other => other,
-    };
-    let mut event = Event::new(source, Provider::Gitlab, name, normalized, delivery);
-    match normalized {
-        kind::PUSH => {
-            let p: Push = parse(payload)?;
-            let after = p.after.as_deref().or(p.checkout_sha.as_deref());
-            event.set_push(RefChange::new(&p.git_ref, p.before.as_deref(), after));
-            event.repository = p.project.and_then(|p| p.path_with_namespace);
-            event.sender = p.user_username;
-            let total = p.total_commits_count.unwrap_or(p.commits.len());
-            if total > p.commits.len() {
-                event.paths_unknown = Some(format!(
-                    "the payload lists {} of the push's {total} commits (GitLab sends at most 20); changed files are incomplete",
-                    p.commits.len()
-                ));
-            } else {
-                event.paths = Some(union_paths(p.commits.iter().flat_map(|c| {
-                    c.added
-                        .iter()
-                        .chain(&c.modified)
-                        .chain(&c.removed)
-                        .map(String::as_str)
-                })));
-            }
-        }
-        kind::PULL_REQUEST => {
-            let p: MergeRequest = parse(payload)?;
-            let a = p.object_attributes;
-            let word = a.action.unwrap_or_default();
-            let action = match word.as_str() {
-                "open" => "opened",
-                "close" => "closed",
-                "reopen" => "reopened",
-                "merge" => "merged",
-                "update" if a.oldrev.is_some() => "synchronize",
-                "update" => "updated",
-                other => other,
-            };
-            event.set_action(&word, action);
-            if let Some(b) = a.source_branch {
-                event.set_ref(&format!("refs/heads/{b}"));
-            }
-            event.base_branch = a.target_branch;
-            event.sha = a.last_commit.and_then(|c| c.id);
-            event.number = a.iid;
-            event.repository = p.project.and_then(|p| p.path_with_namespace);
-            event.sender = p.user.and_then(|u| u.username);
-            event.paths_unknown = Some("merge request payloads do not list changed files".into());
-        }
-        kind::RELEASE => {
-            let p: Release = parse(payload)?;
-            let word = p.action.unwrap_or_default();
-            let action = match word.as_str() {
-                "create" => "published",
-                "update" => "updated",
-                "delete" => "deleted",
-                other => other,
-            };
-            event.set_action(&word, action);
-            if let Some(tag) = p.tag {
-                event.set_ref(&format!("refs/tags/{tag}"));
-            }
-            event.sha = p.commit.and_then(|c| c.id);
-            event.repository = p.project.and_then(|p| p.path_with_namespace);
-        }
-        _ => {
-            let p: Other = parse(payload)?;
-            event.repository = p.project.and_then(|p| p.path_with_namespace);
-            event.sender = p.user_username.or_else(|| p.user.and_then(|u| u.username));
-        }
-    }
-    Ok(event)
 }
 
 #[cfg(test)]

@@ -62,13 +62,62 @@ impl<'a> Inbound<'a> {
         })
     }
 
-    /// The JSON inside a form body's `payload` field.
+    /// The JSON inside a form body's `payload` field, decoded to the exact bytes
+    /// the sender encoded. `form_urlencoded::parse` would replace invalid UTF-8
+    /// with U+FFFD, which hides a broken payload (and changes the bytes Gitea
+    /// signs); the UTF-8 check is [`require_utf8`]'s, after verification.
     pub fn form_payload(&self) -> Result<Vec<u8>, VerifyError> {
-        form_urlencoded::parse(self.body)
-            .find(|(k, _)| k == "payload")
-            .map(|(_, v)| v.into_owned().into_bytes())
+        self.body
+            .split(|b| *b == b'&')
+            .find_map(|pair| {
+                let (key, value) = match pair.iter().position(|b| *b == b'=') {
+                    Some(i) => (&pair[..i], &pair[i + 1..]),
+                    None => (pair, &[][..]),
+                };
+                is_payload_key(key).then(|| form_decode(value))
+            })
             .ok_or(VerifyError::NoFormPayload)
     }
+}
+
+/// Whether an encoded form name decodes to `payload`, without allocating: a
+/// body of millions of `a&a&...` pairs can arrive before verification (Gitea
+/// signs the decoded field, so it is decoded first). A raw `+` is a space,
+/// which `payload` does not contain.
+fn is_payload_key(encoded: &[u8]) -> bool {
+    !encoded.contains(&b'+') && percent_encoding::percent_decode(encoded).eq(b"payload".iter().copied())
+}
+
+/// One `application/x-www-form-urlencoded` name or value: `+` is a space, `%XX` a byte.
+fn form_decode(encoded: &[u8]) -> Vec<u8> {
+    let spaced: Cow<'_, [u8]> = if encoded.contains(&b'+') {
+        Cow::Owned(
+            encoded
+                .iter()
+                .map(|&b| if b == b'+' { b' ' } else { b })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(encoded)
+    };
+    // Decoding only shrinks: one allocation, even for a payload of megabytes.
+    let mut decoded = Vec::with_capacity(spaced.len());
+    decoded.extend(percent_encoding::percent_decode(&spaced));
+    decoded
+}
+
+/// Refuse a payload that is not UTF-8. Every source's payload is JSON, and JSON
+/// text is UTF-8 (RFC 8259, section 8.1); GitHub asks receivers to treat it so.
+/// serde_json checks the encoding only of the strings it keeps, so invalid bytes
+/// inside a field nobody reads would otherwise be accepted, stored, and handed
+/// to rules and templates as text. Runs after verification, so only an
+/// authentic but broken delivery gets this answer (400).
+pub fn require_utf8(payload: &[u8]) -> Result<(), DescribeError> {
+    std::str::from_utf8(payload)
+        .map(drop)
+        .map_err(|e| DescribeError::NotUtf8 {
+            offset: e.valid_up_to(),
+        })
 }
 
 /// A payload whose authenticity a [`Scheme`] has checked. Only this module can make one.
@@ -157,6 +206,10 @@ pub enum DescribeError {
     MissingEventHeader(&'static str),
     #[error("body is not valid JSON: {0}")]
     InvalidJson(String),
+    #[error(
+        "payload is not valid UTF-8 (the first invalid byte is at offset {offset}); webhook payloads are JSON, which is always UTF-8"
+    )]
+    NotUtf8 { offset: usize },
     #[error("{0}")]
     Unreadable(String),
 }
@@ -424,4 +477,85 @@ pub(crate) fn delivery_id(inbound: &Inbound<'_>, headers: &[&str]) -> String {
         .find_map(|h| inbound.header(h))
         .map(str::to_owned)
         .unwrap_or_else(|| signature::body_digest(inbound.body))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn form(body: &[u8]) -> Result<Vec<u8>, VerifyError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        Inbound::new(&h, body).form_payload()
+    }
+
+    #[test]
+    fn form_payload_keeps_the_bytes_the_sender_encoded() {
+        assert_eq!(form(b"a=1&payload=%7B%22x%22%3A+1%7D").unwrap(), br#"{"x": 1}"#);
+        // Invalid UTF-8 stays invalid for `require_utf8` to refuse, not U+FFFD.
+        let raw = form(b"payload=%7B%22x%22%3A%22%FF%22%7D").unwrap();
+        assert_eq!(raw, b"{\"x\":\"\xff\"}");
+        assert_eq!(
+            require_utf8(&raw).unwrap_err().to_string(),
+            "payload is not valid UTF-8 (the first invalid byte is at offset 6); webhook payloads are JSON, which is always UTF-8"
+        );
+        assert_eq!(form(b"pay=x&payloads=y"), Err(VerifyError::NoFormPayload));
+        assert_eq!(form(b"payload").unwrap(), b"");
+    }
+
+    /// Form bodies made of the pieces that matter: names, separators, escapes
+    /// (valid, truncated, non-UTF-8) and arbitrary bytes.
+    fn form_body() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"payload".to_vec()),
+            Just(b"pay%6Coad".to_vec()),
+            Just(b"=".to_vec()),
+            Just(b"&".to_vec()),
+            Just(b"+".to_vec()),
+            Just(b"%".to_vec()),
+            Just(b"%FF".to_vec()),
+            "%[0-9a-fA-F]{2}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 1..4),
+        ];
+        prop::collection::vec(piece, 0..16).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        /// For any form body, the `payload` field decodes like `form_urlencoded`
+        /// whenever that decoding is lossless (valid UTF-8), and never panics.
+        #[test]
+        fn form_payload_agrees_with_form_urlencoded(body in form_body()) {
+            let ours = form(&body);
+            let theirs = form_urlencoded::parse(&body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned());
+            match (ours, theirs) {
+                (Ok(bytes), Some(text)) => {
+                    if let Ok(s) = std::str::from_utf8(&bytes) {
+                        prop_assert_eq!(s, text);
+                    }
+                }
+                (Err(VerifyError::NoFormPayload), None) => {}
+                // A key that only decodes to `payload` lossily is not `payload`.
+                (Err(VerifyError::NoFormPayload), Some(_)) => {}
+                (ours, theirs) => prop_assert!(false, "{ours:?} vs {theirs:?}"),
+            }
+        }
+
+        #[test]
+        fn require_utf8_accepts_exactly_utf8(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert_eq!(require_utf8(&bytes).is_ok(), std::str::from_utf8(&bytes).is_ok());
+        }
+
+        #[test]
+        fn encoded_text_round_trips(text in any::<String>()) {
+            let body: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("payload", &text)
+                .finish();
+            prop_assert_eq!(form(body.as_bytes()).unwrap(), text.into_bytes());
+        }
+    }
 }
