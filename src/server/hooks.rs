@@ -123,7 +123,7 @@ async fn handle(app: App, name: String, headers: HeaderMap, body: Body) -> Respo
     };
 
     let received_at = SystemTime::now();
-    let processed = intake::process_bytes(&config, source, &headers, &bytes, received_at, true);
+    let processed = intake::receive(&config, source, &headers, &bytes, received_at);
     let intake = match processed {
         Ok(intake) => intake,
         Err(rejection) => return reject(&name, rejection),

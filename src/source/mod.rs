@@ -1,9 +1,14 @@
 //! Senders and their signature schemes: one file per provider.
 //!
-//! A source turns an [`Inbound`] request into a [`Verified`] payload (the only
-//! way to obtain one is to pass [`Scheme::verify`]), and a verified payload into
-//! a normalized [`Event`] with [`Scheme::describe`]. Verification always runs
-//! over the raw bytes, before anything parses them.
+//! A source turns an [`Inbound`] request into a [`Verified`] payload (outside
+//! this crate the only way to obtain one is to pass [`Scheme::verify`]; inside
+//! it, the offline tools say so by calling [`assume_authentic`]), and a
+//! verified payload into a normalized [`Event`] with [`Scheme::describe`].
+//! Verification always runs over the raw bytes, before anything parses them.
+//!
+//! Keys and tokens are decoded when the config loads and kept in redacting
+//! types ([`HmacKey`], [`crate::config::Secret`]), so `{:?}` of a source prints
+//! `***` for every one of them.
 //!
 //! Adding a provider is adding a file with a [`Scheme`] implementation and one
 //! line in [`build`].
@@ -16,7 +21,7 @@ use std::time::SystemTime;
 use http::HeaderMap;
 
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, Loader};
+use crate::config::{Diagnostic, HmacKey, Loader, Secret};
 use crate::event::Event;
 
 pub mod azure;
@@ -27,6 +32,9 @@ pub mod gitlab;
 pub mod hmac;
 pub mod signature;
 pub mod standard;
+
+#[cfg(test)]
+mod props;
 
 /// An HTTP request as received, before anyone trusts it.
 pub struct Inbound<'a> {
@@ -109,9 +117,12 @@ fn is_within(part: &[u8], whole: &[u8]) -> bool {
     p >= start && p + part.len() <= end
 }
 
-/// Treat a request as verified without checking it. Only for the offline tools
-/// (`explain` without `--verify`, `test`), which never store or trigger anything.
-pub fn unverified<'a>(inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
+/// Treat a request as authentic without checking it: the offline tools
+/// (`explain` without `--verify`, `test`) describe payloads that carry no
+/// signature and never store or trigger anything. Crate-private, and reached
+/// only through [`crate::intake::Trust::AssumeAuthentic`], so no caller can
+/// forge a [`Verified`] without naming that trust.
+pub(crate) fn assume_authentic<'a>(inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
     let payload = if inbound.is_form() {
         Cow::Owned(inbound.form_payload()?)
     } else {
@@ -415,6 +426,32 @@ pub(crate) fn required_secrets(
             Vec::new()
         }
     }
+}
+
+/// Secrets used as HMAC keys as typed (GitHub, Bitbucket, Gitea, generic HMAC).
+pub(crate) fn hmac_keys<'s>(secrets: impl IntoIterator<Item = &'s Secret>) -> Vec<HmacKey> {
+    secrets.into_iter().map(HmacKey::from_secret).collect()
+}
+
+/// Decode `whsec_` secrets (Standard Webhooks, GitLab signing tokens) into
+/// keys once, at config load; each one that does not decode is an error at
+/// its own place in the file.
+pub(crate) fn whsec_keys(
+    name: &str,
+    secrets: &[(Secret, std::ops::Range<usize>)],
+    loader: &mut Loader,
+) -> Vec<HmacKey> {
+    let mut keys = Vec::with_capacity(secrets.len());
+    for (secret, span) in secrets {
+        match HmacKey::from_whsec(secret) {
+            Ok(key) => keys.push(key),
+            Err(e) => loader.push(Diagnostic::error(
+                format!("source `{name}`: {e}"),
+                Some(span.clone()),
+            )),
+        }
+    }
+    keys
 }
 
 /// The delivery id from the first present header, else a digest of the body.
