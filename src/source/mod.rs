@@ -7,8 +7,8 @@
 //! Verification always runs over the raw bytes, before anything parses them.
 //!
 //! Keys and tokens are decoded when the config loads and kept in redacting
-//! types ([`HmacKey`], [`crate::config::Secret`]), so `{:?}` of a source prints
-//! `***` for every one of them.
+//! types ([`crate::config::HmacKey`], [`crate::config::Secret`]), so `{:?}`
+//! of a source prints `***` for every one of them.
 //!
 //! Adding a provider is adding a file with a [`Scheme`] implementation and one
 //! line in [`build`].
@@ -21,8 +21,9 @@ use std::time::SystemTime;
 use http::HeaderMap;
 
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, HmacKey, Loader, Secret};
+use crate::config::{Diagnostic, Loader};
 use crate::event::Event;
+pub(crate) use keys::{hmac_keys, required_secrets, whsec_keys};
 
 pub mod azure;
 pub mod bitbucket;
@@ -30,6 +31,7 @@ pub mod gitea;
 pub mod github;
 pub mod gitlab;
 pub mod hmac;
+mod keys;
 pub mod signature;
 pub mod standard;
 
@@ -394,64 +396,6 @@ fn present_settings(raw: &RawSource) -> Vec<(&'static str, std::ops::Range<usize
     key!(event);
     key!(delivery_header);
     out
-}
-
-/// Resolve a list of secrets, requiring at least one entry.
-pub(crate) fn required_secrets(
-    name: &str,
-    key: &str,
-    list: Option<&crate::config::raw::SpannedList<crate::config::SecretRef>>,
-    whole: std::ops::Range<usize>,
-    loader: &mut Loader,
-) -> Vec<(crate::config::Secret, std::ops::Range<usize>)> {
-    match list {
-        Some(list) if !list.get_ref().is_empty() => loader.secrets_with_spans(list),
-        Some(list) => {
-            loader.push(Diagnostic::error(
-                format!(
-                    "source `{name}`: `{key}` is empty; hookbridge does not accept unauthenticated webhooks"
-                ),
-                Some(list.span()),
-            ));
-            Vec::new()
-        }
-        None => {
-            loader.push(
-                Diagnostic::error(
-                    format!("source `{name}`: `{key}` is required; hookbridge does not accept unauthenticated webhooks"),
-                    Some(whole),
-                )
-                .with_help(format!("add `{key} = [\"env:YOUR_SECRET\"]`")),
-            );
-            Vec::new()
-        }
-    }
-}
-
-/// Secrets used as HMAC keys as typed (GitHub, Bitbucket, Gitea, generic HMAC).
-pub(crate) fn hmac_keys<'s>(secrets: impl IntoIterator<Item = &'s Secret>) -> Vec<HmacKey> {
-    secrets.into_iter().map(HmacKey::from_secret).collect()
-}
-
-/// Decode `whsec_` secrets (Standard Webhooks, GitLab signing tokens) into
-/// keys once, at config load; each one that does not decode is an error at
-/// its own place in the file.
-pub(crate) fn whsec_keys(
-    name: &str,
-    secrets: &[(Secret, std::ops::Range<usize>)],
-    loader: &mut Loader,
-) -> Vec<HmacKey> {
-    let mut keys = Vec::with_capacity(secrets.len());
-    for (secret, span) in secrets {
-        match HmacKey::from_whsec(secret) {
-            Ok(key) => keys.push(key),
-            Err(e) => loader.push(Diagnostic::error(
-                format!("source `{name}`: {e}"),
-                Some(span.clone()),
-            )),
-        }
-    }
-    keys
 }
 
 /// The delivery id from the first present header, else a digest of the body.
