@@ -2,7 +2,7 @@
 //!
 //! A source turns an [`Inbound`] request into a [`Verified`] payload (outside
 //! this crate the only way to obtain one is to pass [`Scheme::verify`]; inside
-//! it, the offline tools say so by calling [`assume_authentic`]), and a
+//! it, the offline tools say so by calling `assume_authentic`), and a
 //! verified payload into a normalized [`Event`] with [`Scheme::describe`].
 //! Verification always runs over the raw bytes, before anything parses them.
 //!
