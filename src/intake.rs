@@ -1,7 +1,9 @@
 //! From a raw request to a delivery ready to store: verify, describe, evaluate.
 //!
 //! The HTTP handler, `explain`, `test` and `replay --reevaluate` all go through
-//! here, so what they report is what the daemon does.
+//! here, so what they report is what the daemon does. The daemon's entry,
+//! [`receive`], always verifies; the offline tools call [`process`] and name
+//! their [`Trust`], so skipping verification is never a `bool` away.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -12,7 +14,7 @@ use http::{HeaderMap, StatusCode};
 use crate::config::Config;
 use crate::event::{Event, kind};
 use crate::rules::Evaluation;
-use crate::source::{DescribeError, Inbound, Source, VerifyError};
+use crate::source::{DescribeError, Inbound, Source, Verified, VerifyError};
 use crate::store::{MatchedJob, NewDelivery, NewJob, Summary};
 
 /// Why a request was refused. The message is safe to send back to the sender.
@@ -62,48 +64,69 @@ impl Intake {
     }
 }
 
-/// Verify (unless `verify` is false, for `explain`), describe and evaluate one request.
-pub fn process(
-    config: &Config,
-    source: &Source,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: SystemTime,
-    verify: bool,
-) -> Result<Intake, Rejection> {
-    process_bytes(
-        config,
-        source,
-        headers,
-        &Bytes::copy_from_slice(body),
-        now,
-        verify,
-    )
+/// How far an offline tool trusts the request it describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Check the signature or token as the daemon does (`explain --verify`).
+    Verify,
+    /// Describe the payload as if it were authentic: `explain` without
+    /// `--verify` and `test` cases carry no signature, and neither stores
+    /// nor triggers anything.
+    AssumeAuthentic,
 }
 
-/// [`process`] for a body already in [`Bytes`] (the daemon): the intake's
-/// payload is then the body itself, not a copy.
-pub fn process_bytes(
+/// The daemon's path: verify, describe and evaluate one request. There is no
+/// way to skip verification here; the intake's payload is the body itself,
+/// not a copy.
+pub fn receive(
     config: &Config,
     source: &Source,
     headers: &HeaderMap,
     body: &Bytes,
     now: SystemTime,
-    verify: bool,
 ) -> Result<Intake, Rejection> {
     let inbound = Inbound {
         headers,
         body: &body[..],
         now,
     };
-    let verified = if verify {
-        source.scheme.verify(&inbound)?
-    } else {
-        crate::source::unverified(&inbound)?
+    let verified = source.scheme.verify(&inbound)?;
+    describe_and_evaluate(config, source, &inbound, verified, body)
+}
+
+/// The offline tools' path (`explain`, `test`, library tests): like
+/// [`receive`], with the trust named by the caller.
+pub fn process(
+    config: &Config,
+    source: &Source,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+    trust: Trust,
+) -> Result<Intake, Rejection> {
+    let body = Bytes::copy_from_slice(body);
+    let inbound = Inbound {
+        headers,
+        body: &body[..],
+        now,
     };
+    let verified = match trust {
+        Trust::Verify => source.scheme.verify(&inbound)?,
+        Trust::AssumeAuthentic => crate::source::assume_authentic(&inbound)?,
+    };
+    describe_and_evaluate(config, source, &inbound, verified, &body)
+}
+
+fn describe_and_evaluate(
+    config: &Config,
+    source: &Source,
+    inbound: &Inbound<'_>,
+    verified: Verified<'_>,
+    body: &Bytes,
+) -> Result<Intake, Rejection> {
     crate::source::require_utf8(verified.payload())?;
-    let event = source.scheme.describe(&source.name, &inbound, &verified)?;
-    let visible = source.visible_headers(headers);
+    let event = source.scheme.describe(&source.name, inbound, &verified)?;
+    let visible = source.visible_headers(inbound.headers);
     let payload = verified.into_payload_bytes(body);
     let evaluation = if event.kind == kind::PING {
         Evaluation::default()

@@ -63,7 +63,7 @@ fn run_case(config_path: &Path, case_path: &Path) {
         &headers,
         &body,
         SystemTime::now(),
-        false,
+        hookbridge::intake::Trust::AssumeAuthentic,
     )
     .unwrap_or_else(|e| panic!("{at}: rejected: {e}"));
     let ev = &intake.evaluation;

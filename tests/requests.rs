@@ -99,7 +99,7 @@ fn rendered_requests() {
         &headers,
         &body,
         SystemTime::now(),
-        true,
+        hookbridge::intake::Trust::Verify,
     )
     .unwrap();
     assert!(

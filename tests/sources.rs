@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use base64::Engine;
 use hookbridge::config::{Config, LoadMode};
 use hookbridge::event::Event;
+use hookbridge::intake::Trust;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use support::{github_signature, hmac_sha256_hex, payload, standard_signature};
@@ -159,7 +160,7 @@ fn signed(source: &str, event: &str, body: &[u8]) -> HeaderMap {
 
 fn describe(config: &Config, source: &str, headers: &HeaderMap, body: &[u8]) -> Event {
     let src = config.sources.get(source).unwrap();
-    hookbridge::intake::process(config, src, headers, body, SystemTime::now(), true)
+    hookbridge::intake::process(config, src, headers, body, SystemTime::now(), Trust::Verify)
         .unwrap_or_else(|e| panic!("{source}: {e}"))
         .event
 }
@@ -456,7 +457,14 @@ fn tampered_bodies_and_wrong_secrets_fail_for_every_sender() {
         let src = config.sources.get(source).unwrap();
         let mut tampered = body.clone();
         tampered.extend_from_slice(b"\n ");
-        let outcome = hookbridge::intake::process(&config, src, &headers, &tampered, SystemTime::now(), true);
+        let outcome = hookbridge::intake::process(
+            &config,
+            src,
+            &headers,
+            &tampered,
+            SystemTime::now(),
+            Trust::Verify,
+        );
         if source == "gitlab" || source == "azure" {
             // Token and basic-auth schemes do not sign the body.
             continue;
@@ -474,7 +482,7 @@ fn tampered_bodies_and_wrong_secrets_fail_for_every_sender() {
         &headers,
         &body,
         SystemTime::now(),
-        true,
+        Trust::Verify,
     )
     .unwrap_err();
     assert_eq!(err.status(), 401);
@@ -490,7 +498,7 @@ fn tampered_bodies_and_wrong_secrets_fail_for_every_sender() {
         &headers,
         &body,
         SystemTime::now(),
-        true,
+        Trust::Verify,
     )
     .unwrap_err();
     assert_eq!(err.status(), 401);
@@ -514,7 +522,7 @@ fn outcome(config: &Config, source: &str, headers: &HeaderMap, body: &[u8]) -> R
         headers,
         body,
         SystemTime::now(),
-        true,
+        Trust::Verify,
     )
     .map(drop)
     .map_err(|e| (e.status().as_u16(), e.to_string()))
@@ -739,7 +747,7 @@ fn signed_deliveries_outside_the_tolerance_are_refused() {
             &h,
             &body,
             SystemTime::now(),
-            true,
+            Trust::Verify,
         );
         assert_eq!(r.is_ok(), ok, "age {age}s");
     }
@@ -751,7 +759,7 @@ fn signed_deliveries_outside_the_tolerance_are_refused() {
         &h,
         &body,
         SystemTime::now(),
-        true,
+        Trust::Verify,
     );
     assert_eq!(r.unwrap_err().status(), 401);
 }
@@ -866,7 +874,7 @@ parameters = { sha = "{{ event.sha }}", repository = "{{ event.repository }}", d
             &signed(signer, event, &body),
             &body,
             SystemTime::now(),
-            true,
+            Trust::Verify,
         )
         .unwrap_or_else(|e| panic!("{provider}: {e}"));
         assert_eq!(
@@ -887,4 +895,75 @@ parameters = { sha = "{{ event.sha }}", repository = "{{ event.repository }}", d
     for (provider, request) in &rendered {
         assert_eq!(request, first, "{provider} renders a different request");
     }
+}
+
+/// Bitbucket Cloud and Data Center sign with HMAC-SHA256 only: a valid
+/// HMAC-SHA1 of the body under the right secret is still refused, by the real
+/// daemon over HTTP, and the SHA-256 signature of the same body is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitbucket_refuses_sha1_signatures_through_the_daemon() {
+    use hmac::{KeyInit, Mac};
+    use support::ci::{CIRCLE_TOKEN, StandIn};
+    let ci = StandIn::start().await;
+    let ws = support::daemon::Workspace::new(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[store]
+url = "@DB@"
+[sources.bitbucket]
+type = "bitbucket"
+secrets = ["env:BITBUCKET_WEBHOOK_SECRET"]
+[targets.circleci]
+type = "circleci"
+url = "{}"
+token = "env:CIRCLECI_TOKEN"
+[[rules]]
+name = "push"
+events = ["push"]
+[rules.trigger]
+target = "circleci"
+project = "gh/acme/app"
+branch = "{{{{ event.branch }}}}"
+"#,
+        ci.url
+    ));
+    let daemon = ws.start(&[
+        ("BITBUCKET_WEBHOOK_SECRET", SECRET),
+        ("CIRCLECI_TOKEN", CIRCLE_TOKEN),
+    ]);
+    let body = payload("bitbucket-cloud/repo-push.json");
+    let mut sha1 = hmac::Hmac::<sha1::Sha1>::new_from_slice(SECRET.as_bytes()).unwrap();
+    sha1.update(&body);
+    let sha1 = format!("sha1={}", hex::encode(sha1.finalize().into_bytes()));
+    let sha256 = format!("sha256={}", hmac_sha256_hex(SECRET.as_bytes(), &body));
+    let client = reqwest::Client::new();
+    let send = |signature: String, delivery: &'static str| {
+        client
+            .post(daemon.hook_url("bitbucket"))
+            .header("Content-Type", "application/json")
+            .header("X-Event-Key", "repo:push")
+            .header("X-Request-UUID", delivery)
+            .header("X-Hub-Signature", signature)
+            .body(body.clone())
+            .send()
+    };
+
+    let refused = send(sha1, "0b1e5e6a-0000-4000-8000-00000000051a").await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let answer: Value = refused.json().await.unwrap();
+    assert_eq!(
+        answer["error"],
+        "`X-Hub-Signature` header is malformed: expected `sha256=<hex>`: this sender signs with HMAC-SHA256"
+    );
+
+    let accepted = send(sha256, "0b1e5e6a-0000-4000-8000-0000000256aa")
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let summary: Value = accepted.json().await.unwrap();
+    assert_eq!(summary["matched"][0]["rule"], "push", "{summary}");
+    assert!(!daemon.logs().contains(SECRET));
 }

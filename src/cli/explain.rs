@@ -13,6 +13,7 @@ use super::common::{
 };
 use crate::config::Config;
 use crate::event::Event;
+use crate::intake::Trust;
 use crate::rules::{Errored, Skipped};
 
 #[derive(Debug, Args)]
@@ -61,7 +62,13 @@ fn explain(args: &ExplainArgs, config: &Config) -> Result<ExitCode, String> {
     let source = find_source(config, &args.source)?;
     let body = read_payload(&args.payload)?;
     let headers = request_headers(source, &body, args.event.as_deref(), &args.headers)?;
-    let intake = crate::intake::process(config, source, &headers, &body, SystemTime::now(), args.verify)
+    // Without `--verify` the payload file carries no signature: say so by name.
+    let trust = if args.verify {
+        Trust::Verify
+    } else {
+        Trust::AssumeAuthentic
+    };
+    let intake = crate::intake::process(config, source, &headers, &body, SystemTime::now(), trust)
         .map_err(|e| format!("{} ({})", e, e.status()))?;
     let explanation = Explanation {
         matched: render(config, &intake.evaluation),

@@ -59,11 +59,23 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// A set of diagnostics for one file, with the text needed to render snippets.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Report {
     pub path: PathBuf,
     pub text: String,
     pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The file's text may hold literal secrets (a warning, not an error), so
+/// `Debug` (reached from `{:?}` of a loaded config) prints only its length.
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Report")
+            .field("path", &self.path)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("diagnostics", &self.diagnostics)
+            .finish()
+    }
 }
 
 impl Report {

@@ -18,10 +18,12 @@ pub mod limits;
 pub mod raw;
 pub mod schema;
 pub mod secret;
+pub mod store_url;
 pub mod units;
 
 pub use diagnostic::{Diagnostic, Report, Severity, suggest};
-pub use secret::{Secret, SecretRef, SecretSlot};
+pub use secret::{HmacKey, KeyError, Secret, SecretRef, SecretSlot};
+pub use store_url::{StoreUrl, redact_url};
 
 use crate::rules::RuleSet;
 use crate::source::Source;
@@ -109,46 +111,6 @@ pub struct ServerSettings {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
-}
-
-/// Which store backs the daemon.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-impl StoreUrl {
-    pub fn parse(url: &str) -> Result<StoreUrl, String> {
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err("`sqlite://` needs a file path, e.g. `sqlite://hookbridge.db`".into());
-            }
-            Ok(StoreUrl::Sqlite(PathBuf::from(path)))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(StoreUrl::Postgres(url.to_owned()))
-        } else {
-            Err(format!(
-                "unsupported store url `{}`; expected `sqlite://PATH` or `postgres://...`",
-                redact_url(url)
-            ))
-        }
-    }
-}
-
-/// A URL with any password replaced by `***`, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -466,28 +428,5 @@ fn check_name(name: &Spanned<String>, what: &str, loader: &mut Loader) {
             ),
             name.span(),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords_in_urls() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/hb"),
-            "postgres://app:***@db:5432/hb"
-        );
-        assert_eq!(redact_url("postgres://db/hb"), "postgres://db/hb");
-    }
-
-    #[test]
-    fn store_urls() {
-        assert_eq!(
-            StoreUrl::parse("sqlite://data/hb.db").unwrap(),
-            StoreUrl::Sqlite(PathBuf::from("data/hb.db"))
-        );
-        assert!(StoreUrl::parse("mysql://x").is_err());
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! A [`Secret`] never prints its value: not in `Debug`, not in `Display`, not in
 //! error messages. Code that needs the bytes calls [`Secret::expose`] at the
-//! point of use (an HMAC key, an outbound header) and nowhere else.
+//! point of use (an HMAC key, an outbound header) and nowhere else. An
+//! [`HmacKey`] is the same promise for key bytes decoded from a secret.
 
 use std::fmt;
 
-use secrecy::{ExposeSecret, SecretString};
+use base64::Engine as _;
+use secrecy::zeroize::Zeroize;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Deserializer};
 
 /// A resolved secret value.
@@ -28,6 +31,68 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// The bytes an HMAC is keyed with, decoded once when the config loads.
+///
+/// Sources keep their keys in this type so that `{:?}` of a loaded config
+/// cannot print them and no request copies them into plain buffers; the bytes
+/// are zeroed when the key is dropped (a reload drops the old config's keys).
+#[derive(Clone)]
+pub struct HmacKey(SecretSlice<u8>);
+
+/// Why a secret cannot be used as a Standard Webhooks key. Never holds the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("a Standard Webhooks secret must be `whsec_` followed by base64")]
+    NotBase64,
+    #[error("a Standard Webhooks secret must decode to at least one byte of key")]
+    Empty,
+}
+
+impl HmacKey {
+    /// The secret's own bytes as the key: GitHub, Bitbucket, Gitea, Forgejo,
+    /// Gogs and generic HMAC senders key their MAC with the secret as typed.
+    pub fn from_secret(secret: &Secret) -> Self {
+        HmacKey(SecretSlice::from(secret.expose().as_bytes().to_vec()))
+    }
+
+    /// The key of a Standard Webhooks secret (`whsec_` + base64; GitLab signing
+    /// tokens too): the base64-decoded bytes, not the text. A secret without the
+    /// prefix is taken as base64 as well, as the reference libraries do. This is
+    /// the one decoder of such secrets, used when the config loads.
+    pub fn from_whsec(secret: &Secret) -> Result<Self, KeyError> {
+        let text = secret.expose();
+        let b64 = text.strip_prefix("whsec_").unwrap_or(text);
+        let mut decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| KeyError::NotBase64)?;
+        // Copy into an exactly sized box and wipe the decoder's buffer, whose
+        // capacity may exceed its length (so `into_boxed_slice` would reallocate
+        // and leave the bytes behind unzeroed).
+        let key: Box<[u8]> = Box::from(decoded.as_slice());
+        decoded.zeroize();
+        if key.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(HmacKey(SecretSlice::from(key)))
+    }
+
+    /// Raw key bytes, for tests and tools that hold a key outside any config.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        HmacKey(SecretSlice::from(bytes.to_vec()))
+    }
+
+    /// The key bytes, for the HMAC that uses them and nothing else.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HmacKey(***)")
     }
 }
 
@@ -177,6 +242,31 @@ mod tests {
         assert_eq!(format!("{r:?} {r}"), "<literal> <literal>");
         let slot = SecretSlot::load(r);
         assert!(!format!("{slot:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn hmac_keys_never_print_their_bytes() {
+        let whsec = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let key = HmacKey::from_whsec(&whsec).unwrap();
+        assert_eq!(format!("{key:?}"), "HmacKey(***)");
+        assert_eq!(key.expose().len(), 24);
+        let plain = HmacKey::from_secret(&Secret::new("hunter2"));
+        assert_eq!(plain.expose(), b"hunter2");
+        assert_eq!(format!("{:?}", vec![plain]), "[HmacKey(***)]");
+    }
+
+    #[test]
+    fn whsec_secrets_must_be_base64_and_not_empty() {
+        let err = |s: &str| HmacKey::from_whsec(&Secret::new(s)).unwrap_err();
+        assert_eq!(err("whsec_not base64!"), KeyError::NotBase64);
+        assert_eq!(err("whsec_"), KeyError::Empty);
+        // Without the prefix the text is still taken as base64.
+        assert_eq!(
+            HmacKey::from_whsec(&Secret::new("dGVzdA==")).unwrap().expose(),
+            b"test"
+        );
+        // The message names the expected shape, never the secret.
+        assert!(!err("whsec_sekrit!").to_string().contains("sekrit"));
     }
 
     #[test]

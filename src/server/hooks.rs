@@ -145,7 +145,7 @@ async fn handle(
     };
 
     let received_at = SystemTime::now();
-    let processed = intake::process_bytes(&config, source, &headers, &bytes, received_at, true);
+    let processed = intake::receive(&config, source, &headers, &bytes, received_at);
     let intake = match processed {
         Ok(intake) => intake,
         Err(rejection) => return reject(&name, rejection),

@@ -1,7 +1,8 @@
 //! Bitbucket Cloud and Data Center: `X-Hub-Signature: sha256=<hex>` (the prefix
 //! names the hash; on GitHub the same header means SHA-1), `X-Event-Key`,
 //! delivery id from `X-Request-UUID` (Cloud) or `X-Request-Id` (DC), and
-//! optional HTTP basic auth on Data Center.
+//! optional HTTP basic auth on Data Center. Both sign with HMAC-SHA256 only,
+//! so a `sha1=` signature is refused (401) rather than checked.
 //!
 //! A push may change several refs; the first becomes the event's own `ref` and
 //! all of them are listed in `event.changes`. Bitbucket payloads never list
@@ -13,14 +14,16 @@ use std::time::SystemTime;
 use serde::Deserialize;
 
 use super::signature::{self, Algorithm};
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, github, parse};
+use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, hmac_keys, parse};
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, Loader, Secret};
+use crate::config::{Diagnostic, HmacKey, Loader, Secret};
 use crate::event::{Event, Provider, RefChange, kind};
 
 #[derive(Debug)]
 pub struct Bitbucket {
-    secrets: Vec<Secret>,
+    /// Webhook secrets as HMAC keys; any one of them verifies (rotation).
+    keys: Vec<HmacKey>,
+    /// Data Center basic-auth credentials, `user:password`.
     basic_auth: Vec<Secret>,
     signature_required: bool,
     basic_required: bool,
@@ -55,16 +58,16 @@ impl Bitbucket {
             }
         }
         Bitbucket {
-            secrets,
+            keys: hmac_keys(&secrets),
             basic_auth: basic_auth.into_iter().map(|(s, _)| s).collect(),
             signature_required,
             basic_required,
         }
     }
 
-    pub fn with_secrets(secrets: Vec<Secret>) -> Self {
+    pub fn with_secrets(secrets: &[Secret]) -> Self {
         Bitbucket {
-            secrets,
+            keys: hmac_keys(secrets),
             basic_auth: Vec::new(),
             signature_required: true,
             basic_required: false,
@@ -108,7 +111,13 @@ impl Scheme for Bitbucket {
             let value = inbound
                 .header("x-hub-signature")
                 .ok_or(VerifyError::MissingHeader("X-Hub-Signature"))?;
-            github::verify_hub_signature(&self.secrets, value, "X-Hub-Signature", &[inbound.body])?;
+            signature::verify_prefixed_hex(
+                &self.keys,
+                value,
+                "X-Hub-Signature",
+                Algorithm::Sha256,
+                &[inbound.body],
+            )?;
         }
         Ok(Verified::new(Cow::Borrowed(inbound.body)))
     }
@@ -128,8 +137,8 @@ impl Scheme for Bitbucket {
 
     fn sign(&self, body: &[u8], _now: SystemTime) -> Result<Vec<(String, String)>, String> {
         let mut out = Vec::new();
-        if let Some(secret) = self.secrets.first() {
-            let mac = signature::hmac(Algorithm::Sha256, secret.expose().as_bytes(), &[body]);
+        if let Some(key) = self.keys.first() {
+            let mac = signature::hmac(Algorithm::Sha256, key.expose(), &[body]);
             out.push(("X-Hub-Signature".into(), format!("sha256={}", hex::encode(mac))));
         }
         if let Some(creds) = self.basic_auth.first() {
@@ -417,7 +426,7 @@ mod tests {
             "/tests/fixtures/payloads/bitbucket-cloud/repo-push-signed.json"
         ))
         .unwrap();
-        let b = Bitbucket::with_secrets(vec![Secret::new("Gkvl$k$wyNpQAF42")]);
+        let b = Bitbucket::with_secrets(&[Secret::new("Gkvl$k$wyNpQAF42")]);
         let mut h = http::HeaderMap::new();
         h.insert(
             "x-hub-signature",
@@ -436,5 +445,20 @@ mod tests {
             b.verify(&Inbound::new(&h, &body)).err(),
             Some(VerifyError::Mismatch)
         );
+    }
+
+    #[test]
+    fn a_valid_sha1_signature_is_refused() {
+        let b = Bitbucket::with_secrets(&[Secret::new("s")]);
+        let body = br#"{"push":{"changes":[]}}"#;
+        let sha1 = hex::encode(signature::hmac(Algorithm::Sha1, b"s", &[body]));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-hub-signature", format!("sha1={sha1}").parse().unwrap());
+        let err = b.verify(&Inbound::new(&h, body)).err().unwrap();
+        assert!(
+            matches!(err, VerifyError::Malformed("X-Hub-Signature", _)),
+            "{err}"
+        );
+        assert_eq!(err.status(), 401);
     }
 }

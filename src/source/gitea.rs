@@ -6,9 +6,11 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use super::signature::{self, Algorithm};
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, github, required_secrets};
+use super::{
+    DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, github, hmac_keys, required_secrets,
+};
 use crate::config::raw::RawSource;
-use crate::config::{Loader, Secret};
+use crate::config::{HmacKey, Loader, Secret};
 use crate::event::{Event, Provider};
 
 /// Which of the three related senders a source expects.
@@ -71,20 +73,24 @@ impl Flavor {
 #[derive(Debug)]
 pub struct Gitea {
     flavor: Flavor,
-    secrets: Vec<Secret>,
+    /// The webhook secrets as HMAC-SHA256 keys; any one of them verifies.
+    keys: Vec<HmacKey>,
 }
 
 impl Gitea {
     pub fn build(name: &str, raw: &RawSource, loader: &mut Loader, flavor: Flavor) -> Self {
-        let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        Gitea { flavor, secrets }
+        let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader);
+        Gitea {
+            flavor,
+            keys: hmac_keys(secrets.iter().map(|(s, _)| s)),
+        }
     }
 
-    pub fn with_secrets(flavor: Flavor, secrets: Vec<Secret>) -> Self {
-        Gitea { flavor, secrets }
+    pub fn with_secrets(flavor: Flavor, secrets: &[Secret]) -> Self {
+        Gitea {
+            flavor,
+            keys: hmac_keys(secrets),
+        }
     }
 }
 
@@ -116,15 +122,10 @@ impl Scheme for Gitea {
         } else {
             Cow::Borrowed(inbound.body)
         };
-        if self.secrets.is_empty() {
+        if self.keys.is_empty() {
             return Err(VerifyError::NoSecret);
         }
-        let keys: Vec<Vec<u8>> = self
-            .secrets
-            .iter()
-            .map(|s| s.expose().as_bytes().to_vec())
-            .collect();
-        if !signature::verify_any(Algorithm::Sha256, &keys, &[&payload], &expected) {
+        if !signature::verify_any(Algorithm::Sha256, &self.keys, &[&payload], &expected) {
             return Err(VerifyError::Mismatch);
         }
         Ok(Verified::new(payload))
@@ -160,15 +161,8 @@ impl Scheme for Gitea {
     }
 
     fn sign(&self, body: &[u8], _now: SystemTime) -> Result<Vec<(String, String)>, String> {
-        let secret = self
-            .secrets
-            .first()
-            .ok_or("the source has no secret to sign with")?;
-        let sig = hex::encode(signature::hmac(
-            Algorithm::Sha256,
-            secret.expose().as_bytes(),
-            &[body],
-        ));
+        let key = self.keys.first().ok_or("the source has no secret to sign with")?;
+        let sig = hex::encode(signature::hmac(Algorithm::Sha256, key.expose(), &[body]));
         let names: &[&str] = match self.flavor {
             Flavor::Gitea => &["X-Gitea-Signature", "X-Gogs-Signature"],
             Flavor::Forgejo => &["X-Forgejo-Signature", "X-Gitea-Signature", "X-Gogs-Signature"],
@@ -189,7 +183,7 @@ mod tests {
 
     #[test]
     fn empty_signature_header_is_rejected() {
-        let g = Gitea::with_secrets(Flavor::Gitea, vec![Secret::new("s")]);
+        let g = Gitea::with_secrets(Flavor::Gitea, &[Secret::new("s")]);
         let mut h = HeaderMap::new();
         h.insert("x-gitea-signature", "".parse().unwrap());
         assert_eq!(
@@ -200,7 +194,7 @@ mod tests {
 
     #[test]
     fn form_bodies_are_verified_over_the_inner_json() {
-        let g = Gitea::with_secrets(Flavor::Forgejo, vec![Secret::new("s")]);
+        let g = Gitea::with_secrets(Flavor::Forgejo, &[Secret::new("s")]);
         let json = br#"{"a":1}"#;
         let sig = hex::encode(signature::hmac(Algorithm::Sha256, b"s", &[json]));
         let mut h = HeaderMap::new();

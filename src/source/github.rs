@@ -1,14 +1,20 @@
 //! GitHub (github.com, GHEC, GHES): `X-Hub-Signature-256: sha256=<hex>` over the
 //! raw body, JSON or form-encoded (`payload=`) bodies, `X-GitHub-Event`,
 //! `X-GitHub-Delivery`.
+//!
+//! GitHub sends the SHA-256 header with every signed delivery; the legacy
+//! `X-Hub-Signature: sha1=` copy is never accepted, so a weaker hash cannot
+//! stand in for the one GitHub uses.
 
 use std::borrow::Cow;
 use std::time::SystemTime;
 
 use super::signature::{self, Algorithm};
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, required_secrets};
+use super::{
+    DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, hmac_keys, required_secrets,
+};
 use crate::config::raw::RawSource;
-use crate::config::{Loader, Secret};
+use crate::config::{HmacKey, Loader, Secret};
 use crate::event::{Event, Provider};
 
 mod payload;
@@ -16,49 +22,22 @@ pub(super) use payload::describe;
 
 #[derive(Debug)]
 pub struct GitHub {
-    secrets: Vec<Secret>,
+    /// The webhook secrets as HMAC keys; any one of them verifies (rotation).
+    keys: Vec<HmacKey>,
 }
 
 impl GitHub {
     pub fn build(name: &str, raw: &RawSource, loader: &mut Loader) -> Self {
-        let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        GitHub { secrets }
+        let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader);
+        GitHub {
+            keys: hmac_keys(secrets.iter().map(|(s, _)| s)),
+        }
     }
 
-    pub fn with_secrets(secrets: Vec<Secret>) -> Self {
-        GitHub { secrets }
-    }
-}
-
-/// Check a `sha256=<hex>` / `sha1=<hex>` signature header against the secrets.
-pub(super) fn verify_hub_signature(
-    secrets: &[Secret],
-    value: &str,
-    header: &'static str,
-    parts: &[&[u8]],
-) -> Result<(), VerifyError> {
-    let (alg, hex) = if let Some(h) = value.strip_prefix("sha256=") {
-        (Algorithm::Sha256, h)
-    } else if let Some(h) = value.strip_prefix("sha1=") {
-        (Algorithm::Sha1, h)
-    } else {
-        return Err(VerifyError::Malformed(header, "expected `sha256=<hex>`".into()));
-    };
-    if hex.is_empty() {
-        return Err(VerifyError::Malformed(header, "the signature is empty".into()));
-    }
-    let expected = hex::decode(hex).map_err(|_| VerifyError::Malformed(header, "not hexadecimal".into()))?;
-    if secrets.is_empty() {
-        return Err(VerifyError::NoSecret);
-    }
-    let keys: Vec<Vec<u8>> = secrets.iter().map(|s| s.expose().as_bytes().to_vec()).collect();
-    if signature::verify_any(alg, &keys, parts, &expected) {
-        Ok(())
-    } else {
-        Err(VerifyError::Mismatch)
+    pub fn with_secrets(secrets: &[Secret]) -> Self {
+        GitHub {
+            keys: hmac_keys(secrets),
+        }
     }
 }
 
@@ -68,15 +47,16 @@ impl Scheme for GitHub {
     }
 
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
-        // SHA-256 when present; the legacy SHA-1 header only for senders that lack it.
-        let (header, value) = match inbound.header("x-hub-signature-256") {
-            Some(v) => ("X-Hub-Signature-256", v),
-            None => match inbound.header("x-hub-signature") {
-                Some(v) if v.starts_with("sha1=") => ("X-Hub-Signature", v),
-                _ => return Err(VerifyError::MissingHeader("X-Hub-Signature-256")),
-            },
-        };
-        verify_hub_signature(&self.secrets, value, header, &[inbound.body])?;
+        let value = inbound
+            .header("x-hub-signature-256")
+            .ok_or(VerifyError::MissingHeader("X-Hub-Signature-256"))?;
+        signature::verify_prefixed_hex(
+            &self.keys,
+            value,
+            "X-Hub-Signature-256",
+            Algorithm::Sha256,
+            &[inbound.body],
+        )?;
         // GitHub signs the body as sent; a form body carries the JSON in `payload`.
         let payload = if inbound.is_form() {
             Cow::Owned(inbound.form_payload()?)
@@ -100,27 +80,12 @@ impl Scheme for GitHub {
     }
 
     fn sign(&self, body: &[u8], _now: SystemTime) -> Result<Vec<(String, String)>, String> {
-        let secret = self
-            .secrets
-            .first()
-            .ok_or("the source has no secret to sign with")?;
-        let key = secret.expose().as_bytes();
-        Ok(vec![
-            (
-                "X-Hub-Signature-256".into(),
-                format!(
-                    "sha256={}",
-                    hex::encode(signature::hmac(Algorithm::Sha256, key, &[body]))
-                ),
-            ),
-            (
-                "X-Hub-Signature".into(),
-                format!(
-                    "sha1={}",
-                    hex::encode(signature::hmac(Algorithm::Sha1, key, &[body]))
-                ),
-            ),
-        ])
+        let key = self.keys.first().ok_or("the source has no secret to sign with")?;
+        let mac = signature::hmac(Algorithm::Sha256, key.expose(), &[body]);
+        Ok(vec![(
+            "X-Hub-Signature-256".into(),
+            format!("sha256={}", hex::encode(mac)),
+        )])
     }
 }
 
@@ -130,7 +95,7 @@ mod tests {
     use http::HeaderMap;
 
     fn github() -> GitHub {
-        GitHub::with_secrets(vec![Secret::new("It's a Secret to Everybody")])
+        GitHub::with_secrets(&[Secret::new("It's a Secret to Everybody")])
     }
 
     #[test]
@@ -166,12 +131,19 @@ mod tests {
     }
 
     #[test]
-    fn legacy_sha1_header_is_accepted_alone() {
+    fn sha1_signatures_are_refused_in_either_header() {
+        // The docs vector's SHA-1 twin: valid HMAC-SHA1, but GitHub signs with SHA-256.
+        let sha1 = "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59";
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-hub-signature",
-            "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59".parse().unwrap(),
+        h.insert("x-hub-signature", sha1.parse().unwrap());
+        assert_eq!(
+            github().verify(&Inbound::new(&h, b"Hello, World!")).err(),
+            Some(VerifyError::MissingHeader("X-Hub-Signature-256"))
         );
-        assert!(github().verify(&Inbound::new(&h, b"Hello, World!")).is_ok());
+        h.insert("x-hub-signature-256", sha1.parse().unwrap());
+        assert!(matches!(
+            github().verify(&Inbound::new(&h, b"Hello, World!")),
+            Err(VerifyError::Malformed("X-Hub-Signature-256", _))
+        ));
     }
 }

@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use super::signature::{self, standard};
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id};
+use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, whsec_keys};
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, Loader, Secret};
+use crate::config::{Diagnostic, HmacKey, Loader, Secret};
 use crate::event::Event;
 
 mod payload;
@@ -18,8 +18,10 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 pub struct GitLab {
+    /// `X-Gitlab-Token` values, compared in constant time.
     tokens: Vec<Secret>,
-    signing_keys: Vec<Vec<u8>>,
+    /// Decoded `whsec_` signing-token keys.
+    signing_keys: Vec<HmacKey>,
     /// Whether `signing_secrets` was configured (even if unresolved in `check`).
     signing_required: bool,
     tolerance: Duration,
@@ -50,16 +52,7 @@ impl GitLab {
                 ),
             );
         }
-        let mut signing_keys = Vec::new();
-        for (secret, span) in &signing {
-            match standard::key(secret.expose()) {
-                Ok(k) => signing_keys.push(k),
-                Err(e) => loader.push(Diagnostic::error(
-                    format!("source `{name}`: {e}"),
-                    Some(span.clone()),
-                )),
-            }
-        }
+        let signing_keys = whsec_keys(name, &signing, loader);
         GitLab {
             tokens,
             signing_keys,
@@ -99,7 +92,7 @@ impl Scheme for GitLab {
                 sig,
                 inbound.body,
                 inbound.now,
-                Some(self.tolerance),
+                self.tolerance,
             )?;
         }
         if !self.tokens.is_empty() || !self.signing_required {
@@ -133,11 +126,7 @@ impl Scheme for GitLab {
         let mut headers = Vec::new();
         let id = format!("msg_{}", ulid::Ulid::generate());
         if let Some(key) = self.signing_keys.first() {
-            let ts = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-                .to_string();
+            let ts = standard::unix_seconds(now).to_string();
             headers.push(("webhook-id".into(), id.clone()));
             headers.push(("webhook-timestamp".into(), ts.clone()));
             headers.push(("webhook-signature".into(), standard::sign(key, &id, &ts, body)));
@@ -161,7 +150,10 @@ mod tests {
     fn gitlab(tokens: &[&str], signing: &[&str]) -> GitLab {
         GitLab {
             tokens: tokens.iter().map(|t| Secret::new(*t)).collect(),
-            signing_keys: signing.iter().map(|s| standard::key(s).unwrap()).collect(),
+            signing_keys: signing
+                .iter()
+                .map(|s| HmacKey::from_whsec(&Secret::new(*s)).unwrap())
+                .collect(),
             signing_required: !signing.is_empty(),
             tolerance: DEFAULT_TOLERANCE,
         }

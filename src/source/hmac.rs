@@ -6,14 +6,15 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use super::signature::{self, Algorithm, Encoding};
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, required_secrets};
+use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, hmac_keys, required_secrets};
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, Loader, Secret};
+use crate::config::{Diagnostic, HmacKey, Loader};
 use crate::event::{Event, Provider};
 
 #[derive(Debug)]
 pub struct GenericHmac {
-    secrets: Vec<Secret>,
+    /// The secrets as HMAC keys; any one of them verifies.
+    keys: Vec<HmacKey>,
     /// Lower-cased header name.
     header: String,
     algorithm: Algorithm,
@@ -30,10 +31,8 @@ fn lower(s: &Option<toml::Spanned<String>>) -> Option<String> {
 
 impl GenericHmac {
     pub fn build(name: &str, raw: &RawSource, loader: &mut Loader) -> Self {
-        let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader);
+        let keys = hmac_keys(secrets.iter().map(|(s, _)| s));
         let header = match &raw.header {
             Some(h) if http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_ok() => {
                 h.get_ref().to_ascii_lowercase()
@@ -83,7 +82,7 @@ impl GenericHmac {
             }),
         };
         GenericHmac {
-            secrets,
+            keys,
             header,
             algorithm,
             encoding,
@@ -119,15 +118,10 @@ impl Scheme for GenericHmac {
             .decode(encoded)
             .filter(|b| !b.is_empty())
             .ok_or_else(|| VerifyError::Malformed("signature", "cannot decode the signature".into()))?;
-        if self.secrets.is_empty() {
+        if self.keys.is_empty() {
             return Err(VerifyError::NoSecret);
         }
-        let keys: Vec<Vec<u8>> = self
-            .secrets
-            .iter()
-            .map(|s| s.expose().as_bytes().to_vec())
-            .collect();
-        if signature::verify_any(self.algorithm, &keys, &[inbound.body], &expected) {
+        if signature::verify_any(self.algorithm, &self.keys, &[inbound.body], &expected) {
             Ok(Verified::new(Cow::Borrowed(inbound.body)))
         } else {
             Err(VerifyError::Mismatch)
@@ -157,11 +151,8 @@ impl Scheme for GenericHmac {
     }
 
     fn sign(&self, body: &[u8], _now: SystemTime) -> Result<Vec<(String, String)>, String> {
-        let secret = self
-            .secrets
-            .first()
-            .ok_or("the source has no secret to sign with")?;
-        let mac = signature::hmac(self.algorithm, secret.expose().as_bytes(), &[body]);
+        let key = self.keys.first().ok_or("the source has no secret to sign with")?;
+        let mac = signature::hmac(self.algorithm, key.expose(), &[body]);
         let mut out = vec![(
             self.header.clone(),
             format!("{}{}", self.prefix, self.encoding.encode(&mac)),

@@ -1,9 +1,14 @@
 //! Senders and their signature schemes: one file per provider.
 //!
-//! A source turns an [`Inbound`] request into a [`Verified`] payload (the only
-//! way to obtain one is to pass [`Scheme::verify`]), and a verified payload into
-//! a normalized [`Event`] with [`Scheme::describe`]. Verification always runs
-//! over the raw bytes, before anything parses them.
+//! A source turns an [`Inbound`] request into a [`Verified`] payload (outside
+//! this crate the only way to obtain one is to pass [`Scheme::verify`]; inside
+//! it, the offline tools say so by calling `assume_authentic`), and a
+//! verified payload into a normalized [`Event`] with [`Scheme::describe`].
+//! Verification always runs over the raw bytes, before anything parses them.
+//!
+//! Keys and tokens are decoded when the config loads and kept in redacting
+//! types ([`crate::config::HmacKey`], [`crate::config::Secret`]), so `{:?}`
+//! of a source prints `***` for every one of them.
 //!
 //! Adding a provider is adding a file with a [`Scheme`] implementation and one
 //! line in [`build`].
@@ -18,6 +23,7 @@ use http::HeaderMap;
 use crate::config::raw::RawSource;
 use crate::config::{Diagnostic, Loader};
 use crate::event::Event;
+pub(crate) use keys::{hmac_keys, required_secrets, whsec_keys};
 
 pub mod azure;
 pub mod bitbucket;
@@ -25,8 +31,12 @@ pub mod gitea;
 pub mod github;
 pub mod gitlab;
 pub mod hmac;
+mod keys;
 pub mod signature;
 pub mod standard;
+
+#[cfg(test)]
+mod props;
 
 /// An HTTP request as received, before anyone trusts it.
 pub struct Inbound<'a> {
@@ -158,9 +168,12 @@ fn is_within(part: &[u8], whole: &[u8]) -> bool {
     p >= start && p + part.len() <= end
 }
 
-/// Treat a request as verified without checking it. Only for the offline tools
-/// (`explain` without `--verify`, `test`), which never store or trigger anything.
-pub fn unverified<'a>(inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
+/// Treat a request as authentic without checking it: the offline tools
+/// (`explain` without `--verify`, `test`) describe payloads that carry no
+/// signature and never store or trigger anything. Crate-private, and reached
+/// only through [`crate::intake::Trust::AssumeAuthentic`], so no caller can
+/// forge a [`Verified`] without naming that trust.
+pub(crate) fn assume_authentic<'a>(inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
     let payload = if inbound.is_form() {
         Cow::Owned(inbound.form_payload()?)
     } else {
@@ -436,38 +449,6 @@ fn present_settings(raw: &RawSource) -> Vec<(&'static str, std::ops::Range<usize
     key!(event);
     key!(delivery_header);
     out
-}
-
-/// Resolve a list of secrets, requiring at least one entry.
-pub(crate) fn required_secrets(
-    name: &str,
-    key: &str,
-    list: Option<&crate::config::raw::SpannedList<crate::config::SecretRef>>,
-    whole: std::ops::Range<usize>,
-    loader: &mut Loader,
-) -> Vec<(crate::config::Secret, std::ops::Range<usize>)> {
-    match list {
-        Some(list) if !list.get_ref().is_empty() => loader.secrets_with_spans(list),
-        Some(list) => {
-            loader.push(Diagnostic::error(
-                format!(
-                    "source `{name}`: `{key}` is empty; hookbridge does not accept unauthenticated webhooks"
-                ),
-                Some(list.span()),
-            ));
-            Vec::new()
-        }
-        None => {
-            loader.push(
-                Diagnostic::error(
-                    format!("source `{name}`: `{key}` is required; hookbridge does not accept unauthenticated webhooks"),
-                    Some(whole),
-                )
-                .with_help(format!("add `{key} = [\"env:YOUR_SECRET\"]`")),
-            );
-            Vec::new()
-        }
-    }
 }
 
 /// The delivery id from the first present header, else a digest of the body.

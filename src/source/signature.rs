@@ -1,5 +1,6 @@
 //! Signature primitives shared by the sources: HMAC with constant-time
-//! verification, hex/base64 decoding, and the Standard Webhooks scheme.
+//! verification over [`HmacKey`]s, `sha256=<hex>` headers, hex/base64
+//! decoding, and the Standard Webhooks scheme.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -7,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use super::VerifyError;
-use crate::config::Secret;
+use crate::config::{HmacKey, Secret};
 
 /// Hash behind an HMAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,24 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The `sha256=` style prefix GitHub-like headers put before the hex.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Algorithm::Sha1 => "sha1=",
+            Algorithm::Sha256 => "sha256=",
+            Algorithm::Sha512 => "sha512=",
+        }
+    }
+
+    /// The hash's name in messages (`SHA256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha1 => "SHA1",
+            Algorithm::Sha256 => "SHA256",
+            Algorithm::Sha512 => "SHA512",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "sha1" => Some(Algorithm::Sha1),
@@ -77,10 +96,10 @@ pub fn hmac(alg: Algorithm, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 
 /// Constant-time check of `expected` against the HMAC under any of `keys`.
 /// Every key is tried, so the time taken does not reveal which one matched.
-pub fn verify_any(alg: Algorithm, keys: &[Vec<u8>], parts: &[&[u8]], expected: &[u8]) -> bool {
+pub fn verify_any(alg: Algorithm, keys: &[HmacKey], parts: &[&[u8]], expected: &[u8]) -> bool {
     let mut ok = subtle::Choice::from(0u8);
     for key in keys {
-        let mac = hmac(alg, key, parts);
+        let mac = hmac(alg, key.expose(), parts);
         // Length is public (it is the hash size); contents are compared in constant time.
         if mac.len() == expected.len() {
             ok |= mac.ct_eq(expected);
@@ -98,6 +117,42 @@ pub fn token_matches(presented: &[u8], secrets: &[Secret]) -> bool {
     ok.into()
 }
 
+/// Check a `<prefix><hex>` signature header (`sha256=<hex>`) against `keys`.
+///
+/// The prefix names the one algorithm the sender uses; any other prefix (a
+/// `sha1=` from a sender that never signs with SHA-1) is refused, not
+/// downgraded to, so a weaker hash cannot be substituted.
+pub fn verify_prefixed_hex(
+    keys: &[HmacKey],
+    value: &str,
+    header: &'static str,
+    alg: Algorithm,
+    parts: &[&[u8]],
+) -> Result<(), VerifyError> {
+    let prefix = alg.prefix();
+    let hex = value.strip_prefix(prefix).ok_or_else(|| {
+        VerifyError::Malformed(
+            header,
+            format!(
+                "expected `{prefix}<hex>`: this sender signs with HMAC-{}",
+                alg.name()
+            ),
+        )
+    })?;
+    if hex.is_empty() {
+        return Err(VerifyError::Malformed(header, "the signature is empty".into()));
+    }
+    let expected = hex::decode(hex).map_err(|_| VerifyError::Malformed(header, "not hexadecimal".into()))?;
+    if keys.is_empty() {
+        return Err(VerifyError::NoSecret);
+    }
+    if verify_any(alg, keys, parts, &expected) {
+        Ok(())
+    } else {
+        Err(VerifyError::Mismatch)
+    }
+}
+
 /// SHA-256 of the body, hex: the delivery id for senders that send none.
 pub fn body_digest(body: &[u8]) -> String {
     use sha2::Digest;
@@ -105,57 +160,69 @@ pub fn body_digest(body: &[u8]) -> String {
 }
 
 /// Standard Webhooks (and GitLab signing tokens): `v1,<base64>` signatures over
-/// `{id}.{timestamp}.{body}`, keyed with the base64-decoded `whsec_` secret.
+/// `{id}.{timestamp}.{body}`, keyed with the base64-decoded `whsec_` secret
+/// ([`HmacKey::from_whsec`]).
 pub mod standard {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
     use super::*;
 
-    /// The HMAC key of a `whsec_...` secret. Secrets without the prefix are
-    /// taken as base64 too, as the reference libraries do.
-    pub fn key(secret: &str) -> Result<Vec<u8>, String> {
-        let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-        BASE64
-            .decode(b64)
-            .map_err(|_| "a Standard Webhooks secret must be `whsec_` followed by base64".to_owned())
-    }
-
     /// The `webhook-signature` value for one key.
-    pub fn sign(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    pub fn sign(key: &HmacKey, id: &str, timestamp: &str, body: &[u8]) -> String {
         let mac = hmac(
             Algorithm::Sha256,
-            key,
+            key.expose(),
             &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
         );
         format!("v1,{}", BASE64.encode(mac))
     }
 
+    /// Seconds since the Unix epoch, as `webhook-timestamp` writes them.
+    pub fn unix_seconds(now: SystemTime) -> i64 {
+        now.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    /// Parse `webhook-timestamp` and check it against `tolerance` in both
+    /// directions. The value comes from the sender before it is authenticated,
+    /// so the distance is taken with `abs_diff` (no overflow for any `i64`),
+    /// and numbers that are no `i64` are refused with their own message.
+    pub fn check_timestamp(
+        timestamp: &str,
+        now: SystemTime,
+        tolerance: Duration,
+    ) -> Result<i64, VerifyError> {
+        let ts: i64 = timestamp.trim().parse().map_err(|e: std::num::ParseIntError| {
+            let why = match e.kind() {
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                    "out of range for Unix seconds"
+                }
+                _ => "not an integer (Unix seconds)",
+            };
+            VerifyError::Malformed("webhook-timestamp", why.into())
+        })?;
+        let skew = unix_seconds(now).abs_diff(ts);
+        if skew > tolerance.as_secs() {
+            return Err(VerifyError::Stale {
+                skew_secs: skew,
+                tolerance_secs: tolerance.as_secs(),
+            });
+        }
+        Ok(ts)
+    }
+
     /// Verify a `webhook-signature` header (space-separated `v1,<b64>` entries; other
-    /// versions ignored) and the timestamp against `tolerance` (`None`: not checked).
+    /// versions ignored) and the timestamp against `tolerance`.
     pub fn verify(
-        keys: &[Vec<u8>],
+        keys: &[HmacKey],
         id: &str,
         timestamp: &str,
         signature_header: &str,
         body: &[u8],
-        now: std::time::SystemTime,
-        tolerance: Option<std::time::Duration>,
+        now: SystemTime,
+        tolerance: Duration,
     ) -> Result<(), VerifyError> {
-        let ts: i64 = timestamp
-            .trim()
-            .parse()
-            .map_err(|_| VerifyError::Malformed("webhook-timestamp", "not an integer".into()))?;
-        if let Some(tolerance) = tolerance {
-            let now = now
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let skew = (now - ts).unsigned_abs();
-            if skew > tolerance.as_secs() {
-                return Err(VerifyError::Stale {
-                    skew_secs: skew,
-                    tolerance_secs: tolerance.as_secs(),
-                });
-            }
-        }
+        check_timestamp(timestamp, now, tolerance)?;
         let mut any_v1 = false;
         let mut ok = false;
         for entry in signature_header.split_whitespace() {
@@ -205,7 +272,7 @@ mod tests {
 
     #[test]
     fn verify_any_accepts_any_key_and_rejects_truncation() {
-        let keys = vec![b"old".to_vec(), b"new".to_vec()];
+        let keys = vec![HmacKey::from_bytes(b"old"), HmacKey::from_bytes(b"new")];
         let sig = hmac(Algorithm::Sha256, b"new", &[b"body"]);
         assert!(verify_any(Algorithm::Sha256, &keys, &[b"body"], &sig));
         assert!(!verify_any(Algorithm::Sha256, &keys, &[b"body"], &sig[..16]));
@@ -214,7 +281,7 @@ mod tests {
 
     #[test]
     fn standard_webhooks_published_vector() {
-        let key = standard::key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key = HmacKey::from_whsec(&Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).unwrap();
         let sig = standard::sign(
             &key,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -222,5 +289,56 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_not_overflowed() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let tolerance = Duration::from_secs(300);
+        for ts in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX] {
+            let err = standard::check_timestamp(&ts.to_string(), now, tolerance).unwrap_err();
+            assert!(matches!(err, VerifyError::Stale { .. }), "{ts}: {err}");
+            assert_eq!(err.status(), 401);
+        }
+        let err = standard::check_timestamp("-9223372036854775809", now, tolerance).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`webhook-timestamp` header is malformed: out of range for Unix seconds"
+        );
+        let err = standard::check_timestamp("soon", now, tolerance).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`webhook-timestamp` header is malformed: not an integer (Unix seconds)"
+        );
+        assert_eq!(
+            standard::check_timestamp("1700000300", now, tolerance),
+            Ok(1_700_000_300)
+        );
+        assert!(standard::check_timestamp("1700000301", now, tolerance).is_err());
+        assert!(standard::check_timestamp("1699999700", now, tolerance).is_ok());
+        assert!(standard::check_timestamp("1699999699", now, tolerance).is_err());
+    }
+
+    #[test]
+    fn prefixed_hex_accepts_only_the_named_algorithm() {
+        let keys = [HmacKey::from_bytes(b"It's a Secret to Everybody")];
+        let body: &[&[u8]] = &[b"Hello, World!"];
+        let sha256 = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        let sha1 = "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59";
+        assert_eq!(
+            verify_prefixed_hex(&keys, sha256, "X-Hub-Signature", Algorithm::Sha256, body),
+            Ok(())
+        );
+        let err = verify_prefixed_hex(&keys, sha1, "X-Hub-Signature", Algorithm::Sha256, body).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`X-Hub-Signature` header is malformed: expected `sha256=<hex>`: this sender signs with HMAC-SHA256"
+        );
+        assert_eq!(err.status(), 401);
+        assert_eq!(
+            verify_prefixed_hex(&[], sha256, "X-Hub-Signature", Algorithm::Sha256, body),
+            Err(VerifyError::NoSecret)
+        );
     }
 }

@@ -9,34 +9,25 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::signature::standard;
-use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, parse, required_secrets};
+use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, parse, required_secrets, whsec_keys};
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, Loader};
+use crate::config::{HmacKey, Loader};
 use crate::event::{Event, Provider};
 
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 pub struct Standard {
-    keys: Vec<Vec<u8>>,
+    /// The decoded `whsec_` keys; any one of them verifies (rotation).
+    keys: Vec<HmacKey>,
     tolerance: Duration,
 }
 
 impl Standard {
     pub fn build(name: &str, raw: &RawSource, loader: &mut Loader) -> Self {
         let secrets = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader);
-        let mut keys = Vec::new();
-        for (secret, span) in &secrets {
-            match standard::key(secret.expose()) {
-                Ok(k) => keys.push(k),
-                Err(e) => loader.push(Diagnostic::error(
-                    format!("source `{name}`: {e}"),
-                    Some(span.clone()),
-                )),
-            }
-        }
         Standard {
-            keys,
+            keys: whsec_keys(name, &secrets, loader),
             tolerance: raw
                 .tolerance
                 .as_ref()
@@ -44,7 +35,7 @@ impl Standard {
         }
     }
 
-    pub fn with_keys(keys: Vec<Vec<u8>>, tolerance: Duration) -> Self {
+    pub fn with_keys(keys: Vec<HmacKey>, tolerance: Duration) -> Self {
         Standard { keys, tolerance }
     }
 }
@@ -65,15 +56,7 @@ impl Scheme for Standard {
         if self.keys.is_empty() {
             return Err(VerifyError::NoSecret);
         }
-        standard::verify(
-            &self.keys,
-            id,
-            ts,
-            sig,
-            inbound.body,
-            inbound.now,
-            Some(self.tolerance),
-        )?;
+        standard::verify(&self.keys, id, ts, sig, inbound.body, inbound.now, self.tolerance)?;
         Ok(Verified::new(Cow::Borrowed(inbound.body)))
     }
 
@@ -98,11 +81,7 @@ impl Scheme for Standard {
     fn sign(&self, body: &[u8], now: SystemTime) -> Result<Vec<(String, String)>, String> {
         let key = self.keys.first().ok_or("the source has no secret to sign with")?;
         let id = format!("msg_{}", ulid::Ulid::generate());
-        let ts = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .to_string();
+        let ts = standard::unix_seconds(now).to_string();
         let sig = standard::sign(key, &id, &ts, body);
         Ok(vec![
             ("webhook-id".into(), id),
