@@ -47,18 +47,29 @@ def matches(pattern, path):
     return False
 
 
+def included(patterns, rel):
+    verdict = True
+    for pattern, negate in patterns:
+        if matches(pattern, rel):
+            verdict = negate
+    return verdict
+
+
 def context_files(repo):
     patterns = ignore_patterns(repo)
     files = set()
     for root, dirs, names in os.walk(repo):
-        dirs[:] = [d for d in dirs if d not in (".git", "target")]
+        # Skip walking a directory that is ignored and that no `!` pattern
+        # could reach into (the repository's .git and target, typically).
+        def reachable(d):
+            rel = os.path.relpath(os.path.join(root, d), repo)
+            return included(patterns, rel) or any(
+                negate and (p == rel or p.startswith(rel + "/")) for p, negate in patterns
+            )
+        dirs[:] = [d for d in dirs if reachable(d)]
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), repo)
-            included = True
-            for pattern, negate in patterns:
-                if matches(pattern, rel):
-                    included = negate
-            if included:
+            if included(patterns, rel):
                 files.add(rel)
     return files
 
