@@ -126,6 +126,7 @@ fn describe_and_evaluate(
 ) -> Result<Intake, Rejection> {
     crate::source::require_utf8(verified.payload())?;
     let event = source.scheme.describe(&source.name, inbound, &verified)?;
+    crate::source::check_delivery_id(&event.delivery)?;
     let visible = source.visible_headers(inbound.headers);
     let payload = verified.into_payload_bytes(body);
     let evaluation = if event.kind == kind::PING {

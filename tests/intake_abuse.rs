@@ -267,3 +267,16 @@ async fn a_burst_of_large_bodies_beyond_body_memory_is_read_without_deadlock() {
     assert!(answers.iter().all(|a| a == "HTTP/1.1 401"), "{answers:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_with_an_unusable_delivery_id_is_refused_with_400() {
+    let server = Server::start("").await;
+    let long = "d".repeat(300);
+    let (status, _) = server.signed_push(&long).await;
+    assert_eq!(status, 400);
+    let (status, _) = server.signed_push("tab\there").await;
+    assert_eq!(status, 400);
+    let (status, _) = server.signed_push(&"d".repeat(256)).await;
+    assert_eq!(status, 202);
+    server.stop().await;
+}

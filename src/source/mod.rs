@@ -130,6 +130,26 @@ pub fn require_utf8(payload: &[u8]) -> Result<(), DescribeError> {
         })
 }
 
+/// The longest delivery id kept. Providers send 36-character UUIDs or short
+/// `msg_...` ids; anything far longer is not an id.
+pub const MAX_DELIVERY_ID: usize = 256;
+
+/// Refuse a delivery id (from a header or the body) that cannot serve as one:
+/// empty, longer than [`MAX_DELIVERY_ID`], or holding control characters.
+/// It is the key deliveries are deduplicated by, shown in logs and tables.
+pub fn check_delivery_id(id: &str) -> Result<(), DescribeError> {
+    let problem = if id.trim().is_empty() {
+        "it is empty"
+    } else if id.len() > MAX_DELIVERY_ID {
+        "it is longer than 256 bytes"
+    } else if id.chars().any(char::is_control) {
+        "it holds control characters"
+    } else {
+        return Ok(());
+    };
+    Err(DescribeError::BadDeliveryId(problem))
+}
+
 /// A payload whose authenticity a [`Scheme`] has checked. Only this module can make one.
 pub struct Verified<'a> {
     payload: Cow<'a, [u8]>,
@@ -223,6 +243,8 @@ pub enum DescribeError {
         "payload is not valid UTF-8 (the first invalid byte is at offset {offset}); webhook payloads are JSON, which is always UTF-8"
     )]
     NotUtf8 { offset: usize },
+    #[error("the delivery id cannot be used: {0}")]
+    BadDeliveryId(&'static str),
     #[error("{0}")]
     Unreadable(String),
 }
@@ -473,6 +495,29 @@ mod tests {
             http::HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
         Inbound::new(&h, body).form_payload()
+    }
+
+    proptest! {
+        #[test]
+        fn delivery_ids_are_kept_only_when_usable(id in "\\PC{0,300}|[\\x00-\\x7f]{0,40}") {
+            match check_delivery_id(&id) {
+                Ok(()) => {
+                    prop_assert!(!id.trim().is_empty() && id.len() <= MAX_DELIVERY_ID);
+                    prop_assert!(!id.chars().any(char::is_control));
+                }
+                Err(e) => prop_assert!(!e.to_string().contains(&id) || id.trim().is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn real_delivery_ids_are_usable() {
+        for id in ["72d3162e-cc78-11e3-81ab-4c9367dc0958", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "{7c9f6bd0-7a4e-4f4a-8f0e-35a4b2b63a11}"] {
+            assert!(check_delivery_id(id).is_ok(), "{id}");
+        }
+        assert!(check_delivery_id(&"a".repeat(257)).is_err());
+        assert!(check_delivery_id("a\nb").is_err());
+        assert!(check_delivery_id(" ").is_err());
     }
 
     #[test]
