@@ -433,7 +433,7 @@ async fn retention_purges_finished_deliveries_in_batches(h: Harness) {
         .map(|r| r.delivery)
         .collect();
     assert_eq!(left, ["new", "old-pending"]);
-    assert!(s.ping().await.is_ok());
+    assert!(s.ready().await.is_ok());
 }
 
 macro_rules! suite {
