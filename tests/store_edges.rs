@@ -133,9 +133,11 @@ fn triggered(ci: &StandIn) -> BTreeSet<String> {
 }
 
 async fn eventually_triggered(ci: &StandIn, wanted: &BTreeSet<String>) {
-    support::eventually(Duration::from_secs(20), "every acknowledged delivery triggered", || {
-        triggered(ci).is_superset(wanted)
-    })
+    support::eventually(
+        Duration::from_secs(20),
+        "every acknowledged delivery triggered",
+        || triggered(ci).is_superset(wanted),
+    )
     .await;
 }
 
@@ -154,7 +156,11 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
-        run("mount", &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], path);
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            path,
+        );
         Tmpfs {
             path: path.to_path_buf(),
         }
@@ -268,7 +274,10 @@ async fn files_deleted_under_the_daemon(ci_up: bool) {
             (status, body) => panic!("unexpected {status}: {body}"),
         }
     }
-    assert!(refused > 0, "every push after the files were deleted was acknowledged");
+    assert!(
+        refused > 0,
+        "every push after the files were deleted was acknowledged"
+    );
     let body = readyz_becomes(&daemon, 503).await;
     assert_eq!(body, "not ready: store not writable\n");
     assert_eq!(get(format!("{}/healthz", daemon.admin)).await.0, 200);
@@ -358,7 +367,11 @@ async fn a_full_disk_is_not_ready_and_refuses_deliveries_until_space_is_freed() 
     let acknowledged: BTreeSet<String> = ["roomy-0".to_owned(), "roomy-1".to_owned()].into();
     eventually_triggered(&ci, &acknowledged).await;
     daemon.kill();
-    assert_eq!(stored(&db).await, acknowledged, "exactly the acknowledged deliveries");
+    assert_eq!(
+        stored(&db).await,
+        acknowledged,
+        "exactly the acknowledged deliveries"
+    );
     ci.assert_clean();
 }
 
@@ -391,7 +404,10 @@ async fn a_read_only_store_is_not_ready_and_serve_refuses_to_start_on_it() {
 
     let err = serve_refuses(&ws);
     assert!(
-        err.contains(&format!("the store `{}` cannot be written (read-only file system)", db.display())),
+        err.contains(&format!(
+            "the store `{}` cannot be written (read-only file system)",
+            db.display()
+        )),
         "{err}"
     );
 
@@ -402,6 +418,18 @@ async fn a_read_only_store_is_not_ready_and_serve_refuses_to_start_on_it() {
     run("chattr", &["-i"], &db);
     assert!(
         err.contains(&format!("the store `{}` cannot be written", db.display())),
+        "{err}"
+    );
+    // ... and a directory where SQLite cannot create its WAL.
+    run("chattr", &["+i"], &disk.path);
+    let err = serve_refuses(&ws);
+    run("chattr", &["-i"], &disk.path);
+    assert!(
+        err.contains(&format!(
+            "the store `{}` cannot be written (its directory `{}`",
+            db.display(),
+            disk.path.display()
+        )),
         "{err}"
     );
 

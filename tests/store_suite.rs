@@ -486,9 +486,7 @@ async fn sqlite_refuses_new_work_once_its_files_are_deleted_but_drains_the_queue
         path.push(suffix);
         std::fs::remove_file(path).unwrap();
     }
-    let refused = s
-        .ingest(delivery("github", "after", 1, SystemTime::now()))
-        .await;
+    let refused = s.ingest(delivery("github", "after", 1, SystemTime::now())).await;
     assert!(
         matches!(&refused, Err(StoreError::Unavailable(why)) if why.contains("was deleted")),
         "{refused:?}"
@@ -522,7 +520,13 @@ async fn postgres_readiness_needs_a_write_not_just_an_answer() {
         .await
         .unwrap();
     admin
-        .execute(format!("ALTER DATABASE {} SET default_transaction_read_only = on", db.name).as_str())
+        .execute(
+            format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                db.name
+            )
+            .as_str(),
+        )
         .await
         .unwrap();
     // The pool reconnects, and its new sessions are read-only.

@@ -39,7 +39,8 @@ const PURGE_LOCK: i64 = 0x6862_7075_7267_6521;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Versioned schema; entry `i` moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE deliveries (
     id          TEXT PRIMARY KEY,
     source      TEXT NOT NULL,

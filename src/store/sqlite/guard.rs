@@ -96,9 +96,9 @@ impl Guard {
             }
         }
         if let Some((path, file)) = lock {
-            let meta = file.metadata().map_err(|e| {
-                StoreError::Unavailable(format!("cannot inspect `{}`: {e}", path.display()))
-            })?;
+            let meta = file
+                .metadata()
+                .map_err(|e| StoreError::Unavailable(format!("cannot inspect `{}`: {e}", path.display())))?;
             if let Some(id) = FileId::of(&meta) {
                 watched.push(Watched {
                     path: path.to_path_buf(),
@@ -216,6 +216,20 @@ pub(crate) fn disk_space(dir: &Path) -> io::Result<Option<Space>> {
 #[cfg(not(unix))]
 pub(crate) fn disk_space(_: &Path) -> io::Result<Option<Space>> {
     Ok(None)
+}
+
+/// May this process write `path`? Asks the kernel with the effective ids, so
+/// it knows what permission bits do not show: a read-only mount, an
+/// immutable file or directory (which stops root too).
+#[cfg(unix)]
+pub(crate) fn writable(path: &Path) -> io::Result<()> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    Ok(accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS)?)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn writable(_: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]

@@ -236,6 +236,12 @@ fn refuse_read_only(path: &Path) -> Result<(), StoreError> {
     {
         return Err(read_only(path, "read-only file system"));
     }
+    // SQLite creates its WAL and index beside the database.
+    guard::writable(&dir)
+        .map_err(|e| read_only(path, format_args!("its directory `{}`: {e}", dir.display())))?;
+    if path.exists() {
+        guard::writable(path).map_err(|e| read_only(path, e))?;
+    }
     let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
     match conn.is_readonly(rusqlite::MAIN_DB) {
         Ok(false) => Ok(()),
@@ -247,9 +253,11 @@ fn refuse_read_only(path: &Path) -> Result<(), StoreError> {
 /// Rewrite the probe row: once the commit holding it returns, a commit can
 /// reach the disk.
 fn probe(conn: &Connection, now: SystemTime) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at")
-        .and_then(|mut s| s.execute(params![millis(now)]))
-        .map(|_| ())
+    conn.prepare_cached(
+        "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )
+    .and_then(|mut s| s.execute(params![millis(now)]))
+    .map(|_| ())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -421,9 +429,10 @@ impl SqliteStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
-                    read_only(path, format_args!("cannot open its lock file `{}`: {e}", lock_path.display()))
-                }
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => read_only(
+                    path,
+                    format_args!("cannot open its lock file `{}`: {e}", lock_path.display()),
+                ),
                 _ => unavailable(format!("cannot open lock file {}: {e}", lock_path.display())),
             })?;
         match lock.try_lock() {
@@ -447,7 +456,9 @@ impl SqliteStore {
             Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ReadOnly => {
                 return Err(read_only(path, f));
             }
-            Err(e) => tracing::warn!(error = %e, store = %path.display(), "the store cannot commit yet; not ready"),
+            Err(e) => {
+                tracing::warn!(error = %e, store = %path.display(), "the store cannot commit yet; not ready")
+            }
         }
         Ok(store)
     }
