@@ -17,6 +17,9 @@
 //! - **room**: new deliveries are refused while the file system holding the
 //!   store has less than [`RESERVE`] bytes free after them (or is mounted
 //!   read-only), which keeps room for the dispatcher to drain the queue.
+//!
+//! Which op must pass which check is its [`Gate`]. And `serve` does not start
+//! on a store it could only read ([`refuse_read_only`]).
 
 use std::fs::{File, Metadata};
 use std::io;
@@ -24,13 +27,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytesize::ByteSize;
+use rusqlite::Connection;
 
-use super::StoreError;
+use super::{Op, StoreError, failed_op, unavailable};
 
 /// Free space kept for the queue's own bookkeeping (leases, attempt records,
 /// WAL checkpoints): new deliveries are refused below it. Four of the
 /// writer's largest batches.
-pub(crate) const RESERVE: u64 = 16 << 20;
+pub(super) const RESERVE: u64 = 16 << 20;
 
 /// A file's identity: what a path resolves to, independent of its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,28 @@ impl FileId {
     }
 }
 
+/// What an op must prove before it runs, and again before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// The dispatcher's bookkeeping (and purges): it goes on with the files
+    /// it has open, so deliveries acknowledged before a loss still reach the CI.
+    Open,
+    /// Answers an operator: only into the files a restart will read.
+    Files,
+    /// Takes in a delivery (or says one could be taken): the files, and room.
+    Room,
+}
+
+impl Op {
+    pub(super) fn gate(&self) -> Gate {
+        match self {
+            Op::Ingest(..) | Op::Probe(_) => Gate::Room,
+            Op::Replay { .. } | Op::AddJobs { .. } => Gate::Files,
+            Op::Lease { .. } | Op::Record { .. } | Op::Release { .. } | Op::Purge { .. } => Gate::Open,
+        }
+    }
+}
+
 /// A path and the file the store opened there.
 #[derive(Debug)]
 struct Watched {
@@ -65,7 +91,7 @@ struct Watched {
 
 /// Checks that what the store writes is what a restart will read.
 #[derive(Debug)]
-pub(crate) struct Guard {
+pub(super) struct Guard {
     /// The directory holding the store, for the free-space check.
     dir: PathBuf,
     watched: Vec<Watched>,
@@ -77,7 +103,7 @@ impl Guard {
     /// Record the files as they are now, once the store's connections have
     /// them open. The lock file is identified by the descriptor the daemon
     /// holds, so even a swap before this call is caught.
-    pub(crate) fn new(db: &Path, lock: Option<(&Path, &File)>) -> Result<Guard, StoreError> {
+    pub(super) fn new(db: &Path, lock: Option<(&Path, &File)>) -> Result<Guard, StoreError> {
         let meta = std::fs::metadata(db)
             .map_err(|e| StoreError::Unavailable(format!("cannot inspect `{}`: {e}", db.display())))?;
         let mut watched = Vec::new();
@@ -114,7 +140,7 @@ impl Guard {
     }
 
     /// Are the files at the paths still the ones the store writes to?
-    pub(crate) fn check_files(&self) -> Result<(), String> {
+    pub(super) fn check_files(&self) -> Result<(), String> {
         if let Some(why) = self.lost.get() {
             return Err(why.clone());
         }
@@ -137,7 +163,7 @@ impl Guard {
     }
 
     /// Is there room for `bytes` more, beyond the [`RESERVE`]?
-    pub(crate) fn check_room(&self, bytes: u64) -> Result<(), String> {
+    pub(super) fn check_room(&self, bytes: u64) -> Result<(), String> {
         let space = match disk_space(&self.dir) {
             Ok(Some(space)) => space,
             // A file system that reports no sizes: nothing to compare.
@@ -163,6 +189,40 @@ impl Guard {
         Ok(())
     }
 
+    /// Answer at once, without running them, the ops whose gate is shut;
+    /// return the others.
+    pub(super) fn admit(&self, batch: Vec<Op>) -> Vec<Op> {
+        if batch.iter().all(|op| op.gate() == Gate::Open) {
+            return batch;
+        }
+        let files = self.check_files();
+        let incoming = batch
+            .iter()
+            .filter(|op| op.gate() == Gate::Room)
+            .map(Op::size)
+            .fold(0, usize::saturating_add);
+        let room = if batch.iter().any(|op| op.gate() == Gate::Room) {
+            files
+                .clone()
+                .and_then(|()| self.check_room(u64::try_from(incoming).unwrap_or(u64::MAX)))
+        } else {
+            Ok(())
+        };
+        let mut admitted = Vec::with_capacity(batch.len());
+        for op in batch {
+            let verdict = match op.gate() {
+                Gate::Open => Ok(()),
+                Gate::Files => files.clone(),
+                Gate::Room => room.clone(),
+            };
+            match verdict {
+                Ok(()) => admitted.push(op),
+                Err(why) => failed_op(op, StoreError::Unavailable(why)).send(&Ok(())),
+            }
+        }
+        admitted
+    }
+
     /// Remember why the files are lost, and say so in the log once.
     fn lose(&self, why: String) -> String {
         if self.lost.set(why).is_ok() {
@@ -176,6 +236,37 @@ impl Guard {
     }
 }
 
+/// The reason `serve` refuses a store it cannot write.
+pub(super) fn read_only(path: &Path, why: impl std::fmt::Display) -> StoreError {
+    StoreError::Invalid(format!(
+        "the store `{}` cannot be written ({why}); `hookbridge serve` writes the database and, beside it, its WAL and lock files",
+        path.display()
+    ))
+}
+
+/// Refuse a store `serve` could only read. SQLite opens a file it cannot
+/// write read-only without an error, and every delivery would then be
+/// answered 503; better not to start at all.
+pub(super) fn refuse_read_only(path: &Path) -> Result<(), StoreError> {
+    let dir = directory(path);
+    if let Ok(Some(space)) = disk_space(&dir)
+        && space.read_only
+    {
+        return Err(read_only(path, "read-only file system"));
+    }
+    // SQLite creates its WAL and index beside the database.
+    writable(&dir).map_err(|e| read_only(path, format_args!("its directory `{}`: {e}", dir.display())))?;
+    if path.exists() {
+        writable(path).map_err(|e| read_only(path, e))?;
+    }
+    let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    match conn.is_readonly(rusqlite::MAIN_DB) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(read_only(path, "SQLite can open it only for reading")),
+        Err(e) => Err(unavailable(format!("{}: {e}", path.display()))),
+    }
+}
+
 /// `hb.db` → `hb.db-wal`.
 fn sidecar(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_os_string();
@@ -184,7 +275,7 @@ fn sidecar(db: &Path, suffix: &str) -> PathBuf {
 }
 
 /// The directory a store path lives in (`.` for a bare file name).
-pub(crate) fn directory(db: &Path) -> PathBuf {
+fn directory(db: &Path) -> PathBuf {
     match db.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -193,16 +284,16 @@ pub(crate) fn directory(db: &Path) -> PathBuf {
 
 /// What `statvfs` says about a file system.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Space {
+struct Space {
     /// Bytes an unprivileged process may still write.
-    pub(crate) free: u64,
-    pub(crate) read_only: bool,
+    free: u64,
+    read_only: bool,
 }
 
 /// Free space and mount flags of the file system holding `dir`; `None` when
 /// it reports no sizes (some network and virtual file systems).
 #[cfg(unix)]
-pub(crate) fn disk_space(dir: &Path) -> io::Result<Option<Space>> {
+fn disk_space(dir: &Path) -> io::Result<Option<Space>> {
     let s = rustix::fs::statvfs(dir)?;
     if s.f_blocks == 0 {
         return Ok(None);
@@ -214,7 +305,7 @@ pub(crate) fn disk_space(dir: &Path) -> io::Result<Option<Space>> {
 }
 
 #[cfg(not(unix))]
-pub(crate) fn disk_space(_: &Path) -> io::Result<Option<Space>> {
+fn disk_space(_: &Path) -> io::Result<Option<Space>> {
     Ok(None)
 }
 
@@ -222,13 +313,13 @@ pub(crate) fn disk_space(_: &Path) -> io::Result<Option<Space>> {
 /// it knows what permission bits do not show: a read-only mount, an
 /// immutable file or directory (which stops root too).
 #[cfg(unix)]
-pub(crate) fn writable(path: &Path) -> io::Result<()> {
+fn writable(path: &Path) -> io::Result<()> {
     use rustix::fs::{Access, AtFlags, CWD, accessat};
     Ok(accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS)?)
 }
 
 #[cfg(not(unix))]
-pub(crate) fn writable(_: &Path) -> io::Result<()> {
+fn writable(_: &Path) -> io::Result<()> {
     Ok(())
 }
 

@@ -27,9 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ready::Readiness;
 use super::*;
-use guard::Guard;
+use guard::{Gate, Guard};
 
-pub mod guard;
+mod guard;
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -218,38 +218,6 @@ fn connect_existing(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// The reason `serve` refuses a store it cannot write.
-fn read_only(path: &Path, why: impl std::fmt::Display) -> StoreError {
-    StoreError::Invalid(format!(
-        "the store `{}` cannot be written ({why}); `hookbridge serve` writes the database and, beside it, its WAL and lock files",
-        path.display()
-    ))
-}
-
-/// Refuse a store `serve` could only read. SQLite opens a file it cannot
-/// write read-only without an error, and every delivery would then be
-/// answered 503; better not to start at all.
-fn refuse_read_only(path: &Path) -> Result<(), StoreError> {
-    let dir = guard::directory(path);
-    if let Ok(Some(space)) = guard::disk_space(&dir)
-        && space.read_only
-    {
-        return Err(read_only(path, "read-only file system"));
-    }
-    // SQLite creates its WAL and index beside the database.
-    guard::writable(&dir)
-        .map_err(|e| read_only(path, format_args!("its directory `{}`: {e}", dir.display())))?;
-    if path.exists() {
-        guard::writable(path).map_err(|e| read_only(path, e))?;
-    }
-    let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-    match conn.is_readonly(rusqlite::MAIN_DB) {
-        Ok(false) => Ok(()),
-        Ok(true) => Err(read_only(path, "SQLite can open it only for reading")),
-        Err(e) => Err(unavailable(format!("{}: {e}", path.display()))),
-    }
-}
-
 /// Rewrite the probe row: once the commit holding it returns, a commit can
 /// reach the disk.
 fn probe(conn: &Connection, now: SystemTime) -> rusqlite::Result<()> {
@@ -347,18 +315,6 @@ enum Op {
     Probe(Reply<()>),
 }
 
-/// What an op must prove before it runs, and again before it is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gate {
-    /// The dispatcher's bookkeeping (and purges): it goes on with the files
-    /// it has open, so deliveries acknowledged before a loss still reach the CI.
-    Open,
-    /// Answers an operator: only into the files a restart will read.
-    Files,
-    /// Takes in a delivery (or says one could be taken): the files, and room.
-    Room,
-}
-
 /// A delivery with its JSON columns already serialized, so that work runs on
 /// the caller's thread in parallel rather than on the one writer thread.
 struct PreparedDelivery {
@@ -394,14 +350,6 @@ impl Op {
             _ => 0,
         }
     }
-
-    fn gate(&self) -> Gate {
-        match self {
-            Op::Ingest(..) | Op::Probe(_) => Gate::Room,
-            Op::Replay { .. } | Op::AddJobs { .. } => Gate::Files,
-            Op::Lease { .. } | Op::Record { .. } | Op::Release { .. } | Op::Purge { .. } => Gate::Open,
-        }
-    }
 }
 
 /// The SQLite store.
@@ -421,7 +369,7 @@ impl SqliteStore {
     /// Refuses a store it cannot write (read-only file, directory or file system).
     pub fn open_exclusive(path: &Path) -> Result<SqliteStore, StoreError> {
         create_dir(path)?;
-        refuse_read_only(path)?;
+        guard::refuse_read_only(path)?;
         let lock_path = lock_path(path);
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -429,10 +377,12 @@ impl SqliteStore {
             .write(true)
             .open(&lock_path)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => read_only(
-                    path,
-                    format_args!("cannot open its lock file `{}`: {e}", lock_path.display()),
-                ),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    guard::read_only(
+                        path,
+                        format_args!("cannot open its lock file `{}`: {e}", lock_path.display()),
+                    )
+                }
                 _ => unavailable(format!("cannot open lock file {}: {e}", lock_path.display())),
             })?;
         match lock.try_lock() {
@@ -454,7 +404,7 @@ impl SqliteStore {
         match probe(&conn, SystemTime::now()) {
             Ok(()) => {}
             Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ReadOnly => {
-                return Err(read_only(path, f));
+                return Err(guard::read_only(path, f));
             }
             Err(e) => {
                 tracing::warn!(error = %e, store = %path.display(), "the store cannot commit yet; not ready")
@@ -649,7 +599,7 @@ impl Durability {
 }
 
 fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability, guard: &Guard) {
-    let batch = admit(batch, guard);
+    let batch = guard.admit(batch);
     if batch.is_empty() {
         return;
     }
@@ -702,39 +652,6 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability, guard
             _ => p.send(&commit),
         }
     }
-}
-
-/// Answer at once, without running them, the ops whose gate is shut; return the others.
-fn admit(batch: Vec<Op>, guard: &Guard) -> Vec<Op> {
-    if batch.iter().all(|op| op.gate() == Gate::Open) {
-        return batch;
-    }
-    let files = guard.check_files();
-    let incoming: usize = batch
-        .iter()
-        .filter(|op| op.gate() == Gate::Room)
-        .map(Op::size)
-        .fold(0, usize::saturating_add);
-    let room = if batch.iter().any(|op| op.gate() == Gate::Room) {
-        files
-            .clone()
-            .and_then(|()| guard.check_room(u64::try_from(incoming).unwrap_or(u64::MAX)))
-    } else {
-        Ok(())
-    };
-    let mut admitted = Vec::with_capacity(batch.len());
-    for op in batch {
-        let verdict = match op.gate() {
-            Gate::Open => Ok(()),
-            Gate::Files => files.clone(),
-            Gate::Room => room.clone(),
-        };
-        match verdict {
-            Ok(()) => admitted.push(op),
-            Err(why) => failed_op(op, StoreError::Unavailable(why)).send(&Ok(())),
-        }
-    }
-    admitted
 }
 
 impl Pending {
