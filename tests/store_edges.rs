@@ -281,7 +281,11 @@ async fn files_deleted_under_the_daemon(ci_up: bool) {
     let body = readyz_becomes(&daemon, 503).await;
     assert_eq!(body, "not ready: store not writable\n");
     assert_eq!(get(format!("{}/healthz", daemon.admin)).await.0, 200);
-    assert!(daemon.logs().contains("was deleted while hookbridge had it open"));
+    assert!(
+        daemon
+            .logs()
+            .contains("was deleted or moved while hookbridge had it open")
+    );
     daemon.kill();
 
     ci.set_hang(false);

@@ -152,7 +152,11 @@ impl Guard {
                 Err(e) => return Err(format!("cannot inspect `{}`: {e}", w.path.display())),
             };
             if found != Some(w.id) {
-                let what = if found.is_none() { "deleted" } else { "replaced" };
+                let what = if found.is_none() {
+                    "deleted or moved"
+                } else {
+                    "replaced by another file"
+                };
                 return Err(self.lose(format!(
                     "`{}` was {what} while hookbridge had it open; nothing written now would survive a restart",
                     w.path.display()
