@@ -261,7 +261,7 @@ pub(super) fn refuse_read_only(path: &Path) -> Result<(), StoreError> {
     // SQLite creates its WAL and index beside the database.
     writable(&dir).map_err(|e| read_only(path, format_args!("its directory `{}`: {e}", dir.display())))?;
     if path.exists() {
-        writable(path).map_err(|e| read_only(path, e))?;
+        writable(path).map_err(|e| read_only(path, format_args!("the file: {e}")))?;
     }
     let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
     match conn.is_readonly(rusqlite::MAIN_DB) {
