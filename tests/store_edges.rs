@@ -9,8 +9,8 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use hookbridge::store::sqlite::SqliteStore;
 use hookbridge::store::{DeliveryFilter, Store};
 use support::ci::{CIRCLE_TOKEN, StandIn};
 use support::daemon::{BIN, Daemon, Workspace};
+use support::disk::{Tmpfs, is_root, run};
 use support::{github_signature, payload};
 
 const GITHUB_SECRET: &str = "store-edges-secret";
@@ -139,77 +140,6 @@ async fn eventually_triggered(ci: &StandIn, wanted: &BTreeSet<String>) {
         || triggered(ci).is_superset(wanted),
     )
     .await;
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A tmpfs of its own for the store; unmounted when dropped.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(path).unwrap();
-        run(
-            "mount",
-            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
-            path,
-        );
-        Tmpfs {
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// Cover the tmpfs with a read-only view of itself: what the daemon
-    /// opened stays writable (a remount would fail while files are open for
-    /// writing), but the path, and every new file under it, is read-only.
-    fn cover_read_only(&self) -> ReadOnlyView {
-        let path = self.path.to_str().unwrap();
-        run("mount", &["--bind", "-o", "ro", path], &self.path);
-        ReadOnlyView {
-            path: self.path.clone(),
-        }
-    }
-
-    /// Write a file until the file system is full; returns its path.
-    fn fill(&self) -> PathBuf {
-        let path = self.path.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        for chunk in [1 << 20, 4096, 512, 1] {
-            let buf = vec![0xA5u8; chunk];
-            while file.write_all(&buf).and_then(|()| file.flush()).is_ok() {}
-        }
-        let _ = file.sync_all();
-        path
-    }
-}
-
-/// A read-only bind mount over a directory; removed when dropped.
-struct ReadOnlyView {
-    path: PathBuf,
-}
-
-impl Drop for ReadOnlyView {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str], path: &Path) {
-    let status = Command::new(cmd).args(args).arg(path).status().unwrap();
-    assert!(status.success(), "{cmd} {args:?} {} failed", path.display());
 }
 
 /// `hookbridge serve` must exit non-zero on its own; returns its stderr.
