@@ -63,7 +63,7 @@ impl Store for DownStore {
     async fn stats(&self) -> Result<QueueStats, StoreError> {
         down()
     }
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ready(&self) -> Result<(), StoreError> {
         down()
     }
 }
@@ -118,6 +118,8 @@ branch = "main"
 
     let ready = reqwest::get(format!("{admin_url}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 503);
+    let text = ready.text().await.unwrap();
+    assert_eq!(text, "not ready: store not writable\n", "no internal error text");
     let health = reqwest::get(format!("{admin_url}/healthz")).await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
 

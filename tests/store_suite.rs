@@ -433,7 +433,7 @@ async fn retention_purges_finished_deliveries_in_batches(h: Harness) {
         .map(|r| r.delivery)
         .collect();
     assert_eq!(left, ["new", "old-pending"]);
-    assert!(s.ping().await.is_ok());
+    assert!(s.ready().await.is_ok());
 }
 
 macro_rules! suite {
@@ -468,3 +468,114 @@ suite!(
     replay_queues_finished_jobs_again,
     retention_purges_finished_deliveries_in_batches,
 );
+
+/// SQLite, its files deleted under the store: new deliveries and operator
+/// actions are refused and readiness fails, while the dispatcher still drains
+/// what was acknowledged before (it lives on in the open file until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_new_work_once_its_files_are_deleted_but_drains_the_queue() {
+    let h = sqlite().await;
+    let s = &h.store;
+    let db = h._sqlite.as_ref().unwrap().path().join("hb.db");
+    s.ingest(delivery("github", "before", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    s.ready().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        std::fs::remove_file(path).unwrap();
+    }
+    let refused = s.ingest(delivery("github", "after", 1, SystemTime::now())).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(why)) if why.contains("was deleted")),
+        "{refused:?}"
+    );
+    assert!(s.replay(&key("before"), None).await.is_err());
+    tokio::time::sleep(ready::TTL).await;
+    assert!(s.ready().await.is_err());
+    // Nothing recreated the file at the path.
+    assert!(!db.exists());
+
+    let leased = s.lease_due("w", 10, LEASE).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].delivery, "before");
+    s.record_attempt(&leased[0], "w", attempt(201), created())
+        .await
+        .unwrap();
+}
+
+/// PostgreSQL readiness takes a committed write: a server that still answers
+/// queries but cannot write (here: every new session read-only, as on a
+/// standby) is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_readiness_needs_a_write_not_just_an_answer() {
+    use sqlx::{Connection, Executor};
+
+    let h = postgres().await;
+    let s = &h.store;
+    let db = h._postgres.as_ref().unwrap();
+    s.ready().await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&support::pg::maintenance_url())
+        .await
+        .unwrap();
+    admin
+        .execute(
+            format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                db.name
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    // The pool reconnects, and its new sessions are read-only.
+    admin
+        .execute(
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                db.name
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(ready::TTL).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // (A first probe may meet a terminated connection; the pool then reconnects.)
+    loop {
+        match s.ready().await {
+            Err(e) if e.to_string().contains("read-only") => break,
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not refused for being read-only: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    s.stats().await.expect("reads still work");
+
+    admin
+        .execute(format!("ALTER DATABASE {} RESET default_transaction_read_only", db.name).as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                db.name
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    tokio::time::sleep(ready::TTL).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.ready().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -181,11 +181,12 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the config is loaded (it always is once serving) and the store answers.
+/// Ready when the store proves it can commit a delivery ([`crate::store::Store::ready`]).
+/// Why not stays in the log: callers learn only that the store cannot write.
 async fn readyz(State(app): State<App>) -> Response {
-    match app.store.ping().await {
+    match app.store.ready().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: store not writable\n").into_response(),
     }
 }
 

@@ -23,6 +23,7 @@ use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
 pub mod postgres;
+pub mod ready;
 pub mod sqlite;
 
 /// Milliseconds since the Unix epoch, the stores' time unit.
@@ -345,8 +346,12 @@ pub trait Store: Send + Sync {
 
     async fn stats(&self) -> Result<QueueStats, StoreError>;
 
-    /// Is the store reachable and writable?
-    async fn ping(&self) -> Result<(), StoreError>;
+    /// Can the store take a delivery now? Ready means a durable commit just
+    /// succeeded (not merely that a connection answers): a full disk, a write
+    /// lock held elsewhere, a read-only file or files deleted under the
+    /// daemon all make it fail. Probes at most once per [`ready::TTL`]; the
+    /// error is for the log, not for callers of `/readyz`.
+    async fn ready(&self) -> Result<(), StoreError>;
 
     /// Wake `wake` whenever another process queues jobs, until `shutdown`.
     /// Stores without such news do nothing; the dispatcher polls anyway.

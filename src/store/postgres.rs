@@ -39,7 +39,8 @@ const PURGE_LOCK: i64 = 0x6862_7075_7267_6521;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Versioned schema; entry `i` moves the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE deliveries (
     id          TEXT PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -90,7 +91,16 @@ CREATE TABLE attempts (
     response    TEXT,
     PRIMARY KEY (job_id, n)
 );
-"#];
+"#,
+    // Version 2: the row the readiness probe rewrites, so that "ready" means
+    // a write just committed on the primary.
+    r#"
+CREATE TABLE hookbridge_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at BIGINT NOT NULL
+);
+"#,
+];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -189,6 +199,7 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, StoreError> 
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
+    readiness: super::ready::Readiness,
 }
 
 impl PostgresStore {
@@ -202,7 +213,10 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options);
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            readiness: super::ready::Readiness::new(),
+        })
     }
 
     /// The pool, for tests and tools.
@@ -918,12 +932,25 @@ impl Store for PostgresStore {
         Ok(stats)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+    /// A committed write, not a `SELECT 1`: a read-only server (a standby,
+    /// `default_transaction_read_only`), a role without write rights or a
+    /// server that cannot flush its WAL answers reads but takes no
+    /// delivery. Bounded by the pool's acquire timeout and the statement
+    /// timeout; replicas probing at once take turns on the one row.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.readiness
+            .check(|| async {
+                sqlx::query(
+                    "INSERT INTO hookbridge_probe (id, at) VALUES (1, $1)
+                     ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
+                )
+                .bind(millis(SystemTime::now()))
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            })
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {

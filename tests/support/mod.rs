@@ -3,6 +3,7 @@
 
 pub mod ci;
 pub mod daemon;
+pub mod disk;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,10 @@
 //! a lock file for its lifetime: one `serve` per database, so leases left by a
 //! previous (crashed) process can be taken back at start. The CLI opens the
 //! same file with [`SqliteStore::open`] while the daemon runs.
+//!
+//! The writer refuses new deliveries rather than acknowledge what a restart
+//! would not find: files deleted or replaced under the daemon, a disk without
+//! room ([`guard`]). `serve` refuses to start on a store it cannot write.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +25,11 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::ready::Readiness;
 use super::*;
+use guard::{Gate, Guard};
+
+mod guard;
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -51,6 +59,11 @@ const WRITER_AUTOCHECKPOINT: i64 = 16384;
 /// the bytes written per delivery down; payloads larger than a page go to
 /// overflow pages of their own table.
 const PAGE_SIZE: usize = 4096;
+
+/// How long the readiness probe waits for its commit. The writer waits up to
+/// its busy timeout (5 s) for a write lock another process holds; readiness
+/// says no sooner (Kubernetes' probe gives up after 3 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -142,6 +155,14 @@ CREATE INDEX deliveries_status ON deliveries (status, received_at);
 CREATE INDEX deliveries_received ON deliveries (received_at);
 DROP INDEX jobs_rule;
 "#,
+    // Version 3: the row the readiness probe rewrites, so that "ready" means
+    // a commit just reached the disk.
+    r#"
+CREATE TABLE probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build creates.
@@ -184,6 +205,27 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
     configure(&conn)?;
     Ok(conn)
+}
+
+/// A further connection to the store's file, which must exist: should the
+/// file be deleted under the daemon, a new reader fails instead of creating
+/// an empty database at the path.
+fn connect_existing(path: &Path) -> Result<Connection, StoreError> {
+    let flags = rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// Rewrite the probe row: once the commit holding it returns, a commit can
+/// reach the disk.
+fn probe(conn: &Connection, now: SystemTime) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )
+    .and_then(|mut s| s.execute(params![millis(now)]))
+    .map(|_| ())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -269,6 +311,8 @@ enum Op {
         batch: usize,
         reply: Reply<u64>,
     },
+    /// The readiness probe: a commit of its own (or a share of one).
+    Probe(Reply<()>),
 }
 
 /// A delivery with its JSON columns already serialized, so that work runs on
@@ -317,18 +361,30 @@ pub struct SqliteStore {
     _lock: Option<std::fs::File>,
     /// Dropped with the store, which stops the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
+    readiness: Readiness,
 }
 
 impl SqliteStore {
     /// Open for the daemon: one per file, and leases of a previous process are taken back.
+    /// Refuses a store it cannot write (read-only file, directory or file system).
     pub fn open_exclusive(path: &Path) -> Result<SqliteStore, StoreError> {
+        create_dir(path)?;
+        guard::refuse_read_only(path)?;
         let lock_path = lock_path(path);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| unavailable(format!("cannot open lock file {}: {e}", lock_path.display())))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    guard::read_only(
+                        path,
+                        format_args!("cannot open its lock file `{}`: {e}", lock_path.display()),
+                    )
+                }
+                _ => unavailable(format!("cannot open lock file {}: {e}", lock_path.display())),
+            })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -341,8 +397,19 @@ impl SqliteStore {
         }
         let store = Self::start(path, Some(lock))?;
         // Any job still marked running was in flight when the previous process stopped.
-        let conn = connect(path)?;
+        let conn = connect_existing(path)?;
         release_leases(&conn, None, SystemTime::now())?;
+        // A first commit of our own: a store that cannot write is refused here;
+        // one that cannot write *now* (a full disk) starts, and is not ready.
+        match probe(&conn, SystemTime::now()) {
+            Ok(()) => {}
+            Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ReadOnly => {
+                return Err(guard::read_only(path, f));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, store = %path.display(), "the store cannot commit yet; not ready")
+            }
+        }
         Ok(store)
     }
 
@@ -352,20 +419,21 @@ impl SqliteStore {
     }
 
     fn start(path: &Path, lock: Option<std::fs::File>) -> Result<SqliteStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
-        }
+        create_dir(path)?;
         let mut conn = connect(path)?;
         migrate(&mut conn)?;
+        // Recorded now that our connections hold the files open.
+        let lock_file = lock_path(path);
+        let guard = Guard::new(path, lock.as_ref().map(|l| (lock_file.as_path(), l)))?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)
             .map_err(unavailable)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(unavailable)?;
-        let checkpoint_conn = connect(path)?;
+        let checkpoint_conn = connect_existing(path)?;
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, guard))
             .map_err(unavailable)?;
         let (stop, stopped) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -378,6 +446,7 @@ impl SqliteStore {
             readers: std::sync::Arc::new(Mutex::new(Vec::new())),
             _lock: lock,
             _checkpointer: stop,
+            readiness: Readiness::new(),
         })
     }
 
@@ -408,7 +477,7 @@ impl SqliteStore {
                 .pop();
             let conn = match conn {
                 Some(c) => c,
-                None => connect(&path)?,
+                None => connect_existing(&path)?,
             };
             let result = f(&conn);
             if let Ok(mut pool) = readers.lock()
@@ -423,6 +492,13 @@ impl SqliteStore {
     }
 }
 
+fn create_dir(db: &Path) -> Result<(), StoreError> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
 fn lock_path(db: &Path) -> PathBuf {
     let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");
@@ -430,7 +506,7 @@ fn lock_path(db: &Path) -> PathBuf {
 }
 
 /// The writer thread: batch every queued op into one transaction and commit.
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>, guard: Guard) {
     let mut sync = Durability::Full;
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.size();
@@ -444,7 +520,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch, &mut sync);
+        run_batch(&mut conn, batch, &mut sync, &guard);
     }
 }
 
@@ -522,7 +598,11 @@ impl Durability {
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability) {
+fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability, guard: &Guard) {
+    let batch = guard.admit(batch);
+    if batch.is_empty() {
+        return;
+    }
     let wanted = Durability::of(&batch);
     if wanted != *sync {
         match conn.execute_batch(wanted.pragma()) {
@@ -539,11 +619,12 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability) {
     let now = SystemTime::now();
     let mut pending = Vec::with_capacity(batch.len());
     for op in batch {
+        let gate = op.gate();
         // Each op runs in a savepoint so one failure does not undo the others.
         let mut sp = match tx.savepoint() {
             Ok(sp) => sp,
             Err(e) => {
-                pending.push(failed_op(op, unavailable(e)));
+                pending.push((failed_op(op, unavailable(e)), gate));
                 continue;
             }
         };
@@ -555,11 +636,21 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability) {
         } else {
             let _ = sp.rollback();
         }
-        pending.push(result);
+        pending.push((result, gate));
     }
     let commit = tx.commit().map_err(|e| e.to_string());
-    for p in pending {
-        p.send(&commit);
+    // Looked at after the commit, before anyone is answered: a file deleted
+    // at any moment up to here turns the acknowledgement into a refusal.
+    let kept = if commit.is_ok() && pending.iter().any(|(_, gate)| *gate != Gate::Open) {
+        guard.check_files()
+    } else {
+        Ok(())
+    };
+    for (p, gate) in pending {
+        match &kept {
+            Err(why) if gate != Gate::Open => p.fail(StoreError::Unavailable(why.clone())).send(&commit),
+            _ => p.send(&commit),
+        }
     }
 }
 
@@ -603,6 +694,7 @@ fn failed_op(op: Op, e: StoreError) -> Pending {
         }
         Op::Replay { reply, .. } => Pending::Ids(reply, Err(e)),
         Op::Purge { reply, .. } => Pending::Count(reply, Err(e)),
+        Op::Probe(reply) => Pending::Unit(reply, Err(e)),
     }
 }
 
@@ -635,6 +727,7 @@ fn apply(tx: &Connection, op: Op, now: SystemTime) -> Pending {
             reply,
         } => Pending::Unit(reply, add_jobs(tx, &key, &jobs, &summary, now)),
         Op::Purge { cutoff, batch, reply } => Pending::Count(reply, purge(tx, cutoff, batch)),
+        Op::Probe(reply) => Pending::Unit(reply, probe(tx, now).map_err(unavailable)),
     }
 }
 
@@ -1303,11 +1396,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        if self.writer.is_closed() {
-            return Err(StoreError::Unavailable("the store's writer has stopped".into()));
-        }
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+    /// A probe commit through the writer, gated like a delivery: it fails
+    /// when a delivery would (files gone, no room, read-only, full disk,
+    /// I/O errors), and when the commit cannot happen in time (a write lock
+    /// held by another process). Under load it shares a batch's fsync.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.readiness
+            .check(|| async {
+                tokio::time::timeout(PROBE_TIMEOUT, self.write(Op::Probe))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "no commit within {}s (does another process hold a write lock on `{}`?)",
+                            PROBE_TIMEOUT.as_secs(),
+                            self.path.display()
+                        )))
+                    })
+            })
             .await
     }
 }

@@ -1,0 +1,402 @@
+//! Noticing that the SQLite store can no longer keep what it would acknowledge.
+//!
+//! SQLite writes through file descriptors it opened at start. When the
+//! database file, its WAL, its shared-memory index or the daemon's lock file
+//! is deleted or replaced while the daemon runs, every commit still
+//! "succeeds", into a file that no process will ever open again: a restart
+//! finds none of it. And a full disk still takes the small commits that fit
+//! into the WAL's old frames, while bigger deliveries fail and nothing is left
+//! for the dispatcher to record its attempts.
+//!
+//! [`Guard`] checks, in the writer thread:
+//! - **file identity**: the (device, inode) found at each path against the one
+//!   recorded at open, before an op that takes in new work and again after its
+//!   commit, before anyone is answered. A difference is permanent (the open
+//!   descriptors point at the old files for good), so from then on the store
+//!   refuses new work until a restart opens the files at the paths;
+//! - **room**: new deliveries are refused while the file system holding the
+//!   store has less than [`RESERVE`] bytes free after them (or is mounted
+//!   read-only), which keeps room for the dispatcher to drain the queue.
+//!
+//! Which op must pass which check is its [`Gate`]. And `serve` does not start
+//! on a store it could only read ([`refuse_read_only`]).
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use bytesize::ByteSize;
+use rusqlite::Connection;
+
+use super::{Op, StoreError, failed_op, unavailable};
+
+/// Free space kept for the queue's own bookkeeping (leases, attempt records,
+/// WAL checkpoints): new deliveries are refused below it. Four of the
+/// writer's largest batches.
+pub(super) const RESERVE: u64 = 16 << 20;
+
+/// A file's identity: what a path resolves to, independent of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    fn of(meta: &Metadata) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Without inode numbers nothing is watched.
+    #[cfg(not(unix))]
+    fn of(_: &Metadata) -> Option<FileId> {
+        None
+    }
+}
+
+/// What an op must prove before it runs, and again before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// The dispatcher's bookkeeping (and purges): it goes on with the files
+    /// it has open, so deliveries acknowledged before a loss still reach the CI.
+    Open,
+    /// Answers an operator: only into the files a restart will read.
+    Files,
+    /// Takes in a delivery (or says one could be taken): the files, and room.
+    Room,
+}
+
+impl Op {
+    pub(super) fn gate(&self) -> Gate {
+        match self {
+            Op::Ingest(..) | Op::Probe(_) => Gate::Room,
+            Op::Replay { .. } | Op::AddJobs { .. } => Gate::Files,
+            Op::Lease { .. } | Op::Record { .. } | Op::Release { .. } | Op::Purge { .. } => Gate::Open,
+        }
+    }
+}
+
+/// A path and the file the store opened there.
+#[derive(Debug)]
+struct Watched {
+    path: PathBuf,
+    id: FileId,
+}
+
+/// Checks that what the store writes is what a restart will read.
+#[derive(Debug)]
+pub(super) struct Guard {
+    /// The directory holding the store, for the free-space check.
+    dir: PathBuf,
+    watched: Vec<Watched>,
+    /// Set once a watched file went away; never cleared (see the module doc).
+    lost: OnceLock<String>,
+}
+
+impl Guard {
+    /// Record the files as they are now, once the store's connections have
+    /// them open. The lock file is identified by the descriptor the daemon
+    /// holds, so even a swap before this call is caught.
+    pub(super) fn new(db: &Path, lock: Option<(&Path, &File)>) -> Result<Guard, StoreError> {
+        let meta = std::fs::metadata(db)
+            .map_err(|e| StoreError::Unavailable(format!("cannot inspect `{}`: {e}", db.display())))?;
+        let mut watched = Vec::new();
+        if let Some(id) = FileId::of(&meta) {
+            watched.push(Watched {
+                path: db.to_path_buf(),
+                id,
+            });
+        }
+        // The WAL and its index exist while any connection is open (ours are,
+        // for the store's lifetime); should one be missing, it is not watched.
+        for suffix in ["-wal", "-shm"] {
+            let path = sidecar(db, suffix);
+            if let Some(id) = std::fs::metadata(&path).ok().as_ref().and_then(FileId::of) {
+                watched.push(Watched { path, id });
+            }
+        }
+        if let Some((path, file)) = lock {
+            let meta = file
+                .metadata()
+                .map_err(|e| StoreError::Unavailable(format!("cannot inspect `{}`: {e}", path.display())))?;
+            if let Some(id) = FileId::of(&meta) {
+                watched.push(Watched {
+                    path: path.to_path_buf(),
+                    id,
+                });
+            }
+        }
+        Ok(Guard {
+            dir: directory(db),
+            watched,
+            lost: OnceLock::new(),
+        })
+    }
+
+    /// Are the files at the paths still the ones the store writes to?
+    pub(super) fn check_files(&self) -> Result<(), String> {
+        if let Some(why) = self.lost.get() {
+            return Err(why.clone());
+        }
+        for w in &self.watched {
+            let found = match std::fs::metadata(&w.path) {
+                Ok(meta) => FileId::of(&meta),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                // Not a verdict about the file: this batch fails, the next one looks again.
+                Err(e) => return Err(format!("cannot inspect `{}`: {e}", w.path.display())),
+            };
+            if found != Some(w.id) {
+                let what = if found.is_none() {
+                    "deleted or moved"
+                } else {
+                    "replaced by another file"
+                };
+                return Err(self.lose(format!(
+                    "`{}` was {what} while hookbridge had it open; nothing written now would survive a restart",
+                    w.path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Is there room for `bytes` more, beyond the [`RESERVE`]?
+    pub(super) fn check_room(&self, bytes: u64) -> Result<(), String> {
+        let space = match disk_space(&self.dir) {
+            Ok(Some(space)) => space,
+            // A file system that reports no sizes: nothing to compare.
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("cannot inspect `{}`: {e}", self.dir.display())),
+        };
+        if space.read_only {
+            return Err(format!(
+                "the file system holding `{}` is mounted read-only",
+                self.dir.display()
+            ));
+        }
+        let needed = RESERVE.saturating_add(bytes);
+        if space.free < needed {
+            return Err(format!(
+                "the file system holding `{}` has {} free; new deliveries need {} ({} of it kept for the queue)",
+                self.dir.display(),
+                ByteSize(space.free),
+                ByteSize(needed),
+                ByteSize(RESERVE)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Answer at once, without running them, the ops whose gate is shut;
+    /// return the others.
+    pub(super) fn admit(&self, batch: Vec<Op>) -> Vec<Op> {
+        if batch.iter().all(|op| op.gate() == Gate::Open) {
+            return batch;
+        }
+        let files = self.check_files();
+        let incoming = batch
+            .iter()
+            .filter(|op| op.gate() == Gate::Room)
+            .map(Op::size)
+            .fold(0, usize::saturating_add);
+        let room = if batch.iter().any(|op| op.gate() == Gate::Room) {
+            files
+                .clone()
+                .and_then(|()| self.check_room(u64::try_from(incoming).unwrap_or(u64::MAX)))
+        } else {
+            Ok(())
+        };
+        let mut admitted = Vec::with_capacity(batch.len());
+        for op in batch {
+            let verdict = match op.gate() {
+                Gate::Open => Ok(()),
+                Gate::Files => files.clone(),
+                Gate::Room => room.clone(),
+            };
+            match verdict {
+                Ok(()) => admitted.push(op),
+                Err(why) => failed_op(op, StoreError::Unavailable(why)).send(&Ok(())),
+            }
+        }
+        admitted
+    }
+
+    /// Remember why the files are lost, and say so in the log once.
+    fn lose(&self, why: String) -> String {
+        if self.lost.set(why).is_ok() {
+            tracing::error!(
+                reason = self.lost.get().map(String::as_str).unwrap_or_default(),
+                "the store's files are no longer the ones hookbridge writes to: new deliveries are \
+                 answered 503 and /readyz fails until hookbridge is restarted"
+            );
+        }
+        self.lost.get().cloned().unwrap_or_default()
+    }
+}
+
+/// The reason `serve` refuses a store it cannot write.
+pub(super) fn read_only(path: &Path, why: impl std::fmt::Display) -> StoreError {
+    StoreError::Invalid(format!(
+        "the store `{}` cannot be written ({why}); `hookbridge serve` writes the database and, beside it, its WAL and lock files",
+        path.display()
+    ))
+}
+
+/// Refuse a store `serve` could only read. SQLite opens a file it cannot
+/// write read-only without an error, and every delivery would then be
+/// answered 503; better not to start at all.
+pub(super) fn refuse_read_only(path: &Path) -> Result<(), StoreError> {
+    let dir = directory(path);
+    if let Ok(Some(space)) = disk_space(&dir)
+        && space.read_only
+    {
+        return Err(read_only(path, "read-only file system"));
+    }
+    // SQLite creates its WAL and index beside the database.
+    writable(&dir).map_err(|e| read_only(path, format_args!("its directory `{}`: {e}", dir.display())))?;
+    if path.exists() {
+        writable(path).map_err(|e| read_only(path, format_args!("the file: {e}")))?;
+    }
+    let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    match conn.is_readonly(rusqlite::MAIN_DB) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(read_only(path, "SQLite can open it only for reading")),
+        Err(e) => Err(unavailable(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// `hb.db` → `hb.db-wal`.
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The directory a store path lives in (`.` for a bare file name).
+fn directory(db: &Path) -> PathBuf {
+    match db.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// What `statvfs` says about a file system.
+#[derive(Debug, Clone, Copy)]
+struct Space {
+    /// Bytes an unprivileged process may still write.
+    free: u64,
+    read_only: bool,
+}
+
+/// Free space and mount flags of the file system holding `dir`; `None` when
+/// it reports no sizes (some network and virtual file systems).
+#[cfg(unix)]
+fn disk_space(dir: &Path) -> io::Result<Option<Space>> {
+    let s = rustix::fs::statvfs(dir)?;
+    if s.f_blocks == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Space {
+        free: s.f_bavail.saturating_mul(s.f_frsize),
+        read_only: s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
+    }))
+}
+
+#[cfg(not(unix))]
+fn disk_space(_: &Path) -> io::Result<Option<Space>> {
+    Ok(None)
+}
+
+/// May this process write `path`? Asks the kernel with the effective ids, so
+/// it knows what permission bits do not show: a read-only mount, an
+/// immutable file or directory (which stops root too).
+#[cfg(unix)]
+fn writable(path: &Path) -> io::Result<()> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    Ok(accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS)?)
+}
+
+#[cfg(not(unix))]
+fn writable(_: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> PathBuf {
+        let db = dir.join("hb.db");
+        for p in [db.clone(), sidecar(&db, "-wal"), sidecar(&db, "-shm")] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        db
+    }
+
+    #[test]
+    fn a_deleted_file_is_lost_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = files(dir.path());
+        let guard = Guard::new(&db, None).unwrap();
+        assert_eq!(guard.watched.len(), 3);
+        guard.check_files().unwrap();
+        std::fs::remove_file(sidecar(&db, "-shm")).unwrap();
+        let e = guard.check_files().unwrap_err();
+        assert!(e.contains("hb.db-shm` was deleted"), "{e}");
+        // Putting a file back at the path does not make it the same file.
+        std::fs::write(sidecar(&db, "-shm"), b"x").unwrap();
+        assert_eq!(guard.check_files().unwrap_err(), e);
+    }
+
+    #[test]
+    fn a_replaced_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = files(dir.path());
+        let guard = Guard::new(&db, None).unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"y").unwrap();
+        std::fs::rename(&other, &db).unwrap();
+        let e = guard.check_files().unwrap_err();
+        assert!(e.contains("hb.db` was replaced"), "{e}");
+    }
+
+    #[test]
+    fn the_lock_file_is_identified_by_the_held_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = files(dir.path());
+        let lock_path = dir.path().join("hb.db.lock");
+        let lock = File::create(&lock_path).unwrap();
+        let guard = Guard::new(&db, Some((&lock_path, &lock))).unwrap();
+        guard.check_files().unwrap();
+        std::fs::remove_file(&lock_path).unwrap();
+        std::fs::write(&lock_path, b"").unwrap();
+        let e = guard.check_files().unwrap_err();
+        assert!(e.contains("hb.db.lock` was replaced"), "{e}");
+    }
+
+    #[test]
+    fn room_is_the_reserve_plus_what_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = files(dir.path());
+        let guard = Guard::new(&db, None).unwrap();
+        let Some(space) = disk_space(dir.path()).unwrap() else {
+            return;
+        };
+        if space.read_only || space.free < RESERVE {
+            assert!(guard.check_room(0).is_err());
+            return;
+        }
+        guard.check_room(0).unwrap();
+        let e = guard.check_room(space.free).unwrap_err();
+        assert!(e.contains("kept for the queue"), "{e}");
+        // No overflow on absurd sizes.
+        assert!(guard.check_room(u64::MAX).is_err());
+    }
+}
