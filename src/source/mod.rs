@@ -512,7 +512,11 @@ mod tests {
 
     #[test]
     fn real_delivery_ids_are_usable() {
-        for id in ["72d3162e-cc78-11e3-81ab-4c9367dc0958", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "{7c9f6bd0-7a4e-4f4a-8f0e-35a4b2b63a11}"] {
+        for id in [
+            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+            "{7c9f6bd0-7a4e-4f4a-8f0e-35a4b2b63a11}",
+        ] {
             assert!(check_delivery_id(id).is_ok(), "{id}");
         }
         assert!(check_delivery_id(&"a".repeat(257)).is_err());
