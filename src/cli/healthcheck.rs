@@ -18,7 +18,7 @@ use crate::config::{self, LoadMode};
 pub struct HealthcheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Check readiness (`/readyz`: store reachable) instead of liveness (`/healthz`)
+    /// Check readiness (`/readyz`: the store can commit) instead of liveness (`/healthz`)
     #[arg(long)]
     pub ready: bool,
     /// Admin address to ask [default: `[admin] listen` from the config, 0.0.0.0 as loopback]
