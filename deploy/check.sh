@@ -42,12 +42,13 @@ install_tools() {
 
 release_binary() {
     if [ -z "${HOOKBRIDGE_SKIP_RELEASE_BUILD:-}" ] || [ ! -x "$BIN" ]; then
-        local context
-        context=$(python3 deploy/container/context.py .)
+        local target context
+        target="$(dirname "$(dirname "$BIN")")"
+        # A fixed place (file times kept), so an unchanged context is not rebuilt.
+        context=$(python3 deploy/container/context.py . "$target/container-context")
         step "cargo build --locked --release in the container's build context ($(cd "$context" && find . -type f | wc -l) files)"
         # The repository's target dir keeps the dependencies built once.
-        (cd "$context" && CARGO_TARGET_DIR="$(dirname "$(dirname "$BIN")")" cargo build --locked --release --quiet)
-        rm -rf "$(dirname "$context")"
+        (cd "$context" && CARGO_TARGET_DIR="$target" cargo build --locked --release --quiet)
     fi
 }
 

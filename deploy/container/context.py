@@ -7,7 +7,8 @@ directories), then replays the build stage's COPY instructions into a new
 directory, which it prints. `cargo build --locked --release` run there is the
 build stage's RUN: if it passes, the image's build passes.
 
-Usage: python3 deploy/container/context.py [REPO] > path-of-the-copy
+Usage: python3 deploy/container/context.py [REPO [OUT]] > path-of-the-copy
+(OUT, when given, is emptied first; by default a new temporary directory.)
 """
 
 import fnmatch
@@ -104,7 +105,12 @@ def main():
     repo = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
     files = context_files(repo)
     workdir, copies = build_stage_copies(repo)
-    out = tempfile.mkdtemp(prefix="hookbridge-build-context-")
+    if len(sys.argv) > 2:
+        out = os.path.abspath(sys.argv[2])
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+    else:
+        out = tempfile.mkdtemp(prefix="hookbridge-build-context-")
     for sources, (dest, into_dir) in copies:
         for source in sources:
             source = os.path.normpath(source)
