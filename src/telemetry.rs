@@ -31,9 +31,13 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
+    // A log line that cannot be written (stderr on a full disk, a closed
+    // pipe) is dropped: reporting it would `eprintln!` to the same stderr,
+    // which panics, and a panic in a request drops the sender's connection.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = if json {
         builder
             .json()

@@ -147,3 +147,63 @@ async fn failed_reloads_leave_sighup_and_sigterm_working() {
     // And SIGTERM still stops it, cleanly.
     assert_eq!(daemon.stop(), 0);
 }
+
+/// A free port on 127.0.0.1 (another process could take it before the daemon
+/// binds it; the test then fails to start rather than passing wrongly).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_written_loses_no_delivery() {
+    // stderr on a full disk: every log write fails with ENOSPC.
+    let (hooks, admin) = (free_port(), free_port());
+    let ws = Workspace::new(
+        &config("")
+            .replace(
+                "listen = \"127.0.0.1:0\"\nidle_timeout",
+                &format!("listen = \"127.0.0.1:{hooks}\"\nidle_timeout"),
+            )
+            .replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+            ),
+    );
+    let mut child = std::process::Command::new(support::daemon::BIN)
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--config",
+        ])
+        .arg(ws.config_path())
+        .current_dir(ws.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{hooks}/hooks/github");
+    support::eventually(Duration::from_secs(20), "the daemon listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", hooks)).is_ok()
+    })
+    .await;
+    for i in 0..5 {
+        assert_eq!(signed_push(&url, &format!("no-log-{i}")).await, 202);
+    }
+    let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+    assert!(child.try_wait().unwrap().is_none(), "the daemon is still running");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

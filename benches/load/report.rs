@@ -28,6 +28,8 @@ pub struct Row {
     /// Answers with the expected status (200 ceiling, 202 stored, 401 bad signature).
     pub ok: u64,
     pub not_ok: u64,
+    /// What the answers that were not as expected were: statuses, and no answer.
+    pub not_ok_detail: String,
     pub acks_per_sec: f64,
     pub p50: f64,
     pub p99: f64,
@@ -49,6 +51,13 @@ impl Row {
             requests: t.total(),
             ok: t.ok,
             not_ok: t.total() - t.ok,
+            not_ok_detail: t
+                .unexpected
+                .iter()
+                .map(|(status, n)| format!("{status} ×{n}"))
+                .chain((t.failed > 0).then(|| format!("no answer ×{}", t.failed)))
+                .collect::<Vec<_>>()
+                .join(", "),
             acks_per_sec: t.per_sec(),
             p50: t.ms(0.50),
             p99: t.ms(0.99),
@@ -108,7 +117,10 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows.iter().filter(|r| r.drain.is_some() || r.not_ok > 0) {
         let mut notes = Vec::new();
         if r.not_ok > 0 {
-            notes.push(format!("{} answers not as expected", r.not_ok));
+            notes.push(format!(
+                "{} answers not as expected ({})",
+                r.not_ok, r.not_ok_detail
+            ));
         }
         if let Some(d) = r.drain {
             notes.push(format!(

@@ -13,7 +13,7 @@ use crate::target::OutboundRequest;
 /// Print a command's error as `error: ...` and turn the outcome into an exit code.
 pub fn finish(outcome: Result<ExitCode, String>) -> ExitCode {
     outcome.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
+        super::say(format_args!("error: {e}"));
         ExitCode::FAILURE
     })
 }

@@ -97,13 +97,13 @@ impl ConfigArg {
             Ok(loaded) => {
                 if warnings {
                     for w in loaded.warnings.warnings() {
-                        eprintln!("{}", loaded.warnings.render(w));
+                        say(format_args!("{}", loaded.warnings.render(w)));
                     }
                 }
                 Ok(loaded)
             }
             Err(report) => {
-                eprint!("{report}");
+                say(format_args!("{}", report.to_string().trim_end()));
                 Err(ExitCode::FAILURE)
             }
         }
@@ -139,7 +139,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                say(format_args!("error: {e}"));
                 ExitCode::FAILURE
             }
         },
@@ -151,4 +151,11 @@ pub fn main() -> ExitCode {
         Command::Healthcheck(args) => healthcheck::run(&args),
         Command::Migrate(args) => migrate::run(&args),
     }
+}
+
+/// A line on stderr for the operator. Unlike `eprintln!`, a stderr that
+/// cannot be written (a full disk, a closed pipe) is not a panic.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

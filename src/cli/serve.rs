@@ -32,7 +32,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            super::say(format_args!("error: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -50,27 +50,27 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(store) => store,
         Err(e) => {
             error!(error = %e, "cannot open the store");
-            eprintln!("error: cannot open the store: {e}");
+            super::say(format_args!("error: cannot open the store: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let hooks = match TcpListener::bind(config.server.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
+            super::say(format_args!(
                 "error: cannot listen on {} ([server] listen): {e}",
                 config.server.listen
-            );
+            ));
             return ExitCode::FAILURE;
         }
     };
     let admin = match TcpListener::bind(config.admin.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
+            super::say(format_args!(
                 "error: cannot listen on {} ([admin] listen): {e}",
                 config.admin.listen
-            );
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -78,7 +78,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let shutdown = CancellationToken::new();
     let reloads = Arc::new(Notify::new());
     if let Err(e) = spawn_signal_handlers(reloads.clone(), shutdown.clone()) {
-        eprintln!("error: cannot install signal handlers: {e}");
+        super::say(format_args!("error: cannot install signal handlers: {e}"));
         return ExitCode::FAILURE;
     }
     tokio::spawn(server::reloader(
