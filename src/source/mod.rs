@@ -27,6 +27,7 @@ pub(crate) use keys::{hmac_keys, required_secrets, whsec_keys};
 
 pub mod azure;
 pub mod bitbucket;
+mod commit;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;

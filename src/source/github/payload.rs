@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::event::{Event, Provider, RefChange, kind, union_paths};
+use crate::source::commit::Commit;
 use crate::source::{DescribeError, parse};
 
 /// GitHub lists at most this many commits in a push payload.
@@ -23,28 +24,6 @@ struct User {
 impl User {
     fn name(self) -> Option<String> {
         self.login.or(self.username)
-    }
-}
-
-#[derive(Deserialize)]
-struct Commit {
-    added: Option<Vec<String>>,
-    modified: Option<Vec<String>>,
-    removed: Option<Vec<String>>,
-}
-
-impl Commit {
-    /// False for senders (Gogs) whose commits carry no file lists.
-    fn lists_files(&self) -> bool {
-        self.added.is_some() || self.modified.is_some() || self.removed.is_some()
-    }
-
-    fn files(&self) -> impl Iterator<Item = &str> {
-        [&self.added, &self.modified, &self.removed]
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(String::as_str)
     }
 }
 

@@ -11,6 +11,7 @@
 use serde::Deserialize;
 
 use crate::event::{Event, Provider, RefChange, kind, union_paths};
+use crate::source::commit::Commit;
 use crate::source::{DescribeError, parse};
 
 #[derive(Deserialize)]
@@ -22,28 +23,6 @@ struct Head {
 #[derive(Deserialize)]
 struct Project {
     path_with_namespace: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Commit {
-    added: Option<Vec<String>>,
-    modified: Option<Vec<String>>,
-    removed: Option<Vec<String>>,
-}
-
-impl Commit {
-    /// System-hook pushes list commits without their files.
-    fn lists_files(&self) -> bool {
-        self.added.is_some() || self.modified.is_some() || self.removed.is_some()
-    }
-
-    fn files(&self) -> impl Iterator<Item = &str> {
-        [&self.added, &self.modified, &self.removed]
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(String::as_str)
-    }
 }
 
 #[derive(Deserialize)]
