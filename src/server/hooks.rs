@@ -97,7 +97,7 @@ async fn handle(
     if declared.is_some_and(|n| n > limit) {
         return too_large();
     }
-    let deadline = later(
+    let deadline = super::later(
         tokio::time::Instant::from_std(started),
         config.server.read_timeout,
     );
@@ -216,14 +216,6 @@ async fn handle(
             )
         }
     }
-}
-
-/// `start + wait`, or a day on from `start` when the sum is out of range.
-pub(crate) fn later(start: tokio::time::Instant, wait: std::time::Duration) -> tokio::time::Instant {
-    start
-        .checked_add(wait)
-        .or_else(|| start.checked_add(std::time::Duration::from_secs(86_400)))
-        .unwrap_or(start)
 }
 
 /// Tell hyper not to keep the connection: the rest of its body is not wanted.

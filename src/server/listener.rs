@@ -230,8 +230,7 @@ async fn connection(
     loop {
         // HTTP/1 connections are closed by hyper's header timer; this one also
         // covers HTTP/2, which has no such timer.
-        let idle_deadline =
-            super::hooks::later(activity.idle_since().unwrap_or_else(Instant::now), timeouts.idle);
+        let idle_deadline = super::later(activity.idle_since().unwrap_or_else(Instant::now), timeouts.idle);
         tokio::select! {
             served = conn.as_mut() => {
                 if let Err(e) = served {

@@ -131,6 +131,14 @@ pub async fn run(
     served.map_err(Into::into)
 }
 
+/// `start + wait`, or a day on from `start` when the sum is out of range.
+pub(crate) fn later(start: tokio::time::Instant, wait: std::time::Duration) -> tokio::time::Instant {
+    start
+        .checked_add(wait)
+        .or_else(|| start.checked_add(std::time::Duration::from_secs(86_400)))
+        .unwrap_or(start)
+}
+
 /// Run reloads one at a time as `requests` asks for them, until `shutdown`.
 /// SIGHUP and the file watcher only ask; neither ever runs a reload itself.
 pub async fn reloader(app: App, requests: Arc<Notify>, shutdown: CancellationToken, load: LoadConfig) {
@@ -159,16 +167,8 @@ pub async fn reload_isolated(app: &App, load: LoadConfig) -> bool {
         Ok(applied) => applied,
         Err(e) => {
             metrics::counter!("hookbridge_config_reloads_total", "result" => "error").increment(1);
-            let cause = e
-                .try_into_panic()
-                .ok()
-                .and_then(|p| {
-                    p.downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                })
-                .unwrap_or_else(|| "cancelled".to_owned());
-            warn!(error = %cause, "config reload failed unexpectedly; the running config stays");
+            // JoinError shows the panic message, as the dispatcher logs its tasks.
+            warn!(error = %e, "config reload failed unexpectedly; the running config stays");
             false
         }
     }
