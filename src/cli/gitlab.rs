@@ -126,7 +126,7 @@ impl Client {
             http,
             base: format!(
                 "{root}/api/v4/projects/{}/triggers",
-                crate::target::circleci::segment(&c.project)
+                crate::target::encode::path_segment(&c.project)
             ),
             token,
         })

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::encode::path_segment;
 use super::{
-    Credential, Fields, OutboundRequest, Outcome, REDACTED, Response, Target, TriggerRequest, TriggerResult,
-    json_headers, json_type, render_string, render_table, retry_after,
+    Credential, OutboundRequest, Outcome, REDACTED, Response, Target, TriggerCompiler, TriggerRequest,
+    TriggerResult, json_headers, json_type, render_string, render_table, retry_after,
 };
 use crate::config::Secret;
 use crate::config::raw::RawTrigger;
@@ -66,7 +67,11 @@ fn check_input_key(key: &str) -> Result<(), String> {
 }
 
 impl Trigger {
-    pub fn compile(raw: &Spanned<RawTrigger>, target: &Target, f: &mut Fields<'_>) -> Option<Trigger> {
+    pub fn compile(
+        raw: &Spanned<RawTrigger>,
+        target: &Target,
+        f: &mut TriggerCompiler<'_>,
+    ) -> Option<Trigger> {
         let r = raw.get_ref();
         f.allow(
             r,
@@ -173,7 +178,7 @@ pub(super) fn request(base: &str, r: &PipelineRequest) -> OutboundRequest {
     let url = format!(
         "{}/projects/{}/trigger/pipeline",
         api_root(base),
-        super::circleci::segment(&r.project)
+        path_segment(&r.project)
     );
     let mut body = serde_json::Map::new();
     body.insert("ref".into(), r.git_ref.clone().into());

@@ -1,0 +1,174 @@
+//! CircleCI: API v1.1 job trigger (`job` set), API v2 pipeline trigger, and API
+//! v2 pipeline run (`definition_id` set).
+//!
+//! Requests send JSON with `Content-Type` and `Accept: application/json` (v2
+//! ignores a body without the first; v1.1 answers EDN without the second), the
+//! token in `Circle-Token`, the project slug as separate path segments and the
+//! v1.1 branch percent-encoded as one segment.
+//!
+//! This module holds the trigger and request types and the project slug;
+//! [`compile`] checks a trigger at config time, [`render`] fills it in per
+//! event, and [`request`] builds the HTTP request and reads the answer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::GitRef;
+use crate::rules::template::TemplateValue;
+
+mod compile;
+mod render;
+mod request;
+
+pub(super) use request::{created, failed, request};
+
+/// Which CircleCI endpoint a trigger calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Job,
+    Pipeline,
+    PipelineRun,
+}
+
+impl Api {
+    fn describe(self) -> &'static str {
+        match self {
+            Api::Job => "a CircleCI job trigger (API v1.1)",
+            Api::Pipeline => "a CircleCI pipeline trigger (API v2)",
+            Api::PipelineRun => "a CircleCI pipeline run (API v2, definition_id)",
+        }
+    }
+}
+
+/// Pipeline parameter limits (CircleCI API v2).
+const MAX_PARAMETERS: usize = 100;
+const MAX_PARAMETER_KEY: usize = 128;
+const MAX_PARAMETER_VALUE: usize = 512;
+
+#[derive(Debug)]
+pub struct Trigger {
+    api: Api,
+    project: TemplateValue,
+    job: Option<TemplateValue>,
+    branch: Option<TemplateValue>,
+    tag: Option<TemplateValue>,
+    revision: Option<TemplateValue>,
+    parallel: Option<TemplateValue>,
+    build_parameters: BTreeMap<String, TemplateValue>,
+    parameters: BTreeMap<String, TemplateValue>,
+    definition_id: Option<TemplateValue>,
+    config: Option<RefTemplate>,
+    checkout: Option<RefTemplate>,
+}
+
+#[derive(Debug)]
+struct RefTemplate {
+    branch: Option<TemplateValue>,
+    tag: Option<TemplateValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub project: String,
+    pub branch: String,
+    pub job: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parallel: Option<u64>,
+    #[serde(default)]
+    pub build_parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRequest {
+    pub project: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRunRequest {
+    pub project: String,
+    pub definition_id: String,
+    pub config: GitRef,
+    pub checkout: GitRef,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A parsed project slug: `gh/org/repo`, `bitbucket/org/repo`, `circleci/<org-id>/<project-id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slug<'a> {
+    pub provider: &'a str,
+    pub org: &'a str,
+    pub project: &'a str,
+}
+
+/// Parse and check a slug for `api`.
+pub fn parse_slug(slug: &str, api: Api) -> Result<Slug<'_>, String> {
+    let parts: Vec<&str> = slug.split('/').collect();
+    let [provider, org, project] = parts[..] else {
+        return Err(format!(
+            "project `{slug}` is not a CircleCI project slug; expected `gh/ORG/REPO`, `bb/ORG/REPO` or `circleci/ORG_ID/PROJECT_ID`"
+        ));
+    };
+    if org.is_empty() || project.is_empty() {
+        return Err(format!("project `{slug}` has an empty segment"));
+    }
+    let valid = ["gh", "github", "bb", "bitbucket", "circleci"];
+    if !valid.contains(&provider) {
+        return Err(format!(
+            "project `{slug}`: `{provider}` is not a CircleCI provider; use gh, github, bb, bitbucket or circleci"
+        ));
+    }
+    if provider == "circleci" {
+        match api {
+            Api::Job => {
+                return Err(format!(
+                    "project `{slug}`: API v1.1 cannot trigger GitHub App, GitLab or Bitbucket Data Center projects; set `definition_id` to use a pipeline run"
+                ));
+            }
+            Api::Pipeline => {
+                return Err(format!(
+                    "project `{slug}`: the v2 pipeline trigger is not available to GitHub App or GitLab projects; set `definition_id` to use a pipeline run"
+                ));
+            }
+            Api::PipelineRun => {}
+        }
+    }
+    Ok(Slug {
+        provider,
+        org,
+        project,
+    })
+}
+
+/// The v1.1 VCS type of a slug provider.
+fn vcs_type(provider: &str) -> &str {
+    match provider {
+        "gh" => "github",
+        "bb" => "bitbucket",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert!(parse_slug("gh/acme/app", Api::Pipeline).is_ok());
+        assert!(parse_slug("circleci/9d3c/7a1f", Api::PipelineRun).is_ok());
+        assert!(parse_slug("circleci/9d3c/7a1f", Api::Job).is_err());
+        assert!(parse_slug("circleci/9d3c/7a1f", Api::Pipeline).is_err());
+        assert!(parse_slug("gitlab/a/b", Api::PipelineRun).is_err());
+        assert!(parse_slug("gh/acme", Api::Pipeline).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! The stored request and the printable one: a [`TriggerRequest`] is what a
+//! rule rendered for one event, stored with its job as JSON; at send time the
+//! [`Target`] of the current config turns it into an [`OutboundRequest`].
+
+use serde::{Deserialize, Serialize};
+
+use super::{OutboundRequest, Target, TargetKind, circleci, gitlab};
+use crate::config::Secret;
+
+/// What a matched rule asks a target to do, fully rendered. Stored with the
+/// job; it never holds a secret (tokens come from the config at send time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "api", rename_all = "snake_case")]
+pub enum TriggerRequest {
+    /// CircleCI API v1.1: run one job on a branch.
+    CircleciJob(circleci::JobRequest),
+    /// CircleCI API v2: trigger a pipeline (`/project/{slug}/pipeline`).
+    CircleciPipeline(circleci::PipelineRequest),
+    /// CircleCI API v2: run a pipeline definition (`/pipeline/run`).
+    CircleciPipelineRun(circleci::PipelineRunRequest),
+    /// GitLab: `/projects/:id/trigger/pipeline`.
+    GitlabPipeline(gitlab::PipelineRequest),
+}
+
+impl TriggerRequest {
+    pub fn target_kind(&self) -> TargetKind {
+        match self {
+            TriggerRequest::GitlabPipeline(_) => TargetKind::Gitlab,
+            _ => TargetKind::Circleci,
+        }
+    }
+}
+
+impl Target {
+    /// The request for `req`, with [`REDACTED`] where the token goes: safe to
+    /// print and store. The token joins it only on the wire ([`client`]).
+    pub fn request(&self, req: &TriggerRequest) -> Result<OutboundRequest, String> {
+        match (self.kind, req) {
+            (TargetKind::Circleci, TriggerRequest::GitlabPipeline(_))
+            | (TargetKind::Gitlab, TriggerRequest::CircleciJob(_))
+            | (TargetKind::Gitlab, TriggerRequest::CircleciPipeline(_))
+            | (TargetKind::Gitlab, TriggerRequest::CircleciPipelineRun(_)) => Err(format!(
+                "target `{}` is now a {} target and cannot send this {} trigger",
+                self.name,
+                self.kind.as_str(),
+                req.target_kind().as_str()
+            )),
+            (TargetKind::Circleci, req) => circleci::request(&self.base_url, req),
+            (TargetKind::Gitlab, TriggerRequest::GitlabPipeline(r)) => Ok(gitlab::request(&self.base_url, r)),
+        }
+    }
+
+    /// The token a job sends: its rule's own (GitLab), else the target's.
+    pub fn token_for<'a>(&'a self, rule_token: Option<&'a Secret>) -> Result<&'a Secret, String> {
+        rule_token
+            .or(self.token.as_ref())
+            .ok_or_else(|| format!("no token is available for target `{}`", self.name))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::target::GitRef;
+
+    /// Stored jobs hold their request as this JSON: rows written by earlier
+    /// versions decode, and re-encode byte for byte. One example of every
+    /// variant with its optional fields set, and one with them left out.
+    const STORED: &[(TargetKind, &str)] = &[
+        (
+            TargetKind::Circleci,
+            r#"{"api":"circleci_job","project":"gh/acme/app","branch":"feature/x y","job":"build","revision":"0123abc","parallel":4,"build_parameters":{"CIRCLE_JOB":"build","FOO":"bar"}}"#,
+        ),
+        (
+            TargetKind::Circleci,
+            r#"{"api":"circleci_job","project":"bb/acme/app","branch":"main","job":"test","build_parameters":{}}"#,
+        ),
+        (
+            TargetKind::Circleci,
+            r#"{"api":"circleci_pipeline","project":"gh/acme/app","branch":"main","parameters":{"deploy":true,"level":3,"name":"x y/é"}}"#,
+        ),
+        (
+            TargetKind::Circleci,
+            r#"{"api":"circleci_pipeline","project":"github/acme/app","tag":"v1","parameters":{}}"#,
+        ),
+        (
+            TargetKind::Circleci,
+            r#"{"api":"circleci_pipeline_run","project":"circleci/9d3c/7a1f","definition_id":"d-1","config":{"branch":"main"},"checkout":{"tag":"v1.2.0"},"parameters":{"deploy":true,"level":3}}"#,
+        ),
+        (
+            TargetKind::Circleci,
+            r#"{"api":"circleci_pipeline_run","project":"circleci/9d3c/7a1f","definition_id":"d-2","config":{},"checkout":{"branch":"main"},"parameters":{}}"#,
+        ),
+        (
+            TargetKind::Gitlab,
+            r#"{"api":"gitlab_pipeline","project":"group/sub/app","ref":"main","variables":{"A":"1","B_2":"two"},"inputs":{"level":3,"tags":["a","b"]},"rule_token":true}"#,
+        ),
+        (
+            TargetKind::Gitlab,
+            r#"{"api":"gitlab_pipeline","project":"42","ref":"v1.0","variables":{},"inputs":{},"rule_token":false}"#,
+        ),
+    ];
+
+    #[test]
+    fn stored_requests_decode_and_reencode_byte_for_byte() {
+        for (kind, stored) in STORED {
+            let request: TriggerRequest = serde_json::from_str(stored).unwrap();
+            assert_eq!(request.target_kind(), *kind, "{stored}");
+            assert_eq!(serde_json::to_string(&request).unwrap(), *stored);
+            let value: serde_json::Value = serde_json::from_str(stored).unwrap();
+            assert_eq!(serde_json::to_value(&request).unwrap(), value);
+            let again: TriggerRequest = serde_json::from_value(value).unwrap();
+            assert_eq!(again, request);
+        }
+    }
+
+    /// What the stored JSON means, field by field, for the examples above.
+    #[test]
+    fn stored_requests_decode_to_their_fields() {
+        let decoded: Vec<TriggerRequest> = STORED
+            .iter()
+            .map(|(_, s)| serde_json::from_str(s).unwrap())
+            .collect();
+        assert_eq!(
+            decoded[0],
+            TriggerRequest::CircleciJob(circleci::JobRequest {
+                project: "gh/acme/app".into(),
+                branch: "feature/x y".into(),
+                job: "build".into(),
+                revision: Some("0123abc".into()),
+                parallel: Some(4),
+                build_parameters: serde_json::from_str(r#"{"CIRCLE_JOB":"build","FOO":"bar"}"#).unwrap(),
+            })
+        );
+        assert_eq!(
+            decoded[3],
+            TriggerRequest::CircleciPipeline(circleci::PipelineRequest {
+                project: "github/acme/app".into(),
+                branch: None,
+                tag: Some("v1".into()),
+                parameters: serde_json::Map::new(),
+            })
+        );
+        assert_eq!(
+            decoded[4],
+            TriggerRequest::CircleciPipelineRun(circleci::PipelineRunRequest {
+                project: "circleci/9d3c/7a1f".into(),
+                definition_id: "d-1".into(),
+                config: GitRef {
+                    branch: Some("main".into()),
+                    tag: None
+                },
+                checkout: GitRef {
+                    branch: None,
+                    tag: Some("v1.2.0".into())
+                },
+                parameters: serde_json::from_str(r#"{"deploy":true,"level":3}"#).unwrap(),
+            })
+        );
+        assert_eq!(
+            decoded[6],
+            TriggerRequest::GitlabPipeline(gitlab::PipelineRequest {
+                project: "group/sub/app".into(),
+                git_ref: "main".into(),
+                variables: BTreeMap::from([("A".into(), "1".into()), ("B_2".into(), "two".into())]),
+                inputs: serde_json::from_str(r#"{"level":3,"tags":["a","b"]}"#).unwrap(),
+                rule_token: true,
+            })
+        );
+    }
+
+    /// Rows may leave out fields with defaults; they decode, and are written
+    /// back with the defaults spelled out. An unknown `api` is an error.
+    #[test]
+    fn stored_requests_without_defaulted_fields_decode() {
+        let cases = [
+            (
+                r#"{"api":"gitlab_pipeline","project":"acme/app","ref":"main"}"#,
+                r#"{"api":"gitlab_pipeline","project":"acme/app","ref":"main","variables":{},"inputs":{},"rule_token":false}"#,
+            ),
+            (
+                r#"{"api":"circleci_job","project":"gh/a/b","branch":"main","job":"build"}"#,
+                r#"{"api":"circleci_job","project":"gh/a/b","branch":"main","job":"build","build_parameters":{}}"#,
+            ),
+            (
+                r#"{"api":"circleci_pipeline","project":"gh/a/b"}"#,
+                r#"{"api":"circleci_pipeline","project":"gh/a/b","parameters":{}}"#,
+            ),
+            (
+                r#"{"api":"circleci_pipeline_run","project":"circleci/o/p","definition_id":"d","config":{},"checkout":{}}"#,
+                r#"{"api":"circleci_pipeline_run","project":"circleci/o/p","definition_id":"d","config":{},"checkout":{},"parameters":{}}"#,
+            ),
+        ];
+        for (old, written) in cases {
+            let request: TriggerRequest = serde_json::from_str(old).unwrap();
+            assert_eq!(serde_json::to_string(&request).unwrap(), written);
+        }
+        let e = serde_json::from_str::<TriggerRequest>(r#"{"api":"buildkite_build","project":"a"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("unknown variant `buildkite_build`"), "{e}");
+        assert!(serde_json::from_str::<TriggerRequest>(r#"{"project":"a"}"#).is_err());
+    }
+}
