@@ -200,7 +200,7 @@ fn prepare<'c>(
         .get(&job.target)
         .ok_or_else(|| format!("target `{}` no longer exists in the configuration", job.target))?;
     let rule_token = match &job.request {
-        target::TriggerRequest::GitlabPipeline(r) if r.rule_token => Some(
+        target::TriggerRequest::Gitlab(r) if r.rule_token => Some(
             config
                 .rules
                 .get(&job.rule)

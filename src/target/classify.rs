@@ -115,8 +115,8 @@ pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> O
     let status = response.status;
     if (200..300).contains(&status) {
         return match req {
-            TriggerRequest::GitlabPipeline(_) => gitlab::created(&response.body),
-            other => circleci::created(other, status, &response.body),
+            TriggerRequest::Circleci(r) => circleci::created(r, status, &response.body),
+            TriggerRequest::Gitlab(_) => gitlab::created(&response.body),
         };
     }
     let message = error_message(&response.body);
@@ -137,8 +137,8 @@ pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> O
         ));
     }
     match req {
-        TriggerRequest::GitlabPipeline(_) => gitlab::failed(status, &message, response, now),
-        _ => circleci::failed(status, &message),
+        TriggerRequest::Circleci(_) => circleci::failed(status, &message),
+        TriggerRequest::Gitlab(_) => gitlab::failed(status, &message, response, now),
     }
 }
 
@@ -166,7 +166,7 @@ mod tests {
     }
 
     fn gitlab_req() -> TriggerRequest {
-        TriggerRequest::GitlabPipeline(gitlab::PipelineRequest {
+        TriggerRequest::Gitlab(gitlab::Request {
             project: "a/b".into(),
             git_ref: "main".into(),
             variables: BTreeMap::new(),
@@ -176,12 +176,12 @@ mod tests {
     }
 
     fn circle_req() -> TriggerRequest {
-        TriggerRequest::CircleciPipeline(circleci::PipelineRequest {
+        TriggerRequest::Circleci(circleci::Request::Pipeline(circleci::PipelineRequest {
             project: "gh/a/b".into(),
             branch: Some("main".into()),
             tag: None,
             parameters: serde_json::Map::new(),
-        })
+        }))
     }
 
     #[test]

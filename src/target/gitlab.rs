@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::encode::path_segment;
 use super::{
-    Credential, OutboundRequest, Outcome, REDACTED, Response, Target, TriggerCompiler, TriggerRequest,
-    TriggerResult, json_headers, json_type, render_string, render_table, retry_after,
+    Credential, OutboundRequest, Outcome, REDACTED, Response, Target, TriggerCompiler, TriggerResult,
+    json_headers, json_type, render_string, render_table, retry_after,
 };
 use crate::config::Secret;
 use crate::config::raw::RawTrigger;
@@ -32,8 +32,10 @@ pub struct Trigger {
     pub token: Option<Secret>,
 }
 
+/// A rendered GitLab pipeline trigger, stored inside a `TriggerRequest`
+/// (`"api": "gitlab_pipeline"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PipelineRequest {
+pub struct Request {
     /// Numeric id or full path (`group/sub/app`).
     pub project: String,
     #[serde(rename = "ref")]
@@ -118,12 +120,7 @@ impl Trigger {
         })
     }
 
-    pub fn render(
-        &self,
-        t: &Templates,
-        scope: &minijinja::Value,
-        event: &Event,
-    ) -> Result<TriggerRequest, String> {
+    pub fn render(&self, t: &Templates, scope: &minijinja::Value, event: &Event) -> Result<Request, String> {
         let project = render_string(t, &self.project, scope, "project")?;
         let git_ref = match &self.git_ref {
             Some(r) => render_string(t, r, scope, "ref")?,
@@ -151,13 +148,13 @@ impl Trigger {
         if let Some((k, _)) = inputs.iter().find(|(_, v)| v.is_null()) {
             return Err(format!("input `{k}` rendered null"));
         }
-        Ok(TriggerRequest::GitlabPipeline(PipelineRequest {
+        Ok(Request {
             project,
             git_ref,
             variables,
             inputs,
             rule_token: self.token.is_some(),
-        }))
+        })
     }
 }
 
@@ -174,7 +171,7 @@ fn api_root(base: &str) -> String {
 const TOKEN_FIELD: &str = "token";
 
 /// The request for `r`; the body's `token` holds [`REDACTED`] until the wire.
-pub(super) fn request(base: &str, r: &PipelineRequest) -> OutboundRequest {
+pub(super) fn request(base: &str, r: &Request) -> OutboundRequest {
     let url = format!(
         "{}/projects/{}/trigger/pipeline",
         api_root(base),
@@ -245,7 +242,7 @@ mod tests {
 
     #[test]
     fn project_paths_are_one_segment_and_tokens_stay_out_of_the_url() {
-        let r = PipelineRequest {
+        let r = Request {
             project: "group/sub/app".into(),
             git_ref: "main".into(),
             variables: BTreeMap::from([("A".into(), "1".into())]),

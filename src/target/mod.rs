@@ -85,8 +85,8 @@ impl TriggerTemplate {
         event: &Event,
     ) -> Result<TriggerRequest, String> {
         match self {
-            TriggerTemplate::Circleci(c) => c.render(t, scope, event),
-            TriggerTemplate::Gitlab(g) => g.render(t, scope, event),
+            TriggerTemplate::Circleci(c) => c.render(t, scope, event).map(TriggerRequest::Circleci),
+            TriggerTemplate::Gitlab(g) => g.render(t, scope, event).map(TriggerRequest::Gitlab),
         }
     }
 
@@ -128,37 +128,37 @@ mod tests {
         vec![
             (
                 TargetKind::Circleci,
-                TriggerRequest::CircleciJob(circleci::JobRequest {
+                TriggerRequest::Circleci(circleci::Request::Job(circleci::JobRequest {
                     project: "gh/acme/app".into(),
                     branch: "main".into(),
                     job: "build".into(),
                     revision: None,
                     parallel: None,
                     build_parameters: serde_json::Map::new(),
-                }),
+                })),
             ),
             (
                 TargetKind::Circleci,
-                TriggerRequest::CircleciPipeline(circleci::PipelineRequest {
+                TriggerRequest::Circleci(circleci::Request::Pipeline(circleci::PipelineRequest {
                     project: "gh/acme/app".into(),
                     branch: Some("main".into()),
                     tag: None,
                     parameters: serde_json::Map::new(),
-                }),
+                })),
             ),
             (
                 TargetKind::Circleci,
-                TriggerRequest::CircleciPipelineRun(circleci::PipelineRunRequest {
+                TriggerRequest::Circleci(circleci::Request::PipelineRun(circleci::PipelineRunRequest {
                     project: "gh/acme/app".into(),
                     definition_id: "d".into(),
                     config: gitref.clone(),
                     checkout: gitref,
                     parameters: serde_json::Map::new(),
-                }),
+                })),
             ),
             (
                 TargetKind::Gitlab,
-                TriggerRequest::GitlabPipeline(gitlab::PipelineRequest {
+                TriggerRequest::Gitlab(gitlab::Request {
                     project: "acme/app".into(),
                     git_ref: "main".into(),
                     variables: BTreeMap::new(),

@@ -7,11 +7,33 @@ use serde::{Deserialize, Serialize};
 use super::{OutboundRequest, Target, TargetKind, circleci, gitlab};
 use crate::config::Secret;
 
-/// What a matched rule asks a target to do, fully rendered. Stored with the
-/// job; it never holds a secret (tokens come from the config at send time).
+/// What a matched rule asks a target to do, fully rendered: one variant per
+/// target kind, each holding that target's own request. Stored with the job;
+/// it never holds a secret (tokens come from the config at send time).
+///
+/// Its JSON is [`Stored`]'s, unchanged since jobs were first stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "api", rename_all = "snake_case")]
+#[serde(into = "Stored", from = "Stored")]
 pub enum TriggerRequest {
+    Circleci(circleci::Request),
+    Gitlab(gitlab::Request),
+}
+
+impl TriggerRequest {
+    pub fn target_kind(&self) -> TargetKind {
+        match self {
+            TriggerRequest::Circleci(_) => TargetKind::Circleci,
+            TriggerRequest::Gitlab(_) => TargetKind::Gitlab,
+        }
+    }
+}
+
+/// The stored JSON of a [`TriggerRequest`]: one flat object tagged by `api`.
+/// Jobs in existing databases hold it, so its names never change: a new API
+/// is a new variant here.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "api", rename_all = "snake_case")]
+enum Stored {
     /// CircleCI API v1.1: run one job on a branch.
     CircleciJob(circleci::JobRequest),
     /// CircleCI API v2: trigger a pipeline (`/project/{slug}/pipeline`).
@@ -19,14 +41,27 @@ pub enum TriggerRequest {
     /// CircleCI API v2: run a pipeline definition (`/pipeline/run`).
     CircleciPipelineRun(circleci::PipelineRunRequest),
     /// GitLab: `/projects/:id/trigger/pipeline`.
-    GitlabPipeline(gitlab::PipelineRequest),
+    GitlabPipeline(gitlab::Request),
 }
 
-impl TriggerRequest {
-    pub fn target_kind(&self) -> TargetKind {
-        match self {
-            TriggerRequest::GitlabPipeline(_) => TargetKind::Gitlab,
-            _ => TargetKind::Circleci,
+impl From<TriggerRequest> for Stored {
+    fn from(request: TriggerRequest) -> Stored {
+        match request {
+            TriggerRequest::Circleci(circleci::Request::Job(r)) => Stored::CircleciJob(r),
+            TriggerRequest::Circleci(circleci::Request::Pipeline(r)) => Stored::CircleciPipeline(r),
+            TriggerRequest::Circleci(circleci::Request::PipelineRun(r)) => Stored::CircleciPipelineRun(r),
+            TriggerRequest::Gitlab(r) => Stored::GitlabPipeline(r),
+        }
+    }
+}
+
+impl From<Stored> for TriggerRequest {
+    fn from(stored: Stored) -> TriggerRequest {
+        match stored {
+            Stored::CircleciJob(r) => TriggerRequest::Circleci(circleci::Request::Job(r)),
+            Stored::CircleciPipeline(r) => TriggerRequest::Circleci(circleci::Request::Pipeline(r)),
+            Stored::CircleciPipelineRun(r) => TriggerRequest::Circleci(circleci::Request::PipelineRun(r)),
+            Stored::GitlabPipeline(r) => TriggerRequest::Gitlab(r),
         }
     }
 }
@@ -36,17 +71,16 @@ impl Target {
     /// print and store. The token joins it only on the wire ([`client`]).
     pub fn request(&self, req: &TriggerRequest) -> Result<OutboundRequest, String> {
         match (self.kind, req) {
-            (TargetKind::Circleci, TriggerRequest::GitlabPipeline(_))
-            | (TargetKind::Gitlab, TriggerRequest::CircleciJob(_))
-            | (TargetKind::Gitlab, TriggerRequest::CircleciPipeline(_))
-            | (TargetKind::Gitlab, TriggerRequest::CircleciPipelineRun(_)) => Err(format!(
+            (TargetKind::Circleci, TriggerRequest::Circleci(r)) => circleci::request(&self.base_url, r),
+            (TargetKind::Gitlab, TriggerRequest::Gitlab(r)) => Ok(gitlab::request(&self.base_url, r)),
+            // The job was stored when this target had another `type`.
+            (TargetKind::Circleci, TriggerRequest::Gitlab(_))
+            | (TargetKind::Gitlab, TriggerRequest::Circleci(_)) => Err(format!(
                 "target `{}` is now a {} target and cannot send this {} trigger",
                 self.name,
                 self.kind.as_str(),
                 req.target_kind().as_str()
             )),
-            (TargetKind::Circleci, req) => circleci::request(&self.base_url, req),
-            (TargetKind::Gitlab, TriggerRequest::GitlabPipeline(r)) => Ok(gitlab::request(&self.base_url, r)),
         }
     }
 
@@ -126,27 +160,27 @@ mod tests {
             .collect();
         assert_eq!(
             decoded[0],
-            TriggerRequest::CircleciJob(circleci::JobRequest {
+            TriggerRequest::Circleci(circleci::Request::Job(circleci::JobRequest {
                 project: "gh/acme/app".into(),
                 branch: "feature/x y".into(),
                 job: "build".into(),
                 revision: Some("0123abc".into()),
                 parallel: Some(4),
                 build_parameters: serde_json::from_str(r#"{"CIRCLE_JOB":"build","FOO":"bar"}"#).unwrap(),
-            })
+            }))
         );
         assert_eq!(
             decoded[3],
-            TriggerRequest::CircleciPipeline(circleci::PipelineRequest {
+            TriggerRequest::Circleci(circleci::Request::Pipeline(circleci::PipelineRequest {
                 project: "github/acme/app".into(),
                 branch: None,
                 tag: Some("v1".into()),
                 parameters: serde_json::Map::new(),
-            })
+            }))
         );
         assert_eq!(
             decoded[4],
-            TriggerRequest::CircleciPipelineRun(circleci::PipelineRunRequest {
+            TriggerRequest::Circleci(circleci::Request::PipelineRun(circleci::PipelineRunRequest {
                 project: "circleci/9d3c/7a1f".into(),
                 definition_id: "d-1".into(),
                 config: GitRef {
@@ -158,11 +192,11 @@ mod tests {
                     tag: Some("v1.2.0".into())
                 },
                 parameters: serde_json::from_str(r#"{"deploy":true,"level":3}"#).unwrap(),
-            })
+            }))
         );
         assert_eq!(
             decoded[6],
-            TriggerRequest::GitlabPipeline(gitlab::PipelineRequest {
+            TriggerRequest::Gitlab(gitlab::Request {
                 project: "group/sub/app".into(),
                 git_ref: "main".into(),
                 variables: BTreeMap::from([("A".into(), "1".into()), ("B_2".into(), "two".into())]),

@@ -68,6 +68,18 @@ struct RefTemplate {
     tag: Option<TemplateValue>,
 }
 
+/// A rendered CircleCI trigger, one variant per API. Stored inside a
+/// `TriggerRequest`, whose JSON names each variant (`circleci_job`, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// API v1.1: run one job on a branch.
+    Job(JobRequest),
+    /// API v2: trigger a pipeline (`/project/{slug}/pipeline`).
+    Pipeline(PipelineRequest),
+    /// API v2: run a pipeline definition (`/pipeline/run`).
+    PipelineRun(PipelineRunRequest),
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRequest {
     pub project: String,

@@ -1,20 +1,15 @@
 //! Event time: render a CircleCI trigger into the request stored with the job.
 
 use super::{
-    Api, JobRequest, MAX_PARAMETER_VALUE, PipelineRequest, PipelineRunRequest, RefTemplate, Trigger,
+    Api, JobRequest, MAX_PARAMETER_VALUE, PipelineRequest, PipelineRunRequest, RefTemplate, Request, Trigger,
     parse_slug,
 };
 use crate::event::Event;
 use crate::rules::template::Templates;
-use crate::target::{GitRef, TriggerRequest, json_type, render_opt_string, render_string, render_table};
+use crate::target::{GitRef, json_type, render_opt_string, render_string, render_table};
 
 impl Trigger {
-    pub fn render(
-        &self,
-        t: &Templates,
-        scope: &minijinja::Value,
-        event: &Event,
-    ) -> Result<TriggerRequest, String> {
+    pub fn render(&self, t: &Templates, scope: &minijinja::Value, event: &Event) -> Result<Request, String> {
         let project = render_string(t, &self.project, scope, "project")?;
         parse_slug(&project, self.api)?;
         let branch = render_opt_string(t, &self.branch, scope, "branch")?;
@@ -52,7 +47,7 @@ impl Trigger {
                         }
                     },
                 };
-                Ok(TriggerRequest::CircleciJob(JobRequest {
+                Ok(Request::Job(JobRequest {
                     project,
                     branch,
                     job,
@@ -61,7 +56,7 @@ impl Trigger {
                     build_parameters,
                 }))
             }
-            Api::Pipeline => Ok(TriggerRequest::CircleciPipeline(PipelineRequest {
+            Api::Pipeline => Ok(Request::Pipeline(PipelineRequest {
                 project,
                 branch: git_ref.branch,
                 tag: git_ref.tag,
@@ -74,7 +69,7 @@ impl Trigger {
                 };
                 let config = render_ref(t, &self.config, scope, "config")?.unwrap_or_else(|| git_ref.clone());
                 let checkout = render_ref(t, &self.checkout, scope, "checkout")?.unwrap_or(git_ref);
-                Ok(TriggerRequest::CircleciPipelineRun(PipelineRunRequest {
+                Ok(Request::PipelineRun(PipelineRunRequest {
                     project,
                     definition_id,
                     config,

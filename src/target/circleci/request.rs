@@ -3,17 +3,15 @@
 
 use serde::Deserialize;
 
-use super::{Api, parse_slug, vcs_type};
+use super::{Api, Request, parse_slug, vcs_type};
 use crate::target::encode::path_segment;
-use crate::target::{
-    Credential, Header, OutboundRequest, Outcome, REDACTED, TriggerRequest, TriggerResult, json_headers,
-};
+use crate::target::{Credential, Header, OutboundRequest, Outcome, REDACTED, TriggerResult, json_headers};
 
 /// The header CircleCI reads its personal API token from.
 const TOKEN_HEADER: &str = "Circle-Token";
 
 /// The request for `req`; the token header holds [`REDACTED`] until the wire.
-pub(in crate::target) fn request(base: &str, req: &TriggerRequest) -> Result<OutboundRequest, String> {
+pub(in crate::target) fn request(base: &str, req: &Request) -> Result<OutboundRequest, String> {
     let mut headers = json_headers();
     headers.insert(
         0,
@@ -23,7 +21,7 @@ pub(in crate::target) fn request(base: &str, req: &TriggerRequest) -> Result<Out
         },
     );
     let (url, body) = match req {
-        TriggerRequest::CircleciJob(r) => {
+        Request::Job(r) => {
             let s = parse_slug(&r.project, Api::Job)?;
             let url = format!(
                 "{base}/api/v1.1/project/{}/{}/{}/tree/{}",
@@ -42,7 +40,7 @@ pub(in crate::target) fn request(base: &str, req: &TriggerRequest) -> Result<Out
             }
             (url, serde_json::Value::Object(body))
         }
-        TriggerRequest::CircleciPipeline(r) => {
+        Request::Pipeline(r) => {
             let s = parse_slug(&r.project, Api::Pipeline)?;
             let url = format!(
                 "{base}/api/v2/project/{}/{}/{}/pipeline",
@@ -62,7 +60,7 @@ pub(in crate::target) fn request(base: &str, req: &TriggerRequest) -> Result<Out
             }
             (url, serde_json::Value::Object(body))
         }
-        TriggerRequest::CircleciPipelineRun(r) => {
+        Request::PipelineRun(r) => {
             let s = parse_slug(&r.project, Api::PipelineRun)?;
             let url = format!(
                 "{base}/api/v2/project/{}/{}/{}/pipeline/run",
@@ -85,7 +83,6 @@ pub(in crate::target) fn request(base: &str, req: &TriggerRequest) -> Result<Out
             }
             (url, serde_json::Value::Object(body))
         }
-        TriggerRequest::GitlabPipeline(_) => return Err("not a CircleCI trigger".into()),
     };
     Ok(OutboundRequest {
         method: "POST",
@@ -97,7 +94,7 @@ pub(in crate::target) fn request(base: &str, req: &TriggerRequest) -> Result<Out
 }
 
 /// A 2xx answer: what was created, or CircleCI's "not triggered" message.
-pub(in crate::target) fn created(req: &TriggerRequest, status: u16, body: &[u8]) -> Outcome {
+pub(in crate::target) fn created(req: &Request, status: u16, body: &[u8]) -> Outcome {
     #[derive(Deserialize)]
     struct V2 {
         id: Option<String>,
@@ -112,7 +109,7 @@ pub(in crate::target) fn created(req: &TriggerRequest, status: u16, body: &[u8])
         status: Option<String>,
     }
     match req {
-        TriggerRequest::CircleciJob(_) => {
+        Request::Job(_) => {
             let v: Option<V1> = serde_json::from_slice(body).ok();
             Outcome::Created(v.map_or_else(TriggerResult::default, |v| TriggerResult {
                 id: None,
@@ -121,11 +118,11 @@ pub(in crate::target) fn created(req: &TriggerRequest, status: u16, body: &[u8])
                 state: v.status,
             }))
         }
-        TriggerRequest::CircleciPipeline(r) => {
+        Request::Pipeline(r) => {
             let v: Option<V2> = serde_json::from_slice(body).ok();
             Outcome::Created(pipeline_result(v.map(|v| (v.id, v.number, v.state)), &r.project))
         }
-        TriggerRequest::CircleciPipelineRun(r) => {
+        Request::PipelineRun(r) => {
             let v: Option<V2> = serde_json::from_slice(body).ok();
             match v {
                 // `200 {"message": ...}` means CircleCI chose not to run (e.g. `[ci skip]`).
@@ -137,7 +134,6 @@ pub(in crate::target) fn created(req: &TriggerRequest, status: u16, body: &[u8])
                 v => Outcome::Created(pipeline_result(v.map(|v| (v.id, v.number, v.state)), &r.project)),
             }
         }
-        TriggerRequest::GitlabPipeline(_) => Outcome::Created(TriggerResult::default()),
     }
 }
 
@@ -183,7 +179,7 @@ mod tests {
 
     #[test]
     fn pipeline_run_200_message_is_skipped() {
-        let req = TriggerRequest::CircleciPipelineRun(PipelineRunRequest {
+        let req = Request::PipelineRun(PipelineRunRequest {
             project: "gh/a/b".into(),
             definition_id: "x".into(),
             config: GitRef::default(),
