@@ -107,7 +107,7 @@ impl Dispatcher {
     ) -> Outcome {
         let (request, token) = match prepare(config, job) {
             Ok(prepared) => prepared,
-            Err(reason) => return Outcome::Permanent(reason),
+            Err(reason) => return Outcome::Permanent(reason.to_string()),
         };
         let timeout = policy.request_timeout.min(LONGEST_WAIT);
         match self.transport.send(&request, token, timeout).await {
@@ -189,28 +189,36 @@ impl Dispatcher {
     }
 }
 
+/// Why a job cannot be sent with the current config. Every one is permanent
+/// for the job (the dispatcher dead-letters it with this text): the config
+/// changed since the job was stored, and a replay after fixing it sends it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum PrepareError {
+    #[error("target `{0}` no longer exists in the configuration")]
+    TargetGone(String),
+    #[error("rule `{0}` no longer defines the trigger token this job needs")]
+    RuleTokenGone(String),
+    #[error(transparent)]
+    Request(#[from] target::RequestError),
+}
+
 /// The printable request for a job, from the current config, and the token
 /// that goes with it on the wire.
 fn prepare<'c>(
     config: &'c Config,
     job: &LeasedJob,
-) -> Result<(target::OutboundRequest, &'c crate::config::Secret), String> {
+) -> Result<(target::OutboundRequest, &'c crate::config::Secret), PrepareError> {
     let target = config
         .targets
         .get(&job.target)
-        .ok_or_else(|| format!("target `{}` no longer exists in the configuration", job.target))?;
+        .ok_or_else(|| PrepareError::TargetGone(job.target.clone()))?;
     let rule_token = match &job.request {
         target::TriggerRequest::Gitlab(r) if r.rule_token => Some(
             config
                 .rules
                 .get(&job.rule)
                 .and_then(|r| r.trigger.token())
-                .ok_or_else(|| {
-                    format!(
-                        "rule `{}` no longer defines the trigger token this job needs",
-                        job.rule
-                    )
-                })?,
+                .ok_or_else(|| PrepareError::RuleTokenGone(job.rule.clone()))?,
         ),
         _ => None,
     };
@@ -219,8 +227,85 @@ fn prepare<'c>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    const CONFIG: &str = r#"
+[targets.gitlab]
+type = "gitlab"
+url = "https://gitlab.example.com"
+token = "glptt-target"
+
+[targets.circleci]
+type = "circleci"
+token = "circle-token"
+
+[[rules]]
+name = "mirror"
+[rules.trigger]
+target = "gitlab"
+project = "acme/app"
+"#;
+
+    fn job(target: &str, rule: &str, request: serde_json::Value) -> LeasedJob {
+        LeasedJob {
+            id: "01JOB".into(),
+            delivery_id: "01DELIVERY".into(),
+            delivery: "d-1".into(),
+            source: "github".into(),
+            rule: rule.into(),
+            target: target.into(),
+            request: serde_json::from_value(request).unwrap(),
+            attempt: 1,
+        }
+    }
+
+    /// What the config no longer allows is a typed error whose text the
+    /// job's history shows.
+    #[test]
+    fn a_job_the_config_no_longer_fits_is_refused_with_its_reason() {
+        let config = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            CONFIG,
+            crate::config::LoadMode::Check,
+        )
+        .unwrap()
+        .config;
+        let gitlab = serde_json::json!({"api": "gitlab_pipeline", "project": "acme/app", "ref": "main"});
+        let (request, token) = prepare(&config, &job("gitlab", "mirror", gitlab.clone())).unwrap();
+        assert_eq!(
+            request.url,
+            "https://gitlab.example.com/api/v4/projects/acme%2Fapp/trigger/pipeline"
+        );
+        assert_eq!(token.expose(), "glptt-target");
+
+        let e = prepare(&config, &job("gone", "mirror", gitlab.clone())).unwrap_err();
+        assert_eq!(e, PrepareError::TargetGone("gone".into()));
+        assert_eq!(
+            e.to_string(),
+            "target `gone` no longer exists in the configuration"
+        );
+
+        let mut own_token = gitlab.clone();
+        own_token["rule_token"] = true.into();
+        let e = prepare(&config, &job("gitlab", "mirror", own_token)).unwrap_err();
+        assert_eq!(e, PrepareError::RuleTokenGone("mirror".into()));
+        assert_eq!(
+            e.to_string(),
+            "rule `mirror` no longer defines the trigger token this job needs"
+        );
+
+        let e = prepare(&config, &job("circleci", "mirror", gitlab)).unwrap_err();
+        assert!(matches!(
+            e,
+            PrepareError::Request(target::RequestError::KindChanged { .. })
+        ));
+        assert_eq!(
+            e.to_string(),
+            "target `circleci` is now a circleci target and cannot send this gitlab trigger"
+        );
+    }
 
     #[test]
     fn jobs_past_max_attempts_are_given_up_before_sending() {

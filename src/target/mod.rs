@@ -37,7 +37,7 @@ pub use compile::{TriggerCompiler, build};
 use outbound::json_headers;
 pub use outbound::{Credential, Header, OutboundRequest, REDACTED, USER_AGENT};
 pub use render::{GitRef, json_type, render_opt_string, render_string, render_table};
-pub use request::TriggerRequest;
+pub use request::{RequestError, TriggerRequest};
 
 /// The `type` of a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,9 +204,8 @@ mod tests {
         let rule = Secret::new("rule-token");
         assert_eq!(t.token_for(Some(&rule)).unwrap().expose(), "rule-token");
         t.token = None;
-        assert_eq!(
-            t.token_for(None).unwrap_err(),
-            "no token is available for target `gitlab`"
-        );
+        let e = t.token_for(None).unwrap_err();
+        assert_eq!(e, RequestError::NoToken("gitlab".into()));
+        assert_eq!(e.to_string(), "no token is available for target `gitlab`");
     }
 }

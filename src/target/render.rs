@@ -70,6 +70,18 @@ pub struct GitRef {
 }
 
 impl GitRef {
+    /// As CircleCI takes it: `{"branch": ...}` or `{"tag": ...}` (the stored form).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        if let Some(b) = &self.branch {
+            out.insert("branch".into(), b.clone().into());
+        }
+        if let Some(t) = &self.tag {
+            out.insert("tag".into(), t.clone().into());
+        }
+        serde_json::Value::Object(out)
+    }
+
     /// The event's branch, else its tag.
     pub fn of_event(event: &Event) -> Result<GitRef, String> {
         match (&event.branch, &event.tag) {
@@ -84,6 +96,34 @@ impl GitRef {
             (None, None) => {
                 Err("the event has no branch or tag; set `branch` or `tag` in the trigger".into())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_git_ref_reads_as_its_stored_form() {
+        let refs = [
+            GitRef::default(),
+            GitRef {
+                branch: Some("main".into()),
+                tag: None,
+            },
+            GitRef {
+                branch: None,
+                tag: Some("v1".into()),
+            },
+            GitRef {
+                branch: Some("b".into()),
+                tag: Some("t".into()),
+            },
+        ];
+        for r in refs {
+            assert_eq!(r.to_json(), serde_json::to_value(&r).unwrap());
         }
     }
 }

@@ -66,29 +66,53 @@ impl From<Stored> for TriggerRequest {
     }
 }
 
+/// Why a stored request cannot be sent with the current config. Each is
+/// permanent for the job (retrying will not change the config): the
+/// dispatcher dead-letters it with this text, and `explain` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The job was stored when its target had another `type`.
+    #[error(
+        "target `{target}` is now a {} target and cannot send this {} trigger",
+        .now.as_str(),
+        .stored.as_str()
+    )]
+    KindChanged {
+        target: String,
+        now: TargetKind,
+        stored: TargetKind,
+    },
+    /// The stored CircleCI project slug does not fit its API.
+    #[error(transparent)]
+    Slug(#[from] circleci::SlugError),
+    /// Neither the rule nor the target has a token.
+    #[error("no token is available for target `{0}`")]
+    NoToken(String),
+}
+
 impl Target {
-    /// The request for `req`, with [`REDACTED`] where the token goes: safe to
-    /// print and store. The token joins it only on the wire ([`client`]).
-    pub fn request(&self, req: &TriggerRequest) -> Result<OutboundRequest, String> {
+    /// The request for `req`, with [`REDACTED`](super::REDACTED) where the
+    /// token goes: safe to print and store. The token joins it only on the
+    /// wire ([`client`](super::client)).
+    pub fn request(&self, req: &TriggerRequest) -> Result<OutboundRequest, RequestError> {
         match (self.kind, req) {
-            (TargetKind::Circleci, TriggerRequest::Circleci(r)) => circleci::request(&self.base_url, r),
+            (TargetKind::Circleci, TriggerRequest::Circleci(r)) => Ok(circleci::request(&self.base_url, r)?),
             (TargetKind::Gitlab, TriggerRequest::Gitlab(r)) => Ok(gitlab::request(&self.base_url, r)),
             // The job was stored when this target had another `type`.
             (TargetKind::Circleci, TriggerRequest::Gitlab(_))
-            | (TargetKind::Gitlab, TriggerRequest::Circleci(_)) => Err(format!(
-                "target `{}` is now a {} target and cannot send this {} trigger",
-                self.name,
-                self.kind.as_str(),
-                req.target_kind().as_str()
-            )),
+            | (TargetKind::Gitlab, TriggerRequest::Circleci(_)) => Err(RequestError::KindChanged {
+                target: self.name.clone(),
+                now: self.kind,
+                stored: req.target_kind(),
+            }),
         }
     }
 
     /// The token a job sends: its rule's own (GitLab), else the target's.
-    pub fn token_for<'a>(&'a self, rule_token: Option<&'a Secret>) -> Result<&'a Secret, String> {
+    pub fn token_for<'a>(&'a self, rule_token: Option<&'a Secret>) -> Result<&'a Secret, RequestError> {
         rule_token
             .or(self.token.as_ref())
-            .ok_or_else(|| format!("no token is available for target `{}`", self.name))
+            .ok_or_else(|| RequestError::NoToken(self.name.clone()))
     }
 }
 
@@ -137,6 +161,36 @@ mod tests {
             r#"{"api":"gitlab_pipeline","project":"42","ref":"v1.0","variables":{},"inputs":{},"rule_token":false}"#,
         ),
     ];
+
+    /// A job stored for a CircleCI target that the config now calls a GitLab
+    /// one (or the reverse) is not sent, and says why.
+    #[test]
+    fn a_request_for_another_kind_of_target_is_refused() {
+        for (kind, stored) in STORED {
+            let request: TriggerRequest = serde_json::from_str(stored).unwrap();
+            let other = match kind {
+                TargetKind::Circleci => TargetKind::Gitlab,
+                TargetKind::Gitlab => TargetKind::Circleci,
+            };
+            let target = Target {
+                name: "ci".into(),
+                kind: other,
+                base_url: "https://ci.example.com".into(),
+                token: None,
+                has_token: false,
+                retry: crate::config::RetryPolicy::default(),
+            };
+            let e = target.request(&request).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "target `ci` is now a {} target and cannot send this {} trigger",
+                    other.as_str(),
+                    kind.as_str()
+                )
+            );
+        }
+    }
 
     #[test]
     fn stored_requests_decode_and_reencode_byte_for_byte() {

@@ -86,7 +86,7 @@ impl Trigger {
         if let Some(slug) = project.as_literal_str()
             && let Err(e) = parse_slug(slug, api)
         {
-            f.error(e, project_raw.span());
+            f.error(e.to_string(), project_raw.span());
         }
         if let (Some(b), Some(_)) = (&r.branch, &r.tag) {
             f.error("`branch` and `tag` are mutually exclusive", b.span());

@@ -122,35 +122,51 @@ pub struct Slug<'a> {
     pub project: &'a str,
 }
 
+/// Why a project slug cannot be used with an API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlugError {
+    #[error(
+        "project `{0}` is not a CircleCI project slug; expected `gh/ORG/REPO`, `bb/ORG/REPO` or `circleci/ORG_ID/PROJECT_ID`"
+    )]
+    NotASlug(String),
+    #[error("project `{0}` has an empty segment")]
+    EmptySegment(String),
+    #[error(
+        "project `{slug}`: `{provider}` is not a CircleCI provider; use gh, github, bb, bitbucket or circleci"
+    )]
+    UnknownProvider { slug: String, provider: String },
+    /// A `circleci/...` project (GitHub App, GitLab, Bitbucket Data Center) with API v1.1.
+    #[error(
+        "project `{0}`: API v1.1 cannot trigger GitHub App, GitLab or Bitbucket Data Center projects; set `definition_id` to use a pipeline run"
+    )]
+    NoJobTrigger(String),
+    /// A `circleci/...` project with the v2 pipeline trigger.
+    #[error(
+        "project `{0}`: the v2 pipeline trigger is not available to GitHub App or GitLab projects; set `definition_id` to use a pipeline run"
+    )]
+    NoPipelineTrigger(String),
+}
+
 /// Parse and check a slug for `api`.
-pub fn parse_slug(slug: &str, api: Api) -> Result<Slug<'_>, String> {
+pub fn parse_slug(slug: &str, api: Api) -> Result<Slug<'_>, SlugError> {
     let parts: Vec<&str> = slug.split('/').collect();
     let [provider, org, project] = parts[..] else {
-        return Err(format!(
-            "project `{slug}` is not a CircleCI project slug; expected `gh/ORG/REPO`, `bb/ORG/REPO` or `circleci/ORG_ID/PROJECT_ID`"
-        ));
+        return Err(SlugError::NotASlug(slug.to_owned()));
     };
     if org.is_empty() || project.is_empty() {
-        return Err(format!("project `{slug}` has an empty segment"));
+        return Err(SlugError::EmptySegment(slug.to_owned()));
     }
     let valid = ["gh", "github", "bb", "bitbucket", "circleci"];
     if !valid.contains(&provider) {
-        return Err(format!(
-            "project `{slug}`: `{provider}` is not a CircleCI provider; use gh, github, bb, bitbucket or circleci"
-        ));
+        return Err(SlugError::UnknownProvider {
+            slug: slug.to_owned(),
+            provider: provider.to_owned(),
+        });
     }
     if provider == "circleci" {
         match api {
-            Api::Job => {
-                return Err(format!(
-                    "project `{slug}`: API v1.1 cannot trigger GitHub App, GitLab or Bitbucket Data Center projects; set `definition_id` to use a pipeline run"
-                ));
-            }
-            Api::Pipeline => {
-                return Err(format!(
-                    "project `{slug}`: the v2 pipeline trigger is not available to GitHub App or GitLab projects; set `definition_id` to use a pipeline run"
-                ));
-            }
+            Api::Job => return Err(SlugError::NoJobTrigger(slug.to_owned())),
+            Api::Pipeline => return Err(SlugError::NoPipelineTrigger(slug.to_owned())),
             Api::PipelineRun => {}
         }
     }
@@ -176,11 +192,36 @@ mod tests {
 
     #[test]
     fn slugs() {
-        assert!(parse_slug("gh/acme/app", Api::Pipeline).is_ok());
+        assert_eq!(
+            parse_slug("gh/acme/app", Api::Pipeline),
+            Ok(Slug {
+                provider: "gh",
+                org: "acme",
+                project: "app"
+            })
+        );
         assert!(parse_slug("circleci/9d3c/7a1f", Api::PipelineRun).is_ok());
-        assert!(parse_slug("circleci/9d3c/7a1f", Api::Job).is_err());
-        assert!(parse_slug("circleci/9d3c/7a1f", Api::Pipeline).is_err());
-        assert!(parse_slug("gitlab/a/b", Api::PipelineRun).is_err());
-        assert!(parse_slug("gh/acme", Api::Pipeline).is_err());
+        let circleci = "circleci/9d3c/7a1f".to_owned();
+        assert_eq!(
+            parse_slug("circleci/9d3c/7a1f", Api::Job),
+            Err(SlugError::NoJobTrigger(circleci.clone()))
+        );
+        assert_eq!(
+            parse_slug("circleci/9d3c/7a1f", Api::Pipeline),
+            Err(SlugError::NoPipelineTrigger(circleci))
+        );
+        let e = parse_slug("gitlab/a/b", Api::PipelineRun).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "project `gitlab/a/b`: `gitlab` is not a CircleCI provider; use gh, github, bb, bitbucket or circleci"
+        );
+        assert_eq!(
+            parse_slug("gh/acme", Api::Pipeline),
+            Err(SlugError::NotASlug("gh/acme".into()))
+        );
+        assert_eq!(
+            parse_slug("gh//app", Api::Job).unwrap_err().to_string(),
+            "project `gh//app` has an empty segment"
+        );
     }
 }

@@ -11,7 +11,7 @@ use crate::target::{GitRef, json_type, render_opt_string, render_string, render_
 impl Trigger {
     pub fn render(&self, t: &Templates, scope: &minijinja::Value, event: &Event) -> Result<Request, String> {
         let project = render_string(t, &self.project, scope, "project")?;
-        parse_slug(&project, self.api)?;
+        parse_slug(&project, self.api).map_err(|e| e.to_string())?;
         let branch = render_opt_string(t, &self.branch, scope, "branch")?;
         let tag = render_opt_string(t, &self.tag, scope, "tag")?;
         let git_ref = match (branch, tag) {

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{Api, Request, parse_slug, vcs_type};
+use super::{Api, Request, SlugError, parse_slug, vcs_type};
 use crate::target::encode::path_segment;
 use crate::target::{Credential, Header, OutboundRequest, Outcome, REDACTED, TriggerResult, json_headers};
 
@@ -11,7 +11,7 @@ use crate::target::{Credential, Header, OutboundRequest, Outcome, REDACTED, Trig
 const TOKEN_HEADER: &str = "Circle-Token";
 
 /// The request for `req`; the token header holds [`REDACTED`] until the wire.
-pub(in crate::target) fn request(base: &str, req: &Request) -> Result<OutboundRequest, String> {
+pub(in crate::target) fn request(base: &str, req: &Request) -> Result<OutboundRequest, SlugError> {
     let mut headers = json_headers();
     headers.insert(
         0,
@@ -70,14 +70,8 @@ pub(in crate::target) fn request(base: &str, req: &Request) -> Result<OutboundRe
             );
             let mut body = serde_json::Map::new();
             body.insert("definition_id".into(), r.definition_id.clone().into());
-            body.insert(
-                "config".into(),
-                serde_json::to_value(&r.config).map_err(|e| e.to_string())?,
-            );
-            body.insert(
-                "checkout".into(),
-                serde_json::to_value(&r.checkout).map_err(|e| e.to_string())?,
-            );
+            body.insert("config".into(), r.config.to_json());
+            body.insert("checkout".into(), r.checkout.to_json());
             if !r.parameters.is_empty() {
                 body.insert("parameters".into(), r.parameters.clone().into());
             }
