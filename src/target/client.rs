@@ -42,6 +42,12 @@ pub trait Transport: Send + Sync {
 }
 
 /// The shared HTTP client: no redirects, warm connections.
+///
+/// It honours the standard proxy variables (`HTTPS_PROXY`, `HTTP_PROXY`,
+/// `ALL_PROXY`, `NO_PROXY`), as reqwest does by default, so a host that
+/// reaches the CI only through an egress proxy works. Through `HTTPS_PROXY`
+/// the proxy sees only a CONNECT to the CI host; the token stays inside TLS.
+/// An `http://` target URL through `HTTP_PROXY` shows the proxy the token.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
