@@ -13,7 +13,7 @@
 //!   `pg_try_advisory_xact_lock`, so replicas starting or purging at once are safe.
 //!
 //! While the server is unreachable every call fails fast with
-//! [`StoreError::Unavailable`] (short acquire timeout); the pool reconnects on
+//! [`StoreErrorKind::Unavailable`] (short acquire timeout); the pool reconnects on
 //! its own when the server returns.
 
 use std::collections::BTreeMap;
@@ -103,11 +103,11 @@ CREATE TABLE hookbridge_probe (
 ];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(e)
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::corrupt(e)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
@@ -121,17 +121,17 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
 /// Connection options from `[store]`: URL, password secret, TLS mode, statement timeout.
 pub fn connect_options(settings: &StoreSettings) -> Result<PgConnectOptions, StoreError> {
     let crate::config::StoreUrl::Postgres(url) = &settings.url else {
-        return Err(StoreError::Invalid("not a PostgreSQL store url".into()));
+        return Err(StoreError::invalid("not a PostgreSQL store url"));
     };
     let mut options = PgConnectOptions::from_str(url)
-        .map_err(|e| StoreError::Invalid(format!("invalid store url `{}`: {e}", redact_url(url))))?;
+        .map_err(|e| StoreError::invalid(format!("invalid store url `{}`: {e}", redact_url(url))))?;
     if let Some(password) = &settings.password {
         options = options.password(password.expose());
     }
     // An explicit `sslmode` in the URL wins over `[store] tls`.
     if !url.contains("sslmode=") {
         let mode = PgSslMode::from_str(&settings.tls).map_err(|_| {
-            StoreError::Invalid(format!(
+            StoreError::invalid(format!(
                 "unknown `[store] tls` mode `{}`; expected disable, prefer, require, verify-ca or verify-full",
                 settings.tls
             ))
@@ -177,7 +177,7 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, StoreError> 
         .map_err(unavailable)?;
     let version = version.max(0) as usize;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "the database schema (version {version}) is newer than this hookbridge understands ({}); upgrade hookbridge",
             MIGRATIONS.len()
         )));
@@ -342,7 +342,8 @@ async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, StoreError> {
             .fetch_one(&mut **tx)
             .await
             .map_err(unavailable)?;
-    let now = millis(SystemTime::now());
+    // The duplicate's arrival is the clock: its dead jobs are due at once.
+    let now = millis(d.received_at);
     let requeued = sqlx::query(
         "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL, updated_at = $2
          WHERE delivery_id = $1 AND state = 'dead'",
@@ -554,11 +555,11 @@ async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Result<String, S
     .await
     .map_err(unavailable)?;
     match rows.as_slice() {
-        [] => Err(StoreError::NotFound(key.id.clone())),
+        [] => Err(StoreError::not_found(key.id.clone())),
         [(id, _)] => Ok(id.clone()),
         _ => {
             let sources: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
-            Err(StoreError::Ambiguous(format!(
+            Err(StoreError::ambiguous(format!(
                 "delivery `{}` exists for several sources ({}); name one with --source",
                 key.id,
                 sources.join(", ")
@@ -597,7 +598,7 @@ async fn replay(
                 .await
                 .map_err(unavailable)?;
         if !exists {
-            return Err(StoreError::NotFound(format!("{j} (job of delivery {})", key.id)));
+            return Err(StoreError::not_found(format!("{j} (job of delivery {})", key.id)));
         }
     }
     refresh_status(tx, &id).await?;
@@ -701,7 +702,8 @@ async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDetail, StoreEr
         let next: i64 = j.try_get(5).map_err(corrupt)?;
         let result: Option<String> = j.try_get(7).map_err(corrupt)?;
         let request: String = j.try_get(8).map_err(corrupt)?;
-        let waiting = state == "pending";
+        let state: JobState = state.parse()?;
+        let waiting = state == JobState::Pending;
         jobs.push(JobDetail {
             id: job_id,
             rule: j.try_get(1).map_err(corrupt)?,
@@ -784,12 +786,13 @@ impl Store for PostgresStore {
         owner: &str,
         limit: usize,
         lease: Duration,
+        now: SystemTime,
     ) -> Result<Vec<LeasedJob>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
-        let jobs = lease_due(&mut tx, owner, limit, lease, SystemTime::now()).await?;
+        let jobs = lease_due(&mut tx, owner, limit, lease, now).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(jobs)
     }
@@ -800,15 +803,16 @@ impl Store for PostgresStore {
         owner: &str,
         attempt: Attempt,
         next: Transition,
+        now: SystemTime,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        record(&mut tx, job, owner, &attempt, &next, SystemTime::now()).await?;
+        record(&mut tx, job, owner, &attempt, &next, now).await?;
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn release(&self, owner: &str) -> Result<(), StoreError> {
+    async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        release_leases(&mut tx, owner, millis(SystemTime::now())).await?;
+        release_leases(&mut tx, owner, millis(now)).await?;
         tx.commit().await.map_err(unavailable)
     }
 
@@ -849,9 +853,14 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn replay(&self, key: &DeliveryKey, job: Option<&str>) -> Result<Vec<String>, StoreError> {
+    async fn replay(
+        &self,
+        key: &DeliveryKey,
+        job: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin().await?;
-        let ids = replay(&mut tx, key, job, SystemTime::now()).await?;
+        let ids = replay(&mut tx, key, job, now).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(ids)
     }
@@ -861,10 +870,11 @@ impl Store for PostgresStore {
         key: &DeliveryKey,
         jobs: Vec<NewJob>,
         summary: Summary,
+        now: SystemTime,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let id = resolve(&mut tx, key).await?;
-        let now = millis(SystemTime::now());
+        let now = millis(now);
         for job in &jobs {
             insert_job(&mut tx, &id, job, now).await?;
         }
