@@ -9,10 +9,11 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::Dispatcher;
@@ -70,7 +71,7 @@ impl Dispatcher {
             .clone();
         let clock = Instant::now();
         let mut record = Attempt {
-            started_at: SystemTime::now(),
+            started_at: self.clock.now(),
             duration: Duration::ZERO,
             status: None,
             error: None,
@@ -91,7 +92,7 @@ impl Dispatcher {
             });
             record.duration = clock.elapsed();
             drop(permit);
-            transition(outcome, job.attempt, &policy, SystemTime::now())
+            transition(outcome, job.attempt, &policy, self.clock.now(), (self.jitter)())
         };
         self.report(&config, &job, &record, &next);
         self.record(&job, record, next).await;
@@ -115,7 +116,7 @@ impl Dispatcher {
                 record.status = Some(response.status);
                 record.response =
                     Some(truncate_body(&response.body, RESPONSE_LIMIT)).filter(|r| !r.is_empty());
-                target::classify(&job.request, &response, SystemTime::now())
+                target::classify(&job.request, &response, self.clock.now())
             }
             // The request cannot be built from this config: retrying will not help.
             Err(error @ target::client::SendError::Build(_)) => {
@@ -156,7 +157,7 @@ impl Dispatcher {
             Transition::Retry { at, reason } => warn!(
                 status = record.status,
                 reason = %reason,
-                retry_in_ms = at.duration_since(SystemTime::now()).unwrap_or_default().as_millis() as u64,
+                retry_in_ms = at.duration_since(self.clock.now()).unwrap_or_default().as_millis() as u64,
                 "trigger failed; will retry"
             ),
             Transition::Dead(reason) => {
@@ -174,7 +175,7 @@ impl Dispatcher {
         for _ in 0..10 {
             match self
                 .store
-                .record_attempt(job, &self.owner, attempt.clone(), next.clone(), SystemTime::now())
+                .record_attempt(job, &self.owner, attempt.clone(), next.clone(), self.clock.now())
                 .await
             {
                 Ok(()) => return,

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use clock::{Clock, Jitter, SystemClock, TokioClock, random_jitter};
+
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::{JoinError, JoinSet};
@@ -27,6 +29,7 @@ use crate::store::Store;
 use crate::target::client::{Http, Transport};
 
 mod attempt;
+mod clock;
 mod retry;
 
 pub use attempt::gave_up;
@@ -35,14 +38,21 @@ pub use retry::{LONGEST_WAIT, backoff, backoff_base, retry_delay, transition};
 /// How often an idle dispatcher looks for work queued elsewhere (CLI replays, other replicas).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The most jobs leased ahead of free slots: enough to keep a busy writer's
+/// group commits full, few enough that one dispatcher does not hoard a queue
+/// other replicas could run.
+const MAX_LEASE_AHEAD: usize = 128;
+
 /// How many jobs to lease when `free` of `concurrency` slots are free.
 ///
 /// Under load a lease is one round trip through the store's writer (a group
 /// commit), so leasing only one job per freed slot caps triggers at a few per
 /// commit. When the lease lasts at least twice the longest request timeout,
-/// lease up to `concurrency` jobs ahead: each of them gets a slot within one
-/// request timeout (every running attempt ends by then) and finishes its
-/// attempt within the next, so it never outlives its lease and runs once.
+/// lease up to `concurrency` jobs ahead, but no more than
+/// [`MAX_LEASE_AHEAD`] in all (`free` alone when that is more): each of
+/// them gets a slot within one request timeout (every running attempt ends
+/// by then) and finishes its attempt within the next, so it never outlives
+/// its lease and runs once. Otherwise lease only `free`.
 pub fn lease_size(config: &Config, free: usize, concurrency: usize) -> usize {
     let longest = config
         .rules
@@ -52,7 +62,7 @@ pub fn lease_size(config: &Config, free: usize, concurrency: usize) -> usize {
         .chain(config.targets.values().map(|t| t.retry.request_timeout))
         .fold(config.retry.request_timeout, Duration::max);
     if config.dispatch.lease >= longest.saturating_mul(2) {
-        (free + concurrency).min(free.max(128))
+        free.saturating_add(concurrency).min(free.max(MAX_LEASE_AHEAD))
     } else {
         free
     }
@@ -67,6 +77,11 @@ pub struct Dispatcher {
     transport: Arc<dyn Transport>,
     wake: Arc<Notify>,
     owner: String,
+    /// The `now` of every store call and rate-limit date: the system clock,
+    /// or tokio's paused one in tests.
+    clock: Arc<dyn Clock>,
+    /// Where each retry falls in its backoff window.
+    jitter: Jitter,
 }
 
 impl Dispatcher {
@@ -78,12 +93,26 @@ impl Dispatcher {
             transport: Arc::new(Http::new()),
             wake,
             owner,
+            clock: Arc::new(SystemClock),
+            jitter: random_jitter(),
         }
     }
 
     /// This dispatcher, calling the CI through `transport` instead of HTTP.
     pub fn with_transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = transport;
+        self
+    }
+
+    /// This dispatcher, reading the time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// This dispatcher, placing retries in their backoff window by `jitter`.
+    pub fn with_jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
         self
     }
 
@@ -120,7 +149,7 @@ impl Dispatcher {
             };
             match self
                 .store
-                .lease_due(&self.owner, want, lease, SystemTime::now())
+                .lease_due(&self.owner, want, lease, self.clock.now())
                 .await
             {
                 Ok(jobs) => {
@@ -167,7 +196,7 @@ impl Dispatcher {
             }
             let wait = match self.store.next_due().await {
                 Ok(Some(t)) => t
-                    .duration_since(SystemTime::now())
+                    .duration_since(self.clock.now())
                     .unwrap_or_default()
                     .clamp(Duration::from_millis(1), POLL_INTERVAL),
                 _ => POLL_INTERVAL,
@@ -191,7 +220,7 @@ impl Dispatcher {
                 inflight.tasks.abort_all();
             }
         }
-        if let Err(e) = self.store.release(&self.owner, SystemTime::now()).await {
+        if let Err(e) = self.store.release(&self.owner, self.clock.now()).await {
             warn!(error = %e, "cannot give back leases; they expire on their own");
         }
         info!("dispatcher stopped");
@@ -301,6 +330,39 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    fn config(lease: &str) -> Config {
+        let text = format!(
+            "[dispatch]\nlease = \"{lease}\"\n[retry]\nrequest_timeout = \"5s\"\n\
+             [targets.gitlab]\ntype = \"gitlab\"\nurl = \"https://g.example\"\ntoken = \"t\"\n\
+             [targets.gitlab.retry]\nrequest_timeout = \"7s\"\n"
+        );
+        crate::config::parse(
+            std::path::Path::new("t.toml"),
+            &text,
+            crate::config::LoadMode::Check,
+        )
+        .unwrap()
+        .config
+    }
+
+    /// Leasing ahead needs a lease of twice the longest request timeout (a
+    /// target's 7 s here, not the default 5 s), and stops at 128 jobs unless
+    /// the free slots alone are more.
+    #[test]
+    fn lease_size_leases_ahead_up_to_concurrency_and_128() {
+        let long = config("14s");
+        assert_eq!(lease_size(&long, 2, 2), 4);
+        assert_eq!(lease_size(&long, 1, 8), 9);
+        assert_eq!(lease_size(&long, 0, 8), 8);
+        assert_eq!(lease_size(&long, 100, 100), 128);
+        assert_eq!(lease_size(&long, 1, 500), 128);
+        assert_eq!(lease_size(&long, 200, 200), 200);
+        assert_eq!(lease_size(&long, usize::MAX, usize::MAX), usize::MAX);
+        let short = config("13s");
+        assert_eq!(lease_size(&short, 2, 2), 2);
+        assert_eq!(lease_size(&short, 100, 100), 100);
     }
 
     /// A task that dies outside the attempt's own `catch_unwind` is reaped

@@ -31,24 +31,38 @@ pub fn backoff_base(policy: &RetryPolicy, attempt: u32) -> Duration {
 }
 
 /// Delay before retry `attempt` (1-based): exponential from `initial_backoff`,
-/// capped at `max_backoff`, with "equal jitter" (half fixed, half random).
-pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+/// capped at `max_backoff`, with "equal jitter": half the base fixed, plus
+/// `jitter` (a fraction in `[0, 1]`, clamped; random in the daemon) of the
+/// other half.
+pub fn backoff(policy: &RetryPolicy, attempt: u32, jitter: f64) -> Duration {
     let half = backoff_base(policy, attempt) / 2;
-    half.saturating_add(half.mul_f64(rand::random::<f64>()))
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
+    half.saturating_add(half.mul_f64(jitter))
 }
 
 /// The delay before retry `attempt`: the backoff, or what the CI `requested`
 /// when that is longer, never more than `max_backoff` (nor [`LONGEST_WAIT`]).
-pub fn retry_delay(policy: &RetryPolicy, attempt: u32, requested: Option<Duration>) -> Duration {
-    let backoff = backoff(policy, attempt);
+pub fn retry_delay(policy: &RetryPolicy, attempt: u32, requested: Option<Duration>, jitter: f64) -> Duration {
+    let backoff = backoff(policy, attempt, jitter);
     requested
         .map_or(backoff, |r| r.max(backoff))
         .min(policy.max_backoff)
         .min(LONGEST_WAIT)
 }
 
-/// The next state of a job after an attempt with `outcome`.
-pub fn transition(outcome: Outcome, attempt: u32, policy: &RetryPolicy, now: SystemTime) -> Transition {
+/// The next state of a job after an attempt with `outcome`, at `now`; a
+/// retry falls at `jitter` within its backoff window ([`backoff`]).
+pub fn transition(
+    outcome: Outcome,
+    attempt: u32,
+    policy: &RetryPolicy,
+    now: SystemTime,
+    jitter: f64,
+) -> Transition {
     match outcome {
         Outcome::Created(result) => Transition::Done(result),
         Outcome::Skipped(message) => Transition::Skipped(message),
@@ -57,9 +71,9 @@ pub fn transition(outcome: Outcome, attempt: u32, policy: &RetryPolicy, now: Sys
             Transition::Dead(format!("gave up after {attempt} attempts; last: {reason}"))
         }
         Outcome::Retry { reason, after } => {
-            let delay = retry_delay(policy, attempt, after);
+            let delay = retry_delay(policy, attempt, after, jitter);
             Transition::Retry {
-                // `now` is the system clock, so this never falls back in practice.
+                // `now` is a clock and the delay at most `LONGEST_WAIT`, so this never falls back in practice.
                 at: now.checked_add(delay).unwrap_or(now),
                 reason,
             }
@@ -104,17 +118,17 @@ mod tests {
     fn backoff_grows_with_jitter_and_caps() {
         let p = policy();
         for _ in 0..100 {
-            let d1 = backoff(&p, 1);
+            let d1 = backoff(&p, 1, rand::random());
             assert!(
                 d1 >= Duration::from_secs(1) && d1 <= Duration::from_secs(2),
                 "{d1:?}"
             );
-            let d3 = backoff(&p, 3);
+            let d3 = backoff(&p, 3, rand::random());
             assert!(
                 d3 >= Duration::from_secs(4) && d3 <= Duration::from_secs(8),
                 "{d3:?}"
             );
-            let d20 = backoff(&p, 20);
+            let d20 = backoff(&p, 20, rand::random());
             assert!(
                 d20 >= Duration::from_secs(30) && d20 <= Duration::from_secs(60),
                 "{d20:?}"
@@ -122,22 +136,44 @@ mod tests {
         }
     }
 
+    /// The jitter places the delay in the upper half of the base, exactly.
+    #[test]
+    fn jitter_places_the_backoff_in_its_window() {
+        let p = policy();
+        let s = Duration::from_secs;
+        assert_eq!(backoff(&p, 1, 0.0), s(1));
+        assert_eq!(backoff(&p, 1, 1.0), s(2));
+        assert_eq!(backoff(&p, 3, 0.5), s(6));
+        assert_eq!(backoff(&p, 20, 1.0), s(60));
+        assert_eq!(backoff(&p, 20, 0.0), s(30));
+        // Out of range is clamped; NaN is the floor.
+        assert_eq!(backoff(&p, 2, 7.0), s(4));
+        assert_eq!(backoff(&p, 2, -1.0), s(2));
+        assert_eq!(backoff(&p, 2, f64::NAN), s(2));
+    }
+
     #[test]
     fn retries_stop_at_max_attempts() {
         let now = SystemTime::now();
         assert!(matches!(
-            transition(retry(None), 4, &policy(), now),
+            transition(retry(None), 4, &policy(), now, rand::random()),
             Transition::Retry { .. }
         ));
         assert!(
-            matches!(transition(retry(None), 5, &policy(), now), Transition::Dead(r) if r == "gave up after 5 attempts; last: HTTP 429")
+            matches!(transition(retry(None), 5, &policy(), now, rand::random()), Transition::Dead(r) if r == "gave up after 5 attempts; last: HTTP 429")
         );
     }
 
     #[test]
     fn a_longer_retry_after_is_honoured() {
         let now = SystemTime::now();
-        let t = transition(retry(Some(Duration::from_secs(30))), 1, &policy(), now);
+        let t = transition(
+            retry(Some(Duration::from_secs(30))),
+            1,
+            &policy(),
+            now,
+            rand::random(),
+        );
         assert_eq!(
             t,
             Transition::Retry {
@@ -151,14 +187,26 @@ mod tests {
     fn retry_after_is_floored_at_the_backoff_and_capped_at_max_backoff() {
         let now = SystemTime::now();
         for _ in 0..50 {
-            let d = delay(&transition(retry(Some(Duration::ZERO)), 3, &policy(), now), now);
+            let d = delay(
+                &transition(retry(Some(Duration::ZERO)), 3, &policy(), now, rand::random()),
+                now,
+            );
             assert!(d >= Duration::from_secs(4), "{d:?}");
             let d = delay(
-                &transition(retry(Some(Duration::from_secs(100_000))), 1, &policy(), now),
+                &transition(
+                    retry(Some(Duration::from_secs(100_000))),
+                    1,
+                    &policy(),
+                    now,
+                    rand::random(),
+                ),
                 now,
             );
             assert_eq!(d, Duration::from_secs(60));
-            let d = delay(&transition(retry(Some(Duration::MAX)), 1, &policy(), now), now);
+            let d = delay(
+                &transition(retry(Some(Duration::MAX)), 1, &policy(), now, rand::random()),
+                now,
+            );
             assert_eq!(d, Duration::from_secs(60));
         }
     }
@@ -173,9 +221,12 @@ mod tests {
         };
         let now = SystemTime::now();
         for attempt in [0, 1, 2, 31, 32, u32::MAX - 1] {
-            let d = delay(&transition(retry(Some(Duration::MAX)), attempt, &p, now), now);
+            let d = delay(
+                &transition(retry(Some(Duration::MAX)), attempt, &p, now, rand::random()),
+                now,
+            );
             assert_eq!(d, LONGEST_WAIT);
-            let d = delay(&transition(retry(None), attempt, &p, now), now);
+            let d = delay(&transition(retry(None), attempt, &p, now, rand::random()), now);
             assert!(d <= LONGEST_WAIT);
         }
     }
@@ -208,6 +259,7 @@ mod tests {
             attempt in 1u32..=40,
             initial_ms in 1u64..=120_000,
             max_ms in 1u64..=7_200_000,
+            jitter in 0.0f64..=1.0,
         ) {
             let p = RetryPolicy {
                 max_attempts: 100,
@@ -224,9 +276,9 @@ mod tests {
             let now = UNIX_EPOCH + Duration::from_secs(now_secs);
             let response = Response { status, headers, body: bytes::Bytes::new() };
             let outcome = classify(&request(), &response, now);
-            let t = transition(outcome, attempt, &p, now);
+            let t = transition(outcome, attempt, &p, now, jitter);
             let d = delay(&t, now);
-            let floor = backoff_base(&p, attempt) / 2;
+            let floor = backoff(&p, attempt, jitter);
             prop_assert!(d >= floor, "{:?} < floor {:?}", d, floor);
             prop_assert!(d <= p.max_backoff, "{:?} > max_backoff {:?}", d, p.max_backoff);
         }
