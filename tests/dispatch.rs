@@ -2,9 +2,10 @@
 //! attempts that panic, workers that die mid-attempt.
 //!
 //! In process: the real `Dispatcher` and SQLite store on a temp file, with a
-//! scripted `Transport` in place of HTTP. The store reads the system clock for
-//! leases and due times, so these use short real durations, not tokio's
-//! paused clock. End to end: the real daemon and the stand-in CI.
+//! scripted `Transport` in place of HTTP, on the system clock (the dead
+//! workers' leases are taken at chosen times just ahead of it). The exact
+//! timing of the loop is tests/dispatcher.rs, on tokio's paused clock. End
+//! to end: the real daemon and the stand-in CI.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -255,15 +256,16 @@ async fn a_job_whose_attempts_all_panic_is_dead_lettered_after_max_attempts() {
 #[tokio::test]
 async fn a_job_whose_worker_died_each_time_is_dead_lettered_without_another_send() {
     let (store, _dir, _) = store_with_one_job().await;
+    let start = SystemTime::now();
     for n in 1..=3 {
+        // Each lease taken 2 ms after the one before, past its 1 ms end.
+        let now = start + Duration::from_millis(2 * u64::from(n));
         let leased = store
-            .lease_due("ghost", 1, Duration::from_millis(1), SystemTime::now())
+            .lease_due("ghost", 1, Duration::from_millis(1), now)
             .await
             .unwrap();
         assert_eq!(leased.len(), 1, "lease {n}");
         assert_eq!(leased[0].attempt, n);
-        // Past the lease (the store counts in milliseconds).
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let transport = Arc::new(Counting::default());
     let job = with_dispatcher(
@@ -286,12 +288,14 @@ async fn a_job_whose_worker_died_each_time_is_dead_lettered_without_another_send
 #[tokio::test]
 async fn a_job_within_max_attempts_after_dead_workers_is_still_sent() {
     let (store, _dir, _) = store_with_one_job().await;
-    for _ in 1..=2 {
-        store
-            .lease_due("ghost", 1, Duration::from_millis(1), SystemTime::now())
+    let start = SystemTime::now();
+    for n in 1..=2 {
+        let now = start + Duration::from_millis(2 * n);
+        let leased = store
+            .lease_due("ghost", 1, Duration::from_millis(1), now)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(leased.len(), 1, "lease {n}");
     }
     let transport = Arc::new(Counting::default());
     let job = with_dispatcher(
