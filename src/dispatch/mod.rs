@@ -5,10 +5,10 @@
 //! poll interval, to notice jobs queued by other processes). Each attempt's
 //! outcome is one `match` on `target::Outcome`: created and CI-skipped jobs
 //! finish, retryable ones are rescheduled with exponential backoff and jitter
-//! (or the server's longer `Retry-After`, up to `max_backoff`: [`retry`]),
+//! (or the server's longer `Retry-After`, up to `max_backoff`: `retry`),
 //! everything else is dead-lettered. A panicking attempt is recorded as a
 //! retryable failure, and a job is never sent more than `max_attempts` times,
-//! even when its worker died every time ([`attempt`]). On shutdown the running
+//! even when its worker died every time (`attempt`). On shutdown the running
 //! attempts get a grace period; leases still held after it are given back so
 //! the next start runs those jobs again.
 
@@ -49,7 +49,7 @@ const MAX_LEASE_AHEAD: usize = 128;
 /// commit), so leasing only one job per freed slot caps triggers at a few per
 /// commit. When the lease lasts at least twice the longest request timeout,
 /// lease up to `concurrency` jobs ahead, but no more than
-/// [`MAX_LEASE_AHEAD`] in all (`free` alone when that is more): each of
+/// `MAX_LEASE_AHEAD` in all (`free` alone when that is more): each of
 /// them gets a slot within one request timeout (every running attempt ends
 /// by then) and finishes its attempt within the next, so it never outlives
 /// its lease and runs once. Otherwise lease only `free`.

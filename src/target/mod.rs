@@ -9,8 +9,8 @@
 //! [`classify`] maps the response to an [`Outcome`] the dispatcher acts on with
 //! one `match`.
 //!
-//! The code follows that path: [`compile`] (config time), [`render`] (event
-//! time), [`request`] (the stored request and the printable one), [`client`]
+//! The code follows that path: `compile` (config time), `render` (event
+//! time), `request` (the stored request and the printable one), [`client`]
 //! (the wire), [`classify`] (the answer); [`circleci`] and [`gitlab`] hold
 //! what is particular to each CI, and [`encode`] the URL path encoding both use.
 //!

@@ -11,7 +11,8 @@ use crate::config::Secret;
 /// target kind, each holding that target's own request. Stored with the job;
 /// it never holds a secret (tokens come from the config at send time).
 ///
-/// Its JSON is [`Stored`]'s, unchanged since jobs were first stored.
+/// Its JSON is that of the private `Stored` enum below, unchanged since
+/// jobs were first stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(into = "Stored", from = "Stored")]
 pub enum TriggerRequest {

@@ -7,8 +7,8 @@
 //! v1.1 branch percent-encoded as one segment.
 //!
 //! This module holds the trigger and request types and the project slug;
-//! [`compile`] checks a trigger at config time, [`render`] fills it in per
-//! event, and [`request`] builds the HTTP request and reads the answer.
+//! `compile` checks a trigger at config time, `render` fills it in per
+//! event, and `request` builds the HTTP request and reads the answer.
 
 use std::collections::BTreeMap;
 
