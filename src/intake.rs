@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::event::{Event, kind};
 use crate::rules::Evaluation;
 use crate::source::{DescribeError, Inbound, Source, Verified, VerifyError};
-use crate::store::{MatchedJob, NewDelivery, NewJob, Summary};
+use crate::store::{DeliveryKey, MatchedJob, NewDelivery, NewJob, Store, StoreError, Summary};
 
 /// Why a request was refused. The message is safe to send back to the sender.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,18 @@ impl Rejection {
             _ => "invalid",
         }
     }
+}
+
+/// Why a stored delivery could not be evaluated and queued again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReevaluateError {
+    /// Reading the delivery or adding its jobs failed (including: no such delivery).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored payload does not describe under the current rules (a rule
+    /// reads `body` and the payload is not JSON). Safe to show the caller.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
 }
 
 /// A verified and described delivery with every rule's verdict.
@@ -207,4 +219,19 @@ pub fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec
 /// The summary for a ping: nothing matched, nothing stored.
 pub fn ping_summary(event: &Event) -> Summary {
     summary_and_jobs(event, &Evaluation::default()).0
+}
+
+/// Run the current rules on a stored delivery and queue what matches
+/// (`replay --reevaluate` and the admin API's `reevaluate`); returns the new job ids.
+pub async fn reevaluate(
+    config: &Config,
+    store: &dyn Store,
+    key: &DeliveryKey,
+) -> Result<Vec<String>, ReevaluateError> {
+    let stored = store.payload(key).await?;
+    let evaluation = evaluate(config, &stored.event, &stored.headers, &stored.payload)?;
+    let (summary, jobs) = summary_and_jobs(&stored.event, &evaluation);
+    let ids = jobs.iter().map(|j| j.id.clone()).collect();
+    store.add_jobs(key, jobs, summary).await?;
+    Ok(ids)
 }

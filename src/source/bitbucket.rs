@@ -15,8 +15,10 @@ use serde::Deserialize;
 
 use super::signature::{self, Algorithm};
 use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, hmac_keys, parse};
+use crate::config::diagnostic::Diagnostic;
+use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, HmacKey, Loader, Secret};
+use crate::config::secret::{HmacKey, Secret};
 use crate::event::{Event, Provider, RefChange, kind};
 
 #[derive(Debug)]

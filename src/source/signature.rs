@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use super::VerifyError;
-use crate::config::{HmacKey, Secret};
+use crate::config::secret::{HmacKey, Secret};
 
 /// Hash behind an HMAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

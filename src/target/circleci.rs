@@ -17,7 +17,7 @@ use super::{
 };
 use crate::config::raw::RawTrigger;
 use crate::event::Event;
-use crate::rules::template::{TemplateValue, Templates};
+use crate::template::{TemplateValue, Templates};
 
 /// Which CircleCI endpoint a trigger calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,10 +18,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::config::diagnostic::{Diagnostic, suggest};
+use crate::config::loader::Loader;
 use crate::config::raw::{RawTarget, RawTrigger};
-use crate::config::{Diagnostic, Loader, RetryPolicy, Secret, suggest};
+use crate::config::retry::RetryPolicy;
+use crate::config::secret::Secret;
 use crate::event::Event;
-use crate::rules::template::{TemplateCompiler, TemplateValue, Templates};
+use crate::template::{TemplateCompiler, TemplateValue, Templates};
 
 pub mod circleci;
 mod classify;
