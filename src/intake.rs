@@ -155,7 +155,7 @@ fn describe_and_evaluate(
 }
 
 /// Run the rules on a described event; parses the payload only when a rule reads `body`.
-pub fn evaluate(
+pub(crate) fn evaluate(
     config: &Config,
     event: &Event,
     headers: &BTreeMap<String, String>,
@@ -186,7 +186,7 @@ pub fn delivery(intake: Intake, received_at: SystemTime) -> NewDelivery {
 }
 
 /// The summary of an evaluation, with a new job for every match.
-pub fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec<NewJob>) {
+pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec<NewJob>) {
     let jobs: Vec<NewJob> = evaluation
         .matched
         .iter()
@@ -217,7 +217,7 @@ pub fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec
 }
 
 /// The summary for a ping: nothing matched, nothing stored.
-pub fn ping_summary(event: &Event) -> Summary {
+pub(crate) fn ping_summary(event: &Event) -> Summary {
     summary_and_jobs(event, &Evaluation::default()).0
 }
 

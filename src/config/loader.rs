@@ -39,7 +39,7 @@ impl Loader {
         self.report.push(Diagnostic::error(message, Some(span)));
     }
 
-    pub fn error_count(&self) -> usize {
+    pub(crate) fn error_count(&self) -> usize {
         self.report.errors().count()
     }
 
@@ -65,7 +65,10 @@ impl Loader {
         }
     }
 
-    pub fn secrets_with_spans(&mut self, list: &SpannedList<SecretRef>) -> Vec<(Secret, Range<usize>)> {
+    pub(crate) fn secrets_with_spans(
+        &mut self,
+        list: &SpannedList<SecretRef>,
+    ) -> Vec<(Secret, Range<usize>)> {
         list.get_ref()
             .iter()
             .filter_map(|r| self.secret(r).map(|s| (s, r.span())))

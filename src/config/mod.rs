@@ -13,7 +13,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub mod diagnostic;
-pub mod limits;
+pub(crate) mod limits;
 pub mod loader;
 pub mod raw;
 pub mod retry;
@@ -166,11 +166,11 @@ fn socket_addr(value: Option<&Spanned<String>>, default: &str, loader: &mut Load
 /// `[server] body_memory` when unset: room for thousands of ordinary pushes
 /// (7–10 KB), or thirty-two one-megabyte ones, while the store commits; one
 /// source or connection may use seven eighths (28 MiB), more than `max_body`.
-pub const DEFAULT_BODY_MEMORY: u64 = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_BODY_MEMORY: u64 = 32 * 1024 * 1024;
 
 /// The part of `body_memory` that one source or one connection may hold: all
 /// but an eighth, which stays for the others.
-pub fn body_share(body_memory: u64) -> u64 {
+pub(crate) fn body_share(body_memory: u64) -> u64 {
     body_memory.saturating_sub(body_memory / 8).max(1)
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub mod bounds;
+pub(crate) mod bounds;
 mod build;
 pub mod filter;
 

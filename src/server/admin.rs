@@ -23,7 +23,7 @@ use crate::store::{DeliveryFilter, DeliveryKey, DeliveryStatus, StoreError};
 /// Largest page of `GET /api/v1/deliveries`.
 const MAX_PAGE: usize = 500;
 
-pub fn router(app: App) -> Router {
+pub(crate) fn router(app: App) -> Router {
     let api = Router::new()
         .route("/api/v1/deliveries", get(list_deliveries))
         .route("/api/v1/deliveries/{id}", get(get_delivery))

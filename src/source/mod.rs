@@ -123,7 +123,7 @@ fn form_decode(encoded: &[u8]) -> Vec<u8> {
 /// inside a field nobody reads would otherwise be accepted, stored, and handed
 /// to rules and templates as text. Runs after verification, so only an
 /// authentic but broken delivery gets this answer (400).
-pub fn require_utf8(payload: &[u8]) -> Result<(), DescribeError> {
+pub(crate) fn require_utf8(payload: &[u8]) -> Result<(), DescribeError> {
     std::str::from_utf8(payload)
         .map(drop)
         .map_err(|e| DescribeError::NotUtf8 {
@@ -138,7 +138,7 @@ pub const MAX_DELIVERY_ID: usize = 256;
 /// Refuse a delivery id (from a header or the body) that cannot serve as one:
 /// empty, longer than [`MAX_DELIVERY_ID`], or holding control characters.
 /// It is the key deliveries are deduplicated by, shown in logs and tables.
-pub fn check_delivery_id(id: &str) -> Result<(), DescribeError> {
+pub(crate) fn check_delivery_id(id: &str) -> Result<(), DescribeError> {
     let problem = if id.trim().is_empty() {
         "it is empty"
     } else if id.len() > MAX_DELIVERY_ID {
