@@ -18,10 +18,9 @@ use crate::source::{DescribeError, Inbound, Source, Verified, VerifyError};
 use crate::store::{DeliveryKey, MatchedJob, NewDelivery, NewJob, Store, StoreError, Summary};
 
 /// Why a request was refused. The message is safe to send back to the sender.
+/// (An unknown source never reaches intake: the handler answers it first.)
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
-    #[error("unknown source `{0}`")]
-    UnknownSource(String),
     #[error("{0}")]
     Unauthorized(#[from] VerifyError),
     #[error("{0}")]
@@ -31,7 +30,6 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::UnknownSource(_) => StatusCode::NOT_FOUND,
             Rejection::Unauthorized(e) => e.status(),
             Rejection::Undescribable(_) => StatusCode::BAD_REQUEST,
         }
@@ -41,7 +39,6 @@ impl Rejection {
     pub fn outcome(&self) -> &'static str {
         match self.status() {
             StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::NOT_FOUND => "unknown_source",
             _ => "invalid",
         }
     }
