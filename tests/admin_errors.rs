@@ -5,6 +5,8 @@
 //! whose every call fails.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,6 +39,9 @@ url = "sqlite://{db}"
 [sources.github]
 type = "github"
 secrets = ["s"]
+[sources.mirror]
+type = "github"
+secrets = ["s"]
 [targets.circleci]
 type = "circleci"
 url = "http://127.0.0.1:9"
@@ -56,6 +61,7 @@ branch = "main"
 }
 
 struct Server {
+    hooks: SocketAddr,
     admin: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -65,6 +71,7 @@ impl Server {
     async fn start(config: Config, store: Arc<dyn Store>) -> Server {
         let hooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hooks_addr = hooks.local_addr().unwrap();
         let addr = admin.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::run(
@@ -74,6 +81,7 @@ impl Server {
             shutdown.clone(),
         ));
         Server {
+            hooks: hooks_addr,
             admin: addr,
             shutdown,
             task,
@@ -90,6 +98,22 @@ impl Server {
         };
         let resp = req.send().await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// A signed push to `/hooks/{source}`; the status.
+    async fn push(&self, source: &str, delivery: &str) -> u16 {
+        let body = support::payload("github/push.json");
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/hooks/{source}", self.hooks))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", support::github_signature("s", &body))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
     }
 
     async fn stop(self) {
@@ -134,6 +158,36 @@ async fn every_route_answers_404_for_an_unknown_delivery() {
     let (status, text) = server.call("POST", "/api/v1/deliveries/nope/replay", "{").await;
     assert_eq!(status, 400, "{text}");
     assert!(error_message(&text).starts_with("invalid JSON body"), "{text}");
+    server.stop().await;
+}
+
+/// The same provider id from two sources: 409 naming them, until `source`
+/// says which one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_id_answers_409_on_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let store = open(&config.store, OpenMode::Daemon).await.unwrap();
+    let server = Server::start(config, store).await;
+    assert_eq!(server.push("github", "twice").await, 202);
+    assert_eq!(server.push("mirror", "twice").await, 202);
+    for (method, path, body) in ROUTES {
+        let path = path.replace("nope", "twice");
+        if path.contains("source=") {
+            continue;
+        }
+        let (status, text) = server.call(method, &path, body).await;
+        assert_eq!(status, 409, "{method} {path} {body}: {text}");
+        let message = error_message(&text);
+        assert!(
+            message.contains("github, mirror") || message.contains("mirror, github"),
+            "{message}"
+        );
+    }
+    let (status, text) = server
+        .call("GET", "/api/v1/deliveries/twice?source=mirror", "")
+        .await;
+    assert_eq!(status, 200, "{text}");
     server.stop().await;
 }
 
