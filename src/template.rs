@@ -1,6 +1,6 @@
 //! Templates and `if` expressions, compiled once at config load. A leaf below
 //! `rules` and `target` (both render with it); it depends only on config
-//! limits, `suggest` and the complexity checks of [`crate::rules::bounds`].
+//! limits, `suggest` and the complexity checks of `rules::bounds`.
 //!
 //! Every templated string in a rule becomes a named template in one
 //! [`minijinja::Environment`] per config. The engine runs with strict
