@@ -15,13 +15,12 @@ use crate::config::Config;
 use crate::event::{Event, kind};
 use crate::rules::Evaluation;
 use crate::source::{DescribeError, Inbound, Source, Verified, VerifyError};
-use crate::store::{MatchedJob, NewDelivery, NewJob, Summary};
+use crate::store::{DeliveryKey, MatchedJob, NewDelivery, NewJob, Store, StoreError, Summary};
 
 /// Why a request was refused. The message is safe to send back to the sender.
+/// (An unknown source never reaches intake: the handler answers it first.)
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
-    #[error("unknown source `{0}`")]
-    UnknownSource(String),
     #[error("{0}")]
     Unauthorized(#[from] VerifyError),
     #[error("{0}")]
@@ -31,7 +30,6 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::UnknownSource(_) => StatusCode::NOT_FOUND,
             Rejection::Unauthorized(e) => e.status(),
             Rejection::Undescribable(_) => StatusCode::BAD_REQUEST,
         }
@@ -41,10 +39,21 @@ impl Rejection {
     pub fn outcome(&self) -> &'static str {
         match self.status() {
             StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::NOT_FOUND => "unknown_source",
             _ => "invalid",
         }
     }
+}
+
+/// Why a stored delivery could not be evaluated and queued again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReevaluateError {
+    /// Reading the delivery or adding its jobs failed (including: no such delivery).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored payload does not describe under the current rules (a rule
+    /// reads `body` and the payload is not JSON). Safe to show the caller.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
 }
 
 /// A verified and described delivery with every rule's verdict.
@@ -143,7 +152,7 @@ fn describe_and_evaluate(
 }
 
 /// Run the rules on a described event; parses the payload only when a rule reads `body`.
-pub fn evaluate(
+pub(crate) fn evaluate(
     config: &Config,
     event: &Event,
     headers: &BTreeMap<String, String>,
@@ -174,7 +183,7 @@ pub fn delivery(intake: Intake, received_at: SystemTime) -> NewDelivery {
 }
 
 /// The summary of an evaluation, with a new job for every match.
-pub fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec<NewJob>) {
+pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec<NewJob>) {
     let jobs: Vec<NewJob> = evaluation
         .matched
         .iter()
@@ -205,6 +214,22 @@ pub fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec
 }
 
 /// The summary for a ping: nothing matched, nothing stored.
-pub fn ping_summary(event: &Event) -> Summary {
+pub(crate) fn ping_summary(event: &Event) -> Summary {
     summary_and_jobs(event, &Evaluation::default()).0
+}
+
+/// Run the current rules on a stored delivery and queue what matches
+/// (`replay --reevaluate` and the admin API's `reevaluate`); returns the new job ids.
+pub async fn reevaluate(
+    config: &Config,
+    store: &dyn Store,
+    key: &DeliveryKey,
+    now: SystemTime,
+) -> Result<Vec<String>, ReevaluateError> {
+    let stored = store.payload(key).await?;
+    let evaluation = evaluate(config, &stored.event, &stored.headers, &stored.payload)?;
+    let (summary, jobs) = summary_and_jobs(&stored.event, &evaluation);
+    let ids = jobs.iter().map(|j| j.id.clone()).collect();
+    store.add_jobs(key, jobs, summary, now).await?;
+    Ok(ids)
 }

@@ -11,6 +11,20 @@
 //! [`config`] turns the TOML file into validated, compiled types; [`intake`] is
 //! the shared path from a raw request to a delivery ready to store, used by the
 //! HTTP handler and by the offline tools alike; [`server`] owns the listeners.
+//!
+//! The modules depend on each other in one direction only (tests/architecture.rs
+//! fails on an import cycle), each on those before it:
+//!
+//! ```text
+//! event, config leaves (diagnostic, loader, retry, raw, secret, units, limits), template
+//!     → source, target → rules → config → intake → store → dispatch → server → cli
+//! ```
+//!
+//! `source`, `target` and `rules` compile their part of the config against the
+//! leaves ([`config::loader::Loader`], [`config::retry::RetryPolicy`]); only
+//! `config/mod.rs` (`Config`, `load`, `compile`) names them. Templates are a
+//! leaf both `rules` and `target` render with. The admin API calls `intake`
+//! and the store, never the CLI.
 
 pub mod cli;
 pub mod config;
@@ -23,3 +37,4 @@ pub mod source;
 pub mod store;
 pub mod target;
 pub mod telemetry;
+pub mod template;

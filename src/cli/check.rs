@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use super::ConfigArg;
 use crate::config::LoadMode;
 
-pub fn run(args: &ConfigArg) -> ExitCode {
+pub(crate) fn run(args: &ConfigArg) -> ExitCode {
     match args.load(LoadMode::Check) {
         Ok(loaded) => {
             println!("{}", loaded.config.summary());

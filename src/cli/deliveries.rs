@@ -245,7 +245,9 @@ async fn replay(a: ReplayArgs) -> Result<(), String> {
         source: a.source.clone(),
     };
     let queued = if a.reevaluate {
-        reevaluate(&config, store.as_ref(), &key).await?
+        crate::intake::reevaluate(&config, store.as_ref(), &key, SystemTime::now())
+            .await
+            .map_err(|e| e.to_string())?
     } else {
         store
             .replay(&key, a.job.as_deref(), SystemTime::now())
@@ -268,22 +270,4 @@ async fn replay(a: ReplayArgs) -> Result<(), String> {
         println!("the running daemon picks them up within a second");
     }
     Ok(())
-}
-
-/// Run the current rules on a stored delivery and queue what matches.
-pub async fn reevaluate(
-    config: &crate::config::Config,
-    store: &dyn Store,
-    key: &DeliveryKey,
-) -> Result<Vec<String>, String> {
-    let stored = store.payload(key).await.map_err(|e| e.to_string())?;
-    let evaluation = crate::intake::evaluate(config, &stored.event, &stored.headers, &stored.payload)
-        .map_err(|e| e.to_string())?;
-    let (summary, jobs) = crate::intake::summary_and_jobs(&stored.event, &evaluation);
-    let ids = jobs.iter().map(|j| j.id.clone()).collect();
-    store
-        .add_jobs(key, jobs, summary, SystemTime::now())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ids)
 }

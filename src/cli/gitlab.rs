@@ -74,7 +74,7 @@ pub struct Update {
 
 /// A trigger token as GitLab returns it (`API_Entities_Trigger`).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Trigger {
+pub(crate) struct Trigger {
     pub id: i64,
     #[serde(default)]
     pub token: Option<String>,
@@ -92,7 +92,7 @@ pub struct Trigger {
     pub owner: Option<Value>,
 }
 
-pub fn run(cmd: GitlabCommand) -> ExitCode {
+pub(crate) fn run(cmd: GitlabCommand) -> ExitCode {
     let GitlabCommand::Triggers(cmd) = cmd;
     super::common::block_on(triggers(cmd))
 }

@@ -29,7 +29,7 @@ pub struct HealthcheckArgs {
     pub timeout: u64,
 }
 
-pub fn run(args: &HealthcheckArgs) -> ExitCode {
+pub(crate) fn run(args: &HealthcheckArgs) -> ExitCode {
     let addr = match args.addr {
         Some(addr) => addr,
         None => match config::load(&args.config.path(), LoadMode::Check) {

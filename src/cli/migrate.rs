@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use super::ConfigArg;
 use crate::config::LoadMode;
 
-pub fn run(args: &ConfigArg) -> ExitCode {
+pub(crate) fn run(args: &ConfigArg) -> ExitCode {
     let loaded = match args.load(LoadMode::Check) {
         Ok(loaded) => loaded,
         Err(code) => return code,

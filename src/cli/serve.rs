@@ -27,7 +27,7 @@ pub struct ServeArgs {
     pub no_watch: bool,
 }
 
-pub fn run(args: ServeArgs) -> ExitCode {
+pub(crate) fn run(args: ServeArgs) -> ExitCode {
     crate::telemetry::init_logging(args.log.log_format, args.log.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -24,7 +24,7 @@ pub struct SignArgs {
     pub payload: PathBuf,
 }
 
-pub fn run(args: &SignArgs) -> ExitCode {
+pub(crate) fn run(args: &SignArgs) -> ExitCode {
     let Ok(loaded) = args.config.load_quiet() else {
         return ExitCode::FAILURE;
     };

@@ -72,7 +72,7 @@ struct ExpectedRequest {
     body: Option<toml::Value>,
 }
 
-pub fn run(args: &TestArgs) -> ExitCode {
+pub(crate) fn run(args: &TestArgs) -> ExitCode {
     let Ok(loaded) = args.config.load_quiet() else {
         return ExitCode::FAILURE;
     };

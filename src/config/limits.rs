@@ -14,66 +14,66 @@
 //! lists them; keep the two in step.
 
 /// Seconds in a minute, hour, day: maxima are written in these.
-pub const MINUTE: u64 = 60;
-pub const HOUR: u64 = 60 * MINUTE;
-pub const DAY: u64 = 24 * HOUR;
+pub(crate) const MINUTE: u64 = 60;
+pub(crate) const HOUR: u64 = 60 * MINUTE;
+pub(crate) const DAY: u64 = 24 * HOUR;
 /// A year as `humantime` counts it (365.25 days), so `retention = "10y"` is
 /// exactly the maximum rather than a few hours over it.
-pub const YEAR: u64 = 31_557_600;
+pub(crate) const YEAR: u64 = 31_557_600;
 
 /// `[server] read_timeout`: the time to receive one whole request.
-pub const READ_TIMEOUT: u64 = HOUR;
+pub(crate) const READ_TIMEOUT: u64 = HOUR;
 /// `[server] idle_timeout`: a connection kept without a request.
-pub const IDLE_TIMEOUT: u64 = HOUR;
+pub(crate) const IDLE_TIMEOUT: u64 = HOUR;
 /// `[server] shutdown_grace`: how long a stop may wait for in-flight work.
-pub const SHUTDOWN_GRACE: u64 = HOUR;
+pub(crate) const SHUTDOWN_GRACE: u64 = HOUR;
 /// `[store] retention`: how long finished deliveries are kept.
-pub const RETENTION: u64 = 10 * YEAR;
+pub(crate) const RETENTION: u64 = 10 * YEAR;
 /// `[store] statement_timeout`: PostgreSQL takes at most `i32::MAX` ms (24.8 days).
-pub const STATEMENT_TIMEOUT: u64 = DAY;
+pub(crate) const STATEMENT_TIMEOUT: u64 = DAY;
 /// `[retry] initial_backoff`.
-pub const INITIAL_BACKOFF: u64 = DAY;
+pub(crate) const INITIAL_BACKOFF: u64 = DAY;
 /// `[retry] max_backoff`: the longest wait between two attempts.
-pub const MAX_BACKOFF: u64 = 7 * DAY;
+pub(crate) const MAX_BACKOFF: u64 = 7 * DAY;
 /// `[retry] request_timeout`: one call to a CI API.
-pub const REQUEST_TIMEOUT: u64 = DAY;
+pub(crate) const REQUEST_TIMEOUT: u64 = DAY;
 /// `[dispatch] lease`: must exceed `request_timeout`; its default is twice it.
-pub const LEASE: u64 = 2 * DAY;
+pub(crate) const LEASE: u64 = 2 * DAY;
 /// `[sources.NAME] tolerance`: accepted clock skew of a signed timestamp.
-pub const TOLERANCE: u64 = DAY;
+pub(crate) const TOLERANCE: u64 = DAY;
 /// Any duration key without a maximum of its own: still far from overflowing
 /// a clock, which is what matters for keys added later.
-pub const DURATION: u64 = 10 * YEAR;
+pub(crate) const DURATION: u64 = 10 * YEAR;
 
 /// Bytes in a KiB, MiB, GiB.
-pub const KIB: u64 = 1024;
-pub const MIB: u64 = 1024 * KIB;
-pub const GIB: u64 = 1024 * MIB;
+pub(crate) const KIB: u64 = 1024;
+pub(crate) const MIB: u64 = 1024 * KIB;
+pub(crate) const GIB: u64 = 1024 * MIB;
 
 /// `[server] max_body`: the largest webhook body (GitHub caps its own at 25 MB).
-pub const MAX_BODY: u64 = GIB;
+pub(crate) const MAX_BODY: u64 = GIB;
 /// `[server] body_memory`: body bytes held at once over all requests.
-pub const BODY_MEMORY: u64 = 64 * GIB;
+pub(crate) const BODY_MEMORY: u64 = 64 * GIB;
 /// Any size key without a maximum of its own.
-pub const SIZE: u64 = 64 * GIB;
+pub(crate) const SIZE: u64 = 64 * GIB;
 
 /// Operators in one expression (`if`, or one `{{ }}` / `{% %}` of a
 /// template): `and`, `not`, `==`, `.`, `|`, `(`, `-`, ... The template
 /// engine parses and compiles chains of them recursively, so an expression
 /// of 10,000 `not` overflowed the stack and aborted the daemon on reload.
-pub const EXPRESSION_OPERATORS: usize = 256;
+pub(crate) const EXPRESSION_OPERATORS: usize = 256;
 /// Brackets (`(`, `[`, `{`) open at once inside one expression.
-pub const EXPRESSION_NESTING: usize = 32;
+pub(crate) const EXPRESSION_NESTING: usize = 32;
 /// Template blocks (`{% if %}`, `{% for %}`, ...) open at once.
-pub const TEMPLATE_BLOCK_NESTING: usize = 16;
+pub(crate) const TEMPLATE_BLOCK_NESTING: usize = 16;
 /// Macro calls, includes and recursive loops in progress at once while a
 /// template renders (minijinja's own default is 500, deeper than a 2 MiB
 /// worker stack holds in a debug build).
-pub const TEMPLATE_RECURSION: usize = 100;
+pub(crate) const TEMPLATE_RECURSION: usize = 100;
 
 /// Characters in one glob pattern (`branches`, `paths`, ...).
-pub const GLOB_LENGTH: usize = 1024;
+pub(crate) const GLOB_LENGTH: usize = 1024;
 /// `{a,b}` alternations open at once in one glob: each is a group in the
 /// regex it compiles to, and the regex compiler refuses (by panicking inside
 /// `globset`) a pattern nested 250 deep.
-pub const GLOB_NESTING: usize = 8;
+pub(crate) const GLOB_NESTING: usize = 8;

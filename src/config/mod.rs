@@ -7,89 +7,37 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
 pub mod diagnostic;
-pub mod limits;
+pub(crate) mod limits;
+pub mod loader;
 pub mod raw;
+pub mod retry;
 pub mod schema;
 pub mod secret;
 pub mod store_url;
 pub mod units;
 
 pub use diagnostic::{Diagnostic, Report, Severity, suggest};
+pub use loader::{LoadMode, Loader};
+pub use retry::RetryPolicy;
 pub use secret::{HmacKey, KeyError, Secret, SecretRef, SecretSlot};
 pub use store_url::{StoreUrl, redact_url};
 
 use crate::rules::RuleSet;
 use crate::source::Source;
 use crate::target::Target;
-use raw::{RawConfig, RawRetry, SpannedList};
+use raw::RawConfig;
 
 /// Where the config file is looked for when `--config` is not given.
 pub fn default_path() -> PathBuf {
     std::env::var_os("HOOKBRIDGE_CONFIG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("hookbridge.toml"))
-}
-
-/// How strictly missing secrets are treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadMode {
-    /// `serve`: every referenced secret must resolve.
-    Serve,
-    /// `check`, `explain`, `test`: missing secrets are warnings (CI rarely has them).
-    Check,
-}
-
-/// Retry and timeout policy for trigger attempts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    pub request_timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 12,
-            initial_backoff: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(600),
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// This policy with the keys `raw` sets replaced.
-    pub fn overlay(&self, raw: &RawRetry, loader: &mut Loader) -> RetryPolicy {
-        let mut p = self.clone();
-        if let Some(n) = &raw.max_attempts {
-            if *n.get_ref() == 0 {
-                loader.push(Diagnostic::error(
-                    "`max_attempts` must be at least 1",
-                    Some(n.span()),
-                ));
-            }
-            p.max_attempts = (*n.get_ref()).max(1);
-        }
-        if let Some(d) = raw.initial_backoff {
-            p.initial_backoff = d.0;
-        }
-        if let Some(d) = raw.max_backoff {
-            p.max_backoff = d.0;
-        }
-        if let Some(d) = raw.request_timeout {
-            p.request_timeout = d.0;
-        }
-        p
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -166,70 +114,6 @@ pub struct Loaded {
     pub warnings: Report,
 }
 
-/// Collects diagnostics and resolves secrets while a config compiles.
-pub struct Loader {
-    pub mode: LoadMode,
-    report: Report,
-}
-
-impl Loader {
-    pub fn new(mode: LoadMode, report: Report) -> Self {
-        Loader { mode, report }
-    }
-
-    pub fn push(&mut self, d: Diagnostic) {
-        self.report.push(d);
-    }
-
-    pub fn error(&mut self, message: impl Into<String>, span: Range<usize>) {
-        self.report.push(Diagnostic::error(message, Some(span)));
-    }
-
-    pub fn error_count(&self) -> usize {
-        self.report.errors().count()
-    }
-
-    /// Resolve one secret. Missing ones are errors when serving, warnings otherwise.
-    pub fn secret(&mut self, r: &Spanned<SecretRef>) -> Option<Secret> {
-        if r.get_ref().is_literal() {
-            self.push(
-                Diagnostic::warning("secret written literally in the config", Some(r.span()))
-                    .with_help("use `env:NAME` or `file:PATH` so the secret stays out of the file"),
-            );
-        }
-        match r.get_ref().resolve() {
-            Ok(s) => Some(s),
-            Err(why) => {
-                let message = format!("secret `{}` is unavailable: {why}", r.get_ref());
-                let d = match self.mode {
-                    LoadMode::Serve => Diagnostic::error(message, Some(r.span())),
-                    LoadMode::Check => Diagnostic::warning(message, Some(r.span())),
-                };
-                self.push(d);
-                None
-            }
-        }
-    }
-
-    pub fn secrets_with_spans(&mut self, list: &SpannedList<SecretRef>) -> Vec<(Secret, Range<usize>)> {
-        list.get_ref()
-            .iter()
-            .filter_map(|r| self.secret(r).map(|s| (s, r.span())))
-            .collect()
-    }
-
-    pub fn secrets(&mut self, list: &SpannedList<SecretRef>) -> Vec<Secret> {
-        self.secrets_with_spans(list)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect()
-    }
-
-    fn finish(self) -> Report {
-        self.report
-    }
-}
-
 /// Read and compile the config at `path`.
 pub fn load(path: &Path, mode: LoadMode) -> Result<Loaded, Report> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -282,11 +166,11 @@ fn socket_addr(value: Option<&Spanned<String>>, default: &str, loader: &mut Load
 /// `[server] body_memory` when unset: room for thousands of ordinary pushes
 /// (7–10 KB), or thirty-two one-megabyte ones, while the store commits; one
 /// source or connection may use seven eighths (28 MiB), more than `max_body`.
-pub const DEFAULT_BODY_MEMORY: u64 = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_BODY_MEMORY: u64 = 32 * 1024 * 1024;
 
 /// The part of `body_memory` that one source or one connection may hold: all
 /// but an eighth, which stays for the others.
-pub fn body_share(body_memory: u64) -> u64 {
+pub(crate) fn body_share(body_memory: u64) -> u64 {
     body_memory.saturating_sub(body_memory / 8).max(1)
 }
 

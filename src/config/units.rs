@@ -2,7 +2,7 @@
 //!
 //! Both parse inside `Deserialize`, so a bad value becomes a TOML error that
 //! points at the value itself. Parsing uses checked arithmetic, and every
-//! value has a maximum ([`super::limits`]): the field's type names it, as in
+//! value has a maximum (`config::limits`): the field's type names it, as in
 //! `DurationAtMost<{ limits::RETENTION }>`, and a key typed plainly
 //! [`HumanDuration`] or [`ByteSize`] still gets the general maximum. So no
 //! config value can overflow a clock or a multiplication later.

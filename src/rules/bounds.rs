@@ -16,7 +16,7 @@ use crate::config::limits;
 
 /// Why a template, expression or glob is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TooComplex {
+pub(crate) enum TooComplex {
     #[error(
         "too complex: {0} operators in one expression, at most {max} are allowed",
         max = limits::EXPRESSION_OPERATORS
@@ -47,7 +47,7 @@ pub enum TooComplex {
 /// Check a template source (text with `{{ }}`, `{% %}`, `{# #}`) the way
 /// minijinja's lexer splits it: a tag ends at `}}` / `%}` only outside
 /// strings and brackets.
-pub fn check_template(source: &str) -> Result<(), TooComplex> {
+pub(crate) fn check_template(source: &str) -> Result<(), TooComplex> {
     let b = source.as_bytes();
     let mut i = 0;
     let mut blocks = 0usize;
@@ -244,7 +244,7 @@ fn skip_string(b: &[u8], start: usize) -> usize {
 
 /// Check one glob pattern: its length and how deeply `{}` nest (a
 /// backslash escapes the next character, as the compiler is told).
-pub fn check_glob(pattern: &str) -> Result<(), TooComplex> {
+pub(crate) fn check_glob(pattern: &str) -> Result<(), TooComplex> {
     let length = pattern.chars().count();
     if length > limits::GLOB_LENGTH {
         return Err(TooComplex::GlobLength(length));

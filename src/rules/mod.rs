@@ -8,18 +8,18 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use toml::Spanned;
 
-pub mod bounds;
+pub(crate) mod bounds;
+mod build;
 pub mod filter;
-pub mod template;
 
-use crate::config::raw::{RawRule, RawTarget, SpannedList};
-use crate::config::{Diagnostic, Loader, RetryPolicy, suggest};
+pub use build::build;
+
+use crate::config::retry::RetryPolicy;
 use crate::event::{Event, kind};
-use crate::target::{Target, TriggerRequest, TriggerTemplate};
+use crate::target::{TriggerRequest, TriggerTemplate};
+use crate::template::{Condition, Templates};
 use filter::PatternList;
-use template::{Condition, TemplateCompiler, Templates};
 
 /// What a rule does when a push's changed files are not known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,177 +331,4 @@ fn paths(rule: &Rule, event: &Event) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Compile the `[[rules]]` array.
-pub fn build(
-    raw_rules: &[Spanned<RawRule>],
-    source_names: &[&str],
-    raw_targets: &BTreeMap<Spanned<String>, Spanned<RawTarget>>,
-    targets: &BTreeMap<String, Target>,
-    loader: &mut Loader,
-) -> RuleSet {
-    let mut compiler = TemplateCompiler::new(Event::FIELDS);
-    let mut rules = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for raw in raw_rules {
-        let r = raw.get_ref();
-        let name = r.name.get_ref().clone();
-        if !seen.insert(name.clone()) {
-            loader.error(
-                format!("rule name `{name}` is used twice; names identify rules in summaries and jobs"),
-                r.name.span(),
-            );
-            continue;
-        }
-        if name.trim().is_empty() {
-            loader.error("rule name cannot be empty", r.name.span());
-            continue;
-        }
-        if let Some(rule) = build_rule(
-            &name,
-            raw,
-            source_names,
-            raw_targets,
-            targets,
-            &mut compiler,
-            loader,
-        ) {
-            rules.push(rule);
-        }
-    }
-    let (templates, needs_body) = compiler.finish();
-    RuleSet {
-        rules,
-        templates,
-        needs_body,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_rule(
-    name: &str,
-    raw: &Spanned<RawRule>,
-    source_names: &[&str],
-    raw_targets: &BTreeMap<Spanned<String>, Spanned<RawTarget>>,
-    targets: &BTreeMap<String, Target>,
-    compiler: &mut TemplateCompiler,
-    loader: &mut Loader,
-) -> Option<Rule> {
-    let r = raw.get_ref();
-    let errors_before = loader.error_count();
-
-    let sources = r.source.as_ref().map(|s| {
-        let list: Vec<String> = s.get_ref().0.iter().map(|n| n.get_ref().clone()).collect();
-        for n in &s.get_ref().0 {
-            if !source_names.contains(&n.get_ref().as_str()) {
-                let span = if n.span().is_empty() { s.span() } else { n.span() };
-                let mut d = Diagnostic::error(
-                    format!("rule `{name}`: unknown source `{}`", n.get_ref()),
-                    Some(span),
-                );
-                d = match suggest(n.get_ref(), source_names.iter().copied()) {
-                    Some(m) => d.with_help(format!("did you mean `{m}`?")),
-                    None if source_names.is_empty() => d.with_help("no `[sources.NAME]` is configured"),
-                    None => d.with_help(format!("sources are {}", source_names.join(", "))),
-                };
-                loader.push(d);
-            }
-        }
-        list
-    });
-    let words = |l: &Option<SpannedList<String>>, loader: &mut Loader, key: &str| {
-        l.as_ref().map(|l| {
-            if l.get_ref().is_empty() {
-                loader.error(
-                    format!("rule `{name}`: `{key}` is empty and would match nothing; remove it instead"),
-                    l.span(),
-                );
-            }
-            l.get_ref()
-                .iter()
-                .map(|s| s.get_ref().clone())
-                .collect::<Vec<_>>()
-        })
-    };
-    let events = words(&r.events, loader, "events");
-    let actions = words(&r.actions, loader, "actions");
-    let patterns =
-        |l: &Option<SpannedList<String>>, case_insensitive: bool, loader: &mut Loader, key: &str| {
-            l.as_ref()
-                .and_then(|l| match PatternList::compile(l, case_insensitive) {
-                    Ok(p) => Some(p),
-                    Err((msg, span)) => {
-                        loader.error(format!("rule `{name}`: {key}: {msg}"), span);
-                        None
-                    }
-                })
-        };
-    let repositories = patterns(&r.repositories, true, loader, "repositories");
-    let branches = patterns(&r.branches, false, loader, "branches");
-    let branches_ignore = patterns(&r.branches_ignore, false, loader, "branches_ignore");
-    let tags = patterns(&r.tags, false, loader, "tags");
-    let tags_ignore = patterns(&r.tags_ignore, false, loader, "tags_ignore");
-    let paths = patterns(&r.paths, false, loader, "paths");
-    let paths_ignore = patterns(&r.paths_ignore, false, loader, "paths_ignore");
-    let paths_unknown = match r.paths_unknown.as_ref().map(|p| p.get_ref().as_str()) {
-        None | Some("skip") => PathsUnknown::Skip,
-        Some("match") => PathsUnknown::Match,
-        Some(other) => {
-            let span = r.paths_unknown.as_ref().map(Spanned::span).unwrap_or_default();
-            loader.error(
-                format!("rule `{name}`: paths_unknown `{other}`: expected \"skip\" or \"match\""),
-                span,
-            );
-            PathsUnknown::Skip
-        }
-    };
-    let condition = r.condition.as_ref().and_then(|c| {
-        compiler
-            .condition(&format!("rule `{name}` if"), c.get_ref())
-            .map_err(|e| loader.error(format!("rule `{name}`: if: {e}"), c.span()))
-            .ok()
-    });
-
-    let target_name = r.trigger.get_ref().target.get_ref();
-    let Some(target) = targets.get(target_name) else {
-        // A target that exists but failed to build already has its own error.
-        if !raw_targets.keys().any(|k| k.get_ref() == target_name) {
-            let names: Vec<&str> = raw_targets.keys().map(|k| k.get_ref().as_str()).collect();
-            let mut d = Diagnostic::error(
-                format!("rule `{name}`: unknown target `{target_name}`"),
-                Some(r.trigger.get_ref().target.span()),
-            );
-            d = match suggest(target_name, names.iter().copied()) {
-                Some(m) => d.with_help(format!("did you mean `{m}`?")),
-                None if names.is_empty() => d.with_help("no `[targets.NAME]` is configured"),
-                None => d.with_help(format!("targets are {}", names.join(", "))),
-            };
-            loader.push(d);
-        }
-        return None;
-    };
-    let trigger = TriggerTemplate::compile(name, &r.trigger, target, compiler, loader)?;
-    let retry = match &r.retry {
-        Some(raw_retry) => target.retry.overlay(raw_retry, loader),
-        None => target.retry.clone(),
-    };
-    (loader.error_count() == errors_before).then(|| Rule {
-        name: name.to_owned(),
-        sources,
-        events,
-        actions,
-        repositories,
-        branches,
-        branches_ignore,
-        tags,
-        tags_ignore,
-        paths,
-        paths_ignore,
-        paths_unknown,
-        condition,
-        target: target_name.clone(),
-        trigger,
-        retry,
-    })
 }

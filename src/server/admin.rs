@@ -17,12 +17,13 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use crate::config::units::parse_since;
+use crate::intake::{self, ReevaluateError};
 use crate::store::{DeliveryFilter, DeliveryKey, DeliveryStatus, StoreError, StoreErrorKind};
 
 /// Largest page of `GET /api/v1/deliveries`.
 const MAX_PAGE: usize = 500;
 
-pub fn router(app: App) -> Router {
+pub(crate) fn router(app: App) -> Router {
     let api = Router::new()
         .route("/api/v1/deliveries", get(list_deliveries))
         .route("/api/v1/deliveries/{id}", get(get_delivery))
@@ -36,8 +37,76 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+/// Why an admin request failed: the one mapping from errors to statuses.
+///
+/// A message sent back is built from the caller's own input (their id, their
+/// query). What went wrong inside (driver messages, file paths) goes to the
+/// log only; the caller learns the status and a fixed sentence.
+#[derive(Debug)]
+enum ApiError {
+    /// The query or body is wrong, or the stored payload no longer describes
+    /// under the current rules; the message says why.
+    BadRequest(String),
+    /// No such delivery (or job of it).
+    NotFound(String),
+    /// The id names deliveries of several sources; the message lists them.
+    Ambiguous(String),
+    /// The store cannot answer now, or cannot read what it holds.
+    Unavailable,
+    /// The store refused the request for a reason of its own.
+    Refused,
+    /// The request would break what the store holds (a constraint).
+    Conflict,
+    /// `/readyz`: the store cannot commit a delivery (the store logs why).
+    NotReady,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e.kind() {
+            StoreErrorKind::NotFound => ApiError::NotFound(e.to_string()),
+            StoreErrorKind::Ambiguous => ApiError::Ambiguous(e.to_string()),
+            StoreErrorKind::Invalid => {
+                tracing::warn!(error = %e, "admin API: the store refused the request");
+                ApiError::Refused
+            }
+            StoreErrorKind::Conflict => {
+                tracing::warn!(error = %e, "admin API: the request conflicts with stored data");
+                ApiError::Conflict
+            }
+            StoreErrorKind::Unavailable | StoreErrorKind::Corrupt => {
+                tracing::warn!(error = %e, "admin API: store error");
+                ApiError::Unavailable
+            }
+        }
+    }
+}
+
+impl From<ReevaluateError> for ApiError {
+    fn from(e: ReevaluateError) -> Self {
+        match e {
+            ReevaluateError::Store(e) => e.into(),
+            ReevaluateError::Rejected(r) => ApiError::BadRequest(r.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::NotReady => {
+                // Plain text, like the answer when ready: probes read it.
+                return (StatusCode::SERVICE_UNAVAILABLE, "not ready: store not writable\n").into_response();
+            }
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Ambiguous(m) => (StatusCode::CONFLICT, m),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable".into()),
+            ApiError::Refused => (StatusCode::BAD_REQUEST, "the store refused the request".into()),
+            ApiError::Conflict => (StatusCode::CONFLICT, "the request conflicts with stored data".into()),
+        };
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    }
 }
 
 /// Bearer-token check, constant time; the token is read from the live config.
@@ -62,18 +131,6 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
     next.run(request).await
 }
 
-fn store_error(e: StoreError) -> Response {
-    match e.kind() {
-        StoreErrorKind::NotFound => error(StatusCode::NOT_FOUND, e.to_string()),
-        StoreErrorKind::Ambiguous => error(StatusCode::CONFLICT, e.to_string()),
-        StoreErrorKind::Invalid => error(StatusCode::BAD_REQUEST, e.to_string()),
-        StoreErrorKind::Unavailable | StoreErrorKind::Conflict | StoreErrorKind::Corrupt => {
-            tracing::warn!(error = %e, "admin API: store error");
-            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     status: Option<String>,
@@ -85,20 +142,19 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_deliveries(State(app): State<App>, Query(q): Query<ListQuery>) -> Response {
-    let status = match q.status.as_deref().map(str::parse::<DeliveryStatus>).transpose() {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let since = match q
+async fn list_deliveries(State(app): State<App>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<DeliveryStatus>)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let since = q
         .since
         .as_deref()
         .map(|s| parse_since(s, SystemTime::now()))
         .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     let filter = DeliveryFilter {
         status,
@@ -108,15 +164,11 @@ async fn list_deliveries(State(app): State<App>, Query(q): Query<ListQuery>) -> 
         before: q.before,
         limit,
     };
-    match app.store.list(&filter).await {
-        Ok(rows) => {
-            let next = (rows.len() == limit)
-                .then(|| rows.last().map(|r| r.id.clone()))
-                .flatten();
-            axum::Json(json!({ "deliveries": rows, "next": next })).into_response()
-        }
-        Err(e) => store_error(e),
-    }
+    let rows = app.store.list(&filter).await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(axum::Json(json!({ "deliveries": rows, "next": next })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,12 +183,13 @@ struct ReplayBody {
     reevaluate: bool,
 }
 
-async fn get_delivery(State(app): State<App>, Path(id): Path<String>, Query(q): Query<KeyQuery>) -> Response {
+async fn get_delivery(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Response, ApiError> {
     let key = DeliveryKey { id, source: q.source };
-    match app.store.get(&key).await {
-        Ok(detail) => axum::Json(detail).into_response(),
-        Err(e) => store_error(e),
-    }
+    Ok(axum::Json(app.store.get(&key).await?).into_response())
 }
 
 async fn replay_delivery(
@@ -144,37 +197,24 @@ async fn replay_delivery(
     Path(id): Path<String>,
     Query(q): Query<KeyQuery>,
     body: axum::body::Bytes,
-) -> Response {
+) -> Result<Response, ApiError> {
     let req: ReplayBody = if body.is_empty() {
         ReplayBody::default()
     } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
-        }
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
     let key = DeliveryKey { id, source: q.source };
     let queued = if req.reevaluate {
         let config = app.config.load_full();
-        crate::cli::deliveries::reevaluate(&config, app.store.as_ref(), &key)
-            .await
-            .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+        intake::reevaluate(&config, app.store.as_ref(), &key, SystemTime::now()).await?
     } else {
-        app.store
-            .replay(&key, req.job.as_deref(), SystemTime::now())
-            .await
-            .map_err(store_error)
+        app.store.replay(&key, req.job.as_deref(), SystemTime::now()).await?
     };
-    match queued {
-        Ok(queued) => {
-            if !queued.is_empty() {
-                app.wake.notify_one();
-            }
-            tracing::info!(delivery = %key.id, queued = queued.len(), "replay requested through the admin API");
-            (StatusCode::ACCEPTED, axum::Json(json!({ "queued": queued }))).into_response()
-        }
-        Err(response) => response,
+    if !queued.is_empty() {
+        app.wake.notify_one();
     }
+    tracing::info!(delivery = %key.id, queued = queued.len(), "replay requested through the admin API");
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "queued": queued }))).into_response())
 }
 
 async fn healthz() -> &'static str {
@@ -183,10 +223,10 @@ async fn healthz() -> &'static str {
 
 /// Ready when the store proves it can commit a delivery ([`crate::store::Store::ready`]).
 /// Why not stays in the log: callers learn only that the store cannot write.
-async fn readyz(State(app): State<App>) -> Response {
+async fn readyz(State(app): State<App>) -> Result<&'static str, ApiError> {
     match app.store.ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: store not writable\n").into_response(),
+        Ok(()) => Ok("ready\n"),
+        Err(_) => Err(ApiError::NotReady),
     }
 }
 

@@ -9,8 +9,10 @@ use serde::Deserialize;
 
 use super::bitbucket::verify_basic;
 use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, parse, required_secrets};
+use crate::config::diagnostic::Diagnostic;
+use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, Loader, Secret};
+use crate::config::secret::Secret;
 use crate::event::{Event, Provider, RefChange, kind, split_ref};
 
 #[derive(Debug)]

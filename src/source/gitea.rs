@@ -9,8 +9,9 @@ use super::signature::{self, Algorithm};
 use super::{
     DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, github, hmac_keys, required_secrets,
 };
+use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
-use crate::config::{HmacKey, Loader, Secret};
+use crate::config::secret::{HmacKey, Secret};
 use crate::event::{Event, Provider};
 
 /// Which of the three related senders a source expects.

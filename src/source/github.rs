@@ -13,8 +13,9 @@ use super::signature::{self, Algorithm};
 use super::{
     DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, hmac_keys, required_secrets,
 };
+use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
-use crate::config::{HmacKey, Loader, Secret};
+use crate::config::secret::{HmacKey, Secret};
 use crate::event::{Event, Provider};
 
 mod payload;

@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use super::signature::{self, standard};
 use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, delivery_id, whsec_keys};
+use crate::config::diagnostic::Diagnostic;
+use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, HmacKey, Loader, Secret};
+use crate::config::secret::{HmacKey, Secret};
 use crate::event::Event;
 
 mod payload;

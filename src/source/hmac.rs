@@ -7,8 +7,10 @@ use std::time::SystemTime;
 
 use super::signature::{self, Algorithm, Encoding};
 use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, hmac_keys, required_secrets};
+use crate::config::diagnostic::Diagnostic;
+use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, HmacKey, Loader};
+use crate::config::secret::HmacKey;
 use crate::event::{Event, Provider};
 
 #[derive(Debug)]

@@ -3,8 +3,10 @@
 
 use std::ops::Range;
 
+use crate::config::diagnostic::Diagnostic;
+use crate::config::loader::Loader;
 use crate::config::raw::SpannedList;
-use crate::config::{Diagnostic, HmacKey, Loader, Secret, SecretRef};
+use crate::config::secret::{HmacKey, Secret, SecretRef};
 
 /// Resolve a list of secrets, requiring at least one entry.
 pub(crate) fn required_secrets(

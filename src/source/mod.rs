@@ -7,7 +7,7 @@
 //! Verification always runs over the raw bytes, before anything parses them.
 //!
 //! Keys and tokens are decoded when the config loads and kept in redacting
-//! types ([`crate::config::HmacKey`], [`crate::config::Secret`]), so `{:?}`
+//! types ([`crate::config::secret::HmacKey`], [`crate::config::secret::Secret`]), so `{:?}`
 //! of a source prints `***` for every one of them.
 //!
 //! Adding a provider is adding a file with a [`Scheme`] implementation and one
@@ -20,13 +20,13 @@ use std::time::SystemTime;
 
 use http::HeaderMap;
 
-use crate::config::raw::RawSource;
-use crate::config::{Diagnostic, Loader};
 use crate::event::Event;
+pub use build::{SourceKind, build};
 pub(crate) use keys::{hmac_keys, required_secrets, whsec_keys};
 
 pub mod azure;
 pub mod bitbucket;
+mod build;
 mod commit;
 pub mod gitea;
 pub mod github;
@@ -123,7 +123,7 @@ fn form_decode(encoded: &[u8]) -> Vec<u8> {
 /// inside a field nobody reads would otherwise be accepted, stored, and handed
 /// to rules and templates as text. Runs after verification, so only an
 /// authentic but broken delivery gets this answer (400).
-pub fn require_utf8(payload: &[u8]) -> Result<(), DescribeError> {
+pub(crate) fn require_utf8(payload: &[u8]) -> Result<(), DescribeError> {
     std::str::from_utf8(payload)
         .map(drop)
         .map_err(|e| DescribeError::NotUtf8 {
@@ -138,7 +138,7 @@ pub const MAX_DELIVERY_ID: usize = 256;
 /// Refuse a delivery id (from a header or the body) that cannot serve as one:
 /// empty, longer than [`MAX_DELIVERY_ID`], or holding control characters.
 /// It is the key deliveries are deduplicated by, shown in logs and tables.
-pub fn check_delivery_id(id: &str) -> Result<(), DescribeError> {
+pub(crate) fn check_delivery_id(id: &str) -> Result<(), DescribeError> {
     let problem = if id.trim().is_empty() {
         "it is empty"
     } else if id.len() > MAX_DELIVERY_ID {
@@ -298,68 +298,6 @@ pub struct Source {
     pub scheme: Box<dyn Scheme>,
 }
 
-/// The `type` of a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceKind {
-    Github,
-    Gitlab,
-    Bitbucket,
-    Gitea,
-    Forgejo,
-    Gogs,
-    AzureDevops,
-    Standard,
-    Hmac,
-}
-
-impl SourceKind {
-    pub const ALL: [(&'static str, SourceKind); 9] = [
-        ("github", SourceKind::Github),
-        ("gitlab", SourceKind::Gitlab),
-        ("bitbucket", SourceKind::Bitbucket),
-        ("gitea", SourceKind::Gitea),
-        ("forgejo", SourceKind::Forgejo),
-        ("gogs", SourceKind::Gogs),
-        ("azure-devops", SourceKind::AzureDevops),
-        ("standard", SourceKind::Standard),
-        ("hmac", SourceKind::Hmac),
-    ];
-
-    pub fn parse(s: &str) -> Option<SourceKind> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("unknown")
-    }
-
-    /// Keys besides `type` that this kind accepts.
-    fn settings(self) -> &'static [&'static str] {
-        match self {
-            SourceKind::Github => &["secrets"],
-            SourceKind::Gitlab => &["secrets", "signing_secrets", "tolerance"],
-            SourceKind::Bitbucket => &["secrets", "basic_auth"],
-            SourceKind::Gitea | SourceKind::Forgejo | SourceKind::Gogs => &["secrets"],
-            SourceKind::AzureDevops => &["secrets"],
-            SourceKind::Standard => &["secrets", "tolerance"],
-            SourceKind::Hmac => &[
-                "secrets",
-                "header",
-                "algorithm",
-                "encoding",
-                "prefix",
-                "event_header",
-                "event",
-                "delivery_header",
-            ],
-        }
-    }
-}
-
 /// Headers that carry credentials for any scheme; never shown to rules or stored.
 pub const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
@@ -397,83 +335,6 @@ impl Source {
     }
 }
 
-/// Build a source from its config table, reporting every problem with its span.
-pub fn build(name: &str, raw: &toml::Spanned<RawSource>, loader: &mut Loader) -> Option<Source> {
-    let raw_ref = raw.get_ref();
-    let Some(kind) = SourceKind::parse(raw_ref.kind.get_ref()) else {
-        let names: Vec<&str> = SourceKind::ALL.iter().map(|(n, _)| *n).collect();
-        let mut d = Diagnostic::error(
-            format!("source `{name}`: unknown type `{}`", raw_ref.kind.get_ref()),
-            Some(raw_ref.kind.span()),
-        )
-        .with_help(format!("types are {}", names.join(", ")));
-        if let Some(s) = crate::config::suggest(raw_ref.kind.get_ref(), names.iter().copied()) {
-            d = d.with_help(format!("did you mean `{s}`?"));
-        }
-        loader.push(d);
-        return None;
-    };
-    let allowed = kind.settings();
-    for (key, span) in present_settings(raw_ref) {
-        if !allowed.contains(&key) {
-            loader.push(
-                Diagnostic::error(
-                    format!(
-                        "source `{name}`: `{key}` is not a setting of `{}` sources",
-                        kind.as_str()
-                    ),
-                    Some(span),
-                )
-                .with_help(format!(
-                    "`{}` sources take: type, {}",
-                    kind.as_str(),
-                    allowed.join(", ")
-                )),
-            );
-        }
-    }
-    let errors_before = loader.error_count();
-    let scheme: Box<dyn Scheme> = match kind {
-        SourceKind::Github => Box::new(github::GitHub::build(name, raw_ref, loader)),
-        SourceKind::Gitlab => Box::new(gitlab::GitLab::build(name, raw_ref, loader)),
-        SourceKind::Bitbucket => Box::new(bitbucket::Bitbucket::build(name, raw_ref, loader)),
-        SourceKind::Gitea => Box::new(gitea::Gitea::build(name, raw_ref, loader, gitea::Flavor::Gitea)),
-        SourceKind::Forgejo => Box::new(gitea::Gitea::build(name, raw_ref, loader, gitea::Flavor::Forgejo)),
-        SourceKind::Gogs => Box::new(gitea::Gitea::build(name, raw_ref, loader, gitea::Flavor::Gogs)),
-        SourceKind::AzureDevops => Box::new(azure::AzureDevops::build(name, raw_ref, loader)),
-        SourceKind::Standard => Box::new(standard::Standard::build(name, raw_ref, loader)),
-        SourceKind::Hmac => Box::new(hmac::GenericHmac::build(name, raw_ref, loader)),
-    };
-    (loader.error_count() == errors_before).then(|| Source {
-        name: name.to_owned(),
-        kind,
-        scheme,
-    })
-}
-
-fn present_settings(raw: &RawSource) -> Vec<(&'static str, std::ops::Range<usize>)> {
-    let mut out = Vec::new();
-    macro_rules! key {
-        ($field:ident) => {
-            if let Some(v) = &raw.$field {
-                out.push((stringify!($field), v.span()));
-            }
-        };
-    }
-    key!(secrets);
-    key!(signing_secrets);
-    key!(basic_auth);
-    key!(tolerance);
-    key!(header);
-    key!(algorithm);
-    key!(encoding);
-    key!(prefix);
-    key!(event_header);
-    key!(event);
-    key!(delivery_header);
-    out
-}
-
 /// The delivery id from the first present header, else a digest of the body.
 pub(crate) fn delivery_id(inbound: &Inbound<'_>, headers: &[&str]) -> String {
     headers
@@ -484,109 +345,4 @@ pub(crate) fn delivery_id(inbound: &Inbound<'_>, headers: &[&str]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn form(body: &[u8]) -> Result<Vec<u8>, VerifyError> {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "content-type",
-            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        Inbound::new(&h, body).form_payload()
-    }
-
-    proptest! {
-        #[test]
-        fn delivery_ids_are_kept_only_when_usable(id in "\\PC{0,300}|[\\x00-\\x7f]{0,40}") {
-            match check_delivery_id(&id) {
-                Ok(()) => {
-                    prop_assert!(!id.trim().is_empty() && id.len() <= MAX_DELIVERY_ID);
-                    prop_assert!(!id.chars().any(char::is_control));
-                }
-                Err(e) => prop_assert!(!e.to_string().contains(&id) || id.trim().is_empty()),
-            }
-        }
-    }
-
-    #[test]
-    fn real_delivery_ids_are_usable() {
-        for id in [
-            "72d3162e-cc78-11e3-81ab-4c9367dc0958",
-            "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
-            "{7c9f6bd0-7a4e-4f4a-8f0e-35a4b2b63a11}",
-        ] {
-            assert!(check_delivery_id(id).is_ok(), "{id}");
-        }
-        assert!(check_delivery_id(&"a".repeat(257)).is_err());
-        assert!(check_delivery_id("a\nb").is_err());
-        assert!(check_delivery_id(" ").is_err());
-    }
-
-    #[test]
-    fn form_payload_keeps_the_bytes_the_sender_encoded() {
-        assert_eq!(form(b"a=1&payload=%7B%22x%22%3A+1%7D").unwrap(), br#"{"x": 1}"#);
-        // Invalid UTF-8 stays invalid for `require_utf8` to refuse, not U+FFFD.
-        let raw = form(b"payload=%7B%22x%22%3A%22%FF%22%7D").unwrap();
-        assert_eq!(raw, b"{\"x\":\"\xff\"}");
-        assert_eq!(
-            require_utf8(&raw).unwrap_err().to_string(),
-            "payload is not valid UTF-8 (the first invalid byte is at offset 6); webhook payloads are JSON, which is always UTF-8"
-        );
-        assert_eq!(form(b"pay=x&payloads=y"), Err(VerifyError::NoFormPayload));
-        assert_eq!(form(b"payload").unwrap(), b"");
-    }
-
-    /// Form bodies made of the pieces that matter: names, separators, escapes
-    /// (valid, truncated, non-UTF-8) and arbitrary bytes.
-    fn form_body() -> impl Strategy<Value = Vec<u8>> {
-        let piece = prop_oneof![
-            Just(b"payload".to_vec()),
-            Just(b"pay%6Coad".to_vec()),
-            Just(b"=".to_vec()),
-            Just(b"&".to_vec()),
-            Just(b"+".to_vec()),
-            Just(b"%".to_vec()),
-            Just(b"%FF".to_vec()),
-            "%[0-9a-fA-F]{2}".prop_map(String::into_bytes),
-            prop::collection::vec(any::<u8>(), 1..4),
-        ];
-        prop::collection::vec(piece, 0..16).prop_map(|v| v.concat())
-    }
-
-    proptest! {
-        /// For any form body, the `payload` field decodes like `form_urlencoded`
-        /// whenever that decoding is lossless (valid UTF-8), and never panics.
-        #[test]
-        fn form_payload_agrees_with_form_urlencoded(body in form_body()) {
-            let ours = form(&body);
-            let theirs = form_urlencoded::parse(&body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned());
-            match (ours, theirs) {
-                (Ok(bytes), Some(text)) => {
-                    if let Ok(s) = std::str::from_utf8(&bytes) {
-                        prop_assert_eq!(s, text);
-                    }
-                }
-                (Err(VerifyError::NoFormPayload), None) => {}
-                // A key that only decodes to `payload` lossily is not `payload`.
-                (Err(VerifyError::NoFormPayload), Some(_)) => {}
-                (ours, theirs) => prop_assert!(false, "{ours:?} vs {theirs:?}"),
-            }
-        }
-
-        #[test]
-        fn require_utf8_accepts_exactly_utf8(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            prop_assert_eq!(require_utf8(&bytes).is_ok(), std::str::from_utf8(&bytes).is_ok());
-        }
-
-        #[test]
-        fn encoded_text_round_trips(text in any::<String>()) {
-            let body: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair("payload", &text)
-                .finish();
-            prop_assert_eq!(form(body.as_bytes()).unwrap(), text.into_bytes());
-        }
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use super::VerifyError;
-use crate::config::{HmacKey, Secret};
+use crate::config::secret::{HmacKey, Secret};
 
 /// Hash behind an HMAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub fn hmac(alg: Algorithm, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 
 /// Constant-time check of `expected` against the HMAC under any of `keys`.
 /// Every key is tried, so the time taken does not reveal which one matched.
-pub fn verify_any(alg: Algorithm, keys: &[HmacKey], parts: &[&[u8]], expected: &[u8]) -> bool {
+pub(crate) fn verify_any(alg: Algorithm, keys: &[HmacKey], parts: &[&[u8]], expected: &[u8]) -> bool {
     let mut ok = subtle::Choice::from(0u8);
     for key in keys {
         let mac = hmac(alg, key.expose(), parts);
@@ -109,7 +109,7 @@ pub fn verify_any(alg: Algorithm, keys: &[HmacKey], parts: &[&[u8]], expected: &
 }
 
 /// Constant-time equality of a presented token with any configured secret.
-pub fn token_matches(presented: &[u8], secrets: &[Secret]) -> bool {
+pub(crate) fn token_matches(presented: &[u8], secrets: &[Secret]) -> bool {
     let mut ok = subtle::Choice::from(0u8);
     for s in secrets {
         ok |= presented.ct_eq(s.expose().as_bytes());
@@ -122,7 +122,7 @@ pub fn token_matches(presented: &[u8], secrets: &[Secret]) -> bool {
 /// The prefix names the one algorithm the sender uses; any other prefix (a
 /// `sha1=` from a sender that never signs with SHA-1) is refused, not
 /// downgraded to, so a weaker hash cannot be substituted.
-pub fn verify_prefixed_hex(
+pub(crate) fn verify_prefixed_hex(
     keys: &[HmacKey],
     value: &str,
     header: &'static str,
@@ -154,7 +154,7 @@ pub fn verify_prefixed_hex(
 }
 
 /// SHA-256 of the body, hex: the delivery id for senders that send none.
-pub fn body_digest(body: &[u8]) -> String {
+pub(crate) fn body_digest(body: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
 }
@@ -178,7 +178,7 @@ pub mod standard {
     }
 
     /// Seconds since the Unix epoch, as `webhook-timestamp` writes them.
-    pub fn unix_seconds(now: SystemTime) -> i64 {
+    pub(crate) fn unix_seconds(now: SystemTime) -> i64 {
         now.duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     }
@@ -187,7 +187,7 @@ pub mod standard {
     /// directions. The value comes from the sender before it is authenticated,
     /// so the distance is taken with `abs_diff` (no overflow for any `i64`),
     /// and numbers that are no `i64` are refused with their own message.
-    pub fn check_timestamp(
+    pub(crate) fn check_timestamp(
         timestamp: &str,
         now: SystemTime,
         tolerance: Duration,

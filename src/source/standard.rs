@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use super::signature::standard;
 use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, parse, required_secrets, whsec_keys};
+use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
-use crate::config::{HmacKey, Loader};
+use crate::config::secret::HmacKey;
 use crate::event::{Event, Provider};
 
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::config::Secret;
+use crate::config::secret::Secret;
 
 use super::{Credential, OutboundRequest, Response, USER_AGENT};
 

@@ -8,8 +8,10 @@ use toml::Spanned;
 
 use super::{Target, TargetKind, TriggerTemplate, circleci, gitlab};
 use crate::config::raw::{RawTarget, RawTrigger};
-use crate::config::{Diagnostic, Loader, RetryPolicy, suggest};
-use crate::rules::template::{TemplateCompiler, TemplateValue};
+use crate::config::diagnostic::{Diagnostic, suggest};
+use crate::config::loader::Loader;
+use crate::config::retry::RetryPolicy;
+use crate::template::{TemplateCompiler, TemplateValue};
 
 /// Build a target from its config table.
 pub fn build(

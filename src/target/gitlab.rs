@@ -14,10 +14,10 @@ use super::{
     Credential, OutboundRequest, Outcome, REDACTED, Response, Target, TriggerCompiler, TriggerResult,
     json_headers, json_type, render_string, render_table, retry_after,
 };
-use crate::config::Secret;
 use crate::config::raw::RawTrigger;
+use crate::config::secret::Secret;
 use crate::event::Event;
-use crate::rules::template::{TemplateValue, Templates};
+use crate::template::{TemplateValue, Templates};
 
 /// GitLab's answer when its pipeline-creation rate limit is hit (sent as a 400).
 const TOO_MANY_PIPELINES: &str = "Too many pipelines created";

@@ -18,9 +18,10 @@
 //! timeouts and GitLab's "Too many pipelines" 400 are retried; any other answer
 //! is permanent and dead-letters the job with its status and (truncated) body.
 
-use crate::config::{RetryPolicy, Secret};
+use crate::config::retry::RetryPolicy;
+use crate::config::secret::Secret;
 use crate::event::Event;
-use crate::rules::template::Templates;
+use crate::template::Templates;
 
 pub mod circleci;
 mod classify;

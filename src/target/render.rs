@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::rules::template::{TemplateValue, Templates};
+use crate::template::{TemplateValue, Templates};
 
 /// Render a value that must be a non-empty string (numbers are written as text).
 pub fn render_string(

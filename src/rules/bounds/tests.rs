@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::*;
 use crate::rules::filter::PatternList;
-use crate::rules::template::TemplateCompiler;
+use crate::template::TemplateCompiler;
 
 const FIELDS: &[&str] = &["branch", "tag", "sha"];
 

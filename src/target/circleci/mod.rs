@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::GitRef;
-use crate::rules::template::TemplateValue;
+use crate::template::TemplateValue;
 
 mod compile;
 mod render;

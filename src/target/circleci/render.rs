@@ -5,7 +5,7 @@ use super::{
     parse_slug,
 };
 use crate::event::Event;
-use crate::rules::template::Templates;
+use crate::template::Templates;
 use crate::target::{GitRef, json_type, render_opt_string, render_string, render_table};
 
 impl Trigger {

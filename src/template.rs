@@ -1,4 +1,6 @@
-//! Templates and `if` expressions, compiled once at config load.
+//! Templates and `if` expressions, compiled once at config load. A leaf below
+//! `rules` and `target` (both render with it); it depends only on config
+//! limits, `suggest` and the complexity checks of `rules::bounds`.
 //!
 //! Every templated string in a rule becomes a named template in one
 //! [`minijinja::Environment`] per config. The engine runs with strict
@@ -190,7 +192,7 @@ impl TemplateCompiler {
     fn add(&mut self, name: &str, source: String) -> Result<(), String> {
         // Before the parser sees it: minijinja recurses without a limit on
         // some shapes (`not not not …`), see `bounds`.
-        super::bounds::check_template(&source).map_err(|e| e.to_string())?;
+        crate::rules::bounds::check_template(&source).map_err(|e| e.to_string())?;
         self.env
             .add_template_owned(name.to_owned(), source)
             .map_err(|e| describe_error(&e))?;
@@ -199,7 +201,7 @@ impl TemplateCompiler {
             let mut parts = var.splitn(3, '.');
             let root = parts.next().unwrap_or_default();
             if !SCOPE_ROOTS.contains(&root) {
-                let hint = crate::config::suggest(root, SCOPE_ROOTS)
+                let hint = crate::config::diagnostic::suggest(root, SCOPE_ROOTS)
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
                 return Err(format!(
@@ -213,7 +215,7 @@ impl TemplateCompiler {
                 && let Some(field) = parts.next()
                 && !self.event_fields.contains(&field)
             {
-                let hint = crate::config::suggest(field, self.event_fields.iter().copied())
+                let hint = crate::config::diagnostic::suggest(field, self.event_fields.iter().copied())
                     .map(|s| format!("; did you mean `event.{s}`?"))
                     .unwrap_or_default();
                 return Err(format!("`event.{field}` is not an event field{hint}"));
