@@ -9,7 +9,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hookbridge::config::{Config, LoadMode};
 use hookbridge::server::{self, App};
@@ -194,7 +194,11 @@ async fn an_ambiguous_id_answers_409_on_every_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_503_without_internal_text_when_the_store_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path()), Arc::new(DownStore)).await;
+    let server = Server::start(
+        config(dir.path()),
+        Arc::new(support::down::DownStore { detail: INTERNAL }),
+    )
+    .await;
     let mut routes = ROUTES.to_vec();
     routes.push(("GET", "/api/v1/deliveries", ""));
     routes.push(("GET", "/api/v1/deliveries?status=dead&since=1h", ""));
@@ -211,60 +215,4 @@ async fn every_route_answers_503_without_internal_text_when_the_store_is_down() 
     let (status, text) = server.call("GET", "/readyz", "").await;
     assert_eq!((status, text.as_str()), (503, "not ready: store not writable\n"));
     server.stop().await;
-}
-
-/// A store whose every call fails the way a broken disk does.
-struct DownStore;
-
-fn down<T>() -> Result<T, StoreError> {
-    Err(StoreError::Unavailable(INTERNAL.into()))
-}
-
-#[async_trait::async_trait]
-impl Store for DownStore {
-    async fn ingest(&self, _: NewDelivery) -> Result<Ingested, StoreError> {
-        down()
-    }
-    async fn lease_due(&self, _: &str, _: usize, _: Duration) -> Result<Vec<LeasedJob>, StoreError> {
-        down()
-    }
-    async fn record_attempt(
-        &self,
-        _: &LeasedJob,
-        _: &str,
-        _: Attempt,
-        _: Transition,
-    ) -> Result<(), StoreError> {
-        down()
-    }
-    async fn release(&self, _: &str) -> Result<(), StoreError> {
-        down()
-    }
-    async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
-        down()
-    }
-    async fn list(&self, _: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-        down()
-    }
-    async fn get(&self, _: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
-        down()
-    }
-    async fn payload(&self, _: &DeliveryKey) -> Result<StoredPayload, StoreError> {
-        down()
-    }
-    async fn replay(&self, _: &DeliveryKey, _: Option<&str>) -> Result<Vec<String>, StoreError> {
-        down()
-    }
-    async fn add_jobs(&self, _: &DeliveryKey, _: Vec<NewJob>, _: Summary) -> Result<(), StoreError> {
-        down()
-    }
-    async fn purge(&self, _: SystemTime, _: usize) -> Result<u64, StoreError> {
-        down()
-    }
-    async fn stats(&self) -> Result<QueueStats, StoreError> {
-        down()
-    }
-    async fn ready(&self) -> Result<(), StoreError> {
-        down()
-    }
 }

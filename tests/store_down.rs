@@ -5,86 +5,12 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hookbridge::config::LoadMode;
 use hookbridge::server::{self, App};
-use hookbridge::store::*;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-struct DownStore;
-
-fn down<T>() -> Result<T, StoreError> {
-    Err(StoreError::unavailable("disk I/O error"))
-}
-
-#[async_trait::async_trait]
-impl Store for DownStore {
-    async fn ingest(&self, _: NewDelivery) -> Result<Ingested, StoreError> {
-        down()
-    }
-    async fn lease_due(
-        &self,
-        _: &str,
-        _: usize,
-        _: Duration,
-        _: SystemTime,
-    ) -> Result<Vec<LeasedJob>, StoreError> {
-        down()
-    }
-    async fn record_attempt(
-        &self,
-        _: &LeasedJob,
-        _: &str,
-        _: Attempt,
-        _: Transition,
-        _: SystemTime,
-    ) -> Result<(), StoreError> {
-        down()
-    }
-    async fn release(&self, _: &str, _: SystemTime) -> Result<(), StoreError> {
-        down()
-    }
-    async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
-        down()
-    }
-    async fn list(&self, _: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-        down()
-    }
-    async fn get(&self, _: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
-        down()
-    }
-    async fn payload(&self, _: &DeliveryKey) -> Result<StoredPayload, StoreError> {
-        down()
-    }
-    async fn replay(
-        &self,
-        _: &DeliveryKey,
-        _: Option<&str>,
-        _: SystemTime,
-    ) -> Result<Vec<String>, StoreError> {
-        down()
-    }
-    async fn add_jobs(
-        &self,
-        _: &DeliveryKey,
-        _: Vec<NewJob>,
-        _: Summary,
-        _: SystemTime,
-    ) -> Result<(), StoreError> {
-        down()
-    }
-    async fn purge(&self, _: SystemTime, _: usize) -> Result<u64, StoreError> {
-        down()
-    }
-    async fn stats(&self) -> Result<QueueStats, StoreError> {
-        down()
-    }
-    async fn ready(&self) -> Result<(), StoreError> {
-        down()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_failure_answers_503_and_readiness_fails() {
@@ -108,7 +34,12 @@ branch = "main"
     )
     .unwrap()
     .config;
-    let app = App::new(config, Arc::new(DownStore));
+    let app = App::new(
+        config,
+        Arc::new(support::down::DownStore {
+            detail: "disk I/O error",
+        }),
+    );
     let hooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hooks_url = format!("http://{}/hooks/github", hooks.local_addr().unwrap());

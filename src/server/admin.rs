@@ -103,7 +103,10 @@ impl IntoResponse for ApiError {
             ApiError::Ambiguous(m) => (StatusCode::CONFLICT, m),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable".into()),
             ApiError::Refused => (StatusCode::BAD_REQUEST, "the store refused the request".into()),
-            ApiError::Conflict => (StatusCode::CONFLICT, "the request conflicts with stored data".into()),
+            ApiError::Conflict => (
+                StatusCode::CONFLICT,
+                "the request conflicts with stored data".into(),
+            ),
         };
         (status, axum::Json(json!({ "error": message }))).into_response()
     }
@@ -208,7 +211,9 @@ async fn replay_delivery(
         let config = app.config.load_full();
         intake::reevaluate(&config, app.store.as_ref(), &key, SystemTime::now()).await?
     } else {
-        app.store.replay(&key, req.job.as_deref(), SystemTime::now()).await?
+        app.store
+            .replay(&key, req.job.as_deref(), SystemTime::now())
+            .await?
     };
     if !queued.is_empty() {
         app.wake.notify_one();

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 use super::{Target, TargetKind, TriggerTemplate, circleci, gitlab};
-use crate::config::raw::{RawTarget, RawTrigger};
 use crate::config::diagnostic::{Diagnostic, suggest};
 use crate::config::loader::Loader;
+use crate::config::raw::{RawTarget, RawTrigger};
 use crate::config::retry::RetryPolicy;
 use crate::template::{TemplateCompiler, TemplateValue};
 

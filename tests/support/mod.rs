@@ -4,6 +4,7 @@
 pub mod ci;
 pub mod daemon;
 pub mod disk;
+pub mod down;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

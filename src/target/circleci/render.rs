@@ -5,8 +5,8 @@ use super::{
     parse_slug,
 };
 use crate::event::Event;
-use crate::template::Templates;
 use crate::target::{GitRef, json_type, render_opt_string, render_string, render_table};
+use crate::template::Templates;
 
 impl Trigger {
     pub fn render(&self, t: &Templates, scope: &minijinja::Value, event: &Event) -> Result<Request, String> {

@@ -1,0 +1,84 @@
+//! A store that is down: every call fails the way a broken disk does.
+
+use std::time::{Duration, SystemTime};
+
+use hookbridge::store::*;
+
+/// A store whose every call fails as unavailable, with `detail` as the
+/// driver's message (which must never reach an HTTP answer).
+pub struct DownStore {
+    pub detail: &'static str,
+}
+
+impl DownStore {
+    fn down<T>(&self) -> Result<T, StoreError> {
+        Err(StoreError::unavailable(self.detail))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for DownStore {
+    async fn ingest(&self, _: NewDelivery) -> Result<Ingested, StoreError> {
+        self.down()
+    }
+    async fn lease_due(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: SystemTime,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        self.down()
+    }
+    async fn record_attempt(
+        &self,
+        _: &LeasedJob,
+        _: &str,
+        _: Attempt,
+        _: Transition,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.down()
+    }
+    async fn release(&self, _: &str, _: SystemTime) -> Result<(), StoreError> {
+        self.down()
+    }
+    async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+        self.down()
+    }
+    async fn list(&self, _: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.down()
+    }
+    async fn get(&self, _: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
+        self.down()
+    }
+    async fn payload(&self, _: &DeliveryKey) -> Result<StoredPayload, StoreError> {
+        self.down()
+    }
+    async fn replay(
+        &self,
+        _: &DeliveryKey,
+        _: Option<&str>,
+        _: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        self.down()
+    }
+    async fn add_jobs(
+        &self,
+        _: &DeliveryKey,
+        _: Vec<NewJob>,
+        _: Summary,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.down()
+    }
+    async fn purge(&self, _: SystemTime, _: usize) -> Result<u64, StoreError> {
+        self.down()
+    }
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        self.down()
+    }
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.down()
+    }
+}
