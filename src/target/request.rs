@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{OutboundRequest, Target, TargetKind, circleci, gitlab};
-use crate::config::Secret;
+use crate::config::secret::Secret;
 
 /// What a matched rule asks a target to do, fully rendered: one variant per
 /// target kind, each holding that target's own request. Stored with the job;
@@ -179,7 +179,7 @@ mod tests {
                 base_url: "https://ci.example.com".into(),
                 token: None,
                 has_token: false,
-                retry: crate::config::RetryPolicy::default(),
+                retry: crate::config::retry::RetryPolicy::default(),
             };
             let e = target.request(&request).unwrap_err();
             assert_eq!(
