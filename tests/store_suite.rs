@@ -579,3 +579,189 @@ async fn postgres_readiness_needs_a_write_not_just_an_answer() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// PostgreSQL schema version 1, as hookbridge created it before payloads
+/// moved to their own table (kept verbatim: it is what old databases hold).
+const POSTGRES_V1: &str = r#"
+CREATE TABLE hookbridge_schema (
+    version    INTEGER PRIMARY KEY,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+INSERT INTO hookbridge_schema (version) VALUES (1);
+CREATE TABLE deliveries (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    delivery    TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    event_name  TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    repository  TEXT,
+    git_ref     TEXT,
+    status      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    headers     TEXT NOT NULL,
+    payload     BYTEA NOT NULL,
+    UNIQUE (source, delivery)
+);
+CREATE INDEX deliveries_delivery ON deliveries (delivery);
+CREATE INDEX deliveries_status ON deliveries (status, received_at);
+CREATE INDEX deliveries_received ON deliveries (received_at);
+CREATE TABLE jobs (
+    id              TEXT PRIMARY KEY,
+    delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    rule            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     BIGINT,
+    last_error      TEXT,
+    result          TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+CREATE INDEX jobs_lease ON jobs (state, lease_until);
+CREATE INDEX jobs_delivery ON jobs (delivery_id);
+CREATE INDEX jobs_rule ON jobs (rule);
+CREATE TABLE attempts (
+    job_id      TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    n           INTEGER NOT NULL,
+    started_at  BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    status      INTEGER,
+    outcome     TEXT NOT NULL,
+    error       TEXT,
+    response    TEXT,
+    PRIMARY KEY (job_id, n)
+);
+"#;
+
+/// Version 2 added the readiness probe's row.
+const POSTGRES_V2: &str = r#"
+CREATE TABLE hookbridge_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at BIGINT NOT NULL
+);
+INSERT INTO hookbridge_schema (version) VALUES (2);
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrates_a_version_1_database_in_place() {
+    postgres_migrates_in_place(&[POSTGRES_V1]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrates_a_version_2_database_in_place() {
+    postgres_migrates_in_place(&[POSTGRES_V1, POSTGRES_V2]).await
+}
+
+/// A database written by an older schema (a delivery with a dead job and
+/// its attempt) opens with this build: migrated in place to version 3, every
+/// row still there and readable, and the delivery still deduplicates.
+async fn postgres_migrates_in_place(old_schema: &[&str]) {
+    use sqlx::{Connection, Executor};
+
+    let db = TestDatabase::create().await;
+    let old = delivery("github", "old-1", 1, SystemTime::now());
+    let job = &old.jobs[0];
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for sql in old_schema {
+        conn.execute(*sql).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status, summary, event, headers, payload)
+         VALUES ($1, 'github', 'old-1', 1700000000000, 'push', 'push', 'acme/app', 'refs/heads/main', 'dead', $2, $3, $4, $5)",
+    )
+    .bind(&old.id)
+    .bind(serde_json::to_string(&old.summary).unwrap())
+    .bind(serde_json::to_string(&old.event).unwrap())
+    .bind(serde_json::to_string(&old.headers).unwrap())
+    .bind(old.payload.as_ref())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, last_error, created_at, updated_at)
+         VALUES ($1, $2, 'rule-0', 'gitlab', $3, 'dead', 1, 1700000000000, 'HTTP 404', 1700000000000, 1700000000000)",
+    )
+    .bind(&job.id)
+    .bind(&old.id)
+    .bind(serde_json::to_string(&job.request).unwrap())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+         VALUES ($1, 1, 1700000000000, 12, 404, 'dead', 'HTTP 404', 'not found')",
+    )
+    .bind(&job.id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let _ = conn.close().await;
+
+    let settings = settings(StoreUrl::Postgres(db.url.clone()));
+    assert_eq!(migrate(&settings).await.unwrap(), 3);
+    let s = open(&settings, OpenMode::Daemon).await.unwrap();
+    let detail = s.get(&key("old-1")).await.unwrap();
+    assert_eq!(detail.row.id, old.id);
+    assert_eq!(detail.row.status, DeliveryStatus::Dead);
+    assert_eq!(detail.summary, old.summary);
+    assert_eq!(detail.normalized, old.event);
+    let j = &detail.jobs[0];
+    assert_eq!((j.id.as_str(), j.state.as_str()), (job.id.as_str(), "dead"));
+    assert_eq!(j.request, job.request);
+    assert_eq!(j.last_error.as_deref(), Some("HTTP 404"));
+    let recorded = AttemptRow {
+        n: 1,
+        started_at: 1_700_000_000_000,
+        duration_ms: 12,
+        status: Some(404),
+        outcome: "dead".into(),
+        error: Some("HTTP 404".into()),
+        response: Some("not found".into()),
+    };
+    assert_eq!(j.history, [recorded]);
+    let payload = s.payload(&key("old-1")).await.unwrap();
+    assert_eq!(payload.payload, old.payload.as_ref());
+    assert_eq!(payload.headers, old.headers);
+    // Deduplication still holds for the old row, and new rows go in beside it.
+    match s
+        .ingest(delivery("github", "old-1", 1, SystemTime::now()))
+        .await
+        .unwrap()
+    {
+        Ingested::Duplicate { summary, requeued } => {
+            assert_eq!((summary, requeued), (old.summary.clone(), 1));
+        }
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    s.ingest(delivery("github", "new-1", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let leased = s.lease_due("w", 5, LEASE).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    let again = leased.iter().find(|j| j.delivery == "old-1").unwrap();
+    assert_eq!((again.id.as_str(), again.attempt), (job.id.as_str(), 1));
+    s.record_attempt(again, "w", attempt(201), created())
+        .await
+        .unwrap();
+    // Purging the old delivery takes its payload with it.
+    assert_eq!(s.purge(SystemTime::now(), 10).await.unwrap(), 1);
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let payloads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payloads")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(payloads, 1);
+    let _ = conn.close().await;
+    // Migrating again (a second replica, a restart) changes nothing.
+    assert_eq!(migrate(&settings).await.unwrap(), 3);
+    assert_eq!(
+        s.payload(&key("new-1")).await.unwrap().payload,
+        old.payload.as_ref()
+    );
+}
