@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use hookbridge::store::sqlite::SqliteStore;
-use hookbridge::store::{DeliveryFilter, DeliveryKey, Store};
+use hookbridge::store::{DeliveryFilter, DeliveryKey, JobState, Store};
 use serde_json::{Value, json};
 use support::ci::{CIRCLE_TOKEN, GITLAB_TRIGGER_TOKEN, Reply, StandIn};
 use support::daemon::Workspace;
@@ -151,7 +151,7 @@ async fn delivery_when_jobs(
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let detail = store(ws).get(key).await.unwrap();
-        if detail.jobs.iter().all(|j| j.state == state) || std::time::Instant::now() > deadline {
+        if detail.jobs.iter().all(|j| j.state.as_str() == state) || std::time::Instant::now() > deadline {
             return detail;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -492,7 +492,7 @@ async fn outage_is_retried_until_each_job_is_delivered_exactly_once() {
     let attempts: usize = detail.jobs.iter().map(|j| j.history.len()).sum();
     assert_eq!(attempts, 8, "every attempt recorded");
     for job in &detail.jobs {
-        assert_eq!(job.state, "done");
+        assert_eq!(job.state, JobState::Done);
         let last = job.history.last().unwrap();
         assert!(last.status.is_some_and(|s| (200..300).contains(&s)));
         for failed in &job.history[..job.history.len() - 1] {
@@ -520,7 +520,7 @@ async fn permanent_errors_are_dead_lettered_and_redelivery_requeues_them() {
     };
     let d = delivery_when_jobs(&ws, &key, "dead").await;
     assert!(
-        d.jobs.iter().all(|j| j.state == "dead"),
+        d.jobs.iter().all(|j| j.state == JobState::Dead),
         "jobs dead-lettered after a 404: {d:?}"
     );
     assert!(d.jobs[0].last_error.as_deref().unwrap().contains("404"));

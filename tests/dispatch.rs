@@ -137,7 +137,7 @@ async fn job_when(store: &dyn Store, state: &str, timeout: Duration) -> JobDetai
     let deadline = Instant::now() + timeout;
     loop {
         let job = store.get(&key()).await.unwrap().jobs.remove(0);
-        if job.state == state {
+        if job.state.as_str() == state {
             return job;
         }
         assert!(Instant::now() < deadline, "job never became {state}: {job:#?}");
@@ -257,7 +257,7 @@ async fn a_job_whose_worker_died_each_time_is_dead_lettered_without_another_send
     let (store, _dir, _) = store_with_one_job().await;
     for n in 1..=3 {
         let leased = store
-            .lease_due("ghost", 1, Duration::from_millis(1))
+            .lease_due("ghost", 1, Duration::from_millis(1), SystemTime::now())
             .await
             .unwrap();
         assert_eq!(leased.len(), 1, "lease {n}");
@@ -288,7 +288,7 @@ async fn a_job_within_max_attempts_after_dead_workers_is_still_sent() {
     let (store, _dir, _) = store_with_one_job().await;
     for _ in 1..=2 {
         store
-            .lease_due("ghost", 1, Duration::from_millis(1))
+            .lease_due("ghost", 1, Duration::from_millis(1), SystemTime::now())
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 struct DownStore;
 
 fn down<T>() -> Result<T, StoreError> {
-    Err(StoreError::Unavailable("disk I/O error".into()))
+    Err(StoreError::unavailable("disk I/O error"))
 }
 
 #[async_trait::async_trait]
@@ -24,7 +24,13 @@ impl Store for DownStore {
     async fn ingest(&self, _: NewDelivery) -> Result<Ingested, StoreError> {
         down()
     }
-    async fn lease_due(&self, _: &str, _: usize, _: Duration) -> Result<Vec<LeasedJob>, StoreError> {
+    async fn lease_due(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: SystemTime,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
         down()
     }
     async fn record_attempt(
@@ -33,10 +39,11 @@ impl Store for DownStore {
         _: &str,
         _: Attempt,
         _: Transition,
+        _: SystemTime,
     ) -> Result<(), StoreError> {
         down()
     }
-    async fn release(&self, _: &str) -> Result<(), StoreError> {
+    async fn release(&self, _: &str, _: SystemTime) -> Result<(), StoreError> {
         down()
     }
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
@@ -51,10 +58,21 @@ impl Store for DownStore {
     async fn payload(&self, _: &DeliveryKey) -> Result<StoredPayload, StoreError> {
         down()
     }
-    async fn replay(&self, _: &DeliveryKey, _: Option<&str>) -> Result<Vec<String>, StoreError> {
+    async fn replay(
+        &self,
+        _: &DeliveryKey,
+        _: Option<&str>,
+        _: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
         down()
     }
-    async fn add_jobs(&self, _: &DeliveryKey, _: Vec<NewJob>, _: Summary) -> Result<(), StoreError> {
+    async fn add_jobs(
+        &self,
+        _: &DeliveryKey,
+        _: Vec<NewJob>,
+        _: Summary,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
         down()
     }
     async fn purge(&self, _: SystemTime, _: usize) -> Result<u64, StoreError> {

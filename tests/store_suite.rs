@@ -175,7 +175,10 @@ async fn ingest_then_read_back(h: Harness) {
         .await
         .unwrap();
     assert_eq!(pending.len(), 1);
-    assert!(matches!(s.get(&key("nope")).await, Err(StoreError::NotFound(_))));
+    assert_eq!(
+        s.get(&key("nope")).await.unwrap_err().kind(),
+        StoreErrorKind::NotFound
+    );
 }
 
 async fn duplicates_return_the_original_summary(h: Harness) {
@@ -198,7 +201,10 @@ async fn duplicates_return_the_original_summary(h: Harness) {
             .unwrap(),
         Ingested::Stored
     );
-    assert!(matches!(s.get(&key("dup")).await, Err(StoreError::Ambiguous(_))));
+    assert_eq!(
+        s.get(&key("dup")).await.unwrap_err().kind(),
+        StoreErrorKind::Ambiguous
+    );
     let stats = s.stats().await.unwrap();
     assert_eq!(stats.pending, 2);
 }
@@ -232,21 +238,26 @@ async fn lease_hands_each_job_to_one_worker(h: Harness) {
     s.ingest(delivery("github", "l-1", 3, SystemTime::now()))
         .await
         .unwrap();
-    let a = s.lease_due("a", 2, LEASE).await.unwrap();
-    let b = s.lease_due("b", 5, LEASE).await.unwrap();
+    let a = s.lease_due("a", 2, LEASE, SystemTime::now()).await.unwrap();
+    let b = s.lease_due("b", 5, LEASE, SystemTime::now()).await.unwrap();
     assert_eq!((a.len(), b.len()), (2, 1));
     assert!(
         a.iter()
             .chain(&b)
             .all(|j| j.attempt == 1 && j.delivery == "l-1" && j.source == "github")
     );
-    assert!(s.lease_due("c", 5, LEASE).await.unwrap().is_empty());
+    assert!(
+        s.lease_due("c", 5, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let stats = s.stats().await.unwrap();
     assert_eq!((stats.pending, stats.running), (0, 3));
     assert!(stats.oldest_pending.is_some());
     // Graceful shutdown gives leases back.
-    s.release("a").await.unwrap();
-    let again = s.lease_due("c", 5, LEASE).await.unwrap();
+    s.release("a", SystemTime::now()).await.unwrap();
+    let again = s.lease_due("c", 5, LEASE, SystemTime::now()).await.unwrap();
     assert_eq!(again.len(), 2);
     assert!(again.iter().all(|j| j.attempt == 2));
 }
@@ -256,32 +267,38 @@ async fn an_expired_lease_is_taken_over(h: Harness) {
     s.ingest(delivery("github", "e-1", 1, SystemTime::now()))
         .await
         .unwrap();
-    let dead_worker = s.lease_due("a", 1, Duration::from_millis(50)).await.unwrap();
+    let dead_worker = s
+        .lease_due("a", 1, Duration::from_millis(50), SystemTime::now())
+        .await
+        .unwrap();
     assert_eq!(dead_worker.len(), 1);
     assert!(
-        s.lease_due("b", 1, LEASE).await.unwrap().is_empty(),
+        s.lease_due("b", 1, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty(),
         "lease still held"
     );
     tokio::time::sleep(Duration::from_millis(120)).await;
     let next_due = s.next_due().await.unwrap().unwrap();
     assert!(next_due <= SystemTime::now());
-    let taken = s.lease_due("b", 1, LEASE).await.unwrap();
+    let taken = s.lease_due("b", 1, LEASE, SystemTime::now()).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].id, dead_worker[0].id);
     assert_eq!(taken[0].attempt, 2);
     // The first worker comes back late: its attempt is recorded, but the job stays with b.
-    s.record_attempt(&dead_worker[0], "a", attempt(201), created())
+    s.record_attempt(&dead_worker[0], "a", attempt(201), created(), SystemTime::now())
         .await
         .unwrap();
     let job = &s.get(&key("e-1")).await.unwrap().jobs[0];
-    assert_eq!(job.state, "running");
+    assert_eq!(job.state, JobState::Running);
     let outcomes: Vec<&str> = job.history.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["interrupted", "done"]);
-    s.record_attempt(&taken[0], "b", attempt(201), created())
+    s.record_attempt(&taken[0], "b", attempt(201), created(), SystemTime::now())
         .await
         .unwrap();
     let detail = s.get(&key("e-1")).await.unwrap();
-    assert_eq!(detail.jobs[0].state, "done");
+    assert_eq!(detail.jobs[0].state, JobState::Done);
     assert_eq!(detail.jobs[0].history.len(), 3);
     assert_eq!(detail.row.status, DeliveryStatus::Done);
 }
@@ -291,29 +308,42 @@ async fn attempts_are_recorded_and_retries_come_back(h: Harness) {
     s.ingest(delivery("github", "a-1", 1, SystemTime::now()))
         .await
         .unwrap();
-    let job = s.lease_due("w", 1, LEASE).await.unwrap().remove(0);
+    let job = s
+        .lease_due("w", 1, LEASE, SystemTime::now())
+        .await
+        .unwrap()
+        .remove(0);
     let retry = Transition::Retry {
         at: SystemTime::now() + Duration::from_millis(100),
         reason: "HTTP 503".into(),
     };
-    s.record_attempt(&job, "w", attempt(503), retry).await.unwrap();
+    s.record_attempt(&job, "w", attempt(503), retry, SystemTime::now())
+        .await
+        .unwrap();
     let detail = s.get(&key("a-1")).await.unwrap();
-    assert_eq!(detail.jobs[0].state, "pending");
+    assert_eq!(detail.jobs[0].state, JobState::Pending);
     assert_eq!(detail.jobs[0].last_error.as_deref(), Some("HTTP 503"));
     assert!(detail.jobs[0].next_attempt_at.is_some());
     assert!(
-        s.lease_due("w", 1, LEASE).await.unwrap().is_empty(),
+        s.lease_due("w", 1, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty(),
         "not due yet"
     );
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let job = s.lease_due("w", 1, LEASE).await.unwrap().remove(0);
+    let job = s
+        .lease_due("w", 1, LEASE, SystemTime::now())
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(job.attempt, 2);
-    s.record_attempt(&job, "w", attempt(201), created())
+    s.record_attempt(&job, "w", attempt(201), created(), SystemTime::now())
         .await
         .unwrap();
     let detail = s.get(&key("a-1")).await.unwrap();
     let j = &detail.jobs[0];
-    assert_eq!((j.state.as_str(), j.attempts), ("done", 2));
+    assert_eq!((j.state, j.attempts), (JobState::Done, 2));
     assert_eq!(j.result.as_ref().and_then(|r| r.id.as_deref()), Some("42"));
     let history: Vec<(u32, Option<u16>, &str)> = j
         .history
@@ -329,10 +359,20 @@ async fn dead_letters_are_requeued_by_a_duplicate(h: Harness) {
     s.ingest(delivery("github", "x-1", 1, SystemTime::now()))
         .await
         .unwrap();
-    let job = s.lease_due("w", 1, LEASE).await.unwrap().remove(0);
-    s.record_attempt(&job, "w", attempt(404), Transition::Dead("HTTP 404".into()))
+    let job = s
+        .lease_due("w", 1, LEASE, SystemTime::now())
         .await
-        .unwrap();
+        .unwrap()
+        .remove(0);
+    s.record_attempt(
+        &job,
+        "w",
+        attempt(404),
+        Transition::Dead("HTTP 404".into()),
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
     let detail = s.get(&key("x-1")).await.unwrap();
     assert_eq!(detail.row.status, DeliveryStatus::Dead);
     assert_eq!(detail.jobs[0].last_error.as_deref(), Some("HTTP 404"));
@@ -358,7 +398,7 @@ async fn dead_letters_are_requeued_by_a_duplicate(h: Harness) {
         s.get(&key("x-1")).await.unwrap().row.status,
         DeliveryStatus::Pending
     );
-    let again = s.lease_due("w", 1, LEASE).await.unwrap();
+    let again = s.lease_due("w", 1, LEASE, SystemTime::now()).await.unwrap();
     assert_eq!(again[0].attempt, 1, "a new round starts at attempt 1");
 }
 
@@ -367,32 +407,43 @@ async fn replay_queues_finished_jobs_again(h: Harness) {
     s.ingest(delivery("github", "r-1", 2, SystemTime::now()))
         .await
         .unwrap();
-    for job in s.lease_due("w", 2, LEASE).await.unwrap() {
-        s.record_attempt(&job, "w", attempt(201), created())
+    for job in s.lease_due("w", 2, LEASE, SystemTime::now()).await.unwrap() {
+        s.record_attempt(&job, "w", attempt(201), created(), SystemTime::now())
             .await
             .unwrap();
     }
     assert_eq!(s.get(&key("r-1")).await.unwrap().row.status, DeliveryStatus::Done);
     let detail = s.get(&key("r-1")).await.unwrap();
     let one = detail.jobs[0].id.clone();
-    assert_eq!(s.replay(&key("r-1"), Some(&one)).await.unwrap(), vec![one]);
+    assert_eq!(
+        s.replay(&key("r-1"), Some(&one), SystemTime::now())
+            .await
+            .unwrap(),
+        vec![one]
+    );
     assert_eq!(
         s.get(&key("r-1")).await.unwrap().row.status,
         DeliveryStatus::Pending
     );
-    let mut all = s.replay(&key("r-1"), None).await.unwrap();
+    let mut all = s.replay(&key("r-1"), None, SystemTime::now()).await.unwrap();
     all.sort();
     assert_eq!(all.len(), 2);
-    assert!(matches!(
-        s.replay(&key("r-1"), Some("no-such-job")).await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert_eq!(s.lease_due("w", 5, LEASE).await.unwrap().len(), 2);
+    assert_eq!(
+        s.replay(&key("r-1"), Some("no-such-job"), SystemTime::now())
+            .await
+            .unwrap_err()
+            .kind(),
+        StoreErrorKind::NotFound
+    );
+    assert_eq!(
+        s.lease_due("w", 5, LEASE, SystemTime::now()).await.unwrap().len(),
+        2
+    );
     // Re-evaluation adds jobs and replaces the summary.
     let mut extra = delivery("github", "r-1", 1, SystemTime::now());
     extra.summary.matched[0].rule = "rule-new".into();
     extra.jobs[0].rule = "rule-new".into();
-    s.add_jobs(&key("r-1"), extra.jobs, extra.summary.clone())
+    s.add_jobs(&key("r-1"), extra.jobs, extra.summary.clone(), SystemTime::now())
         .await
         .unwrap();
     let detail = s.get(&key("r-1")).await.unwrap();
@@ -410,9 +461,9 @@ async fn retention_purges_finished_deliveries_in_batches(h: Harness) {
     }
     s.ingest(delivery("github", "old-pending", 1, old)).await.unwrap();
     s.ingest(delivery("github", "old-done", 1, old)).await.unwrap();
-    let jobs = s.lease_due("w", 5, LEASE).await.unwrap();
+    let jobs = s.lease_due("w", 5, LEASE, SystemTime::now()).await.unwrap();
     let done = jobs.iter().find(|j| j.delivery == "old-done").unwrap();
-    s.record_attempt(done, "w", attempt(201), created())
+    s.record_attempt(done, "w", attempt(201), created(), SystemTime::now())
         .await
         .unwrap();
     s.ingest(delivery("github", "new", 0, SystemTime::now()))
@@ -488,19 +539,19 @@ async fn sqlite_refuses_new_work_once_its_files_are_deleted_but_drains_the_queue
     }
     let refused = s.ingest(delivery("github", "after", 1, SystemTime::now())).await;
     assert!(
-        matches!(&refused, Err(StoreError::Unavailable(why)) if why.contains("was deleted")),
+        matches!(&refused, Err(e) if e.kind() == StoreErrorKind::Unavailable && e.to_string().contains("was deleted")),
         "{refused:?}"
     );
-    assert!(s.replay(&key("before"), None).await.is_err());
+    assert!(s.replay(&key("before"), None, SystemTime::now()).await.is_err());
     tokio::time::sleep(ready::TTL).await;
     assert!(s.ready().await.is_err());
     // Nothing recreated the file at the path.
     assert!(!db.exists());
 
-    let leased = s.lease_due("w", 10, LEASE).await.unwrap();
+    let leased = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].delivery, "before");
-    s.record_attempt(&leased[0], "w", attempt(201), created())
+    s.record_attempt(&leased[0], "w", attempt(201), created(), SystemTime::now())
         .await
         .unwrap();
 }
@@ -712,7 +763,7 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
     assert_eq!(detail.summary, old.summary);
     assert_eq!(detail.normalized, old.event);
     let j = &detail.jobs[0];
-    assert_eq!((j.id.as_str(), j.state.as_str()), (job.id.as_str(), "dead"));
+    assert_eq!((j.id.as_str(), j.state), (job.id.as_str(), JobState::Dead));
     assert_eq!(j.request, job.request);
     assert_eq!(j.last_error.as_deref(), Some("HTTP 404"));
     let recorded = AttemptRow {
@@ -742,11 +793,11 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
     s.ingest(delivery("github", "new-1", 1, SystemTime::now()))
         .await
         .unwrap();
-    let leased = s.lease_due("w", 5, LEASE).await.unwrap();
+    let leased = s.lease_due("w", 5, LEASE, SystemTime::now()).await.unwrap();
     assert_eq!(leased.len(), 2);
     let again = leased.iter().find(|j| j.delivery == "old-1").unwrap();
     assert_eq!((again.id.as_str(), again.attempt), (job.id.as_str(), 1));
-    s.record_attempt(again, "w", attempt(201), created())
+    s.record_attempt(again, "w", attempt(201), created(), SystemTime::now())
         .await
         .unwrap();
     // Purging the old delivery takes its payload with it.

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::ConfigArg;
 use crate::config::units::parse_since;
 use crate::store::{
-    self, DeliveryDetail, DeliveryFilter, DeliveryKey, DeliveryRow, DeliveryStatus, OpenMode, Store,
+    self, DeliveryDetail, DeliveryFilter, DeliveryKey, DeliveryRow, DeliveryStatus, JobState, OpenMode, Store,
 };
 
 #[derive(Debug, Subcommand)]
@@ -215,7 +215,7 @@ pub fn describe(d: &DeliveryDetail) -> String {
         if let Some(e) = &j.last_error {
             out.push_str(&format!("  last error: {e}\n"));
         }
-        if let (Some(next), "pending") = (j.next_attempt_at, j.state.as_str()) {
+        if let (Some(next), JobState::Pending) = (j.next_attempt_at, j.state) {
             out.push_str(&format!("  next attempt: {}\n", time(next)));
         }
         for a in &j.history {
@@ -248,7 +248,7 @@ async fn replay(a: ReplayArgs) -> Result<(), String> {
         reevaluate(&config, store.as_ref(), &key).await?
     } else {
         store
-            .replay(&key, a.job.as_deref())
+            .replay(&key, a.job.as_deref(), SystemTime::now())
             .await
             .map_err(|e| e.to_string())?
     };
@@ -282,7 +282,7 @@ pub async fn reevaluate(
     let (summary, jobs) = crate::intake::summary_and_jobs(&stored.event, &evaluation);
     let ids = jobs.iter().map(|j| j.id.clone()).collect();
     store
-        .add_jobs(key, jobs, summary)
+        .add_jobs(key, jobs, summary, SystemTime::now())
         .await
         .map_err(|e| e.to_string())?;
     Ok(ids)

@@ -174,7 +174,7 @@ impl Dispatcher {
         for _ in 0..10 {
             match self
                 .store
-                .record_attempt(job, &self.owner, attempt.clone(), next.clone())
+                .record_attempt(job, &self.owner, attempt.clone(), next.clone(), SystemTime::now())
                 .await
             {
                 Ok(()) => return,

@@ -118,7 +118,11 @@ impl Dispatcher {
                     lease_size(&config, free, concurrency),
                 )
             };
-            match self.store.lease_due(&self.owner, want, lease).await {
+            match self
+                .store
+                .lease_due(&self.owner, want, lease, SystemTime::now())
+                .await
+            {
                 Ok(jobs) => {
                     store_backoff = Duration::from_millis(100);
                     let full = jobs.len() == want;
@@ -187,7 +191,7 @@ impl Dispatcher {
                 inflight.tasks.abort_all();
             }
         }
-        if let Err(e) = self.store.release(&self.owner).await {
+        if let Err(e) = self.store.release(&self.owner, SystemTime::now()).await {
             warn!(error = %e, "cannot give back leases; they expire on their own");
         }
         info!("dispatcher stopped");

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use crate::config::units::parse_since;
-use crate::store::{DeliveryFilter, DeliveryKey, DeliveryStatus, StoreError};
+use crate::store::{DeliveryFilter, DeliveryKey, DeliveryStatus, StoreError, StoreErrorKind};
 
 /// Largest page of `GET /api/v1/deliveries`.
 const MAX_PAGE: usize = 500;
@@ -63,11 +63,11 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
 }
 
 fn store_error(e: StoreError) -> Response {
-    match e {
-        StoreError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
-        StoreError::Ambiguous(_) => error(StatusCode::CONFLICT, e.to_string()),
-        StoreError::Invalid(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
+    match e.kind() {
+        StoreErrorKind::NotFound => error(StatusCode::NOT_FOUND, e.to_string()),
+        StoreErrorKind::Ambiguous => error(StatusCode::CONFLICT, e.to_string()),
+        StoreErrorKind::Invalid => error(StatusCode::BAD_REQUEST, e.to_string()),
+        StoreErrorKind::Unavailable | StoreErrorKind::Conflict | StoreErrorKind::Corrupt => {
             tracing::warn!(error = %e, "admin API: store error");
             error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
         }
@@ -161,7 +161,7 @@ async fn replay_delivery(
             .map_err(|e| error(StatusCode::BAD_REQUEST, e))
     } else {
         app.store
-            .replay(&key, req.job.as_deref())
+            .replay(&key, req.job.as_deref(), SystemTime::now())
             .await
             .map_err(store_error)
     };

@@ -22,9 +22,14 @@ use crate::event::Event;
 use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
+mod error;
+pub mod model;
 pub mod postgres;
 pub mod ready;
 pub mod sqlite;
+
+pub use error::{StoreError, StoreErrorKind};
+pub use model::JobState;
 
 /// Milliseconds since the Unix epoch, the stores' time unit.
 pub fn millis(t: SystemTime) -> i64 {
@@ -237,7 +242,7 @@ pub struct JobDetail {
     pub id: String,
     pub rule: String,
     pub target: String,
-    pub state: String,
+    pub state: JobState,
     pub attempts: u32,
     pub next_attempt_at: Option<i64>,
     pub last_error: Option<String>,
@@ -280,46 +285,36 @@ pub struct DeliveryKey {
     pub source: Option<String>,
 }
 
-/// Failures of the store. `Unavailable` means "try again later" (the HTTP layer answers 503).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    #[error("stored data is unreadable: {0}")]
-    Corrupt(String),
-    #[error("no delivery `{0}`")]
-    NotFound(String),
-    #[error("{0}")]
-    Ambiguous(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
 /// The durable queue and delivery history.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Store a delivery and its jobs atomically and durably, or report a duplicate.
+    /// The delivery's `received_at` is the clock: a duplicate re-queues dead jobs due then.
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError>;
 
     /// Lease up to `limit` due jobs (pending and due, or running with an expired lease).
+    /// `now` decides what is due and starts the lease.
     async fn lease_due(
         &self,
         owner: &str,
         limit: usize,
         lease: Duration,
+        now: SystemTime,
     ) -> Result<Vec<LeasedJob>, StoreError>;
 
     /// Record an attempt and move the job on, if `owner` still holds its lease.
+    /// `now` is when the attempt's outcome is known.
     async fn record_attempt(
         &self,
         job: &LeasedJob,
         owner: &str,
         attempt: Attempt,
         next: Transition,
+        now: SystemTime,
     ) -> Result<(), StoreError>;
 
-    /// Give back every lease `owner` holds (graceful shutdown).
-    async fn release(&self, owner: &str) -> Result<(), StoreError>;
+    /// Give back every lease `owner` holds (graceful shutdown); the jobs are due at `now`.
+    async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError>;
 
     /// When the next pending job falls due, if any.
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError>;
@@ -330,15 +325,23 @@ pub trait Store: Send + Sync {
 
     async fn payload(&self, key: &DeliveryKey) -> Result<StoredPayload, StoreError>;
 
-    /// Queue a delivery's finished jobs (or one job) again; returns the job ids queued.
-    async fn replay(&self, key: &DeliveryKey, job: Option<&str>) -> Result<Vec<String>, StoreError>;
+    /// Queue a delivery's finished jobs (or one job) again, due at `now`;
+    /// returns the job ids queued.
+    async fn replay(
+        &self,
+        key: &DeliveryKey,
+        job: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError>;
 
-    /// Add jobs to a stored delivery (`replay --reevaluate`) and replace its summary.
+    /// Add jobs to a stored delivery (`replay --reevaluate`), due at `now`,
+    /// and replace its summary.
     async fn add_jobs(
         &self,
         key: &DeliveryKey,
         jobs: Vec<NewJob>,
         summary: Summary,
+        now: SystemTime,
     ) -> Result<(), StoreError>;
 
     /// Delete finished deliveries received before `cutoff`, at most `batch` of them.
@@ -384,7 +387,7 @@ pub async fn open(
                 OpenMode::Client => sqlite::SqliteStore::open(&path),
             })
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            .map_err(StoreError::unavailable)??;
             Ok(std::sync::Arc::new(store))
         }
         crate::config::StoreUrl::Postgres(_) => {
@@ -407,7 +410,7 @@ pub async fn migrate(settings: &crate::config::StoreSettings) -> Result<usize, S
                 sqlite::SqliteStore::open(&path).map(|_| sqlite::schema_version())
             })
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map_err(StoreError::unavailable)?
         }
         crate::config::StoreUrl::Postgres(_) => {
             postgres::migrate(&postgres::connect_options(settings)?).await

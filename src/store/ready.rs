@@ -21,7 +21,7 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// The last probe's answer, and when it was given.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    last: Mutex<Option<(Instant, Result<(), String>)>>,
+    last: Mutex<Option<(Instant, Result<(), StoreError>)>>,
 }
 
 impl Readiness {
@@ -39,9 +39,9 @@ impl Readiness {
         if let Some((at, answer)) = last.as_ref()
             && at.elapsed() < TTL
         {
-            return answer.clone().map_err(StoreError::Unavailable);
+            return answer.clone();
         }
-        let answer = probe().await.map_err(|e| e.to_string());
+        let answer = probe().await;
         let was_ready = last.as_ref().map(|(_, a)| a.is_ok());
         match (&answer, was_ready) {
             (Err(e), None | Some(true)) => {
@@ -51,7 +51,7 @@ impl Readiness {
             _ => {}
         }
         *last = Some((Instant::now(), answer.clone()));
-        answer.map_err(StoreError::Unavailable)
+        answer
     }
 }
 
@@ -68,7 +68,7 @@ mod tests {
         if ok {
             Ok(())
         } else {
-            Err(StoreError::Unavailable("disk full".into()))
+            Err(StoreError::unavailable("disk full"))
         }
     }
 

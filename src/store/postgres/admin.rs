@@ -41,7 +41,7 @@ pub(super) async fn replay(
                 .await
                 .map_err(unavailable)?;
         if !exists {
-            return Err(StoreError::NotFound(format!("{j} (job of delivery {})", key.id)));
+            return Err(StoreError::not_found(format!("{j} (job of delivery {})", key.id)));
         }
     }
     refresh_status(tx, &id).await?;

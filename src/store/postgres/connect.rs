@@ -11,17 +11,17 @@ use crate::store::StoreError;
 /// Connection options from `[store]`: URL, password secret, TLS mode, statement timeout.
 pub fn connect_options(settings: &StoreSettings) -> Result<PgConnectOptions, StoreError> {
     let crate::config::StoreUrl::Postgres(url) = &settings.url else {
-        return Err(StoreError::Invalid("not a PostgreSQL store url".into()));
+        return Err(StoreError::invalid("not a PostgreSQL store url"));
     };
     let mut options = PgConnectOptions::from_str(url)
-        .map_err(|e| StoreError::Invalid(format!("invalid store url `{}`: {e}", redact_url(url))))?;
+        .map_err(|e| StoreError::invalid(format!("invalid store url `{}`: {e}", redact_url(url))))?;
     if let Some(password) = &settings.password {
         options = options.password(password.expose());
     }
     // An explicit `sslmode` in the URL wins over `[store] tls`.
     if !url.contains("sslmode=") {
         let mode = PgSslMode::from_str(&settings.tls).map_err(|_| {
-            StoreError::Invalid(format!(
+            StoreError::invalid(format!(
                 "unknown `[store] tls` mode `{}`; expected disable, prefer, require, verify-ca or verify-full",
                 settings.tls
             ))

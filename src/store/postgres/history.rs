@@ -28,11 +28,11 @@ pub(super) async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Resul
     .await
     .map_err(unavailable)?;
     match rows.as_slice() {
-        [] => Err(StoreError::NotFound(key.id.clone())),
+        [] => Err(StoreError::not_found(key.id.clone())),
         [(id, _)] => Ok(id.clone()),
         _ => {
             let sources: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
-            Err(StoreError::Ambiguous(format!(
+            Err(StoreError::ambiguous(format!(
                 "delivery `{}` exists for several sources ({}); name one with --source",
                 key.id,
                 sources.join(", ")
@@ -134,7 +134,8 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
         let next: i64 = j.try_get(5).map_err(corrupt)?;
         let result: Option<String> = j.try_get(7).map_err(corrupt)?;
         let request: String = j.try_get(8).map_err(corrupt)?;
-        let waiting = state == "pending";
+        let state: JobState = state.parse()?;
+        let waiting = state == JobState::Pending;
         jobs.push(JobDetail {
             id: job_id,
             rule: j.try_get(1).map_err(corrupt)?,

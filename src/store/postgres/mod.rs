@@ -15,7 +15,7 @@
 //!   `pg_try_advisory_xact_lock`, so replicas starting or purging at once are safe.
 //!
 //! While the server is unreachable every call fails fast with
-//! [`StoreError::Unavailable`] (short acquire timeout); the pool reconnects on
+//! [`StoreErrorKind::Unavailable`] (short acquire timeout); the pool reconnects on
 //! its own when the server returns.
 //!
 //! Files: `schema` (migrations), `queue` (ingest, lease, record, release),
@@ -49,11 +49,11 @@ const CHANNEL: &str = "hookbridge_jobs";
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(e)
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::corrupt(e)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
@@ -111,12 +111,13 @@ impl Store for PostgresStore {
         owner: &str,
         limit: usize,
         lease: Duration,
+        now: SystemTime,
     ) -> Result<Vec<LeasedJob>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
-        let jobs = queue::lease_due(&mut tx, owner, limit, lease, SystemTime::now()).await?;
+        let jobs = queue::lease_due(&mut tx, owner, limit, lease, now).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(jobs)
     }
@@ -127,15 +128,16 @@ impl Store for PostgresStore {
         owner: &str,
         attempt: Attempt,
         next: Transition,
+        now: SystemTime,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        queue::record(&mut tx, job, owner, &attempt, &next, SystemTime::now()).await?;
+        queue::record(&mut tx, job, owner, &attempt, &next, now).await?;
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn release(&self, owner: &str) -> Result<(), StoreError> {
+    async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        queue::release_leases(&mut tx, owner, millis(SystemTime::now())).await?;
+        queue::release_leases(&mut tx, owner, millis(now)).await?;
         tx.commit().await.map_err(unavailable)
     }
 
@@ -155,9 +157,14 @@ impl Store for PostgresStore {
         history::payload(&self.pool, key).await
     }
 
-    async fn replay(&self, key: &DeliveryKey, job: Option<&str>) -> Result<Vec<String>, StoreError> {
+    async fn replay(
+        &self,
+        key: &DeliveryKey,
+        job: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin().await?;
-        let ids = admin::replay(&mut tx, key, job, SystemTime::now()).await?;
+        let ids = admin::replay(&mut tx, key, job, now).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(ids)
     }
@@ -167,9 +174,10 @@ impl Store for PostgresStore {
         key: &DeliveryKey,
         jobs: Vec<NewJob>,
         summary: Summary,
+        now: SystemTime,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        admin::add_jobs(&mut tx, key, &jobs, &summary, SystemTime::now()).await?;
+        admin::add_jobs(&mut tx, key, &jobs, &summary, now).await?;
         tx.commit().await.map_err(unavailable)
     }
 

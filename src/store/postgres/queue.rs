@@ -137,7 +137,8 @@ pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, Sto
     .fetch_one(&mut **tx)
     .await
     .map_err(unavailable)?;
-    let now = millis(SystemTime::now());
+    // The duplicate's arrival is the clock: its dead jobs are due at once.
+    let now = millis(d.received_at);
     let requeued = sqlx::query(
         "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL, updated_at = $2
          WHERE delivery_id = $1 AND state = 'dead'",

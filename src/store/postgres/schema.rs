@@ -166,7 +166,7 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, StoreError> 
         .map_err(unavailable)?;
     let version = version.max(0) as usize;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "the database schema (version {version}) is newer than this hookbridge understands ({}); upgrade hookbridge",
             MIGRATIONS.len()
         )));

@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 use bytesize::ByteSize;
 use rusqlite::Connection;
 
-use super::{Op, StoreError, failed_op, unavailable};
+use super::{Op, StoreError, db_at, failed_op};
 
 /// Free space kept for the queue's own bookkeeping (leases, attempt records,
 /// WAL checkpoints): new deliveries are refused below it. Four of the
@@ -105,7 +105,7 @@ impl Guard {
     /// holds, so even a swap before this call is caught.
     pub(super) fn new(db: &Path, lock: Option<(&Path, &File)>) -> Result<Guard, StoreError> {
         let meta = std::fs::metadata(db)
-            .map_err(|e| StoreError::Unavailable(format!("cannot inspect `{}`: {e}", db.display())))?;
+            .map_err(|e| StoreError::unavailable(format!("cannot inspect `{}`: {e}", db.display())))?;
         let mut watched = Vec::new();
         if let Some(id) = FileId::of(&meta) {
             watched.push(Watched {
@@ -124,7 +124,7 @@ impl Guard {
         if let Some((path, file)) = lock {
             let meta = file
                 .metadata()
-                .map_err(|e| StoreError::Unavailable(format!("cannot inspect `{}`: {e}", path.display())))?;
+                .map_err(|e| StoreError::unavailable(format!("cannot inspect `{}`: {e}", path.display())))?;
             if let Some(id) = FileId::of(&meta) {
                 watched.push(Watched {
                     path: path.to_path_buf(),
@@ -221,7 +221,7 @@ impl Guard {
             };
             match verdict {
                 Ok(()) => admitted.push(op),
-                Err(why) => failed_op(op, StoreError::Unavailable(why)).send(&Ok(())),
+                Err(why) => failed_op(op, StoreError::unavailable(why)).send(&Ok(())),
             }
         }
         admitted
@@ -242,7 +242,7 @@ impl Guard {
 
 /// The reason `serve` refuses a store it cannot write.
 pub(super) fn read_only(path: &Path, why: impl std::fmt::Display) -> StoreError {
-    StoreError::Invalid(format!(
+    StoreError::invalid(format!(
         "the store `{}` cannot be written ({why}); `hookbridge serve` writes the database and, beside it, its WAL and lock files",
         path.display()
     ))
@@ -263,11 +263,11 @@ pub(super) fn refuse_read_only(path: &Path) -> Result<(), StoreError> {
     if path.exists() {
         writable(path).map_err(|e| read_only(path, format_args!("the file: {e}")))?;
     }
-    let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(|e| db_at(path, e))?;
     match conn.is_readonly(rusqlite::MAIN_DB) {
         Ok(false) => Ok(()),
         Ok(true) => Err(read_only(path, "SQLite can open it only for reading")),
-        Err(e) => Err(unavailable(format!("{}: {e}", path.display()))),
+        Err(e) => Err(db_at(path, e)),
     }
 }
 

@@ -171,11 +171,40 @@ pub fn schema_version() -> usize {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(e)
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+    StoreError::corrupt(e)
+}
+
+/// Classify a driver error where it happens (the error policy is in [`super`]):
+/// busy, locked, I/O, full, read-only and the like are `Unavailable`, a
+/// constraint is a `Conflict`, a damaged file or an unreadable column is
+/// `Corrupt`. Whatever else SQLite reports stays `Unavailable`, as before.
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::from_driver(kind_of(&e), e)
+}
+
+/// [`db`], with the file it is about.
+fn db_at(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::new(kind_of(&e), format!("{}: {e}", path.display())).with_source(e)
+}
+
+fn kind_of(e: &rusqlite::Error) -> StoreErrorKind {
+    use rusqlite::ErrorCode;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::ConstraintViolation => StoreErrorKind::Conflict,
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreErrorKind::Corrupt,
+            _ => StoreErrorKind::Unavailable,
+        },
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..) => StoreErrorKind::Corrupt,
+        _ => StoreErrorKind::Unavailable,
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
@@ -187,7 +216,7 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
     // The page size applies to new databases only (a file keeps its own).
     // Temporary storage in memory keeps the statement journal of the
     // writer's per-op savepoints off the disk.
@@ -198,11 +227,11 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;"
     ))
-    .map_err(unavailable)
+    .map_err(db)
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(|e| db_at(path, e))?;
     configure(&conn)?;
     Ok(conn)
 }
@@ -212,8 +241,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 /// an empty database at the path.
 fn connect_existing(path: &Path) -> Result<Connection, StoreError> {
     let flags = rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| db_at(path, e))?;
     configure(&conn)?;
     Ok(conn)
 }
@@ -232,13 +260,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     // Rebuilding a table (SQLite's documented procedure) needs foreign keys
     // off, or dropping the old table would cascade into its jobs; the pragma
     // is a no-op inside a transaction, so it is set around it.
-    conn.execute_batch("PRAGMA foreign_keys = OFF")
-        .map_err(unavailable)?;
+    conn.execute_batch("PRAGMA foreign_keys = OFF").map_err(db)?;
     let migrated = migrate_tx(conn).and_then(|()| {
         let broken: Option<String> = conn
             .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
             .optional()
-            .map_err(unavailable)?;
+            .map_err(db)?;
         match broken {
             Some(table) => Err(corrupt(format!(
                 "a foreign key in `{table}` points nowhere after migration"
@@ -246,30 +273,29 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             None => Ok(()),
         }
     });
-    conn.execute_batch("PRAGMA foreign_keys = ON")
-        .map_err(unavailable)?;
+    conn.execute_batch("PRAGMA foreign_keys = ON").map_err(db)?;
     migrated
 }
 
 fn migrate_tx(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(unavailable)?;
+        .map_err(db)?;
     let version: usize = tx
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-        .map_err(unavailable)? as usize;
+        .map_err(db)? as usize;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "the database schema (version {version}) is newer than this hookbridge understands ({}); upgrade hookbridge",
             MIGRATIONS.len()
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(db)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
-            .map_err(unavailable)?;
+            .map_err(db)?;
     }
-    tx.commit().map_err(unavailable)
+    tx.commit().map_err(db)
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -281,6 +307,7 @@ enum Op {
         owner: String,
         limit: usize,
         lease: Duration,
+        now: SystemTime,
         reply: Reply<Vec<LeasedJob>>,
     },
     Record {
@@ -289,21 +316,25 @@ enum Op {
         owner: String,
         attempt: Attempt,
         next: Transition,
+        now: SystemTime,
         reply: Reply<()>,
     },
     Release {
         owner: Option<String>,
+        now: SystemTime,
         reply: Reply<()>,
     },
     Replay {
         key: DeliveryKey,
         job: Option<String>,
+        now: SystemTime,
         reply: Reply<Vec<String>>,
     },
     AddJobs {
         key: DeliveryKey,
         jobs: Vec<NewJob>,
         summary: Box<Summary>,
+        now: SystemTime,
         reply: Reply<()>,
     },
     Purge {
@@ -388,7 +419,7 @@ impl SqliteStore {
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid(format!(
                     "{} is in use by another `hookbridge serve`; SQLite serves one daemon (use PostgreSQL to run several)",
                     path.display()
                 )));
@@ -426,9 +457,9 @@ impl SqliteStore {
         let lock_file = lock_path(path);
         let guard = Guard::new(path, lock.as_ref().map(|l| (lock_file.as_path(), l)))?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)
-            .map_err(unavailable)?;
+            .map_err(db)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
-            .map_err(unavailable)?;
+            .map_err(db)?;
         let checkpoint_conn = connect_existing(path)?;
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
@@ -459,9 +490,9 @@ impl SqliteStore {
         self.writer
             .send(make(reply))
             .await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+            .map_err(|_| StoreError::unavailable("the store's writer has stopped"))?;
         rx.await
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
+            .map_err(|_| StoreError::unavailable("the store's writer has stopped"))?
     }
 
     async fn read<T: Send + 'static>(
@@ -545,11 +576,11 @@ enum Pending {
 }
 
 impl Pending {
-    fn send(self, commit: &Result<(), String>) {
-        fn finish<T>(reply: Reply<T>, r: Result<T, StoreError>, commit: &Result<(), String>) {
+    fn send(self, commit: &Result<(), StoreError>) {
+        fn finish<T>(reply: Reply<T>, r: Result<T, StoreError>, commit: &Result<(), StoreError>) {
             let r = match commit {
                 Ok(()) => r,
-                Err(e) => Err(StoreError::Unavailable(e.clone())),
+                Err(e) => Err(e.clone()),
             };
             // The caller may have gone away (request cancelled); the write stands regardless.
             let _ = reply.send(r);
@@ -608,14 +639,15 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability, guard
         match conn.execute_batch(wanted.pragma()) {
             Ok(()) => *sync = wanted,
             // Still FULL or NORMAL as before; only a FULL batch must not run as NORMAL.
-            Err(e) if wanted == Durability::Full => return fail_batch(batch, "cannot set the sync mode", &e),
+            Err(e) if wanted == Durability::Full => return fail_batch(batch, "cannot set the sync mode", e),
             Err(_) => {}
         }
     }
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return fail_batch(batch, "cannot begin a transaction", &e),
+        Err(e) => return fail_batch(batch, "cannot begin a transaction", e),
     };
+    // The probe's own clock: the row it writes only proves a commit.
     let now = SystemTime::now();
     let mut pending = Vec::with_capacity(batch.len());
     for op in batch {
@@ -624,21 +656,21 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability, guard
         let mut sp = match tx.savepoint() {
             Ok(sp) => sp,
             Err(e) => {
-                pending.push((failed_op(op, unavailable(e)), gate));
+                pending.push((failed_op(op, db(e)), gate));
                 continue;
             }
         };
         let mut result = apply(&sp, op, now);
         if result.is_ok() {
             if let Err(e) = sp.commit() {
-                result = result.fail(unavailable(e));
+                result = result.fail(db(e));
             }
         } else {
             let _ = sp.rollback();
         }
         pending.push((result, gate));
     }
-    let commit = tx.commit().map_err(|e| e.to_string());
+    let commit = tx.commit().map_err(db);
     // Looked at after the commit, before anyone is answered: a file deleted
     // at any moment up to here turns the acknowledgement into a refusal.
     let kept = if commit.is_ok() && pending.iter().any(|(_, gate)| *gate != Gate::Open) {
@@ -648,7 +680,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Op>, sync: &mut Durability, guard
     };
     for (p, gate) in pending {
         match &kept {
-            Err(why) if gate != Gate::Open => p.fail(StoreError::Unavailable(why.clone())).send(&commit),
+            Err(why) if gate != Gate::Open => p.fail(StoreError::unavailable(why)).send(&commit),
             _ => p.send(&commit),
         }
     }
@@ -678,10 +710,10 @@ impl Pending {
 
 /// The reply for an op that could not run.
 /// Answer every op of a batch that could not run at all.
-fn fail_batch(batch: Vec<Op>, what: &str, e: &rusqlite::Error) {
-    let failed = Err(e.to_string());
+fn fail_batch(batch: Vec<Op>, what: &str, e: rusqlite::Error) {
+    let failed = Err(db(e));
     for op in batch {
-        failed_op(op, StoreError::Unavailable(what.into())).send(&failed);
+        failed_op(op, StoreError::unavailable(what)).send(&failed);
     }
 }
 
@@ -705,6 +737,7 @@ fn apply(tx: &Connection, op: Op, now: SystemTime) -> Pending {
             owner,
             limit,
             lease,
+            now,
             reply,
         } => Pending::Lease(reply, lease_due(tx, &owner, limit, lease, now)),
         Op::Record {
@@ -713,21 +746,23 @@ fn apply(tx: &Connection, op: Op, now: SystemTime) -> Pending {
             owner,
             attempt,
             next,
+            now,
             reply,
         } => Pending::Unit(
             reply,
             record(tx, &job, &delivery_id, &owner, &attempt, &next, now),
         ),
-        Op::Release { owner, reply } => Pending::Unit(reply, release_leases(tx, owner.as_deref(), now)),
-        Op::Replay { key, job, reply } => Pending::Ids(reply, replay(tx, &key, job.as_deref(), now)),
+        Op::Release { owner, now, reply } => Pending::Unit(reply, release_leases(tx, owner.as_deref(), now)),
+        Op::Replay { key, job, now, reply } => Pending::Ids(reply, replay(tx, &key, job.as_deref(), now)),
         Op::AddJobs {
             key,
             jobs,
             summary,
+            now,
             reply,
         } => Pending::Unit(reply, add_jobs(tx, &key, &jobs, &summary, now)),
         Op::Purge { cutoff, batch, reply } => Pending::Count(reply, purge(tx, cutoff, batch)),
-        Op::Probe(reply) => Pending::Unit(reply, probe(tx, now).map_err(unavailable)),
+        Op::Probe(reply) => Pending::Unit(reply, probe(tx, now).map_err(db)),
     }
 }
 
@@ -743,7 +778,7 @@ fn insert_job(
          VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)",
     )
     .and_then(|mut s| s.execute(params![job.id, delivery_id, job.rule, job.target, request, now]))
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(())
 }
 
@@ -758,16 +793,17 @@ fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, StoreError> 
             s.query_row(params![d.source, d.delivery], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
         })
-        .map_err(unavailable)?;
+        .map_err(db)?;
     if let Some((id, summary)) = existing {
-        let now = millis(SystemTime::now());
+        // The duplicate's arrival is the clock: its dead jobs are due at once.
+        let now = millis(d.received_at);
         let requeued = tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
                  WHERE delivery_id = ?1 AND state = 'dead'",
             )
             .and_then(|mut s| s.execute(params![id, now]))
-            .map_err(unavailable)?;
+            .map_err(db)?;
         if requeued > 0 {
             refresh_status(tx, &id)?;
         }
@@ -795,13 +831,13 @@ fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, StoreError> 
             status,
         ])
     })
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached(
         "INSERT INTO payloads (seq, summary, event, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
     )
     .and_then(|mut s| s.execute(params![seq, p.summary, p.event, p.headers, &d.payload[..]]))
-    .map_err(unavailable)?;
+    .map_err(db)?;
     for (job, request) in d.jobs.iter().zip(&p.requests) {
         insert_job(tx, &d.id, job, request, received)?;
     }
@@ -819,14 +855,14 @@ fn refresh_status(tx: &Connection, delivery_id: &str) -> Result<(), StoreError> 
          WHERE id = ?1",
     )
     .and_then(|mut s| s.execute(params![delivery_id]))
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(())
 }
 
 fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
     tx.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")
         .and_then(|mut s| s.query_row(params![job], |r| r.get(0)))
-        .map_err(unavailable)
+        .map_err(db)
 }
 
 fn lease_due(
@@ -841,25 +877,25 @@ fn lease_due(
     {
         let mut expired = tx
             .prepare_cached("SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?1 LIMIT ?2")
-            .map_err(unavailable)?;
+            .map_err(db)?;
         let rows = expired
             .query_map(params![now_ms, limit as i64], |r| r.get::<_, String>(0))
-            .map_err(unavailable)?;
+            .map_err(db)?;
         for id in rows {
-            ids.push((id.map_err(unavailable)?, true));
+            ids.push((id.map_err(db)?, true));
         }
         let mut due = tx
             .prepare_cached(
                 "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
             )
-            .map_err(unavailable)?;
+            .map_err(db)?;
         let rows = due
             .query_map(params![now_ms, (limit - ids.len().min(limit)) as i64], |r| {
                 r.get::<_, String>(0)
             })
-            .map_err(unavailable)?;
+            .map_err(db)?;
         for id in rows {
-            ids.push((id.map_err(unavailable)?, false));
+            ids.push((id.map_err(db)?, false));
         }
     }
     let until = millis(now + lease);
@@ -890,12 +926,12 @@ fn lease_due(
                     ))
                 })
             })
-            .map_err(unavailable)?;
+            .map_err(db)?;
         let (delivery_id, rule, target, request, attempts) = row;
         let (delivery, source): (String, String) = tx
             .prepare_cached("SELECT delivery, source FROM deliveries WHERE id = ?1")
             .and_then(|mut s| s.query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?))))
-            .map_err(unavailable)?;
+            .map_err(db)?;
         out.push(LeasedJob {
             id,
             delivery_id,
@@ -918,7 +954,7 @@ fn interrupted(tx: &Connection, job: &str, now_ms: i64, why: &str) -> Result<(),
          VALUES (?1, ?2, ?3, 0, NULL, 'interrupted', ?4, NULL)",
     )
     .and_then(|mut s| s.execute(params![job, n, now_ms, why]))
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(())
 }
 
@@ -927,11 +963,11 @@ fn release_leases(tx: &Connection, owner: Option<&str>, now: SystemTime) -> Resu
     let ids: Vec<(String, String)> = {
         let mut s = tx
             .prepare_cached("SELECT id, delivery_id FROM jobs WHERE state = 'running' AND (?1 IS NULL OR lease_owner = ?1)")
-            .map_err(unavailable)?;
+            .map_err(db)?;
         let rows = s
             .query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(unavailable)?;
-        rows.collect::<Result<_, _>>().map_err(unavailable)?
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)?
     };
     for (id, _) in &ids {
         interrupted(
@@ -945,7 +981,7 @@ fn release_leases(tx: &Connection, owner: Option<&str>, now: SystemTime) -> Resu
              WHERE id = ?1",
         )
         .and_then(|mut s| s.execute(params![id, now_ms]))
-        .map_err(unavailable)?;
+        .map_err(db)?;
     }
     Ok(())
 }
@@ -981,7 +1017,7 @@ fn record(
             attempt.response,
         ])
     })
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let now_ms = millis(now);
     let (state, next_at, result) = match next {
         Transition::Done(r) => ("done", now_ms, Some(to_json(r)?)),
@@ -996,7 +1032,7 @@ fn record(
          WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
     )
     .and_then(|mut s| s.execute(params![job, owner, state, next_at, error, result, now_ms]))
-    .map_err(unavailable)?;
+    .map_err(db)?;
     refresh_status(tx, delivery_id)
 }
 
@@ -1005,7 +1041,7 @@ fn resolve(conn: &Connection, key: &DeliveryKey) -> Result<String, StoreError> {
     let by_internal: Option<String> = conn
         .prepare_cached("SELECT id FROM deliveries WHERE id = ?1")
         .and_then(|mut s| s.query_row(params![key.id], |r| r.get(0)).optional())
-        .map_err(unavailable)?;
+        .map_err(db)?;
     if let Some(id) = by_internal {
         return Ok(id);
     }
@@ -1013,18 +1049,18 @@ fn resolve(conn: &Connection, key: &DeliveryKey) -> Result<String, StoreError> {
         .prepare_cached(
             "SELECT id, source FROM deliveries WHERE delivery = ?1 AND (?2 IS NULL OR source = ?2)",
         )
-        .map_err(unavailable)?;
+        .map_err(db)?;
     let rows: Vec<(String, String)> = s
         .query_map(params![key.id, key.source], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(unavailable)?
+        .map_err(db)?
         .collect::<Result<_, _>>()
-        .map_err(unavailable)?;
+        .map_err(db)?;
     match rows.len() {
-        0 => Err(StoreError::NotFound(key.id.clone())),
+        0 => Err(StoreError::not_found(key.id.clone())),
         1 => Ok(rows[0].0.clone()),
         _ => {
             let sources: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
-            Err(StoreError::Ambiguous(format!(
+            Err(StoreError::ambiguous(format!(
                 "delivery `{}` exists for several sources ({}); name one with --source",
                 key.id,
                 sources.join(", ")
@@ -1044,11 +1080,11 @@ fn replay(
     let ids: Vec<String> = {
         let mut s = tx
             .prepare_cached("SELECT id FROM jobs WHERE delivery_id = ?1 AND (?2 IS NULL OR id = ?2) AND state != 'running'")
-            .map_err(unavailable)?;
+            .map_err(db)?;
         s.query_map(params![id, job], |r| r.get(0))
-            .map_err(unavailable)?
+            .map_err(db)?
             .collect::<Result<_, _>>()
-            .map_err(unavailable)?
+            .map_err(db)?
     };
     if let Some(j) = job
         && ids.is_empty()
@@ -1059,9 +1095,9 @@ fn replay(
                 params![j, id],
                 |r| r.get(0),
             )
-            .map_err(unavailable)?;
+            .map_err(db)?;
         if !exists {
-            return Err(StoreError::NotFound(format!("{j} (job of delivery {})", key.id)));
+            return Err(StoreError::not_found(format!("{j} (job of delivery {})", key.id)));
         }
     }
     for j in &ids {
@@ -1070,7 +1106,7 @@ fn replay(
              WHERE id = ?1",
         )
         .and_then(|mut s| s.execute(params![j, now_ms]))
-        .map_err(unavailable)?;
+        .map_err(db)?;
     }
     refresh_status(tx, &id)?;
     Ok(ids)
@@ -1091,7 +1127,7 @@ fn add_jobs(
         "UPDATE payloads SET summary = ?2 WHERE seq = (SELECT seq FROM deliveries WHERE id = ?1)",
         params![id, to_json(summary)?],
     )
-    .map_err(unavailable)?;
+    .map_err(db)?;
     refresh_status(tx, &id)
 }
 
@@ -1104,14 +1140,14 @@ fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, Store
             s.query_map(params![millis(cutoff), batch as i64], |r| r.get(0))?
                 .collect()
         })
-        .map_err(unavailable)?;
+        .map_err(db)?;
     for seq in &seqs {
         // Jobs and attempts go with the delivery (ON DELETE CASCADE).
         tx.prepare_cached("DELETE FROM payloads WHERE seq = ?1")
             .and_then(|mut s| s.execute(params![seq]))
             .and_then(|_| tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1"))
             .and_then(|mut s| s.execute(params![seq]))
-            .map_err(unavailable)?;
+            .map_err(db)?;
     }
     Ok(seqs.len() as u64)
 }
@@ -1167,11 +1203,11 @@ fn list(conn: &Connection, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, Store
     }
     args.push(Box::new(f.limit.max(1) as i64));
     sql.push_str(&format!(" ORDER BY d.id DESC LIMIT ?{}", args.len()));
-    let mut s = conn.prepare(&sql).map_err(unavailable)?;
+    let mut s = conn.prepare(&sql).map_err(db)?;
     let rows = s
         .query_map(rusqlite::params_from_iter(args.iter()), row_to_delivery)
-        .map_err(unavailable)?;
-    rows.map(|r| r.map(|(row, _)| row).map_err(unavailable)).collect()
+        .map_err(db)?;
+    rows.map(|r| r.map(|(row, _)| row).map_err(db)).collect()
 }
 
 fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
@@ -1184,14 +1220,14 @@ fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreErro
             params![id],
             |r| Ok((row_to_delivery(r)?.0, r.get(10)?, r.get(11)?)),
         )
-        .map_err(unavailable)?;
+        .map_err(db)?;
     let mut jobs = Vec::new();
     let mut s = conn
         .prepare(
             "SELECT id, rule, target, state, attempts, next_attempt_at, last_error, result, request
              FROM jobs WHERE delivery_id = ?1 ORDER BY id",
         )
-        .map_err(unavailable)?;
+        .map_err(db)?;
     let rows: Vec<_> = s
         .query_map(params![id], |r| {
             Ok((
@@ -1206,15 +1242,15 @@ fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreErro
                 r.get::<_, String>(8)?,
             ))
         })
-        .map_err(unavailable)?
+        .map_err(db)?
         .collect::<Result<_, _>>()
-        .map_err(unavailable)?;
+        .map_err(db)?;
     for (job_id, rule, target, state, attempts, next, last_error, result, request) in rows {
         let mut a = conn
             .prepare_cached(
                 "SELECT n, started_at, duration_ms, status, outcome, error, response FROM attempts WHERE job_id = ?1 ORDER BY n",
             )
-            .map_err(unavailable)?;
+            .map_err(db)?;
         let history = a
             .query_map(params![job_id], |r| {
                 Ok(AttemptRow {
@@ -1227,10 +1263,11 @@ fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreErro
                     response: r.get(6)?,
                 })
             })
-            .map_err(unavailable)?
+            .map_err(db)?
             .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
-        let waiting = state == "pending";
+            .map_err(db)?;
+        let state: JobState = state.parse()?;
+        let waiting = state == JobState::Pending;
         jobs.push(JobDetail {
             id: job_id,
             rule,
@@ -1264,12 +1301,14 @@ impl Store for SqliteStore {
         owner: &str,
         limit: usize,
         lease: Duration,
+        now: SystemTime,
     ) -> Result<Vec<LeasedJob>, StoreError> {
         let owner = owner.to_owned();
         self.write(|reply| Op::Lease {
             owner,
             limit,
             lease,
+            now,
             reply,
         })
         .await
@@ -1281,6 +1320,7 @@ impl Store for SqliteStore {
         owner: &str,
         attempt: Attempt,
         next: Transition,
+        now: SystemTime,
     ) -> Result<(), StoreError> {
         let (job_id, delivery_id, owner) = (job.id.clone(), job.delivery_id.clone(), owner.to_owned());
         self.write(|reply| Op::Record {
@@ -1289,14 +1329,15 @@ impl Store for SqliteStore {
             owner,
             attempt,
             next,
+            now,
             reply,
         })
         .await
     }
 
-    async fn release(&self, owner: &str) -> Result<(), StoreError> {
+    async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
         let owner = Some(owner.to_owned());
-        self.write(|reply| Op::Release { owner, reply }).await
+        self.write(|reply| Op::Release { owner, now, reply }).await
     }
 
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
@@ -1309,7 +1350,7 @@ impl Store for SqliteStore {
                     [],
                     |r| r.get(0),
                 )
-                .map_err(unavailable)?;
+                .map_err(db)?;
             Ok(next.map(from_millis))
         })
         .await
@@ -1335,7 +1376,7 @@ impl Store for SqliteStore {
                     params![id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
-                .map_err(unavailable)?;
+                .map_err(db)?;
             Ok(StoredPayload {
                 event: from_json(&event)?,
                 headers: from_json::<BTreeMap<String, String>>(&headers)?,
@@ -1345,9 +1386,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn replay(&self, key: &DeliveryKey, job: Option<&str>) -> Result<Vec<String>, StoreError> {
+    async fn replay(
+        &self,
+        key: &DeliveryKey,
+        job: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
         let (key, job) = (key.clone(), job.map(str::to_owned));
-        self.write(|reply| Op::Replay { key, job, reply }).await
+        self.write(|reply| Op::Replay { key, job, now, reply }).await
     }
 
     async fn add_jobs(
@@ -1355,12 +1401,14 @@ impl Store for SqliteStore {
         key: &DeliveryKey,
         jobs: Vec<NewJob>,
         summary: Summary,
+        now: SystemTime,
     ) -> Result<(), StoreError> {
         let key = key.clone();
         self.write(|reply| Op::AddJobs {
             key,
             jobs,
             summary: Box::new(summary),
+            now,
             reply,
         })
         .await
@@ -1375,12 +1423,12 @@ impl Store for SqliteStore {
             let mut stats = QueueStats::default();
             let mut s = c
                 .prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY state")
-                .map_err(unavailable)?;
+                .map_err(db)?;
             let rows = s
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(unavailable)?;
+                .map_err(db)?;
             for row in rows {
-                let (state, n) = row.map_err(unavailable)?;
+                let (state, n) = row.map_err(db)?;
                 match state.as_str() {
                     "pending" => stats.pending = n as u64,
                     "running" => stats.running = n as u64,
@@ -1389,7 +1437,7 @@ impl Store for SqliteStore {
             }
             let oldest: Option<i64> = c
                 .query_row("SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')", [], |r| r.get(0))
-                .map_err(unavailable)?;
+                .map_err(db)?;
             stats.oldest_pending = oldest.map(from_millis);
             Ok(stats)
         })
@@ -1406,7 +1454,7 @@ impl Store for SqliteStore {
                 tokio::time::timeout(PROBE_TIMEOUT, self.write(Op::Probe))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(StoreError::Unavailable(format!(
+                        Err(StoreError::unavailable(format!(
                             "no commit within {}s (does another process hold a write lock on `{}`?)",
                             PROBE_TIMEOUT.as_secs(),
                             self.path.display()
@@ -1458,7 +1506,7 @@ mod tests {
         assert_eq!(payload.payload, b"{}");
         assert_eq!(payload.headers["x-github-event"], "push");
         let leased = store
-            .lease_due("test", 10, Duration::from_secs(60))
+            .lease_due("test", 10, Duration::from_secs(60), SystemTime::now())
             .await
             .unwrap();
         assert_eq!(leased.len(), 1);
