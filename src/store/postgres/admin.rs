@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::history::resolve;
 use super::queue::{Tx, insert_job, notify, refresh_status};
-use super::{to_json, unavailable};
+use super::{db, to_json};
 use crate::store::*;
 
 /// `pg_try_advisory_xact_lock` key (arbitrary, fixed) of the retention purge.
@@ -29,7 +29,7 @@ pub(super) async fn replay(
     .bind(now_ms)
     .fetch_all(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     if let Some(j) = job
         && ids.is_empty()
     {
@@ -39,7 +39,7 @@ pub(super) async fn replay(
                 .bind(&id)
                 .fetch_one(&mut **tx)
                 .await
-                .map_err(unavailable)?;
+                .map_err(db)?;
         if !exists {
             return Err(StoreError::not_found(format!("{j} (job of delivery {})", key.id)));
         }
@@ -71,7 +71,7 @@ pub(super) async fn add_jobs(
         .bind(to_json(summary)?)
         .execute(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     refresh_status(tx, &id).await?;
     if !jobs.is_empty() {
         notify(tx).await?;
@@ -86,7 +86,7 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
         .bind(PURGE_LOCK)
         .fetch_one(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     if !locked {
         return Ok(0);
     }
@@ -99,7 +99,7 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
     .bind(batch as i64)
     .execute(&mut **tx)
     .await
-    .map_err(unavailable)?
+    .map_err(db)?
     .rows_affected();
     Ok(n)
 }

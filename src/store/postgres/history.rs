@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
-use super::{corrupt, from_json, unavailable};
+use super::{db, from_json};
 use crate::store::*;
 
 /// Resolve a [`DeliveryKey`] to an internal id.
@@ -15,7 +15,7 @@ pub(super) async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Resul
         .bind(&key.id)
         .fetch_optional(&mut *conn)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     if let Some(id) = by_internal {
         return Ok(id);
     }
@@ -26,7 +26,7 @@ pub(super) async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Resul
     .bind(&key.source)
     .fetch_all(&mut *conn)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     match rows.as_slice() {
         [] => Err(StoreError::not_found(key.id.clone())),
         [(id, _)] => Ok(id.clone()),
@@ -46,18 +46,18 @@ const DELIVERY_COLUMNS: &str =
      (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id)";
 
 fn row_to_delivery(r: &PgRow) -> Result<DeliveryRow, StoreError> {
-    let status: String = r.try_get(8).map_err(corrupt)?;
+    let status: String = r.try_get(8).map_err(db)?;
     Ok(DeliveryRow {
-        id: r.try_get(0).map_err(corrupt)?,
-        source: r.try_get(1).map_err(corrupt)?,
-        delivery: r.try_get(2).map_err(corrupt)?,
-        received_at: r.try_get(3).map_err(corrupt)?,
-        event: r.try_get(4).map_err(corrupt)?,
-        kind: r.try_get(5).map_err(corrupt)?,
-        repository: r.try_get(6).map_err(corrupt)?,
-        git_ref: r.try_get(7).map_err(corrupt)?,
+        id: r.try_get(0).map_err(db)?,
+        source: r.try_get(1).map_err(db)?,
+        delivery: r.try_get(2).map_err(db)?,
+        received_at: r.try_get(3).map_err(db)?,
+        event: r.try_get(4).map_err(db)?,
+        kind: r.try_get(5).map_err(db)?,
+        repository: r.try_get(6).map_err(db)?,
+        git_ref: r.try_get(7).map_err(db)?,
         status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
-        jobs: r.try_get::<i64, _>(9).map_err(corrupt)? as u32,
+        jobs: r.try_get::<i64, _>(9).map_err(db)? as u32,
     })
 }
 
@@ -79,12 +79,12 @@ pub(super) async fn list(pool: &PgPool, f: &DeliveryFilter) -> Result<Vec<Delive
     .bind(f.limit.max(1) as i64)
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     rows.iter().map(row_to_delivery).collect()
 }
 
 pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
-    let mut conn = pool.acquire().await.map_err(unavailable)?;
+    let mut conn = pool.acquire().await.map_err(db)?;
     let id = resolve(&mut conn, key).await?;
     drop(conn);
     let r = sqlx::query(&format!(
@@ -94,10 +94,10 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
     .bind(&id)
     .fetch_one(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let row = row_to_delivery(&r)?;
-    let summary: String = r.try_get(10).map_err(corrupt)?;
-    let event: String = r.try_get(11).map_err(corrupt)?;
+    let summary: String = r.try_get(10).map_err(db)?;
+    let event: String = r.try_get(11).map_err(db)?;
     let job_rows = sqlx::query(
         "SELECT id, rule, target, state, attempts, next_attempt_at, last_error, result, request
          FROM jobs WHERE delivery_id = $1 ORDER BY id",
@@ -105,10 +105,10 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
     .bind(&id)
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let mut jobs = Vec::with_capacity(job_rows.len());
     for j in job_rows {
-        let job_id: String = j.try_get(0).map_err(corrupt)?;
+        let job_id: String = j.try_get(0).map_err(db)?;
         let history = sqlx::query(
             "SELECT n, started_at, duration_ms, status, outcome, error, response
              FROM attempts WHERE job_id = $1 ORDER BY n",
@@ -116,34 +116,34 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
         .bind(&job_id)
         .fetch_all(pool)
         .await
-        .map_err(unavailable)?
+        .map_err(db)?
         .iter()
         .map(|a| {
             Ok(AttemptRow {
-                n: a.try_get::<i32, _>(0).map_err(corrupt)? as u32,
-                started_at: a.try_get(1).map_err(corrupt)?,
-                duration_ms: a.try_get(2).map_err(corrupt)?,
-                status: a.try_get::<Option<i32>, _>(3).map_err(corrupt)?.map(|s| s as u16),
-                outcome: a.try_get(4).map_err(corrupt)?,
-                error: a.try_get(5).map_err(corrupt)?,
-                response: a.try_get(6).map_err(corrupt)?,
+                n: a.try_get::<i32, _>(0).map_err(db)? as u32,
+                started_at: a.try_get(1).map_err(db)?,
+                duration_ms: a.try_get(2).map_err(db)?,
+                status: a.try_get::<Option<i32>, _>(3).map_err(db)?.map(|s| s as u16),
+                outcome: a.try_get(4).map_err(db)?,
+                error: a.try_get(5).map_err(db)?,
+                response: a.try_get(6).map_err(db)?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-        let state: String = j.try_get(3).map_err(corrupt)?;
-        let next: i64 = j.try_get(5).map_err(corrupt)?;
-        let result: Option<String> = j.try_get(7).map_err(corrupt)?;
-        let request: String = j.try_get(8).map_err(corrupt)?;
+        let state: String = j.try_get(3).map_err(db)?;
+        let next: i64 = j.try_get(5).map_err(db)?;
+        let result: Option<String> = j.try_get(7).map_err(db)?;
+        let request: String = j.try_get(8).map_err(db)?;
         let state: JobState = state.parse()?;
         let waiting = state == JobState::Pending;
         jobs.push(JobDetail {
             id: job_id,
-            rule: j.try_get(1).map_err(corrupt)?,
-            target: j.try_get(2).map_err(corrupt)?,
+            rule: j.try_get(1).map_err(db)?,
+            target: j.try_get(2).map_err(db)?,
             state,
-            attempts: j.try_get::<i32, _>(4).map_err(corrupt)? as u32,
+            attempts: j.try_get::<i32, _>(4).map_err(db)? as u32,
             next_attempt_at: waiting.then_some(next),
-            last_error: j.try_get(6).map_err(corrupt)?,
+            last_error: j.try_get(6).map_err(db)?,
             result: result.as_deref().map(from_json).transpose()?,
             request: from_json(&request)?,
             history,
@@ -159,7 +159,7 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
 
 /// A delivery's stored inputs, for re-evaluating rules.
 pub(super) async fn payload(pool: &PgPool, key: &DeliveryKey) -> Result<StoredPayload, StoreError> {
-    let mut conn = pool.acquire().await.map_err(unavailable)?;
+    let mut conn = pool.acquire().await.map_err(db)?;
     let id = resolve(&mut conn, key).await?;
     drop(conn);
     let (event, headers, payload): (String, String, Vec<u8>) = sqlx::query_as(
@@ -169,7 +169,7 @@ pub(super) async fn payload(pool: &PgPool, key: &DeliveryKey) -> Result<StoredPa
     .bind(&id)
     .fetch_one(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(StoredPayload {
         event: from_json(&event)?,
         headers: from_json::<BTreeMap<String, String>>(&headers)?,
@@ -185,7 +185,7 @@ pub(super) async fn stats(pool: &PgPool) -> Result<QueueStats, StoreError> {
     )
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     for (state, n) in rows {
         match state.as_str() {
             "pending" => stats.pending = n as u64,
@@ -197,7 +197,7 @@ pub(super) async fn stats(pool: &PgPool) -> Result<QueueStats, StoreError> {
         sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')")
             .fetch_one(pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(db)?;
     stats.oldest_pending = oldest.map(from_millis);
     Ok(stats)
 }

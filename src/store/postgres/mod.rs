@@ -20,11 +20,13 @@
 //!
 //! Files: `schema` (migrations), `queue` (ingest, lease, record, release),
 //! `admin` (replay, added jobs, purge), `history` (reads), `listen`
-//! (notifications), `connect` (options from `[store]`); this file holds the
-//! pool and the [`Store`] impl that runs each in a transaction.
+//! (notifications), `connect` (options from `[store]`), `error` (sqlx
+//! errors classified into kinds); this file holds the pool and the [`Store`]
+//! impl that runs each in a transaction.
 
 mod admin;
 mod connect;
+mod error;
 mod history;
 mod listen;
 mod queue;
@@ -48,12 +50,11 @@ const CHANNEL: &str = "hookbridge_jobs";
 /// How long a call waits for a connection before answering "unavailable".
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::unavailable(e)
-}
+use error::db;
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::corrupt(e)
+/// A stored JSON column that does not read back (or a value that cannot be written as JSON).
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::from_driver(StoreErrorKind::Corrupt, e)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
@@ -93,7 +94,7 @@ impl PostgresStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(unavailable)
+        self.pool.begin().await.map_err(db)
     }
 }
 
@@ -102,7 +103,7 @@ impl Store for PostgresStore {
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
         let mut tx = self.begin().await?;
         let ingested = queue::ingest(&mut tx, &delivery).await?;
-        tx.commit().await.map_err(unavailable)?;
+        tx.commit().await.map_err(db)?;
         Ok(ingested)
     }
 
@@ -118,7 +119,7 @@ impl Store for PostgresStore {
         }
         let mut tx = self.begin().await?;
         let jobs = queue::lease_due(&mut tx, owner, limit, lease, now).await?;
-        tx.commit().await.map_err(unavailable)?;
+        tx.commit().await.map_err(db)?;
         Ok(jobs)
     }
 
@@ -132,13 +133,13 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         queue::record(&mut tx, job, owner, &attempt, &next, now).await?;
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(db)
     }
 
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         queue::release_leases(&mut tx, owner, millis(now)).await?;
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(db)
     }
 
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
@@ -165,7 +166,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin().await?;
         let ids = admin::replay(&mut tx, key, job, now).await?;
-        tx.commit().await.map_err(unavailable)?;
+        tx.commit().await.map_err(db)?;
         Ok(ids)
     }
 
@@ -178,7 +179,7 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         admin::add_jobs(&mut tx, key, &jobs, &summary, now).await?;
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(db)
     }
 
     /// One batch, by one replica at a time: a replica that finds the purge
@@ -187,7 +188,7 @@ impl Store for PostgresStore {
     async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         let n = admin::purge(&mut tx, cutoff, batch).await?;
-        tx.commit().await.map_err(unavailable)?;
+        tx.commit().await.map_err(db)?;
         Ok(n)
     }
 
@@ -210,7 +211,7 @@ impl Store for PostgresStore {
                 .bind(millis(SystemTime::now()))
                 .execute(&self.pool)
                 .await
-                .map_err(unavailable)?;
+                .map_err(db)?;
                 Ok(())
             })
             .await

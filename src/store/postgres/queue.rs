@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{CHANNEL, corrupt, from_json, to_json, unavailable};
+use super::{CHANNEL, db, from_json, to_json};
 use crate::store::*;
 
 pub(super) type Tx = Transaction<'static, Postgres>;
@@ -17,7 +17,7 @@ pub(super) async fn notify(tx: &mut Tx) -> Result<(), StoreError> {
         .bind(CHANNEL)
         .execute(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     Ok(())
 }
 
@@ -39,7 +39,7 @@ pub(super) async fn insert_job(
     .bind(now)
     .execute(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(())
 }
 
@@ -56,7 +56,7 @@ pub(super) async fn refresh_status(tx: &mut Tx, delivery_id: &str) -> Result<(),
     .bind(delivery_id)
     .execute(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(())
 }
 
@@ -66,7 +66,7 @@ pub(super) async fn next_attempt_number(tx: &mut Tx, job: &str) -> Result<i32, S
         .bind(job)
         .fetch_one(&mut **tx)
         .await
-        .map_err(unavailable)
+        .map_err(db)
 }
 
 /// Record that an attempt was cut short (crash, shutdown past the grace period).
@@ -82,7 +82,7 @@ pub(super) async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) 
     .bind(why)
     .execute(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(())
 }
 
@@ -107,7 +107,7 @@ pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, Sto
     .bind(status)
     .fetch_optional(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     if let Some(seq) = inserted {
         sqlx::query(
             "INSERT INTO payloads (seq, summary, event, headers, payload) VALUES ($1, $2, $3, $4, $5)",
@@ -119,7 +119,7 @@ pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, Sto
         .bind(d.payload.as_ref())
         .execute(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
         for job in &d.jobs {
             insert_job(tx, &d.id, job, received).await?;
         }
@@ -136,7 +136,7 @@ pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, Sto
     .bind(&d.delivery)
     .fetch_one(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     // The duplicate's arrival is the clock: its dead jobs are due at once.
     let now = millis(d.received_at);
     let requeued = sqlx::query(
@@ -147,7 +147,7 @@ pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, Sto
     .bind(now)
     .execute(&mut **tx)
     .await
-    .map_err(unavailable)?
+    .map_err(db)?
     .rows_affected() as usize;
     if requeued > 0 {
         refresh_status(tx, &id).await?;
@@ -175,7 +175,7 @@ pub(super) async fn lease_due(
     .bind(limit as i64)
     .fetch_all(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let due: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= $1
          ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -184,7 +184,7 @@ pub(super) async fn lease_due(
     .bind(limit.saturating_sub(expired.len()) as i64)
     .fetch_all(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     for id in &expired {
         interrupted(
             tx,
@@ -210,20 +210,20 @@ pub(super) async fn lease_due(
     .bind(now_ms)
     .fetch_all(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let request: String = r.try_get(6).map_err(corrupt)?;
-        let attempts: i32 = r.try_get(7).map_err(corrupt)?;
+        let request: String = r.try_get(6).map_err(db)?;
+        let attempts: i32 = r.try_get(7).map_err(db)?;
         out.push((
-            r.try_get::<i64, _>(8).map_err(corrupt)?,
+            r.try_get::<i64, _>(8).map_err(db)?,
             LeasedJob {
-                id: r.try_get(0).map_err(corrupt)?,
-                delivery_id: r.try_get(1).map_err(corrupt)?,
-                delivery: r.try_get(2).map_err(corrupt)?,
-                source: r.try_get(3).map_err(corrupt)?,
-                rule: r.try_get(4).map_err(corrupt)?,
-                target: r.try_get(5).map_err(corrupt)?,
+                id: r.try_get(0).map_err(db)?,
+                delivery_id: r.try_get(1).map_err(db)?,
+                delivery: r.try_get(2).map_err(db)?,
+                source: r.try_get(3).map_err(db)?,
+                rule: r.try_get(4).map_err(db)?,
+                target: r.try_get(5).map_err(db)?,
                 request: from_json(&request)?,
                 attempt: attempts.max(1) as u32,
             },
@@ -241,7 +241,7 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
     .bind(owner)
     .fetch_all(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     for (id, _) in &ids {
         interrupted(
             tx,
@@ -258,7 +258,7 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
         .bind(now_ms)
         .execute(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     }
     if !ids.is_empty() {
         notify(tx).await?;
@@ -279,7 +279,7 @@ pub(super) async fn record(
         .bind(&job.id)
         .fetch_optional(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     if exists.is_none() {
         // Purged or gone: nothing left to record against.
         return Ok(());
@@ -304,7 +304,7 @@ pub(super) async fn record(
     .bind(&attempt.response)
     .execute(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let now_ms = millis(now);
     let (state, next_at, result) = match next {
         Transition::Done(r) => ("done", now_ms, Some(to_json(r)?)),
@@ -327,7 +327,7 @@ pub(super) async fn record(
     .bind(now_ms)
     .execute(&mut **tx)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     refresh_status(tx, &job.delivery_id).await
 }
 
@@ -340,6 +340,6 @@ pub(super) async fn next_due(pool: &PgPool) -> Result<Option<SystemTime>, StoreE
     )
     .fetch_one(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     Ok(next.map(from_millis))
 }

@@ -6,7 +6,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use tracing::info;
 
-use super::unavailable;
+use super::db;
 use crate::store::StoreError;
 
 /// `pg_advisory_lock` key (arbitrary, fixed) of schema migrations.
@@ -136,12 +136,12 @@ pub fn schema_version() -> usize {
 /// Bring the schema up to date, under an advisory lock so replicas starting
 /// at once apply each migration exactly once. Returns the schema version.
 pub async fn migrate(options: &PgConnectOptions) -> Result<usize, StoreError> {
-    let mut conn = PgConnection::connect_with(options).await.map_err(unavailable)?;
+    let mut conn = PgConnection::connect_with(options).await.map_err(db)?;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut conn)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     let result = apply_migrations(&mut conn).await;
     // Closing the session releases the lock too; unlock anyway to be tidy.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -159,11 +159,11 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, StoreError> 
             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     )
     .await
-    .map_err(unavailable)?;
+    .map_err(db)?;
     let version: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM hookbridge_schema")
         .fetch_one(&mut *conn)
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
     let version = version.max(0) as usize;
     if version > MIGRATIONS.len() {
         return Err(StoreError::invalid(format!(
@@ -172,14 +172,14 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, StoreError> 
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let mut tx = conn.begin().await.map_err(unavailable)?;
-        tx.execute(*sql).await.map_err(unavailable)?;
+        let mut tx = conn.begin().await.map_err(db)?;
+        tx.execute(*sql).await.map_err(db)?;
         sqlx::query("INSERT INTO hookbridge_schema (version) VALUES ($1)")
             .bind((i + 1) as i32)
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         info!(version = i + 1, "applied store schema migration");
     }
     Ok(MIGRATIONS.len())
