@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::model::{self, JobUpdate, from_json, to_json};
 use super::*;
 use crate::config::{StoreSettings, redact_url};
 
@@ -110,14 +111,6 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::corrupt(e)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(corrupt)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(corrupt)
-}
-
 /// Connection options from `[store]`: URL, password secret, TLS mode, statement timeout.
 pub fn connect_options(settings: &StoreSettings) -> Result<PgConnectOptions, StoreError> {
     let crate::config::StoreUrl::Postgres(url) = &settings.url else {
@@ -176,12 +169,7 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, StoreError> 
         .await
         .map_err(unavailable)?;
     let version = version.max(0) as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::invalid(format!(
-            "the database schema (version {version}) is newer than this hookbridge understands ({}); upgrade hookbridge",
-            MIGRATIONS.len()
-        )));
-    }
+    model::check_schema(version, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let mut tx = conn.begin().await.map_err(unavailable)?;
         tx.execute(*sql).await.map_err(unavailable)?;
@@ -288,12 +276,13 @@ async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) -> Result<(
     let n = next_attempt_number(tx, job).await?;
     sqlx::query(
         "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
-         VALUES ($1, $2, $3, 0, NULL, 'interrupted', $4, NULL)",
+         VALUES ($1, $2, $3, 0, NULL, $5, $4, NULL)",
     )
     .bind(job)
     .bind(n)
     .bind(now_ms)
     .bind(why)
+    .bind(model::INTERRUPTED)
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;
@@ -391,13 +380,7 @@ async fn lease_due(
     .await
     .map_err(unavailable)?;
     for id in &expired {
-        interrupted(
-            tx,
-            id,
-            now_ms,
-            "the worker's lease expired mid-attempt (its process stopped?)",
-        )
-        .await?;
+        interrupted(tx, id, now_ms, model::LEASE_EXPIRED).await?;
     }
     let ids: Vec<String> = expired.into_iter().chain(due).collect();
     if ids.is_empty() {
@@ -448,13 +431,7 @@ async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Result<(), Sto
     .await
     .map_err(unavailable)?;
     for (id, _) in &ids {
-        interrupted(
-            tx,
-            id,
-            now_ms,
-            "hookbridge stopped during this attempt; it runs again",
-        )
-        .await?;
+        interrupted(tx, id, now_ms, model::STOPPED).await?;
         sqlx::query(
             "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, next_attempt_at = $2, updated_at = $2
              WHERE id = $1",
@@ -490,11 +467,7 @@ async fn record(
         return Ok(());
     }
     let n = next_attempt_number(tx, &job.id).await?;
-    let error = match next {
-        Transition::Done(_) => attempt.error.clone(),
-        Transition::Skipped(m) => Some(m.clone()),
-        Transition::Retry { reason, .. } | Transition::Dead(reason) => Some(reason.clone()),
-    };
+    let update = JobUpdate::after(next, attempt, now)?;
     sqlx::query(
         "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -505,18 +478,12 @@ async fn record(
     .bind(attempt.duration.as_millis() as i64)
     .bind(attempt.status.map(i32::from))
     .bind(next.outcome())
-    .bind(&error)
+    .bind(&update.error)
     .bind(&attempt.response)
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;
     let now_ms = millis(now);
-    let (state, next_at, result) = match next {
-        Transition::Done(r) => ("done", now_ms, Some(to_json(r)?)),
-        Transition::Skipped(_) => ("skipped", now_ms, None),
-        Transition::Retry { at, .. } => ("pending", millis(*at), None),
-        Transition::Dead(_) => ("dead", now_ms, None),
-    };
     // Only the lease holder moves the job; a late worker's attempt is still recorded above.
     sqlx::query(
         "UPDATE jobs SET state = $3, next_attempt_at = $4, lease_owner = NULL, lease_until = NULL,
@@ -525,10 +492,10 @@ async fn record(
     )
     .bind(&job.id)
     .bind(owner)
-    .bind(state)
-    .bind(next_at)
-    .bind(&error)
-    .bind(result)
+    .bind(update.state.as_str())
+    .bind(update.next_attempt_at)
+    .bind(&update.error)
+    .bind(update.result)
     .bind(now_ms)
     .execute(&mut **tx)
     .await
@@ -557,14 +524,10 @@ async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Result<String, S
     match rows.as_slice() {
         [] => Err(StoreError::not_found(key.id.clone())),
         [(id, _)] => Ok(id.clone()),
-        _ => {
-            let sources: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
-            Err(StoreError::ambiguous(format!(
-                "delivery `{}` exists for several sources ({}); name one with --source",
-                key.id,
-                sources.join(", ")
-            )))
-        }
+        _ => Err(model::ambiguous(
+            &key.id,
+            rows.into_iter().map(|(_, s)| s).collect(),
+        )),
     }
 }
 
@@ -598,7 +561,7 @@ async fn replay(
                 .await
                 .map_err(unavailable)?;
         if !exists {
-            return Err(StoreError::not_found(format!("{j} (job of delivery {})", key.id)));
+            return Err(model::job_not_found(j, key));
         }
     }
     refresh_status(tx, &id).await?;
