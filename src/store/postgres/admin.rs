@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use super::history::resolve;
 use super::queue::{Tx, insert_job, notify, refresh_status};
 use super::{db, to_json};
+use crate::store::model;
 use crate::store::*;
 
 /// `pg_try_advisory_xact_lock` key (arbitrary, fixed) of the retention purge.
@@ -41,7 +42,7 @@ pub(super) async fn replay(
                 .await
                 .map_err(db)?;
         if !exists {
-            return Err(StoreError::not_found(format!("{j} (job of delivery {})", key.id)));
+            return Err(model::job_not_found(j, key));
         }
     }
     refresh_status(tx, &id).await?;

@@ -7,6 +7,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
 use super::{db, from_json};
+use crate::store::model;
 use crate::store::*;
 
 /// Resolve a [`DeliveryKey`] to an internal id.
@@ -30,14 +31,10 @@ pub(super) async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Resul
     match rows.as_slice() {
         [] => Err(StoreError::not_found(key.id.clone())),
         [(id, _)] => Ok(id.clone()),
-        _ => {
-            let sources: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
-            Err(StoreError::ambiguous(format!(
-                "delivery `{}` exists for several sources ({}); name one with --source",
-                key.id,
-                sources.join(", ")
-            )))
-        }
+        _ => Err(model::ambiguous(
+            &key.id,
+            rows.into_iter().map(|(_, s)| s).collect(),
+        )),
     }
 }
 
@@ -187,10 +184,11 @@ pub(super) async fn stats(pool: &PgPool) -> Result<QueueStats, StoreError> {
     .await
     .map_err(db)?;
     for (state, n) in rows {
-        match state.as_str() {
-            "pending" => stats.pending = n as u64,
-            "running" => stats.running = n as u64,
-            _ => stats.dead = n as u64,
+        let n = u64::try_from(n).unwrap_or(0);
+        match state.parse::<JobState>()? {
+            JobState::Pending => stats.pending = n,
+            JobState::Running => stats.running = n,
+            _ => stats.dead = n,
         }
     }
     let oldest: Option<i64> =

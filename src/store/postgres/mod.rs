@@ -50,20 +50,8 @@ const CHANNEL: &str = "hookbridge_jobs";
 /// How long a call waits for a connection before answering "unavailable".
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+use super::model::{from_json, to_json};
 use error::db;
-
-/// A stored JSON column that does not read back (or a value that cannot be written as JSON).
-fn corrupt(e: serde_json::Error) -> StoreError {
-    StoreError::from_driver(StoreErrorKind::Corrupt, e)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(corrupt)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(corrupt)
-}
 
 /// The PostgreSQL store.
 pub struct PostgresStore {

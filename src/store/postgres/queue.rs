@@ -8,6 +8,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{CHANNEL, db, from_json, to_json};
+use crate::store::model::{self, JobUpdate};
 use crate::store::*;
 
 pub(super) type Tx = Transaction<'static, Postgres>;
@@ -74,12 +75,13 @@ pub(super) async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) 
     let n = next_attempt_number(tx, job).await?;
     sqlx::query(
         "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
-         VALUES ($1, $2, $3, 0, NULL, 'interrupted', $4, NULL)",
+         VALUES ($1, $2, $3, 0, NULL, $5, $4, NULL)",
     )
     .bind(job)
     .bind(n)
     .bind(now_ms)
     .bind(why)
+    .bind(model::INTERRUPTED)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -186,13 +188,7 @@ pub(super) async fn lease_due(
     .await
     .map_err(db)?;
     for id in &expired {
-        interrupted(
-            tx,
-            id,
-            now_ms,
-            "the worker's lease expired mid-attempt (its process stopped?)",
-        )
-        .await?;
+        interrupted(tx, id, now_ms, model::LEASE_EXPIRED).await?;
     }
     let ids: Vec<String> = expired.into_iter().chain(due).collect();
     if ids.is_empty() {
@@ -243,13 +239,7 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
     .await
     .map_err(db)?;
     for (id, _) in &ids {
-        interrupted(
-            tx,
-            id,
-            now_ms,
-            "hookbridge stopped during this attempt; it runs again",
-        )
-        .await?;
+        interrupted(tx, id, now_ms, model::STOPPED).await?;
         sqlx::query(
             "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, next_attempt_at = $2, updated_at = $2
              WHERE id = $1",
@@ -285,11 +275,7 @@ pub(super) async fn record(
         return Ok(());
     }
     let n = next_attempt_number(tx, &job.id).await?;
-    let error = match next {
-        Transition::Done(_) => attempt.error.clone(),
-        Transition::Skipped(m) => Some(m.clone()),
-        Transition::Retry { reason, .. } | Transition::Dead(reason) => Some(reason.clone()),
-    };
+    let update = JobUpdate::after(next, attempt, now)?;
     sqlx::query(
         "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -300,18 +286,12 @@ pub(super) async fn record(
     .bind(attempt.duration.as_millis() as i64)
     .bind(attempt.status.map(i32::from))
     .bind(next.outcome())
-    .bind(&error)
+    .bind(&update.error)
     .bind(&attempt.response)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
     let now_ms = millis(now);
-    let (state, next_at, result) = match next {
-        Transition::Done(r) => ("done", now_ms, Some(to_json(r)?)),
-        Transition::Skipped(_) => ("skipped", now_ms, None),
-        Transition::Retry { at, .. } => ("pending", millis(*at), None),
-        Transition::Dead(_) => ("dead", now_ms, None),
-    };
     // Only the lease holder moves the job; a late worker's attempt is still recorded above.
     sqlx::query(
         "UPDATE jobs SET state = $3, next_attempt_at = $4, lease_owner = NULL, lease_until = NULL,
@@ -320,10 +300,10 @@ pub(super) async fn record(
     )
     .bind(&job.id)
     .bind(owner)
-    .bind(state)
-    .bind(next_at)
-    .bind(&error)
-    .bind(result)
+    .bind(update.state.as_str())
+    .bind(update.next_attempt_at)
+    .bind(&update.error)
+    .bind(update.result)
     .bind(now_ms)
     .execute(&mut **tx)
     .await

@@ -7,7 +7,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use tracing::info;
 
 use super::db;
-use crate::store::StoreError;
+use crate::store::{StoreError, model};
 
 /// `pg_advisory_lock` key (arbitrary, fixed) of schema migrations.
 const MIGRATION_LOCK: i64 = 0x6862_6d69_6772_6174;
@@ -165,12 +165,7 @@ async fn apply_migrations(conn: &mut PgConnection) -> Result<usize, StoreError> 
         .await
         .map_err(db)?;
     let version = version.max(0) as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::invalid(format!(
-            "the database schema (version {version}) is newer than this hookbridge understands ({}); upgrade hookbridge",
-            MIGRATIONS.len()
-        )));
-    }
+    model::check_schema(version, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let mut tx = conn.begin().await.map_err(db)?;
         tx.execute(*sql).await.map_err(db)?;

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::model::{self, JobUpdate, from_json, to_json};
 use super::ready::Readiness;
 use super::*;
 use guard::{Gate, Guard};
@@ -207,14 +208,6 @@ fn kind_of(e: &rusqlite::Error) -> StoreErrorKind {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(corrupt)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(corrupt)
-}
-
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
     // The page size applies to new databases only (a file keeps its own).
@@ -284,12 +277,7 @@ fn migrate_tx(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = tx
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map_err(db)? as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::invalid(format!(
-            "the database schema (version {version}) is newer than this hookbridge understands ({}); upgrade hookbridge",
-            MIGRATIONS.len()
-        )));
-    }
+    model::check_schema(version, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql).map_err(db)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
@@ -902,12 +890,7 @@ fn lease_due(
     let mut out = Vec::with_capacity(ids.len());
     for (id, was_expired) in ids {
         if was_expired {
-            interrupted(
-                tx,
-                &id,
-                now_ms,
-                "the worker's lease expired mid-attempt (its process stopped?)",
-            )?;
+            interrupted(tx, &id, now_ms, model::LEASE_EXPIRED)?;
         }
         let row = tx
             .prepare_cached(
@@ -951,9 +934,9 @@ fn interrupted(tx: &Connection, job: &str, now_ms: i64, why: &str) -> Result<(),
     let n = next_attempt_number(tx, job)?;
     tx.prepare_cached(
         "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
-         VALUES (?1, ?2, ?3, 0, NULL, 'interrupted', ?4, NULL)",
+         VALUES (?1, ?2, ?3, 0, NULL, ?5, ?4, NULL)",
     )
-    .and_then(|mut s| s.execute(params![job, n, now_ms, why]))
+    .and_then(|mut s| s.execute(params![job, n, now_ms, why, model::INTERRUPTED]))
     .map_err(db)?;
     Ok(())
 }
@@ -970,12 +953,7 @@ fn release_leases(tx: &Connection, owner: Option<&str>, now: SystemTime) -> Resu
         rows.collect::<Result<_, _>>().map_err(db)?
     };
     for (id, _) in &ids {
-        interrupted(
-            tx,
-            id,
-            now_ms,
-            "hookbridge stopped during this attempt; it runs again",
-        )?;
+        interrupted(tx, id, now_ms, model::STOPPED)?;
         tx.prepare_cached(
             "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, next_attempt_at = ?2, updated_at = ?2
              WHERE id = ?1",
@@ -996,11 +974,7 @@ fn record(
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let n = next_attempt_number(tx, job)?;
-    let error = match next {
-        Transition::Done(_) => attempt.error.clone(),
-        Transition::Skipped(m) => Some(m.clone()),
-        Transition::Retry { reason, .. } | Transition::Dead(reason) => Some(reason.clone()),
-    };
+    let update = JobUpdate::after(next, attempt, now)?;
     tx.prepare_cached(
         "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -1013,25 +987,29 @@ fn record(
             attempt.duration.as_millis() as i64,
             attempt.status,
             next.outcome(),
-            error,
+            update.error,
             attempt.response,
         ])
     })
     .map_err(db)?;
     let now_ms = millis(now);
-    let (state, next_at, result) = match next {
-        Transition::Done(r) => ("done", now_ms, Some(to_json(r)?)),
-        Transition::Skipped(_) => ("skipped", now_ms, None),
-        Transition::Retry { at, .. } => ("pending", millis(*at), None),
-        Transition::Dead(_) => ("dead", now_ms, None),
-    };
     // Only the lease holder moves the job; a late worker's attempt is still recorded above.
     tx.prepare_cached(
         "UPDATE jobs SET state = ?3, next_attempt_at = ?4, lease_owner = NULL, lease_until = NULL,
                 last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
          WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
     )
-    .and_then(|mut s| s.execute(params![job, owner, state, next_at, error, result, now_ms]))
+    .and_then(|mut s| {
+        s.execute(params![
+            job,
+            owner,
+            update.state.as_str(),
+            update.next_attempt_at,
+            update.error,
+            update.result,
+            now_ms
+        ])
+    })
     .map_err(db)?;
     refresh_status(tx, delivery_id)
 }
@@ -1058,14 +1036,10 @@ fn resolve(conn: &Connection, key: &DeliveryKey) -> Result<String, StoreError> {
     match rows.len() {
         0 => Err(StoreError::not_found(key.id.clone())),
         1 => Ok(rows[0].0.clone()),
-        _ => {
-            let sources: Vec<&str> = rows.iter().map(|(_, s)| s.as_str()).collect();
-            Err(StoreError::ambiguous(format!(
-                "delivery `{}` exists for several sources ({}); name one with --source",
-                key.id,
-                sources.join(", ")
-            )))
-        }
+        _ => Err(model::ambiguous(
+            &key.id,
+            rows.into_iter().map(|(_, s)| s).collect(),
+        )),
     }
 }
 
@@ -1097,7 +1071,7 @@ fn replay(
             )
             .map_err(db)?;
         if !exists {
-            return Err(StoreError::not_found(format!("{j} (job of delivery {})", key.id)));
+            return Err(model::job_not_found(j, key));
         }
     }
     for j in &ids {
