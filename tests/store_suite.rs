@@ -1035,3 +1035,78 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
         old.payload.as_ref()
     );
 }
+
+/// The two schemas do not drift apart: the same tables with the same columns,
+/// and the same plain indexes on the same columns. (Unique keys differ only
+/// as the `schema` module of the PostgreSQL store writes down: SQLite's `seq`
+/// is its row id.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_stores_have_the_same_tables_columns_and_indexes() {
+    use std::collections::BTreeMap;
+
+    use sqlx::Connection;
+
+    type Shape = BTreeMap<String, Vec<String>>;
+    const TABLES: [&str; 4] = ["deliveries", "payloads", "jobs", "attempts"];
+
+    let lite = sqlite().await;
+    let path = lite._sqlite.as_ref().unwrap().path().join("hb.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let strings = |sql: &str, arg: &str| -> Vec<String> {
+        let mut s = conn.prepare(sql).unwrap();
+        let rows = s.query_map([arg], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let mut lite_columns = Shape::new();
+    let mut lite_indexes = Shape::new();
+    for table in TABLES {
+        let mut columns = strings("SELECT name FROM pragma_table_info(?1)", table);
+        columns.sort();
+        lite_columns.insert(table.into(), columns);
+        for index in strings(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
+            table,
+        ) {
+            let columns = strings("SELECT name FROM pragma_index_info(?1) ORDER BY seqno", &index);
+            lite_indexes.insert(index, columns);
+        }
+    }
+
+    let pg = postgres().await;
+    let mut conn = sqlx::PgConnection::connect(&pg._postgres.as_ref().unwrap().url)
+        .await
+        .unwrap();
+    let mut pg_columns = Shape::new();
+    let mut pg_indexes = Shape::new();
+    for table in TABLES {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::TEXT FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY column_name",
+        )
+        .bind(table)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        pg_columns.insert(table.into(), columns);
+        // Plain indexes: not the ones behind a primary key or unique constraint.
+        let indexes: Vec<(String, String)> = sqlx::query_as(
+            "SELECT indexname::TEXT, indexdef FROM pg_indexes
+             WHERE schemaname = current_schema() AND tablename = $1
+               AND indexname NOT IN (SELECT conname FROM pg_constraint)",
+        )
+        .bind(table)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for (index, def) in indexes {
+            let inside = def.rsplit_once('(').unwrap().1.trim_end_matches(')');
+            let columns = inside.split(", ").map(str::to_owned).collect();
+            pg_indexes.insert(index, columns);
+        }
+    }
+    let _ = conn.close().await;
+    assert_eq!(lite_indexes["jobs_due"], ["state", "next_attempt_at"]);
+    assert!(lite_columns["payloads"].contains(&"payload".to_owned()));
+    assert_eq!(pg_columns, lite_columns);
+    assert_eq!(pg_indexes, lite_indexes);
+}
