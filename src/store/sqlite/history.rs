@@ -21,7 +21,7 @@ pub(super) fn resolve(conn: &Connection, key: &DeliveryKey) -> Result<String, St
     }
     let mut s = conn
         .prepare_cached(
-            "SELECT id, source FROM deliveries WHERE delivery = ?1 AND (?2 IS NULL OR source = ?2)",
+            "SELECT id, source FROM deliveries WHERE delivery = ?1 AND (?2 IS NULL OR source = ?2) ORDER BY source",
         )
         .map_err(db)?;
     let rows: Vec<(String, String)> = s

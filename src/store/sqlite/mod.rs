@@ -35,6 +35,9 @@ mod guard;
 mod history;
 mod queue;
 mod schema;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 mod writer;
 
 pub use schema::schema_version;

@@ -152,7 +152,9 @@ pub(super) fn lease_due(
     let mut ids: Vec<(String, bool)> = Vec::new();
     {
         let mut expired = tx
-            .prepare_cached("SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?1 LIMIT ?2")
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?1 ORDER BY lease_until LIMIT ?2",
+            )
             .map_err(db)?;
         let rows = expired
             .query_map(params![now_ms, limit as i64], |r| r.get::<_, String>(0))
@@ -184,7 +186,7 @@ pub(super) fn lease_due(
             .prepare_cached(
                 "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, attempts = attempts + 1, updated_at = ?4
                  WHERE id = ?1
-                 RETURNING delivery_id, rule, target, request, attempts",
+                 RETURNING delivery_id, rule, target, request, attempts, next_attempt_at",
             )
             .and_then(|mut s| {
                 s.query_row(params![id, owner, until, now_ms], |r| {
@@ -194,16 +196,17 @@ pub(super) fn lease_due(
                         r.get::<_, String>(2)?,
                         r.get::<_, String>(3)?,
                         r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
                     ))
                 })
             })
             .map_err(db)?;
-        let (delivery_id, rule, target, request, attempts) = row;
+        let (delivery_id, rule, target, request, attempts, due) = row;
         let (delivery, source): (String, String) = tx
             .prepare_cached("SELECT delivery, source FROM deliveries WHERE id = ?1")
             .and_then(|mut s| s.query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?))))
             .map_err(db)?;
-        out.push(LeasedJob {
+        let job = LeasedJob {
             id,
             delivery_id,
             delivery,
@@ -212,9 +215,12 @@ pub(super) fn lease_due(
             target,
             request: from_json(&request)?,
             attempt: attempts.max(1) as u32,
-        });
+        };
+        out.push((due, job));
     }
-    Ok(out)
+    // Oldest due first, taken-over leases among them, as PostgreSQL hands them out.
+    out.sort_by_key(|(due, _)| *due);
+    Ok(out.into_iter().map(|(_, job)| job).collect())
 }
 
 /// Record that an attempt was cut short (crash, shutdown past the grace period).
@@ -265,6 +271,14 @@ pub(super) fn record(
     next: &Transition,
     now: SystemTime,
 ) -> Result<(), StoreError> {
+    let exists: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")
+        .and_then(|mut s| s.query_row(params![job], |r| r.get(0)))
+        .map_err(db)?;
+    if !exists {
+        // Purged or gone: nothing left to record against (as on PostgreSQL).
+        return Ok(());
+    }
     let n = next_attempt_number(tx, job)?;
     let update = JobUpdate::after(next, attempt, now)?;
     tx.prepare_cached(
@@ -316,7 +330,9 @@ pub(super) fn replay(
     let now_ms = millis(now);
     let ids: Vec<String> = {
         let mut s = tx
-            .prepare_cached("SELECT id FROM jobs WHERE delivery_id = ?1 AND (?2 IS NULL OR id = ?2) AND state != 'running'")
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE delivery_id = ?1 AND (?2 IS NULL OR id = ?2) AND state != 'running' ORDER BY id",
+            )
             .map_err(db)?;
         s.query_map(params![id, job], |r| r.get(0))
             .map_err(db)?
