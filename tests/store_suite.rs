@@ -692,10 +692,9 @@ async fn a_constraint_violation_is_a_conflict(h: Harness) {
     assert_eq!(s.get(&key("c-1")).await.unwrap().jobs.len(), 1);
 }
 
-/// Every case runs on both backends. `postgres_only` holds the cases SQLite
-/// does not pass yet (its fixes land separately); move each to `both` then.
+/// Every case runs on both backends.
 macro_rules! suite {
-    (both: $($test:ident),* ; postgres_only: $($pg:ident),* $(,)?) => {
+    ($($test:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,18 +710,11 @@ macro_rules! suite {
                     super::$test(super::postgres().await).await
                 }
             )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $pg() {
-                    super::$pg(super::postgres().await).await
-                }
-            )*
         }
     };
 }
 
 suite!(
-    both:
     ingest_then_read_back,
     duplicates_return_the_original_summary,
     concurrent_duplicates_are_stored_once,
@@ -732,8 +724,7 @@ suite!(
     dead_letters_are_requeued_by_a_duplicate,
     replay_queues_finished_jobs_again,
     retention_purges_finished_deliveries_in_batches,
-    a_constraint_violation_is_a_conflict;
-    postgres_only:
+    a_constraint_violation_is_a_conflict,
     leases_go_out_in_order,
     replayed_ids_and_lists_are_ordered,
     a_vanished_job_is_tolerated,
