@@ -4,7 +4,7 @@
 //! from schema version 3 on (SQLite's version 2: write-once payload columns
 //! in their own `payloads` table); the differences left are written down in
 //! `schema`. What differs is how replicas stay out of each other's way:
-//! - deduplication is a unique key on (source, delivery): `INSERT ... ON
+//! - deduplication is a unique key on (delivery, source): `INSERT ... ON
 //!   CONFLICT DO NOTHING` waits for a concurrent insert of the same delivery
 //!   to commit, then the loser reads the winner's summary;
 //! - workers claim jobs with `FOR UPDATE SKIP LOCKED`, and a lease expiry lets
