@@ -179,6 +179,11 @@ impl Dispatcher {
                 .await
             {
                 Ok(()) => return,
+                // Only an unavailable store may take it later (the error policy in `store`).
+                Err(e) if !e.is_unavailable() => {
+                    warn!(error = %e, "cannot record the attempt; not retried");
+                    break;
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot record the attempt; retrying");
                     tokio::time::sleep(delay).await;

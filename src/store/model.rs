@@ -1,12 +1,89 @@
-//! The job model both backends share: the states a job moves through.
-//! SQL stays per backend; the vocabulary is written once, here.
+//! The job model both backends share: the states a job moves through, what
+//! an attempt's [`Transition`] writes into the job ([`JobUpdate`]), the texts
+//! of interrupted attempts, and the messages and checks both stores give.
+//! SQL stays per backend; the vocabulary and the mapping are written once, here.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+use super::{Attempt, DeliveryKey, StoreError, Transition, millis};
+
+/// The outcome recorded for an attempt that was cut short.
+pub const INTERRUPTED: &str = "interrupted";
+
+/// Why an attempt was cut short: its worker's lease ran out.
+pub const LEASE_EXPIRED: &str = "the worker's lease expired mid-attempt (its process stopped?)";
+
+/// Why an attempt was cut short: the daemon stopped (its leases are given back).
+pub const STOPPED: &str = "hookbridge stopped during this attempt; it runs again";
+
+/// What recording an attempt writes into its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUpdate {
+    pub state: JobState,
+    /// Milliseconds: when a pending job falls due (for a finished job, `now`).
+    pub next_attempt_at: i64,
+    /// The attempt's error text, which is also the job's `last_error`.
+    pub error: Option<String>,
+    /// The CI's answer (JSON of a `TriggerResult`), when the trigger was accepted.
+    pub result: Option<String>,
+}
+
+impl JobUpdate {
+    /// The job after `attempt`, which ended in `next`, recorded at `now`.
+    pub fn after(next: &Transition, attempt: &Attempt, now: SystemTime) -> Result<JobUpdate, StoreError> {
+        let now = millis(now);
+        let (state, next_attempt_at, error, result) = match next {
+            Transition::Done(r) => (JobState::Done, now, attempt.error.clone(), Some(to_json(r)?)),
+            Transition::Skipped(m) => (JobState::Skipped, now, Some(m.clone()), None),
+            Transition::Retry { at, reason } => (JobState::Pending, millis(*at), Some(reason.clone()), None),
+            Transition::Dead(reason) => (JobState::Dead, now, Some(reason.clone()), None),
+        };
+        Ok(JobUpdate {
+            state,
+            next_attempt_at,
+            error,
+            result,
+        })
+    }
+}
+
+/// The key names deliveries of several sources: say which, sorted by name.
+pub fn ambiguous(key: &str, mut sources: Vec<String>) -> StoreError {
+    sources.sort();
+    StoreError::ambiguous(format!(
+        "delivery `{key}` exists for several sources ({}); name one with --source",
+        sources.join(", ")
+    ))
+}
+
+/// No job `job` in the delivery `key` names.
+pub fn job_not_found(job: &str, key: &DeliveryKey) -> StoreError {
+    StoreError::not_found(format!("{job} (job of delivery {})", key.id))
+}
+
+/// Refuse a database whose schema version `found` is beyond the `known` one.
+pub fn check_schema(found: usize, known: usize) -> Result<(), StoreError> {
+    if found > known {
+        return Err(StoreError::invalid(format!(
+            "the database schema (version {found}) is newer than this hookbridge understands ({known}); upgrade hookbridge"
+        )));
+    }
+    Ok(())
+}
+
+/// A stored JSON column.
+pub fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::corrupt(&e).with_source(e))
+}
+
+/// A stored JSON column read back.
+pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::corrupt(&e).with_source(e))
+}
 
 /// Where a job is. Stored and shown as the lowercase name (`"pending"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,7 +143,11 @@ impl FromStr for JobState {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::store::StoreErrorKind;
+    use crate::target::TriggerResult;
 
     #[test]
     fn states_read_and_write_their_stored_names() {
@@ -78,6 +159,88 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "stored data is unreadable: unknown job state `waiting`"
+        );
+    }
+    fn attempt(error: Option<&str>) -> Attempt {
+        Attempt {
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_millis(5),
+            status: Some(201),
+            error: error.map(str::to_owned),
+            response: None,
+        }
+    }
+
+    #[test]
+    fn each_transition_moves_the_job() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10);
+        let at = now + Duration::from_secs(30);
+        let done = TriggerResult {
+            id: Some("42".into()),
+            number: None,
+            url: None,
+            state: None,
+        };
+        let cases = [
+            (Transition::Done(done.clone()), JobState::Done, 10_000, None),
+            (
+                Transition::Skipped("ci skip".into()),
+                JobState::Skipped,
+                10_000,
+                Some("ci skip"),
+            ),
+            (
+                Transition::Retry {
+                    at,
+                    reason: "HTTP 503".into(),
+                },
+                JobState::Pending,
+                40_000,
+                Some("HTTP 503"),
+            ),
+            (
+                Transition::Dead("HTTP 404".into()),
+                JobState::Dead,
+                10_000,
+                Some("HTTP 404"),
+            ),
+        ];
+        for (next, state, next_at, error) in cases {
+            let u = JobUpdate::after(&next, &attempt(None), now).unwrap();
+            assert_eq!(
+                (u.state, u.next_attempt_at, u.error.as_deref()),
+                (state, next_at, error)
+            );
+            assert_eq!(u.result.is_some(), state == JobState::Done);
+        }
+        // A done attempt keeps the attempt's own error text.
+        let u = JobUpdate::after(&Transition::Done(done), &attempt(Some("slow")), now).unwrap();
+        assert_eq!(u.error.as_deref(), Some("slow"));
+        assert_eq!(u.result.as_deref(), Some(r#"{"id":"42"}"#));
+    }
+
+    #[test]
+    fn messages_are_the_same_on_every_backend() {
+        let e = ambiguous("guid-1", vec!["gitea".into(), "github".into(), "forgejo".into()]);
+        assert_eq!(e.kind(), StoreErrorKind::Ambiguous);
+        assert_eq!(
+            e.to_string(),
+            "delivery `guid-1` exists for several sources (forgejo, gitea, github); name one with --source"
+        );
+        let key = DeliveryKey {
+            id: "guid-1".into(),
+            source: None,
+        };
+        assert_eq!(
+            job_not_found("01J", &key).to_string(),
+            "no delivery `01J (job of delivery guid-1)`"
+        );
+        check_schema(3, 3).unwrap();
+        let e = check_schema(4, 3).unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::Invalid);
+        assert_eq!(
+            e.to_string(),
+            "the database schema (version 4) is newer than this hookbridge understands (3); upgrade hookbridge"
         );
     }
 }

@@ -29,7 +29,8 @@ use std::sync::OnceLock;
 use bytesize::ByteSize;
 use rusqlite::Connection;
 
-use super::{Op, StoreError, db_at, failed_op};
+use super::writer::Write;
+use super::{StoreError, db_at};
 
 /// Free space kept for the queue's own bookkeeping (leases, attempt records,
 /// WAL checkpoints): new deliveries are refused below it. Four of the
@@ -70,16 +71,6 @@ pub(super) enum Gate {
     Files,
     /// Takes in a delivery (or says one could be taken): the files, and room.
     Room,
-}
-
-impl Op {
-    pub(super) fn gate(&self) -> Gate {
-        match self {
-            Op::Ingest(..) | Op::Probe(_) => Gate::Room,
-            Op::Replay { .. } | Op::AddJobs { .. } => Gate::Files,
-            Op::Lease { .. } | Op::Record { .. } | Op::Release { .. } | Op::Purge { .. } => Gate::Open,
-        }
-    }
 }
 
 /// A path and the file the store opened there.
@@ -195,17 +186,17 @@ impl Guard {
 
     /// Answer at once, without running them, the ops whose gate is shut;
     /// return the others.
-    pub(super) fn admit(&self, batch: Vec<Op>) -> Vec<Op> {
-        if batch.iter().all(|op| op.gate() == Gate::Open) {
+    pub(super) fn admit(&self, batch: Vec<Box<dyn Write>>) -> Vec<Box<dyn Write>> {
+        if batch.iter().all(|op| op.how().gate == Gate::Open) {
             return batch;
         }
         let files = self.check_files();
         let incoming = batch
             .iter()
-            .filter(|op| op.gate() == Gate::Room)
-            .map(Op::size)
+            .filter(|op| op.how().gate == Gate::Room)
+            .map(|op| op.how().bytes)
             .fold(0, usize::saturating_add);
-        let room = if batch.iter().any(|op| op.gate() == Gate::Room) {
+        let room = if batch.iter().any(|op| op.how().gate == Gate::Room) {
             files
                 .clone()
                 .and_then(|()| self.check_room(u64::try_from(incoming).unwrap_or(u64::MAX)))
@@ -213,15 +204,18 @@ impl Guard {
             Ok(())
         };
         let mut admitted = Vec::with_capacity(batch.len());
-        for op in batch {
-            let verdict = match op.gate() {
+        for mut op in batch {
+            let verdict = match op.how().gate {
                 Gate::Open => Ok(()),
                 Gate::Files => files.clone(),
                 Gate::Room => room.clone(),
             };
             match verdict {
                 Ok(()) => admitted.push(op),
-                Err(why) => failed_op(op, StoreError::unavailable(why)).send(&Ok(())),
+                Err(why) => {
+                    op.fail(StoreError::unavailable(why));
+                    op.answer(&Ok(()));
+                }
             }
         }
         admitted

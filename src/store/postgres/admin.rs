@@ -1,0 +1,106 @@
+//! The writes an operator asks for (replay, re-evaluation's new jobs) and
+//! the retention purge.
+
+use std::time::SystemTime;
+
+use super::history::resolve;
+use super::queue::{Tx, insert_job, notify, refresh_status};
+use super::{db, to_json};
+use crate::store::model;
+use crate::store::*;
+
+/// `pg_try_advisory_xact_lock` key (arbitrary, fixed) of the retention purge.
+const PURGE_LOCK: i64 = 0x6862_7075_7267_6521;
+
+pub(super) async fn replay(
+    tx: &mut Tx,
+    key: &DeliveryKey,
+    job: Option<&str>,
+    now: SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let id = resolve(tx, key).await?;
+    let now_ms = millis(now);
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL, updated_at = $3
+         WHERE delivery_id = $1 AND ($2::TEXT IS NULL OR id = $2) AND state != 'running'
+         RETURNING id",
+    )
+    .bind(&id)
+    .bind(job)
+    .bind(now_ms)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    if let Some(j) = job
+        && ids.is_empty()
+    {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND delivery_id = $2)")
+                .bind(j)
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db)?;
+        if !exists {
+            return Err(model::job_not_found(j, key));
+        }
+    }
+    refresh_status(tx, &id).await?;
+    if !ids.is_empty() {
+        notify(tx).await?;
+    }
+    let mut ids = ids;
+    ids.sort();
+    Ok(ids)
+}
+
+/// Add jobs to a stored delivery (`replay --reevaluate`) and replace its summary.
+pub(super) async fn add_jobs(
+    tx: &mut Tx,
+    key: &DeliveryKey,
+    jobs: &[NewJob],
+    summary: &Summary,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let id = resolve(tx, key).await?;
+    let now = millis(now);
+    for job in jobs {
+        insert_job(tx, &id, job, now).await?;
+    }
+    sqlx::query("UPDATE payloads SET summary = $2 WHERE seq = (SELECT seq FROM deliveries WHERE id = $1)")
+        .bind(&id)
+        .bind(to_json(summary)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    refresh_status(tx, &id).await?;
+    if !jobs.is_empty() {
+        notify(tx).await?;
+    }
+    Ok(())
+}
+
+/// Delete up to `batch` finished deliveries received before `cutoff`, unless
+/// another replica holds the purge lock (then 0: it purges this round).
+pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(PURGE_LOCK)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?;
+    if !locked {
+        return Ok(0);
+    }
+    let n = sqlx::query(
+        "DELETE FROM deliveries WHERE id IN (
+            SELECT id FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < $1
+            LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(millis(cutoff))
+    .bind(batch as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    Ok(n)
+}

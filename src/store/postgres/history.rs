@@ -1,0 +1,201 @@
+//! Reads of the delivery history: resolving a delivery key, listing, one
+//! delivery with its jobs and attempts, its stored payload, queue figures.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{PgConnection, Row};
+
+use super::{db, from_json};
+use crate::store::model;
+use crate::store::*;
+
+/// Resolve a [`DeliveryKey`] to an internal id.
+pub(super) async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Result<String, StoreError> {
+    let by_internal: Option<String> = sqlx::query_scalar("SELECT id FROM deliveries WHERE id = $1")
+        .bind(&key.id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    if let Some(id) = by_internal {
+        return Ok(id);
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, source FROM deliveries WHERE delivery = $1 AND ($2::TEXT IS NULL OR source = $2) ORDER BY source",
+    )
+    .bind(&key.id)
+    .bind(&key.source)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    match rows.as_slice() {
+        [] => Err(StoreError::not_found(key.id.clone())),
+        [(id, _)] => Ok(id.clone()),
+        _ => Err(model::ambiguous(
+            &key.id,
+            rows.into_iter().map(|(_, s)| s).collect(),
+        )),
+    }
+}
+
+const DELIVERY_COLUMNS: &str =
+    "d.id, d.source, d.delivery, d.received_at, d.event_name, d.kind, d.repository, d.git_ref, d.status,
+     (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id)";
+
+fn row_to_delivery(r: &PgRow) -> Result<DeliveryRow, StoreError> {
+    let status: String = r.try_get(8).map_err(db)?;
+    Ok(DeliveryRow {
+        id: r.try_get(0).map_err(db)?,
+        source: r.try_get(1).map_err(db)?,
+        delivery: r.try_get(2).map_err(db)?,
+        received_at: r.try_get(3).map_err(db)?,
+        event: r.try_get(4).map_err(db)?,
+        kind: r.try_get(5).map_err(db)?,
+        repository: r.try_get(6).map_err(db)?,
+        git_ref: r.try_get(7).map_err(db)?,
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        jobs: r.try_get::<i64, _>(9).map_err(db)? as u32,
+    })
+}
+
+pub(super) async fn list(pool: &PgPool, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d
+         WHERE ($1::TEXT IS NULL OR d.status = $1)
+           AND ($2::TEXT IS NULL OR d.source = $2)
+           AND ($3::TEXT IS NULL OR EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.rule = $3))
+           AND ($4::BIGINT IS NULL OR d.received_at >= $4)
+           AND ($5::TEXT IS NULL OR d.id < $5)
+         ORDER BY d.id DESC LIMIT $6"
+    ))
+    .bind(f.status.map(DeliveryStatus::as_str))
+    .bind(&f.source)
+    .bind(&f.rule)
+    .bind(f.since.map(millis))
+    .bind(&f.before)
+    .bind(f.limit.max(1) as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.iter().map(row_to_delivery).collect()
+}
+
+pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
+    let mut conn = pool.acquire().await.map_err(db)?;
+    let id = resolve(&mut conn, key).await?;
+    drop(conn);
+    let r = sqlx::query(&format!(
+        "SELECT {DELIVERY_COLUMNS}, p.summary, p.event FROM deliveries d JOIN payloads p ON p.seq = d.seq
+         WHERE d.id = $1"
+    ))
+    .bind(&id)
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    let row = row_to_delivery(&r)?;
+    let summary: String = r.try_get(10).map_err(db)?;
+    let event: String = r.try_get(11).map_err(db)?;
+    let job_rows = sqlx::query(
+        "SELECT id, rule, target, state, attempts, next_attempt_at, last_error, result, request
+         FROM jobs WHERE delivery_id = $1 ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut jobs = Vec::with_capacity(job_rows.len());
+    for j in job_rows {
+        let job_id: String = j.try_get(0).map_err(db)?;
+        let history = sqlx::query(
+            "SELECT n, started_at, duration_ms, status, outcome, error, response
+             FROM attempts WHERE job_id = $1 ORDER BY n",
+        )
+        .bind(&job_id)
+        .fetch_all(pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|a| {
+            Ok(AttemptRow {
+                n: a.try_get::<i32, _>(0).map_err(db)? as u32,
+                started_at: a.try_get(1).map_err(db)?,
+                duration_ms: a.try_get(2).map_err(db)?,
+                status: a.try_get::<Option<i32>, _>(3).map_err(db)?.map(|s| s as u16),
+                outcome: a.try_get(4).map_err(db)?,
+                error: a.try_get(5).map_err(db)?,
+                response: a.try_get(6).map_err(db)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let state: String = j.try_get(3).map_err(db)?;
+        let next: i64 = j.try_get(5).map_err(db)?;
+        let result: Option<String> = j.try_get(7).map_err(db)?;
+        let request: String = j.try_get(8).map_err(db)?;
+        let state: JobState = state.parse()?;
+        let waiting = state == JobState::Pending;
+        jobs.push(JobDetail {
+            id: job_id,
+            rule: j.try_get(1).map_err(db)?,
+            target: j.try_get(2).map_err(db)?,
+            state,
+            attempts: j.try_get::<i32, _>(4).map_err(db)? as u32,
+            next_attempt_at: waiting.then_some(next),
+            last_error: j.try_get(6).map_err(db)?,
+            result: result.as_deref().map(from_json).transpose()?,
+            request: from_json(&request)?,
+            history,
+        });
+    }
+    Ok(DeliveryDetail {
+        row,
+        summary: from_json(&summary)?,
+        normalized: from_json(&event)?,
+        jobs,
+    })
+}
+
+/// A delivery's stored inputs, for re-evaluating rules.
+pub(super) async fn payload(pool: &PgPool, key: &DeliveryKey) -> Result<StoredPayload, StoreError> {
+    let mut conn = pool.acquire().await.map_err(db)?;
+    let id = resolve(&mut conn, key).await?;
+    drop(conn);
+    let (event, headers, payload): (String, String, Vec<u8>) = sqlx::query_as(
+        "SELECT p.event, p.headers, p.payload FROM deliveries d JOIN payloads p ON p.seq = d.seq
+         WHERE d.id = $1",
+    )
+    .bind(&id)
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    Ok(StoredPayload {
+        event: from_json(&event)?,
+        headers: from_json::<BTreeMap<String, String>>(&headers)?,
+        payload,
+    })
+}
+
+/// Jobs per state, and when the oldest unfinished one was created.
+pub(super) async fn stats(pool: &PgPool) -> Result<QueueStats, StoreError> {
+    let mut stats = QueueStats::default();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY state",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    for (state, n) in rows {
+        let n = u64::try_from(n).unwrap_or(0);
+        match state.parse::<JobState>()? {
+            JobState::Pending => stats.pending = n,
+            JobState::Running => stats.running = n,
+            _ => stats.dead = n,
+        }
+    }
+    let oldest: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')")
+            .fetch_one(pool)
+            .await
+            .map_err(db)?;
+    stats.oldest_pending = oldest.map(from_millis);
+    Ok(stats)
+}

@@ -1,0 +1,211 @@
+//! The shared store: PostgreSQL, for running several replicas on one queue.
+//!
+//! The semantics of [`super::sqlite`], and its tables, columns and indexes
+//! from schema version 3 on (SQLite's version 2: write-once payload columns
+//! in their own `payloads` table); the differences left are written down in
+//! `schema`. What differs is how replicas stay out of each other's way:
+//! - deduplication is a unique key on (delivery, source): `INSERT ... ON
+//!   CONFLICT DO NOTHING` waits for a concurrent insert of the same delivery
+//!   to commit, then the loser reads the winner's summary;
+//! - workers claim jobs with `FOR UPDATE SKIP LOCKED`, and a lease expiry lets
+//!   another replica take over the jobs of one that died;
+//! - every change that makes a job due sends `NOTIFY hookbridge_jobs`, which
+//!   [`Store::watch`] turns into a wake-up of this replica's dispatcher;
+//! - migrations run under `pg_advisory_lock`, the retention purge under
+//!   `pg_try_advisory_xact_lock`, so replicas starting or purging at once are safe.
+//!
+//! While the server is unreachable every call fails fast with
+//! [`StoreErrorKind::Unavailable`] (short acquire timeout); the pool reconnects on
+//! its own when the server returns.
+//!
+//! Files: `schema` (migrations), `queue` (ingest, lease, record, release),
+//! `admin` (replay, added jobs, purge), `history` (reads), `listen`
+//! (notifications), `connect` (options from `[store]`), `error` (sqlx
+//! errors classified into kinds); this file holds the pool and the [`Store`]
+//! impl that runs each in a transaction.
+
+mod admin;
+mod connect;
+mod error;
+mod history;
+mod listen;
+mod queue;
+mod schema;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::StoreSettings;
+pub use connect::connect_options;
+pub use schema::{migrate, schema_version};
+
+/// The channel new and re-queued jobs are announced on.
+const CHANNEL: &str = "hookbridge_jobs";
+/// How long a call waits for a connection before answering "unavailable".
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+use super::model::{from_json, to_json};
+use error::db;
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    pool: PgPool,
+    readiness: super::ready::Readiness,
+}
+
+impl PostgresStore {
+    /// Connect, migrate, and open a pool sized by `[store] pool_size`.
+    pub async fn open(settings: &StoreSettings) -> Result<PostgresStore, StoreError> {
+        let options = connect_options(settings)?;
+        migrate(&options).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.pool_size)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(options);
+        Ok(PostgresStore {
+            pool,
+            readiness: super::ready::Readiness::new(),
+        })
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(db)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
+        let mut tx = self.begin().await?;
+        let ingested = queue::ingest(&mut tx, &delivery).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(ingested)
+    }
+
+    async fn lease_due(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<LeasedJob>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let jobs = queue::lease_due(&mut tx, owner, limit, lease, now).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(jobs)
+    }
+
+    async fn record_attempt(
+        &self,
+        job: &LeasedJob,
+        owner: &str,
+        attempt: Attempt,
+        next: Transition,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        queue::record(&mut tx, job, owner, &attempt, &next, now).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        queue::release_leases(&mut tx, owner, millis(now)).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+        queue::next_due(&self.pool).await
+    }
+
+    async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        history::list(&self.pool, filter).await
+    }
+
+    async fn get(&self, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
+        history::get(&self.pool, key).await
+    }
+
+    async fn payload(&self, key: &DeliveryKey) -> Result<StoredPayload, StoreError> {
+        history::payload(&self.pool, key).await
+    }
+
+    async fn replay(
+        &self,
+        key: &DeliveryKey,
+        job: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        let ids = admin::replay(&mut tx, key, job, now).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(ids)
+    }
+
+    async fn add_jobs(
+        &self,
+        key: &DeliveryKey,
+        jobs: Vec<NewJob>,
+        summary: Summary,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        admin::add_jobs(&mut tx, key, &jobs, &summary, now).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// One batch, by one replica at a time: a replica that finds the purge
+    /// lock taken deletes nothing this round. Payloads, jobs and attempts go
+    /// with their delivery (`ON DELETE CASCADE`).
+    async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = admin::purge(&mut tx, cutoff, batch).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(n)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        history::stats(&self.pool).await
+    }
+
+    /// A committed write, not a `SELECT 1`: a read-only server (a standby,
+    /// `default_transaction_read_only`), a role without write rights or a
+    /// server that cannot flush its WAL answers reads but takes no
+    /// delivery. Bounded by the pool's acquire timeout and the statement
+    /// timeout; replicas probing at once take turns on the one row.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.readiness
+            .check(|| async {
+                sqlx::query(
+                    "INSERT INTO hookbridge_probe (id, at) VALUES (1, $1)
+                     ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
+                )
+                .bind(millis(SystemTime::now()))
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+                Ok(())
+            })
+            .await
+    }
+
+    fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        tokio::spawn(listen::listen(self.pool.clone(), wake, shutdown));
+    }
+}

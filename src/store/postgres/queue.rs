@@ -1,0 +1,325 @@
+//! The queue's writes, each inside the caller's transaction: ingest (with
+//! deduplication), leasing due jobs, recording attempts, giving leases back.
+//! Every change that makes a job due ends with a `NOTIFY`.
+
+use std::time::{Duration, SystemTime};
+
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{CHANNEL, db, from_json, to_json};
+use crate::store::model::{self, JobUpdate};
+use crate::store::*;
+
+pub(super) type Tx = Transaction<'static, Postgres>;
+
+pub(super) async fn notify(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(super) async fn insert_job(
+    tx: &mut Tx,
+    delivery_id: &str,
+    job: &NewJob,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+    )
+    .bind(&job.id)
+    .bind(delivery_id)
+    .bind(&job.rule)
+    .bind(&job.target)
+    .bind(to_json(&job.request)?)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Recompute a delivery's status from its jobs.
+pub(super) async fn refresh_status(tx: &mut Tx, delivery_id: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = CASE
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = $1 AND state IN ('pending', 'running')) THEN 'pending'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = $1 AND state = 'dead') THEN 'dead'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = $1 AND state = 'done') THEN 'done'
+            ELSE 'skipped' END
+         WHERE id = $1",
+    )
+    .bind(delivery_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The number of a job's next attempt row. Callers hold the job's row lock.
+pub(super) async fn next_attempt_number(tx: &mut Tx, job: &str) -> Result<i32, StoreError> {
+    sqlx::query_scalar("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)
+}
+
+/// Record that an attempt was cut short (crash, shutdown past the grace period).
+pub(super) async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) -> Result<(), StoreError> {
+    let n = next_attempt_number(tx, job).await?;
+    sqlx::query(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+         VALUES ($1, $2, $3, 0, NULL, $5, $4, NULL)",
+    )
+    .bind(job)
+    .bind(n)
+    .bind(now_ms)
+    .bind(why)
+    .bind(model::INTERRUPTED)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, StoreError> {
+    let received = millis(d.received_at);
+    let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
+    // Waits for a concurrent insert of the same (source, delivery) to finish.
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (delivery, source) DO NOTHING
+         RETURNING seq",
+    )
+    .bind(&d.id)
+    .bind(&d.source)
+    .bind(&d.delivery)
+    .bind(received)
+    .bind(&d.event.name)
+    .bind(&d.event.kind)
+    .bind(&d.event.repository)
+    .bind(&d.event.git_ref)
+    .bind(status)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    if let Some(seq) = inserted {
+        sqlx::query(
+            "INSERT INTO payloads (seq, summary, event, headers, payload) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(seq)
+        .bind(to_json(&d.summary)?)
+        .bind(to_json(&d.event)?)
+        .bind(to_json(&d.headers)?)
+        .bind(d.payload.as_ref())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        for job in &d.jobs {
+            insert_job(tx, &d.id, job, received).await?;
+        }
+        if !d.jobs.is_empty() {
+            notify(tx).await?;
+        }
+        return Ok(Ingested::Stored);
+    }
+    let (id, summary): (String, String) = sqlx::query_as(
+        "SELECT d.id, p.summary FROM deliveries d JOIN payloads p ON p.seq = d.seq
+             WHERE d.source = $1 AND d.delivery = $2",
+    )
+    .bind(&d.source)
+    .bind(&d.delivery)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    // The duplicate's arrival is the clock: its dead jobs are due at once.
+    let now = millis(d.received_at);
+    let requeued = sqlx::query(
+        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL, updated_at = $2
+         WHERE delivery_id = $1 AND state = 'dead'",
+    )
+    .bind(&id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected() as usize;
+    if requeued > 0 {
+        refresh_status(tx, &id).await?;
+        notify(tx).await?;
+    }
+    Ok(Ingested::Duplicate {
+        summary: from_json(&summary)?,
+        requeued,
+    })
+}
+
+pub(super) async fn lease_due(
+    tx: &mut Tx,
+    owner: &str,
+    limit: usize,
+    lease: Duration,
+    now: SystemTime,
+) -> Result<Vec<LeasedJob>, StoreError> {
+    let now_ms = millis(now);
+    let expired: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1
+         ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now_ms)
+    .bind(limit as i64)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= $1
+         ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now_ms)
+    .bind(limit.saturating_sub(expired.len()) as i64)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    for id in &expired {
+        interrupted(tx, id, now_ms, model::LEASE_EXPIRED).await?;
+    }
+    let ids: Vec<String> = expired.into_iter().chain(due).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "UPDATE jobs j SET state = 'running', lease_owner = $2, lease_until = $3, attempts = j.attempts + 1, updated_at = $4
+         FROM deliveries d
+         WHERE j.id = ANY($1) AND d.id = j.delivery_id
+         RETURNING j.id, j.delivery_id, d.delivery, d.source, j.rule, j.target, j.request, j.attempts, j.next_attempt_at",
+    )
+    .bind(&ids)
+    .bind(owner)
+    .bind(millis(now + lease))
+    .bind(now_ms)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let request: String = r.try_get(6).map_err(db)?;
+        let attempts: i32 = r.try_get(7).map_err(db)?;
+        out.push((
+            r.try_get::<i64, _>(8).map_err(db)?,
+            LeasedJob {
+                id: r.try_get(0).map_err(db)?,
+                delivery_id: r.try_get(1).map_err(db)?,
+                delivery: r.try_get(2).map_err(db)?,
+                source: r.try_get(3).map_err(db)?,
+                rule: r.try_get(4).map_err(db)?,
+                target: r.try_get(5).map_err(db)?,
+                request: from_json(&request)?,
+                attempt: attempts.max(1) as u32,
+            },
+        ));
+    }
+    // Oldest due first, as SQLite hands them out.
+    out.sort_by_key(|(due, _)| *due);
+    Ok(out.into_iter().map(|(_, job)| job).collect())
+}
+
+pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Result<(), StoreError> {
+    let ids: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, delivery_id FROM jobs WHERE state = 'running' AND lease_owner = $1 FOR UPDATE",
+    )
+    .bind(owner)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    for (id, _) in &ids {
+        interrupted(tx, id, now_ms, model::STOPPED).await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, next_attempt_at = $2, updated_at = $2
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    }
+    if !ids.is_empty() {
+        notify(tx).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn record(
+    tx: &mut Tx,
+    job: &LeasedJob,
+    owner: &str,
+    attempt: &Attempt,
+    next: &Transition,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    // The job's row lock orders this attempt against a lease takeover.
+    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(&job.id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    if exists.is_none() {
+        // Purged or gone: nothing left to record against.
+        return Ok(());
+    }
+    let n = next_attempt_number(tx, &job.id).await?;
+    let update = JobUpdate::after(next, attempt, now)?;
+    sqlx::query(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&job.id)
+    .bind(n)
+    .bind(millis(attempt.started_at))
+    .bind(attempt.duration.as_millis() as i64)
+    .bind(attempt.status.map(i32::from))
+    .bind(next.outcome())
+    .bind(&update.error)
+    .bind(&attempt.response)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    let now_ms = millis(now);
+    // Only the lease holder moves the job; a late worker's attempt is still recorded above.
+    sqlx::query(
+        "UPDATE jobs SET state = $3, next_attempt_at = $4, lease_owner = NULL, lease_until = NULL,
+                last_error = $5, result = COALESCE($6, result), updated_at = $7
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+    )
+    .bind(&job.id)
+    .bind(owner)
+    .bind(update.state.as_str())
+    .bind(update.next_attempt_at)
+    .bind(&update.error)
+    .bind(update.result)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    refresh_status(tx, &job.delivery_id).await
+}
+
+/// When the next pending job falls due or the next lease expires.
+pub(super) async fn next_due(pool: &PgPool) -> Result<Option<SystemTime>, StoreError> {
+    let next: Option<i64> = sqlx::query_scalar(
+        "SELECT MIN(t) FROM (
+            SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'pending'
+            UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running') AS due",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    Ok(next.map(from_millis))
+}

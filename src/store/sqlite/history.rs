@@ -1,0 +1,239 @@
+//! The history's reads, on the reader connections: resolve a key, list,
+//! show, the stored payload, queue figures and the next due time.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::db;
+use crate::store::model::{self, from_json};
+use crate::store::*;
+
+/// Resolve a [`DeliveryKey`] to an internal id.
+pub(super) fn resolve(conn: &Connection, key: &DeliveryKey) -> Result<String, StoreError> {
+    let by_internal: Option<String> = conn
+        .prepare_cached("SELECT id FROM deliveries WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![key.id], |r| r.get(0)).optional())
+        .map_err(db)?;
+    if let Some(id) = by_internal {
+        return Ok(id);
+    }
+    let mut s = conn
+        .prepare_cached(
+            "SELECT id, source FROM deliveries WHERE delivery = ?1 AND (?2 IS NULL OR source = ?2) ORDER BY source",
+        )
+        .map_err(db)?;
+    let rows: Vec<(String, String)> = s
+        .query_map(params![key.id, key.source], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
+    match rows.len() {
+        0 => Err(StoreError::not_found(key.id.clone())),
+        1 => Ok(rows[0].0.clone()),
+        _ => Err(model::ambiguous(
+            &key.id,
+            rows.into_iter().map(|(_, s)| s).collect(),
+        )),
+    }
+}
+
+fn row_to_delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryRow, String)> {
+    let status: String = r.get(8)?;
+    Ok((
+        DeliveryRow {
+            id: r.get(0)?,
+            source: r.get(1)?,
+            delivery: r.get(2)?,
+            received_at: r.get(3)?,
+            event: r.get(4)?,
+            kind: r.get(5)?,
+            repository: r.get(6)?,
+            git_ref: r.get(7)?,
+            status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+            jobs: r.get::<_, i64>(9)? as u32,
+        },
+        status,
+    ))
+}
+
+const DELIVERY_COLUMNS: &str =
+    "d.id, d.source, d.delivery, d.received_at, d.event_name, d.kind, d.repository, d.git_ref, d.status,
+     (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id)";
+
+pub(super) fn list(conn: &Connection, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE 1 = 1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(s) = f.status {
+        args.push(Box::new(s.as_str()));
+        sql.push_str(&format!(" AND d.status = ?{}", args.len()));
+    }
+    if let Some(s) = &f.source {
+        args.push(Box::new(s.clone()));
+        sql.push_str(&format!(" AND d.source = ?{}", args.len()));
+    }
+    if let Some(r) = &f.rule {
+        args.push(Box::new(r.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.rule = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(since) = f.since {
+        args.push(Box::new(millis(since)));
+        sql.push_str(&format!(" AND d.received_at >= ?{}", args.len()));
+    }
+    if let Some(before) = &f.before {
+        args.push(Box::new(before.clone()));
+        sql.push_str(&format!(" AND d.id < ?{}", args.len()));
+    }
+    args.push(Box::new(f.limit.max(1) as i64));
+    sql.push_str(&format!(" ORDER BY d.id DESC LIMIT ?{}", args.len()));
+    let mut s = conn.prepare(&sql).map_err(db)?;
+    let rows = s
+        .query_map(rusqlite::params_from_iter(args.iter()), row_to_delivery)
+        .map_err(db)?;
+    rows.map(|r| r.map(|(row, _)| row).map_err(db)).collect()
+}
+
+pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
+    let id = resolve(conn, key)?;
+    let (row, summary, event): (DeliveryRow, String, String) = conn
+        .query_row(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS}, p.summary, p.event FROM deliveries d JOIN payloads p ON p.seq = d.seq WHERE d.id = ?1"
+            ),
+            params![id],
+            |r| Ok((row_to_delivery(r)?.0, r.get(10)?, r.get(11)?)),
+        )
+        .map_err(db)?;
+    let mut jobs = Vec::new();
+    let mut s = conn
+        .prepare(
+            "SELECT id, rule, target, state, attempts, next_attempt_at, last_error, result, request
+             FROM jobs WHERE delivery_id = ?1 ORDER BY id",
+        )
+        .map_err(db)?;
+    let rows: Vec<_> = s
+        .query_map(params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
+    for (job_id, rule, target, state, attempts, next, last_error, result, request) in rows {
+        let mut a = conn
+            .prepare_cached(
+                "SELECT n, started_at, duration_ms, status, outcome, error, response FROM attempts WHERE job_id = ?1 ORDER BY n",
+            )
+            .map_err(db)?;
+        let history = a
+            .query_map(params![job_id], |r| {
+                Ok(AttemptRow {
+                    n: r.get::<_, i64>(0)? as u32,
+                    started_at: r.get(1)?,
+                    duration_ms: r.get(2)?,
+                    status: r.get::<_, Option<i64>>(3)?.map(|s| s as u16),
+                    outcome: r.get(4)?,
+                    error: r.get(5)?,
+                    response: r.get(6)?,
+                })
+            })
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        let state: JobState = state.parse()?;
+        let waiting = state == JobState::Pending;
+        jobs.push(JobDetail {
+            id: job_id,
+            rule,
+            target,
+            state,
+            attempts: attempts as u32,
+            next_attempt_at: waiting.then_some(next),
+            last_error,
+            result: result.as_deref().map(from_json).transpose()?,
+            request: from_json(&request)?,
+            history,
+        });
+    }
+    Ok(DeliveryDetail {
+        row,
+        summary: from_json(&summary)?,
+        normalized: from_json(&event)?,
+        jobs,
+    })
+}
+
+/// The stored inputs of a delivery.
+pub(super) fn payload(c: &Connection, key: &DeliveryKey) -> Result<StoredPayload, StoreError> {
+    let id = resolve(c, key)?;
+    let (event, headers, payload): (String, String, Vec<u8>) = c
+        .query_row(
+            "SELECT p.event, p.headers, p.payload FROM deliveries d JOIN payloads p ON p.seq = d.seq WHERE d.id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(db)?;
+    Ok(StoredPayload {
+        event: from_json(&event)?,
+        headers: from_json::<BTreeMap<String, String>>(&headers)?,
+        payload,
+    })
+}
+
+/// When the next pending job falls due, or the next lease runs out.
+pub(super) fn next_due(c: &Connection) -> Result<Option<SystemTime>, StoreError> {
+    let next: Option<i64> = c
+        .query_row(
+            "SELECT MIN(t) FROM (
+                SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'pending'
+                UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    Ok(next.map(from_millis))
+}
+
+/// Queue figures for metrics.
+pub(super) fn stats(c: &Connection) -> Result<QueueStats, StoreError> {
+    let mut stats = QueueStats::default();
+    let mut s = c
+        .prepare_cached(
+            "SELECT state, COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY state",
+        )
+        .map_err(db)?;
+    let rows = s
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(db)?;
+    for row in rows {
+        let (state, n) = row.map_err(db)?;
+        let n = u64::try_from(n).unwrap_or(0);
+        match state.parse::<JobState>()? {
+            JobState::Pending => stats.pending = n,
+            JobState::Running => stats.running = n,
+            _ => stats.dead = n,
+        }
+    }
+    let oldest: Option<i64> = c
+        .query_row(
+            "SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    stats.oldest_pending = oldest.map(from_millis);
+    Ok(stats)
+}

@@ -1,0 +1,406 @@
+//! The queue's writes, each run by the writer inside a batch transaction:
+//! ingest, lease, record, give back, replay, add jobs, purge.
+
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::db;
+use super::history::resolve;
+use crate::store::model::{self, JobUpdate, from_json, to_json};
+use crate::store::*;
+
+/// A delivery with its JSON columns already serialized, so that work runs on
+/// the caller's thread in parallel rather than on the one writer thread.
+pub(super) struct PreparedDelivery {
+    delivery: NewDelivery,
+    summary: String,
+    event: String,
+    headers: String,
+    /// Each job's request, in the order of `delivery.jobs`.
+    requests: Vec<String>,
+}
+
+impl PreparedDelivery {
+    pub(super) fn new(delivery: NewDelivery) -> Result<PreparedDelivery, StoreError> {
+        Ok(PreparedDelivery {
+            summary: to_json(&delivery.summary)?,
+            event: to_json(&delivery.event)?,
+            headers: to_json(&delivery.headers)?,
+            requests: delivery
+                .jobs
+                .iter()
+                .map(|j| to_json(&j.request))
+                .collect::<Result<_, _>>()?,
+            delivery,
+        })
+    }
+
+    /// Roughly how many bytes it writes (the payload dominates).
+    pub(super) fn bytes(&self) -> usize {
+        self.delivery.payload.len() + self.event.len() + self.summary.len()
+    }
+}
+
+fn insert_job(
+    tx: &Connection,
+    delivery_id: &str,
+    job: &NewJob,
+    request: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)",
+    )
+    .and_then(|mut s| s.execute(params![job.id, delivery_id, job.rule, job.target, request, now]))
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(super) fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, StoreError> {
+    let d = &p.delivery;
+    let existing: Option<(String, String)> = tx
+        .prepare_cached(
+            "SELECT d.id, p.summary FROM deliveries d JOIN payloads p ON p.seq = d.seq
+             WHERE d.source = ?1 AND d.delivery = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![d.source, d.delivery], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(db)?;
+    if let Some((id, summary)) = existing {
+        // The duplicate's arrival is the clock: its dead jobs are due at once.
+        let now = millis(d.received_at);
+        let requeued = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+                 WHERE delivery_id = ?1 AND state = 'dead'",
+            )
+            .and_then(|mut s| s.execute(params![id, now]))
+            .map_err(db)?;
+        if requeued > 0 {
+            refresh_status(tx, &id)?;
+        }
+        return Ok(Ingested::Duplicate {
+            summary: from_json(&summary)?,
+            requeued,
+        });
+    }
+    let received = millis(d.received_at);
+    let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
+    tx.prepare_cached(
+        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            d.id,
+            d.source,
+            d.delivery,
+            received,
+            d.event.name,
+            d.event.kind,
+            d.event.repository,
+            d.event.git_ref,
+            status,
+        ])
+    })
+    .map_err(db)?;
+    let seq = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO payloads (seq, summary, event, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![seq, p.summary, p.event, p.headers, &d.payload[..]]))
+    .map_err(db)?;
+    for (job, request) in d.jobs.iter().zip(&p.requests) {
+        insert_job(tx, &d.id, job, request, received)?;
+    }
+    Ok(Ingested::Stored)
+}
+
+/// Recompute a delivery's status from its jobs.
+fn refresh_status(tx: &Connection, delivery_id: &str) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET status = CASE
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state IN ('pending', 'running')) THEN 'pending'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state = 'dead') THEN 'dead'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state = 'done') THEN 'done'
+            ELSE 'skipped' END
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![delivery_id]))
+    .map_err(db)?;
+    Ok(())
+}
+
+fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
+    tx.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")
+        .and_then(|mut s| s.query_row(params![job], |r| r.get(0)))
+        .map_err(db)
+}
+
+pub(super) fn lease_due(
+    tx: &Connection,
+    owner: &str,
+    limit: usize,
+    lease: Duration,
+    now: SystemTime,
+) -> Result<Vec<LeasedJob>, StoreError> {
+    let now_ms = millis(now);
+    let mut ids: Vec<(String, bool)> = Vec::new();
+    {
+        let mut expired = tx
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?1 ORDER BY lease_until LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = expired
+            .query_map(params![now_ms, limit as i64], |r| r.get::<_, String>(0))
+            .map_err(db)?;
+        for id in rows {
+            ids.push((id.map_err(db)?, true));
+        }
+        let mut due = tx
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = due
+            .query_map(params![now_ms, (limit - ids.len().min(limit)) as i64], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(db)?;
+        for id in rows {
+            ids.push((id.map_err(db)?, false));
+        }
+    }
+    let until = millis(now + lease);
+    let mut out = Vec::with_capacity(ids.len());
+    for (id, was_expired) in ids {
+        if was_expired {
+            interrupted(tx, &id, now_ms, model::LEASE_EXPIRED)?;
+        }
+        let row = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, attempts = attempts + 1, updated_at = ?4
+                 WHERE id = ?1
+                 RETURNING delivery_id, rule, target, request, attempts, next_attempt_at",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![id, owner, until, now_ms], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+            })
+            .map_err(db)?;
+        let (delivery_id, rule, target, request, attempts, due) = row;
+        let (delivery, source): (String, String) = tx
+            .prepare_cached("SELECT delivery, source FROM deliveries WHERE id = ?1")
+            .and_then(|mut s| s.query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(db)?;
+        let job = LeasedJob {
+            id,
+            delivery_id,
+            delivery,
+            source,
+            rule,
+            target,
+            request: from_json(&request)?,
+            attempt: attempts.max(1) as u32,
+        };
+        out.push((due, job));
+    }
+    // Oldest due first, taken-over leases among them, as PostgreSQL hands them out.
+    out.sort_by_key(|(due, _)| *due);
+    Ok(out.into_iter().map(|(_, job)| job).collect())
+}
+
+/// Record that an attempt was cut short (crash, shutdown past the grace period).
+fn interrupted(tx: &Connection, job: &str, now_ms: i64, why: &str) -> Result<(), StoreError> {
+    let n = next_attempt_number(tx, job)?;
+    tx.prepare_cached(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+         VALUES (?1, ?2, ?3, 0, NULL, ?5, ?4, NULL)",
+    )
+    .and_then(|mut s| s.execute(params![job, n, now_ms, why, model::INTERRUPTED]))
+    .map_err(db)?;
+    Ok(())
+}
+
+pub(super) fn release_leases(
+    tx: &Connection,
+    owner: Option<&str>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let now_ms = millis(now);
+    let ids: Vec<(String, String)> = {
+        let mut s = tx
+            .prepare_cached("SELECT id, delivery_id FROM jobs WHERE state = 'running' AND (?1 IS NULL OR lease_owner = ?1)")
+            .map_err(db)?;
+        let rows = s
+            .query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)?
+    };
+    for (id, _) in &ids {
+        interrupted(tx, id, now_ms, model::STOPPED)?;
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, next_attempt_at = ?2, updated_at = ?2
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, now_ms]))
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+pub(super) fn record(
+    tx: &Connection,
+    job: &str,
+    delivery_id: &str,
+    owner: &str,
+    attempt: &Attempt,
+    next: &Transition,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let exists: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")
+        .and_then(|mut s| s.query_row(params![job], |r| r.get(0)))
+        .map_err(db)?;
+    if !exists {
+        // Purged or gone: nothing left to record against (as on PostgreSQL).
+        return Ok(());
+    }
+    let n = next_attempt_number(tx, job)?;
+    let update = JobUpdate::after(next, attempt, now)?;
+    tx.prepare_cached(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            job,
+            n,
+            millis(attempt.started_at),
+            attempt.duration.as_millis() as i64,
+            attempt.status,
+            next.outcome(),
+            update.error,
+            attempt.response,
+        ])
+    })
+    .map_err(db)?;
+    let now_ms = millis(now);
+    // Only the lease holder moves the job; a late worker's attempt is still recorded above.
+    tx.prepare_cached(
+        "UPDATE jobs SET state = ?3, next_attempt_at = ?4, lease_owner = NULL, lease_until = NULL,
+                last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
+         WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            job,
+            owner,
+            update.state.as_str(),
+            update.next_attempt_at,
+            update.error,
+            update.result,
+            now_ms
+        ])
+    })
+    .map_err(db)?;
+    refresh_status(tx, delivery_id)
+}
+
+pub(super) fn replay(
+    tx: &Connection,
+    key: &DeliveryKey,
+    job: Option<&str>,
+    now: SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let id = resolve(tx, key)?;
+    let now_ms = millis(now);
+    let ids: Vec<String> = {
+        let mut s = tx
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE delivery_id = ?1 AND (?2 IS NULL OR id = ?2) AND state != 'running' ORDER BY id",
+            )
+            .map_err(db)?;
+        s.query_map(params![id, job], |r| r.get(0))
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?
+    };
+    if let Some(j) = job
+        && ids.is_empty()
+    {
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND delivery_id = ?2)",
+                params![j, id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !exists {
+            return Err(model::job_not_found(j, key));
+        }
+    }
+    for j in &ids {
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![j, now_ms]))
+        .map_err(db)?;
+    }
+    refresh_status(tx, &id)?;
+    Ok(ids)
+}
+
+pub(super) fn add_jobs(
+    tx: &Connection,
+    key: &DeliveryKey,
+    jobs: &[NewJob],
+    summary: &Summary,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let id = resolve(tx, key)?;
+    for job in jobs {
+        insert_job(tx, &id, job, &to_json(&job.request)?, millis(now))?;
+    }
+    tx.execute(
+        "UPDATE payloads SET summary = ?2 WHERE seq = (SELECT seq FROM deliveries WHERE id = ?1)",
+        params![id, to_json(summary)?],
+    )
+    .map_err(db)?;
+    refresh_status(tx, &id)
+}
+
+pub(super) fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
+    let seqs: Vec<i64> = tx
+        .prepare_cached(
+            "SELECT seq FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < ?1 LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![millis(cutoff), batch as i64], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(db)?;
+    for seq in &seqs {
+        // Jobs and attempts go with the delivery (ON DELETE CASCADE).
+        tx.prepare_cached("DELETE FROM payloads WHERE seq = ?1")
+            .and_then(|mut s| s.execute(params![seq]))
+            .and_then(|_| tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1"))
+            .and_then(|mut s| s.execute(params![seq]))
+            .map_err(db)?;
+    }
+    Ok(seqs.len() as u64)
+}

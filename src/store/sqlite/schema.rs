@@ -1,0 +1,256 @@
+//! The SQLite schema: its migrations (the version lives in `PRAGMA
+//! user_version`), the connection settings every connection gets, and the
+//! readiness probe's row.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{db, db_at};
+use crate::store::model;
+use crate::store::{StoreError, millis};
+
+/// Page size of new databases. Every commit writes each page it touches
+/// whole into the WAL, and a small commit (one delivery, a lease, an attempt
+/// record) touches a dozen pages of tables and indexes, so small pages keep
+/// the bytes written per delivery down; payloads larger than a page go to
+/// overflow pages of their own table.
+const PAGE_SIZE: usize = 4096;
+
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE deliveries (
+    id          TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    delivery    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    event_name  TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    repository  TEXT,
+    git_ref     TEXT,
+    status      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    headers     TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    UNIQUE (source, delivery)
+);
+CREATE INDEX deliveries_delivery ON deliveries (delivery);
+CREATE INDEX deliveries_status ON deliveries (status, received_at);
+CREATE INDEX deliveries_received ON deliveries (received_at);
+CREATE TABLE jobs (
+    id              TEXT PRIMARY KEY,
+    delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    rule            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    last_error      TEXT,
+    result          TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+CREATE INDEX jobs_delivery ON jobs (delivery_id);
+CREATE INDEX jobs_rule ON jobs (rule);
+CREATE TABLE attempts (
+    job_id      TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    n           INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status      INTEGER,
+    outcome     TEXT NOT NULL,
+    error       TEXT,
+    response    TEXT,
+    PRIMARY KEY (job_id, n)
+);
+"#,
+    // Version 2: the columns written once (payload, normalized event, headers,
+    // summary) move to their own table, so the rows that change (a delivery's
+    // status, its jobs) sit densely in a few pages instead of one page per
+    // delivery, and a status change rewrites only those. One unique index on
+    // (delivery, source) serves deduplication and lookups by delivery id alone;
+    // the index on jobs.rule had no query. `seq` is the explicit rowid the
+    // payload is keyed by (stable across VACUUM).
+    r#"
+CREATE TABLE payloads (
+    seq     INTEGER PRIMARY KEY,
+    summary TEXT NOT NULL,
+    event   TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE deliveries_v2 (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    source      TEXT NOT NULL,
+    delivery    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    event_name  TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    repository  TEXT,
+    git_ref     TEXT,
+    status      TEXT NOT NULL,
+    UNIQUE (delivery, source)
+);
+INSERT INTO deliveries_v2 (seq, id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
+    SELECT rowid, id, source, delivery, received_at, event_name, kind, repository, git_ref, status FROM deliveries;
+INSERT INTO payloads (seq, summary, event, headers, payload)
+    SELECT rowid, summary, event, headers, payload FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v2 RENAME TO deliveries;
+CREATE INDEX deliveries_status ON deliveries (status, received_at);
+CREATE INDEX deliveries_received ON deliveries (received_at);
+DROP INDEX jobs_rule;
+"#,
+    // Version 3: the row the readiness probe rewrites, so that "ready" means
+    // a commit just reached the disk.
+    r#"
+CREATE TABLE probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
+"#,
+];
+
+/// The schema version this build creates.
+pub fn schema_version() -> usize {
+    MIGRATIONS.len()
+}
+
+pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+    // The page size applies to new databases only (a file keeps its own).
+    // Temporary storage in memory keeps the statement journal of the
+    // writer's per-op savepoints off the disk.
+    conn.execute_batch(&format!(
+        "PRAGMA page_size = {PAGE_SIZE};
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(db)
+}
+
+pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| db_at(path, e))?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// A further connection to the store's file, which must exist: should the
+/// file be deleted under the daemon, a new reader fails instead of creating
+/// an empty database at the path.
+pub(super) fn connect_existing(path: &Path) -> Result<Connection, StoreError> {
+    let flags = rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| db_at(path, e))?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// Rewrite the probe row: once the commit holding it returns, a commit can
+/// reach the disk.
+pub(super) fn probe(conn: &Connection, now: SystemTime) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )
+    .and_then(|mut s| s.execute(params![millis(now)]))
+    .map(|_| ())
+}
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // Rebuilding a table (SQLite's documented procedure) needs foreign keys
+    // off, or dropping the old table would cascade into its jobs; the pragma
+    // is a no-op inside a transaction, so it is set around it.
+    conn.execute_batch("PRAGMA foreign_keys = OFF").map_err(db)?;
+    let migrated = migrate_tx(conn).and_then(|()| {
+        let broken: Option<String> = conn
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        match broken {
+            Some(table) => Err(StoreError::corrupt(format!(
+                "a foreign key in `{table}` points nowhere after migration"
+            ))),
+            None => Ok(()),
+        }
+    });
+    conn.execute_batch("PRAGMA foreign_keys = ON").map_err(db)?;
+    migrated
+}
+
+fn migrate_tx(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let version: usize = tx
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(db)? as usize;
+    model::check_schema(version, MIGRATIONS.len())?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(db)?;
+    }
+    tx.commit().map_err(db)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{DeliveryKey, Store};
+
+    /// A database written by the first schema keeps every delivery, job and
+    /// attempt through the upgrade, and the upgraded store works on them.
+    #[tokio::test]
+    async fn version_1_databases_are_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                r#"PRAGMA user_version = 1;
+                INSERT INTO deliveries VALUES ('01D1', 'github', 'guid-1', 1000, 'push', 'push', 'acme/app',
+                    'refs/heads/main', 'pending',
+                    '{"delivery":"guid-1","source":"github","event":"push","duplicate":false,"matched":[{"rule":"r","job":"01J1","target":"gl"}],"skipped":[],"errors":[]}',
+                    '{"source":"github","provider":"github","name":"push","kind":"push","delivery":"guid-1","repository":"acme/app","ref":"refs/heads/main","branch":"main","created":false,"deleted":false,"forced":false,"changes":[]}',
+                    '{"x-github-event":"push"}', X'7B7D');
+                INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
+                    VALUES ('01J1', '01D1', 'r', 'gl', '{"api":"gitlab_pipeline","project":"acme/app","ref":"main"}', 'pending', 1, 0, 1000, 1000);
+                INSERT INTO attempts VALUES ('01J1', 1, 1000, 5, 503, 'retry', 'CI unavailable', NULL);"#,
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let key = DeliveryKey {
+            id: "guid-1".into(),
+            source: None,
+        };
+        let detail = store.get(&key).await.unwrap();
+        assert_eq!(detail.summary.matched[0].job, "01J1");
+        assert_eq!(detail.normalized.repository.as_deref(), Some("acme/app"));
+        assert_eq!(detail.jobs.len(), 1);
+        assert_eq!(detail.jobs[0].history.len(), 1);
+        let payload = store.payload(&key).await.unwrap();
+        assert_eq!(payload.payload, b"{}");
+        assert_eq!(payload.headers["x-github-event"], "push");
+        let leased = store
+            .lease_due("test", 10, Duration::from_secs(60), SystemTime::now())
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(leased[0].delivery, "guid-1");
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version as usize, schema_version());
+    }
+}

@@ -1,0 +1,193 @@
+//! The SQLite store against what PostgreSQL does: the order leases, ambiguity
+//! lists and replayed ids come in, and an attempt for a job that vanished.
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::store::{MatchedJob, StoreErrorKind};
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+/// A delivery of `source` with one job per id in `jobs`, received at `at`.
+fn delivery(source: &str, id: &str, jobs: &[&str], at: SystemTime) -> NewDelivery {
+    let event = serde_json::from_value(serde_json::json!({
+        "source": source, "provider": "github", "name": "push", "kind": "push",
+        "delivery": id, "repository": "acme/app", "ref": "refs/heads/main",
+        "branch": "main", "created": false, "deleted": false, "forced": false, "changes": []
+    }))
+    .unwrap();
+    let request: crate::target::TriggerRequest = serde_json::from_value(
+        serde_json::json!({"api": "gitlab_pipeline", "project": "acme/app", "ref": "main"}),
+    )
+    .unwrap();
+    let jobs: Vec<NewJob> = jobs
+        .iter()
+        .map(|j| NewJob {
+            id: (*j).into(),
+            rule: "r".into(),
+            target: "gitlab".into(),
+            request: request.clone(),
+        })
+        .collect();
+    NewDelivery {
+        id: format!("{source}-{id}"),
+        source: source.into(),
+        delivery: id.into(),
+        received_at: at,
+        event,
+        headers: Default::default(),
+        payload: bytes::Bytes::from_static(b"{}"),
+        summary: Summary {
+            delivery: id.into(),
+            source: source.into(),
+            event: "push".into(),
+            duplicate: false,
+            matched: jobs
+                .iter()
+                .map(|j| MatchedJob {
+                    rule: j.rule.clone(),
+                    job: j.id.clone(),
+                    target: j.target.clone(),
+                })
+                .collect(),
+            skipped: vec![],
+            errors: vec![],
+        },
+        jobs,
+    }
+}
+
+fn key(id: &str) -> DeliveryKey {
+    DeliveryKey {
+        id: id.into(),
+        source: None,
+    }
+}
+
+fn attempt(at: SystemTime) -> Attempt {
+    Attempt {
+        started_at: at,
+        duration: Duration::from_millis(5),
+        status: Some(201),
+        error: None,
+        response: None,
+    }
+}
+
+fn done() -> Transition {
+    Transition::Done(crate::target::TriggerResult {
+        id: Some("1".into()),
+        number: None,
+        url: None,
+        state: None,
+    })
+}
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("hb.db")).unwrap();
+    (dir, store)
+}
+
+fn ids(jobs: &[LeasedJob]) -> Vec<&str> {
+    jobs.iter().map(|j| j.id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn expired_leases_first_by_expiry_and_every_lease_oldest_due_first() {
+    let (_dir, s) = store().await;
+    for (i, job) in ["j0", "j1", "j2"].into_iter().enumerate() {
+        let d = delivery("github", &format!("d{i}"), &[job], t(i as u64));
+        s.ingest(d).await.unwrap();
+    }
+    let long = s.lease_due("a", 1, Duration::from_secs(10), t(5)).await.unwrap();
+    let short = s.lease_due("a", 1, Duration::from_secs(1), t(6)).await.unwrap();
+    assert_eq!((ids(&long), ids(&short)), (vec!["j0"], vec!["j1"]));
+    // j1's lease ran out first (7 s), so it is taken over first.
+    let first = s.lease_due("b", 1, Duration::from_secs(60), t(20)).await.unwrap();
+    assert_eq!(ids(&first), ["j1"]);
+    // An expired lease and a due job: the oldest due first.
+    let rest = s.lease_due("b", 5, Duration::from_secs(60), t(20)).await.unwrap();
+    assert_eq!(ids(&rest), ["j0", "j2"]);
+    assert_eq!(rest[0].attempt, 2);
+}
+
+#[tokio::test]
+async fn ambiguity_names_the_sources_in_order() {
+    let (_dir, s) = store().await;
+    for source in ["github", "gitea", "forgejo"] {
+        s.ingest(delivery(source, "dup", &[], t(0))).await.unwrap();
+    }
+    let e = s.get(&key("dup")).await.unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Ambiguous);
+    assert_eq!(
+        e.to_string(),
+        "delivery `dup` exists for several sources (forgejo, gitea, github); name one with --source"
+    );
+}
+
+#[tokio::test]
+async fn replayed_ids_come_sorted() {
+    let (_dir, s) = store().await;
+    s.ingest(delivery("github", "r", &["j3", "j1", "j2"], t(0)))
+        .await
+        .unwrap();
+    for job in s.lease_due("w", 5, Duration::from_secs(60), t(1)).await.unwrap() {
+        s.record_attempt(&job, "w", attempt(t(1)), done(), t(2))
+            .await
+            .unwrap();
+    }
+    let queued = s.replay(&key("r"), None, t(3)).await.unwrap();
+    assert_eq!(queued, ["j1", "j2", "j3"]);
+    let e = s.replay(&key("r"), Some("j9"), t(3)).await.unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::NotFound);
+    assert_eq!(e.to_string(), "no delivery `j9 (job of delivery r)`");
+}
+
+#[tokio::test]
+async fn an_attempt_for_a_vanished_job_is_dropped_not_an_error() {
+    let (dir, s) = store().await;
+    s.ingest(delivery("github", "v", &["j1"], t(0))).await.unwrap();
+    let job = s
+        .lease_due("w", 1, Duration::from_secs(60), t(1))
+        .await
+        .unwrap()
+        .remove(0);
+    // Gone meanwhile (an operator's hand, a purge by another process).
+    let conn = Connection::open(dir.path().join("hb.db")).unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = ON; DELETE FROM deliveries WHERE delivery = 'v';")
+        .unwrap();
+    s.record_attempt(&job, "w", attempt(t(1)), done(), t(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get(&key("v")).await.unwrap_err().kind(),
+        StoreErrorKind::NotFound
+    );
+}
+
+#[test]
+fn driver_errors_are_classified() {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let e = db(conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+    assert_eq!(e.kind(), StoreErrorKind::Conflict);
+    assert!(
+        e.to_string()
+            .starts_with("store conflict: UNIQUE constraint failed"),
+        "{e}"
+    );
+    assert!(std::error::Error::source(&e).is_some());
+    let e = db(conn
+        .query_row("SELECT 'x'", [], |r| r.get::<_, i64>(0))
+        .unwrap_err());
+    assert_eq!(e.kind(), StoreErrorKind::Corrupt);
+    let e = db(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        None,
+    ));
+    assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+}
