@@ -12,6 +12,46 @@
 //!
 //! SQLite ([`sqlite`]) is the embedded default; PostgreSQL ([`postgres`])
 //! lets several replicas share one queue.
+//!
+//! # Time
+//!
+//! Operations that decide by the clock take `now` from the caller
+//! ([`Store::lease_due`], [`Store::record_attempt`], [`Store::release`],
+//! [`Store::replay`], [`Store::add_jobs`]; [`Store::ingest`] uses the
+//! delivery's `received_at`), so tests can run them at chosen instants.
+//!
+//! # Errors
+//!
+//! Every failure is a [`StoreError`]; callers decide on its
+//! [`kind`](StoreError::kind), never on its text. Backends classify driver
+//! errors where they happen and keep the driver error as the
+//! [`source`](std::error::Error::source).
+//!
+//! | kind | means | the caller |
+//! |---|---|---|
+//! | `Unavailable` | busy, locked, down, full disk, I/O: nothing was written | retries later: the webhook handler answers 503 (the sender retries), the dispatcher backs off and retries, the admin API answers 503 |
+//! | `Conflict` | the write contradicts what is stored (a constraint) | does not retry the same call; admin answers 503 without detail (it is a bug, for the log) |
+//! | `NotFound` | no such delivery or job | admin answers 404, the CLI says so |
+//! | `Ambiguous` | the delivery id exists for several sources | admin answers 409, the CLI asks for `--source` |
+//! | `Corrupt` | stored data cannot be read back | nobody retries; admin answers 503 without detail |
+//! | `Invalid` | setup or request is wrong (newer schema, bad URL, store in use) | a person fixes it; `serve` refuses to start |
+//!
+//! Messages are for operators: they name tables, files and ids, never a
+//! password or a connection string. The admin API shows only `NotFound`,
+//! `Ambiguous` and `Invalid` messages; the rest go to the log.
+//!
+//! # Layout
+//!
+//! - `mod.rs` (here): the [`Store`] trait and the public types;
+//! - `open.rs`: [`open`] and [`migrate`] the store the config names;
+//! - `error.rs`: [`StoreError`] and [`StoreErrorKind`];
+//! - [`model`]: what both backends share: [`JobState`], the transition to
+//!   job update mapping ([`model::JobUpdate`]), the interrupted-attempt
+//!   texts, messages, the schema check, JSON columns;
+//! - [`ready`]: the readiness probe cache;
+//! - [`sqlite`]: `mod` (store, open), `schema`, `writer` (group commit, one
+//!   generic write op), `queue` (writes), `history` (reads), `guard` (files, room);
+//! - [`postgres`]: the shared store. SQL stays per backend.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,12 +64,14 @@ use crate::target::{TriggerRequest, TriggerResult};
 
 mod error;
 pub mod model;
+mod open;
 pub mod postgres;
 pub mod ready;
 pub mod sqlite;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use model::JobState;
+pub use open::{OpenMode, migrate, open};
 
 /// Milliseconds since the Unix epoch, the stores' time unit.
 pub fn millis(t: SystemTime) -> i64 {
@@ -364,56 +406,5 @@ pub trait Store: Send + Sync {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         let _ = (wake, shutdown);
-    }
-}
-
-/// Who opens a store: the daemon (owns the queue) or a CLI client beside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpenMode {
-    Daemon,
-    Client,
-}
-
-/// Open the store the config names.
-pub async fn open(
-    settings: &crate::config::StoreSettings,
-    mode: OpenMode,
-) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    match &settings.url {
-        crate::config::StoreUrl::Sqlite(path) => {
-            let path = path.clone();
-            let store = tokio::task::spawn_blocking(move || match mode {
-                OpenMode::Daemon => sqlite::SqliteStore::open_exclusive(&path),
-                OpenMode::Client => sqlite::SqliteStore::open(&path),
-            })
-            .await
-            .map_err(StoreError::unavailable)??;
-            Ok(std::sync::Arc::new(store))
-        }
-        crate::config::StoreUrl::Postgres(_) => {
-            // Several replicas share the database: nothing to take back at start,
-            // a dead replica's leases expire instead.
-            let _ = mode;
-            Ok(std::sync::Arc::new(
-                postgres::PostgresStore::open(settings).await?,
-            ))
-        }
-    }
-}
-
-/// Bring the store's schema up to date (`hookbridge migrate`); returns its version.
-pub async fn migrate(settings: &crate::config::StoreSettings) -> Result<usize, StoreError> {
-    match &settings.url {
-        crate::config::StoreUrl::Sqlite(path) => {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || {
-                sqlite::SqliteStore::open(&path).map(|_| sqlite::schema_version())
-            })
-            .await
-            .map_err(StoreError::unavailable)?
-        }
-        crate::config::StoreUrl::Postgres(_) => {
-            postgres::migrate(&postgres::connect_options(settings)?).await
-        }
     }
 }

@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous = FULL`
 //! for every write that answers someone, so a delivery's commit is on disk
 //! before `ingest` returns. Only the dispatcher's own bookkeeping (leases and
-//! attempt records) commits without an fsync of its own (see [`Durability`]).
+//! attempt records) commits without an fsync of its own (see `writer::Durability`).
 //!
 //! All writes go through one writer thread that drains its queue into a single
 //! transaction per batch (group commit): under load many deliveries share one
@@ -15,7 +15,7 @@
 //!
 //! The writer refuses new deliveries rather than acknowledge what a restart
 //! would not find: files deleted or replaced under the daemon, a disk without
-//! room ([`guard`]). `serve` refuses to start on a store it cannot write.
+//! room (`guard`). `serve` refuses to start on a store it cannot write.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
