@@ -11,7 +11,7 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use hookbridge::config::{LoadMode, Secret};
@@ -22,7 +22,7 @@ use hookbridge::target::client::{SendError, Transport};
 use hookbridge::target::{OutboundRequest, Response};
 use support::ci::{CIRCLE_TOKEN, Reply, StandIn};
 use support::daemon::Workspace;
-use support::{github_signature, payload};
+use support::{github_signature, payload, wait_for};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -134,15 +134,29 @@ fn key() -> DeliveryKey {
 
 /// The job once it is in `state`; fails after `timeout`.
 async fn job_when(store: &dyn Store, state: &str, timeout: Duration) -> JobDetail {
-    let deadline = Instant::now() + timeout;
-    loop {
+    wait_for(timeout, &format!("the job {state}"), async || {
         let job = store.get(&key()).await.unwrap().jobs.remove(0);
         if job.state == state {
-            return job;
+            Ok(job)
+        } else {
+            Err(format!("{job:#?}"))
         }
-        assert!(Instant::now() < deadline, "job never became {state}: {job:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+}
+
+/// Wait until the running job's lease is over. The store reads the system
+/// clock for leases, so real time is the input here; the condition is the
+/// store's own: its lease end (`next_due`) is a whole millisecond past.
+async fn lease_over(store: &dyn Store) {
+    wait_for(Duration::from_secs(5), "the lease over", async || {
+        let end = store.next_due().await.unwrap();
+        match end {
+            Some(end) if end + Duration::from_millis(1) <= SystemTime::now() => Ok(()),
+            _ => Err(format!("lease until {end:?}")),
+        }
+    })
+    .await
 }
 
 /// Run a dispatcher over `store` with `transport` until `done` returns.
@@ -262,8 +276,7 @@ async fn a_job_whose_worker_died_each_time_is_dead_lettered_without_another_send
             .unwrap();
         assert_eq!(leased.len(), 1, "lease {n}");
         assert_eq!(leased[0].attempt, n);
-        // Past the lease (the store counts in milliseconds).
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        lease_over(&*store).await;
     }
     let transport = Arc::new(Counting::default());
     let job = with_dispatcher(
@@ -291,7 +304,7 @@ async fn a_job_within_max_attempts_after_dead_workers_is_still_sent() {
             .lease_due("ghost", 1, Duration::from_millis(1))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        lease_over(&*store).await;
     }
     let transport = Arc::new(Counting::default());
     let job = with_dispatcher(
