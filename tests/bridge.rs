@@ -10,7 +10,7 @@ use hookbridge::store::{DeliveryFilter, DeliveryKey, JobState, Store};
 use serde_json::{Value, json};
 use support::ci::{CIRCLE_TOKEN, GITLAB_TRIGGER_TOKEN, Reply, StandIn};
 use support::daemon::Workspace;
-use support::{eventually, github_signature, payload};
+use support::{eventually, github_signature, payload, wait_for};
 
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 const GITLAB_TOKEN: &str = "gitlab-webhook-token";
@@ -142,20 +142,25 @@ fn store(ws: &Workspace) -> SqliteStore {
 }
 
 /// The delivery's detail once every job is in `state` (the CI's answer reaches
-/// the stand-in before the attempt's record is committed); after 10 s, as it is.
+/// the stand-in before the attempt's record is committed).
 async fn delivery_when_jobs(
     ws: &Workspace,
     key: &DeliveryKey,
     state: &str,
 ) -> hookbridge::store::DeliveryDetail {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let detail = store(ws).get(key).await.unwrap();
-        if detail.jobs.iter().all(|j| j.state.as_str() == state) || std::time::Instant::now() > deadline {
-            return detail;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        Duration::from_secs(10),
+        &format!("every job {state}"),
+        async || {
+            let detail = store(ws).get(key).await.map_err(|e| e.to_string())?;
+            if detail.jobs.iter().all(|j| j.state.as_str() == state) {
+                Ok(detail)
+            } else {
+                Err(format!("{detail:#?}"))
+            }
+        },
+    )
+    .await
 }
 
 async fn delivery_count(ws: &Workspace) -> usize {
@@ -453,7 +458,8 @@ async fn redelivery_triggers_nothing_new() {
         again["matched"], first["matched"],
         "the original summary, same job ids"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing new: once every job is final, nothing more can be sent.
+    ws.settled().await;
     assert_eq!(ci.requests().len(), 3);
     assert_eq!(delivery_count(&ws).await, 1);
 }
@@ -500,8 +506,8 @@ async fn outage_is_retried_until_each_job_is_delivered_exactly_once() {
             assert_eq!(failed.outcome, "retry");
         }
     }
-    // Nothing more arrives later.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Nothing more arrives later: every job is final, so none can be sent again.
+    ws.settled().await;
     assert_eq!(ci.requests().len(), 8);
 }
 
@@ -560,7 +566,8 @@ async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
         ci.accepted().len() == 15
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every job final: no lease is left for a takeover to send twice.
+    ws.settled().await;
     let accepted = ci.accepted();
     assert_eq!(accepted.len(), 15, "none twice");
     ci.assert_clean();

@@ -199,13 +199,9 @@ fn serve(extra: &str) -> (i32, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve started with a config it should refuse");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if support::exit_within(&mut child, std::time::Duration::from_secs(30)).is_none() {
+        let _ = child.kill();
+        panic!("serve started with a config it should refuse");
     }
     let out = child.wait_with_output().unwrap();
     (
@@ -438,15 +434,14 @@ fn a_reload_with_out_of_range_values_keeps_the_daemon_and_its_config() {
         let before = refusals(&daemon);
         ws.write_config(&format!("{daemon_part}{BASE}{extra}"));
         daemon.reload();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while refusals(&daemon) == before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name}: no refusal logged:\n{}",
-                daemon.logs()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        support::wait_for_blocking(
+            std::time::Duration::from_secs(20),
+            &format!("{name}: a refusal logged"),
+            || match refusals(&daemon) {
+                n if n > before => Ok(()),
+                _ => Err(daemon.logs()),
+            },
+        );
     }
     // Still up, still serving.
     let health = std::process::Command::new("curl")

@@ -12,7 +12,7 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use hookbridge::config::{LoadMode, Secret};
@@ -23,7 +23,7 @@ use hookbridge::target::client::{SendError, Transport};
 use hookbridge::target::{OutboundRequest, Response};
 use support::ci::{CIRCLE_TOKEN, Reply, StandIn};
 use support::daemon::Workspace;
-use support::{github_signature, payload};
+use support::{github_signature, payload, wait_for};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -135,15 +135,15 @@ fn key() -> DeliveryKey {
 
 /// The job once it is in `state`; fails after `timeout`.
 async fn job_when(store: &dyn Store, state: &str, timeout: Duration) -> JobDetail {
-    let deadline = Instant::now() + timeout;
-    loop {
+    wait_for(timeout, &format!("the job {state}"), async || {
         let job = store.get(&key()).await.unwrap().jobs.remove(0);
         if job.state.as_str() == state {
-            return job;
+            Ok(job)
+        } else {
+            Err(format!("{job:#?}"))
         }
-        assert!(Instant::now() < deadline, "job never became {state}: {job:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Run a dispatcher over `store` with `transport` until `done` returns.

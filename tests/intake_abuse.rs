@@ -93,10 +93,25 @@ branch = "main"
     /// A connection that sent the head of a push declaring `length` bytes, and
     /// then `sent` bytes of its body.
     async fn declare(&self, length: u64, sent: usize) -> TcpStream {
+        self.send_head(length, sent, "").await
+    }
+
+    /// [`Server::declare`], returning once the server is reading the body, so
+    /// the stall is in place: the head asks `Expect: 100-continue`, which is
+    /// answered when the handler starts reading (a refusal would answer a
+    /// final status instead).
+    async fn stall(&self, length: u64, sent: usize) -> TcpStream {
+        let mut conn = self.send_head(length, sent, "Expect: 100-continue\r\n").await;
+        reading_the_body(&mut conn).await;
+        conn
+    }
+
+    async fn send_head(&self, length: u64, sent: usize, extra: &str) -> TcpStream {
         let mut conn = TcpStream::connect(self.hooks).await.unwrap();
         let head = format!(
             "POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: stall\r\n\
-             X-Hub-Signature-256: sha256=00\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+             X-Hub-Signature-256: sha256=00\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\
+             {extra}\r\n"
         );
         conn.write_all(head.as_bytes()).await.unwrap();
         conn.write_all(&vec![b' '; sent]).await.unwrap();
@@ -111,6 +126,22 @@ branch = "main"
     }
 }
 
+/// Wait for the `100 Continue` a head with `Expect: 100-continue` gets once
+/// the handler starts reading its body.
+async fn reading_the_body(conn: &mut TcpStream) {
+    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut answer = vec![0; CONTINUE.len()];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(CONTINUE),
+        "the server is not reading the body"
+    );
+}
+
 /// Read until the peer closes; the bytes read and how long that took.
 async fn read_until_closed(conn: &mut TcpStream, bound: Duration) -> (String, Duration) {
     let started = Instant::now();
@@ -123,10 +154,9 @@ async fn read_until_closed(conn: &mut TcpStream, bound: Duration) -> (String, Du
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_declaring_20_mb_and_stalling_holds_back_nobody() {
     let server = Server::start("").await;
-    let stalled = server.declare(20_000_000, 0).await;
+    let stalled = server.stall(20_000_000, 0).await;
     // And one that sent part of its body before stalling.
-    let partial = server.declare(20_000_000, 256 * 1024).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let partial = server.stall(20_000_000, 256 * 1024).await;
     for i in 0..3 {
         let (status, took) = server.signed_push(&format!("after-20mb-{i}")).await;
         assert_eq!(status, 202);
@@ -149,9 +179,8 @@ max_body = "6MiB""#,
     for i in 0..50 {
         // Every fifth one sends 64 KiB of its body first (a chunk of it held).
         let sent = if i % 5 == 0 { 64 * 1024 } else { 0 };
-        stalled.push(server.declare(5_000_000, sent).await);
+        stalled.push(server.stall(5_000_000, sent).await);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..3 {
         let (status, took) = server.signed_push(&format!("after-50x5mb-{i}")).await;
         assert_eq!(status, 202);
@@ -184,7 +213,8 @@ body_idle_timeout = "2s""#,
     .await;
     let mut conn = TcpStream::connect(server.hooks).await.unwrap();
     conn.write_all(
-        b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nTransfer-Encoding: chunked\r\n\
+          Expect: 100-continue\r\n\r\n",
     )
     .await
     .unwrap();
@@ -194,7 +224,7 @@ body_idle_timeout = "2s""#,
         .unwrap();
     conn.write_all(&chunk).await.unwrap();
     conn.write_all(b"\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    reading_the_body(&mut conn).await;
     let (status, took) = server.signed_push("after-chunked").await;
     assert_eq!(status, 202);
     assert!(took < Duration::from_secs(1), "answered in {took:?}");

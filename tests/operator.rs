@@ -5,12 +5,14 @@
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::ci::{CIRCLE_TOKEN, GITLAB_PRIVATE_TOKEN, Reply, StandIn};
 use support::daemon::{BIN, Workspace};
-use support::{eventually, github_signature, payload};
+use support::{eventually, github_signature, payload, wait_for};
 
 const SECRET: &str = "op-secret";
 const ADMIN_TOKEN: &str = "admin-token-for-tests";
@@ -413,17 +415,16 @@ async fn dead_letter_is_listed_shown_and_replayed() {
     let (status, _) = push(&daemon.hook_url("github"), "dl-1").await;
     assert_eq!(status, 202);
 
-    let list_dead = || ws.cli(&["deliveries", "list", "--status", "dead", "--json"], &[]);
-    let mut dead = Value::Null;
-    for _ in 0..100 {
-        let (code, out, err) = list_dead();
+    let dead = wait_for(Duration::from_secs(10), "one dead delivery listed", async || {
+        let (code, out, err) = ws.cli(&["deliveries", "list", "--status", "dead", "--json"], &[]);
         assert_eq!(code, 0, "{err}");
-        dead = serde_json::from_str(&out).unwrap();
-        if dead.as_array().unwrap().len() == 1 {
-            break;
+        let dead: Value = serde_json::from_str(&out).unwrap();
+        match dead.as_array().unwrap().len() {
+            1 => Ok(dead),
+            _ => Err(dead.to_string()),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert_eq!(dead[0]["delivery"], "dl-1", "{dead}");
     assert_eq!(dead[0]["status"], "dead");
     let (code, table, _) = ws.cli(&["deliveries", "list"], &[]);
@@ -473,8 +474,7 @@ async fn dead_letter_is_listed_shown_and_replayed() {
     })
     .await;
     ci.assert_clean();
-    let mut done = false;
-    for _ in 0..100 {
+    let detail = wait_for(Duration::from_secs(10), "the replayed job done", async || {
         let (_, detail) = api(
             "GET",
             &format!("{}/api/v1/deliveries/dl-1", daemon.admin),
@@ -482,13 +482,13 @@ async fn dead_letter_is_listed_shown_and_replayed() {
         )
         .await;
         if detail["jobs"][0]["state"] == "done" {
-            assert!(detail["jobs"][0]["result"]["number"].is_number(), "{detail}");
-            done = true;
-            break;
+            Ok(detail)
+        } else {
+            Err(detail.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(done);
+    })
+    .await;
+    assert!(detail["jobs"][0]["result"]["number"].is_number(), "{detail}");
 
     // Replay through the API too.
     let (status, queued) = api(
@@ -610,37 +610,54 @@ async fn reload_applies_valid_edits_without_dropping_requests_and_keeps_old_rule
     let (status, summary) = push(&url, "before").await;
     assert_eq!(status, 200, "{summary}");
 
-    // Fire requests throughout the reload.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Fire requests throughout the reload: some before it, some after.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let firing = {
-        let url = url.clone();
-        let stop = stop.clone();
+        let (url, stop, answered) = (url.clone(), stop.clone(), answered.clone());
         tokio::spawn(async move {
             let mut statuses = Vec::new();
             let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 statuses.push(push(&url, &format!("during-{i}")).await.0);
+                answered.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
             statuses
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered_after = |n: usize| {
+        let answered = answered.clone();
+        move || answered.load(Ordering::SeqCst) >= n
+    };
+    eventually(
+        Duration::from_secs(10),
+        "three requests before the reload",
+        answered_after(3),
+    )
+    .await;
     ws.write_config(&daemon_config(&ci.url, "127.0.0.1:0", "master"));
     daemon.reload();
-    let mut matched = false;
-    for i in 0..100 {
+    let mut i = 0;
+    let summary = wait_for(Duration::from_secs(10), "the edited rule in effect", async || {
         let (_, summary) = push(&url, &format!("after-{i}")).await;
+        i += 1;
         if summary["matched"].as_array().is_some_and(|m| !m.is_empty()) {
-            assert_eq!(summary["matched"][0]["rule"], "on-master");
-            matched = true;
-            break;
+            Ok(summary)
+        } else {
+            Err(summary.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(matched, "the edited rule never took effect");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .await;
+    assert_eq!(summary["matched"][0]["rule"], "on-master");
+    let reloaded = answered.load(Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(10),
+        "three requests after the reload",
+        answered_after(reloaded + 3),
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
     let statuses = firing.await.unwrap();
     assert!(statuses.len() > 5, "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 202), "{statuses:?}");
@@ -648,16 +665,15 @@ async fn reload_applies_valid_edits_without_dropping_requests_and_keeps_old_rule
     // An invalid edit (picked up by the file watcher) keeps the running rules.
     ws.write_config("[sources.github]\ntype = \"githubb\"\n");
     let metrics_url = format!("{}/metrics", daemon.admin);
-    let mut counted = false;
-    for _ in 0..100 {
+    wait_for(Duration::from_secs(10), "the failed reload counted", async || {
         let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
         if text.contains(r#"hookbridge_config_reloads_total{result="error"} 1"#) {
-            counted = true;
-            break;
+            Ok(())
+        } else {
+            Err(text)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(counted, "failed reload not counted");
+    })
+    .await;
     let (status, summary) = push(&url, "after-invalid").await;
     assert_eq!(status, 202, "{summary}");
     assert_eq!(summary["matched"][0]["rule"], "on-master");
@@ -684,7 +700,8 @@ async fn metrics_parse_as_prometheus_text_and_move() {
         .unwrap();
     assert_eq!(bad.status(), 401);
     eventually(Duration::from_secs(10), "triggers", || ci.accepted().len() == 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each attempt is counted before its record: once every job is final, all are.
+    ws.settled().await;
 
     let text = reqwest::get(format!("{}/metrics", daemon.admin))
         .await

@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use support::ci::{GITLAB_TRIGGER_TOKEN, StandIn};
 use support::daemon::{Daemon, Workspace};
 use support::pg::TestDatabase;
-use support::{eventually, github_signature, payload};
+use support::{eventually, github_signature, payload, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -134,15 +134,35 @@ impl Cluster {
 
     /// Wait until every job is recorded as done.
     async fn wait_all_done(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .scalar("SELECT COUNT(*) FROM jobs WHERE state != 'done'")
-            .await
-            > 0
-        {
-            assert!(Instant::now() < deadline, "jobs left undone");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for(Duration::from_secs(30), "every job done", async || {
+            match self
+                .scalar("SELECT COUNT(*) FROM jobs WHERE state != 'done'")
+                .await
+            {
+                0 => Ok(()),
+                left => Err(format!("{left} jobs not done")),
+            }
+        })
+        .await;
+    }
+
+    /// Wait until no job is pending or running. No lease is left then that a
+    /// takeover could act on, so nothing more will be sent: the CI's count is
+    /// final. (It cannot pass early: a job to be sent again is still pending
+    /// or running.)
+    async fn settled(&self) {
+        wait_for(
+            Duration::from_secs(30),
+            "every job in a final state (done, dead or skipped)",
+            async || match self
+                .scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')")
+                .await
+            {
+                0 => Ok(()),
+                left => Err(format!("{left} jobs pending or running")),
+            },
+        )
+        .await;
     }
 
     async fn scalar(&self, sql: &str) -> i64 {
@@ -198,6 +218,7 @@ async fn send_all(hooks: Arc<std::sync::Mutex<Vec<String>>>, ids: Vec<String>) {
                     break;
                 }
                 assert!(Instant::now() < deadline, "delivery {id} was never accepted");
+                // The pause between a sender's retries: its behaviour, not a wait.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             drop(permit);
@@ -228,8 +249,8 @@ async fn three_replicas_trigger_every_delivery_exactly_once() {
     })
     .await;
     let elapsed = started.elapsed();
-    // Give stray duplicates a chance to show up before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Stray duplicates would come from jobs still pending or running.
+    cluster.settled().await;
     let triggers = cluster.triggers();
     let extra: Vec<_> = triggers.iter().filter(|(_, n)| **n > 1).collect();
     println!(
@@ -329,7 +350,7 @@ async fn the_same_delivery_at_two_replicas_is_stored_and_triggered_once() {
         cluster.triggers().len() == ROUNDS
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.settled().await;
     assert_eq!(cluster.total_triggers(), ROUNDS);
     assert_eq!(
         cluster.scalar("SELECT COUNT(*) FROM deliveries").await,
@@ -429,18 +450,28 @@ async fn a_postgres_outage_answers_503_and_recovers_without_restart() {
         during.push(id);
     }
     assert_eq!(readyz(&client, &daemon).await, 503);
-    // Workers back off meanwhile; the daemon stays up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Workers back off meanwhile (each failed lease is logged with the
+    // wait before the next); the daemon stays up.
+    let failed_leases = |logs: &str| logs.matches("cannot lease jobs").count();
+    let before = failed_leases(&daemon.logs());
+    eventually(
+        Duration::from_secs(20),
+        "three failed leases, backing off",
+        || failed_leases(&daemon.logs()) >= before + 3,
+    )
+    .await;
     assert_eq!(readyz(&client, &daemon).await, 503);
     let outage = cut_at.elapsed();
 
     proxy.restore();
     let restored_at = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while readyz(&client, &daemon).await != 200 {
-        assert!(Instant::now() < deadline, "never ready again:\n{}", daemon.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(Duration::from_secs(30), "ready again", async || {
+        match readyz(&client, &daemon).await {
+            200 => Ok(()),
+            status => Err(format!("/readyz {status}; logs:\n{}", daemon.logs())),
+        }
+    })
+    .await;
     for id in &during {
         let (status, body) = post(&client, &daemon.hooks, id).await.unwrap();
         assert_eq!(status, 202, "after the outage: {body}");

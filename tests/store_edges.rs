@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hookbridge::store::sqlite::SqliteStore;
 use hookbridge::store::{DeliveryFilter, Store};
@@ -95,19 +95,15 @@ async fn get(url: String) -> (u16, String) {
 
 /// Poll `/readyz` until it answers `status`; returns the body.
 async fn readyz_becomes(daemon: &Daemon, status: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (got, body) = get(format!("{}/readyz", daemon.admin)).await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still {got} ({body:?}), expected {status}; logs:\n{}",
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_for(
+        Duration::from_secs(15),
+        &format!("/readyz {status}"),
+        async || match get(format!("{}/readyz", daemon.admin)).await {
+            (got, body) if got == status => Ok(body),
+            (got, body) => Err(format!("/readyz {got} ({body:?}); logs:\n{}", daemon.logs())),
+        },
+    )
+    .await
 }
 
 /// The provider delivery ids a (re)started daemon finds in the store.
@@ -153,17 +149,10 @@ fn serve_refuses(ws: &Workspace) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`serve` kept running on a store it cannot write");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = support::exit_within(&mut child, Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("`serve` kept running on a store it cannot write");
     };
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();

@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hookbridge::store::Store;
+use hookbridge::store::sqlite::SqliteStore;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_hookbridge");
 
 /// A running daemon; killed when dropped.
@@ -46,6 +49,27 @@ impl Workspace {
 
     pub fn start(&self, env: &[(&str, &str)]) -> Daemon {
         Daemon::start(&self.config_path(), self.dir.path(), env)
+    }
+
+    /// Wait until no job in this workspace's SQLite store is pending or
+    /// running. No lease is left then that a takeover could act on, so nothing
+    /// more will be sent: what the CI has received is final. (It cannot pass
+    /// early: a job that is to be sent again is still pending or running.)
+    pub async fn settled(&self) {
+        super::wait_for(
+            Duration::from_secs(30),
+            "every job in a final state (done, dead or skipped)",
+            async || {
+                let store = SqliteStore::open(&self.db_path()).map_err(|e| e.to_string())?;
+                let stats = store.stats().await.map_err(|e| e.to_string())?;
+                if stats.pending == 0 && stats.running == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{} pending, {} running", stats.pending, stats.running))
+                }
+            },
+        )
+        .await;
     }
 
     /// Run a CLI command in the workspace; returns (exit code, stdout, stderr).
@@ -115,7 +139,8 @@ impl Daemon {
         let Ok((hooks, admin)) = rx.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
             let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
+            // The reader drops its sender once it has kept the last line.
+            while rx.recv_timeout(Duration::from_secs(5)).is_ok() {}
             panic!("daemon did not start:\n{}", logs.lock().unwrap().join("\n"));
         };
         Daemon {

@@ -8,6 +8,7 @@ pub mod down;
 pub mod pg;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 
@@ -55,14 +56,69 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Poll `cond` every 50 ms until it holds or `timeout` passes.
-pub async fn eventually<F: FnMut() -> bool>(timeout: std::time::Duration, what: &str, mut cond: F) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// How often the waits below look again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Poll `cond` until it holds, at most `timeout`.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
+    wait_for(
+        timeout,
+        what,
+        async || if cond() { Ok(()) } else { Err("not yet".into()) },
+    )
+    .await;
+}
+
+/// Poll `check` until it returns `Ok`, at most `timeout`; then fail, naming
+/// `what` and the last `Err`: what was seen instead.
+pub async fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_for`] for tests that run no async runtime.
+pub fn wait_for_blocking<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
+            ),
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Wait at most `timeout` for `child` to exit on its own; `None` if it is
+/// still running then (it is left running: the caller decides).
+pub fn exit_within(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
     }
 }
