@@ -29,7 +29,6 @@ use std::sync::OnceLock;
 use bytesize::ByteSize;
 use rusqlite::Connection;
 
-use super::writer::Write;
 use super::{StoreError, db_at};
 
 /// Free space kept for the queue's own bookkeeping (leases, attempt records,
@@ -182,43 +181,6 @@ impl Guard {
             ));
         }
         Ok(())
-    }
-
-    /// Answer at once, without running them, the ops whose gate is shut;
-    /// return the others.
-    pub(super) fn admit(&self, batch: Vec<Box<dyn Write>>) -> Vec<Box<dyn Write>> {
-        if batch.iter().all(|op| op.how().gate == Gate::Open) {
-            return batch;
-        }
-        let files = self.check_files();
-        let incoming = batch
-            .iter()
-            .filter(|op| op.how().gate == Gate::Room)
-            .map(|op| op.how().bytes)
-            .fold(0, usize::saturating_add);
-        let room = if batch.iter().any(|op| op.how().gate == Gate::Room) {
-            files
-                .clone()
-                .and_then(|()| self.check_room(u64::try_from(incoming).unwrap_or(u64::MAX)))
-        } else {
-            Ok(())
-        };
-        let mut admitted = Vec::with_capacity(batch.len());
-        for mut op in batch {
-            let verdict = match op.how().gate {
-                Gate::Open => Ok(()),
-                Gate::Files => files.clone(),
-                Gate::Room => room.clone(),
-            };
-            match verdict {
-                Ok(()) => admitted.push(op),
-                Err(why) => {
-                    op.fail(StoreError::unavailable(why));
-                    op.answer(&Ok(()));
-                }
-            }
-        }
-        admitted
     }
 
     /// Remember why the files are lost, and say so in the log once.

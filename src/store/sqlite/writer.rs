@@ -204,7 +204,7 @@ pub(super) fn checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>
 }
 
 fn run_batch(conn: &mut Connection, batch: Vec<Box<dyn Write>>, sync: &mut Durability, guard: &Guard) {
-    let batch = guard.admit(batch);
+    let batch = admit(guard, batch);
     if batch.is_empty() {
         return;
     }
@@ -262,4 +262,41 @@ fn fail_batch(batch: Vec<Box<dyn Write>>, e: rusqlite::Error) {
     for op in batch {
         op.answer(&failed);
     }
+}
+
+/// Answer at once, without running them, the ops whose gate is shut;
+/// return the others.
+fn admit(guard: &Guard, batch: Vec<Box<dyn Write>>) -> Vec<Box<dyn Write>> {
+    if batch.iter().all(|op| op.how().gate == Gate::Open) {
+        return batch;
+    }
+    let files = guard.check_files();
+    let incoming = batch
+        .iter()
+        .filter(|op| op.how().gate == Gate::Room)
+        .map(|op| op.how().bytes)
+        .fold(0, usize::saturating_add);
+    let room = if batch.iter().any(|op| op.how().gate == Gate::Room) {
+        files
+            .clone()
+            .and_then(|()| guard.check_room(u64::try_from(incoming).unwrap_or(u64::MAX)))
+    } else {
+        Ok(())
+    };
+    let mut admitted = Vec::with_capacity(batch.len());
+    for mut op in batch {
+        let verdict = match op.how().gate {
+            Gate::Open => Ok(()),
+            Gate::Files => files.clone(),
+            Gate::Room => room.clone(),
+        };
+        match verdict {
+            Ok(()) => admitted.push(op),
+            Err(why) => {
+                op.fail(StoreError::unavailable(why));
+                op.answer(&Ok(()));
+            }
+        }
+    }
+    admitted
 }
