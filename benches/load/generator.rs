@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 /// A payload with its (precomputed) signature; each request gets a unique delivery id.
 #[derive(Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub body: Bytes,
     pub signature: Arc<str>,
     /// Prefix of `X-GitHub-Delivery`, unique per scenario.
@@ -25,7 +25,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(body: Bytes, secret: &str, id_prefix: &str) -> Delivery {
+    pub(crate) fn new(body: Bytes, secret: &str, id_prefix: &str) -> Delivery {
         use hmac::{KeyInit, Mac};
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(&body);
@@ -51,7 +51,7 @@ impl Delivery {
 }
 
 /// What one scenario saw.
-pub struct Tally {
+pub(crate) struct Tally {
     pub latency: Histogram<u64>,
     /// Answers with the expected status.
     pub ok: u64,
@@ -97,20 +97,20 @@ impl Tally {
         }
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.ok + self.failed + self.unexpected.iter().map(|(_, n)| n).sum::<u64>()
     }
 
-    pub fn per_sec(&self) -> f64 {
+    pub(crate) fn per_sec(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
     /// A latency quantile in milliseconds.
-    pub fn ms(&self, q: f64) -> f64 {
+    pub(crate) fn ms(&self, q: f64) -> f64 {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 
-    pub fn max_ms(&self) -> f64 {
+    pub(crate) fn max_ms(&self) -> f64 {
         self.latency.max() as f64 / 1000.0
     }
 }
@@ -139,7 +139,7 @@ async fn exchange(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes
 
 /// `concurrency` senders on their own connection, each sending its next
 /// delivery once the previous one is answered, for `duration`.
-pub async fn closed_loop(
+pub(crate) async fn closed_loop(
     addr: SocketAddr,
     delivery: &Delivery,
     concurrency: usize,
@@ -183,7 +183,7 @@ pub async fn closed_loop(
 /// `rate` deliveries per second for `duration`, each on a free pooled
 /// connection (a new one when none is free). A pacing thread keeps the
 /// schedule; latency is measured from each delivery's scheduled time.
-pub async fn open_loop(
+pub(crate) async fn open_loop(
     addr: SocketAddr,
     delivery: &Delivery,
     rate: u64,

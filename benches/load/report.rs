@@ -6,13 +6,13 @@ use std::time::Duration;
 use crate::generator::Tally;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     Ceiling,
     Hookbridge,
 }
 
 impl Target {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Ceiling => "ceiling",
             Target::Hookbridge => "hookbridge",
@@ -21,7 +21,7 @@ impl Target {
 }
 
 /// One scenario on one server.
-pub struct Row {
+pub(crate) struct Row {
     pub target: Target,
     pub scenario: &'static str,
     pub requests: u64,
@@ -44,7 +44,13 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(target: Target, scenario: &'static str, t: &Tally, cpu: Duration, peak_kib: u64) -> Row {
+    pub(crate) fn new(
+        target: Target,
+        scenario: &'static str,
+        t: &Tally,
+        cpu: Duration,
+        peak_kib: u64,
+    ) -> Row {
         Row {
             target,
             scenario,
@@ -82,7 +88,7 @@ fn ratio(rows: &[Row], scenario: &str) -> Option<f64> {
     Some(h.acks_per_sec / c.acks_per_sec)
 }
 
-pub fn table(rows: &[Row]) -> String {
+pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     writeln!(
         out,
@@ -133,20 +139,20 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-pub struct Startup {
+pub(crate) struct Startup {
     pub first: Duration,
     pub median: Duration,
     pub idle_kib: u64,
 }
 
-pub struct Check {
+pub(crate) struct Check {
     pub goal: String,
     pub measured: String,
     pub met: bool,
 }
 
 /// The goals of issue 7, each a ratio to the ceiling measured in the same run.
-pub fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
+pub(crate) fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut push = |goal: &str, measured: String, met: bool| {
         checks.push(Check {
@@ -222,7 +228,7 @@ pub fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
     checks
 }
 
-pub fn render_goals(checks: &[Check]) -> String {
+pub(crate) fn render_goals(checks: &[Check]) -> String {
     let mut out = String::from("| goal | measured | met |\n|---|---|---|\n");
     for c in checks {
         writeln!(

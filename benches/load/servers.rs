@@ -14,10 +14,10 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 /// The argument that makes the bench binary serve as the ceiling instead.
-pub const CEILING_ARG: &str = "--serve-ceiling";
+pub(crate) const CEILING_ARG: &str = "--serve-ceiling";
 
 /// The body of the bare "read the body, answer 200" server (run in a child process).
-pub fn serve_ceiling() {
+pub(crate) fn serve_ceiling() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,7 +34,7 @@ pub fn serve_ceiling() {
 }
 
 /// A child process under load, killed when dropped.
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
     /// Time from spawn to a port accepting connections.
@@ -42,12 +42,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// SIGTERM, then wait.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
@@ -69,7 +69,7 @@ impl Drop for Proc {
 }
 
 /// Start the ceiling: this binary again with [`CEILING_ARG`]; it prints its address.
-pub fn start_ceiling() -> Proc {
+pub(crate) fn start_ceiling() -> Proc {
     use std::io::BufRead;
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -91,7 +91,7 @@ pub fn start_ceiling() -> Proc {
 }
 
 /// A free port on 127.0.0.1 (bound and released; fine for a benchmark).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -99,11 +99,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub const GITHUB_SECRET: &str = "bench-github-secret";
-pub const CIRCLE_TOKEN: &str = "bench-circle-token";
+pub(crate) const GITHUB_SECRET: &str = "bench-github-secret";
+pub(crate) const CIRCLE_TOKEN: &str = "bench-circle-token";
 
 /// The hookbridge config: one GitHub source, one rule, the stand-in as CircleCI.
-pub fn hookbridge_config(dir: &Path, port: u16, ci: SocketAddr) -> PathBuf {
+pub(crate) fn hookbridge_config(dir: &Path, port: u16, ci: SocketAddr) -> PathBuf {
     let text = format!(
         r#"
 [server]
@@ -144,7 +144,7 @@ parameters = {{ sha = "{{{{ event.sha }}}}", deploy = true }}
 }
 
 /// Start `hookbridge serve` and time it until its webhook port accepts a connection.
-pub fn start_hookbridge(bin: &Path, config: &Path, port: u16, log: &Path) -> Proc {
+pub(crate) fn start_hookbridge(bin: &Path, config: &Path, port: u16, log: &Path) -> Proc {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -183,7 +183,7 @@ pub fn start_hookbridge(bin: &Path, config: &Path, port: u16, log: &Path) -> Pro
 }
 
 /// CPU time (user + system) of a process so far.
-pub fn cpu_time(pid: u32) -> Duration {
+pub(crate) fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -197,7 +197,7 @@ pub fn cpu_time(pid: u32) -> Duration {
 }
 
 /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
-pub fn status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -208,7 +208,7 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
 
 /// Peak RSS over a window: the kernel's high-water mark (reset through
 /// `clear_refs`), backed by sampling every 5 ms where the reset is refused.
-pub struct RssWatch {
+pub(crate) struct RssWatch {
     pid: u32,
     reset: bool,
     stop: Arc<AtomicBool>,
@@ -217,7 +217,7 @@ pub struct RssWatch {
 }
 
 impl RssWatch {
-    pub fn start(pid: u32) -> RssWatch {
+    pub(crate) fn start(pid: u32) -> RssWatch {
         let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(status_kib(pid, "VmRSS")));
@@ -238,7 +238,7 @@ impl RssWatch {
     }
 
     /// Peak RSS in KiB since `start`.
-    pub fn finish(mut self) -> u64 {
+    pub(crate) fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(s) = self.sampler.take() {
             let _ = s.join();
@@ -254,13 +254,13 @@ impl RssWatch {
 
 /// The stand-in CircleCI: answers v2 pipeline triggers with 201 and counts them.
 #[derive(Clone, Default)]
-pub struct StandIn {
+pub(crate) struct StandIn {
     pub triggers: Arc<AtomicU64>,
     pub unexpected: Arc<AtomicU64>,
 }
 
 impl StandIn {
-    pub async fn start(&self) -> SocketAddr {
+    pub(crate) async fn start(&self) -> SocketAddr {
         let shared = self.clone();
         let app =
             axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
@@ -292,7 +292,7 @@ impl StandIn {
         (StatusCode::CREATED, axum::Json(body)).into_response()
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.triggers.load(Ordering::Relaxed)
     }
 }

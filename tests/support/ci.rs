@@ -20,14 +20,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// The token the stand-ins expect (CircleCI `Circle-Token`, GitLab body `token`).
-pub const CIRCLE_TOKEN: &str = "circle-token-for-tests";
-pub const GITLAB_TRIGGER_TOKEN: &str = "glptt-trigger-token-for-tests";
+pub(crate) const CIRCLE_TOKEN: &str = "circle-token-for-tests";
+pub(crate) const GITLAB_TRIGGER_TOKEN: &str = "glptt-trigger-token-for-tests";
 /// The `PRIVATE-TOKEN` the GitLab trigger-token API expects.
-pub const GITLAB_PRIVATE_TOKEN: &str = "glpat-private-token-for-tests";
+pub(crate) const GITLAB_PRIVATE_TOKEN: &str = "glpat-private-token-for-tests";
 
 /// A scripted reply, used before the normal (successful) behaviour resumes.
 #[derive(Debug, Clone)]
-pub enum Reply {
+pub(crate) enum Reply {
     Status(u16),
     /// A status with `Retry-After: <secs>`.
     RetryAfter(u16, u64),
@@ -39,7 +39,7 @@ pub enum Reply {
 
 /// One received request, as the stand-in saw it.
 #[derive(Debug, Clone)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     /// `circleci-job`, `circleci-pipeline`, `circleci-pipeline-run`, `gitlab-trigger`.
     pub api: &'static str,
     pub path: String,
@@ -50,7 +50,7 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn accepted(&self) -> bool {
+    pub(crate) fn accepted(&self) -> bool {
         (200..300).contains(&self.status)
     }
 }
@@ -72,13 +72,13 @@ struct Shared {
 
 /// A running stand-in; serves both the CircleCI and the GitLab API.
 #[derive(Clone)]
-pub struct StandIn {
+pub(crate) struct StandIn {
     pub url: String,
     shared: Arc<Shared>,
 }
 
 impl StandIn {
-    pub async fn start() -> StandIn {
+    pub(crate) async fn start() -> StandIn {
         let shared = Arc::new(Shared::default());
         let app = axum::Router::new().fallback(handle).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -90,36 +90,36 @@ impl StandIn {
     }
 
     /// Queue replies for the next requests (any API).
-    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+    pub(crate) fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.shared.script.lock().unwrap().extend(replies);
     }
 
     /// While set, every request hangs.
-    pub fn set_hang(&self, hang: bool) {
+    pub(crate) fn set_hang(&self, hang: bool) {
         self.shared.hang.store(hang, Ordering::SeqCst);
     }
 
     /// Wait this long before answering each request (a slow CI API).
-    pub fn set_delay(&self, delay: Duration) {
+    pub(crate) fn set_delay(&self, delay: Duration) {
         self.shared
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
     }
 
-    pub fn accepted(&self) -> Vec<Recorded> {
+    pub(crate) fn accepted(&self) -> Vec<Recorded> {
         self.requests().into_iter().filter(Recorded::accepted).collect()
     }
 
-    pub fn violations(&self) -> Vec<String> {
+    pub(crate) fn violations(&self) -> Vec<String> {
         self.shared.violations.lock().unwrap().clone()
     }
 
     /// Panics with every schema or protocol violation seen so far.
-    pub fn assert_clean(&self) {
+    pub(crate) fn assert_clean(&self) {
         let v = self.violations();
         assert!(
             v.is_empty(),

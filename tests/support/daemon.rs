@@ -10,10 +10,10 @@ use std::time::Duration;
 use hookbridge::store::Store;
 use hookbridge::store::sqlite::SqliteStore;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_hookbridge");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_hookbridge");
 
 /// A running daemon; killed when dropped.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     pub hooks: String,
     pub admin: String,
@@ -21,33 +21,33 @@ pub struct Daemon {
 }
 
 /// A scratch directory holding a config and its SQLite file.
-pub struct Workspace {
+pub(crate) struct Workspace {
     pub dir: tempfile::TempDir,
 }
 
 impl Workspace {
-    pub fn new(config: &str) -> Workspace {
+    pub(crate) fn new(config: &str) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace { dir };
         ws.write_config(config);
         ws
     }
 
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("hookbridge.toml")
     }
 
-    pub fn db_path(&self) -> PathBuf {
+    pub(crate) fn db_path(&self) -> PathBuf {
         self.dir.path().join("hookbridge.db")
     }
 
     /// Write the config; `@DB@` is replaced by the SQLite URL in this workspace.
-    pub fn write_config(&self, config: &str) {
+    pub(crate) fn write_config(&self, config: &str) {
         let text = config.replace("@DB@", &format!("sqlite://{}", self.db_path().display()));
         std::fs::write(self.config_path(), text).unwrap();
     }
 
-    pub fn start(&self, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(&self, env: &[(&str, &str)]) -> Daemon {
         Daemon::start(&self.config_path(), self.dir.path(), env)
     }
 
@@ -55,7 +55,7 @@ impl Workspace {
     /// running. No lease is left then that a takeover could act on, so nothing
     /// more will be sent: what the CI has received is final. (It cannot pass
     /// early: a job that is to be sent again is still pending or running.)
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         super::wait_for(
             Duration::from_secs(30),
             "every job in a final state (done, dead or skipped)",
@@ -73,7 +73,7 @@ impl Workspace {
     }
 
     /// Run a CLI command in the workspace; returns (exit code, stdout, stderr).
-    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .args(args)
             .current_dir(self.dir.path())
@@ -91,13 +91,13 @@ impl Workspace {
 
 impl Daemon {
     /// Start `hookbridge serve` and wait until both listeners are up.
-    pub fn start(config: &Path, cwd: &Path, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(config: &Path, cwd: &Path, env: &[(&str, &str)]) -> Daemon {
         Daemon::spawn(Command::new(BIN), config, cwd, env)
     }
 
     /// Start it with its open-file limit (soft and hard) set to `nofile`, as a
     /// supervisor or container runtime might.
-    pub fn start_with_nofile(config: &Path, cwd: &Path, env: &[(&str, &str)], nofile: u64) -> Daemon {
+    pub(crate) fn start_with_nofile(config: &Path, cwd: &Path, env: &[(&str, &str)], nofile: u64) -> Daemon {
         let mut shell = Command::new("sh");
         shell
             .arg("-c")
@@ -151,20 +151,20 @@ impl Daemon {
         }
     }
 
-    pub fn hook_url(&self, source: &str) -> String {
+    pub(crate) fn hook_url(&self, source: &str) -> String {
         format!("{}/hooks/{source}", self.hooks)
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// SIGKILL: no shutdown path runs.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -178,12 +178,12 @@ impl Daemon {
     }
 
     /// SIGHUP: reload the config.
-    pub fn reload(&self) {
+    pub(crate) fn reload(&self) {
         self.signal("-HUP");
     }
 
     /// SIGTERM and wait for the exit code.
-    pub fn stop(mut self) -> i32 {
+    pub(crate) fn stop(mut self) -> i32 {
         self.signal("-TERM");
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)

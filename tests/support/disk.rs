@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Whether this process may mount file systems.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -16,12 +16,12 @@ pub fn is_root() -> bool {
 }
 
 /// A tmpfs of its own (for a store); unmounted when dropped.
-pub struct Tmpfs {
+pub(crate) struct Tmpfs {
     pub path: PathBuf,
 }
 
 impl Tmpfs {
-    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+    pub(crate) fn mount(path: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
         run(
             "mount",
@@ -36,7 +36,7 @@ impl Tmpfs {
     /// Cover the tmpfs with a read-only view of itself: what the daemon
     /// opened stays writable (a remount would fail while files are open for
     /// writing), but the path, and every new file under it, is read-only.
-    pub fn cover_read_only(&self) -> ReadOnlyView {
+    pub(crate) fn cover_read_only(&self) -> ReadOnlyView {
         let path = self.path.to_str().unwrap();
         run("mount", &["--bind", "-o", "ro", path], &self.path);
         ReadOnlyView {
@@ -45,7 +45,7 @@ impl Tmpfs {
     }
 
     /// Write a file until the file system is full; returns its path.
-    pub fn fill(&self) -> PathBuf {
+    pub(crate) fn fill(&self) -> PathBuf {
         let path = self.path.join("filler");
         let mut file = std::fs::File::create(&path).unwrap();
         for chunk in [1 << 20, 4096, 512, 1] {
@@ -58,7 +58,7 @@ impl Tmpfs {
 }
 
 /// A read-only bind mount over a directory; removed when dropped.
-pub struct ReadOnlyView {
+pub(crate) struct ReadOnlyView {
     path: PathBuf,
 }
 
@@ -74,7 +74,7 @@ impl Drop for Tmpfs {
     }
 }
 
-pub fn run(cmd: &str, args: &[&str], path: &Path) {
+pub(crate) fn run(cmd: &str, args: &[&str], path: &Path) {
     let status = Command::new(cmd).args(args).arg(path).status().unwrap();
     assert!(status.success(), "{cmd} {args:?} {} failed", path.display());
 }

@@ -6,7 +6,7 @@ use hookbridge::store::*;
 
 /// A store whose every call fails as unavailable, with `detail` as the
 /// driver's message (which must never reach an HTTP answer).
-pub struct DownStore {
+pub(crate) struct DownStore {
     pub detail: &'static str,
 }
 

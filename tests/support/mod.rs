@@ -1,41 +1,41 @@
 //! Test support: fixtures, independent signing, the real daemon, stand-in CI servers.
 #![allow(dead_code, clippy::unwrap_used)]
 
-pub mod ci;
-pub mod daemon;
-pub mod disk;
-pub mod down;
-pub mod pg;
+pub(crate) mod ci;
+pub(crate) mod daemon;
+pub(crate) mod disk;
+pub(crate) mod down;
+pub(crate) mod pg;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 
-pub fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// The bytes of `tests/fixtures/payloads/<rel>`.
-pub fn payload(rel: &str) -> Vec<u8> {
+pub(crate) fn payload(rel: &str) -> Vec<u8> {
     let path = fixtures().join("payloads").join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// HMAC-SHA256 as lowercase hex, computed here without hookbridge's code.
-pub fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
+pub(crate) fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
 
 /// The `X-Hub-Signature-256` value GitHub sends.
-pub fn github_signature(secret: &str, body: &[u8]) -> String {
+pub(crate) fn github_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), body))
 }
 
 /// Standard Webhooks `v1,<base64>` over `id.timestamp.body` with a `whsec_` key.
-pub fn standard_signature(whsec: &str, id: &str, timestamp: u64, body: &[u8]) -> String {
+pub(crate) fn standard_signature(whsec: &str, id: &str, timestamp: u64, body: &[u8]) -> String {
     use base64::Engine;
     let key = base64::engine::general_purpose::STANDARD
         .decode(whsec.trim_start_matches("whsec_"))
@@ -49,7 +49,7 @@ pub fn standard_signature(whsec: &str, id: &str, timestamp: u64, body: &[u8]) ->
     )
 }
 
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -60,7 +60,7 @@ pub fn unix_now() -> u64 {
 const POLL: Duration = Duration::from_millis(50);
 
 /// Poll `cond` until it holds, at most `timeout`.
-pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
+pub(crate) async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
     wait_for(
         timeout,
         what,
@@ -71,7 +71,7 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, what: &str, mut c
 
 /// Poll `check` until it returns `Ok`, at most `timeout`; then fail, naming
 /// `what` and the last `Err`: what was seen instead.
-pub async fn wait_for<T>(
+pub(crate) async fn wait_for<T>(
     timeout: Duration,
     what: &str,
     mut check: impl AsyncFnMut() -> Result<T, String>,
@@ -90,7 +90,7 @@ pub async fn wait_for<T>(
 }
 
 /// [`wait_for`] for tests that run no async runtime.
-pub fn wait_for_blocking<T>(
+pub(crate) fn wait_for_blocking<T>(
     timeout: Duration,
     what: &str,
     mut check: impl FnMut() -> Result<T, String>,
@@ -110,7 +110,10 @@ pub fn wait_for_blocking<T>(
 
 /// Wait at most `timeout` for `child` to exit on its own; `None` if it is
 /// still running then (it is left running: the caller decides).
-pub fn exit_within(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn exit_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -5,14 +5,14 @@
 
 use sqlx::{Connection, Executor, PgConnection};
 
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-pub fn maintenance_url() -> String {
+pub(crate) fn maintenance_url() -> String {
     std::env::var("HOOKBRIDGE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
 /// `url` with its database name replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
+pub(crate) fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let (scheme, rest) = base.split_once("://").unwrap();
     let authority = rest.split('/').next().unwrap();
@@ -23,13 +23,13 @@ pub fn with_database(url: &str, db: &str) -> String {
 }
 
 /// A fresh database, dropped (with its connections) when this is dropped.
-pub struct TestDatabase {
+pub(crate) struct TestDatabase {
     pub name: String,
     pub url: String,
 }
 
 impl TestDatabase {
-    pub async fn create() -> TestDatabase {
+    pub(crate) async fn create() -> TestDatabase {
         let admin = maintenance_url();
         let name = format!("hb_{}", ulid::Ulid::generate().to_string().to_lowercase());
         let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
