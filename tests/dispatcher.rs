@@ -546,29 +546,12 @@ async fn a_panicking_attempt_is_recorded_and_the_job_moves_on() {
     running.stop().await;
 }
 
-const SHORT_LEASE: &str = r#"
-[dispatch]
-concurrency = 2
-lease = "30s"
-
-[retry]
-max_attempts = 6
-initial_backoff = "2s"
-max_backoff = "10s"
-request_timeout = "5s"
-
-[targets.gitlab]
-type = "gitlab"
-url = "http://ci.invalid"
-token = "glptt-test"
-
-[[rules]]
-name = "mirror"
-[rules.trigger]
-target = "gitlab"
-project = "acme/app"
-ref = "main"
-"#;
+/// [`CONFIG`] with a 30 s lease, for the takeover test.
+fn short_lease() -> String {
+    let config = CONFIG.replace("lease = \"60s\"", "lease = \"30s\"");
+    assert_ne!(config, CONFIG, "CONFIG names its lease");
+    config
+}
 
 /// Dispatcher A (one slot, so it cannot lease again itself) leases the job
 /// and its worker stalls past the 30 s lease. Dispatcher B, another owner,
@@ -580,13 +563,14 @@ async fn a_stalled_worker_loses_its_lease_to_another_dispatcher() {
     let h = Harness::new().await;
     let [id] = <[String; 1]>::try_from(h.queue(&["mirror"]).await).unwrap();
     let stalled = FakeCi::new(&h, [Answer::Stall(Duration::from_secs(45))]);
-    let one_slot = SHORT_LEASE.replace("concurrency = 2", "concurrency = 1");
+    let short = short_lease();
+    let one_slot = short.replace("concurrency = 2", "concurrency = 1");
     let a = h.spawn(h.dispatcher(&one_slot, stalled.clone(), 1.0));
     stalled.wait_calls(1, Duration::from_secs(1)).await;
     assert_eq!(h.job(&id).await.state.as_str(), "running");
 
     let ci = FakeCi::new(&h, []);
-    let b = h.spawn(h.dispatcher(SHORT_LEASE, ci.clone(), 1.0));
+    let b = h.spawn(h.dispatcher(&short, ci.clone(), 1.0));
     let job = h.job_when(&id, "done", Duration::from_secs(40)).await;
     assert_eq!(stalled.calls(), [0]);
     // The lease holds through its last millisecond (`lease_until < now`).
@@ -614,8 +598,9 @@ async fn a_stalled_worker_loses_its_lease_to_another_dispatcher() {
 #[tokio::test(start_paused = true)]
 async fn lease_size_leases_ahead_only_when_the_lease_allows() {
     // `lease = "30s"` is twice the 5 s timeout or more; 8 s is not.
-    let short = SHORT_LEASE.replace("lease = \"30s\"", "lease = \"8s\"");
-    for (config, running_at_start) in [(SHORT_LEASE, 4), (short.as_str(), 2)] {
+    let long = short_lease();
+    let short = long.replace("lease = \"30s\"", "lease = \"8s\"");
+    for (config, running_at_start) in [(long.as_str(), 4), (short.as_str(), 2)] {
         let h = Harness::new().await;
         let ids = h.queue(&["r1", "r2", "r3", "r4", "r5"]).await;
         let ci = FakeCi::new(&h, (0..5).map(|_| Answer::Stall(Duration::from_secs(3))));
