@@ -692,6 +692,75 @@ async fn a_constraint_violation_is_a_conflict(h: Harness) {
     assert_eq!(s.get(&key("c-1")).await.unwrap().jobs.len(), 1);
 }
 
+/// Many ingests and then many records at once (PostgreSQL writes
+/// concurrent calls in shared transactions): each lands exactly once, a
+/// repeat of a delivery within the burst is answered as a duplicate with the
+/// original summary, and a call that cannot be written (its job id is
+/// taken) fails alone without taking the others with it.
+async fn a_burst_of_writes_lands_once_each_and_a_bad_call_fails_alone(h: Harness) {
+    let s = &h.store;
+    let t = SystemTime::now();
+    s.ingest(named("taken", "01J000000000000000000000TK", &["job-taken"], t))
+        .await
+        .unwrap();
+    let mut ingests = tokio::task::JoinSet::new();
+    for i in 0..96 {
+        let d = if i == 40 {
+            named("clash", "01J000000000000000000000CL", &["job-taken"], t)
+        } else {
+            // 80..96 repeat the keys of 0..16.
+            delivery("github", &format!("burst-{}", i % 80), 1, t)
+        };
+        let s = s.clone();
+        ingests.spawn(async move { (d.delivery.clone(), s.ingest(d).await) });
+    }
+    let mut stored = std::collections::BTreeMap::new();
+    let mut duplicates = Vec::new();
+    while let Some(joined) = ingests.join_next().await {
+        match joined.unwrap() {
+            (key, Ok(Ingested::Stored)) => *stored.entry(key).or_insert(0) += 1,
+            (_, Ok(Ingested::Duplicate { summary, requeued })) => {
+                assert_eq!(requeued, 0);
+                duplicates.push(summary);
+            }
+            (key, Err(e)) => {
+                assert_eq!(key, "clash");
+                assert_eq!(e.kind(), StoreErrorKind::Conflict, "{e}");
+            }
+        }
+    }
+    assert_eq!(stored.len(), 79, "{stored:?}");
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
+    assert_eq!(duplicates.len(), 16);
+    for d in &duplicates {
+        assert_eq!(*d, s.get(&key(&d.delivery)).await.unwrap().summary);
+    }
+    assert_eq!(
+        s.get(&key("clash")).await.unwrap_err().kind(),
+        StoreErrorKind::NotFound
+    );
+
+    let jobs = s.lease_due("w", 500, LEASE, t).await.unwrap();
+    assert_eq!(jobs.len(), 80);
+    let mut records = tokio::task::JoinSet::new();
+    for job in jobs {
+        let s = s.clone();
+        records.spawn(async move { s.record_attempt(&job, "w", attempt(201), created(), t).await });
+    }
+    while let Some(joined) = records.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    for key_ in stored.keys().map(String::as_str).chain(["taken"]) {
+        let detail = s.get(&key(key_)).await.unwrap();
+        assert_eq!(detail.row.status, DeliveryStatus::Done, "{key_}");
+        let history: Vec<(u32, Option<u16>)> =
+            detail.jobs[0].history.iter().map(|a| (a.n, a.status)).collect();
+        assert_eq!(history, [(1, Some(201))], "{key_}");
+    }
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.running, stats.dead), (0, 0, 0));
+}
+
 /// Every case runs on both backends.
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
@@ -728,6 +797,7 @@ suite!(
     leases_go_out_in_order,
     replayed_ids_and_lists_are_ordered,
     a_vanished_job_is_tolerated,
+    a_burst_of_writes_lands_once_each_and_a_bad_call_fails_alone,
 );
 
 /// SQLite, its files deleted under the store: new deliveries and operator

@@ -45,7 +45,7 @@ pub(super) async fn replay(
             return Err(model::job_not_found(j, key));
         }
     }
-    refresh_status(tx, &id).await?;
+    refresh_status(tx, &[id.as_str()]).await?;
     if !ids.is_empty() {
         notify(tx).await?;
     }
@@ -73,7 +73,7 @@ pub(super) async fn add_jobs(
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-    refresh_status(tx, &id).await?;
+    refresh_status(tx, &[id.as_str()]).await?;
     if !jobs.is_empty() {
         notify(tx).await?;
     }

@@ -11,6 +11,9 @@
 //!   another replica take over the jobs of one that died;
 //! - every change that makes a job due sends `NOTIFY hookbridge_jobs`, which
 //!   [`Store::watch`] turns into a wake-up of this replica's dispatcher;
+//! - concurrent ingests on one replica share a transaction and its commit,
+//!   as do concurrent attempt records (group commit: `batch`, `write`), with
+//!   one multi-row statement per table and one `NOTIFY` per batch (`bulk`);
 //! - migrations run under `pg_advisory_lock`, the retention purge under
 //!   `pg_try_advisory_xact_lock`, so replicas starting or purging at once are safe.
 //!
@@ -18,19 +21,23 @@
 //! [`StoreErrorKind::Unavailable`] (short acquire timeout); the pool reconnects on
 //! its own when the server returns.
 //!
-//! Files: `schema` (migrations), `queue` (ingest, lease, record, release),
-//! `admin` (replay, added jobs, purge), `history` (reads), `listen`
-//! (notifications), `connect` (options from `[store]`), `error` (sqlx
-//! errors classified into kinds); this file holds the pool and the [`Store`]
-//! impl that runs each in a transaction.
+//! Files: `schema` (migrations), `batch` (the group-commit queue), `write`
+//! (ingests and records through it), `bulk` (their multi-row statements),
+//! `queue` (lease, release, and what the writes share), `admin` (replay,
+//! added jobs, purge), `history` (reads), `listen` (notifications),
+//! `connect` (options from `[store]`), `error` (sqlx errors classified into
+//! kinds); this file holds the pool and the [`Store`] impl.
 
 mod admin;
+mod batch;
+mod bulk;
 mod connect;
 mod error;
 mod history;
 mod listen;
 mod queue;
 mod schema;
+mod write;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -56,6 +63,7 @@ use error::db;
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
+    writers: write::Writers,
     readiness: super::ready::Readiness,
 }
 
@@ -71,6 +79,7 @@ impl PostgresStore {
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options);
         Ok(PostgresStore {
+            writers: write::Writers::start(&pool, settings.pool_size),
             pool,
             readiness: super::ready::Readiness::new(),
         })
@@ -89,10 +98,7 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {
-        let mut tx = self.begin().await?;
-        let ingested = queue::ingest(&mut tx, &delivery).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(ingested)
+        self.writers.ingest.submit(delivery).await
     }
 
     async fn lease_due(
@@ -119,9 +125,15 @@ impl Store for PostgresStore {
         next: Transition,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        queue::record(&mut tx, job, owner, &attempt, &next, now).await?;
-        tx.commit().await.map_err(db)
+        let record = bulk::Record {
+            job: job.id.clone(),
+            delivery_id: job.delivery_id.clone(),
+            owner: owner.to_owned(),
+            attempt,
+            next,
+            now,
+        };
+        self.writers.record.submit(record).await
     }
 
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
-//! The queue's writes, each inside the caller's transaction: ingest (with
-//! deduplication), leasing due jobs, recording attempts, giving leases back.
-//! Every change that makes a job due ends with a `NOTIFY`.
+//! The queue's writes, each inside the caller's transaction: leasing due
+//! jobs, giving leases back, and the steps ingests and records (`bulk`) and
+//! the admin writes share. Every change that makes a job due ends with a
+//! `NOTIFY`.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +9,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{CHANNEL, db, from_json, to_json};
-use crate::store::model::{self, JobUpdate};
+use crate::store::model;
 use crate::store::*;
 
 pub(super) type Tx = Transaction<'static, Postgres>;
@@ -44,17 +45,19 @@ pub(super) async fn insert_job(
     Ok(())
 }
 
-/// Recompute a delivery's status from its jobs.
-pub(super) async fn refresh_status(tx: &mut Tx, delivery_id: &str) -> Result<(), StoreError> {
+/// Recompute the statuses of `deliveries` (sorted: their row locks are
+/// taken in that order) from their jobs.
+pub(super) async fn refresh_status(tx: &mut Tx, deliveries: &[&str]) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE deliveries SET status = CASE
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = $1 AND state IN ('pending', 'running')) THEN 'pending'
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = $1 AND state = 'dead') THEN 'dead'
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = $1 AND state = 'done') THEN 'done'
+        "UPDATE deliveries d SET status = CASE
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = d.id AND state IN ('pending', 'running')) THEN 'pending'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = d.id AND state = 'dead') THEN 'dead'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = d.id AND state = 'done') THEN 'done'
             ELSE 'skipped' END
-         WHERE id = $1",
+         FROM (SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE) AS locked
+         WHERE d.id = locked.id",
     )
-    .bind(delivery_id)
+    .bind(deliveries)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -88,48 +91,10 @@ pub(super) async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) 
     Ok(())
 }
 
-pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, StoreError> {
-    let received = millis(d.received_at);
-    let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
-    // Waits for a concurrent insert of the same (source, delivery) to finish.
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (delivery, source) DO NOTHING
-         RETURNING seq",
-    )
-    .bind(&d.id)
-    .bind(&d.source)
-    .bind(&d.delivery)
-    .bind(received)
-    .bind(&d.event.name)
-    .bind(&d.event.kind)
-    .bind(&d.event.repository)
-    .bind(&d.event.git_ref)
-    .bind(status)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(db)?;
-    if let Some(seq) = inserted {
-        sqlx::query(
-            "INSERT INTO payloads (seq, summary, event, headers, payload) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(seq)
-        .bind(to_json(&d.summary)?)
-        .bind(to_json(&d.event)?)
-        .bind(to_json(&d.headers)?)
-        .bind(d.payload.as_ref())
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-        for job in &d.jobs {
-            insert_job(tx, &d.id, job, received).await?;
-        }
-        if !d.jobs.is_empty() {
-            notify(tx).await?;
-        }
-        return Ok(Ingested::Stored);
-    }
+/// `d` was stored before (by this call's transaction or another): the
+/// original summary, and its dead jobs queued again. The caller sends the
+/// `NOTIFY` when any were.
+pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, StoreError> {
     let (id, summary): (String, String) = sqlx::query_as(
         "SELECT d.id, p.summary FROM deliveries d JOIN payloads p ON p.seq = d.seq
              WHERE d.source = $1 AND d.delivery = $2",
@@ -152,8 +117,7 @@ pub(super) async fn ingest(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, Sto
     .map_err(db)?
     .rows_affected() as usize;
     if requeued > 0 {
-        refresh_status(tx, &id).await?;
-        notify(tx).await?;
+        refresh_status(tx, &[id.as_str()]).await?;
     }
     Ok(Ingested::Duplicate {
         summary: from_json(&summary)?,
@@ -254,61 +218,6 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
         notify(tx).await?;
     }
     Ok(())
-}
-
-pub(super) async fn record(
-    tx: &mut Tx,
-    job: &LeasedJob,
-    owner: &str,
-    attempt: &Attempt,
-    next: &Transition,
-    now: SystemTime,
-) -> Result<(), StoreError> {
-    // The job's row lock orders this attempt against a lease takeover.
-    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(&job.id)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db)?;
-    if exists.is_none() {
-        // Purged or gone: nothing left to record against.
-        return Ok(());
-    }
-    let n = next_attempt_number(tx, &job.id).await?;
-    let update = JobUpdate::after(next, attempt, now)?;
-    sqlx::query(
-        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&job.id)
-    .bind(n)
-    .bind(millis(attempt.started_at))
-    .bind(attempt.duration.as_millis() as i64)
-    .bind(attempt.status.map(i32::from))
-    .bind(next.outcome())
-    .bind(&update.error)
-    .bind(&attempt.response)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    let now_ms = millis(now);
-    // Only the lease holder moves the job; a late worker's attempt is still recorded above.
-    sqlx::query(
-        "UPDATE jobs SET state = $3, next_attempt_at = $4, lease_owner = NULL, lease_until = NULL,
-                last_error = $5, result = COALESCE($6, result), updated_at = $7
-         WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-    )
-    .bind(&job.id)
-    .bind(owner)
-    .bind(update.state.as_str())
-    .bind(update.next_attempt_at)
-    .bind(&update.error)
-    .bind(update.result)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    refresh_status(tx, &job.delivery_id).await
 }
 
 /// When the next pending job falls due or the next lease expires.

@@ -1,0 +1,159 @@
+//! Ingests and attempt records go through a [`Batcher`] each: concurrent
+//! calls share a transaction and its commit (see `batch`), written by `bulk`.
+//!
+//! A batch the server refuses (one delivery's text it cannot store, a
+//! deadlock it broke, a constraint) is written again call by call, each in
+//! its own transaction, so one bad call fails only itself. A batch that
+//! failed because the server or the connection is away fails all its calls
+//! at once: each sender is told "try again", and a commit whose answer was
+//! lost is settled by deduplication when the sender does.
+
+use std::error::Error as _;
+
+use sqlx::postgres::PgPool;
+
+use super::batch::{Batcher, Limits, Pending, Weigh, first_by_key};
+use super::bulk::{self, Record};
+use super::{db, queue::Tx};
+use crate::store::{Ingested, NewDelivery, StoreError, StoreErrorKind};
+
+/// A batch of ingests carries at most this many payload bytes (one larger
+/// payload still goes, alone).
+const INGEST_BYTES: usize = 8 << 20;
+/// Calls per batch.
+const CALLS: usize = 256;
+
+impl Weigh for NewDelivery {
+    fn weight(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+impl Weigh for Record {
+    fn weight(&self) -> usize {
+        self.attempt.response.as_ref().map_or(0, String::len)
+    }
+}
+
+/// The batched write paths of one store.
+pub(super) struct Writers {
+    pub ingest: Batcher<NewDelivery, Ingested>,
+    pub record: Batcher<Record, ()>,
+}
+
+impl Writers {
+    /// Start both on the current runtime; `pool_size` bounds how many
+    /// connections their batches take at once, leaving the rest to leases,
+    /// reads and probes.
+    pub(super) fn start(pool: &PgPool, pool_size: u32) -> Writers {
+        let pool_size = usize::try_from(pool_size).unwrap_or(usize::MAX);
+        let ingest_pool = pool.clone();
+        let record_pool = pool.clone();
+        Writers {
+            ingest: Batcher::start(
+                Limits {
+                    calls: CALLS,
+                    weight: INGEST_BYTES,
+                    flushes: (pool_size / 3).clamp(1, 4),
+                },
+                move |batch| ingest(ingest_pool.clone(), batch),
+            ),
+            record: Batcher::start(
+                Limits {
+                    calls: CALLS,
+                    weight: usize::MAX,
+                    flushes: (pool_size / 5).clamp(1, 2),
+                },
+                move |batch| record(record_pool.clone(), batch),
+            ),
+        }
+    }
+}
+
+async fn ingest(pool: PgPool, batch: Vec<Pending<NewDelivery, Ingested>>) {
+    let (first, repeats) = first_by_key(batch, |d| (d.source.clone(), d.delivery.clone()));
+    let items: Vec<&NewDelivery> = first.iter().map(|p| &p.item).collect();
+    match ingest_together(&pool, &items).await {
+        Ok(results) => {
+            for (p, r) in first.into_iter().zip(results) {
+                p.answer(Ok(r));
+            }
+        }
+        Err(e) => retry_alone(&pool, first, e, ingest_alone).await,
+    }
+    // After the batch: a repeat finds the first call's delivery committed.
+    for p in repeats {
+        let r = ingest_alone(&pool, &p.item).await;
+        p.answer(r);
+    }
+}
+
+async fn ingest_together(pool: &PgPool, items: &[&NewDelivery]) -> Result<Vec<Ingested>, StoreError> {
+    let mut tx: Tx = pool.begin().await.map_err(db)?;
+    let results = bulk::ingest(&mut tx, items).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(results)
+}
+
+async fn ingest_alone(pool: &PgPool, item: &NewDelivery) -> Result<Ingested, StoreError> {
+    let mut results = ingest_together(pool, &[item]).await?;
+    results
+        .pop()
+        .ok_or_else(|| StoreError::unavailable("an ingest came back without its answer"))
+}
+
+async fn record(pool: PgPool, batch: Vec<Pending<Record, ()>>) {
+    let (first, repeats) = first_by_key(batch, |r| r.job.clone());
+    let items: Vec<&Record> = first.iter().map(|p| &p.item).collect();
+    match record_together(&pool, &items).await {
+        Ok(()) => {
+            for p in first {
+                p.answer(Ok(()));
+            }
+        }
+        Err(e) => retry_alone(&pool, first, e, record_alone).await,
+    }
+    for p in repeats {
+        let r = record_alone(&pool, &p.item).await;
+        p.answer(r);
+    }
+}
+
+async fn record_together(pool: &PgPool, items: &[&Record]) -> Result<(), StoreError> {
+    let mut tx: Tx = pool.begin().await.map_err(db)?;
+    bulk::record(&mut tx, items).await?;
+    tx.commit().await.map_err(db)
+}
+
+async fn record_alone(pool: &PgPool, item: &Record) -> Result<(), StoreError> {
+    record_together(pool, &[item]).await
+}
+
+/// After a failed batch: every call alone when the server refused a
+/// statement (the connection works; one call may be the cause), else every
+/// call fails with the batch's error.
+async fn retry_alone<T, R, F>(pool: &PgPool, calls: Vec<Pending<T, R>>, e: StoreError, alone: F)
+where
+    F: AsyncFn(&PgPool, &T) -> Result<R, StoreError>,
+{
+    if calls.len() > 1 && refused_by_server(&e) {
+        tracing::debug!(error = %e, calls = calls.len(), "batch refused; writing its calls one by one");
+        for p in calls {
+            let r = alone(pool, &p.item).await;
+            p.answer(r);
+        }
+        return;
+    }
+    for p in calls {
+        p.answer(Err(StoreError::new(e.kind(), e.detail())));
+    }
+}
+
+/// The server answered with an error for a statement (any SQLSTATE), or the
+/// batch could not be encoded: not an outage.
+fn refused_by_server(e: &StoreError) -> bool {
+    e.kind() != StoreErrorKind::Unavailable
+        || e.source()
+            .and_then(|s| s.downcast_ref::<sqlx::Error>())
+            .is_some_and(|s| matches!(s, sqlx::Error::Database(_)))
+}
