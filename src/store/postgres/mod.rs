@@ -111,10 +111,7 @@ impl Store for PostgresStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let jobs = queue::lease_due(&mut tx, owner, limit, lease, now).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(jobs)
+        queue::lease_due(&self.pool, owner, limit, lease, now).await
     }
 
     async fn record_attempt(

@@ -125,50 +125,43 @@ pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, 
     })
 }
 
+/// Lease up to `limit` jobs in one statement (no transaction around it):
+/// jobs whose lease expired first (each gets an "interrupted" attempt row),
+/// then due jobs, oldest first; rows another replica is leasing right now
+/// are skipped, not waited for.
 pub(super) async fn lease_due(
-    tx: &mut Tx,
+    pool: &PgPool,
     owner: &str,
     limit: usize,
     lease: Duration,
     now: SystemTime,
 ) -> Result<Vec<LeasedJob>, StoreError> {
     let now_ms = millis(now);
-    let expired: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1
-         ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(now_ms)
-    .bind(limit as i64)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
-    let due: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= $1
-         ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(now_ms)
-    .bind(limit.saturating_sub(expired.len()) as i64)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
-    for id in &expired {
-        interrupted(tx, id, now_ms, model::LEASE_EXPIRED).await?;
-    }
-    let ids: Vec<String> = expired.into_iter().chain(due).collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
     let rows = sqlx::query(
-        "UPDATE jobs j SET state = 'running', lease_owner = $2, lease_until = $3, attempts = j.attempts + 1, updated_at = $4
-         FROM deliveries d
-         WHERE j.id = ANY($1) AND d.id = j.delivery_id
+        "WITH expired AS (
+            SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1
+            ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED),
+         due AS (
+            SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= $1
+            ORDER BY next_attempt_at LIMIT GREATEST($2 - (SELECT count(*) FROM expired), 0)
+            FOR UPDATE SKIP LOCKED),
+         noted AS (
+            INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+            SELECT e.id, COALESCE((SELECT MAX(a.n) FROM attempts a WHERE a.job_id = e.id), 0) + 1,
+                   $1, 0, NULL, $5, $6, NULL
+            FROM expired e)
+         UPDATE jobs j SET state = 'running', lease_owner = $3, lease_until = $4, attempts = j.attempts + 1, updated_at = $1
+         FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS picked, deliveries d
+         WHERE j.id = picked.id AND d.id = j.delivery_id
          RETURNING j.id, j.delivery_id, d.delivery, d.source, j.rule, j.target, j.request, j.attempts, j.next_attempt_at",
     )
-    .bind(&ids)
+    .bind(now_ms)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .bind(owner)
     .bind(millis(now + lease))
-    .bind(now_ms)
-    .fetch_all(&mut **tx)
+    .bind(model::INTERRUPTED)
+    .bind(model::LEASE_EXPIRED)
+    .fetch_all(pool)
     .await
     .map_err(db)?;
     let mut out = Vec::with_capacity(rows.len());
