@@ -284,11 +284,11 @@ async fn run(opts: Options) {
                     } else {
                         opts.duration
                     };
-                    generator::closed_loop(proc.addr, &delivery, c, d, expected).await
+                    generator::closed_loop(&[proc.addr], &delivery, c, d, expected).await
                 }
                 Load::Open { rate, secs } => {
                     let secs = if opts.smoke { 1 } else { secs };
-                    generator::open_loop(proc.addr, &delivery, rate, Duration::from_secs(secs), expected)
+                    generator::open_loop(&[proc.addr], &delivery, rate, Duration::from_secs(secs), expected)
                         .await
                 }
             };
