@@ -3,7 +3,7 @@
 //! (in the bench process), and what `/proc` tells about a process.
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,8 +102,9 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) const GITHUB_SECRET: &str = "bench-github-secret";
 pub(crate) const CIRCLE_TOKEN: &str = "bench-circle-token";
 
-/// The hookbridge config: one GitHub source, one rule, the stand-in as CircleCI.
-pub(crate) fn hookbridge_config(dir: &Path, port: u16, ci: SocketAddr) -> PathBuf {
+/// Write the hookbridge config to `path`: one GitHub source, one rule, the
+/// stand-in as CircleCI, the store at `store` (a `sqlite://` or `postgres://` URL).
+pub(crate) fn hookbridge_config(path: &Path, port: u16, ci: SocketAddr, store: &str) {
     let text = format!(
         r#"
 [server]
@@ -114,7 +115,7 @@ max_body = "25MiB"
 listen = "127.0.0.1:0"
 
 [store]
-url = "sqlite://{db}"
+url = "{store}"
 
 [sources.github]
 type = "github"
@@ -135,12 +136,9 @@ target = "circleci"
 project = "gh/Codertocat/Hello-World"
 branch = "{{{{ event.branch }}}}"
 parameters = {{ sha = "{{{{ event.sha }}}}", deploy = true }}
-"#,
-        db = dir.join("hookbridge.db").display(),
+"#
     );
-    let path = dir.join("hookbridge.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    std::fs::write(path, text).unwrap();
 }
 
 /// Start `hookbridge serve` and time it until its webhook port accepts a connection.
@@ -255,8 +253,8 @@ impl RssWatch {
 /// The stand-in CircleCI: answers v2 pipeline triggers with 201 and counts them.
 #[derive(Clone, Default)]
 pub(crate) struct StandIn {
-    pub triggers: Arc<AtomicU64>,
-    pub unexpected: Arc<AtomicU64>,
+    triggers: Arc<AtomicU64>,
+    unexpected: Arc<AtomicU64>,
 }
 
 impl StandIn {
@@ -292,7 +290,13 @@ impl StandIn {
         (StatusCode::CREATED, axum::Json(body)).into_response()
     }
 
+    /// Triggers answered so far.
     pub(crate) fn count(&self) -> u64 {
         self.triggers.load(Ordering::Relaxed)
+    }
+
+    /// Requests that were not a valid trigger so far.
+    pub(crate) fn unexpected(&self) -> u64 {
+        self.unexpected.load(Ordering::Relaxed)
     }
 }
