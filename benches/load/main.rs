@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench load              # full run, a few minutes
 //! cargo bench --bench load -- --smoke   # a few seconds per target
+//! cargo bench --bench load -- --smoke --store postgres --replicas 1,3
 //! ```
 //!
 //! `cargo bench` builds `target/release/hookbridge` (the bench profile is the
@@ -22,9 +23,22 @@
 //! - `--duration SECS`: length of the closed-loop scenarios.
 //! - `--only TEXT`: only the scenarios whose name contains TEXT.
 //! - `--keep`: keep the temporary directory with configs and logs.
+//! - `--store postgres`: after the SQLite run, run the same scenarios on
+//!   hookbridge with a PostgreSQL store: a fresh database `hb_bench_<ulid>` on
+//!   the server of `HOOKBRIDGE_BENCH_POSTGRES_URL` (else
+//!   `HOOKBRIDGE_TEST_POSTGRES_URL`, else the local one), dropped at the end,
+//!   also on a panic. The table gains the PostgreSQL server's CPU per
+//!   delivery (its processes, from `/proc`, over the same window as
+//!   hookbridge's; the whole server, so other clients of it count too), and
+//!   the PostgreSQL goals are checked at c=64.
+//! - `--replicas N[,M…]`: with `--store postgres`, how many hookbridge
+//!   processes share the database, one setup (and database) per count, run
+//!   one after the other; default 1. The load is spread over the replicas
+//!   round-robin, so the total concurrency is the scenario's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod generator;
+mod postgres;
 mod report;
 mod servers;
 mod setup;
@@ -46,6 +60,9 @@ struct Options {
     keep: bool,
     /// Run only the scenarios whose name contains this (for profiling).
     only: Option<String>,
+    /// With `--store postgres`: the replica counts to run, one setup each;
+    /// empty without it.
+    pg_replicas: Vec<usize>,
 }
 
 fn options() -> Options {
@@ -64,12 +81,32 @@ fn options() -> Options {
         } else {
             Duration::from_secs(10)
         });
+    let postgres = match value("--store").as_deref() {
+        None | Some("sqlite") => false,
+        Some("postgres") => true,
+        Some(other) => panic!("--store sqlite|postgres, not `{other}`"),
+    };
+    let pg_replicas = match (postgres, value("--replicas")) {
+        (false, None) => Vec::new(),
+        (false, Some(_)) => panic!("--replicas needs --store postgres"),
+        (true, None) => vec![1],
+        (true, Some(list)) => replica_counts(&list),
+    };
     Options {
         smoke,
         duration,
         keep: args.iter().any(|a| a == "--keep"),
         only: value("--only"),
+        pg_replicas,
     }
+}
+
+/// `1,3` as `[1, 3]`.
+fn replica_counts(list: &str) -> Vec<usize> {
+    let count = |n: &str| n.trim().parse().ok().filter(|&n| n > 0);
+    list.split(',')
+        .map(|n| count(n).expect("--replicas N[,M...], each ≥ 1"))
+        .collect()
 }
 
 /// One scenario, run against every server.
@@ -240,14 +277,28 @@ async fn run(opts: Options) {
             rows.push(measure(setup, n, s, &payloads, &opts).await);
         }
     }
-    let durability = sqlite.finish().await;
+    let mut durability = vec![sqlite.finish().await];
+    // One PostgreSQL setup at a time: the server's CPU is then only this setup's.
+    for &replicas in &opts.pg_replicas {
+        let mut pg = Setup::postgres(replicas, bin, dir.path(), &ci, ci_addr).await;
+        for &(n, s) in &scenarios {
+            rows.push(measure(&mut pg, n, s, &payloads, &opts).await);
+        }
+        durability.push(pg.finish().await);
+    }
     ceiling.stop();
     println!();
 
+    rows.sort_by_key(|r| SCENARIOS.iter().position(|s| s.name == r.scenario));
     println!("{}", report::table(&rows));
     let checks = report::goals(&rows, &startup);
     println!("{}", report::render_goals(&checks));
-    println!("{}", durability.render());
+    if !opts.pg_replicas.is_empty() {
+        println!("{}", report::render_goals(&report::postgres_goals(&rows)));
+    }
+    for d in &durability {
+        println!("{}", d.render());
+    }
     if opts.keep {
         let kept = dir.keep();
         println!("kept {}", kept.display());
@@ -324,7 +375,7 @@ async fn measure(setup: &mut Setup, n: usize, s: &Scenario, payloads: &Payloads,
         None
     };
     let triggers_before = setup.triggers();
-    let cpu_before = setup.cpu();
+    let (cpu_before, pg_before) = (setup.cpu(), setup.pg_cpu());
     let rss = setup.watch_rss();
     let replicas = setup.addrs();
     let tally: Tally = match s.load {
@@ -350,8 +401,13 @@ async fn measure(setup: &mut Setup, n: usize, s: &Scenario, payloads: &Payloads,
     };
     // Saturating: a process that exits between two reads of /proc takes its time along.
     let cpu = setup.cpu().saturating_sub(cpu_before);
+    let pg_cpu = setup
+        .pg_cpu()
+        .zip(pg_before)
+        .map(|(after, before)| after.saturating_sub(before));
 
     let mut row = Row::new(target, s.name, &tally, cpu, peak_kib);
+    row.pg_cpu_us_per_delivery = pg_cpu.map(|c| report::per_delivery(c, tally.ok));
     row.drain = drain;
     if target != Target::Ceiling {
         row.triggers_per_sec = Some(triggers as f64 / tally.elapsed.as_secs_f64());

@@ -1,4 +1,5 @@
-//! The results table, the ratios to the ceiling, and the goals of issue 7.
+//! The results table, the ratios to the ceiling, the goals of issue 7 (on
+//! SQLite), and the PostgreSQL goals when `--store postgres` ran.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use crate::generator::Tally;
 pub(crate) enum Target {
     Ceiling,
     Sqlite,
+    /// PostgreSQL with this many replicas.
+    Postgres(usize),
 }
 
 impl Target {
@@ -18,6 +21,7 @@ impl Target {
         match self {
             Target::Ceiling => "ceiling".into(),
             Target::Sqlite => "hookbridge sqlite".into(),
+            Target::Postgres(n) => format!("hookbridge pg×{n}"),
         }
     }
 
@@ -26,6 +30,7 @@ impl Target {
         match self {
             Target::Ceiling => "ceiling".into(),
             Target::Sqlite => "hookbridge".into(),
+            Target::Postgres(n) => format!("pg{n}"),
         }
     }
 }
@@ -52,6 +57,8 @@ pub(crate) struct Row {
     /// The server's CPU (all replicas) from the start of the load until its
     /// triggers are drained, per delivery answered as expected.
     pub cpu_us_per_delivery: f64,
+    /// The PostgreSQL server's CPU over the same window, per delivery.
+    pub pg_cpu_us_per_delivery: Option<f64>,
     pub peak_rss_mb: f64,
     pub triggers_per_sec: Option<f64>,
     /// Time for the stand-in to receive every trigger after the load stopped.
@@ -86,6 +93,7 @@ impl Row {
             p99: t.ms(0.99),
             max: t.max_ms(),
             cpu_us_per_delivery: per_delivery(cpu, t.ok),
+            pg_cpu_us_per_delivery: None,
             peak_rss_mb: peak_kib as f64 / 1024.0,
             triggers_per_sec: None,
             drain: None,
@@ -105,10 +113,12 @@ fn ratio(rows: &[Row], target: Target, scenario: &str) -> Option<f64> {
     Some(h.acks_per_sec / c.acks_per_sec)
 }
 
-/// The table, one row per scenario and server, in the order given.
+/// The table, one row per scenario and server, in the order given; the
+/// PostgreSQL CPU column only when some row has it.
 pub(crate) fn table(rows: &[Row]) -> String {
+    let pg = rows.iter().any(|r| r.pg_cpu_us_per_delivery.is_some());
     let mut out = String::new();
-    let header = [
+    let mut header = vec![
         "scenario",
         "server",
         "requests",
@@ -119,9 +129,9 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "max ms",
         "triggers/s",
         "CPU µs/delivery",
-        "peak RSS MB",
-        "ratio",
     ];
+    header.extend(pg.then_some("PostgreSQL CPU µs/delivery"));
+    header.extend(["peak RSS MB", "ratio"]);
     writeln!(out, "| {} |", header.join(" | ")).unwrap();
     let align: Vec<&str> = header
         .iter()
@@ -134,7 +144,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
             Target::Ceiling => String::new(),
             t => ratio(rows, t, r.scenario).map_or("-".into(), |x| format!("{x:.2}×")),
         };
-        let cells = [
+        let mut cells = vec![
             r.scenario.to_owned(),
             r.target.label(),
             r.requests.to_string(),
@@ -145,9 +155,11 @@ pub(crate) fn table(rows: &[Row]) -> String {
             format!("{:.1}", r.max),
             r.triggers_per_sec.map_or("-".into(), |t| format!("{t:.0}")),
             format!("{:.0}", r.cpu_us_per_delivery),
-            format!("{:.1}", r.peak_rss_mb),
-            ratio,
         ];
+        if pg {
+            cells.push(r.pg_cpu_us_per_delivery.map_or("-".into(), |c| format!("{c:.0}")));
+        }
+        cells.extend([format!("{:.1}", r.peak_rss_mb), ratio]);
         writeln!(out, "| {} |", cells.join(" | ")).unwrap();
     }
     for r in rows.iter().filter(|r| r.drain.is_some() || r.not_ok > 0) {
@@ -255,6 +267,48 @@ pub(crate) fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
         format!("{:.1} MB", s.idle_kib as f64 / 1024.0),
         s.idle_kib <= 15 * 1024,
     );
+    checks
+}
+
+/// The PostgreSQL store's goals at c=64, against rows of the same run:
+/// PostgreSQL CPU per delivery ≤ 250 µs; one replica ≥ 0.5× the SQLite
+/// acks/s; more replicas at least the throughput of one.
+pub(crate) fn postgres_goals(rows: &[Row]) -> Vec<Check> {
+    const SCENARIO: &str = "c=64";
+    let sqlite = find(rows, Target::Sqlite, SCENARIO).map_or(f64::NAN, |r| r.acks_per_sec);
+    let one = find(rows, Target::Postgres(1), SCENARIO);
+    let mut checks = Vec::new();
+    for r in rows.iter().filter(|r| r.scenario == SCENARIO) {
+        let Target::Postgres(n) = r.target else {
+            continue;
+        };
+        let cpu = r.pg_cpu_us_per_delivery;
+        checks.push(Check {
+            goal: format!("pg×{n}: PostgreSQL CPU per delivery at c=64 ≤ 250 µs"),
+            measured: cpu.map_or("not measured: the server is not on this machine".into(), |c| {
+                format!("{c:.0} µs (hookbridge {:.0} µs)", r.cpu_us_per_delivery)
+            }),
+            met: cpu.is_some_and(|c| c <= 250.0),
+        });
+        let vs_sqlite = r.acks_per_sec / sqlite;
+        if n == 1 {
+            checks.push(Check {
+                goal: "pg×1 acks/s at c=64 ≥ 0.5× sqlite".into(),
+                measured: format!("{vs_sqlite:.2}× ({:.0}/s vs {sqlite:.0}/s)", r.acks_per_sec),
+                met: vs_sqlite >= 0.5,
+            });
+        } else if let Some(one) = one {
+            let vs_one = r.acks_per_sec / one.acks_per_sec;
+            checks.push(Check {
+                goal: format!("pg×{n} acks/s at c=64 ≥ pg×1"),
+                measured: format!(
+                    "{vs_one:.2}× pg×1, {vs_sqlite:.2}× sqlite ({:.0}/s)",
+                    r.acks_per_sec
+                ),
+                met: vs_one >= 1.0,
+            });
+        }
+    }
     checks
 }
 

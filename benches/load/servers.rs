@@ -180,18 +180,39 @@ pub(crate) fn start_hookbridge(bin: &Path, config: &Path, port: u16, log: &Path)
     }
 }
 
+/// The fields of `/proc/<pid>/stat` the benchmark reads; times in clock ticks.
+pub(crate) struct ProcStat {
+    pub ppid: u32,
+    pub utime: u64,
+    pub stime: u64,
+    /// CPU time of children that exited and were waited for.
+    pub cutime: u64,
+    pub cstime: u64,
+}
+
+/// `/proc/<pid>/stat` of a live process.
+pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, from field 3 (state) on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i)?.parse().ok();
+    Some(ProcStat {
+        ppid: field(1)? as u32,
+        utime: field(11)?,
+        stime: field(12)?,
+        cutime: field(13)?,
+        cstime: field(14)?,
+    })
+}
+
+/// Clock ticks (`sysconf(_SC_CLK_TCK)`, the unit of `/proc` times) as a duration.
+pub(crate) fn ticks(n: u64) -> Duration {
+    Duration::from_nanos(n * 1_000_000_000 / rustix::param::clock_ticks_per_second())
+}
+
 /// CPU time (user + system) of a process so far.
 pub(crate) fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    proc_stat(pid).map_or(Duration::ZERO, |s| ticks(s.utime + s.stime))
 }
 
 /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).

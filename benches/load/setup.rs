@@ -5,17 +5,24 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::postgres::{BenchDatabase, ServerCpu};
 use crate::report::Target;
 use crate::servers::{self, Proc, RssWatch, StandIn};
 
 /// Where hookbridge stores deliveries.
 enum Store {
     Sqlite(PathBuf),
+    Postgres {
+        db: BenchDatabase,
+        /// The server's processes, when they are on this machine.
+        server: Option<ServerCpu>,
+    },
 }
 
 pub(crate) struct Setup {
     pub target: Target,
-    /// The processes taking the load.
+    /// The processes taking the load. Declared before `store`, so they are
+    /// killed before the database is dropped.
     procs: Vec<Proc>,
     /// None for the ceiling.
     store: Option<Store>,
@@ -68,6 +75,46 @@ impl Setup {
         Setup::new(Target::Sqlite, vec![proc], Some(Store::Sqlite(db)), vec![log], ci)
     }
 
+    /// A fresh database and `replicas` hookbridge processes on it, each with
+    /// its own port, config and log in `dir`. Started one after the other:
+    /// the first creates the schema. Prints the setup's header line.
+    pub(crate) async fn postgres(
+        replicas: usize,
+        bin: &Path,
+        dir: &Path,
+        ci: &StandIn,
+        ci_addr: SocketAddr,
+    ) -> Setup {
+        let db = BenchDatabase::create().await;
+        let server = db.server_cpu().await;
+        let (mut procs, mut logs) = (Vec::new(), Vec::new());
+        for i in 1..=replicas {
+            let name = format!("hookbridge-pg{replicas}-{i}");
+            let (config, log) = (dir.join(format!("{name}.toml")), dir.join(format!("{name}.log")));
+            let port = servers::free_port();
+            servers::hookbridge_config(&config, port, ci_addr, &db.url);
+            procs.push(servers::start_hookbridge(bin, &config, port, &log));
+            logs.push(log);
+        }
+        let startups: Vec<String> = procs
+            .iter()
+            .map(|p| format!("{:.1}", p.startup.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            "hookbridge pg×{replicas}: {}, database {}; replicas up in {} ms{}",
+            db.describe().await,
+            db.name,
+            startups.join(", "),
+            if server.is_some() {
+                ""
+            } else {
+                "; the server's processes are not on this machine: no PostgreSQL CPU"
+            }
+        );
+        let store = Store::Postgres { db, server };
+        Setup::new(Target::Postgres(replicas), procs, Some(store), logs, ci)
+    }
+
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
         self.procs.iter().map(|p| p.addr).collect()
     }
@@ -75,6 +122,14 @@ impl Setup {
     /// CPU time of all the processes so far.
     pub(crate) fn cpu(&self) -> Duration {
         self.procs.iter().map(|p| servers::cpu_time(p.pid())).sum()
+    }
+
+    /// CPU time of the PostgreSQL server so far, if there is one here.
+    pub(crate) fn pg_cpu(&self) -> Option<Duration> {
+        match &self.store {
+            Some(Store::Postgres { server: Some(s), .. }) => Some(s.cpu()),
+            _ => None,
+        }
     }
 
     /// One peak-RSS watch per process.
@@ -86,6 +141,7 @@ impl Setup {
     pub(crate) async fn stored_deliveries(&self) -> Option<u64> {
         match self.store.as_ref()? {
             Store::Sqlite(path) => Some(sqlite_deliveries(path)),
+            Store::Postgres { db, .. } => Some(db.stored_deliveries().await),
         }
     }
 
