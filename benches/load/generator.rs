@@ -1,7 +1,9 @@
 //! The load generator: signed GitHub push deliveries over keep-alive HTTP/1.1
 //! connections, in a closed loop (N senders, each waiting for its answer) or
 //! an open loop (a fixed send schedule; latency counts from the *scheduled*
-//! send time, so queueing delay is charged to the server).
+//! send time, so queueing delay is charged to the server). With several
+//! replicas the load is spread over them round-robin: the concurrency or rate
+//! is the scenario's in total, not per replica.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,10 +139,11 @@ async fn exchange(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes
     Some(status)
 }
 
-/// `concurrency` senders on their own connection, each sending its next
-/// delivery once the previous one is answered, for `duration`.
+/// `concurrency` senders on their own connection (sender i to replica
+/// i mod n), each sending its next delivery once the previous one is
+/// answered, for `duration`.
 pub(crate) async fn closed_loop(
-    addr: SocketAddr,
+    replicas: &[SocketAddr],
     delivery: &Delivery,
     concurrency: usize,
     duration: Duration,
@@ -148,13 +151,14 @@ pub(crate) async fn closed_loop(
 ) -> Tally {
     let seq = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        senders.push(connect(addr).await.unwrap());
+    for i in 0..concurrency {
+        let addr = replicas[i % replicas.len()];
+        senders.push((addr, connect(addr).await.unwrap()));
     }
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for mut sender in senders {
+    for (addr, mut sender) in senders {
         let (delivery, seq) = (delivery.clone(), seq.clone());
         tasks.spawn(async move {
             let mut tally = Tally::new();
@@ -180,20 +184,24 @@ pub(crate) async fn closed_loop(
     tally
 }
 
-/// `rate` deliveries per second for `duration`, each on a free pooled
-/// connection (a new one when none is free). A pacing thread keeps the
-/// schedule; latency is measured from each delivery's scheduled time.
+/// A replica's idle connections.
+type Pool = Mutex<Vec<SendRequest<Full<Bytes>>>>;
+
+/// `rate` deliveries per second for `duration` (delivery i to replica
+/// i mod n), each on a free pooled connection to its replica (a new one
+/// when none is free). A pacing thread keeps the schedule; latency is
+/// measured from each delivery's scheduled time.
 pub(crate) async fn open_loop(
-    addr: SocketAddr,
+    replicas: &[SocketAddr],
     delivery: &Delivery,
     rate: u64,
     duration: Duration,
     expected: &'static [u16],
 ) -> Tally {
-    let pool: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>> = Arc::new(Mutex::new(Vec::new()));
-    for _ in 0..32 {
-        let c = connect(addr).await.unwrap();
-        pool.lock().unwrap().push(c);
+    let pools: Arc<Vec<Pool>> = Arc::new(replicas.iter().map(|_| Pool::default()).collect());
+    for i in 0..32 {
+        let c = connect(replicas[i % replicas.len()]).await.unwrap();
+        pools[i % replicas.len()].lock().unwrap().push(c);
     }
     let total = rate * duration.as_secs_f64() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -214,8 +222,15 @@ pub(crate) async fn open_loop(
     let tally = Arc::new(Mutex::new(Tally::new()));
     let mut tasks = tokio::task::JoinSet::new();
     while let Some((i, at)) = rx.recv().await {
-        let (pool, tally, req) = (pool.clone(), tally.clone(), delivery.request(i));
+        let replica = i as usize % replicas.len();
+        let (addr, pools, tally, req) = (
+            replicas[replica],
+            pools.clone(),
+            tally.clone(),
+            delivery.request(i),
+        );
         tasks.spawn(async move {
+            let pool = &pools[replica];
             let pooled = pool.lock().unwrap().pop();
             let mut sender = match pooled {
                 Some(s) => s,

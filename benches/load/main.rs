@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench --bench load              # full run, a few minutes
 //! cargo bench --bench load -- --smoke   # a few seconds per target
+//! cargo bench --bench load -- --smoke --store postgres --replicas 1,3
 //! ```
 //!
 //! `cargo bench` builds `target/release/hookbridge` (the bench profile is the
@@ -13,21 +14,44 @@
 //! CircleCI in this process that answers v2 pipeline triggers with 201 and
 //! counts them. Both servers get the same scenarios, interleaved; the table
 //! reports each, the ratios hookbridge/ceiling, and checks the goals of
-//! issue 7. Options: `--smoke`, `--duration SECS` (closed-loop scenarios),
-//! `--keep` (keep the temporary directory and its log).
+//! issue 7. A server's CPU µs/delivery is its processes' CPU time from the
+//! start of a scenario's load until the stand-in has its triggers, per
+//! delivery answered as expected.
+//!
+//! Options:
+//! - `--smoke`: short scenarios.
+//! - `--duration SECS`: length of the closed-loop scenarios.
+//! - `--only TEXT`: only the scenarios whose name contains TEXT.
+//! - `--keep`: keep the temporary directory with configs and logs.
+//! - `--store postgres`: after the SQLite run, run the same scenarios on
+//!   hookbridge with a PostgreSQL store: a fresh database `hb_bench_<ulid>` on
+//!   the server of `HOOKBRIDGE_BENCH_POSTGRES_URL` (else
+//!   `HOOKBRIDGE_TEST_POSTGRES_URL`, else the local one), dropped at the end,
+//!   also on a panic. The table gains the PostgreSQL server's CPU per
+//!   delivery (its processes, from `/proc`, over the same window as
+//!   hookbridge's; the whole server, so other clients of it count too), and
+//!   the PostgreSQL goals are checked at c=64.
+//! - `--replicas N[,M…]`: with `--store postgres`, how many hookbridge
+//!   processes share the database, one setup (and database) per count, run
+//!   one after the other; default 1. The load is spread over the replicas
+//!   round-robin, so the total concurrency is the scenario's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod generator;
+mod postgres;
 mod report;
 mod servers;
+mod setup;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use generator::{Delivery, Tally};
 use report::{Row, Target};
-use servers::{Proc, RssWatch, StandIn};
+use servers::{RssWatch, StandIn};
+use setup::Setup;
 
 /// Where the benchmark's options come from; `cargo bench` adds `--bench`.
 struct Options {
@@ -36,34 +60,56 @@ struct Options {
     keep: bool,
     /// Run only the scenarios whose name contains this (for profiling).
     only: Option<String>,
+    /// With `--store postgres`: the replica counts to run, one setup each;
+    /// empty without it.
+    pg_replicas: Vec<usize>,
 }
 
 fn options() -> Options {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let smoke = args.iter().any(|a| a == "--smoke");
-    let duration = args
-        .iter()
-        .position(|a| a == "--duration")
-        .and_then(|i| args.get(i + 1))
+    let duration = value("--duration")
         .map(|s| Duration::from_secs_f64(s.parse().expect("--duration SECS")))
         .unwrap_or(if smoke {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(10)
         });
+    let postgres = match value("--store").as_deref() {
+        None | Some("sqlite") => false,
+        Some("postgres") => true,
+        Some(other) => panic!("--store sqlite|postgres, not `{other}`"),
+    };
+    let pg_replicas = match (postgres, value("--replicas")) {
+        (false, None) => Vec::new(),
+        (false, Some(_)) => panic!("--replicas needs --store postgres"),
+        (true, None) => vec![1],
+        (true, Some(list)) => replica_counts(&list),
+    };
     Options {
         smoke,
         duration,
         keep: args.iter().any(|a| a == "--keep"),
-        only: args
-            .iter()
-            .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1))
-            .cloned(),
+        only: value("--only"),
+        pg_replicas,
     }
 }
 
-/// One scenario, run against both servers.
+/// `1,3` as `[1, 3]`.
+fn replica_counts(list: &str) -> Vec<usize> {
+    let count = |n: &str| n.trim().parse().ok().filter(|&n| n > 0);
+    list.split(',')
+        .map(|n| count(n).expect("--replicas N[,M...], each ≥ 1"))
+        .collect()
+}
+
+/// One scenario, run against every server.
 #[derive(Clone, Copy)]
 enum Load {
     Closed(usize),
@@ -172,11 +218,10 @@ fn fsync_probe(dir: &Path, n: usize) -> (f64, f64, f64) {
     (times[n / 2], times[n * 99 / 100], times[n - 1])
 }
 
-fn stored_deliveries(db: &Path) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
-        .unwrap()
+/// The request bodies, built once.
+struct Payloads {
+    push: Bytes,
+    large: Bytes,
 }
 
 async fn run(opts: Options) {
@@ -189,7 +234,10 @@ async fn run(opts: Options) {
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/payloads/github/push.json"))
             .unwrap(),
     );
-    let large = large_push(&push);
+    let payloads = Payloads {
+        large: large_push(&push),
+        push,
+    };
     println!(
         "hookbridge load benchmark ({} mode)",
         if opts.smoke { "smoke" } else { "full" }
@@ -197,8 +245,8 @@ async fn run(opts: Options) {
     println!(
         "machine: {} CPUs; payloads: push {} B, large push {} B; closed loops {:?} each",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        push.len(),
-        large.len(),
+        payloads.push.len(),
+        payloads.large.len(),
         opts.duration
     );
     println!(
@@ -215,13 +263,65 @@ async fn run(opts: Options) {
 
     let ci = StandIn::default();
     let ci_addr = ci.start().await;
-    let ceiling = servers::start_ceiling();
-    let port = servers::free_port();
-    let config = servers::hookbridge_config(dir.path(), port, ci_addr);
-    let log = dir.path().join("hookbridge.log");
+    let mut ceiling = Setup::ceiling(servers::start_ceiling(), &ci);
+    let (mut sqlite, startup) = start_sqlite(bin, dir.path(), ci_addr, &ci, opts.smoke).await;
 
-    // Start-up: the first start creates the database; later ones open it.
-    let starts = if opts.smoke { 2 } else { 5 };
+    let scenarios: Vec<(usize, &Scenario)> = SCENARIOS
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| opts.only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+        .collect();
+    let mut rows = Vec::new();
+    for &(n, s) in &scenarios {
+        for setup in [&mut ceiling, &mut sqlite] {
+            rows.push(measure(setup, n, s, &payloads, &opts).await);
+        }
+    }
+    let mut durability = vec![sqlite.finish().await];
+    // One PostgreSQL setup at a time: the server's CPU is then only this setup's.
+    for &replicas in &opts.pg_replicas {
+        let mut pg = Setup::postgres(replicas, bin, dir.path(), &ci, ci_addr).await;
+        for &(n, s) in &scenarios {
+            rows.push(measure(&mut pg, n, s, &payloads, &opts).await);
+        }
+        durability.push(pg.finish().await);
+    }
+    ceiling.stop();
+    println!();
+
+    rows.sort_by_key(|r| SCENARIOS.iter().position(|s| s.name == r.scenario));
+    println!("{}", report::table(&rows));
+    let checks = report::goals(&rows, &startup);
+    println!("{}", report::render_goals(&checks));
+    if !opts.pg_replicas.is_empty() {
+        println!("{}", report::render_goals(&report::postgres_goals(&rows)));
+    }
+    for d in &durability {
+        println!("{}", d.render());
+    }
+    if opts.keep {
+        let kept = dir.keep();
+        println!("kept {}", kept.display());
+    }
+}
+
+/// hookbridge on SQLite in `dir`, after timing its start-up: the first start
+/// creates the database, later ones open it. Prints the start-up line.
+async fn start_sqlite(
+    bin: &Path,
+    dir: &Path,
+    ci_addr: SocketAddr,
+    ci: &StandIn,
+    smoke: bool,
+) -> (Setup, report::Startup) {
+    let port = servers::free_port();
+    let (config, db, log) = (
+        dir.join("hookbridge.toml"),
+        dir.join("hookbridge.db"),
+        dir.join("hookbridge.log"),
+    );
+    servers::hookbridge_config(&config, port, ci_addr, &format!("sqlite://{}", db.display()));
+    let starts = if smoke { 2 } else { 5 };
     let mut startups = Vec::new();
     for _ in 0..starts - 1 {
         let p = servers::start_hookbridge(bin, &config, port, &log);
@@ -234,107 +334,87 @@ async fn run(opts: Options) {
     let idle_kib = servers::status_kib(hb.pid(), "VmRSS");
     let mut sorted = startups.clone();
     sorted.sort();
-    let startup_median = sorted[sorted.len() / 2];
-    println!(
-        "hookbridge start-up to a listening port: first (new database) {:.1} ms, median of {} {:.1} ms; idle RSS {:.1} MB",
-        startups[0].as_secs_f64() * 1e3,
-        startups.len(),
-        startup_median.as_secs_f64() * 1e3,
-        idle_kib as f64 / 1024.0
-    );
-    println!();
-
-    let db = dir.path().join("hookbridge.db");
-    let mut rows = Vec::new();
-    let mut stored_acks = 0u64;
-    for (n, s) in SCENARIOS.iter().enumerate() {
-        if opts.only.as_ref().is_some_and(|o| !s.name.contains(o.as_str())) {
-            continue;
-        }
-        for target in [Target::Ceiling, Target::Hookbridge] {
-            let proc: &Proc = if target == Target::Ceiling { &ceiling } else { &hb };
-            let body = if s.body == Body::Large {
-                large.clone()
-            } else {
-                push.clone()
-            };
-            let secret = if s.bad_signature {
-                "not-the-secret"
-            } else {
-                servers::GITHUB_SECRET
-            };
-            let delivery = Delivery::new(body, secret, &format!("bench-{n}-{}", target.name()));
-            let expected: &'static [u16] = match (target, s.bad_signature) {
-                (Target::Ceiling, _) => &[200],
-                (Target::Hookbridge, true) => &[401],
-                (Target::Hookbridge, false) => &[202],
-            };
-            let stored_before = if s.bad_signature && target == Target::Hookbridge {
-                stored_deliveries(&db)
-            } else {
-                0
-            };
-            let triggers_before = ci.count();
-            let cpu_before = servers::cpu_time(proc.pid());
-            let rss = RssWatch::start(proc.pid());
-            let tally: Tally = match s.load {
-                Load::Closed(c) => {
-                    let d = if s.body == Body::Large {
-                        opts.duration / 2
-                    } else {
-                        opts.duration
-                    };
-                    generator::closed_loop(proc.addr, &delivery, c, d, expected).await
-                }
-                Load::Open { rate, secs } => {
-                    let secs = if opts.smoke { 1 } else { secs };
-                    generator::open_loop(proc.addr, &delivery, rate, Duration::from_secs(secs), expected)
-                        .await
-                }
-            };
-            let cpu = servers::cpu_time(proc.pid()) - cpu_before;
-            let triggers = ci.count() - triggers_before;
-            let peak_kib = rss.finish();
-            let mut row = Row::new(target, s.name, &tally, cpu, peak_kib);
-            if target == Target::Hookbridge {
-                row.triggers_per_sec = Some(triggers as f64 / tally.elapsed.as_secs_f64());
-                if s.bad_signature {
-                    row.stored_delta = Some(stored_deliveries(&db) - stored_before);
-                } else {
-                    stored_acks += tally.ok;
-                    // Let the dispatcher catch up so scenarios do not bleed into each other.
-                    let drained = Instant::now();
-                    while ci.count() < stored_acks && drained.elapsed() < Duration::from_secs(60) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    row.drain = Some(drained.elapsed());
-                }
-            }
-            rows.push(row);
-        }
-    }
-    let stored = stored_deliveries(&db) as u64;
-    hb.stop();
-    ceiling.stop();
-
-    println!("{}", report::table(&rows));
     let startup = report::Startup {
         first: startups[0],
-        median: startup_median,
+        median: sorted[sorted.len() / 2],
         idle_kib,
     };
-    let checks = report::goals(&rows, &startup);
-    println!("{}", report::render_goals(&checks));
     println!(
-        "durability: {stored} deliveries in the store for {stored_acks} stored acks (202); triggers received {}, unexpected requests at the stand-in {}",
-        ci.count(),
-        ci.unexpected.load(std::sync::atomic::Ordering::Relaxed)
+        "hookbridge start-up to a listening port: first (new database) {:.1} ms, median of {} {:.1} ms; idle RSS {:.1} MB",
+        startup.first.as_secs_f64() * 1e3,
+        startups.len(),
+        startup.median.as_secs_f64() * 1e3,
+        idle_kib as f64 / 1024.0
     );
-    if stored != stored_acks {
-        println!("WARNING: stored deliveries differ from acknowledged ones");
+    (Setup::sqlite(hb, db, log, ci), startup)
+}
+
+/// One scenario against one setup: the load, then for stored acks the wait
+/// until the stand-in has every trigger. CPU is measured over both.
+async fn measure(setup: &mut Setup, n: usize, s: &Scenario, payloads: &Payloads, opts: &Options) -> Row {
+    let target = setup.target;
+    let body = if s.body == Body::Large {
+        payloads.large.clone()
+    } else {
+        payloads.push.clone()
+    };
+    let secret = if s.bad_signature {
+        "not-the-secret"
+    } else {
+        servers::GITHUB_SECRET
+    };
+    let delivery = Delivery::new(body, secret, &format!("bench-{n}-{}", target.slug()));
+    let expected: &'static [u16] = match (target, s.bad_signature) {
+        (Target::Ceiling, _) => &[200],
+        (_, true) => &[401],
+        (_, false) => &[202],
+    };
+    let stored_before = if s.bad_signature {
+        setup.stored_deliveries().await
+    } else {
+        None
+    };
+    let triggers_before = setup.triggers();
+    let (cpu_before, pg_before) = (setup.cpu(), setup.pg_cpu());
+    let rss = setup.watch_rss();
+    let replicas = setup.addrs();
+    let tally: Tally = match s.load {
+        Load::Closed(c) => {
+            let d = if s.body == Body::Large {
+                opts.duration / 2
+            } else {
+                opts.duration
+            };
+            generator::closed_loop(&replicas, &delivery, c, d, expected).await
+        }
+        Load::Open { rate, secs } => {
+            let secs = if opts.smoke { 1 } else { secs };
+            generator::open_loop(&replicas, &delivery, rate, Duration::from_secs(secs), expected).await
+        }
+    };
+    let peak_kib = rss.into_iter().map(RssWatch::finish).max().unwrap_or(0);
+    let triggers = setup.triggers() - triggers_before;
+    let drain = if target != Target::Ceiling && !s.bad_signature {
+        Some(setup.drain(tally.ok).await)
+    } else {
+        None
+    };
+    // Saturating: a process that exits between two reads of /proc takes its time along.
+    let cpu = setup.cpu().saturating_sub(cpu_before);
+    let pg_cpu = setup
+        .pg_cpu()
+        .zip(pg_before)
+        .map(|(after, before)| after.saturating_sub(before));
+
+    let mut row = Row::new(target, s.name, &tally, cpu, peak_kib);
+    row.pg_cpu_us_per_delivery = pg_cpu.map(|c| report::per_delivery(c, tally.ok));
+    row.drain = drain;
+    if target != Target::Ceiling {
+        row.triggers_per_sec = Some(triggers as f64 / tally.elapsed.as_secs_f64());
     }
-    if opts.keep {
-        let kept = dir.keep();
-        println!("kept {}", kept.display());
+    if let Some(before) = stored_before {
+        let after = setup.stored_deliveries().await.unwrap_or(before);
+        row.stored_delta = Some(after as i64 - before as i64);
     }
+    row
 }

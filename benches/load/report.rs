@@ -1,23 +1,43 @@
-//! The results table, the ratios to the ceiling, and the goals of issue 7.
+//! The results table, the ratios to the ceiling, the goals of issue 7 (on
+//! SQLite), and the PostgreSQL goals when `--store postgres` ran.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use crate::generator::Tally;
 
+/// What a row measured: the ceiling, or hookbridge on a store.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
     Ceiling,
-    Hookbridge,
+    Sqlite,
+    /// PostgreSQL with this many replicas.
+    Postgres(usize),
 }
 
 impl Target {
-    pub(crate) fn name(self) -> &'static str {
+    /// The table's "server" column.
+    pub(crate) fn label(self) -> String {
         match self {
-            Target::Ceiling => "ceiling",
-            Target::Hookbridge => "hookbridge",
+            Target::Ceiling => "ceiling".into(),
+            Target::Sqlite => "hookbridge sqlite".into(),
+            Target::Postgres(n) => format!("hookbridge pg×{n}"),
         }
     }
+
+    /// A part of delivery ids: ASCII, no spaces.
+    pub(crate) fn slug(self) -> String {
+        match self {
+            Target::Ceiling => "ceiling".into(),
+            Target::Sqlite => "hookbridge".into(),
+            Target::Postgres(n) => format!("pg{n}"),
+        }
+    }
+}
+
+/// CPU time per delivery in µs.
+pub(crate) fn per_delivery(cpu: Duration, deliveries: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / deliveries.max(1) as f64
 }
 
 /// One scenario on one server.
@@ -34,7 +54,11 @@ pub(crate) struct Row {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    /// The server's CPU (all replicas) from the start of the load until its
+    /// triggers are drained, per delivery answered as expected.
     pub cpu_us_per_delivery: f64,
+    /// The PostgreSQL server's CPU over the same window, per delivery.
+    pub pg_cpu_us_per_delivery: Option<f64>,
     pub peak_rss_mb: f64,
     pub triggers_per_sec: Option<f64>,
     /// Time for the stand-in to receive every trigger after the load stopped.
@@ -68,7 +92,8 @@ impl Row {
             p50: t.ms(0.50),
             p99: t.ms(0.99),
             max: t.max_ms(),
-            cpu_us_per_delivery: cpu.as_secs_f64() * 1e6 / t.total().max(1) as f64,
+            cpu_us_per_delivery: per_delivery(cpu, t.ok),
+            pg_cpu_us_per_delivery: None,
             peak_rss_mb: peak_kib as f64 / 1024.0,
             triggers_per_sec: None,
             drain: None,
@@ -81,44 +106,61 @@ fn find<'a>(rows: &'a [Row], target: Target, scenario: &str) -> Option<&'a Row> 
     rows.iter().find(|r| r.target == target && r.scenario == scenario)
 }
 
-/// hookbridge's acks/s over the ceiling's in the same scenario.
-fn ratio(rows: &[Row], scenario: &str) -> Option<f64> {
+/// A hookbridge row's acks/s over the ceiling's in the same scenario.
+fn ratio(rows: &[Row], target: Target, scenario: &str) -> Option<f64> {
     let c = find(rows, Target::Ceiling, scenario)?;
-    let h = find(rows, Target::Hookbridge, scenario)?;
+    let h = find(rows, target, scenario)?;
     Some(h.acks_per_sec / c.acks_per_sec)
 }
 
+/// The table, one row per scenario and server, in the order given; the
+/// PostgreSQL CPU column only when some row has it.
 pub(crate) fn table(rows: &[Row]) -> String {
+    let pg = rows.iter().any(|r| r.pg_cpu_us_per_delivery.is_some());
     let mut out = String::new();
-    writeln!(
-        out,
-        "| scenario | server | requests | ok | acks/s | p50 ms | p99 ms | max ms | triggers/s | CPU µs/delivery | peak RSS MB | ratio |"
-    )
-    .unwrap();
-    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
+    let mut header = vec![
+        "scenario",
+        "server",
+        "requests",
+        "ok",
+        "acks/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "triggers/s",
+        "CPU µs/delivery",
+    ];
+    header.extend(pg.then_some("PostgreSQL CPU µs/delivery"));
+    header.extend(["peak RSS MB", "ratio"]);
+    writeln!(out, "| {} |", header.join(" | ")).unwrap();
+    let align: Vec<&str> = header
+        .iter()
+        .enumerate()
+        .map(|(i, _)| if i < 2 { "---" } else { "---:" })
+        .collect();
+    writeln!(out, "|{}|", align.join("|")).unwrap();
     for r in rows {
         let ratio = match r.target {
-            Target::Hookbridge => ratio(rows, r.scenario).map_or("-".into(), |x| format!("{x:.2}×")),
             Target::Ceiling => String::new(),
+            t => ratio(rows, t, r.scenario).map_or("-".into(), |x| format!("{x:.2}×")),
         };
-        let triggers = r.triggers_per_sec.map_or("-".into(), |t| format!("{t:.0}"));
-        writeln!(
-            out,
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.1} | {} |",
-            r.scenario,
-            r.target.name(),
-            r.requests,
-            r.ok,
-            r.acks_per_sec,
-            r.p50,
-            r.p99,
-            r.max,
-            triggers,
-            r.cpu_us_per_delivery,
-            r.peak_rss_mb,
-            ratio
-        )
-        .unwrap();
+        let mut cells = vec![
+            r.scenario.to_owned(),
+            r.target.label(),
+            r.requests.to_string(),
+            r.ok.to_string(),
+            format!("{:.0}", r.acks_per_sec),
+            format!("{:.2}", r.p50),
+            format!("{:.2}", r.p99),
+            format!("{:.1}", r.max),
+            r.triggers_per_sec.map_or("-".into(), |t| format!("{t:.0}")),
+            format!("{:.0}", r.cpu_us_per_delivery),
+        ];
+        if pg {
+            cells.push(r.pg_cpu_us_per_delivery.map_or("-".into(), |c| format!("{c:.0}")));
+        }
+        cells.extend([format!("{:.1}", r.peak_rss_mb), ratio]);
+        writeln!(out, "| {} |", cells.join(" | ")).unwrap();
     }
     for r in rows.iter().filter(|r| r.drain.is_some() || r.not_ok > 0) {
         let mut notes = Vec::new();
@@ -134,7 +176,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
                 d.as_secs_f64()
             ));
         }
-        writeln!(out, "  {} {}: {}", r.target.name(), r.scenario, notes.join("; ")).unwrap();
+        writeln!(out, "  {} {}: {}", r.target.label(), r.scenario, notes.join("; ")).unwrap();
     }
     out
 }
@@ -162,7 +204,7 @@ pub(crate) fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
         })
     };
     let ceiling64 = find(rows, Target::Ceiling, "c=64").map_or(f64::NAN, |r| r.acks_per_sec);
-    if let Some(h) = find(rows, Target::Hookbridge, "c=64") {
+    if let Some(h) = find(rows, Target::Sqlite, "c=64") {
         let r = h.acks_per_sec / ceiling64;
         push(
             "stored acks at c=64 ≥ 0.25× ceiling",
@@ -176,7 +218,7 @@ pub(crate) fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
             t >= 0.10,
         );
     }
-    if let Some(h) = find(rows, Target::Hookbridge, "open 1000/s") {
+    if let Some(h) = find(rows, Target::Sqlite, "open 1000/s") {
         push(
             "open loop 1000/s: all 2xx, p99 ≤ 5 ms",
             format!("{}/{} 2xx, p99 {:.2} ms", h.ok, h.requests, h.p99),
@@ -184,8 +226,8 @@ pub(crate) fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
         );
     }
     if let (Some(h), Some(r)) = (
-        find(rows, Target::Hookbridge, "1 MB c=64"),
-        ratio(rows, "1 MB c=64"),
+        find(rows, Target::Sqlite, "1 MB c=64"),
+        ratio(rows, Target::Sqlite, "1 MB c=64"),
     ) {
         push(
             "1 MB at c=64 ≥ 0.20× ceiling",
@@ -198,7 +240,7 @@ pub(crate) fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
             h.peak_rss_mb <= 150.0,
         );
     }
-    if let Some(h) = find(rows, Target::Hookbridge, "bad sig c=64") {
+    if let Some(h) = find(rows, Target::Sqlite, "bad sig c=64") {
         let c = find(rows, Target::Ceiling, "bad sig c=64").map_or(ceiling64, |r| r.acks_per_sec);
         let r = h.acks_per_sec / c;
         let stored = h.stored_delta.unwrap_or(-1);
@@ -225,6 +267,48 @@ pub(crate) fn goals(rows: &[Row], s: &Startup) -> Vec<Check> {
         format!("{:.1} MB", s.idle_kib as f64 / 1024.0),
         s.idle_kib <= 15 * 1024,
     );
+    checks
+}
+
+/// The PostgreSQL store's goals at c=64, against rows of the same run:
+/// PostgreSQL CPU per delivery ≤ 250 µs; one replica ≥ 0.5× the SQLite
+/// acks/s; more replicas at least the throughput of one.
+pub(crate) fn postgres_goals(rows: &[Row]) -> Vec<Check> {
+    const SCENARIO: &str = "c=64";
+    let sqlite = find(rows, Target::Sqlite, SCENARIO).map_or(f64::NAN, |r| r.acks_per_sec);
+    let one = find(rows, Target::Postgres(1), SCENARIO);
+    let mut checks = Vec::new();
+    for r in rows.iter().filter(|r| r.scenario == SCENARIO) {
+        let Target::Postgres(n) = r.target else {
+            continue;
+        };
+        let cpu = r.pg_cpu_us_per_delivery;
+        checks.push(Check {
+            goal: format!("pg×{n}: PostgreSQL CPU per delivery at c=64 ≤ 250 µs"),
+            measured: cpu.map_or("not measured: the server is not on this machine".into(), |c| {
+                format!("{c:.0} µs (hookbridge {:.0} µs)", r.cpu_us_per_delivery)
+            }),
+            met: cpu.is_some_and(|c| c <= 250.0),
+        });
+        let vs_sqlite = r.acks_per_sec / sqlite;
+        if n == 1 {
+            checks.push(Check {
+                goal: "pg×1 acks/s at c=64 ≥ 0.5× sqlite".into(),
+                measured: format!("{vs_sqlite:.2}× ({:.0}/s vs {sqlite:.0}/s)", r.acks_per_sec),
+                met: vs_sqlite >= 0.5,
+            });
+        } else if let Some(one) = one {
+            let vs_one = r.acks_per_sec / one.acks_per_sec;
+            checks.push(Check {
+                goal: format!("pg×{n} acks/s at c=64 ≥ pg×1"),
+                measured: format!(
+                    "{vs_one:.2}× pg×1, {vs_sqlite:.2}× sqlite ({:.0}/s)",
+                    r.acks_per_sec
+                ),
+                met: vs_one >= 1.0,
+            });
+        }
+    }
     checks
 }
 

@@ -3,7 +3,7 @@
 //! (in the bench process), and what `/proc` tells about a process.
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,8 +102,9 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) const GITHUB_SECRET: &str = "bench-github-secret";
 pub(crate) const CIRCLE_TOKEN: &str = "bench-circle-token";
 
-/// The hookbridge config: one GitHub source, one rule, the stand-in as CircleCI.
-pub(crate) fn hookbridge_config(dir: &Path, port: u16, ci: SocketAddr) -> PathBuf {
+/// Write the hookbridge config to `path`: one GitHub source, one rule, the
+/// stand-in as CircleCI, the store at `store` (a `sqlite://` or `postgres://` URL).
+pub(crate) fn hookbridge_config(path: &Path, port: u16, ci: SocketAddr, store: &str) {
     let text = format!(
         r#"
 [server]
@@ -114,7 +115,7 @@ max_body = "25MiB"
 listen = "127.0.0.1:0"
 
 [store]
-url = "sqlite://{db}"
+url = "{store}"
 
 [sources.github]
 type = "github"
@@ -135,12 +136,9 @@ target = "circleci"
 project = "gh/Codertocat/Hello-World"
 branch = "{{{{ event.branch }}}}"
 parameters = {{ sha = "{{{{ event.sha }}}}", deploy = true }}
-"#,
-        db = dir.join("hookbridge.db").display(),
+"#
     );
-    let path = dir.join("hookbridge.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    std::fs::write(path, text).unwrap();
 }
 
 /// Start `hookbridge serve` and time it until its webhook port accepts a connection.
@@ -182,18 +180,39 @@ pub(crate) fn start_hookbridge(bin: &Path, config: &Path, port: u16, log: &Path)
     }
 }
 
+/// The fields of `/proc/<pid>/stat` the benchmark reads; times in clock ticks.
+pub(crate) struct ProcStat {
+    pub ppid: u32,
+    pub utime: u64,
+    pub stime: u64,
+    /// CPU time of children that exited and were waited for.
+    pub cutime: u64,
+    pub cstime: u64,
+}
+
+/// `/proc/<pid>/stat` of a live process.
+pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, from field 3 (state) on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i)?.parse().ok();
+    Some(ProcStat {
+        ppid: field(1)? as u32,
+        utime: field(11)?,
+        stime: field(12)?,
+        cutime: field(13)?,
+        cstime: field(14)?,
+    })
+}
+
+/// Clock ticks (`sysconf(_SC_CLK_TCK)`, the unit of `/proc` times) as a duration.
+pub(crate) fn ticks(n: u64) -> Duration {
+    Duration::from_nanos(n * 1_000_000_000 / rustix::param::clock_ticks_per_second())
+}
+
 /// CPU time (user + system) of a process so far.
 pub(crate) fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
+    proc_stat(pid).map_or(Duration::ZERO, |s| ticks(s.utime + s.stime))
 }
 
 /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
@@ -255,8 +274,8 @@ impl RssWatch {
 /// The stand-in CircleCI: answers v2 pipeline triggers with 201 and counts them.
 #[derive(Clone, Default)]
 pub(crate) struct StandIn {
-    pub triggers: Arc<AtomicU64>,
-    pub unexpected: Arc<AtomicU64>,
+    triggers: Arc<AtomicU64>,
+    unexpected: Arc<AtomicU64>,
 }
 
 impl StandIn {
@@ -292,7 +311,13 @@ impl StandIn {
         (StatusCode::CREATED, axum::Json(body)).into_response()
     }
 
+    /// Triggers answered so far.
     pub(crate) fn count(&self) -> u64 {
         self.triggers.load(Ordering::Relaxed)
+    }
+
+    /// Requests that were not a valid trigger so far.
+    pub(crate) fn unexpected(&self) -> u64 {
+        self.unexpected.load(Ordering::Relaxed)
     }
 }

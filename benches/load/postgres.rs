@@ -1,0 +1,169 @@
+//! The PostgreSQL side of `--store postgres`: a throw-away database per
+//! replica count, and the CPU time the server spends, read from `/proc`.
+//!
+//! The server comes from `HOOKBRIDGE_BENCH_POSTGRES_URL`, else the tests'
+//! `HOOKBRIDGE_TEST_POSTGRES_URL`, else the local one: a maintenance
+//! connection allowed to `CREATE DATABASE`.
+
+use std::time::Duration;
+
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::servers::{self, ProcStat};
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn maintenance_url() -> String {
+    ["HOOKBRIDGE_BENCH_POSTGRES_URL", "HOOKBRIDGE_TEST_POSTGRES_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .unwrap_or_else(|| DEFAULT_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `db` (as tests/support/pg.rs does).
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
+    let authority = rest.split('/').next().unwrap_or_default();
+    match query {
+        Some(q) => format!("{scheme}://{authority}/{db}?{q}"),
+        None => format!("{scheme}://{authority}/{db}"),
+    }
+}
+
+/// A fresh database `hb_bench_<ulid>`, dropped (with its connections) when
+/// this is dropped, also when the run panics.
+pub(crate) struct BenchDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl BenchDatabase {
+    pub(crate) async fn create() -> BenchDatabase {
+        let admin = maintenance_url();
+        let name = format!("hb_bench_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL (set HOOKBRIDGE_BENCH_POSTGRES_URL): {e}"));
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        BenchDatabase {
+            url: with_database(&admin, &name),
+            name,
+        }
+    }
+
+    async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    /// The server and the settings an ack's durability depends on, for the header.
+    pub(crate) async fn describe(&self) -> String {
+        let mut conn = self.connect().await;
+        let (version, sync, fsync): (String, String, String) = sqlx::query_as(
+            "SELECT current_setting('server_version'), current_setting('synchronous_commit'), \
+             current_setting('fsync')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let _ = conn.close().await;
+        // The host only: the URL may carry a password.
+        let authority = self.url.split('/').nth(2).unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        format!("PostgreSQL {version} at {host} (synchronous_commit = {sync}, fsync = {fsync})")
+    }
+
+    pub(crate) async fn stored_deliveries(&self) -> u64 {
+        let mut conn = self.connect().await;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        n as u64
+    }
+
+    /// The server's processes, if they run on this machine.
+    pub(crate) async fn server_cpu(&self) -> Option<ServerCpu> {
+        let mut conn = self.connect().await;
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let postmaster = ServerCpu::postmaster_of(backend as u32);
+        let _ = conn.close().await;
+        postmaster.map(|postmaster| ServerCpu { postmaster })
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the bench's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                match PgConnection::connect(&maintenance_url()).await {
+                    Ok(mut conn) => {
+                        let dropped = conn
+                            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                            .await;
+                        if let Err(e) = dropped {
+                            eprintln!("could not drop database {name}: {e}");
+                        }
+                        let _ = conn.close().await;
+                    }
+                    Err(e) => eprintln!("could not drop database {name}: {e}"),
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// CPU time of one PostgreSQL server: the postmaster and its children (the
+/// backends and the checkpointer, WAL writer and other helpers), plus what
+/// the postmaster has reaped from children that exited.
+///
+/// The processes belong to the postgres user, so `/proc/<pid>/exe` may be
+/// unreadable; `stat` is readable by anyone. Children of *this* postmaster,
+/// found through the bench's own backend, leave out any other cluster on the
+/// machine. Other clients of the same server (a test run) do count.
+pub(crate) struct ServerCpu {
+    postmaster: u32,
+}
+
+impl ServerCpu {
+    /// The parent of our backend, if both are postgres processes here (not
+    /// when the server is on another machine or in another PID namespace).
+    fn postmaster_of(backend: u32) -> Option<u32> {
+        let is_postgres = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| matches!(c.trim(), "postgres" | "postmaster"))
+        };
+        let parent = servers::proc_stat(backend)?.ppid;
+        (is_postgres(backend) && is_postgres(parent)).then_some(parent)
+    }
+
+    /// CPU time so far; a delta over a window is the server's work in it.
+    pub(crate) fn cpu(&self) -> Duration {
+        let Some(postmaster) = servers::proc_stat(self.postmaster) else {
+            return Duration::ZERO;
+        };
+        let children: u64 = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .filter_map(servers::proc_stat)
+            .filter(|child: &ProcStat| child.ppid == self.postmaster)
+            .map(|child| child.utime + child.stime)
+            .sum();
+        servers::ticks(postmaster.utime + postmaster.stime + postmaster.cutime + postmaster.cstime + children)
+    }
+}
