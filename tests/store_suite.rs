@@ -1035,7 +1035,10 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
     let _ = conn.close().await;
 
     let settings = settings(StoreUrl::Postgres(db.url.clone()));
-    assert_eq!(migrate(&settings).await.unwrap(), 3);
+    assert_eq!(
+        migrate(&settings).await.unwrap(),
+        hookbridge::store::postgres::schema_version()
+    );
     let s = open(&settings, OpenMode::Daemon).await.unwrap();
     let detail = s.get(&key("old-1")).await.unwrap();
     assert_eq!(detail.row.id, old.id);
@@ -1090,7 +1093,10 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
     assert_eq!(payloads, 1);
     let _ = conn.close().await;
     // Migrating again (a second replica, a restart) changes nothing.
-    assert_eq!(migrate(&settings).await.unwrap(), 3);
+    assert_eq!(
+        migrate(&settings).await.unwrap(),
+        hookbridge::store::postgres::schema_version()
+    );
     assert_eq!(
         s.payload(&key("new-1")).await.unwrap().payload,
         old.payload.as_ref()
@@ -1128,7 +1134,11 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
             table,
         ) {
-            let columns = strings("SELECT name FROM pragma_index_info(?1) ORDER BY seqno", &index);
+            let mut columns = strings("SELECT name FROM pragma_index_info(?1) ORDER BY seqno", &index);
+            let sql = strings("SELECT sql FROM sqlite_master WHERE name = ?1", &index).remove(0);
+            if let Some((_, predicate)) = sql.split_once(" WHERE ") {
+                columns.push(format!("WHERE {}", predicate.trim()));
+            }
             lite_indexes.insert(index, columns);
         }
     }
@@ -1160,13 +1170,25 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
         .await
         .unwrap();
         for (index, def) in indexes {
-            let inside = def.rsplit_once('(').unwrap().1.trim_end_matches(')');
-            let columns = inside.split(", ").map(str::to_owned).collect();
+            // `... USING btree (a, b) [WHERE (state = 'running'::text)]`
+            let (head, predicate) = def
+                .split_once(" WHERE ")
+                .map_or((def.as_str(), None), |(h, p)| (h, Some(p)));
+            let inside = head.rsplit_once('(').unwrap().1.trim_end_matches(')');
+            let mut columns: Vec<String> = inside.split(", ").map(str::to_owned).collect();
+            if let Some(p) = predicate {
+                let p = p.strip_prefix('(').and_then(|p| p.strip_suffix(')')).unwrap_or(p);
+                columns.push(format!("WHERE {}", p.replace("::text", "")));
+            }
             pg_indexes.insert(index, columns);
         }
     }
     let _ = conn.close().await;
     assert_eq!(lite_indexes["jobs_due"], ["state", "next_attempt_at"]);
+    assert_eq!(
+        lite_indexes["jobs_lease"],
+        ["lease_until", "WHERE state = 'running'"]
+    );
     assert!(lite_columns["payloads"].contains(&"payload".to_owned()));
     assert_eq!(pg_columns, lite_columns);
     assert_eq!(pg_indexes, lite_indexes);

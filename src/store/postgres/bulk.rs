@@ -5,7 +5,7 @@
 //! (see [`super::batch::first_by_key`]); what a lone call writes is in
 //! `queue`, and a batch writes the same rows.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use sqlx::Row;
@@ -17,8 +17,13 @@ use crate::store::*;
 
 /// Store `deliveries`, each with its payload and jobs; a delivery another
 /// transaction stored first is answered as a duplicate. One `NOTIFY` for
-/// the batch when it queued any job.
-pub(super) async fn ingest(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Vec<Ingested>, StoreError> {
+/// the batch when it queued jobs and is to `announce` them, or queued
+/// dead jobs of a duplicate again (which may be any replica's to run).
+pub(super) async fn ingest(
+    tx: &mut Tx,
+    deliveries: &[&NewDelivery],
+    announce: bool,
+) -> Result<Vec<Ingested>, StoreError> {
     let n = deliveries.len();
     let mut ids = Vec::with_capacity(n);
     let mut sources = Vec::with_capacity(n);
@@ -81,7 +86,7 @@ pub(super) async fn ingest(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<V
             out.push(seen);
         }
     }
-    if queued > 0 || requeued_any {
+    if (announce && queued > 0) || requeued_any {
         notify(tx).await?;
     }
     Ok(out)
@@ -175,29 +180,25 @@ pub(super) struct Record {
 /// follow. A job purged meanwhile records nothing.
 pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
     let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
-    // The jobs' row locks, in id order, order these attempts against a lease takeover.
-    let live: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&ids)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db)?;
-    if live.is_empty() {
+    // The jobs' row locks, in id order, order these attempts against a lease
+    // takeover; each job's last attempt number comes from the primary key.
+    let last: HashMap<String, i32> = sqlx::query_as(
+        "SELECT j.id, COALESCE((SELECT MAX(a.n) FROM attempts a WHERE a.job_id = j.id), 0)
+         FROM jobs j WHERE j.id = ANY($1) ORDER BY j.id FOR UPDATE OF j",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?
+    .into_iter()
+    .collect();
+    if last.is_empty() {
         return Ok(());
     }
-    let last: HashMap<String, i32> =
-        sqlx::query_as("SELECT job_id, MAX(n) FROM attempts WHERE job_id = ANY($1) GROUP BY job_id")
-            .bind(&live)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .collect();
-    let live: HashSet<&str> = live.iter().map(String::as_str).collect();
     let records: Vec<&Record> = records
         .iter()
         .copied()
-        .filter(|r| live.contains(r.job.as_str()))
+        .filter(|r| last.contains_key(&r.job))
         .collect();
     let updates = records
         .iter()

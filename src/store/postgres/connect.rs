@@ -29,9 +29,10 @@ pub fn connect_options(settings: &StoreSettings) -> Result<PgConnectOptions, Sto
         options = options.ssl_mode(mode);
     }
     let timeout_ms = settings.statement_timeout.as_millis().max(1);
-    Ok(options
-        .application_name("hookbridge")
-        .options([("statement_timeout", format!("{timeout_ms}"))]))
+    Ok(options.application_name("hookbridge").options([
+        ("statement_timeout", format!("{timeout_ms}")),
+        ("plan_cache_mode", "force_custom_plan".to_owned()),
+    ]))
 }
 
 #[cfg(test)]

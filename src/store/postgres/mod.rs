@@ -11,6 +11,8 @@
 //!   another replica take over the jobs of one that died;
 //! - every change that makes a job due sends `NOTIFY hookbridge_jobs`, which
 //!   [`Store::watch`] turns into a wake-up of this replica's dispatcher;
+//!   except new deliveries' jobs at a replica that runs a dispatcher: it
+//!   takes them itself, and the others find what it leaves due by polling;
 //! - concurrent ingests on one replica share a transaction and its commit,
 //!   as do concurrent attempt records (group commit: `batch`, `write`), with
 //!   one multi-row statement per table and one `NOTIFY` per batch (`bulk`);
@@ -40,6 +42,7 @@ mod schema;
 mod write;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -64,6 +67,8 @@ use error::db;
 pub struct PostgresStore {
     pool: PgPool,
     writers: write::Writers,
+    /// Set by [`Store::watch`]: this process runs a dispatcher.
+    dispatching: Arc<AtomicBool>,
     readiness: super::ready::Readiness,
 }
 
@@ -77,9 +82,12 @@ impl PostgresStore {
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
+            .after_connect(|conn, _| Box::pin(async move { fast_compression(conn).await }))
             .connect_lazy_with(options);
+        let dispatching = Arc::new(AtomicBool::new(false));
         Ok(PostgresStore {
-            writers: write::Writers::start(&pool, settings.pool_size),
+            writers: write::Writers::start(&pool, settings.pool_size, dispatching.clone()),
+            dispatching,
             pool,
             readiness: super::ready::Readiness::new(),
         })
@@ -140,7 +148,8 @@ impl Store for PostgresStore {
     }
 
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
-        queue::next_due(&self.pool).await
+        let (pending, expiry) = queue::next_due(&self.pool).await?;
+        Ok(pending.into_iter().chain(expiry).min().map(from_millis))
     }
 
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
@@ -215,6 +224,21 @@ impl Store for PostgresStore {
     }
 
     fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        self.dispatching.store(true, Ordering::Relaxed);
         tokio::spawn(listen::listen(self.pool.clone(), wake, shutdown));
     }
+}
+
+/// Compress payloads with LZ4 instead of PostgreSQL's own pglz (about five
+/// times less CPU for a GitHub push: measured 15 µs against 68 µs for 9 KB).
+/// A server built without LZ4 (or before PostgreSQL 14) keeps pglz: the
+/// setting is a preference, never a reason to refuse a connection.
+async fn fast_compression(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    if let Err(e) = sqlx::query("SET default_toast_compression = 'lz4'")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::debug!(error = %e, "the server keeps its default TOAST compression");
+    }
+    Ok(())
 }

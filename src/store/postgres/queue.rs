@@ -46,16 +46,22 @@ pub(super) async fn insert_job(
 }
 
 /// Recompute the statuses of `deliveries` (sorted: their row locks are
-/// taken in that order) from their jobs.
+/// taken in that order) from their jobs, found through `jobs_delivery`. (A
+/// `CASE` of `EXISTS (... state IN (...))` lets the planner scan `jobs_due`
+/// by state instead, reading every finished job: measured at ~10,000 index
+/// entries per delivery after 25,000 deliveries.) A delivery without jobs
+/// keeps its status.
 pub(super) async fn refresh_status(tx: &mut Tx, deliveries: &[&str]) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE deliveries d SET status = CASE
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = d.id AND state IN ('pending', 'running')) THEN 'pending'
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = d.id AND state = 'dead') THEN 'dead'
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = d.id AND state = 'done') THEN 'done'
-            ELSE 'skipped' END
-         FROM (SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE) AS locked
-         WHERE d.id = locked.id",
+        "UPDATE deliveries d SET status = s.status
+         FROM (SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE) AS locked,
+              (SELECT delivery_id, CASE
+                    WHEN bool_or(state IN ('pending', 'running')) THEN 'pending'
+                    WHEN bool_or(state = 'dead') THEN 'dead'
+                    WHEN bool_or(state = 'done') THEN 'done'
+                    ELSE 'skipped' END AS status
+               FROM jobs WHERE delivery_id = ANY($1) GROUP BY delivery_id) AS s
+         WHERE d.id = locked.id AND s.delivery_id = locked.id AND d.status <> s.status",
     )
     .bind(deliveries)
     .execute(&mut **tx)
@@ -213,15 +219,14 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
     Ok(())
 }
 
-/// When the next pending job falls due or the next lease expires.
-pub(super) async fn next_due(pool: &PgPool) -> Result<Option<SystemTime>, StoreError> {
-    let next: Option<i64> = sqlx::query_scalar(
-        "SELECT MIN(t) FROM (
-            SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'pending'
-            UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running') AS due",
+/// When the next pending job falls due, and when the next lease expires
+/// (milliseconds).
+pub(super) async fn next_due(pool: &PgPool) -> Result<(Option<i64>, Option<i64>), StoreError> {
+    sqlx::query_as(
+        "SELECT (SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending'),
+                (SELECT MIN(lease_until) FROM jobs WHERE state = 'running')",
     )
     .fetch_one(pool)
     .await
-    .map_err(db)?;
-    Ok(next.map(from_millis))
+    .map_err(db)
 }

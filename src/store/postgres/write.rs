@@ -9,6 +9,8 @@
 //! lost is settled by deduplication when the sender does.
 
 use std::error::Error as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::postgres::PgPool;
 
@@ -45,7 +47,14 @@ impl Writers {
     /// Start both on the current runtime; `pool_size` bounds how many
     /// connections their batches take at once, leaving the rest to leases,
     /// reads and probes.
-    pub(super) fn start(pool: &PgPool, pool_size: u32) -> Writers {
+    ///
+    /// While `dispatching` is false (no dispatcher runs in this process: a
+    /// tool, a test) new jobs are announced with `NOTIFY`; while it is true
+    /// the caller wakes its own dispatcher, which takes them, and the other
+    /// replicas are not woken for work they would only find taken: they
+    /// find what this one leaves due when they poll (each second), and
+    /// after a crash when its leases expire.
+    pub(super) fn start(pool: &PgPool, pool_size: u32, dispatching: Arc<AtomicBool>) -> Writers {
         let pool_size = usize::try_from(pool_size).unwrap_or(usize::MAX);
         let ingest_pool = pool.clone();
         let record_pool = pool.clone();
@@ -54,15 +63,15 @@ impl Writers {
                 Limits {
                     calls: CALLS,
                     weight: INGEST_BYTES,
-                    flushes: (pool_size / 3).clamp(1, 4),
+                    flushes: (pool_size / 5).clamp(1, 2),
                 },
-                move |batch| ingest(ingest_pool.clone(), batch),
+                move |batch| ingest(ingest_pool.clone(), batch, !dispatching.load(Ordering::Relaxed)),
             ),
             record: Batcher::start(
                 Limits {
                     calls: CALLS,
                     weight: usize::MAX,
-                    flushes: (pool_size / 5).clamp(1, 2),
+                    flushes: 1,
                 },
                 move |batch| record(record_pool.clone(), batch),
             ),
@@ -70,33 +79,38 @@ impl Writers {
     }
 }
 
-async fn ingest(pool: PgPool, batch: Vec<Pending<NewDelivery, Ingested>>) {
+async fn ingest(pool: PgPool, batch: Vec<Pending<NewDelivery, Ingested>>, announce: bool) {
     let (first, repeats) = first_by_key(batch, |d| (d.source.clone(), d.delivery.clone()));
     let items: Vec<&NewDelivery> = first.iter().map(|p| &p.item).collect();
-    match ingest_together(&pool, &items).await {
+    let alone = async move |pool: &PgPool, item: &NewDelivery| ingest_alone(pool, item, announce).await;
+    match ingest_together(&pool, &items, announce).await {
         Ok(results) => {
             for (p, r) in first.into_iter().zip(results) {
                 p.answer(Ok(r));
             }
         }
-        Err(e) => retry_alone(&pool, first, e, ingest_alone).await,
+        Err(e) => retry_alone(&pool, first, e, alone).await,
     }
     // After the batch: a repeat finds the first call's delivery committed.
     for p in repeats {
-        let r = ingest_alone(&pool, &p.item).await;
+        let r = alone(&pool, &p.item).await;
         p.answer(r);
     }
 }
 
-async fn ingest_together(pool: &PgPool, items: &[&NewDelivery]) -> Result<Vec<Ingested>, StoreError> {
+async fn ingest_together(
+    pool: &PgPool,
+    items: &[&NewDelivery],
+    announce: bool,
+) -> Result<Vec<Ingested>, StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
-    let results = bulk::ingest(&mut tx, items).await?;
+    let results = bulk::ingest(&mut tx, items, announce).await?;
     tx.commit().await.map_err(db)?;
     Ok(results)
 }
 
-async fn ingest_alone(pool: &PgPool, item: &NewDelivery) -> Result<Ingested, StoreError> {
-    let mut results = ingest_together(pool, &[item]).await?;
+async fn ingest_alone(pool: &PgPool, item: &NewDelivery, announce: bool) -> Result<Ingested, StoreError> {
+    let mut results = ingest_together(pool, &[item], announce).await?;
     results
         .pop()
         .ok_or_else(|| StoreError::unavailable("an ingest came back without its answer"))

@@ -116,6 +116,12 @@ CREATE TABLE probe (
     at INTEGER NOT NULL
 );
 "#,
+    // Version 4: the running jobs by lease expiry, for takeovers and the
+    // dispatcher's next wake-up, without reading every job that ever ran
+    // (`jobs_due` holds them all under 'running' until they are vacuumed).
+    r#"
+CREATE INDEX jobs_lease ON jobs (lease_until) WHERE state = 'running';
+"#,
 ];
 
 /// The schema version this build creates.
