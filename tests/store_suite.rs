@@ -800,6 +800,52 @@ suite!(
     a_burst_of_writes_lands_once_each_and_a_bad_call_fails_alone,
 );
 
+/// New jobs are announced (`NOTIFY hookbridge_jobs`) by a process without a
+/// dispatcher of its own (a tool); once the store watches for a dispatcher
+/// (`Store::watch`, as `serve` does) that dispatcher takes them and the
+/// other replicas are not woken. Notifications arrive in commit order, so a
+/// marker sent after the second ingest shows whether it announced anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_announces_new_jobs_only_when_no_dispatcher_of_its_own_takes_them() {
+    use sqlx::Connection;
+    use sqlx::postgres::PgListener;
+
+    let h = postgres().await;
+    let url = h._postgres.as_ref().unwrap().url.clone();
+    let mut listener = PgListener::connect(&url).await.unwrap();
+    listener.listen("hookbridge_jobs").await.unwrap();
+    let within = Duration::from_secs(10);
+
+    h.store
+        .ingest(delivery("github", "n-1", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(within, listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.payload(), "");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    h.store
+        .watch(Arc::new(tokio::sync::Notify::new()), shutdown.clone());
+    h.store
+        .ingest(delivery("github", "n-2", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("SELECT pg_notify('hookbridge_jobs', 'marker')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(within, listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.payload(), "marker", "the second ingest was announced");
+    shutdown.cancel();
+}
+
 /// SQLite, its files deleted under the store: new deliveries and operator
 /// actions are refused and readiness fails, while the dispatcher still drains
 /// what was acknowledged before (it lives on in the open file until then).
