@@ -181,12 +181,20 @@ pub(super) struct Record {
 pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
     let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
     // The jobs' row locks, in id order, order these attempts against a lease
-    // takeover; each job's last attempt number comes from the primary key.
+    // takeover (which notes an interrupted attempt).
+    let live: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db)?;
+    // Read after the locks are held, in a statement of its own: its snapshot
+    // sees an attempt a takeover committed while this one waited.
     let last: HashMap<String, i32> = sqlx::query_as(
-        "SELECT j.id, COALESCE((SELECT MAX(a.n) FROM attempts a WHERE a.job_id = j.id), 0)
-         FROM jobs j WHERE j.id = ANY($1) ORDER BY j.id FOR UPDATE OF j",
+        "SELECT u.id, COALESCE((SELECT MAX(a.n) FROM attempts a WHERE a.job_id = u.id), 0)
+         FROM UNNEST($1::text[]) AS u(id)",
     )
-    .bind(&ids)
+    .bind(&live)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?
