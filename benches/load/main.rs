@@ -38,6 +38,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod generator;
+/// The tests' throw-away PostgreSQL databases.
+#[allow(dead_code)]
+#[path = "../../tests/support/pg.rs"]
+mod pg;
 mod postgres;
 mod report;
 mod servers;

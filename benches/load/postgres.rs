@@ -7,56 +7,35 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, PgConnection};
 
+use crate::pg::{TestDatabase, maintenance_url};
 use crate::servers::{self, ProcStat};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-fn maintenance_url() -> String {
-    ["HOOKBRIDGE_BENCH_POSTGRES_URL", "HOOKBRIDGE_TEST_POSTGRES_URL"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok())
-        .unwrap_or_else(|| DEFAULT_URL.to_owned())
-}
-
-/// `url` with its database name replaced by `db` (as tests/support/pg.rs does).
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
-    let authority = rest.split('/').next().unwrap_or_default();
-    match query {
-        Some(q) => format!("{scheme}://{authority}/{db}?{q}"),
-        None => format!("{scheme}://{authority}/{db}"),
-    }
-}
-
 /// A fresh database `hb_bench_<ulid>`, dropped (with its connections) when
-/// this is dropped, also when the run panics.
+/// this is dropped, also when the run panics: the tests' [`TestDatabase`].
 pub(crate) struct BenchDatabase {
-    pub name: String,
-    pub url: String,
+    db: TestDatabase,
 }
 
 impl BenchDatabase {
     pub(crate) async fn create() -> BenchDatabase {
-        let admin = maintenance_url();
-        let name = format!("hb_bench_{}", ulid::Ulid::generate().to_string().to_lowercase());
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL (set HOOKBRIDGE_BENCH_POSTGRES_URL): {e}"));
-        conn.execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let _ = conn.close().await;
+        let admin = std::env::var("HOOKBRIDGE_BENCH_POSTGRES_URL").unwrap_or_else(|_| maintenance_url());
         BenchDatabase {
-            url: with_database(&admin, &name),
-            name,
+            db: TestDatabase::create_on(&admin, "hb_bench").await,
         }
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.db.name
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.db.url
+    }
+
     async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&self.url).await.unwrap()
+        PgConnection::connect(self.url()).await.unwrap()
     }
 
     /// The server and the settings an ack's durability depends on, for the header.
@@ -71,7 +50,7 @@ impl BenchDatabase {
         .unwrap();
         let _ = conn.close().await;
         // The host only: the URL may carry a password.
-        let authority = self.url.split('/').nth(2).unwrap_or_default();
+        let authority = self.url().split('/').nth(2).unwrap_or_default();
         let host = authority.rsplit('@').next().unwrap_or_default();
         format!("PostgreSQL {version} at {host} (synchronous_commit = {sync}, fsync = {fsync})")
     }
@@ -96,34 +75,6 @@ impl BenchDatabase {
         let postmaster = ServerCpu::postmaster_of(backend as u32);
         let _ = conn.close().await;
         postmaster.map(|postmaster| ServerCpu { postmaster })
-    }
-}
-
-impl Drop for BenchDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the bench's runtime: do the async work on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                match PgConnection::connect(&maintenance_url()).await {
-                    Ok(mut conn) => {
-                        let dropped = conn
-                            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                            .await;
-                        if let Err(e) = dropped {
-                            eprintln!("could not drop database {name}: {e}");
-                        }
-                        let _ = conn.close().await;
-                    }
-                    Err(e) => eprintln!("could not drop database {name}: {e}"),
-                }
-            });
-        })
-        .join();
     }
 }
 

@@ -92,7 +92,7 @@ impl Setup {
             let name = format!("hookbridge-pg{replicas}-{i}");
             let (config, log) = (dir.join(format!("{name}.toml")), dir.join(format!("{name}.log")));
             let port = servers::free_port();
-            servers::hookbridge_config(&config, port, ci_addr, &db.url);
+            servers::hookbridge_config(&config, port, ci_addr, db.url());
             procs.push(servers::start_hookbridge(bin, &config, port, &log));
             logs.push(log);
         }
@@ -103,7 +103,7 @@ impl Setup {
         println!(
             "hookbridge pg×{replicas}: {}, database {}; replicas up in {} ms{}",
             db.describe().await,
-            db.name,
+            db.name(),
             startups.join(", "),
             if server.is_some() {
                 ""

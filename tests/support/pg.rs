@@ -22,33 +22,43 @@ pub(crate) fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-/// A fresh database, dropped (with its connections) when this is dropped.
+/// A fresh database, dropped (with its connections) when this is dropped,
+/// also when the test or the benchmark panics. (The load benchmark includes
+/// this file too: `benches/load/postgres.rs`.)
 pub(crate) struct TestDatabase {
     pub name: String,
     pub url: String,
+    /// The maintenance connection it was created from, to drop it from.
+    admin: String,
 }
 
 impl TestDatabase {
+    /// `hb_<ulid>` on the server of [`maintenance_url`].
     pub(crate) async fn create() -> TestDatabase {
-        let admin = maintenance_url();
-        let name = format!("hb_{}", ulid::Ulid::generate().to_string().to_lowercase());
-        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("cannot reach PostgreSQL for tests (set HOOKBRIDGE_TEST_POSTGRES_URL): {e}")
+        TestDatabase::create_on(&maintenance_url(), "hb").await
+    }
+
+    /// `<prefix>_<ulid>` on the server `admin` connects to.
+    pub(crate) async fn create_on(admin: &str, prefix: &str) -> TestDatabase {
+        let name = format!("{prefix}_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let mut conn = PgConnection::connect(admin).await.unwrap_or_else(|e| {
+            panic!("cannot reach PostgreSQL (set HOOKBRIDGE_TEST_POSTGRES_URL; the load benchmark also reads HOOKBRIDGE_BENCH_POSTGRES_URL): {e}")
         });
         conn.execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .unwrap();
         let _ = conn.close().await;
         TestDatabase {
-            url: with_database(&admin, &name),
+            url: with_database(admin, &name),
             name,
+            admin: admin.to_owned(),
         }
     }
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let (name, admin) = (self.name.clone(), self.admin.clone());
         // Drop may run inside a runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -56,11 +66,19 @@ impl Drop for TestDatabase {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&maintenance_url()).await {
-                    let _ = conn
-                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                        .await;
-                    let _ = conn.close().await;
+                let dropped = match PgConnection::connect(&admin).await {
+                    Ok(mut conn) => {
+                        let dropped = conn
+                            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                            .await
+                            .map(drop);
+                        let _ = conn.close().await;
+                        dropped
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = dropped {
+                    eprintln!("could not drop database {name}: {e}");
                 }
             });
         })
