@@ -53,13 +53,38 @@ impl Harness {
         if let Some(db) = &self._postgres {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query("DELETE FROM deliveries WHERE id = $1")
-                .bind(delivery_id)
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            for sql in [
+                "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE delivery_id = $1)",
+                "DELETE FROM jobs WHERE delivery_id = $1",
+                "DELETE FROM payloads WHERE seq = (SELECT seq FROM deliveries WHERE id = $1)",
+                "DELETE FROM deliveries WHERE id = $1",
+            ] {
+                sqlx::query(sql).bind(delivery_id).execute(&mut conn).await.unwrap();
+            }
             let _ = conn.close().await;
         }
+    }
+}
+
+/// Rows whose delivery (or job) is gone: payloads, jobs, attempts.
+const ORPHANS: &str = "SELECT
+    (SELECT COUNT(*) FROM payloads p WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = p.seq))
+  + (SELECT COUNT(*) FROM jobs j WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = j.delivery_id))
+  + (SELECT COUNT(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.job_id))";
+
+impl Harness {
+    /// Payloads, jobs and attempts left without their delivery or job.
+    async fn orphans(&self) -> i64 {
+        if let Some(dir) = &self._sqlite {
+            let conn = rusqlite::Connection::open(dir.path().join("hb.db")).unwrap();
+            return conn.query_row(ORPHANS, [], |r| r.get(0)).unwrap();
+        }
+        use sqlx::Connection;
+        let db = self._postgres.as_ref().unwrap();
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(ORPHANS).fetch_one(&mut conn).await.unwrap();
+        let _ = conn.close().await;
+        n
     }
 }
 
@@ -522,6 +547,8 @@ async fn retention_purges_finished_deliveries_in_batches(h: Harness) {
         .map(|r| r.delivery)
         .collect();
     assert_eq!(left, ["new", "old-pending"]);
+    // What hung on the purged deliveries went with them.
+    assert_eq!(h.orphans().await, 0);
     assert!(s.ready().await.is_ok());
 }
 

@@ -63,6 +63,9 @@ pub(super) async fn add_jobs(
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let id = resolve(tx, key).await?;
+    // Held until commit: the purge skips a locked delivery, so none of
+    // these jobs can outlive theirs.
+    lock_delivery(tx, &id, key).await?;
     let now = millis(now);
     for job in jobs {
         insert_job(tx, &id, job, now).await?;
@@ -80,8 +83,26 @@ pub(super) async fn add_jobs(
     Ok(())
 }
 
-/// Delete up to `batch` finished deliveries received before `cutoff`, unless
-/// another replica holds the purge lock (then 0: it purges this round).
+async fn lock_delivery(tx: &mut Tx, id: &str, key: &DeliveryKey) -> Result<(), StoreError> {
+    let found: Option<String> = sqlx::query_scalar("SELECT id FROM deliveries WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::not_found(key.id.clone())),
+    }
+}
+
+/// Delete up to `batch` finished deliveries received before `cutoff`, with
+/// their payloads, jobs and attempts, unless another replica holds the purge
+/// lock (then 0: it purges this round).
+///
+/// One statement per table, in this order: deleting the jobs waits for any
+/// attempt record holding one of their locks (a late worker's), so the
+/// attempts statement after it, with a snapshot of its own, sees and deletes
+/// that attempt too.
 pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(PURGE_LOCK)
@@ -91,16 +112,35 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
     if !locked {
         return Ok(0);
     }
-    let n = sqlx::query(
+    let gone: Vec<(String, i64)> = sqlx::query_as(
         "DELETE FROM deliveries WHERE id IN (
             SELECT id FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < $1
-            LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, seq",
     )
     .bind(millis(cutoff))
-    .bind(batch as i64)
-    .execute(&mut **tx)
+    .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+    .fetch_all(&mut **tx)
     .await
-    .map_err(db)?
-    .rows_affected();
-    Ok(n)
+    .map_err(db)?;
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let (ids, seqs): (Vec<String>, Vec<i64>) = gone.into_iter().unzip();
+    sqlx::query("DELETE FROM payloads WHERE seq = ANY($1)")
+        .bind(&seqs)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    let jobs: Vec<String> = sqlx::query_scalar("DELETE FROM jobs WHERE delivery_id = ANY($1) RETURNING id")
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::query("DELETE FROM attempts WHERE job_id = ANY($1)")
+        .bind(&jobs)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(ids.len() as u64)
 }

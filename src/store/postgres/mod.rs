@@ -190,7 +190,8 @@ impl Store for PostgresStore {
 
     /// One batch, by one replica at a time: a replica that finds the purge
     /// lock taken deletes nothing this round. Payloads, jobs and attempts go
-    /// with their delivery (`ON DELETE CASCADE`).
+    /// with their delivery, deleted by the purge itself (no foreign keys:
+    /// `schema`).
     async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         let n = admin::purge(&mut tx, cutoff, batch).await?;
