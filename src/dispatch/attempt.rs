@@ -9,7 +9,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -60,7 +60,8 @@ impl Dispatcher {
     /// One attempt of one job, recorded whatever happens. `permit` is the
     /// concurrency slot for the call to the CI API; it is given back as soon as
     /// the CI answered, so waiting for the record's commit does not hold it.
-    pub(super) async fn attempt(&self, job: LeasedJob, permit: OwnedSemaphorePermit) {
+    /// Answers when the job is due again: a retry's time.
+    pub(super) async fn attempt(&self, job: LeasedJob, permit: OwnedSemaphorePermit) -> Option<SystemTime> {
         let config = self.config.load_full();
         let policy = config
             .rules
@@ -95,7 +96,12 @@ impl Dispatcher {
             transition(outcome, job.attempt, &policy, self.clock.now(), (self.jitter)())
         };
         self.report(&config, &job, &record, &next);
+        let due = match &next {
+            Transition::Retry { at, .. } => Some(*at),
+            _ => None,
+        };
         self.record(&job, record, next).await;
+        due
     }
 
     /// Prepare, send and classify: everything that talks to the CI.

@@ -120,6 +120,13 @@ impl Dispatcher {
         &self.owner
     }
 
+    /// How long to sleep before `at`: at least a millisecond, at most the poll interval.
+    fn until(&self, at: SystemTime) -> Duration {
+        at.duration_since(self.clock.now())
+            .unwrap_or_default()
+            .clamp(Duration::from_millis(1), POLL_INTERVAL)
+    }
+
     /// Run until `shutdown`, then let attempts finish within `grace`.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
         let concurrency = self.config.load().dispatch.concurrency;
@@ -195,23 +202,33 @@ impl Dispatcher {
                 }
             }
             let wait = match self.store.next_due().await {
-                Ok(Some(t)) => t
-                    .duration_since(self.clock.now())
-                    .unwrap_or_default()
-                    .clamp(Duration::from_millis(1), POLL_INTERVAL),
+                Ok(Some(t)) => self.until(t),
                 _ => POLL_INTERVAL,
             };
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                true = inflight.next() => {}
-                _ = shutdown.cancelled() => break,
+            // Nothing more is due now: sleep until new jobs are announced or
+            // the next one falls due. A finished attempt frees a slot but
+            // brings no work, unless it scheduled a retry sooner than that.
+            let mut deadline = tokio::time::Instant::now() + wait;
+            let stop = loop {
+                tokio::select! {
+                    _ = self.wake.notified() => break false,
+                    _ = tokio::time::sleep_until(deadline) => break false,
+                    Some(due) = inflight.next() => {
+                        if let Some(at) = due {
+                            deadline = deadline.min(tokio::time::Instant::now() + self.until(at));
+                        }
+                    }
+                    _ = shutdown.cancelled() => break true,
+                }
+            };
+            if stop {
+                break;
             }
         }
         let running = inflight.tasks.len();
         if running > 0 {
             info!(running, grace = ?grace, "waiting for running trigger attempts");
-            let drained = tokio::time::timeout(grace, async { while inflight.next().await {} }).await;
+            let drained = tokio::time::timeout(grace, async { while inflight.next().await.is_some() {} }).await;
             if drained.is_err() {
                 warn!(
                     left = inflight.tasks.len(),
@@ -232,21 +249,23 @@ impl Dispatcher {
 /// its job instead of vanishing.
 #[derive(Default)]
 struct Inflight {
-    tasks: JoinSet<()>,
+    /// Each task answers when its job is due again (a retry it recorded).
+    tasks: JoinSet<Option<SystemTime>>,
     jobs: HashMap<tokio::task::Id, String>,
 }
 
 impl Inflight {
-    fn spawn(&mut self, job: String, task: impl Future<Output = ()> + Send + 'static) {
+    fn spawn(&mut self, job: String, task: impl Future<Output = Option<SystemTime>> + Send + 'static) {
         let handle = self.tasks.spawn(task);
         self.jobs.insert(handle.id(), job);
     }
 
-    fn reap(&mut self, done: Result<(tokio::task::Id, ()), JoinError>) {
+    /// When the finished task's job is due again, if it is.
+    fn reap(&mut self, done: Result<(tokio::task::Id, Option<SystemTime>), JoinError>) -> Option<SystemTime> {
         let e = match done {
-            Ok((id, ())) => {
+            Ok((id, due)) => {
                 self.jobs.remove(&id);
-                return;
+                return due;
             }
             Err(e) => e,
         };
@@ -256,24 +275,21 @@ impl Inflight {
         } else {
             warn!(job = %job, error = %e, "a trigger attempt's task was cancelled; the job runs again when its lease expires");
         }
+        None
     }
 
     /// Reap every task that has finished, without waiting.
     fn reap_finished(&mut self) {
         while let Some(done) = self.tasks.try_join_next_with_id() {
-            self.reap(done);
+            let _ = self.reap(done);
         }
     }
 
-    /// Wait for the next task to finish and reap it; false when none runs.
-    async fn next(&mut self) -> bool {
-        match self.tasks.join_next_with_id().await {
-            Some(done) => {
-                self.reap(done);
-                true
-            }
-            None => false,
-        }
+    /// Wait for the next task to finish and reap it: `None` when none runs,
+    /// else when its job is due again, if it is.
+    async fn next(&mut self) -> Option<Option<SystemTime>> {
+        let done = self.tasks.join_next_with_id().await?;
+        Some(self.reap(done))
     }
 }
 

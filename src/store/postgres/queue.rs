@@ -100,7 +100,15 @@ pub(super) async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) 
 /// `d` was stored before (by this call's transaction or another): the
 /// original summary, and its dead jobs queued again. The caller sends the
 /// `NOTIFY` when any were.
+///
+/// These statements read tables, so they are planned for what the tables
+/// hold now, also inside the ingest's transaction, which caches generic
+/// plans for its inserts (`write`).
 pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, StoreError> {
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
     let (id, summary): (String, String) = sqlx::query_as(
         "SELECT d.id, p.summary FROM deliveries d JOIN payloads p ON p.seq = d.seq
              WHERE d.source = $1 AND d.delivery = $2",
