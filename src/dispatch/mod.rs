@@ -395,10 +395,13 @@ mod tests {
 
         let mut inflight = Inflight::default();
         inflight.spawn("01JOB".into(), async { panic!("outside the attempt") });
-        inflight.spawn("01FINE".into(), async {});
-        assert!(inflight.next().await);
-        assert!(inflight.next().await);
-        assert!(!inflight.next().await);
+        let retry = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
+        inflight.spawn("01FINE".into(), async move { Some(retry) });
+        // The panicked task answers no retry; the fine one its own.
+        let mut answers = vec![inflight.next().await, inflight.next().await];
+        answers.sort();
+        assert_eq!(answers, [Some(None), Some(Some(retry))]);
+        assert_eq!(inflight.next().await, None);
         assert!(inflight.jobs.is_empty());
 
         let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();

@@ -47,7 +47,7 @@ pub(super) async fn replay(
     }
     refresh_status(tx, &[id.as_str()]).await?;
     if !ids.is_empty() {
-        notify(tx).await?;
+        notify(&mut **tx).await?;
     }
     let mut ids = ids;
     ids.sort();
@@ -78,7 +78,7 @@ pub(super) async fn add_jobs(
         .map_err(db)?;
     refresh_status(tx, &[id.as_str()]).await?;
     if !jobs.is_empty() {
-        notify(tx).await?;
+        notify(&mut **tx).await?;
     }
     Ok(())
 }

@@ -9,21 +9,60 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use sqlx::Row;
+use sqlx::postgres::PgPool;
 
 use super::queue::{Tx, duplicate, notify, refresh_status};
 use super::{db, to_json};
 use crate::store::model::JobUpdate;
 use crate::store::*;
 
-/// Store `deliveries`, each with its payload and jobs; a delivery another
-/// transaction stored first is answered as a duplicate. One `NOTIFY` for
-/// the batch when it queued jobs and is to `announce` them, or queued
-/// dead jobs of a duplicate again (which may be any replica's to run).
+/// Store `deliveries`, each with its payload and jobs, in one statement
+/// (its own transaction: one round trip and one commit for the batch); a
+/// delivery another transaction stored first is answered as a duplicate,
+/// in a second transaction. One `NOTIFY` for the batch, after its commit,
+/// when it queued jobs and is to `announce` them, or queued dead jobs of a
+/// duplicate again (which may be any replica's to run).
+///
+/// `pools.0` runs the statement, `pools.1` the rest (see `write`).
 pub(super) async fn ingest(
-    tx: &mut Tx,
+    (statement, pool): (&PgPool, &PgPool),
     deliveries: &[&NewDelivery],
     announce: bool,
 ) -> Result<Vec<Ingested>, StoreError> {
+    let stored = insert(statement, deliveries).await?;
+    let queued: usize = deliveries
+        .iter()
+        .filter(|d| stored.contains_key(&d.id))
+        .map(|d| d.jobs.len())
+        .sum();
+    let mut out = Vec::with_capacity(deliveries.len());
+    let mut requeued_any = false;
+    if stored.len() == deliveries.len() {
+        out.resize_with(deliveries.len(), || Ingested::Stored);
+    } else {
+        let mut tx: Tx = pool.begin().await.map_err(db)?;
+        for d in deliveries {
+            if stored.contains_key(&d.id) {
+                out.push(Ingested::Stored);
+            } else {
+                let seen = duplicate(&mut tx, d).await?;
+                requeued_any |= matches!(seen, Ingested::Duplicate { requeued, .. } if requeued > 0);
+                out.push(seen);
+            }
+        }
+        tx.commit().await.map_err(db)?;
+    }
+    if (announce && queued > 0) || requeued_any {
+        notify(pool).await?;
+    }
+    Ok(out)
+}
+
+/// The one statement of a batch: deliveries, payloads and jobs, one
+/// `UNNEST` per table; answers the deliveries it stored, by id, with their
+/// `seq`. `ON CONFLICT` waits for a concurrent insert of the same
+/// (delivery, source) to finish, then leaves that delivery out.
+async fn insert(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<HashMap<String, i64>, StoreError> {
     let n = deliveries.len();
     let mut ids = Vec::with_capacity(n);
     let mut sources = Vec::with_capacity(n);
@@ -34,6 +73,10 @@ pub(super) async fn ingest(
     let mut repositories = Vec::with_capacity(n);
     let mut refs = Vec::with_capacity(n);
     let mut statuses = Vec::with_capacity(n);
+    let mut summaries = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
     for d in deliveries {
         ids.push(d.id.as_str());
         sources.push(d.source.as_str());
@@ -44,14 +87,49 @@ pub(super) async fn ingest(
         repositories.push(d.event.repository.as_deref());
         refs.push(d.event.git_ref.as_deref());
         statuses.push(if d.jobs.is_empty() { "skipped" } else { "pending" });
+        summaries.push(to_json(&d.summary)?);
+        events.push(to_json(&d.event)?);
+        headers.push(to_json(&d.headers)?);
+        payloads.push(d.payload.as_ref());
     }
-    // Waits for a concurrent insert of the same (delivery, source) to finish.
+    let jobs: Vec<(&NewDelivery, &NewJob)> = deliveries
+        .iter()
+        .flat_map(|d| d.jobs.iter().map(move |j| (*d, j)))
+        .collect();
+    let mut job_ids = Vec::with_capacity(jobs.len());
+    let mut job_deliveries = Vec::with_capacity(jobs.len());
+    let mut rules = Vec::with_capacity(jobs.len());
+    let mut targets = Vec::with_capacity(jobs.len());
+    let mut requests = Vec::with_capacity(jobs.len());
+    let mut due = Vec::with_capacity(jobs.len());
+    for (d, j) in &jobs {
+        job_ids.push(j.id.as_str());
+        job_deliveries.push(d.id.as_str());
+        rules.push(j.rule.as_str());
+        targets.push(j.target.as_str());
+        requests.push(to_json(&j.request)?);
+        due.push(millis(d.received_at));
+    }
     let rows = sqlx::query(
-        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-                              $7::text[], $8::text[], $9::text[])
-         ON CONFLICT (delivery, source) DO NOTHING
-         RETURNING id, seq",
+        "WITH d AS (
+            INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
+            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[])
+            ON CONFLICT (delivery, source) DO NOTHING
+            RETURNING id, seq),
+         p AS (
+            INSERT INTO payloads (seq, summary, event, headers, payload)
+            SELECT d.seq, u.summary, u.event, u.headers, u.payload
+            FROM UNNEST($1::text[], $10::text[], $11::text[], $12::text[], $13::bytea[])
+                 AS u(id, summary, event, headers, payload)
+            JOIN d ON d.id = u.id),
+         j AS (
+            INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
+            SELECT u.id, u.delivery_id, u.rule, u.target, u.request, 'pending', 0, u.due, u.due, u.due
+            FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[])
+                 AS u(id, delivery_id, rule, target, request, due)
+            WHERE u.delivery_id IN (SELECT id FROM d))
+         SELECT id, seq FROM d",
     )
     .bind(&ids)
     .bind(&sources)
@@ -62,106 +140,24 @@ pub(super) async fn ingest(
     .bind(&repositories)
     .bind(&refs)
     .bind(&statuses)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
-    let mut stored: HashMap<String, i64> = HashMap::with_capacity(rows.len());
-    for r in rows {
-        stored.insert(r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?);
-    }
-    let fresh: Vec<(&NewDelivery, i64)> = deliveries
-        .iter()
-        .filter_map(|d| stored.get(&d.id).map(|seq| (*d, *seq)))
-        .collect();
-    insert_payloads(tx, &fresh).await?;
-    let queued = insert_jobs(tx, &fresh).await?;
-    let mut requeued_any = false;
-    let mut out = Vec::with_capacity(n);
-    for d in deliveries {
-        if stored.contains_key(&d.id) {
-            out.push(Ingested::Stored);
-        } else {
-            let seen = duplicate(tx, d).await?;
-            requeued_any |= matches!(seen, Ingested::Duplicate { requeued, .. } if requeued > 0);
-            out.push(seen);
-        }
-    }
-    if (announce && queued > 0) || requeued_any {
-        notify(tx).await?;
-    }
-    Ok(out)
-}
-
-async fn insert_payloads(tx: &mut Tx, fresh: &[(&NewDelivery, i64)]) -> Result<(), StoreError> {
-    if fresh.is_empty() {
-        return Ok(());
-    }
-    let mut seqs = Vec::with_capacity(fresh.len());
-    let mut summaries = Vec::with_capacity(fresh.len());
-    let mut events = Vec::with_capacity(fresh.len());
-    let mut headers = Vec::with_capacity(fresh.len());
-    let mut payloads: Vec<&[u8]> = Vec::with_capacity(fresh.len());
-    for (d, seq) in fresh {
-        seqs.push(*seq);
-        summaries.push(to_json(&d.summary)?);
-        events.push(to_json(&d.event)?);
-        headers.push(to_json(&d.headers)?);
-        payloads.push(d.payload.as_ref());
-    }
-    sqlx::query(
-        "INSERT INTO payloads (seq, summary, event, headers, payload)
-         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
-    )
-    .bind(&seqs)
     .bind(&summaries)
     .bind(&events)
     .bind(&headers)
     .bind(&payloads)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
-/// The jobs of the deliveries just stored, due at their delivery's arrival.
-async fn insert_jobs(tx: &mut Tx, fresh: &[(&NewDelivery, i64)]) -> Result<usize, StoreError> {
-    let jobs: Vec<(&NewDelivery, &NewJob)> = fresh
-        .iter()
-        .flat_map(|(d, _)| d.jobs.iter().map(move |j| (*d, j)))
-        .collect();
-    if jobs.is_empty() {
-        return Ok(0);
-    }
-    let mut ids = Vec::with_capacity(jobs.len());
-    let mut deliveries = Vec::with_capacity(jobs.len());
-    let mut rules = Vec::with_capacity(jobs.len());
-    let mut targets = Vec::with_capacity(jobs.len());
-    let mut requests = Vec::with_capacity(jobs.len());
-    let mut due = Vec::with_capacity(jobs.len());
-    for (d, j) in &jobs {
-        ids.push(j.id.as_str());
-        deliveries.push(d.id.as_str());
-        rules.push(j.rule.as_str());
-        targets.push(j.target.as_str());
-        requests.push(to_json(&j.request)?);
-        due.push(millis(d.received_at));
-    }
-    sqlx::query(
-        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
-         SELECT id, delivery_id, rule, target, request, 'pending', 0, due, due, due
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[])
-              AS u(id, delivery_id, rule, target, request, due)",
-    )
-    .bind(&ids)
-    .bind(&deliveries)
+    .bind(&job_ids)
+    .bind(&job_deliveries)
     .bind(&rules)
     .bind(&targets)
     .bind(&requests)
     .bind(&due)
-    .execute(&mut **tx)
+    .fetch_all(pool)
     .await
     .map_err(db)?;
-    Ok(jobs.len())
+    let mut stored = HashMap::with_capacity(rows.len());
+    for r in rows {
+        stored.insert(r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?);
+    }
+    Ok(stored)
 }
 
 /// One attempt to record, owned so it can wait in a batch.

@@ -77,16 +77,21 @@ impl PostgresStore {
     pub async fn open(settings: &StoreSettings) -> Result<PostgresStore, StoreError> {
         let options = connect_options(settings)?;
         migrate(&options).await?;
+        let own = write::statement_connections(settings.pool_size);
         let pool = PgPoolOptions::new()
-            .max_connections(settings.pool_size)
+            .max_connections(settings.pool_size - own)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .after_connect(|conn, _| Box::pin(async move { fast_compression(conn).await }))
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
+        let statement = match own {
+            0 => pool.clone(),
+            n => write::statement_pool(&options, n),
+        };
         let dispatching = Arc::new(AtomicBool::new(false));
         Ok(PostgresStore {
-            writers: write::Writers::start(&pool, settings.pool_size, dispatching.clone()),
+            writers: write::Writers::start(&pool, &statement, settings.pool_size, dispatching.clone()),
             dispatching,
             pool,
             readiness: super::ready::Readiness::new(),

@@ -14,10 +14,11 @@ use crate::store::*;
 
 pub(super) type Tx = Transaction<'static, Postgres>;
 
-pub(super) async fn notify(tx: &mut Tx) -> Result<(), StoreError> {
+/// Announce due jobs: inside a transaction, delivered at its commit.
+pub(super) async fn notify<'e>(on: impl sqlx::PgExecutor<'e>) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
-        .execute(&mut **tx)
+        .execute(on)
         .await
         .map_err(db)?;
     Ok(())
@@ -100,15 +101,7 @@ pub(super) async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) 
 /// `d` was stored before (by this call's transaction or another): the
 /// original summary, and its dead jobs queued again. The caller sends the
 /// `NOTIFY` when any were.
-///
-/// These statements read tables, so they are planned for what the tables
-/// hold now, also inside the ingest's transaction, which caches generic
-/// plans for its inserts (`write`).
 pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, StoreError> {
-    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
     let (id, summary): (String, String) = sqlx::query_as(
         "SELECT d.id, p.summary FROM deliveries d JOIN payloads p ON p.seq = d.seq
              WHERE d.source = $1 AND d.delivery = $2",
@@ -222,7 +215,7 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
         .map_err(db)?;
     }
     if !ids.is_empty() {
-        notify(tx).await?;
+        notify(&mut **tx).await?;
     }
     Ok(())
 }

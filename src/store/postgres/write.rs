@@ -12,7 +12,9 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::postgres::PgPool;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::batch::{Batcher, Limits, Pending, Weigh, first_by_key};
 use super::bulk::{self, Record};
@@ -54,18 +56,25 @@ impl Writers {
     /// replicas are not woken for work they would only find taken: they
     /// find what this one leaves due when they poll (each second), and
     /// after a crash when its leases expire.
-    pub(super) fn start(pool: &PgPool, pool_size: u32, dispatching: Arc<AtomicBool>) -> Writers {
-        let pool_size = usize::try_from(pool_size).unwrap_or(usize::MAX);
-        let ingest_pool = pool.clone();
+    ///
+    /// The ingest's statement runs on `statement` (see [`statement_pool`]),
+    /// everything else on `pool`.
+    pub(super) fn start(
+        pool: &PgPool,
+        statement: &PgPool,
+        pool_size: u32,
+        dispatching: Arc<AtomicBool>,
+    ) -> Writers {
+        let pools = (statement.clone(), pool.clone());
         let record_pool = pool.clone();
         Writers {
             ingest: Batcher::start(
                 Limits {
                     calls: CALLS,
                     weight: INGEST_BYTES,
-                    flushes: (pool_size / 5).clamp(1, 2),
+                    flushes: ingest_flushes(pool_size),
                 },
-                move |batch| ingest(ingest_pool.clone(), batch, !dispatching.load(Ordering::Relaxed)),
+                move |batch| ingest(pools.clone(), batch, !dispatching.load(Ordering::Relaxed)),
             ),
             record: Batcher::start(
                 Limits {
@@ -79,46 +88,80 @@ impl Writers {
     }
 }
 
-async fn ingest(pool: PgPool, batch: Vec<Pending<NewDelivery, Ingested>>, announce: bool) {
+/// Ingest batches written at once: one per five connections, at most two.
+fn ingest_flushes(pool_size: u32) -> usize {
+    usize::try_from(pool_size / 5).unwrap_or(usize::MAX).clamp(1, 2)
+}
+
+/// How many of `pool_size` connections are the ingest statement's own: one
+/// per concurrent ingest batch, when at least two are left for the rest;
+/// else none (the statement shares the pool, and is planned on each call).
+pub(super) fn statement_connections(pool_size: u32) -> u32 {
+    let own = u32::try_from(ingest_flushes(pool_size)).unwrap_or(1);
+    if pool_size >= own.saturating_add(2) { own } else { 0 }
+}
+
+/// A pool for the ingest's one statement, `size` connections: their
+/// sessions keep one plan of it (`force_generic_plan`). It only appends
+/// to tables through `UNNEST` and `ON CONFLICT` on a unique key, so no plan
+/// depends on what the tables hold; planning it on every batch, as the
+/// session default (`force_custom_plan`, see `connect`) does for every
+/// statement that reads, cost a tenth of the server's CPU per delivery.
+pub(super) fn statement_pool(options: &PgConnectOptions, size: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(super::ACQUIRE_TIMEOUT)
+        .idle_timeout(Duration::from_secs(300))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                super::fast_compression(conn).await?;
+                sqlx::query("SET plan_cache_mode = force_generic_plan")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options.clone())
+}
+
+async fn ingest(pools: (PgPool, PgPool), batch: Vec<Pending<NewDelivery, Ingested>>, announce: bool) {
     let (first, repeats) = first_by_key(batch, |d| (d.source.clone(), d.delivery.clone()));
     let items: Vec<&NewDelivery> = first.iter().map(|p| &p.item).collect();
-    let alone = async move |pool: &PgPool, item: &NewDelivery| ingest_alone(pool, item, announce).await;
-    match ingest_together(&pool, &items, announce).await {
+    let (statement, pool) = pools;
+    let lone = statement.clone();
+    let alone =
+        async move |pool: &PgPool, item: &NewDelivery| ingest_alone((&lone, pool), item, announce).await;
+    let pool = &pool;
+    match ingest_together((&statement, pool), &items, announce).await {
         Ok(results) => {
             for (p, r) in first.into_iter().zip(results) {
                 p.answer(Ok(r));
             }
         }
-        Err(e) => retry_alone(&pool, first, e, alone).await,
+        Err(e) => retry_alone(pool, first, e, &alone).await,
     }
     // After the batch: a repeat finds the first call's delivery committed.
     for p in repeats {
-        let r = alone(&pool, &p.item).await;
+        let r = alone(pool, &p.item).await;
         p.answer(r);
     }
 }
 
-/// The ingest's transaction plans its statements once per connection
-/// (`force_generic_plan`): they only append to tables, so no plan depends
-/// on what the tables hold, and planning them on every batch was a tenth of
-/// the server's CPU per delivery. The session's `force_custom_plan` (see
-/// `connect`) holds for every other statement, and `queue::duplicate`
-/// restores it before its reads.
-const BEGIN_INGEST: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan";
-
 async fn ingest_together(
-    pool: &PgPool,
+    pools: (&PgPool, &PgPool),
     items: &[&NewDelivery],
     announce: bool,
 ) -> Result<Vec<Ingested>, StoreError> {
-    let mut tx: Tx = pool.begin_with(BEGIN_INGEST).await.map_err(db)?;
-    let results = bulk::ingest(&mut tx, items, announce).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(results)
+    bulk::ingest(pools, items, announce).await
 }
 
-async fn ingest_alone(pool: &PgPool, item: &NewDelivery, announce: bool) -> Result<Ingested, StoreError> {
-    let mut results = ingest_together(pool, &[item], announce).await?;
+async fn ingest_alone(
+    pools: (&PgPool, &PgPool),
+    item: &NewDelivery,
+    announce: bool,
+) -> Result<Ingested, StoreError> {
+    let mut results = ingest_together(pools, &[item], announce).await?;
     results
         .pop()
         .ok_or_else(|| StoreError::unavailable("an ingest came back without its answer"))
@@ -133,7 +176,7 @@ async fn record(pool: PgPool, batch: Vec<Pending<Record, ()>>) {
                 p.answer(Ok(()));
             }
         }
-        Err(e) => retry_alone(&pool, first, e, record_alone).await,
+        Err(e) => retry_alone(&pool, first, e, &record_alone).await,
     }
     for p in repeats {
         let r = record_alone(&pool, &p.item).await;
@@ -154,7 +197,7 @@ async fn record_alone(pool: &PgPool, item: &Record) -> Result<(), StoreError> {
 /// After a failed batch: every call alone when the server refused a
 /// statement (the connection works; one call may be the cause), else every
 /// call fails with the batch's error.
-async fn retry_alone<T, R, F>(pool: &PgPool, calls: Vec<Pending<T, R>>, e: StoreError, alone: F)
+async fn retry_alone<T, R, F>(pool: &PgPool, calls: Vec<Pending<T, R>>, e: StoreError, alone: &F)
 where
     F: AsyncFn(&PgPool, &T) -> Result<R, StoreError>,
 {
