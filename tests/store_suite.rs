@@ -59,7 +59,11 @@ impl Harness {
                 "DELETE FROM payloads WHERE seq = (SELECT seq FROM deliveries WHERE id = $1)",
                 "DELETE FROM deliveries WHERE id = $1",
             ] {
-                sqlx::query(sql).bind(delivery_id).execute(&mut conn).await.unwrap();
+                sqlx::query(sql)
+                    .bind(delivery_id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
             }
             let _ = conn.close().await;
         }

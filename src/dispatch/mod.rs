@@ -228,7 +228,8 @@ impl Dispatcher {
         let running = inflight.tasks.len();
         if running > 0 {
             info!(running, grace = ?grace, "waiting for running trigger attempts");
-            let drained = tokio::time::timeout(grace, async { while inflight.next().await.is_some() {} }).await;
+            let drained =
+                tokio::time::timeout(grace, async { while inflight.next().await.is_some() {} }).await;
             if drained.is_err() {
                 warn!(
                     left = inflight.tasks.len(),

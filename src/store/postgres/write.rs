@@ -98,7 +98,11 @@ fn ingest_flushes(pool_size: u32) -> usize {
 /// else none (the statement shares the pool, and is planned on each call).
 pub(super) fn statement_connections(pool_size: u32) -> u32 {
     let own = u32::try_from(ingest_flushes(pool_size)).unwrap_or(1);
-    if pool_size >= own.saturating_add(2) { own } else { 0 }
+    if pool_size >= own.saturating_add(2) {
+        own
+    } else {
+        0
+    }
 }
 
 /// A pool for the ingest's one statement, `size` connections: their
