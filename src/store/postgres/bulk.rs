@@ -5,7 +5,7 @@
 //! (see [`super::batch::first_by_key`]); what a lone call writes is in
 //! `queue`, and a batch writes the same rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use sqlx::Row;
@@ -178,58 +178,57 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
     let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
     // The jobs' row locks, in id order, order these attempts against a lease
     // takeover (which notes an interrupted attempt).
-    let live: Vec<String> =
+    let live: HashSet<String> =
         sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(&ids)
             .fetch_all(&mut **tx)
             .await
-            .map_err(db)?;
-    // Read after the locks are held, in a statement of its own: its snapshot
-    // sees an attempt a takeover committed while this one waited.
-    let last: HashMap<String, i32> = sqlx::query_as(
-        "SELECT u.id, COALESCE((SELECT MAX(a.n) FROM attempts a WHERE a.job_id = u.id), 0)
-         FROM UNNEST($1::text[]) AS u(id)",
-    )
-    .bind(&live)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?
-    .into_iter()
-    .collect();
-    if last.is_empty() {
-        return Ok(());
-    }
+            .map_err(db)?
+            .into_iter()
+            .collect();
     let records: Vec<&Record> = records
         .iter()
         .copied()
-        .filter(|r| last.contains_key(&r.job))
+        .filter(|r| live.contains(&r.job))
         .collect();
+    if records.is_empty() {
+        return Ok(());
+    }
     let updates = records
         .iter()
         .map(|r| JobUpdate::after(&r.next, &r.attempt, r.now))
         .collect::<Result<Vec<_>, _>>()?;
-    insert_attempts(tx, &records, &updates, &last).await?;
-    move_jobs(tx, &records, &updates).await?;
+    attempts_and_jobs(tx, &records, &updates).await?;
     let mut deliveries: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
     deliveries.sort_unstable();
     deliveries.dedup();
     refresh_status(tx, &deliveries).await
 }
 
-async fn insert_attempts(
+/// One statement: the attempts, each numbered after its job's last one
+/// (read by this statement, issued once the locks are held, so it sees an
+/// attempt a takeover committed meanwhile), and the jobs moved, only for
+/// the worker that still holds the lease; a late worker's attempt is
+/// recorded all the same.
+async fn attempts_and_jobs(
     tx: &mut Tx,
     records: &[&Record],
     updates: &[JobUpdate],
-    last: &HashMap<String, i32>,
 ) -> Result<(), StoreError> {
     let n = records.len();
-    let (mut jobs, mut numbers, mut started, mut durations) = (
+    let (mut jobs, mut started, mut durations, mut statuses) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut statuses, mut outcomes, mut errors, mut responses) = (
+    let (mut outcomes, mut errors, mut responses, mut owners) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut states, mut due, mut results, mut now) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -237,54 +236,43 @@ async fn insert_attempts(
     );
     for (r, u) in records.iter().zip(updates) {
         jobs.push(r.job.as_str());
-        numbers.push(last.get(&r.job).copied().unwrap_or(0).saturating_add(1));
         started.push(millis(r.attempt.started_at));
         durations.push(i64::try_from(r.attempt.duration.as_millis()).unwrap_or(i64::MAX));
         statuses.push(r.attempt.status.map(i32::from));
         outcomes.push(r.next.outcome());
         errors.push(u.error.as_deref());
         responses.push(r.attempt.response.as_deref());
+        owners.push(r.owner.as_str());
+        states.push(u.state.as_str());
+        due.push(u.next_attempt_at);
+        results.push(u.result.as_deref());
+        now.push(millis(r.now));
     }
     sqlx::query(
-        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
-         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int4[], $6::text[],
-                              $7::text[], $8::text[])",
+        "WITH u AS (
+            SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::int8[])
+                 AS u(job, started, duration, status, outcome, error, response, owner, state, due, result, now)),
+         a AS (
+            INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+            SELECT u.job, COALESCE((SELECT MAX(x.n) FROM attempts x WHERE x.job_id = u.job), 0) + 1,
+                   u.started, u.duration, u.status, u.outcome, u.error, u.response
+            FROM u)
+         UPDATE jobs j SET state = u.state, next_attempt_at = u.due, lease_owner = NULL, lease_until = NULL,
+                last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now
+         FROM u
+         WHERE j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running'",
     )
     .bind(&jobs)
-    .bind(&numbers)
     .bind(&started)
     .bind(&durations)
     .bind(&statuses)
     .bind(&outcomes)
     .bind(&errors)
     .bind(&responses)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
-/// Only the lease holder moves its job; a late worker's attempt is recorded all the same.
-async fn move_jobs(tx: &mut Tx, records: &[&Record], updates: &[JobUpdate]) -> Result<(), StoreError> {
-    let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
-    let owners: Vec<&str> = records.iter().map(|r| r.owner.as_str()).collect();
-    let states: Vec<&str> = updates.iter().map(|u| u.state.as_str()).collect();
-    let due: Vec<i64> = updates.iter().map(|u| u.next_attempt_at).collect();
-    let errors: Vec<Option<&str>> = updates.iter().map(|u| u.error.as_deref()).collect();
-    let results: Vec<Option<&str>> = updates.iter().map(|u| u.result.as_deref()).collect();
-    let now: Vec<i64> = records.iter().map(|r| millis(r.now)).collect();
-    sqlx::query(
-        "UPDATE jobs j SET state = u.state, next_attempt_at = u.due, lease_owner = NULL, lease_until = NULL,
-                last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::int8[])
-              AS u(id, owner, state, due, error, result, now)
-         WHERE j.id = u.id AND j.lease_owner = u.owner AND j.state = 'running'",
-    )
-    .bind(&ids)
     .bind(&owners)
     .bind(&states)
     .bind(&due)
-    .bind(&errors)
     .bind(&results)
     .bind(&now)
     .execute(&mut **tx)
