@@ -14,8 +14,11 @@
 //!   except new deliveries' jobs at a replica that runs a dispatcher: it
 //!   takes them itself, and the others find what it leaves due by polling;
 //! - concurrent ingests on one replica share a transaction and its commit,
-//!   as do concurrent attempt records (group commit: `batch`, `write`), with
-//!   one multi-row statement per table and one `NOTIFY` per batch (`bulk`);
+//!   as do concurrent attempt records (group commit: `batch`, `write`): an
+//!   ingest batch is one statement (`UNNEST` per table in data-modifying
+//!   CTEs), a record batch three, with one `NOTIFY` per batch (`bulk`);
+//! - no foreign keys (schema 5): rows are consistent by construction, and
+//!   the purge deletes what hangs on a delivery itself (`admin`);
 //! - migrations run under `pg_advisory_lock`, the retention purge under
 //!   `pg_try_advisory_xact_lock`, so replicas starting or purging at once are safe.
 //!

@@ -1,5 +1,7 @@
 //! Ingests and attempt records go through a [`Batcher`] each: concurrent
-//! calls share a transaction and its commit (see `batch`), written by `bulk`.
+//! calls share a transaction and its commit (see `batch`), written by `bulk`:
+//! an ingest batch as one statement on connections of its own, which keep
+//! one plan of it ([`statement_pool`]).
 //!
 //! A batch the server refuses (one delivery's text it cannot store, a
 //! deadlock it broke, a constraint) is written again call by call, each in
@@ -11,7 +13,6 @@
 use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
