@@ -1,5 +1,6 @@
-//! A batch of ingests or of attempt records, written in one transaction with
-//! one multi-row statement per table (`UNNEST` of one array per column).
+//! A batch of ingests or of attempt records, written with multi-row
+//! statements (`UNNEST` of one array per column): an ingest batch as one
+//! statement, a record batch as three in one transaction.
 //!
 //! Callers ([`super::write`]) hand in calls with distinct keys, sorted by key
 //! (see [`super::batch::first_by_key`]); what a lone call writes is in
@@ -23,7 +24,9 @@ use crate::store::*;
 /// when it queued jobs and is to `announce` them, or queued dead jobs of a
 /// duplicate again (which may be any replica's to run).
 ///
-/// `pools.0` runs the statement, `pools.1` the rest (see `write`).
+/// `statement` runs the insert, `pool` the rest (see `write`). When the
+/// second transaction fails after the first committed, every call fails;
+/// a sender that tries again is answered as a duplicate of what it stored.
 pub(super) async fn ingest(
     (statement, pool): (&PgPool, &PgPool),
     deliveries: &[&NewDelivery],

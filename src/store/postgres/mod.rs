@@ -81,16 +81,11 @@ impl PostgresStore {
         let options = connect_options(settings)?;
         migrate(&options).await?;
         let own = write::statement_connections(settings.pool_size);
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.pool_size - own)
-            .min_connections(0)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .idle_timeout(Duration::from_secs(300))
-            .after_connect(|conn, _| Box::pin(async move { fast_compression(conn).await }))
-            .connect_lazy_with(options.clone());
+        let pool = connect_pool(&options, settings.pool_size - own, None);
+        // The ingest statement's own connections keep one plan of it (`write`).
         let statement = match own {
             0 => pool.clone(),
-            n => write::statement_pool(&options, n),
+            n => connect_pool(&options, n, Some(write::STATEMENT_SESSION)),
         };
         let dispatching = Arc::new(AtomicBool::new(false));
         Ok(PostgresStore {
@@ -236,6 +231,30 @@ impl Store for PostgresStore {
         self.dispatching.store(true, Ordering::Relaxed);
         tokio::spawn(listen::listen(self.pool.clone(), wake, shutdown));
     }
+}
+
+/// A lazily connecting pool of `size` connections; each new session gets
+/// LZ4 compression (below), then runs `session` when given.
+fn connect_pool(
+    options: &sqlx::postgres::PgConnectOptions,
+    size: u32,
+    session: Option<&'static str>,
+) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .idle_timeout(Duration::from_secs(300))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                fast_compression(conn).await?;
+                if let Some(sql) = session {
+                    sqlx::query(sql).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options.clone())
 }
 
 /// Compress payloads with LZ4 instead of PostgreSQL's own pglz (about five

@@ -1,7 +1,7 @@
 //! Ingests and attempt records go through a [`Batcher`] each: concurrent
 //! calls share a transaction and its commit (see `batch`), written by `bulk`:
 //! an ingest batch as one statement on connections of its own, which keep
-//! one plan of it ([`statement_pool`]).
+//! one plan of it ([`STATEMENT_SESSION`]).
 //!
 //! A batch the server refuses (one delivery's text it cannot store, a
 //! deadlock it broke, a constraint) is written again call by call, each in
@@ -13,9 +13,8 @@
 use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 
 use super::batch::{Batcher, Limits, Pending, Weigh, first_by_key};
 use super::bulk::{self, Record};
@@ -58,8 +57,8 @@ impl Writers {
     /// find what this one leaves due when they poll (each second), and
     /// after a crash when its leases expire.
     ///
-    /// The ingest's statement runs on `statement` (see [`statement_pool`]),
-    /// everything else on `pool`.
+    /// The ingest's statement runs on `statement` (see
+    /// [`STATEMENT_SESSION`]), everything else on `pool`.
     pub(super) fn start(
         pool: &PgPool,
         statement: &PgPool,
@@ -106,29 +105,13 @@ pub(super) fn statement_connections(pool_size: u32) -> u32 {
     }
 }
 
-/// A pool for the ingest's one statement, `size` connections: their
-/// sessions keep one plan of it (`force_generic_plan`). It only appends
-/// to tables through `UNNEST` and `ON CONFLICT` on a unique key, so no plan
-/// depends on what the tables hold; planning it on every batch, as the
-/// session default (`force_custom_plan`, see `connect`) does for every
-/// statement that reads, cost a tenth of the server's CPU per delivery.
-pub(super) fn statement_pool(options: &PgConnectOptions, size: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(size)
-        .min_connections(0)
-        .acquire_timeout(super::ACQUIRE_TIMEOUT)
-        .idle_timeout(Duration::from_secs(300))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                super::fast_compression(conn).await?;
-                sqlx::query("SET plan_cache_mode = force_generic_plan")
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_lazy_with(options.clone())
-}
+/// The session setting of the ingest statement's own connections: they
+/// keep one plan of it. It only appends to tables through `UNNEST` and `ON
+/// CONFLICT` on a unique key, so no plan depends on what the tables hold;
+/// planning it on every batch, as the session default (`force_custom_plan`,
+/// see `connect`) does for every statement that reads, cost a tenth of the
+/// server's CPU per delivery.
+pub(super) const STATEMENT_SESSION: &str = "SET plan_cache_mode = force_generic_plan";
 
 async fn ingest(pools: (PgPool, PgPool), batch: Vec<Pending<NewDelivery, Ingested>>, announce: bool) {
     let (first, repeats) = first_by_key(batch, |d| (d.source.clone(), d.delivery.clone()));
@@ -153,6 +136,9 @@ async fn ingest(pools: (PgPool, PgPool), batch: Vec<Pending<NewDelivery, Ingeste
     }
 }
 
+/// `bulk::ingest` behind a named signature: awaited inline in `ingest`, its
+/// future's borrows defeat the compiler's proof that the spawned batcher
+/// is `Send` ("not general enough").
 async fn ingest_together(
     pools: (&PgPool, &PgPool),
     items: &[&NewDelivery],
