@@ -370,6 +370,48 @@ async fn an_expired_lease_is_taken_over(h: Harness) {
     assert_eq!(detail.row.status, DeliveryStatus::Done);
 }
 
+/// A record is fenced to its own lease, not only its owner: a worker's
+/// record retried after its job was leased again (by the same dispatcher,
+/// hence the same owner) is kept as an attempt but leaves the new lease
+/// alone, so no other replica can take the job while it runs.
+async fn a_retried_record_leaves_a_later_lease_of_the_same_owner_alone(h: Harness) {
+    let s = &h.store;
+    s.ingest(delivery("github", "f-1", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let t = SystemTime::now();
+    let first = s.lease_due("a", 1, LEASE, t).await.unwrap().remove(0);
+    let retry = Transition::Retry {
+        at: t + Duration::from_millis(10),
+        reason: "HTTP 503".into(),
+    };
+    // Committed, but its answer was lost: the worker will send it again.
+    s.record_attempt(&first, "a", attempt(503), retry.clone(), t)
+        .await
+        .unwrap();
+    let t2 = t + Duration::from_millis(20);
+    let second = s.lease_due("a", 1, LEASE, t2).await.unwrap().remove(0);
+    assert_eq!((second.id.as_str(), second.attempt), (first.id.as_str(), 2));
+    s.record_attempt(&first, "a", attempt(503), retry, t2)
+        .await
+        .unwrap();
+    let job = &s.get(&key("f-1")).await.unwrap().jobs[0];
+    assert_eq!(job.state, JobState::Running, "the second lease still holds");
+    assert_eq!(job.history.len(), 2, "the retried record is kept as an attempt");
+    assert!(
+        s.lease_due("b", 1, LEASE, t2 + Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "another replica took a job under a live lease"
+    );
+    s.record_attempt(&second, "a", attempt(201), created(), t2)
+        .await
+        .unwrap();
+    let job = &s.get(&key("f-1")).await.unwrap().jobs[0];
+    assert_eq!(job.state, JobState::Done, "the lease's own record moves the job");
+}
+
 async fn attempts_are_recorded_and_retries_come_back(h: Harness) {
     let s = &h.store;
     s.ingest(delivery("github", "a-1", 1, SystemTime::now()))
@@ -820,6 +862,7 @@ suite!(
     concurrent_duplicates_are_stored_once,
     lease_hands_each_job_to_one_worker,
     an_expired_lease_is_taken_over,
+    a_retried_record_leaves_a_later_lease_of_the_same_owner_alone,
     attempts_are_recorded_and_retries_come_back,
     dead_letters_are_requeued_by_a_duplicate,
     replay_queues_finished_jobs_again,

@@ -168,6 +168,8 @@ pub(super) struct Record {
     pub job: String,
     pub delivery_id: String,
     pub owner: String,
+    /// Which of the owner's leases of the job: its attempt number.
+    pub lease: i32,
     pub attempt: Attempt,
     pub next: Transition,
     pub now: SystemTime,
@@ -175,8 +177,8 @@ pub(super) struct Record {
 
 /// Record `records` (distinct jobs, sorted by job id): each attempt is
 /// numbered after its job's last one and always kept; the job moves only
-/// for the worker that still holds its lease; the deliveries' statuses
-/// follow. A job purged meanwhile records nothing.
+/// for the worker that still holds this lease (owner and attempt number);
+/// the deliveries' statuses follow. A job purged meanwhile records nothing.
 pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
     let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
     // The jobs' row locks, in id order, order these attempts against a lease
@@ -211,8 +213,9 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
 /// One statement: the attempts, each numbered after its job's last one
 /// (read by this statement, issued once the locks are held, so it sees an
 /// attempt a takeover committed meanwhile), and the jobs moved, only for
-/// the worker that still holds the lease; a late worker's attempt is
-/// recorded all the same.
+/// the worker that still holds this lease (owner and attempt number: a
+/// record retried after its job was leased again leaves the new lease
+/// alone); a late worker's attempt is recorded all the same.
 async fn attempts_and_jobs(
     tx: &mut Tx,
     records: &[&Record],
@@ -237,6 +240,7 @@ async fn attempts_and_jobs(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut leases = Vec::with_capacity(n);
     for (r, u) in records.iter().zip(updates) {
         jobs.push(r.job.as_str());
         started.push(millis(r.attempt.started_at));
@@ -250,12 +254,15 @@ async fn attempts_and_jobs(
         due.push(u.next_attempt_at);
         results.push(u.result.as_deref());
         now.push(millis(r.now));
+        leases.push(r.lease);
     }
     sqlx::query(
         "WITH u AS (
             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::int8[])
-                 AS u(job, started, duration, status, outcome, error, response, owner, state, due, result, now)),
+                                 $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::int8[],
+                                 $13::int4[])
+                 AS u(job, started, duration, status, outcome, error, response, owner, state, due, result, now,
+                      lease)),
          a AS (
             INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
             SELECT u.job, COALESCE((SELECT MAX(x.n) FROM attempts x WHERE x.job_id = u.job), 0) + 1,
@@ -264,7 +271,7 @@ async fn attempts_and_jobs(
          UPDATE jobs j SET state = u.state, next_attempt_at = u.due, lease_owner = NULL, lease_until = NULL,
                 last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now
          FROM u
-         WHERE j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running'",
+         WHERE j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running' AND j.attempts = u.lease",
     )
     .bind(&jobs)
     .bind(&started)
@@ -278,6 +285,7 @@ async fn attempts_and_jobs(
     .bind(&due)
     .bind(&results)
     .bind(&now)
+    .bind(&leases)
     .execute(&mut **tx)
     .await
     .map_err(db)?;

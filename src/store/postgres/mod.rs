@@ -137,6 +137,7 @@ impl Store for PostgresStore {
             job: job.id.clone(),
             delivery_id: job.delivery_id.clone(),
             owner: owner.to_owned(),
+            lease: i32::try_from(job.attempt).unwrap_or(i32::MAX),
             attempt,
             next,
             now,

@@ -277,8 +277,9 @@ impl Store for SqliteStore {
         now: SystemTime,
     ) -> Result<(), StoreError> {
         let (job_id, delivery_id, owner) = (job.id.clone(), job.delivery_id.clone(), owner.to_owned());
+        let lease = job.attempt;
         self.write(How::BOOKKEEPING, move |tx| {
-            queue::record(tx, &job_id, &delivery_id, &owner, &attempt, &next, now)
+            queue::record(tx, &job_id, &delivery_id, (&owner, lease), &attempt, &next, now)
         })
         .await
     }

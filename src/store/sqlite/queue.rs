@@ -262,11 +262,12 @@ pub(super) fn release_leases(
     Ok(())
 }
 
+/// Record `attempt` of `job`, leased by `owner` as its attempt `lease`.
 pub(super) fn record(
     tx: &Connection,
     job: &str,
     delivery_id: &str,
-    owner: &str,
+    (owner, lease): (&str, u32),
     attempt: &Attempt,
     next: &Transition,
     now: SystemTime,
@@ -299,11 +300,14 @@ pub(super) fn record(
     })
     .map_err(db)?;
     let now_ms = millis(now);
-    // Only the lease holder moves the job; a late worker's attempt is still recorded above.
+    // Only the holder of this very lease moves the job (the attempt number
+    // tells this lease from a later one of the same owner: a record retried
+    // after its job was leased again must not end the new lease); a late
+    // worker's attempt is still recorded above.
     tx.prepare_cached(
         "UPDATE jobs SET state = ?3, next_attempt_at = ?4, lease_owner = NULL, lease_until = NULL,
                 last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
-         WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+         WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' AND attempts = ?8",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -313,7 +317,8 @@ pub(super) fn record(
             update.next_attempt_at,
             update.error,
             update.result,
-            now_ms
+            now_ms,
+            lease
         ])
     })
     .map_err(db)?;
