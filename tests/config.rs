@@ -78,6 +78,30 @@ fn misspelled_key() {
     insta::assert_snapshot!(err);
 }
 
+/// A target's or a rule's own `request_timeout` counts against the lease
+/// like `[retry]`'s: an attempt that may outlast its lease would be sent
+/// again by another replica while it still runs. The default lease follows
+/// the longest timeout.
+#[test]
+fn a_lease_no_longer_than_a_targets_own_timeout_is_refused() {
+    let slow_target = "\n[targets.circleci.retry]\nrequest_timeout = \"5m\"\n";
+    let (code, err) = check(&format!("{slow_target}\n[dispatch]\nlease = \"60s\"\n"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("`[dispatch] lease`")
+            && err.contains("must be longer than `[targets.circleci.retry] request_timeout`"),
+        "{err}"
+    );
+    let text = format!("{BASE}{slow_target}");
+    let loaded = hookbridge::config::parse(
+        std::path::Path::new("hookbridge.toml"),
+        &text,
+        hookbridge::config::LoadMode::Check,
+    )
+    .unwrap();
+    assert_eq!(loaded.config.dispatch.lease, std::time::Duration::from_secs(600));
+}
+
 #[test]
 fn rule_names_an_unknown_target() {
     let (code, err) = check(

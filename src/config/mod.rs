@@ -244,28 +244,15 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     };
 
     let retry = RetryPolicy::default().overlay(&raw.retry, loader);
-    let dispatch = DispatchSettings {
+    let mut dispatch = DispatchSettings {
         concurrency: raw
             .dispatch
             .concurrency
             .as_ref()
             .map_or(16, |c| *c.get_ref() as usize)
             .max(1),
-        lease: raw.dispatch.lease.map_or_else(
-            || (retry.request_timeout * 2).max(Duration::from_secs(60)),
-            |d| d.0,
-        ),
+        lease: Duration::ZERO,
     };
-    if dispatch.lease <= retry.request_timeout {
-        loader.push(Diagnostic::error(
-            format!(
-                "`[dispatch] lease` ({}) must be longer than `[retry] request_timeout` ({})",
-                units::HumanDuration(dispatch.lease),
-                units::HumanDuration(retry.request_timeout)
-            ),
-            None,
-        ));
-    }
 
     let mut sources = BTreeMap::new();
     for (name, source) in &raw.sources {
@@ -283,6 +270,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     }
     let source_names: Vec<&str> = raw.sources.keys().map(|k| k.get_ref().as_str()).collect();
     let rules = crate::rules::build(&raw.rules, &source_names, &raw.targets, &targets, loader);
+    dispatch.lease = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
 
     Some(Config {
         path: path.to_path_buf(),
@@ -295,6 +283,51 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         targets,
         rules,
     })
+}
+
+/// `[dispatch] lease`: longer than every request's timeout (`[retry]`'s, a
+/// target's or a rule's own), or no attempt could finish within its lease
+/// and another replica (or this one) would send the job again meanwhile.
+/// By default twice the longest, and at least a minute.
+fn lease(
+    set: Option<Duration>,
+    retry: &RetryPolicy,
+    targets: &BTreeMap<String, crate::target::Target>,
+    rules: &crate::rules::RuleSet,
+    loader: &mut Loader,
+) -> Duration {
+    let (longest, whose) = targets
+        .iter()
+        .map(|(name, t)| {
+            (
+                t.retry.request_timeout,
+                format!("`[targets.{name}.retry] request_timeout`"),
+            )
+        })
+        .chain(rules.rules().iter().map(|r| {
+            (
+                r.retry.request_timeout,
+                format!("the `request_timeout` of rule `{}`", r.name),
+            )
+        }))
+        .fold(
+            (retry.request_timeout, "`[retry] request_timeout`".to_owned()),
+            |a, b| if b.0 > a.0 { b } else { a },
+        );
+    let Some(lease) = set else {
+        return longest.saturating_mul(2).max(Duration::from_secs(60));
+    };
+    if lease <= longest {
+        loader.push(Diagnostic::error(
+            format!(
+                "`[dispatch] lease` ({}) must be longer than {whose} ({})",
+                units::HumanDuration(lease),
+                units::HumanDuration(longest)
+            ),
+            None,
+        ));
+    }
+    lease
 }
 
 /// Names appear in URLs (`/hooks/{source}`) and logs: keep them simple.
