@@ -292,6 +292,22 @@ async fn a_replica_killed_mid_run_loses_nothing() {
     let pid = victim.pid();
     hooks.lock().unwrap().retain(|h| *h != victim.hooks);
     victim.kill();
+    // Its sessions finish what the server already received (a record's
+    // commit may land after the kill), then end: count once they are gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'hookbridge:{pid}'"
+        ))
+        .await
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed replica's sessions never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let in_flight = cluster
         .scalar(&format!(
             "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND lease_owner LIKE '%:{pid}:%'"

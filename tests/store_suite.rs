@@ -920,6 +920,51 @@ async fn postgres_announces_new_jobs_only_when_no_dispatcher_of_its_own_takes_th
     shutdown.cancel();
 }
 
+/// `pool_size = 1` is accepted, so it must work: the `LISTEN` of a
+/// watching store holds a connection of its own, not the pool's only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_a_pool_of_one_still_writes_while_it_listens() {
+    let db = TestDatabase::create().await;
+    let mut settings = settings(StoreUrl::Postgres(db.url.clone()));
+    settings.pool_size = 1;
+    let s = open(&settings, OpenMode::Daemon).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    s.watch(Arc::new(tokio::sync::Notify::new()), shutdown.clone());
+    // The listener connects first, as it would under `serve`.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            if listening > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the store never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    s.ingest(delivery("github", "p-1", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    let job = s
+        .lease_due("me", 1, LEASE, SystemTime::now())
+        .await
+        .unwrap()
+        .remove(0);
+    s.record_attempt(&job, "me", attempt(201), created(), SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(s.get(&key("p-1")).await.unwrap().row.status, DeliveryStatus::Done);
+    shutdown.cancel();
+}
+
 /// SQLite, its files deleted under the store: new deliveries and operator
 /// actions are refused and readiness fails, while the dispatcher still drains
 /// what was acknowledged before (it lives on in the open file until then).

@@ -283,9 +283,10 @@ pub enum ReadError {
 /// it arrives. A frame must arrive within `idle` of the previous one; time
 /// spent waiting for room does not count (the sender is not to blame).
 ///
-/// When the sender declared its length the buffer is sized once, at the first
-/// frame (a sender that sends nothing allocates nothing), and then shared, not
-/// copied, by the intake and the store.
+/// When the sender declared its length the buffer grows toward it by
+/// doubling what arrived (memory follows the bytes received, as the room
+/// does: a sender that declares 25 MB and sends one byte gets a few bytes),
+/// and is then shared, not copied, by the intake and the store.
 pub async fn read_body(
     body: Body,
     limit: u64,
@@ -308,10 +309,16 @@ pub async fn read_body(
             return Err(ReadError::TooLarge);
         }
         room.take(len).await;
-        if buf.capacity() == 0
+        if buf.capacity() - buf.len() < data.len()
             && let Some(n) = declared
         {
-            buf.reserve(usize::try_from(n.min(limit)).unwrap_or(0));
+            // Toward the declared length, doubling what arrived: memory
+            // follows the bytes received (a sender that declares much and
+            // sends little gets little), with few copies on the way.
+            let left = usize::try_from(n.min(limit))
+                .unwrap_or(0)
+                .saturating_sub(buf.len());
+            buf.reserve(left.min(buf.len().max(data.len())).max(data.len()));
         }
         buf.extend_from_slice(&data);
     }

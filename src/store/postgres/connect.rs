@@ -29,7 +29,9 @@ pub fn connect_options(settings: &StoreSettings) -> Result<PgConnectOptions, Sto
         options = options.ssl_mode(mode);
     }
     let timeout_ms = settings.statement_timeout.as_millis().max(1);
-    Ok(options.application_name("hookbridge").options([
+    // `hookbridge:<pid>`: which replica a session in `pg_stat_activity` is.
+    let name = format!("hookbridge:{}", std::process::id());
+    Ok(options.application_name(&name).options([
         ("statement_timeout", format!("{timeout_ms}")),
         ("plan_cache_mode", "force_custom_plan".to_owned()),
     ]))

@@ -72,6 +72,8 @@ pub struct PostgresStore {
     writers: write::Writers,
     /// Set by [`Store::watch`]: this process runs a dispatcher.
     dispatching: Arc<AtomicBool>,
+    /// How to connect: `watch` listens on a connection of its own.
+    options: sqlx::postgres::PgConnectOptions,
     readiness: super::ready::Readiness,
 }
 
@@ -91,6 +93,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             writers: write::Writers::start(&pool, &statement, settings.pool_size, dispatching.clone()),
             dispatching,
+            options,
             pool,
             readiness: super::ready::Readiness::new(),
         })
@@ -230,7 +233,10 @@ impl Store for PostgresStore {
 
     fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
         self.dispatching.store(true, Ordering::Relaxed);
-        tokio::spawn(listen::listen(self.pool.clone(), wake, shutdown));
+        // Its own connection, outside the pool: `LISTEN` holds it for good,
+        // and a pool of one would otherwise have none left for the writes.
+        let own = connect_pool(&self.options, 1, None);
+        tokio::spawn(listen::listen(own, wake, shutdown));
     }
 }
 
