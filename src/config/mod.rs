@@ -285,10 +285,21 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     })
 }
 
+/// The lease under which a dispatcher may lease jobs ahead of its free
+/// slots, when the longest request timeout is `longest`: a job leased ahead
+/// waits at most one timeout for a slot and runs at most one more, and a
+/// tenth on top covers the scheduling and the record's commit, so the
+/// attempt ends inside its lease (else it is taken over, and sent and
+/// counted again, while its record is on the way).
+pub fn lease_ahead_needs(longest: Duration) -> Duration {
+    longest.saturating_mul(2).saturating_add(longest / 10)
+}
+
 /// `[dispatch] lease`: longer than every request's timeout (`[retry]`'s, a
 /// target's or a rule's own), or no attempt could finish within its lease
 /// and another replica (or this one) would send the job again meanwhile.
-/// By default twice the longest, and at least a minute.
+/// By default long enough to lease ahead ([`lease_ahead_needs`]), and at
+/// least a minute.
 fn lease(
     set: Option<Duration>,
     retry: &RetryPolicy,
@@ -315,7 +326,7 @@ fn lease(
             |a, b| if b.0 > a.0 { b } else { a },
         );
     let Some(lease) = set else {
-        return longest.saturating_mul(2).max(Duration::from_secs(60));
+        return lease_ahead_needs(longest).max(Duration::from_secs(60));
     };
     if lease <= longest {
         loader.push(Diagnostic::error(

@@ -47,12 +47,13 @@ const MAX_LEASE_AHEAD: usize = 128;
 ///
 /// Under load a lease is one round trip through the store's writer (a group
 /// commit), so leasing only one job per freed slot caps triggers at a few per
-/// commit. When the lease lasts at least twice the longest request timeout,
-/// lease up to `concurrency` jobs ahead, but no more than
-/// `MAX_LEASE_AHEAD` in all (`free` alone when that is more): each of
-/// them gets a slot within one request timeout (every running attempt ends
-/// by then) and finishes its attempt within the next, so it never outlives
-/// its lease and runs once. Otherwise lease only `free`.
+/// commit. When the lease lasts long enough (twice the longest request
+/// timeout and a tenth: `config::lease_ahead_needs`), lease up to
+/// `concurrency` jobs ahead, but no more than `MAX_LEASE_AHEAD` in all
+/// (`free` alone when that is more): each of them gets a slot within one
+/// request timeout (every running attempt ends by then) and finishes its
+/// attempt within the next, so it never outlives its lease and runs once.
+/// Otherwise lease only `free`.
 pub fn lease_size(config: &Config, free: usize, concurrency: usize) -> usize {
     let longest = config
         .rules
@@ -61,7 +62,7 @@ pub fn lease_size(config: &Config, free: usize, concurrency: usize) -> usize {
         .map(|r| r.retry.request_timeout)
         .chain(config.targets.values().map(|t| t.retry.request_timeout))
         .fold(config.retry.request_timeout, Duration::max);
-    if config.dispatch.lease >= longest.saturating_mul(2) {
+    if config.dispatch.lease >= crate::config::lease_ahead_needs(longest) {
         free.saturating_add(concurrency).min(free.max(MAX_LEASE_AHEAD))
     } else {
         free
@@ -364,12 +365,12 @@ mod tests {
         .config
     }
 
-    /// Leasing ahead needs a lease of twice the longest request timeout (a
-    /// target's 7 s here, not the default 5 s), and stops at 128 jobs unless
-    /// the free slots alone are more.
+    /// Leasing ahead needs a lease of twice the longest request timeout and
+    /// a tenth (a target's 7 s here, not the default 5 s: 14.7 s), and stops
+    /// at 128 jobs unless the free slots alone are more.
     #[test]
     fn lease_size_leases_ahead_up_to_concurrency_and_128() {
-        let long = config("14s");
+        let long = config("14700ms");
         assert_eq!(lease_size(&long, 2, 2), 4);
         assert_eq!(lease_size(&long, 1, 8), 9);
         assert_eq!(lease_size(&long, 0, 8), 8);
@@ -377,7 +378,7 @@ mod tests {
         assert_eq!(lease_size(&long, 1, 500), 128);
         assert_eq!(lease_size(&long, 200, 200), 200);
         assert_eq!(lease_size(&long, usize::MAX, usize::MAX), usize::MAX);
-        let short = config("13s");
+        let short = config("14s");
         assert_eq!(lease_size(&short, 2, 2), 2);
         assert_eq!(lease_size(&short, 100, 100), 100);
     }
