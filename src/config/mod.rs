@@ -77,6 +77,9 @@ pub struct DispatchSettings {
     pub concurrency: usize,
     /// How long a leased job belongs to its worker before another may take it over.
     pub lease: Duration,
+    /// The lease is long enough to lease jobs ahead of free slots
+    /// ([`lease_ahead_needs`] of the longest request timeout).
+    pub lease_ahead: bool,
 }
 
 /// A validated configuration.
@@ -244,16 +247,6 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     };
 
     let retry = RetryPolicy::default().overlay(&raw.retry, loader);
-    let mut dispatch = DispatchSettings {
-        concurrency: raw
-            .dispatch
-            .concurrency
-            .as_ref()
-            .map_or(16, |c| *c.get_ref() as usize)
-            .max(1),
-        lease: Duration::ZERO,
-    };
-
     let mut sources = BTreeMap::new();
     for (name, source) in &raw.sources {
         check_name(name, "source", loader);
@@ -270,7 +263,17 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     }
     let source_names: Vec<&str> = raw.sources.keys().map(|k| k.get_ref().as_str()).collect();
     let rules = crate::rules::build(&raw.rules, &source_names, &raw.targets, &targets, loader);
-    dispatch.lease = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
+    let lease = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
+    let dispatch = DispatchSettings {
+        concurrency: raw
+            .dispatch
+            .concurrency
+            .as_ref()
+            .map_or(16, |c| *c.get_ref() as usize)
+            .max(1),
+        lease: lease.0,
+        lease_ahead: lease.1,
+    };
 
     Some(Config {
         path: path.to_path_buf(),
@@ -291,7 +294,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
 /// tenth on top covers the scheduling and the record's commit, so the
 /// attempt ends inside its lease (else it is taken over, and sent and
 /// counted again, while its record is on the way).
-pub fn lease_ahead_needs(longest: Duration) -> Duration {
+fn lease_ahead_needs(longest: Duration) -> Duration {
     longest.saturating_mul(2).saturating_add(longest / 10)
 }
 
@@ -299,14 +302,15 @@ pub fn lease_ahead_needs(longest: Duration) -> Duration {
 /// target's or a rule's own), or no attempt could finish within its lease
 /// and another replica (or this one) would send the job again meanwhile.
 /// By default long enough to lease ahead ([`lease_ahead_needs`]), and at
-/// least a minute.
+/// least a minute. Answers the lease and whether it is long enough to
+/// lease ahead.
 fn lease(
     set: Option<Duration>,
     retry: &RetryPolicy,
     targets: &BTreeMap<String, crate::target::Target>,
     rules: &crate::rules::RuleSet,
     loader: &mut Loader,
-) -> Duration {
+) -> (Duration, bool) {
     let (longest, whose) = targets
         .iter()
         .map(|(name, t)| {
@@ -326,7 +330,7 @@ fn lease(
             |a, b| if b.0 > a.0 { b } else { a },
         );
     let Some(lease) = set else {
-        return lease_ahead_needs(longest).max(Duration::from_secs(60));
+        return (lease_ahead_needs(longest).max(Duration::from_secs(60)), true);
     };
     if lease <= longest {
         loader.push(Diagnostic::error(
@@ -338,7 +342,7 @@ fn lease(
             None,
         ));
     }
-    lease
+    (lease, lease >= lease_ahead_needs(longest))
 }
 
 /// Names appear in URLs (`/hooks/{source}`) and logs: keep them simple.

@@ -48,21 +48,14 @@ const MAX_LEASE_AHEAD: usize = 128;
 /// Under load a lease is one round trip through the store's writer (a group
 /// commit), so leasing only one job per freed slot caps triggers at a few per
 /// commit. When the lease lasts long enough (twice the longest request
-/// timeout and a tenth: `config::lease_ahead_needs`), lease up to
+/// timeout and a tenth: `config::DispatchSettings::lease_ahead`), lease up to
 /// `concurrency` jobs ahead, but no more than `MAX_LEASE_AHEAD` in all
 /// (`free` alone when that is more): each of them gets a slot within one
 /// request timeout (every running attempt ends by then) and finishes its
 /// attempt within the next, so it never outlives its lease and runs once.
 /// Otherwise lease only `free`.
 pub fn lease_size(config: &Config, free: usize, concurrency: usize) -> usize {
-    let longest = config
-        .rules
-        .rules()
-        .iter()
-        .map(|r| r.retry.request_timeout)
-        .chain(config.targets.values().map(|t| t.retry.request_timeout))
-        .fold(config.retry.request_timeout, Duration::max);
-    if config.dispatch.lease >= crate::config::lease_ahead_needs(longest) {
+    if config.dispatch.lease_ahead {
         free.saturating_add(concurrency).min(free.max(MAX_LEASE_AHEAD))
     } else {
         free
