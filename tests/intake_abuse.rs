@@ -190,6 +190,96 @@ max_body = "6MiB""#,
     server.stop().await;
 }
 
+/// Keep a connection's body arriving a byte every `every`, as slowly as
+/// `body_idle_timeout` allows and far below any useful rate, until the server
+/// closes it; then what it answered.
+async fn trickle(mut conn: TcpStream, every: Duration) -> String {
+    let mut interval = tokio::time::interval(every);
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if conn.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+            read = conn.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// What the server answered each attacker so far (those it has not
+/// answered are still open).
+async fn answered(attackers: &mut tokio::task::JoinSet<String>) -> Vec<String> {
+    let mut answers = Vec::new();
+    while let Some(Some(answer)) = attackers.try_join_next().map(Result::ok) {
+        answers.push(answer);
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_that_fill_body_memory_and_stall_are_cut_off_for_a_signed_delivery() {
+    // 28 senders of the same source each send 32 KiB of a 100 KB body and
+    // stop: together they hold all of what one source may use (seven eighths
+    // of 1 MiB), and stay under body_idle_timeout.
+    let server = Server::start(r#"body_memory = "1MiB""#).await;
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..28 {
+        let conn = server.stall(100_000, 32 * 1024).await;
+        attackers.spawn(trickle(conn, Duration::from_secs(5)));
+    }
+    // Past the half second a body is read before it may be cut off.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for i in 0..3 {
+        let (status, took) = server.signed_push(&format!("after-stalls-{i}")).await;
+        assert_eq!(status, 202);
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    }
+    let answers = answered(&mut attackers).await;
+    assert!(!answers.is_empty(), "a stalled sender was cut off");
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_memory"), "{answer}");
+    }
+    attackers.abort_all();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_trickling_senders_hold_back_no_signed_delivery() {
+    // 300 connections, each 3 KiB into a body 200 bytes longer and then a
+    // byte every 100 ms (never idle long enough for body_idle_timeout):
+    // together all one source may hold of the 1 MiB budget. (Declaring much
+    // more than they send would leave room for a push: every body that holds
+    // room must be able to finish.)
+    let server = Server::start(r#"body_memory = "1MiB""#).await;
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let conn = server.stall(3 * 1024 + 200, 3 * 1024).await;
+        attackers.spawn(trickle(conn, Duration::from_millis(100)));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for i in 0..3 {
+        let (status, took) = server.signed_push(&format!("after-trickles-{i}")).await;
+        assert_eq!(status, 202);
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    }
+    let answers = answered(&mut attackers).await;
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    // Only what made room was cut: most trickles are still being read.
+    assert!(answers.len() < 100, "{} cut off", answers.len());
+    attackers.abort_all();
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_that_stops_mid_body_is_cut_off_within_body_idle_timeout() {
     let server = Server::start(r#"body_idle_timeout = "1s""#).await;

@@ -136,6 +136,17 @@ async fn handle(
                 ),
             ));
         }
+        Ok(Err(ReadError::TooSlow)) => {
+            count(&name, "invalid");
+            info!("body arriving too slowly while others waited for room; connection closed");
+            return closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body arrived slower than {} per second while other webhooks waited for memory ([server] body_memory); the request was cut off",
+                    ByteSize(super::body::FLOOR_PER_SECOND)
+                ),
+            ));
+        }
         Ok(Err(ReadError::TooLarge)) => return closing(too_large()),
         Ok(Err(ReadError::Unreadable(e))) => {
             count(&name, "invalid");

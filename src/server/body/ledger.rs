@@ -1,0 +1,313 @@
+//! The accounting behind `[server] body_memory`: who holds how much of which
+//! pool, whether a grant keeps every body able to finish, and which body to
+//! cut off when others wait for room.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A body may be cut off for room only once it has been read for this long
+/// (since its first byte, or since it last waited for room).
+pub(super) const GRACE: Duration = Duration::from_millis(500);
+/// While others wait for room, a body arriving slower than this is cut off.
+pub const FLOOR_PER_SECOND: u64 = 64 * 1024;
+/// How the pace is measured: bytes in the current 125 ms slice and the four
+/// before it, so over at least the last 500 ms.
+const BUCKETS: usize = 5;
+const BUCKET: Duration = Duration::from_millis(125);
+const FLOOR_PER_WINDOW: u64 = FLOOR_PER_SECOND / 2;
+
+/// Which pools a request draws from: the whole budget, its source's share and
+/// its connection's share.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub(super) enum Pool {
+    Global,
+    Source(String),
+    Connection(u64),
+}
+
+#[derive(Default)]
+pub(super) struct Ledger {
+    /// Bytes held per pool; a pool with nothing held is removed.
+    pub(super) held: HashMap<Pool, u64>,
+    /// The part of `held` that belongs to bodies read in full: given back at
+    /// their answer whatever else happens.
+    read: HashMap<Pool, u64>,
+    pub(super) claims: HashMap<u64, Claim>,
+    pub(super) next: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Phase {
+    /// Its bytes are arriving (or not: that is the sender's doing).
+    Reading,
+    /// It waits for room; the sender is not to blame for the pause.
+    Waiting,
+    /// Read in full, held until its answer.
+    Read,
+}
+
+pub(super) struct Claim {
+    pub(super) pools: [Pool; 3],
+    pub(super) held: u64,
+    /// Bytes it may still need: its declared length (or its share when it
+    /// declared none) less what it has received.
+    pub(super) need: u64,
+    pub(super) phase: Phase,
+    pub(super) pace: Pace,
+    /// Cancelled to cut the request off for room.
+    pub(super) cut: CancellationToken,
+}
+
+impl Claim {
+    pub(super) fn new(pools: [Pool; 3], need: u64, now: Instant) -> Claim {
+        Claim {
+            pools,
+            held: 0,
+            need,
+            phase: Phase::Reading,
+            pace: Pace::new(now),
+            cut: CancellationToken::new(),
+        }
+    }
+
+    /// Reading, past its grace, slower than the floor, and not already cut.
+    fn slow(&self, now: Instant) -> bool {
+        self.held > 0 && self.phase == Phase::Reading && !self.cut.is_cancelled() && self.pace.slow(now)
+    }
+}
+
+/// How fast a body has been arriving lately: bytes per 125 ms slice over the
+/// current slice and the four before it.
+#[derive(Clone, Debug)]
+pub(super) struct Pace {
+    since: Instant,
+    /// The index of the newest slice written, counted from `since`.
+    last: u64,
+    bytes: [u64; BUCKETS],
+}
+
+impl Pace {
+    pub(super) fn new(now: Instant) -> Pace {
+        Pace {
+            since: now,
+            last: 0,
+            bytes: [0; BUCKETS],
+        }
+    }
+
+    fn slice(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.since).as_nanos();
+        u64::try_from(elapsed / BUCKET.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn record(&mut self, now: Instant, n: u64) {
+        let slice = self.slice(now).max(self.last);
+        let gap = slice.saturating_sub(self.last);
+        for k in 1..=gap.min(BUCKETS as u64) {
+            self.bytes[self.last.wrapping_add(k) as usize % BUCKETS] = 0;
+        }
+        self.last = slice;
+        let at = &mut self.bytes[slice as usize % BUCKETS];
+        *at = at.saturating_add(n);
+    }
+
+    /// Bytes received in the current slice and the four before it: at least
+    /// the last 500 ms, at most the last 625 ms.
+    pub(super) fn recent(&self, now: Instant) -> u64 {
+        let slice = self.slice(now).max(self.last);
+        (0..BUCKETS as u64)
+            .filter_map(|back| self.last.checked_sub(back))
+            .filter(|s| s.saturating_add(BUCKETS as u64) > slice)
+            .map(|s| self.bytes[s as usize % BUCKETS])
+            .fold(0u64, u64::saturating_add)
+    }
+
+    fn slow(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= GRACE && self.recent(now) < FLOOR_PER_WINDOW
+    }
+}
+
+impl Ledger {
+    /// Whether `bytes` more may go to claim `id`: only if every pool it
+    /// draws from has the room, and then, counting what the bodies already
+    /// read in full will give back, still has room for the rest of its claim.
+    ///
+    /// That keeps one thing true at every moment: once the bodies read in
+    /// full have been answered, some request holding room can finish with
+    /// the room that is free (so partly read bodies never wait on each other
+    /// in a cycle). It holds with nothing held; a release or a body read in
+    /// full only adds room; and after such a grant the bodies read in full
+    /// can go first, then this request, which gives back more than it took,
+    /// and then the others in the order they could before. The check costs
+    /// the same with ten bodies in progress or ten thousand.
+    pub(super) fn may_grant(&self, id: u64, bytes: u64, capacity_of: impl Fn(&Pool) -> u64) -> bool {
+        let Some(claim) = self.claims.get(&id) else {
+            return false;
+        };
+        let need = claim.need.saturating_sub(bytes);
+        claim.pools.iter().all(|pool| {
+            capacity_of(pool)
+                .saturating_sub(self.held_in(pool))
+                .checked_sub(bytes)
+                .is_some_and(|free| free.saturating_add(self.read_in(pool)) >= need)
+        })
+    }
+
+    pub(super) fn read_in(&self, pool: &Pool) -> u64 {
+        self.read.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Claim `id` has its whole body: what it holds will come back.
+    pub(super) fn finish(&mut self, id: u64) {
+        let Some(claim) = self.claims.get_mut(&id) else {
+            return;
+        };
+        if claim.phase == Phase::Read {
+            return;
+        }
+        claim.phase = Phase::Read;
+        for pool in &claim.pools {
+            let read = self.read.entry(pool.clone()).or_default();
+            *read = read.saturating_add(claim.held);
+        }
+    }
+
+    pub(super) fn held_in(&self, pool: &Pool) -> u64 {
+        self.held.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Record a grant the check allowed.
+    pub(super) fn grant(&mut self, id: u64, bytes: u64, now: Instant) {
+        let Some(claim) = self.claims.get_mut(&id) else {
+            return;
+        };
+        claim.held = claim.held.saturating_add(bytes);
+        claim.need = claim.need.saturating_sub(bytes);
+        if claim.phase == Phase::Waiting {
+            // Time spent waiting for room is not the sender's: its grace
+            // starts again.
+            claim.pace = Pace::new(now);
+        }
+        claim.phase = Phase::Reading;
+        claim.pace.record(now, bytes);
+        for pool in &claim.pools {
+            let held = self.held.entry(pool.clone()).or_default();
+            *held = held.saturating_add(bytes);
+        }
+    }
+
+    /// Claim `id` waits for `bytes` of room: cut off the body that holds the
+    /// most among those arriving slower than the floor, past their grace, in
+    /// every pool that is too full for `bytes`. True if one was cut.
+    pub(super) fn cut_slowest(
+        &mut self,
+        id: u64,
+        bytes: u64,
+        now: Instant,
+        capacity_of: impl Fn(&Pool) -> u64,
+    ) -> bool {
+        let Some(waiter) = self.claims.get_mut(&id) else {
+            return false;
+        };
+        waiter.phase = Phase::Waiting;
+        let Some(waiter) = self.claims.get(&id) else {
+            return false;
+        };
+        let full: Vec<&Pool> = waiter
+            .pools
+            .iter()
+            .filter(|p| self.held_in(p).saturating_add(bytes) > capacity_of(p))
+            .collect();
+        let victim = self
+            .claims
+            .iter()
+            .filter(|(other, c)| **other != id && c.slow(now) && full.iter().all(|p| c.pools.contains(p)))
+            .max_by_key(|(_, c)| c.held);
+        match victim {
+            Some((_, claim)) => {
+                claim.cut.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forget claim `id`; true if it held anything (so waiters may proceed).
+    pub(super) fn release(&mut self, id: u64) -> bool {
+        let Some(claim) = self.claims.remove(&id) else {
+            return false;
+        };
+        if claim.held == 0 {
+            return false;
+        }
+        let read = claim.phase == Phase::Read;
+        for pool in &claim.pools {
+            for (counts, applies) in [(&mut self.held, true), (&mut self.read, read)] {
+                if let Some(n) = counts.get_mut(pool).filter(|_| applies) {
+                    *n = n.saturating_sub(claim.held);
+                    if *n == 0 {
+                        counts.remove(pool);
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_counts_the_last_half_second_only() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        pace.record(start, 100_000);
+        assert_eq!(pace.recent(start), 100_000);
+        assert!(!pace.slow(start + Duration::from_millis(499)));
+        // Slices older than the window no longer count.
+        assert_eq!(pace.recent(start + Duration::from_millis(624)), 100_000);
+        assert!(!pace.slow(start + Duration::from_millis(624)));
+        assert_eq!(pace.recent(start + Duration::from_millis(625)), 0);
+        assert!(pace.slow(start + Duration::from_millis(625)));
+        // A trickle under the floor stays slow; a flow just above it is not.
+        let mut trickle = Pace::new(start);
+        let mut steady = Pace::new(start);
+        for ms in (0..3_000).step_by(100) {
+            let at = start + Duration::from_millis(ms);
+            trickle.record(at, 1_000);
+            steady.record(at, 7 * 1024);
+        }
+        let end = start + Duration::from_millis(3_000);
+        assert!(trickle.slow(end));
+        assert!(!steady.slow(end));
+        // Long gaps clear every slice, whatever their length.
+        trickle.record(start + Duration::from_secs(3_600), 1);
+        assert_eq!(trickle.recent(start + Duration::from_secs(3_600)), 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pace_never_counts_more_than_was_recorded(
+            steps in proptest::collection::vec((0u64..2_000, 0u64..u64::MAX / 4), 1..50),
+        ) {
+            let start = Instant::now();
+            let mut pace = Pace::new(start);
+            let mut at = start;
+            let mut window: Vec<(Instant, u64)> = Vec::new();
+            for (gap_ms, bytes) in steps {
+                at += Duration::from_millis(gap_ms);
+                pace.record(at, bytes);
+                window.push((at, bytes));
+                let total = window.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b));
+                proptest::prop_assert!(pace.recent(at) <= total);
+                // What arrived just now always counts.
+                proptest::prop_assert!(pace.recent(at) >= bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The budget under bursts, stalls and slow senders, on a paused clock.
+
+use super::*;
+
+const KIB: u64 = 1024;
+
+fn conn() -> ConnectionId {
+    ConnectionId::unattached()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_declared_length_reserves_nothing() {
+    let memory = BodyMemory::new(64 * KIB);
+    let _stalled: Vec<Room> = (0..50)
+        .map(|_| memory.room("github", conn(), 5_000_000))
+        .collect();
+    assert_eq!(memory.held(), 0);
+    let mut push = memory.room("github", conn(), 8 * KIB);
+    push.take(8 * KIB).await;
+    assert_eq!(memory.held(), 8 * KIB);
+    drop(push);
+    assert_eq!(memory.held(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_source_or_connection_never_takes_the_whole_budget() {
+    let memory = BodyMemory::new(64 * KIB);
+    assert_eq!(memory.share(), 56 * KIB);
+    let mut hog = memory.room("github", conn(), 56 * KIB);
+    hog.take(56 * KIB).await;
+    // Read in full, it waits for its commit: never a body to cut off.
+    memory.finished(hog.id);
+    // Another source still has the reserved eighth.
+    let mut other = memory.room("gitlab", conn(), 8 * KIB);
+    tokio::time::timeout(Duration::from_millis(10), other.take(8 * KIB))
+        .await
+        .expect("room outside the hogging source");
+    // The same source has nothing left: it waits until the hog ends.
+    let mut same = memory.room("github", conn(), KIB);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), same.take(KIB))
+            .await
+            .is_err()
+    );
+    assert!(same.waiting);
+    drop(hog);
+    tokio::time::timeout(Duration::from_millis(10), same.take(KIB))
+        .await
+        .expect("room once the hog is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_body_is_cut_off_for_one_that_waits_after_its_grace() {
+    let memory = BodyMemory::new(64 * KIB);
+    let mut hog = memory.room("github", conn(), 100 * KIB);
+    hog.take(56 * KIB).await;
+    let mut push = memory.room("github", conn(), 8 * KIB);
+    let waiting = {
+        let mut push_take = Box::pin(push.take(8 * KIB));
+        // Within the hog's grace nothing is cut.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(400), push_take.as_mut())
+                .await
+                .is_err()
+        );
+        assert!(!hog.cut.is_cancelled());
+        // Past it, the hog (no bytes in the last half second) is cut off.
+        assert!(
+            tokio::time::timeout(ledger::GRACE, push_take.as_mut())
+                .await
+                .is_err()
+        );
+        assert!(hog.cut.is_cancelled(), "the stalled body was cut off");
+        push_take
+    };
+    // The hog's task ends (its reader saw the cut): the push gets room.
+    drop(hog);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), waiting)
+            .await
+            .expect("room once the cut body is gone")
+    );
+    drop(push);
+    assert_eq!(memory.held(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_arriving_above_the_floor_or_read_in_full_are_never_cut() {
+    let memory = BodyMemory::new(1024 * KIB);
+    // One read in full and waiting for its commit, one arriving at
+    // 160 KiB/s, and one from another source that needs more than is free.
+    let mut read = memory.room("github", conn(), 500 * KIB);
+    assert!(read.take(500 * KIB).await);
+    memory.finished(read.id);
+    let mut steady = memory.room("github", conn(), 10_000 * KIB);
+    for _ in 0..30 {
+        assert!(steady.take(4 * KIB).await);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // 500 KiB no longer fit beside the two: it waits.
+    let mut push = memory.room("gitlab", conn(), 500 * KIB);
+    let mut push_take = Box::pin(push.take(500 * KIB));
+    for _ in 0..30 {
+        assert!(steady.take(4 * KIB).await);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(25), push_take.as_mut())
+                .await
+                .is_err()
+        );
+    }
+    assert!(!steady.cut.is_cancelled(), "cut while arriving at 160 KiB/s");
+    // The steady one stops: once its last half second is under the floor
+    // it is the one cut, never the body read in full.
+    assert!(
+        tokio::time::timeout(ledger::GRACE + RECHECK * 2, push_take.as_mut())
+            .await
+            .is_err()
+    );
+    assert!(steady.cut.is_cancelled());
+    assert!(!read.cut.is_cancelled(), "a body read in full is never cut");
+    drop(steady);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), push_take)
+            .await
+            .expect("room once the cut body is gone")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_room_restarts_the_grace() {
+    let memory = BodyMemory::new(64 * KIB);
+    let mut first = memory.room("a", conn(), 56 * KIB);
+    first.take(40 * KIB).await;
+    memory.finished(first.id);
+    // Needs 30 KiB more than is free: waits for the first one to end.
+    let mut second = memory.room("b", conn(), 40 * KIB);
+    second.take(8 * KIB).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), second.take(24 * KIB))
+            .await
+            .is_err()
+    );
+    drop(first);
+    assert!(second.take(24 * KIB).await);
+    // Three seconds of waiting are not held against it: a newcomer that
+    // waits now cannot cut it off before its grace is over again.
+    let mut third = memory.room("c", conn(), 40 * KIB);
+    let mut third_take = Box::pin(third.take(40 * KIB));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third_take.as_mut())
+            .await
+            .is_err()
+    );
+    assert!(!second.cut.is_cancelled());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), third_take.as_mut())
+            .await
+            .is_err()
+    );
+    assert!(second.cut.is_cancelled(), "cut once its new grace was over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn partly_read_bodies_never_deadlock() {
+    // Four bodies of 10 KiB in a 16 KiB budget, each read in 2 KiB frames,
+    // all started at once: if grants ignored what each still needs, each
+    // would hold 4 KiB and wait for the others forever.
+    let memory = BodyMemory::new(16 * KIB);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let mut room = memory.room(&format!("s{i}"), conn(), 10 * KIB);
+        tasks.spawn(async move {
+            for _ in 0..5 {
+                room.take(2 * KIB).await;
+                tokio::task::yield_now().await;
+            }
+            // Answered: the room goes back.
+        });
+    }
+    let done = tokio::time::timeout(Duration::from_secs(1), tasks.join_all()).await;
+    assert!(done.is_ok(), "every body finished");
+    assert_eq!(memory.held(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_partial_bodies_leave_room_for_a_small_delivery() {
+    let memory = BodyMemory::new(32 * KIB);
+    // Stalled senders that each sent 2 KiB of a 20 KiB body: grants stop
+    // while each could still finish.
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut room = memory.room("github", conn(), 20 * KIB);
+        if tokio::time::timeout(Duration::from_millis(10), room.take(2 * KIB))
+            .await
+            .is_ok()
+        {
+            stalled.push(room);
+        }
+    }
+    assert!(stalled.len() < 20);
+    let mut push = memory.room("github", conn(), 4 * KIB);
+    tokio::time::timeout(Duration::from_millis(10), push.take(4 * KIB))
+        .await
+        .expect("a small delivery is read at once");
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_ledger_never_exceeds_a_pool_and_always_drains(
+        capacity in 1u64..100_000,
+        requests in proptest::collection::vec(
+            (0u8..3, 0u8..4, 1u64..50_000, 1u64..20_000, proptest::bool::ANY),
+            1..20,
+        ),
+    ) {
+        let memory = BodyMemory::new(capacity);
+        let mut rooms = Vec::new();
+        for (source, connection, claim, take, read_in_full) in requests {
+            let mut room = memory.room(&source.to_string(), ConnectionId(u64::from(connection)), claim);
+            let take = take.min(claim).min(memory.share());
+            let _ = memory.try_grant(room.id, take);
+            if read_in_full {
+                memory.finished(room.id);
+            }
+            room.waiting = false;
+            rooms.push(room);
+            let ledger = memory.lock();
+            for (pool, held) in &ledger.held {
+                proptest::prop_assert!(*held <= memory.capacity_of(pool));
+            }
+            // Once the bodies read in full are answered, some body holding
+            // room can always finish with what is free.
+            let holders: Vec<_> = ledger
+                .claims
+                .values()
+                .filter(|c| c.held > 0 && c.phase != ledger::Phase::Read)
+                .collect();
+            let one_can_finish = holders.iter().any(|c| {
+                c.pools.iter().all(|p| {
+                    let free = memory.capacity_of(p).saturating_sub(ledger.held_in(p));
+                    free.saturating_add(ledger.read_in(p)) >= c.need
+                })
+            });
+            proptest::prop_assert!(holders.is_empty() || one_can_finish);
+        }
+        drop(rooms);
+        proptest::prop_assert_eq!(memory.held(), 0);
+        proptest::prop_assert!(memory.lock().claims.is_empty());
+    }
+}
