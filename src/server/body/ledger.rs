@@ -18,6 +18,10 @@ pub const FLOOR_PER_SECOND: u64 = 64 * 1024;
 const BUCKETS: usize = 5;
 const BUCKET: Duration = Duration::from_millis(125);
 const FLOOR_PER_WINDOW: u64 = FLOOR_PER_SECOND / 2;
+/// Looking for a body to cut off reads every claim, so waiting requests do it
+/// at most this often between them, however many wait (each cut frees room
+/// for many deliveries).
+pub(super) const SEARCH_EVERY: Duration = Duration::from_millis(10);
 
 /// Which pools a request draws from: the whole budget, its source's share and
 /// its connection's share.
@@ -37,6 +41,8 @@ pub(super) struct Ledger {
     read: HashMap<Pool, u64>,
     pub(super) claims: HashMap<u64, Claim>,
     pub(super) next: u64,
+    /// When waiting requests last looked for a body to cut off.
+    last_search: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -201,7 +207,8 @@ impl Ledger {
 
     /// Claim `id` waits for `bytes` of room: cut off the body that holds the
     /// most among those arriving slower than the floor, past their grace, in
-    /// every pool that is too full for `bytes`. True if one was cut.
+    /// every pool that is too full for `bytes`, unless a waiting request
+    /// looked within `SEARCH_EVERY`. True if one was cut.
     pub(super) fn cut_slowest(
         &mut self,
         id: u64,
@@ -213,6 +220,13 @@ impl Ledger {
             return false;
         };
         waiter.phase = Phase::Waiting;
+        if self
+            .last_search
+            .is_some_and(|last| now.saturating_duration_since(last) < SEARCH_EVERY)
+        {
+            return false;
+        }
+        self.last_search = Some(now);
         let Some(waiter) = self.claims.get(&id) else {
             return false;
         };

@@ -128,7 +128,9 @@ impl BodyMemory {
             ledger.grant(id, bytes, now);
             return true;
         }
-        if ledger.cut_slowest(id, bytes, now, |p| self.capacity_of(p)) {
+        let cut = ledger.cut_slowest(id, bytes, now, |p| self.capacity_of(p));
+        drop(ledger);
+        if cut {
             metrics::counter!("hookbridge_body_cut_off_total").increment(1);
         }
         false

@@ -4,6 +4,13 @@ use super::*;
 
 const KIB: u64 = 1024;
 
+/// Room taken within a second of (paused) time, or the test fails rather
+/// than spin forever.
+async fn granted(take: impl std::future::Future<Output = bool>) {
+    let took = tokio::time::timeout(Duration::from_secs(1), take).await;
+    assert_eq!(took, Ok(true), "no room within a second");
+}
+
 fn conn() -> ConnectionId {
     ConnectionId::unattached()
 }
@@ -16,7 +23,7 @@ async fn a_declared_length_reserves_nothing() {
         .collect();
     assert_eq!(memory.held(), 0);
     let mut push = memory.room("github", conn(), 8 * KIB);
-    push.take(8 * KIB).await;
+    granted(push.take(8 * KIB)).await;
     assert_eq!(memory.held(), 8 * KIB);
     drop(push);
     assert_eq!(memory.held(), 0);
@@ -27,7 +34,7 @@ async fn one_source_or_connection_never_takes_the_whole_budget() {
     let memory = BodyMemory::new(64 * KIB);
     assert_eq!(memory.share(), 56 * KIB);
     let mut hog = memory.room("github", conn(), 56 * KIB);
-    hog.take(56 * KIB).await;
+    granted(hog.take(56 * KIB)).await;
     // Read in full, it waits for its commit: never a body to cut off.
     memory.finished(hog.id);
     // Another source still has the reserved eighth.
@@ -53,7 +60,7 @@ async fn one_source_or_connection_never_takes_the_whole_budget() {
 async fn a_stalled_body_is_cut_off_for_one_that_waits_after_its_grace() {
     let memory = BodyMemory::new(64 * KIB);
     let mut hog = memory.room("github", conn(), 100 * KIB);
-    hog.take(56 * KIB).await;
+    granted(hog.take(56 * KIB)).await;
     let mut push = memory.room("github", conn(), 8 * KIB);
     let waiting = {
         let mut push_take = Box::pin(push.take(8 * KIB));
@@ -85,23 +92,45 @@ async fn a_stalled_body_is_cut_off_for_one_that_waits_after_its_grace() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn however_many_wait_one_body_is_cut_per_search_interval() {
+    let memory = BodyMemory::new(64 * KIB);
+    let mut stalled = Vec::new();
+    for i in 0..7 {
+        let mut room = memory.room(&format!("s{i}"), conn(), 9 * KIB);
+        granted(room.take(8 * KIB)).await;
+        stalled.push(room);
+    }
+    tokio::time::sleep(ledger::GRACE * 2).await;
+    // A crowd of waiting requests, all at the same instant: one search.
+    let waiting: Vec<Room> = (0..50).map(|_| memory.room("github", conn(), 9 * KIB)).collect();
+    for room in &waiting {
+        assert!(!memory.try_grant(room.id, 9 * KIB));
+    }
+    let cut = || stalled.iter().filter(|r| r.cut.is_cancelled()).count();
+    assert_eq!(cut(), 1);
+    tokio::time::sleep(ledger::SEARCH_EVERY).await;
+    assert!(!memory.try_grant(waiting[0].id, 9 * KIB));
+    assert_eq!(cut(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn bodies_arriving_above_the_floor_or_read_in_full_are_never_cut() {
     let memory = BodyMemory::new(1024 * KIB);
     // One read in full and waiting for its commit, one arriving at
     // 160 KiB/s, and one from another source that needs more than is free.
     let mut read = memory.room("github", conn(), 500 * KIB);
-    assert!(read.take(500 * KIB).await);
+    granted(read.take(500 * KIB)).await;
     memory.finished(read.id);
     let mut steady = memory.room("github", conn(), 10_000 * KIB);
     for _ in 0..30 {
-        assert!(steady.take(4 * KIB).await);
+        granted(steady.take(4 * KIB)).await;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // 500 KiB no longer fit beside the two: it waits.
     let mut push = memory.room("gitlab", conn(), 500 * KIB);
     let mut push_take = Box::pin(push.take(500 * KIB));
     for _ in 0..30 {
-        assert!(steady.take(4 * KIB).await);
+        granted(steady.take(4 * KIB)).await;
         assert!(
             tokio::time::timeout(Duration::from_millis(25), push_take.as_mut())
                 .await
@@ -130,18 +159,18 @@ async fn bodies_arriving_above_the_floor_or_read_in_full_are_never_cut() {
 async fn waiting_for_room_restarts_the_grace() {
     let memory = BodyMemory::new(64 * KIB);
     let mut first = memory.room("a", conn(), 56 * KIB);
-    first.take(40 * KIB).await;
+    granted(first.take(40 * KIB)).await;
     memory.finished(first.id);
     // Needs 30 KiB more than is free: waits for the first one to end.
     let mut second = memory.room("b", conn(), 40 * KIB);
-    second.take(8 * KIB).await;
+    granted(second.take(8 * KIB)).await;
     assert!(
         tokio::time::timeout(Duration::from_secs(3), second.take(24 * KIB))
             .await
             .is_err()
     );
     drop(first);
-    assert!(second.take(24 * KIB).await);
+    granted(second.take(24 * KIB)).await;
     // Three seconds of waiting are not held against it: a newcomer that
     // waits now cannot cut it off before its grace is over again.
     let mut third = memory.room("c", conn(), 40 * KIB);
@@ -171,7 +200,7 @@ async fn partly_read_bodies_never_deadlock() {
         let mut room = memory.room(&format!("s{i}"), conn(), 10 * KIB);
         tasks.spawn(async move {
             for _ in 0..5 {
-                room.take(2 * KIB).await;
+                granted(room.take(2 * KIB)).await;
                 tokio::task::yield_now().await;
             }
             // Answered: the room goes back.
