@@ -9,8 +9,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A body may be cut off for room only once it has been read for this long
-/// (since its first byte, or since it last waited for room).
+/// (time spent waiting for room not counted).
 pub(super) const GRACE: Duration = Duration::from_millis(500);
+/// A body that holds room and waits for more is spared for its pace before
+/// the wait only this long: otherwise a sender could send fast, then send one
+/// byte more whenever the budget is full, and sit on what it holds.
+pub(super) const WAIT_LIMIT: Duration = Duration::from_millis(500);
 /// While others wait for room, a body arriving slower than this is cut off.
 pub const FLOOR_PER_SECOND: u64 = 64 * 1024;
 /// How the pace is measured: bytes in the current 125 ms slice and the four
@@ -49,7 +53,7 @@ pub(super) struct Ledger {
 pub(super) enum Phase {
     /// Its bytes are arriving (or not: that is the sender's doing).
     Reading,
-    /// It waits for room; the sender is not to blame for the pause.
+    /// It waits for room; its pace is judged as it was before the wait.
     Waiting,
     /// Read in full, held until its answer.
     Read,
@@ -79,18 +83,25 @@ impl Claim {
         }
     }
 
-    /// Reading, past its grace, slower than the floor, and not already cut.
+    /// Holding room, not read in full, not already cut, and either slower
+    /// than the floor past its grace or waiting for room for too long.
     fn slow(&self, now: Instant) -> bool {
-        self.held > 0 && self.phase == Phase::Reading && !self.cut.is_cancelled() && self.pace.slow(now)
+        self.held > 0 && self.phase != Phase::Read && !self.cut.is_cancelled() && self.pace.slow(now)
     }
 }
 
 /// How fast a body has been arriving lately: bytes per 125 ms slice over the
-/// current slice and the four before it.
+/// current slice and the four before it, on a clock that stops while the
+/// body waits for room (the sender is not to blame for that pause, and its
+/// pace before the wait is what it is judged by meanwhile).
 #[derive(Clone, Debug)]
 pub(super) struct Pace {
     since: Instant,
-    /// The index of the newest slice written, counted from `since`.
+    /// Time spent waiting for room, left off the clock.
+    waited: Duration,
+    /// Set while waiting for room.
+    waiting_since: Option<Instant>,
+    /// The index of the newest slice written, counted on the clock.
     last: u64,
     bytes: [u64; BUCKETS],
 }
@@ -99,13 +110,34 @@ impl Pace {
     pub(super) fn new(now: Instant) -> Pace {
         Pace {
             since: now,
+            waited: Duration::ZERO,
+            waiting_since: None,
             last: 0,
             bytes: [0; BUCKETS],
         }
     }
 
+    pub(super) fn wait(&mut self, now: Instant) {
+        self.waiting_since.get_or_insert(now);
+    }
+
+    pub(super) fn resume(&mut self, now: Instant) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited = self.waited.saturating_add(now.saturating_duration_since(since));
+        }
+    }
+
+    /// Time spent reading (not waiting for room) up to `now`.
+    fn reading(&self, now: Instant) -> Duration {
+        self.waiting_since
+            .unwrap_or(now)
+            .min(now)
+            .saturating_duration_since(self.since)
+            .saturating_sub(self.waited)
+    }
+
     fn slice(&self, now: Instant) -> u64 {
-        let elapsed = now.saturating_duration_since(self.since).as_nanos();
+        let elapsed = self.reading(now).as_nanos();
         u64::try_from(elapsed / BUCKET.as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -132,7 +164,11 @@ impl Pace {
     }
 
     fn slow(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.since) >= GRACE && self.recent(now) < FLOOR_PER_WINDOW
+        let too_slow = self.reading(now) >= GRACE && self.recent(now) < FLOOR_PER_WINDOW;
+        let waited_too_long = self
+            .waiting_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= WAIT_LIMIT);
+        too_slow || waited_too_long
     }
 }
 
@@ -192,11 +228,7 @@ impl Ledger {
         };
         claim.held = claim.held.saturating_add(bytes);
         claim.need = claim.need.saturating_sub(bytes);
-        if claim.phase == Phase::Waiting {
-            // Time spent waiting for room is not the sender's: its grace
-            // starts again.
-            claim.pace = Pace::new(now);
-        }
+        claim.pace.resume(now);
         claim.phase = Phase::Reading;
         claim.pace.record(now, bytes);
         for pool in &claim.pools {
@@ -220,6 +252,7 @@ impl Ledger {
             return false;
         };
         waiter.phase = Phase::Waiting;
+        waiter.pace.wait(now);
         if self
             .last_search
             .is_some_and(|last| now.saturating_duration_since(last) < SEARCH_EVERY)
@@ -299,6 +332,17 @@ mod tests {
         let end = start + Duration::from_millis(3_000);
         assert!(trickle.slow(end));
         assert!(!steady.slow(end));
+        // Waiting for room stops the clock: the pace before the wait holds,
+        // until the wait itself is too long.
+        let mut fast = Pace::new(start);
+        fast.record(start, 40 * 1024);
+        fast.wait(start + Duration::from_millis(100));
+        let later = start + Duration::from_millis(100) + WAIT_LIMIT - Duration::from_millis(1);
+        assert!(!fast.slow(later));
+        assert!(fast.slow(later + Duration::from_millis(1)));
+        fast.resume(start + Duration::from_secs(2));
+        assert_eq!(fast.recent(start + Duration::from_secs(2)), 40 * 1024);
+        assert!(!fast.slow(start + Duration::from_secs(2)));
         // Long gaps clear every slice, whatever their length.
         trickle.record(start + Duration::from_secs(3_600), 1);
         assert_eq!(trickle.recent(start + Duration::from_secs(3_600)), 1);

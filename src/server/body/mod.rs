@@ -19,10 +19,14 @@
 //! - Room is not held by the slow at the expense of the waiting: while a
 //!   request waits for room, the body holding the most among those that have
 //!   been read for half a second and arrived at under 64 KiB/s over the last
-//!   half second is cut off (`408`), one per attempt, until the waiting one
-//!   fits. Senders that send a lot and then stall, or trickle, cannot keep a
-//!   signed delivery waiting for more than about that half second. Stalled
-//!   senders are cut off by `[server] body_idle_timeout` in any case.
+//!   half second, or that have themselves waited for more room for half a
+//!   second, is cut off (`408`), one per search (at most one search every
+//!   10 ms), until the waiting one fits. Time spent waiting for room is left
+//!   off a body's clock: it is judged by its pace before the wait. Senders
+//!   that send a lot and then stall, trickle, or send a byte whenever the
+//!   budget is full cannot keep a signed delivery waiting for more than about
+//!   that half second. Stalled senders are cut off by
+//!   `[server] body_idle_timeout` in any case.
 //!
 //! Memory held is therefore at most `body_memory`, plus at most one network
 //! read per request that is waiting for room.

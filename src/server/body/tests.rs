@@ -156,37 +156,76 @@ async fn bodies_arriving_above_the_floor_or_read_in_full_are_never_cut() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn waiting_for_room_restarts_the_grace() {
+async fn a_fast_body_waiting_for_room_is_spared_only_for_the_wait_limit() {
+    let memory = BodyMemory::new(128 * KIB);
+    let mut read = memory.room("a", conn(), 80 * KIB);
+    granted(read.take(80 * KIB)).await;
+    memory.finished(read.id);
+    // 40 KiB at once, then 16 KiB more that do not fit: it waits.
+    let mut fast = memory.room("b", conn(), 56 * KIB);
+    granted(fast.take(40 * KIB)).await;
+    let fast_cut = fast.cut.clone();
+    let mut fast_take = Box::pin(fast.take(16 * KIB));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), fast_take.as_mut())
+            .await
+            .is_err()
+    );
+    // Another waits too, and looks for a body to cut off: not the fast one,
+    // not yet.
+    let mut other = memory.room("c", conn(), 16 * KIB);
+    let mut other_take = Box::pin(other.take(16 * KIB));
+    let both = async {
+        tokio::select! {
+            _ = fast_take.as_mut() => {}
+            _ = other_take.as_mut() => {}
+        }
+    };
+    assert!(
+        tokio::time::timeout(ledger::WAIT_LIMIT - Duration::from_millis(150), both)
+            .await
+            .is_err()
+    );
+    assert!(!fast_cut.is_cancelled());
+    // Waiting past the limit while it holds room: cut off.
+    let _ = tokio::time::timeout(RECHECK * 3, other_take.as_mut()).await;
+    assert!(fast_cut.is_cancelled());
+    assert!(!read.cut.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_body_waiting_for_room_is_cut_at_once() {
     let memory = BodyMemory::new(64 * KIB);
-    let mut first = memory.room("a", conn(), 56 * KIB);
-    granted(first.take(40 * KIB)).await;
-    memory.finished(first.id);
-    // Needs 30 KiB more than is free: waits for the first one to end.
-    let mut second = memory.room("b", conn(), 40 * KIB);
-    granted(second.take(8 * KIB)).await;
+    let mut slow = memory.room("a", conn(), 60 * KIB);
+    granted(slow.take(8 * KIB)).await;
+    let mut read = memory.room("b", conn(), 56 * KIB);
+    granted(read.take(56 * KIB)).await;
+    memory.finished(read.id);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let slow_cut = slow.cut.clone();
+    // A byte more when the budget is full: it waits, judged by its pace.
+    let mut slow_take = Box::pin(slow.take(1));
     assert!(
-        tokio::time::timeout(Duration::from_secs(3), second.take(24 * KIB))
+        tokio::time::timeout(Duration::from_millis(1), slow_take.as_mut())
             .await
             .is_err()
     );
-    drop(first);
-    granted(second.take(24 * KIB)).await;
-    // Three seconds of waiting are not held against it: a newcomer that
-    // waits now cannot cut it off before its grace is over again.
-    let mut third = memory.room("c", conn(), 40 * KIB);
-    let mut third_take = Box::pin(third.take(40 * KIB));
+    let mut push = memory.room("c", conn(), 8 * KIB);
+    let mut push_take = Box::pin(push.take(8 * KIB));
+    // (Its first search may fall within 10 ms of the slow one's own.)
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), third_take.as_mut())
+        tokio::time::timeout(RECHECK + ledger::SEARCH_EVERY, push_take.as_mut())
             .await
             .is_err()
     );
-    assert!(!second.cut.is_cancelled());
-    assert!(
-        tokio::time::timeout(Duration::from_secs(1), third_take.as_mut())
-            .await
-            .is_err()
+    assert!(slow_cut.is_cancelled(), "cut while it waited");
+    // Its take gives up, and once its request ends the push has room.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_millis(1), slow_take).await,
+        Ok(false)
     );
-    assert!(second.cut.is_cancelled(), "cut once its new grace was over");
+    drop(slow);
+    granted(push_take).await;
 }
 
 #[tokio::test(start_paused = true)]
