@@ -2,7 +2,7 @@
 //! pool, whether a grant keeps every body able to finish, and which body to
 //! cut off when others wait for room.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,9 +22,9 @@ pub const FLOOR_PER_SECOND: u64 = 64 * 1024;
 const BUCKETS: usize = 5;
 const BUCKET: Duration = Duration::from_millis(125);
 const FLOOR_PER_WINDOW: u64 = FLOOR_PER_SECOND / 2;
-/// Looking for a body to cut off reads every claim, so waiting requests do it
-/// at most this often between them, however many wait (each cut frees room
-/// for many deliveries).
+/// Looking for a body to cut off reads every claim. A search that found one
+/// is not repeated until its room comes back; one that found none is not
+/// repeated within this, however many requests wait.
 pub(super) const SEARCH_EVERY: Duration = Duration::from_millis(10);
 
 /// Which pools a request draws from: the whole budget, its source's share and
@@ -45,8 +45,13 @@ pub(super) struct Ledger {
     read: HashMap<Pool, u64>,
     pub(super) claims: HashMap<u64, Claim>,
     pub(super) next: u64,
-    /// When waiting requests last looked for a body to cut off.
-    last_search: Option<Instant>,
+    /// Requests holding nothing that wait for room, per source pool, in
+    /// arrival order: a newer one is not served before them.
+    queue: HashMap<Pool, BTreeSet<u64>>,
+    /// Bodies cut off whose room has not come back yet.
+    cut_pending: HashSet<u64>,
+    /// When a search for a body to cut off last found none.
+    last_empty_search: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -189,12 +194,33 @@ impl Ledger {
         let Some(claim) = self.claims.get(&id) else {
             return false;
         };
+        if claim.held == 0 && self.queued_before(id, &claim.pools) {
+            return false;
+        }
         let need = claim.need.saturating_sub(bytes);
-        claim.pools.iter().all(|pool| {
-            capacity_of(pool)
-                .saturating_sub(self.held_in(pool))
-                .checked_sub(bytes)
-                .is_some_and(|free| free.saturating_add(self.read_in(pool)) >= need)
+        claim
+            .pools
+            .iter()
+            .all(|pool| self.fits(pool, bytes, need, &capacity_of))
+    }
+
+    /// Whether `pool` has room for `bytes` now and, counting what bodies read
+    /// in full will give back, for `need` more after them.
+    fn fits(&self, pool: &Pool, bytes: u64, need: u64, capacity_of: &impl Fn(&Pool) -> u64) -> bool {
+        capacity_of(pool)
+            .saturating_sub(self.held_in(pool))
+            .checked_sub(bytes)
+            .is_some_and(|free| free.saturating_add(self.read_in(pool)) >= need)
+    }
+
+    /// Whether an older request holding nothing waits for room in the same
+    /// source.
+    fn queued_before(&self, id: u64, pools: &[Pool; 3]) -> bool {
+        pools.iter().any(|pool| {
+            self.queue
+                .get(pool)
+                .and_then(|ids| ids.first())
+                .is_some_and(|first| *first < id)
         })
     }
 
@@ -226,22 +252,38 @@ impl Ledger {
         let Some(claim) = self.claims.get_mut(&id) else {
             return;
         };
+        debug_assert!(
+            claim.phase != Phase::Read,
+            "a body read in full takes no more room"
+        );
         claim.held = claim.held.saturating_add(bytes);
         claim.need = claim.need.saturating_sub(bytes);
         claim.pace.resume(now);
-        claim.phase = Phase::Reading;
         claim.pace.record(now, bytes);
+        claim.phase = Phase::Reading;
         for pool in &claim.pools {
             let held = self.held.entry(pool.clone()).or_default();
             *held = held.saturating_add(bytes);
         }
+        let source = claim.pools[1].clone();
+        self.dequeue(&source, id);
     }
 
-    /// Claim `id` waits for `bytes` of room: cut off the body that holds the
-    /// most among those arriving slower than the floor, past their grace, in
-    /// every pool that is too full for `bytes`, unless a waiting request
-    /// looked within `SEARCH_EVERY`. True if one was cut.
-    pub(super) fn cut_slowest(
+    fn dequeue(&mut self, source: &Pool, id: u64) {
+        if let Some(ids) = self.queue.get_mut(source) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.queue.remove(source);
+            }
+        }
+    }
+
+    /// Claim `id` waits for `bytes` of room: queue it if it holds nothing,
+    /// and cut off the body that holds the most among the slow ones (see
+    /// [`Claim::slow`]) in every pool that keeps `bytes` from being granted,
+    /// unless a cut is already on its way or a search within `SEARCH_EVERY`
+    /// found none. True if one was cut.
+    pub(super) fn wait_and_cut(
         &mut self,
         id: u64,
         bytes: u64,
@@ -251,34 +293,44 @@ impl Ledger {
         let Some(waiter) = self.claims.get_mut(&id) else {
             return false;
         };
-        waiter.phase = Phase::Waiting;
-        waiter.pace.wait(now);
-        if self
-            .last_search
-            .is_some_and(|last| now.saturating_duration_since(last) < SEARCH_EVERY)
-        {
+        if waiter.phase != Phase::Read {
+            waiter.phase = Phase::Waiting;
+            waiter.pace.wait(now);
+        }
+        if waiter.held == 0 {
+            self.queue.entry(waiter.pools[1].clone()).or_default().insert(id);
+        }
+        let recently_empty = self
+            .last_empty_search
+            .is_some_and(|last| now.saturating_duration_since(last) < SEARCH_EVERY);
+        if !self.cut_pending.is_empty() || recently_empty {
             return false;
         }
-        self.last_search = Some(now);
         let Some(waiter) = self.claims.get(&id) else {
             return false;
         };
-        let full: Vec<&Pool> = waiter
+        let need = waiter.need.saturating_sub(bytes);
+        let binding: Vec<&Pool> = waiter
             .pools
             .iter()
-            .filter(|p| self.held_in(p).saturating_add(bytes) > capacity_of(p))
+            .filter(|p| !self.fits(p, bytes, need, &capacity_of))
             .collect();
         let victim = self
             .claims
             .iter()
-            .filter(|(other, c)| **other != id && c.slow(now) && full.iter().all(|p| c.pools.contains(p)))
-            .max_by_key(|(_, c)| c.held);
+            .filter(|(other, c)| **other != id && c.slow(now) && binding.iter().all(|p| c.pools.contains(p)))
+            .max_by_key(|(_, c)| c.held)
+            .map(|(victim, c)| (*victim, c.cut.clone()));
         match victim {
-            Some((_, claim)) => {
-                claim.cut.cancel();
+            Some((victim, cut)) => {
+                cut.cancel();
+                self.cut_pending.insert(victim);
                 true
             }
-            None => false,
+            None => {
+                self.last_empty_search = Some(now);
+                false
+            }
         }
     }
 
@@ -287,6 +339,8 @@ impl Ledger {
         let Some(claim) = self.claims.remove(&id) else {
             return false;
         };
+        self.cut_pending.remove(&id);
+        self.dequeue(&claim.pools[1], id);
         if claim.held == 0 {
             return false;
         }

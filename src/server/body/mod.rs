@@ -11,25 +11,26 @@
 //! - One connection, and one source, can hold at most a share of the budget
 //!   (all of it less an eighth kept for the others).
 //! - A grant is made only if the request could then still finish with the
-//!   room left once the bodies already read in full are answered. So some
-//!   request holding room can always finish, and requests that are already
-//!   partly read never wait on each other in a cycle (no deadlock under
-//!   bursts of large bodies); the check is a few additions, however many
-//!   bodies are in progress.
+//!   room left once the bodies already read in full are answered. So the
+//!   requests holding room can always all finish, one after another, and
+//!   requests that are already partly read never wait on each other in a
+//!   cycle (no deadlock under bursts of large bodies); the check is a few
+//!   additions, however many bodies are in progress.
 //! - Room is not held by the slow at the expense of the waiting: while a
 //!   request waits for room, the body holding the most among those that have
 //!   been read for half a second and arrived at under 64 KiB/s over the last
 //!   half second, or that have themselves waited for more room for half a
-//!   second, is cut off (`408`), one per search (at most one search every
-//!   10 ms), until the waiting one fits. Time spent waiting for room is left
-//!   off a body's clock: it is judged by its pace before the wait. Senders
-//!   that send a lot and then stall, trickle, or send a byte whenever the
-//!   budget is full cannot keep a signed delivery waiting for more than about
-//!   that half second. Stalled senders are cut off by
-//!   `[server] body_idle_timeout` in any case.
+//!   second, is cut off (`408`) in the pools that keep the waiting one out;
+//!   then, as soon as its room is back, the next, until the waiting one
+//!   fits. Time spent waiting for room is left off a body's clock: it is
+//!   judged by its pace before the wait. Requests that hold nothing yet are
+//!   served in arrival order within a source, so room freed for a waiting
+//!   delivery is not taken by senders that arrive after it. Stalled senders
+//!   are cut off by `[server] body_idle_timeout` in any case.
 //!
-//! Memory held is therefore at most `body_memory`, plus at most one network
-//! read per request that is waiting for room.
+//! Body bytes held are therefore at most `body_memory`, plus at most one
+//! network read per request that is waiting for room; the buffers holding
+//! them grow by doubling, so their capacity may reach twice that.
 
 mod ledger;
 
@@ -132,7 +133,7 @@ impl BodyMemory {
             ledger.grant(id, bytes, now);
             return true;
         }
-        let cut = ledger.cut_slowest(id, bytes, now, |p| self.capacity_of(p));
+        let cut = ledger.wait_and_cut(id, bytes, now, |p| self.capacity_of(p));
         drop(ledger);
         if cut {
             metrics::counter!("hookbridge_body_cut_off_total").increment(1);
@@ -148,6 +149,8 @@ impl BodyMemory {
 
     fn finished(&self, id: u64) {
         self.lock().finish(id);
+        // What it holds now counts as coming back: a waiting grant may pass.
+        self.released.notify_waiters();
     }
 
     #[cfg(test)]
@@ -184,8 +187,13 @@ impl Room {
                 return true;
             }
             self.waiting = true;
-            // A slow body may become one to cut off without any release.
-            let _ = tokio::time::timeout(RECHECK, released).await;
+            // A slow body may become one to cut off without any release;
+            // and this one may be cut off itself while it waits.
+            tokio::select! {
+                () = released => {}
+                () = self.cut.cancelled() => return false,
+                () = tokio::time::sleep(RECHECK) => {}
+            }
         }
     }
 }
