@@ -252,6 +252,42 @@ async fn senders_that_fill_body_memory_and_stall_are_cut_off_for_a_signed_delive
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_senders_arriving_all_the_time_do_not_take_the_room_freed_for_a_delivery() {
+    // 224 stalled bodies of 4 KiB fill one source's share; meanwhile a new
+    // one arrives every 100 ms, each ready to take the 4 KiB a cut frees
+    // (a signed push needs 9 KB).
+    let server = Server::start(r#"body_memory = "1MiB""#).await;
+    let mut stalled = Vec::new();
+    for _ in 0..224 {
+        stalled.push(server.stall(4097, 4096).await);
+    }
+    let stream = {
+        let hooks = server.hooks;
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut conn = TcpStream::connect(hooks).await.unwrap();
+                let head = "POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n\
+                            X-Hub-Signature-256: sha256=00\r\nContent-Length: 4097\r\n\r\n";
+                conn.write_all(head.as_bytes()).await.unwrap();
+                conn.write_all(&[b' '; 4096]).await.unwrap();
+                open.push(conn);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for i in 0..3 {
+        let (status, took) = server.signed_push(&format!("amid-arrivals-{i}")).await;
+        assert_eq!(status, 202);
+        assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    }
+    stream.abort();
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_trickling_senders_hold_back_no_signed_delivery() {
     // 300 connections, each 3 KiB into a body 200 bytes longer and then a
     // byte every 100 ms (never idle long enough for body_idle_timeout):
