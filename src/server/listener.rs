@@ -39,6 +39,9 @@ use super::body::ConnectionId;
 const FD_RESERVE: u64 = 128;
 /// Never raise the soft limit beyond this, even when the hard one is unlimited.
 const FD_CEILING: u64 = 1 << 20;
+/// HTTP/2 flow-control windows, per connection and per stream: the
+/// protocol's initial value.
+const H2_WINDOW: u32 = 65_535;
 
 /// The connections both listeners may hold open, together.
 pub struct Connections {
@@ -223,7 +226,15 @@ async fn connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.idle);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 reads DATA frames ahead of the handler up to its flow-control
+    // windows, outside `[server] body_memory`: keep them at the protocol's
+    // default (64 KiB a connection) instead of hyper's 1 MiB, so an
+    // unauthenticated connection buffers no more than a socket does.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_connection_window_size(H2_WINDOW)
+        .initial_stream_window_size(H2_WINDOW);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut closing = false;

@@ -279,7 +279,8 @@ impl Ledger {
     }
 
     /// Claim `id` waits for `bytes` of room: queue it if it holds nothing,
-    /// and cut off the body that holds the most among the slow ones (see
+    /// and cut off the slowest of the slow ones, the one holding the most
+    /// among equals (see
     /// [`Claim::slow`]) in every pool that keeps `bytes` from being granted,
     /// unless a cut is already on its way or a search within `SEARCH_EVERY`
     /// found none. True if one was cut.
@@ -319,7 +320,9 @@ impl Ledger {
             .claims
             .iter()
             .filter(|(other, c)| **other != id && c.slow(now) && binding.iter().all(|p| c.pools.contains(p)))
-            .max_by_key(|(_, c)| c.held)
+            // The slowest first (a sender that stopped before one that is
+            // merely slow), then the one holding the most.
+            .min_by_key(|(_, c)| (c.pace.recent(now), std::cmp::Reverse(c.held)))
             .map(|(victim, c)| (*victim, c.cut.clone()));
         match victim {
             Some((victim, cut)) => {

@@ -17,7 +17,8 @@
 //!   cycle (no deadlock under bursts of large bodies); the check is a few
 //!   additions, however many bodies are in progress.
 //! - Room is not held by the slow at the expense of the waiting: while a
-//!   request waits for room, the body holding the most among those that have
+//!   request waits for room, the slowest body (the one holding the most
+//!   among equals) among those that have
 //!   been read for half a second and arrived at under 64 KiB/s over the last
 //!   half second, or that have themselves waited for more room for half a
 //!   second, is cut off (`408`) in the pools that keep the waiting one out;

@@ -127,6 +127,28 @@ async fn waiters_cut_one_body_at_a_time_and_newcomers_queue_behind_them() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_sender_that_stopped_is_cut_before_one_that_is_merely_slow() {
+    let memory = BodyMemory::new(64 * KIB);
+    let mut stopped = memory.room("a", conn(), 20 * KIB);
+    granted(stopped.take(8 * KIB)).await;
+    let mut slow = memory.room("b", conn(), 48 * KIB);
+    granted(slow.take(40 * KIB)).await;
+    // The slow one keeps coming at 8 KiB/s, under the floor; the other
+    // sends nothing more.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(125)).await;
+        granted(slow.take(KIB)).await;
+    }
+    let mut push = memory.room("c", conn(), 16 * KIB);
+    let _ = tokio::time::timeout(Duration::from_millis(1), push.take(16 * KIB)).await;
+    assert!(
+        stopped.cut.is_cancelled(),
+        "the stopped one, though it holds less"
+    );
+    assert!(!slow.cut.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
 async fn bodies_arriving_above_the_floor_or_read_in_full_are_never_cut() {
     let memory = BodyMemory::new(1024 * KIB);
     // One read in full and waiting for its commit, one arriving at
