@@ -183,13 +183,14 @@ impl Ledger {
     /// read in full will give back, still has room for the rest of its claim.
     ///
     /// That keeps one thing true at every moment: once the bodies read in
-    /// full have been answered, some request holding room can finish with
-    /// the room that is free (so partly read bodies never wait on each other
-    /// in a cycle). It holds with nothing held; a release or a body read in
-    /// full only adds room; and after such a grant the bodies read in full
-    /// can go first, then this request, which gives back more than it took,
-    /// and then the others in the order they could before. The check costs
-    /// the same with ten bodies in progress or ten thousand.
+    /// full have been answered, the requests holding room can all finish,
+    /// one after another, each with the room then free (so partly read
+    /// bodies never wait on each other in a cycle). It holds with nothing
+    /// held; a release or a body read in full only adds room; and after such
+    /// a grant the bodies read in full can go first, then this request,
+    /// which gives back more than it took, and then the others in the order
+    /// they could before. The check costs the same with ten bodies in
+    /// progress or ten thousand.
     pub(super) fn may_grant(&self, id: u64, bytes: u64, capacity_of: impl Fn(&Pool) -> u64) -> bool {
         let Some(claim) = self.claims.get(&id) else {
             return false;
@@ -241,6 +242,9 @@ impl Ledger {
             let read = self.read.entry(pool.clone()).or_default();
             *read = read.saturating_add(claim.held);
         }
+        // Cut as its last bytes came in: its room comes back at its answer
+        // anyway, and the next search need not wait for that commit.
+        self.cut_pending.remove(&id);
     }
 
     pub(super) fn held_in(&self, pool: &Pool) -> u64 {
@@ -279,11 +283,11 @@ impl Ledger {
     }
 
     /// Claim `id` waits for `bytes` of room: queue it if it holds nothing,
-    /// and cut off the slowest of the slow ones, the one holding the most
-    /// among equals (see
-    /// [`Claim::slow`]) in every pool that keeps `bytes` from being granted,
-    /// unless a cut is already on its way or a search within `SEARCH_EVERY`
-    /// found none. True if one was cut.
+    /// and cut off the slowest of the slow ones (see [`Claim::slow`]), the
+    /// one holding the most among equals, in every pool that keeps `bytes`
+    /// from being granted, unless a cut is already on its way, a search
+    /// within `SEARCH_EVERY` found none, or only older waiters keep it out
+    /// (the first of them searches). True if one was cut.
     pub(super) fn wait_and_cut(
         &mut self,
         id: u64,
@@ -316,6 +320,9 @@ impl Ledger {
             .iter()
             .filter(|p| !self.fits(p, bytes, need, &capacity_of))
             .collect();
+        if binding.is_empty() {
+            return false;
+        }
         let victim = self
             .claims
             .iter()

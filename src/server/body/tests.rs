@@ -149,6 +149,26 @@ async fn a_sender_that_stopped_is_cut_before_one_that_is_merely_slow() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_cut_body_that_was_read_in_full_meanwhile_does_not_hold_up_the_next_cut() {
+    let memory = BodyMemory::new(64 * KIB);
+    let mut stalled = Vec::new();
+    for i in 0..7 {
+        let mut room = memory.room(&format!("s{i}"), conn(), 8 * KIB + 1);
+        granted(room.take(8 * KIB)).await;
+        stalled.push(room);
+    }
+    tokio::time::sleep(ledger::GRACE * 2).await;
+    let waiter = memory.room("github", conn(), 16 * KIB);
+    assert!(!memory.try_grant(waiter.id, 16 * KIB));
+    let cut: Vec<&Room> = stalled.iter().filter(|r| r.cut.is_cancelled()).collect();
+    assert_eq!(cut.len(), 1);
+    // Its last byte came in as it was cut: it goes on to its commit.
+    memory.finished(cut[0].id);
+    assert!(!memory.try_grant(waiter.id, 16 * KIB));
+    assert_eq!(stalled.iter().filter(|r| r.cut.is_cancelled()).count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn bodies_arriving_above_the_floor_or_read_in_full_are_never_cut() {
     let memory = BodyMemory::new(1024 * KIB);
     // One read in full and waiting for its commit, one arriving at
