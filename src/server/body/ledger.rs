@@ -273,13 +273,16 @@ impl Ledger {
         self.dequeue(&source, id);
     }
 
-    fn dequeue(&mut self, source: &Pool, id: u64) {
-        if let Some(ids) = self.queue.get_mut(source) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                self.queue.remove(source);
-            }
+    /// Take claim `id` out of its source's queue; true if it was in it.
+    fn dequeue(&mut self, source: &Pool, id: u64) -> bool {
+        let Some(ids) = self.queue.get_mut(source) else {
+            return false;
+        };
+        let was = ids.remove(&id);
+        if ids.is_empty() {
+            self.queue.remove(source);
         }
+        was
     }
 
     /// Claim `id` waits for `bytes` of room: queue it if it holds nothing,
@@ -344,15 +347,16 @@ impl Ledger {
         }
     }
 
-    /// Forget claim `id`; true if it held anything (so waiters may proceed).
+    /// Forget claim `id`; true if it held anything or was queued (so
+    /// waiters may proceed).
     pub(super) fn release(&mut self, id: u64) -> bool {
         let Some(claim) = self.claims.remove(&id) else {
             return false;
         };
         self.cut_pending.remove(&id);
-        self.dequeue(&claim.pools[1], id);
+        let was_queued = self.dequeue(&claim.pools[1], id);
         if claim.held == 0 {
-            return false;
+            return was_queued;
         }
         let read = claim.phase == Phase::Read;
         for pool in &claim.pools {

@@ -169,6 +169,33 @@ async fn a_cut_body_that_was_read_in_full_meanwhile_does_not_hold_up_the_next_cu
 }
 
 #[tokio::test(start_paused = true)]
+async fn when_the_first_waiter_gives_up_the_next_one_is_served_at_once() {
+    let memory = BodyMemory::new(64 * KIB);
+    let mut read = memory.room("github", conn(), 50 * KIB);
+    granted(read.take(50 * KIB)).await;
+    memory.finished(read.id);
+    // The first waiter needs more than is free; the second would fit, but
+    // waits its turn.
+    let mut first = memory.room("github", conn(), 20 * KIB);
+    let mut second = memory.room("github", conn(), 4 * KIB);
+    assert!(!memory.try_grant(first.id, 20 * KIB));
+    let mut second_take = Box::pin(second.take(4 * KIB));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), second_take.as_mut())
+            .await
+            .is_err()
+    );
+    // The first one's request ends (its sender gave up): the second one is
+    // woken and served, well before the next recheck.
+    first.waiting = false;
+    drop(first);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_millis(1), second_take).await,
+        Ok(true)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn bodies_arriving_above_the_floor_or_read_in_full_are_never_cut() {
     let memory = BodyMemory::new(1024 * KIB);
     // One read in full and waiting for its commit, one arriving at
