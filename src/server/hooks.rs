@@ -138,11 +138,11 @@ async fn handle(
         }
         Ok(Err(ReadError::TooSlow)) => {
             count(&name, "invalid");
-            info!("body arriving too slowly while others waited for room; connection closed");
+            info!("body cut off for room (too slow, or waiting while holding room); connection closed");
             return closing(error(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
-                    "the body arrived slower than {} per second while other webhooks waited for memory ([server] body_memory); the request was cut off",
+                    "the request was cut off to make room for other webhooks ([server] body_memory): its body arrived slower than {} per second, or waited for room while holding part of it",
                     ByteSize(super::body::FLOOR_PER_SECOND)
                 ),
             ));
