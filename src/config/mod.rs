@@ -263,7 +263,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     }
     let source_names: Vec<&str> = raw.sources.keys().map(|k| k.get_ref().as_str()).collect();
     let rules = crate::rules::build(&raw.rules, &source_names, &raw.targets, &targets, loader);
-    let lease = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
+    let (lease, lease_ahead) = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
     let dispatch = DispatchSettings {
         concurrency: raw
             .dispatch
@@ -271,8 +271,8 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
             .as_ref()
             .map_or(16, |c| *c.get_ref() as usize)
             .max(1),
-        lease: lease.0,
-        lease_ahead: lease.1,
+        lease,
+        lease_ahead,
     };
 
     Some(Config {

@@ -54,23 +54,15 @@ pub(super) struct Ledger {
     last_empty_search: Option<Instant>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Phase {
-    /// Its bytes are arriving (or not: that is the sender's doing).
-    Reading,
-    /// It waits for room; its pace is judged as it was before the wait.
-    Waiting,
-    /// Read in full, held until its answer.
-    Read,
-}
-
 pub(super) struct Claim {
     pub(super) pools: [Pool; 3],
     pub(super) held: u64,
     /// Bytes it may still need: its declared length (or its share when it
     /// declared none) less what it has received.
     pub(super) need: u64,
-    pub(super) phase: Phase,
+    /// Read in full, held until its answer (whether it waits for room is
+    /// its pace's to know).
+    pub(super) read_in_full: bool,
     pub(super) pace: Pace,
     /// Cancelled to cut the request off for room.
     pub(super) cut: CancellationToken,
@@ -82,7 +74,7 @@ impl Claim {
             pools,
             held: 0,
             need,
-            phase: Phase::Reading,
+            read_in_full: false,
             pace: Pace::new(now),
             cut: CancellationToken::new(),
         }
@@ -91,7 +83,28 @@ impl Claim {
     /// Holding room, not read in full, not already cut, and either slower
     /// than the floor past its grace or waiting for room for too long.
     fn slow(&self, now: Instant) -> bool {
-        self.held > 0 && self.phase != Phase::Read && !self.cut.is_cancelled() && self.pace.slow(now)
+        self.held > 0 && !self.read_in_full && !self.cut.is_cancelled() && self.pace.slow(now)
+    }
+
+    /// The pool of the source it was sent to.
+    fn source(&self) -> &Pool {
+        &self.pools[1]
+    }
+}
+
+/// Add `n` to `pool`'s count.
+fn add(counts: &mut HashMap<Pool, u64>, pool: &Pool, n: u64) {
+    let count = counts.entry(pool.clone()).or_default();
+    *count = count.saturating_add(n);
+}
+
+/// Take `n` from `pool`'s count, dropping the count once it is nothing.
+fn subtract(counts: &mut HashMap<Pool, u64>, pool: &Pool, n: u64) {
+    if let Some(count) = counts.get_mut(pool) {
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            counts.remove(pool);
+        }
     }
 }
 
@@ -234,13 +247,12 @@ impl Ledger {
         let Some(claim) = self.claims.get_mut(&id) else {
             return;
         };
-        if claim.phase == Phase::Read {
+        if claim.read_in_full {
             return;
         }
-        claim.phase = Phase::Read;
+        claim.read_in_full = true;
         for pool in &claim.pools {
-            let read = self.read.entry(pool.clone()).or_default();
-            *read = read.saturating_add(claim.held);
+            add(&mut self.read, pool, claim.held);
         }
         // Cut as its last bytes came in: its room comes back at its answer
         // anyway, and the next search need not wait for that commit.
@@ -256,20 +268,15 @@ impl Ledger {
         let Some(claim) = self.claims.get_mut(&id) else {
             return;
         };
-        debug_assert!(
-            claim.phase != Phase::Read,
-            "a body read in full takes no more room"
-        );
+        debug_assert!(!claim.read_in_full, "a body read in full takes no more room");
         claim.held = claim.held.saturating_add(bytes);
         claim.need = claim.need.saturating_sub(bytes);
         claim.pace.resume(now);
         claim.pace.record(now, bytes);
-        claim.phase = Phase::Reading;
         for pool in &claim.pools {
-            let held = self.held.entry(pool.clone()).or_default();
-            *held = held.saturating_add(bytes);
+            add(&mut self.held, pool, bytes);
         }
-        let source = claim.pools[1].clone();
+        let source = claim.source().clone();
         self.dequeue(&source, id);
     }
 
@@ -301,12 +308,9 @@ impl Ledger {
         let Some(waiter) = self.claims.get_mut(&id) else {
             return false;
         };
-        if waiter.phase != Phase::Read {
-            waiter.phase = Phase::Waiting;
-            waiter.pace.wait(now);
-        }
+        waiter.pace.wait(now);
         if waiter.held == 0 {
-            self.queue.entry(waiter.pools[1].clone()).or_default().insert(id);
+            self.queue.entry(waiter.source().clone()).or_default().insert(id);
         }
         let recently_empty = self
             .last_empty_search
@@ -354,19 +358,14 @@ impl Ledger {
             return false;
         };
         self.cut_pending.remove(&id);
-        let was_queued = self.dequeue(&claim.pools[1], id);
+        let was_queued = self.dequeue(claim.source(), id);
         if claim.held == 0 {
             return was_queued;
         }
-        let read = claim.phase == Phase::Read;
         for pool in &claim.pools {
-            for (counts, applies) in [(&mut self.held, true), (&mut self.read, read)] {
-                if let Some(n) = counts.get_mut(pool).filter(|_| applies) {
-                    *n = n.saturating_sub(claim.held);
-                    if *n == 0 {
-                        counts.remove(pool);
-                    }
-                }
+            subtract(&mut self.held, pool, claim.held);
+            if claim.read_in_full {
+                subtract(&mut self.read, pool, claim.held);
             }
         }
         true

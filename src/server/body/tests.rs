@@ -370,7 +370,7 @@ fn every_body_can_finish(memory: &BodyMemory, ledger: &Ledger) -> bool {
     let mut pending: Vec<_> = ledger
         .claims
         .values()
-        .filter(|c| c.held > 0 && c.phase != ledger::Phase::Read)
+        .filter(|c| c.held > 0 && !c.read_in_full)
         .collect();
     while !pending.is_empty() {
         let Some(next) = pending
