@@ -207,3 +207,70 @@ async fn a_log_that_cannot_be_written_loses_no_delivery() {
         .status();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Send `body` on `conn` as an unsigned push and read the start of the answer.
+async fn unsigned_push(conn: &mut TcpStream, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big\r\n\
+         X-Hub-Signature-256: sha256=00\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    let mut answer = [0u8; 12];
+    conn.read_exact(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_that_each_sent_a_large_body_keep_little_memory() {
+    // An unauthenticated sender sends a 1 MiB body on each of many
+    // connections and keeps them open: every body is read (and refused,
+    // 401), and what each idle connection keeps afterwards is its read
+    // buffer. hyper's default lets that grow to ~400 KiB; the listener caps
+    // it at 64 KiB.
+    const CONNECTIONS: u64 = 200;
+    let ws = Workspace::new(&config(""));
+    let daemon = ws.start(&[]);
+    let addr = daemon.hooks.trim_start_matches("http://").to_owned();
+    let body = format!("{{\"a\":\"{}\"}}", "x".repeat(1 << 20)).into_bytes();
+    let warm = {
+        let mut conn = TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(unsigned_push(&mut conn, &body).await, "HTTP/1.1 401");
+        conn
+    };
+    let before = rss_kib(daemon.pid());
+    let mut idle = vec![warm];
+    for _ in 0..CONNECTIONS / 8 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (addr, body) = (addr.clone(), body.clone());
+            batch.spawn(async move {
+                let mut conn = TcpStream::connect(&addr).await.unwrap();
+                let answer = unsigned_push(&mut conn, &body).await;
+                (conn, answer)
+            });
+        }
+        for (conn, answer) in batch.join_all().await {
+            assert_eq!(answer, "HTTP/1.1 401");
+            idle.push(conn);
+        }
+    }
+    let grown = rss_kib(daemon.pid()).saturating_sub(before);
+    let per_connection = grown / CONNECTIONS;
+    eprintln!("{CONNECTIONS} idle connections grew the daemon by {grown} KiB ({per_connection} KiB each)");
+    assert!(
+        per_connection < 256,
+        "{CONNECTIONS} idle connections that each sent 1 MiB grew the daemon by {grown} KiB ({per_connection} KiB each)"
+    );
+    drop(idle);
+    assert_eq!(daemon.stop(), 0);
+}

@@ -474,3 +474,36 @@ async fn a_signed_delivery_with_an_unusable_delivery_id_is_refused_with_400() {
     assert_eq!(status, 202);
     server.stop().await;
 }
+
+/// Send a push head carrying one extra header of `padding` bytes and an
+/// empty JSON body; the status line of the answer.
+async fn push_with_header_of(server: &Server, padding: usize) -> String {
+    let mut conn = TcpStream::connect(server.hooks).await.unwrap();
+    let head = format!(
+        "POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: head\r\n\
+         X-Hub-Signature-256: sha256=00\r\nX-Padding: {}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\n\r\n{{}}",
+        "p".repeat(padding)
+    );
+    // The server may answer and close before it has read all of a head it refuses.
+    let _ = conn.write_all(head.as_bytes()).await;
+    let (answer, _) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_64_kib_is_refused_with_431() {
+    // The head is read into the connection's buffer, which is capped at
+    // 64 KiB (memory per connection, before any authentication).
+    let server = Server::start("").await;
+    assert_eq!(
+        push_with_header_of(&server, 48 << 10).await,
+        "HTTP/1.1 401 Unauthorized",
+        "a 48 KiB head is read and the request verified"
+    );
+    assert_eq!(
+        push_with_header_of(&server, 80 << 10).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    server.stop().await;
+}

@@ -42,6 +42,12 @@ const FD_CEILING: u64 = 1 << 20;
 /// HTTP/2 flow-control windows, per connection and per stream: the
 /// protocol's initial value.
 const H2_WINDOW: u32 = 65_535;
+/// HTTP/1 read buffer per connection, and so the largest request head.
+/// hyper's default (~400 KiB) stays allocated on an idle keep-alive
+/// connection once a large body has gone through it: 200 such connections
+/// held ~76 MB; with 64 KiB, ~27 MB (tests/daemon_edges.rs). Bodies are read
+/// in chunks of at most this size, so throughput does not change.
+const H1_BUFFER: usize = 64 * 1024;
 
 /// The connections both listeners may hold open, together.
 pub struct Connections {
@@ -225,7 +231,8 @@ async fn connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.idle);
+        .header_read_timeout(timeouts.idle)
+        .max_buf_size(H1_BUFFER);
     // HTTP/2 reads DATA frames ahead of the handler up to its flow-control
     // windows, outside `[server] body_memory`: keep them at the protocol's
     // default (64 KiB a connection) instead of hyper's 1 MiB, so an
