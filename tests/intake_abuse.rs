@@ -507,3 +507,45 @@ async fn a_request_head_over_64_kib_is_refused_with_431() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_is_offered_small_limits() {
+    // What one unauthenticated HTTP/2 connection may make the server hold:
+    // 32 requests at once, each with a header list of at most 16 KiB, and
+    // 64 KiB of body data in flight. Read from the server's SETTINGS frame.
+    let server = Server::start("").await;
+    let mut conn = TcpStream::connect(server.hooks).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), conn.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head[3], 4, "the server's first frame is SETTINGS");
+    let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; length];
+    conn.read_exact(&mut payload).await.unwrap();
+    let settings: std::collections::HashMap<u16, u32> = payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+    assert_eq!(settings.get(&MAX_CONCURRENT_STREAMS), Some(&32), "{settings:?}");
+    assert_eq!(settings.get(&MAX_HEADER_LIST_SIZE), Some(&16384), "{settings:?}");
+    // Absent means the protocol's default, 65,535.
+    assert!(
+        settings.get(&INITIAL_WINDOW_SIZE).is_none_or(|w| *w <= 65_535),
+        "{settings:?}"
+    );
+    drop(conn);
+    server.stop().await;
+}

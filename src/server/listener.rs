@@ -42,6 +42,13 @@ const FD_CEILING: u64 = 1 << 20;
 /// HTTP/2 flow-control windows, per connection and per stream: the
 /// protocol's initial value.
 const H2_WINDOW: u32 = 65_535;
+/// The largest HTTP/2 header list (hyper's default, pinned here).
+const H2_HEADER_LIST: u32 = 16 * 1024;
+/// HTTP/2 requests in progress on one connection. Each holds its header
+/// list (at most [`H2_HEADER_LIST`]) before any signature is checked;
+/// hyper's default of 200 let one connection hold 3 MiB of them. Senders
+/// and proxies open another connection when they need more.
+const H2_STREAMS: u32 = 32;
 /// HTTP/1 read buffer per connection, and so the largest request head.
 /// hyper's default (~400 KiB) stays allocated on an idle keep-alive
 /// connection once a large body has gone through it: 200 such connections
@@ -241,7 +248,9 @@ async fn connection(
         .http2()
         .timer(TokioTimer::new())
         .initial_connection_window_size(H2_WINDOW)
-        .initial_stream_window_size(H2_WINDOW);
+        .initial_stream_window_size(H2_WINDOW)
+        .max_concurrent_streams(H2_STREAMS)
+        .max_header_list_size(H2_HEADER_LIST);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut closing = false;
