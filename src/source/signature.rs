@@ -213,6 +213,11 @@ pub mod standard {
 
     /// Verify a `webhook-signature` header (space-separated `v1,<b64>` entries; other
     /// versions ignored) and the timestamp against `tolerance`.
+    ///
+    /// The header is the sender's before it is authenticated: the HMAC is
+    /// computed once per key, not once per entry, so a header of thousands
+    /// of `v1,` entries costs one base64 decode and comparison each, not a
+    /// pass over the body each.
     pub fn verify(
         keys: &[HmacKey],
         id: &str,
@@ -223,33 +228,38 @@ pub mod standard {
         tolerance: Duration,
     ) -> Result<(), VerifyError> {
         check_timestamp(timestamp, now, tolerance)?;
-        let mut any_v1 = false;
-        let mut ok = false;
-        for entry in signature_header.split_whitespace() {
-            let Some((version, sig)) = entry.split_once(',') else {
-                continue;
-            };
-            if version != "v1" {
-                continue;
-            }
-            any_v1 = true;
-            if let Some(sig) = Encoding::Base64.decode(sig) {
-                // Evaluate every entry; `|` keeps the loop free of early exits.
-                ok |= verify_any(
-                    Algorithm::Sha256,
-                    keys,
-                    &[id.as_bytes(), b".", timestamp.trim().as_bytes(), b".", body],
-                    &sig,
-                );
-            }
-        }
-        if !any_v1 {
+        let entries: Vec<&str> = signature_header
+            .split_whitespace()
+            .filter_map(|entry| entry.split_once(','))
+            .filter(|(version, _)| *version == "v1")
+            .map(|(_, sig)| sig)
+            .collect();
+        if entries.is_empty() {
             return Err(VerifyError::Malformed(
                 "webhook-signature",
                 "no `v1,` signature".into(),
             ));
         }
-        if ok { Ok(()) } else { Err(VerifyError::Mismatch) }
+        let parts: [&[u8]; 5] = [id.as_bytes(), b".", timestamp.trim().as_bytes(), b".", body];
+        let macs: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|key| hmac(Algorithm::Sha256, key.expose(), &parts))
+            .collect();
+        // Every entry against every key; `|` keeps the loops free of early exits.
+        let mut ok = subtle::Choice::from(0u8);
+        for sig in entries.iter().filter_map(|sig| Encoding::Base64.decode(sig)) {
+            for mac in &macs {
+                // Length is public (the hash size); contents compare in constant time.
+                if mac.len() == sig.len() {
+                    ok |= mac.ct_eq(&sig);
+                }
+            }
+        }
+        if bool::from(ok) {
+            Ok(())
+        } else {
+            Err(VerifyError::Mismatch)
+        }
     }
 }
 
@@ -277,6 +287,30 @@ mod tests {
         assert!(verify_any(Algorithm::Sha256, &keys, &[b"body"], &sig));
         assert!(!verify_any(Algorithm::Sha256, &keys, &[b"body"], &sig[..16]));
         assert!(!verify_any(Algorithm::Sha256, &keys, &[b"other"], &sig));
+    }
+
+    #[test]
+    fn a_standard_signature_header_of_thousands_of_entries_costs_one_pass_over_the_body() {
+        // Before the sender is authenticated its header is free to carry
+        // thousands of `v1,` entries; each used to cost an HMAC over the
+        // whole body (4,000 entries and 1 MiB: 2.4 s of a worker in a
+        // release build). Now each costs a base64 decode and a comparison.
+        let key = HmacKey::from_bytes(b"k");
+        let body = vec![b'x'; 1 << 20];
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let tolerance = std::time::Duration::from_secs(300);
+        let valid = standard::sign(&key, "id", "1700000000", &body);
+        let header = format!("{}{valid}", "v1, v1,AAAA ".repeat(4000));
+        let started = std::time::Instant::now();
+        standard::verify(&[key.clone()], "id", "1700000000", &header, &body, now, tolerance).unwrap();
+        let forged = "v1, ".repeat(8000);
+        let err = standard::verify(&[key], "id", "1700000000", &forged, &body, now, tolerance).unwrap_err();
+        assert!(matches!(err, VerifyError::Mismatch), "{err:?}");
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "12,000 entries over a 1 MiB body took {took:?}"
+        );
     }
 
     #[test]
