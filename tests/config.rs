@@ -210,6 +210,71 @@ fn serve_refuses_missing_secrets_without_printing_them() {
     assert!(!err.contains("sekrit-value"));
 }
 
+#[test]
+fn diagnostics_never_show_a_secret_from_the_file() {
+    // Literal secrets (warned about, and an error pointing at one), a store
+    // URL with a password holding `?`, and a line TOML cannot parse: each
+    // diagnostic shows its line, with `***` for the secret.
+    let literals = r#"
+[store]
+url = "mysql://app:pa?ss-Url-Secret@127.0.0.1:1/hb"
+
+[sources.azure]
+type = "azure-devops"
+secrets = ["NoColonAzureSecret123"]
+
+[targets.gitlab]
+type = "gitlab"
+url = "https://gitlab.example"
+token = "glptt-LiteralTriggerSecret"
+"#;
+    let ws = Workspace::new(&format!("{BASE}{literals}"));
+    let (code, out, err) = ws.cli(
+        &["check", "--config", "hookbridge.toml"],
+        &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
+    );
+    assert_ne!(code, 0, "{err}");
+    for secret in [
+        "pa?ss-Url-Secret",
+        "NoColonAzureSecret123",
+        "glptt-LiteralTriggerSecret",
+    ] {
+        assert!(
+            !err.contains(secret) && !out.contains(secret),
+            "{secret} shown:\n{err}{out}"
+        );
+    }
+    assert!(err.contains("secret written literally"), "{err}");
+    assert!(err.contains("token = ***"), "{err}");
+    assert!(err.contains("url = ***"), "{err}");
+
+    // A file that does not parse: no spans are known, the key names the secret.
+    let broken = "\n[targets.x]\ntype = \"circleci\"\ntoken = \"Unparsed-Secret-Value\" trailing\n";
+    let ws = Workspace::new(&format!("{BASE}{broken}"));
+    let (code, _, err) = ws.cli(&["check", "--config", "hookbridge.toml"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("Unparsed-Secret-Value"), "{err}");
+    assert!(err.contains("token = \"***\""), "{err}");
+
+    // `serve` logs the same diagnostics.
+    let ws = Workspace::new(&format!("{BASE}{literals}"));
+    let (code, out, err) = ws.cli(
+        &["serve", "--config", "hookbridge.toml"],
+        &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
+    );
+    assert_ne!(code, 0, "{err}");
+    for secret in [
+        "pa?ss-Url-Secret",
+        "NoColonAzureSecret123",
+        "glptt-LiteralTriggerSecret",
+    ] {
+        assert!(
+            !err.contains(secret) && !out.contains(secret),
+            "{secret} shown:\n{err}{out}"
+        );
+    }
+}
+
 /// `serve` on `BASE` + `extra`: it must refuse to start (and not panic).
 /// Returns (exit code, stderr); a daemon that starts anyway fails the test.
 fn serve(extra: &str) -> (i32, String) {

@@ -64,6 +64,9 @@ pub struct Report {
     pub path: PathBuf,
     pub text: String,
     pub diagnostics: Vec<Diagnostic>,
+    /// Byte ranges of the text that hold secrets (literal secrets, a store
+    /// URL's password): a snippet shows `***` in their place.
+    sensitive: Vec<Range<usize>>,
 }
 
 /// The file's text may hold literal secrets (a warning, not an error), so
@@ -84,7 +87,13 @@ impl Report {
             path: path.to_path_buf(),
             text: text.to_owned(),
             diagnostics: Vec::new(),
+            sensitive: Vec::new(),
         }
+    }
+
+    /// Never show `range` of the text in a snippet.
+    pub fn mark_sensitive(&mut self, range: Range<usize>) {
+        self.sensitive.push(range);
     }
 
     pub fn push(&mut self, diagnostic: Diagnostic) {
@@ -117,6 +126,11 @@ impl Report {
             Some(span) => {
                 let (line, col) = line_col(&self.text, span.start);
                 out.push_str(&format!("  --> {}:{line}:{col}\n", self.path.display()));
+                let line_start = self
+                    .text
+                    .get(..span.start)
+                    .and_then(|before| before.rfind('\n'))
+                    .map_or(0, |i| i + 1);
                 let line_text = self.text.lines().nth(line - 1).unwrap_or("");
                 let gutter = line.to_string().len();
                 let pad = " ".repeat(gutter);
@@ -124,7 +138,8 @@ impl Report {
                 let span_text = self.text.get(span.clone()).unwrap_or("");
                 let first = span_text.split('\n').next().unwrap_or("");
                 let width = first.chars().count().max(1);
-                let (shown, col, width) = snippet(line_text, col, width);
+                let (line_text, col, width) = self.masked(line_text, line_start, col, width);
+                let (shown, col, width) = snippet(&line_text, col, width);
                 out.push_str(&format!("{pad} |\n{line} | {shown}\n"));
                 out.push_str(&format!("{pad} | {}{}\n", " ".repeat(col - 1), "^".repeat(width)));
             }
@@ -135,6 +150,86 @@ impl Report {
         }
         out
     }
+}
+
+impl Report {
+    /// `line` (starting at byte `line_start` of the text) with every
+    /// sensitive range, and every value of a secret-bearing key, shown as
+    /// `***`; the caret's column and width moved to match.
+    fn masked(&self, line: &str, line_start: usize, col: usize, width: usize) -> (String, usize, usize) {
+        let line_end = line_start + line.len();
+        let mut hidden: Vec<Range<usize>> = self
+            .sensitive
+            .iter()
+            .filter(|r| r.start < line_end && r.end > line_start)
+            .map(|r| r.start.max(line_start) - line_start..r.end.min(line_end) - line_start)
+            .chain(secret_values(line))
+            .filter(|r| line.is_char_boundary(r.start) && line.is_char_boundary(r.end))
+            .collect();
+        hidden.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::new();
+        for r in hidden {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        let mut chars: Vec<char> = line.chars().collect();
+        let (mut start, mut end) = (col - 1, col - 1 + width);
+        // Right to left, so the character positions of the ranges still to do hold.
+        for r in merged.iter().rev() {
+            let from = line[..r.start].chars().count();
+            let to = line[..r.end].chars().count();
+            chars.splice(from..to, "***".chars());
+            let moved = |p: usize, inside: usize| match p {
+                p if p <= from => p,
+                p if p < to => inside,
+                p => p - (to - from) + 3,
+            };
+            start = moved(start, from);
+            end = moved(end, from + 3);
+        }
+        let shown: String = chars.into_iter().collect();
+        (shown, start + 1, end.saturating_sub(start).max(1))
+    }
+}
+
+/// Keys whose values are secrets, or may carry one (a store URL's password).
+const SECRET_KEYS: &[&str] = &[
+    "secrets",
+    "signing_secrets",
+    "basic_auth",
+    "token",
+    "api_token",
+    "password",
+];
+
+/// Byte ranges of `line` to hide whatever the file parsed to (a line of a
+/// file TOML cannot parse has no spans): the quoted values of a
+/// secret-bearing key, except `env:`/`file:` references, and the userinfo of
+/// a URL (`://user:password@`).
+fn secret_values(line: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let key = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+    let secret_key = line.contains('=') && SECRET_KEYS.contains(&key);
+    let mut rest = 0;
+    while let Some(open) = line[rest..].find('"').map(|i| rest + i) {
+        let close = line[open + 1..].find('"').map_or(line.len(), |i| open + 1 + i);
+        let value = &line[open + 1..close];
+        if secret_key && !value.starts_with("env:") && !value.starts_with("file:") && !value.is_empty() {
+            out.push(open + 1..close);
+        } else if let Some(scheme) = value.find("://")
+            && let Some(at) = value.rfind('@')
+            && at > scheme + 3
+        {
+            out.push(open + 1 + scheme + 3..open + 1 + at);
+        }
+        rest = (close + 1).min(line.len());
+        if rest >= line.len() {
+            break;
+        }
+    }
+    out
 }
 
 /// Characters of a source line shown in a snippet.
@@ -221,6 +316,33 @@ mod tests {
     fn suggests_close_names_only() {
         assert_eq!(suggest("circle", ["circleci", "gitlab"]), Some("circleci"));
         assert_eq!(suggest("zzz", ["circleci", "gitlab"]), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the line around it and wherever the diagnostic points,
+        /// a marked secret is never rendered, and rendering never panics.
+        #[test]
+        fn a_marked_secret_is_never_rendered(
+            key in "[a-z_]{1,12}",
+            secret in "[A-Za-z0-9]{12,20}",
+            before in "[ -~é]{0,40}",
+            after in "[ -~é]{0,40}",
+            at in 0usize..200,
+            width in 0usize..80,
+        ) {
+            let line = format!("{before}{key} = \"{secret}\" {after}");
+            let text = format!("[a]\n{line}\nnext = 1\n");
+            let start = text.find(&secret).unwrap() - 1;
+            let mut r = Report::new(Path::new("x.toml"), &text);
+            r.mark_sensitive(start..start + secret.len() + 2);
+            let mut at = at.min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            r.push(Diagnostic::error("somewhere", Some(at..(at + width).min(text.len()))));
+            let out = r.to_string();
+            proptest::prop_assert!(!out.contains(&secret), "{out}");
+        }
     }
 
     #[test]

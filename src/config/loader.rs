@@ -39,6 +39,11 @@ impl Loader {
         self.report.push(Diagnostic::error(message, Some(span)));
     }
 
+    /// Never show `span` of the file in a snippet (it holds a secret).
+    pub fn mark_sensitive(&mut self, span: Range<usize>) {
+        self.report.mark_sensitive(span);
+    }
+
     pub(crate) fn error_count(&self) -> usize {
         self.report.errors().count()
     }
@@ -46,6 +51,7 @@ impl Loader {
     /// Resolve one secret. Missing ones are errors when serving, warnings otherwise.
     pub fn secret(&mut self, r: &Spanned<SecretRef>) -> Option<Secret> {
         if r.get_ref().is_literal() {
+            self.report.mark_sensitive(r.span());
             self.push(
                 Diagnostic::warning("secret written literally in the config", Some(r.span()))
                     .with_help("use `env:NAME` or `file:PATH` so the secret stays out of the file"),

@@ -220,6 +220,11 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         token: admin_token,
     };
 
+    if let Some(u) = &raw.store.url
+        && redact_url(u.get_ref()) != *u.get_ref()
+    {
+        loader.mark_sensitive(u.span());
+    }
     let url = match &raw.store.url {
         None => StoreUrl::Sqlite(PathBuf::from("hookbridge.db")),
         Some(u) => StoreUrl::parse(u.get_ref()).unwrap_or_else(|e| {

@@ -43,25 +43,28 @@ impl StoreUrl {
 }
 
 /// A URL with any password replaced by `***`, for messages and logs: the
-/// password of the userinfo (everything up to the last `@` before the query,
-/// so a password holding `/` or `@` is hidden whole) and `password=` style
-/// query parameters (libpq's `password`, `sslpassword`).
+/// password of the userinfo (everything up to the last `@`, so a password
+/// holding `/`, `?` or `@` is hidden whole; a query value holding `@` is
+/// hidden too, which is safe) and `password=` style query parameters
+/// (libpq's `password`, `sslpassword`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
     let mut out = format!("{scheme}://");
-    match before_query.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            out.push_str(&format!("{user}:***@{host}"));
+    let after_userinfo = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
+            let user = userinfo.split([':', '/', '?']).next().unwrap_or("");
+            out.push_str(&format!("{user}:***@"));
+            after
         }
-        None => out.push_str(before_query),
-    }
+        None => rest,
+    };
+    let (before_query, query) = match after_userinfo.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (after_userinfo, None),
+    };
+    out.push_str(before_query);
     if let Some(query) = query {
         let pairs: Vec<String> = query
             .split('&')
@@ -92,9 +95,34 @@ mod tests {
             "postgres://app:***@db/hb"
         );
         assert_eq!(
+            redact_url("postgres://app:s3cr?et@127.0.0.1:1/hb"),
+            "postgres://app:***@127.0.0.1:1/hb"
+        );
+        assert_eq!(
+            redact_url("postgres://app:s3cr?et@db/hb?password=x"),
+            "postgres://app:***@db/hb?password=***"
+        );
+        assert_eq!(
             redact_url("postgresql://db/hb?sslmode=require&password=s3cret"),
             "postgresql://db/hb?sslmode=require&password=***"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the password holds (`/`, `?`, `@`, `:` included), it is
+        /// not in the redacted URL, with or without a query.
+        #[test]
+        fn no_password_survives_redaction(
+            user in "[a-z]{1,8}",
+            password in "[!-~]{6,24}",
+            query in proptest::option::of("[a-z]{1,8}=[a-z0-9]{1,8}"),
+        ) {
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            let url = format!("postgres://{user}:{password}@db.example:5432/hb{query}");
+            let shown = redact_url(&url);
+            proptest::prop_assume!(!format!("postgres://{user}:***@db.example:5432/hb{query}").contains(&password));
+            proptest::prop_assert!(!shown.contains(&password), "{shown}");
+        }
     }
 
     #[test]
