@@ -600,6 +600,51 @@ async fn gitlab_trigger_tokens_every_subcommand() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gitlab_triggers_refuses_an_answer_without_end() {
+    // A "GitLab" that answers 200 and streams its body forever (a wrong
+    // --url, a broken proxy): the CLI stops reading at its limit and says so,
+    // instead of filling memory until the request times out.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head).await.unwrap();
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let chunk = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
+            // Until the client hangs up (or 1 GiB, so a client that never does fails the test).
+            while sent.load(Ordering::Relaxed) < 1 << 30 {
+                if conn.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(0x10000, Ordering::Relaxed);
+            }
+        })
+    };
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            &["gitlab", "triggers", "list", "--url", &url, "--project", "1"],
+            &[("GITLAB_TOKEN", GITLAB_PRIVATE_TOKEN)],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("larger than 4 MiB"), "{err}");
+    assert!(!err.contains(GITLAB_PRIVATE_TOKEN), "{err}");
+    server.await.unwrap();
+    assert!(sent.load(Ordering::Relaxed) < 64 << 20, "the client read on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_applies_valid_edits_without_dropping_requests_and_keeps_old_rules_on_errors() {
     let ci = StandIn::start().await;
     let ws = Workspace::new(&daemon_config(&ci.url, "127.0.0.1:0", "main"));

@@ -151,7 +151,7 @@ impl Client {
             .await
             .map_err(|e| format!("cannot reach GitLab: {}", e.without_url()))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| e.without_url().to_string())?;
+        let bytes = bounded_body(resp).await?;
         if (200..300).contains(&status) {
             return Ok((status, bytes.to_vec()));
         }
@@ -169,6 +169,26 @@ impl Client {
         };
         Err(format!("GitLab answered {status}: {message}{hint}"))
     }
+}
+
+/// The most of one GitLab answer read: a page of 100 triggers is ~50 KB.
+const ANSWER_LIMIT: usize = 4 << 20;
+
+/// The answer's body, refused once it passes [`ANSWER_LIMIT`] (a proxy or
+/// server streaming without end would otherwise fill memory until the
+/// request's timeout).
+async fn bounded_body(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
+        if body.len().saturating_add(chunk.len()) > ANSWER_LIMIT {
+            return Err(format!(
+                "GitLab's answer is larger than {} MiB; not read further (is --url GitLab's?)",
+                ANSWER_LIMIT >> 20
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {

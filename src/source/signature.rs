@@ -302,7 +302,16 @@ mod tests {
         let valid = standard::sign(&key, "id", "1700000000", &body);
         let header = format!("{}{valid}", "v1, v1,AAAA ".repeat(4000));
         let started = std::time::Instant::now();
-        standard::verify(std::slice::from_ref(&key), "id", "1700000000", &header, &body, now, tolerance).unwrap();
+        standard::verify(
+            std::slice::from_ref(&key),
+            "id",
+            "1700000000",
+            &header,
+            &body,
+            now,
+            tolerance,
+        )
+        .unwrap();
         let forged = "v1, ".repeat(8000);
         let err = standard::verify(&[key], "id", "1700000000", &forged, &body, now, tolerance).unwrap_err();
         assert!(matches!(err, VerifyError::Mismatch), "{err:?}");
