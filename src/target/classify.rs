@@ -131,7 +131,10 @@ pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> O
             .headers
             .get("location")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("(no Location)");
+            .map_or_else(
+                || "(no Location)".to_owned(),
+                |l| truncate_body(l.as_bytes(), 300),
+            );
         return Outcome::Permanent(format!(
             "HTTP {status} redirect to {location} was not followed: the project may have moved; update the trigger"
         ));
@@ -163,6 +166,22 @@ mod tests {
             headers: h,
             body: bytes::Bytes::from(body.to_owned()),
         }
+    }
+
+    #[test]
+    fn a_redirects_location_is_cut_short_in_the_reason() {
+        // The reason is stored and logged; the CI's headers are not ours to store whole.
+        let location = format!("https://ci.example/{}", "x".repeat(10_000));
+        let outcome = classify(
+            &gitlab_req(),
+            &response(301, &[("location", &location)], ""),
+            SystemTime::now(),
+        );
+        let Outcome::Permanent(reason) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(reason.contains("redirect to https://ci.example/xxx"), "{reason}");
+        assert!(reason.len() < 500, "{} bytes", reason.len());
     }
 
     fn gitlab_req() -> TriggerRequest {
