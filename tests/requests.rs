@@ -124,3 +124,47 @@ fn rendered_requests() {
     assert_eq!(requests.len(), 5);
     insta::assert_json_snapshot!(requests);
 }
+
+#[test]
+fn verdicts_quote_a_huge_payload_value_only_in_part() {
+    // A signed payload may carry a repository name as long as its body; every
+    // rule's verdict quotes it, and verdicts are answered, stored and logged.
+    let toml = format!(
+        "{CONFIG}\n[[rules]]\nname = \"only-other\"\nrepositories = [\"other/*\"]\n\
+         [rules.trigger]\ntarget = \"circleci\"\nproject = \"gh/o/o\"\nbranch = \"main\"\n"
+    );
+    let config = hookbridge::config::parse(std::path::Path::new("r.toml"), &toml, LoadMode::Check)
+        .unwrap()
+        .config;
+    let mut push: serde_json::Value = serde_json::from_slice(&payload("github/push.json")).unwrap();
+    let huge = format!("acme/{}", "r".repeat(2 << 20));
+    push["repository"]["full_name"] = serde_json::Value::String(huge);
+    let body = serde_json::to_vec(&push).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-github-event", HeaderValue::from_static("push"));
+    headers.insert("x-github-delivery", HeaderValue::from_static("d-huge"));
+    headers.insert(
+        "x-hub-signature-256",
+        HeaderValue::from_str(&github_signature("s3cret", &body)).unwrap(),
+    );
+    let intake = hookbridge::intake::process(
+        &config,
+        &config.sources["github"],
+        &headers,
+        &body,
+        SystemTime::now(),
+        hookbridge::intake::Trust::Verify,
+    )
+    .unwrap();
+    assert!(!intake.evaluation.skipped.is_empty());
+    for s in &intake.evaluation.skipped {
+        assert!(s.reason.len() < 1100, "{}: {} bytes", s.rule, s.reason.len());
+    }
+    let quoted = intake
+        .evaluation
+        .skipped
+        .iter()
+        .find(|s| s.reason.starts_with("repositories: \"acme/rrr"))
+        .expect("a rule filters repositories");
+    assert!(quoted.reason.ends_with("bytes)"), "{}", quoted.reason);
+}

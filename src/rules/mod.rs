@@ -147,11 +147,11 @@ impl RuleSet {
                 }),
                 Err(Miss::Skip(reason)) => out.skipped.push(Skipped {
                     rule: rule.name.clone(),
-                    reason,
+                    reason: cut(&reason),
                 }),
                 Err(Miss::Error(error)) => out.errors.push(Errored {
                     rule: rule.name.clone(),
-                    error,
+                    error: cut(&error),
                 }),
             }
         }
@@ -171,6 +171,15 @@ impl RuleSet {
             .render(&self.templates, scope, event)
             .map_err(Miss::Error)
     }
+}
+
+/// The most of a verdict's message kept: it quotes the payload's values
+/// (a repository, a branch, paths), which a sender may make as long as its
+/// body, and it is sent back, stored and logged once per rule.
+const VERDICT_LIMIT: usize = 1000;
+
+fn cut(message: &str) -> String {
+    crate::target::truncate_body(message.as_bytes(), VERDICT_LIMIT)
 }
 
 fn list_display(items: &[String]) -> String {
