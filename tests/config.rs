@@ -329,6 +329,10 @@ fn out_of_range() -> Vec<(&'static str, String)> {
             "\n[retry]\nrequest_timeout = \"9223372036854775808s\"\n".to_owned(),
         ),
         (
+            "dispatch_concurrency_4_billion",
+            "\n[dispatch]\nconcurrency = 4294967295\n".to_owned(),
+        ),
+        (
             "huge_lease",
             "\n[dispatch]\nlease = \"500000000000y\"\n".to_owned(),
         ),

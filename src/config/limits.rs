@@ -45,6 +45,11 @@ pub(crate) const TOLERANCE: u64 = DAY;
 /// a clock, which is what matters for keys added later.
 pub(crate) const DURATION: u64 = 10 * YEAR;
 
+/// `[dispatch] concurrency`: trigger requests in flight at once per replica
+/// (CI APIs rate-limit far below this); each may hold two file descriptors,
+/// which the listeners' connection cap leaves free.
+pub(crate) const DISPATCH_CONCURRENCY: u32 = 1024;
+
 /// Bytes in a KiB, MiB, GiB.
 pub(crate) const KIB: u64 = 1024;
 pub(crate) const MIB: u64 = 1024 * KIB;

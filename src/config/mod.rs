@@ -270,12 +270,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
     let rules = crate::rules::build(&raw.rules, &source_names, &raw.targets, &targets, loader);
     let (lease, lease_ahead) = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
     let dispatch = DispatchSettings {
-        concurrency: raw
-            .dispatch
-            .concurrency
-            .as_ref()
-            .map_or(16, |c| *c.get_ref() as usize)
-            .max(1),
+        concurrency: dispatch_concurrency(raw.dispatch.concurrency.as_ref(), loader),
         lease,
         lease_ahead,
     };
@@ -351,6 +346,22 @@ fn lease(
 }
 
 /// Names appear in URLs (`/hooks/{source}`) and logs: keep them simple.
+/// `[dispatch] concurrency`, 16 by default, between 1 and its maximum.
+fn dispatch_concurrency(value: Option<&Spanned<u32>>, loader: &mut Loader) -> usize {
+    let Some(value) = value else { return 16 };
+    let n = *value.get_ref();
+    if n > limits::DISPATCH_CONCURRENCY {
+        loader.error(
+            format!(
+                "`concurrency` is at most {}: trigger requests in flight at once, per replica",
+                limits::DISPATCH_CONCURRENCY
+            ),
+            value.span(),
+        );
+    }
+    usize::try_from(n.clamp(1, limits::DISPATCH_CONCURRENCY)).unwrap_or(1)
+}
+
 fn check_name(name: &Spanned<String>, what: &str, loader: &mut Loader) {
     let ok = !name.get_ref().is_empty()
         && name
