@@ -542,6 +542,72 @@ async fn permanent_errors_are_dead_lettered_and_redelivery_requeues_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ci_that_echoes_the_token_back_puts_it_nowhere() {
+    // Each rule's first answer is a 500 that echoes the request (the
+    // Circle-Token header, GitLab's body token, "invalid token <token>"):
+    // retried and then delivered, with the answers recorded without the
+    // token, in the store, the API and the logs.
+    let ci = StandIn::start().await;
+    ci.script([Reply::Echo(500), Reply::Echo(500), Reply::Echo(500)]);
+    let ws = Workspace::new(&config(&ci.url));
+    let daemon = ws.start(&env());
+    let body = payload("github/push.json");
+    let (status, _) = post_github(&daemon.hook_url("github"), "push", "echo-1", &body).await;
+    assert_eq!(status, 202);
+    let key = DeliveryKey {
+        id: "echo-1".into(),
+        source: Some("github".into()),
+    };
+    let detail = delivery_when_jobs(&ws, &key, "done").await;
+    let echoed: Vec<&str> = detail
+        .jobs
+        .iter()
+        .flat_map(|j| &j.history)
+        .filter_map(|a| a.error.as_deref())
+        .collect();
+    assert_eq!(echoed.len(), 3, "{detail:#?}");
+    for e in &echoed {
+        assert!(e.contains("invalid token ***"), "{e}");
+    }
+    let api = reqwest::get(format!("{}/api/v1/deliveries/echo-1?source=github", daemon.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(api.contains("invalid token ***"), "{api}");
+    let (code, shown, err) = ws.cli(
+        &[
+            "deliveries",
+            "show",
+            "echo-1",
+            "--source",
+            "github",
+            "--config",
+            "hookbridge.toml",
+        ],
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains("invalid token ***"), "{shown}");
+    ws.settled().await;
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(ws.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("hookbridge.db") {
+            stored.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    for token in [CIRCLE_TOKEN, GITLAB_TRIGGER_TOKEN] {
+        assert!(!stored.contains(token), "{token} is in the store");
+        assert!(!api.contains(token), "{token} is in the API's answer");
+        assert!(!shown.contains(token), "{token} is shown: {shown}");
+        assert!(!daemon.logs().contains(token), "{token} is logged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
     let ci = StandIn::start().await;
     ci.set_hang(true);

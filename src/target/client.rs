@@ -96,16 +96,25 @@ impl Transport for Http {
         // until its timeout.
         let mut body = Vec::new();
         while body.len() < RESPONSE_BODY_LIMIT {
-            let Some(chunk) = response.chunk().await.map_err(describe_error)? else {
-                break;
-            };
-            let room = RESPONSE_BODY_LIMIT - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = RESPONSE_BODY_LIMIT - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) => break,
+                // The status has arrived, and it stands: a 2xx means the CI
+                // created the pipeline, whatever happens to the rest of its
+                // answer (a retry would create a second one).
+                Err(e) => {
+                    tracing::warn!(status, error = %describe_error(e), "the CI API's answer was cut off after its status; the status stands");
+                    break;
+                }
+            }
         }
         Ok(Response {
             status,
             headers,
-            body: body.into(),
+            body: scrub(body, token.expose()).into(),
         })
     }
 }
@@ -148,6 +157,49 @@ pub fn wire(
         builder = builder.header(h.name, value);
     }
     builder.build().map_err(describe_error)
+}
+
+/// Bytes that may continue a token, so a match inside a longer run of them
+/// is not the token (a one-letter test token inside `"state"`).
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b)
+}
+
+/// `body` with every occurrence of the token that was sent (as sent, and as
+/// a JSON string writes it) replaced by `***`: a CI API that echoes the
+/// request in its answer (`"invalid token glptt-…"`, the received headers)
+/// would otherwise put the token into the attempt record, the job's last
+/// error, the logs and the API.
+fn scrub(body: Vec<u8>, token: &str) -> Vec<u8> {
+    if token.is_empty() {
+        return body;
+    }
+    let escaped = serde_json::to_string(token).unwrap_or_default();
+    let escaped = escaped.trim_matches('"');
+    let forms: Vec<&[u8]> = if escaped == token {
+        vec![token.as_bytes()]
+    } else {
+        vec![token.as_bytes(), escaped.as_bytes()]
+    };
+    let mut body = body;
+    for form in forms {
+        let mut out = Vec::with_capacity(body.len());
+        let mut at = 0;
+        while at < body.len() {
+            let is_match = body[at..].starts_with(form)
+                && (at == 0 || !token_byte(body[at - 1]))
+                && body.get(at + form.len()).is_none_or(|b| !token_byte(*b));
+            if is_match {
+                out.extend_from_slice(b"***");
+                at += form.len();
+            } else {
+                out.push(body[at]);
+                at += 1;
+            }
+        }
+        body = out;
+    }
+    body
 }
 
 fn describe_error(e: reqwest::Error) -> SendError {
@@ -283,5 +335,109 @@ mod tests {
             started.elapsed()
         );
         server.abort();
+    }
+
+    /// Answer one request with `head` and `body`, then close (or stall, for `stall`).
+    async fn one_answer(
+        head: &'static str,
+        body: Vec<u8>,
+        stall: bool,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(&body).await.unwrap();
+            if stall {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        (format!("http://{addr}/api/v2/project/gh/a/b/pipeline"), server)
+    }
+
+    /// A 2xx whose body then breaks off (closed, or stalled past the
+    /// timeout) is still the CI's 2xx: the pipeline exists, and a retry
+    /// would create a second one.
+    #[tokio::test]
+    async fn a_2xx_cut_off_after_its_status_stands() {
+        for stall in [false, true] {
+            let head = "HTTP/1.1 201 Created\r\ncontent-length: 1000\r\n\r\n";
+            let (url, server) = one_answer(head, br#"{"id":"5034460f"#.to_vec(), stall).await;
+            let mut request = circleci();
+            request.url = url;
+            let response = Http::new()
+                .send(&request, &Secret::new("t"), Duration::from_secs(2))
+                .await
+                .unwrap();
+            assert_eq!(response.status, 201, "stall: {stall}");
+            assert_eq!(&response.body[..], br#"{"id":"5034460f"#);
+            server.abort();
+        }
+    }
+
+    /// A CI that echoes the request (its body, its headers, "invalid token
+    /// X") answers without the token; the rest of the answer is intact.
+    #[tokio::test]
+    async fn a_token_echoed_by_the_ci_is_scrubbed_from_its_answer() {
+        let token = "glptt-Echoed\"Secret";
+        let echoed = format!(
+            r#"{{"message":"invalid token {token_plain}","received":{{"token":{token_json},"headers":{{"circle-token":"{token_plain}"}}}},"state":"t"}}"#,
+            token_plain = token,
+            token_json = serde_json::to_string(token).unwrap(),
+        );
+        let head = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+        let (url, server) = one_answer(head, echoed.into_bytes(), false).await;
+        let mut request = circleci();
+        request.url = url;
+        let response = Http::new()
+            .send(&request, &Secret::new(token), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let text = String::from_utf8(response.body.to_vec()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"message":"invalid token ***","received":{"token":"***","headers":{"circle-token":"***"}},"state":"t"}"#
+        );
+        server.abort();
+
+        let token = "glptt-Echoed-Secret";
+        let echoed = format!(
+            r#"{{"message":"invalid token {token}","received":{{"token":"{token}","headers":{{"circle-token":"{token}"}}}},"state":"t","other":"x{token}y"}}"#
+        );
+        let (url, server) = one_answer(head, echoed.into_bytes(), false).await;
+        let mut request = circleci();
+        request.url = url;
+        let response = Http::new()
+            .send(&request, &Secret::new(token), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let text = String::from_utf8(response.body.to_vec()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"message":"invalid token ***","received":{"token":"***","headers":{"circle-token":"***"}},"state":"t","other":"xglptt-Echoed-Secrety"}"#
+        );
+        server.abort();
+    }
+
+    proptest::proptest! {
+        /// Any token, written into an answer between delimiters, as is or
+        /// as a JSON string, is gone after scrubbing; nothing panics.
+        #[test]
+        fn scrubbing_removes_every_delimited_token(
+            token in "[ -~]{1,40}",
+            before in "[ -~]{0,40}",
+            after in "[ -~]{0,40}",
+        ) {
+            let json = serde_json::to_string(&token).unwrap();
+            let body = format!("{before} {token} \n{json}\n {after}");
+            let out = String::from_utf8(scrub(body.into_bytes(), &token)).unwrap();
+            let shown = out.replace("***", "");
+            proptest::prop_assume!(!format!("{before}  \n\n {after}").contains(&token));
+            proptest::prop_assert!(!out.contains(&format!(" {token} ")), "{out}");
+            proptest::prop_assert!(!shown.contains(json.trim_matches('"')) || json.trim_matches('"').is_empty(), "{out}");
+        }
     }
 }

@@ -35,6 +35,10 @@ pub(crate) enum Reply {
     Headers(u16, Vec<(&'static str, String)>),
     /// Never answer (the client times out or goes away).
     Hang,
+    /// A status whose JSON body echoes the request: its headers, its body,
+    /// and "invalid token <the token received>" (as some CI APIs and
+    /// proxies do).
+    Echo(u16),
 }
 
 /// One received request, as the stand-in saw it.
@@ -421,6 +425,27 @@ async fn handle(
                         .insert(name, axum::http::HeaderValue::from_str(&value).unwrap());
                 }
                 response
+            }
+            Some(Reply::Echo(code)) => {
+                let status = StatusCode::from_u16(code).unwrap();
+                let headers: serde_json::Map<String, Value> = record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").to_owned())))
+                    .collect();
+                let token = record
+                    .headers
+                    .get("circle-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| record.body["token"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let echo = json!({
+                    "message": format!("invalid token {token}"),
+                    "received_headers": headers,
+                    "received_body": record.body,
+                });
+                (status, axum::Json(echo)).into_response()
             }
             Some(Reply::Hang) | None => {
                 let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
