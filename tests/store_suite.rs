@@ -835,6 +835,36 @@ async fn a_burst_of_writes_lands_once_each_and_a_bad_call_fails_alone(h: Harness
 }
 
 /// Every case runs on both backends.
+/// Text from outside may hold NUL (a payload's `\u0000`, a CI's raw
+/// answer), which PostgreSQL's `text` refuses: each store keeps the
+/// delivery and the attempt, NUL shown as U+FFFD where it cannot be kept.
+async fn text_with_nul_bytes_is_stored(h: Harness) {
+    let s = &h.store;
+    let mut d = delivery("github", "nul-1", 1, SystemTime::now());
+    d.event.repository = Some("acme/a\0pp".into());
+    d.event.git_ref = Some("refs/heads/ma\0in".into());
+    assert_eq!(s.ingest(d).await.unwrap(), Ingested::Stored);
+    let t = SystemTime::now();
+    let job = s.lease_due("w", 1, LEASE, t).await.unwrap().remove(0);
+    let mut failed = attempt(500);
+    failed.response = Some("oops\0bad".into());
+    let retry = Transition::Retry {
+        at: t,
+        reason: "HTTP 500: oops\0bad".into(),
+    };
+    s.record_attempt(&job, "w", failed, retry, t).await.unwrap();
+    let detail = s.get(&key("nul-1")).await.unwrap();
+    let shown = |v: Option<&str>| v.map(|v| v.replace('\u{FFFD}', "\0"));
+    assert_eq!(
+        shown(detail.row.repository.as_deref()).as_deref(),
+        Some("acme/a\0pp")
+    );
+    let a = &detail.jobs[0].history[0];
+    assert_eq!(shown(a.error.as_deref()).as_deref(), Some("HTTP 500: oops\0bad"));
+    assert_eq!(shown(a.response.as_deref()).as_deref(), Some("oops\0bad"));
+    assert_eq!(detail.jobs[0].state, JobState::Pending);
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -872,6 +902,7 @@ suite!(
     replayed_ids_and_lists_are_ordered,
     a_vanished_job_is_tolerated,
     a_burst_of_writes_lands_once_each_and_a_bad_call_fails_alone,
+    text_with_nul_bytes_is_stored,
 );
 
 /// New jobs are announced (`NOTIFY hookbridge_jobs`) by a process without a

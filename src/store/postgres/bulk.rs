@@ -6,6 +6,7 @@
 //! (see [`super::batch::first_by_key`]); what a lone call writes is in
 //! `queue`, and a batch writes the same rows.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
@@ -61,6 +62,17 @@ pub(super) async fn ingest(
     Ok(out)
 }
 
+/// Text for a `text` column, which cannot hold NUL (SQLSTATE 22021, a
+/// write that would fail on every try): a repository or ref decoded from a
+/// payload's `\u0000`, a CI's raw answer. NUL is shown as U+FFFD.
+pub(super) fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
 /// The one statement of a batch: deliveries, payloads and jobs, one
 /// `UNNEST` per table; answers the deliveries it stored, by id, with their
 /// `seq`. `ON CONFLICT` waits for a concurrent insert of the same
@@ -80,15 +92,24 @@ async fn insert(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<HashMap<St
     let mut events = Vec::with_capacity(n);
     let mut headers = Vec::with_capacity(n);
     let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
-    for d in deliveries {
+    let searchable: Vec<(Option<Cow<str>>, Option<Cow<str>>)> = deliveries
+        .iter()
+        .map(|d| {
+            (
+                d.event.repository.as_deref().map(text),
+                d.event.git_ref.as_deref().map(text),
+            )
+        })
+        .collect();
+    for (d, (repository, git_ref)) in deliveries.iter().zip(&searchable) {
         ids.push(d.id.as_str());
         sources.push(d.source.as_str());
         keys.push(d.delivery.as_str());
         received.push(millis(d.received_at));
         names.push(d.event.name.as_str());
         kinds.push(d.event.kind.as_str());
-        repositories.push(d.event.repository.as_deref());
-        refs.push(d.event.git_ref.as_deref());
+        repositories.push(repository.as_deref());
+        refs.push(git_ref.as_deref());
         statuses.push(if d.jobs.is_empty() { "skipped" } else { "pending" });
         summaries.push(to_json(&d.summary)?);
         events.push(to_json(&d.event)?);
@@ -241,14 +262,24 @@ async fn attempts_and_jobs(
         Vec::with_capacity(n),
     );
     let mut leases = Vec::with_capacity(n);
-    for (r, u) in records.iter().zip(updates) {
+    let texts: Vec<(Option<Cow<str>>, Option<Cow<str>>)> = records
+        .iter()
+        .zip(updates)
+        .map(|(r, u)| {
+            (
+                u.error.as_deref().map(text),
+                r.attempt.response.as_deref().map(text),
+            )
+        })
+        .collect();
+    for ((r, u), (error, response)) in records.iter().zip(updates).zip(&texts) {
         jobs.push(r.job.as_str());
         started.push(millis(r.attempt.started_at));
         durations.push(i64::try_from(r.attempt.duration.as_millis()).unwrap_or(i64::MAX));
         statuses.push(r.attempt.status.map(i32::from));
         outcomes.push(r.next.outcome());
-        errors.push(u.error.as_deref());
-        responses.push(r.attempt.response.as_deref());
+        errors.push(error.as_deref());
+        responses.push(response.as_deref());
         owners.push(r.owner.as_str());
         states.push(u.state.as_str());
         due.push(u.next_attempt_at);
