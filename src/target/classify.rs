@@ -88,14 +88,17 @@ const UNIX_TIME_THRESHOLD: u64 = 1_000_000_000;
 pub fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(v) = get("retry-after") {
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
+        if let Some(secs) = seconds(v) {
+            return Some(secs);
         }
         if let Ok(date) = httpdate::parse_http_date(v) {
             return Some(until(date, now));
         }
     }
-    if let Some(v) = get("ratelimit-reset").and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(v) = get("ratelimit-reset").and_then(|v| {
+        // All digits but past u64: a reset too far off to count, so the longest wait.
+        v.parse::<u64>().ok().or_else(|| seconds(v).map(|_| u64::MAX))
+    }) {
         if v > UNIX_TIME_THRESHOLD {
             let reset = UNIX_EPOCH.checked_add(Duration::from_secs(v));
             return Some(reset.map_or(Duration::MAX, |reset| until(reset, now)));
@@ -103,6 +106,16 @@ pub fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duratio
         return Some(Duration::from_secs(v));
     }
     None
+}
+
+/// A delay in whole seconds (`Retry-After: 120`); all digits but too many
+/// for a `u64` is the longest delay ([`Duration::MAX`]), which the
+/// dispatcher caps at `max_backoff`, not no delay at all.
+fn seconds(v: &str) -> Option<Duration> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs))
 }
 
 /// How long from `now` until `t`; zero when `t` has passed.
@@ -284,6 +297,12 @@ mod tests {
         let h = response(429, &[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")], "").headers;
         assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
         let h = response(429, &[("retry-after", "18446744073709551616")], "").headers;
+        assert_eq!(retry_after(&h, now), Some(Duration::MAX));
+        let h = response(429, &[("retry-after", "99999999999999999999999")], "").headers;
+        assert_eq!(retry_after(&h, now), Some(Duration::MAX));
+        let h = response(429, &[("ratelimit-reset", "99999999999999999999999")], "").headers;
+        assert_eq!(retry_after(&h, now), Some(Duration::MAX));
+        let h = response(429, &[("retry-after", "-5")], "").headers;
         assert_eq!(retry_after(&h, now), None);
     }
 
