@@ -608,6 +608,34 @@ async fn a_ci_that_echoes_the_token_back_puts_it_nowhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_2xx_that_names_no_pipeline_is_done_and_said_out_loud() {
+    // What a wrong `url` gives (a web UI's page): the CI's 2xx stands (no
+    // second pipeline), and the log says the answer named none.
+    let ci = StandIn::start().await;
+    let page = "<html><body>Welcome</body></html>";
+    ci.script([
+        Reply::Body(200, page),
+        Reply::Body(200, page),
+        Reply::Body(200, page),
+    ]);
+    let ws = Workspace::new(&config(&ci.url));
+    let daemon = ws.start(&env());
+    let body = payload("github/push.json");
+    let (status, _) = post_github(&daemon.hook_url("github"), "push", "html-1", &body).await;
+    assert_eq!(status, 202);
+    let key = DeliveryKey {
+        id: "html-1".into(),
+        source: Some("github".into()),
+    };
+    delivery_when_jobs(&ws, &key, "done").await;
+    eventually(Duration::from_secs(10), "the warning", || {
+        daemon.logs().matches("names no pipeline").count() == 3
+    })
+    .await;
+    assert_eq!(ci.requests().len(), 3, "each sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
     let ci = StandIn::start().await;
     ci.set_hang(true);

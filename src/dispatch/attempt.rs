@@ -149,6 +149,15 @@ impl Dispatcher {
         metrics::histogram!("hookbridge_trigger_attempt_duration_seconds", "target" => job.target.clone())
             .record(record.duration.as_secs_f64());
         match next {
+            // A 2xx is the CI's word that it accepted the trigger, so the job
+            // is done (sending again could start a second pipeline); but an
+            // answer naming no pipeline is what a wrong `url` (a login page,
+            // a web UI) also gives, so it is said out loud.
+            Transition::Done(result) if result.id.is_none() && result.number.is_none() => warn!(
+                status = record.status,
+                duration_ms = record.duration.as_millis() as u64,
+                "trigger delivered, but the CI's answer names no pipeline (not the API's JSON?); check the target's url if this repeats"
+            ),
             Transition::Done(result) => info!(
                 status = record.status,
                 pipeline = result.id.as_deref().unwrap_or(""),

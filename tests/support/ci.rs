@@ -39,6 +39,8 @@ pub(crate) enum Reply {
     /// and "invalid token <the token received>" (as some CI APIs and
     /// proxies do).
     Echo(u16),
+    /// A status with this body, verbatim (an HTML page, say).
+    Body(u16, &'static str),
 }
 
 /// One received request, as the stand-in saw it.
@@ -447,6 +449,7 @@ async fn handle(
                 });
                 (status, axum::Json(echo)).into_response()
             }
+            Some(Reply::Body(code, body)) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
             Some(Reply::Hang) | None => {
                 let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
                 created(api, n, &path)
