@@ -62,6 +62,9 @@ pub(super) async fn ingest(
     Ok(out)
 }
 
+/// Two optional columns of text, made fit by [`text`].
+type TextPair<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+
 /// Text for a `text` column, which cannot hold NUL (SQLSTATE 22021, a
 /// write that would fail on every try): a repository or ref decoded from a
 /// payload's `\u0000`, a CI's raw answer. NUL is shown as U+FFFD.
@@ -92,7 +95,7 @@ async fn insert(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<HashMap<St
     let mut events = Vec::with_capacity(n);
     let mut headers = Vec::with_capacity(n);
     let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
-    let searchable: Vec<(Option<Cow<str>>, Option<Cow<str>>)> = deliveries
+    let searchable: Vec<TextPair> = deliveries
         .iter()
         .map(|d| {
             (
@@ -262,7 +265,7 @@ async fn attempts_and_jobs(
         Vec::with_capacity(n),
     );
     let mut leases = Vec::with_capacity(n);
-    let texts: Vec<(Option<Cow<str>>, Option<Cow<str>>)> = records
+    let texts: Vec<TextPair> = records
         .iter()
         .zip(updates)
         .map(|(r, u)| {
