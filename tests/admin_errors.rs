@@ -155,6 +155,22 @@ async fn every_route_answers_404_for_an_unknown_delivery() {
         error_message(&text).contains("`exploded` is not a status"),
         "{text}"
     );
+    for query in [
+        "limit=abc",
+        "limit=-1",
+        "limit=99999999999999999999999",
+        "source=a&source=b",
+    ] {
+        let path = format!("/api/v1/deliveries?{query}");
+        let (status, text) = server.call("GET", &path, "").await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(!error_message(&text).is_empty(), "{path}: {text}");
+    }
+    let (status, text) = server
+        .call("GET", "/api/v1/deliveries/nope?source=a&source=b", "")
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(!error_message(&text).is_empty(), "{text}");
     let (status, text) = server.call("POST", "/api/v1/deliveries/nope/replay", "{").await;
     assert_eq!(status, 400, "{text}");
     assert!(error_message(&text).starts_with("invalid JSON body"), "{text}");

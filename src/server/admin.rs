@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -134,6 +135,12 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
     next.run(request).await
 }
 
+/// A query string that does not parse (`?limit=abc`): 400 with the JSON
+/// error every other refusal has, not axum's plain text.
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::BadRequest(rejection.body_text())
+}
+
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     status: Option<String>,
@@ -145,7 +152,11 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_deliveries(State(app): State<App>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list_deliveries(
+    State(app): State<App>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
     let status = q
         .status
         .as_deref()
@@ -189,8 +200,9 @@ struct ReplayBody {
 async fn get_delivery(
     State(app): State<App>,
     Path(id): Path<String>,
-    Query(q): Query<KeyQuery>,
+    q: Result<Query<KeyQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
     let key = DeliveryKey { id, source: q.source };
     Ok(axum::Json(app.store.get(&key).await?).into_response())
 }
@@ -198,7 +210,7 @@ async fn get_delivery(
 async fn replay_delivery(
     State(app): State<App>,
     Path(id): Path<String>,
-    Query(q): Query<KeyQuery>,
+    q: Result<Query<KeyQuery>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let req: ReplayBody = if body.is_empty() {
@@ -206,6 +218,7 @@ async fn replay_delivery(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
+    let Query(q) = q.map_err(bad_query)?;
     let key = DeliveryKey { id, source: q.source };
     let queued = if req.reevaluate {
         let config = app.config.load_full();
