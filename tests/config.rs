@@ -250,6 +250,11 @@ token = "glptt-LiteralTriggerSecret"
 
     // A file that does not parse: no spans are known, the key names the secret.
     let broken = "\n[targets.x]\ntype = \"circleci\"\ntoken = \"Unparsed-Secret-Value\" trailing\n";
+    let single = "\n[targets.y]\ntype = \"circleci\"\ntoken = 'Single-Quoted-Secret' trailing\n";
+    let ws = Workspace::new(&format!("{BASE}{single}"));
+    let (code, _, err) = ws.cli(&["check", "--config", "hookbridge.toml"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("Single-Quoted-Secret"), "{err}");
     let ws = Workspace::new(&format!("{BASE}{broken}"));
     let (code, _, err) = ws.cli(&["check", "--config", "hookbridge.toml"], &[]);
     assert_eq!(code, 1, "{err}");

@@ -150,9 +150,7 @@ impl Report {
         }
         out
     }
-}
 
-impl Report {
     /// `line` (starting at byte `line_start` of the text) with every
     /// sensitive range, and every value of a secret-bearing key, shown as
     /// `***`; the caret's column and width moved to match.
@@ -205,16 +203,22 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 /// Byte ranges of `line` to hide whatever the file parsed to (a line of a
-/// file TOML cannot parse has no spans): the quoted values of a
-/// secret-bearing key, except `env:`/`file:` references, and the userinfo of
-/// a URL (`://user:password@`).
+/// file TOML cannot parse has no spans): the quoted values (`"…"` or `'…'`)
+/// of a secret-bearing key, except `env:`/`file:` references, and the
+/// userinfo of a URL (`://user:password@`).
 fn secret_values(line: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
-    let key = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+    let key = line
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches(['"', '\'']);
     let secret_key = line.contains('=') && SECRET_KEYS.contains(&key);
     let mut rest = 0;
-    while let Some(open) = line[rest..].find('"').map(|i| rest + i) {
-        let close = line[open + 1..].find('"').map_or(line.len(), |i| open + 1 + i);
+    while let Some(open) = line[rest..].find(['"', '\'']).map(|i| rest + i) {
+        let quote = &line[open..open + 1];
+        let close = line[open + 1..].find(quote).map_or(line.len(), |i| open + 1 + i);
         let value = &line[open + 1..close];
         if secret_key && !value.starts_with("env:") && !value.starts_with("file:") && !value.is_empty() {
             out.push(open + 1..close);

@@ -159,11 +159,9 @@ pub fn wire(
     builder.build().map_err(describe_error)
 }
 
-/// Bytes that may continue a token, so a match inside a longer run of them
-/// is not the token (a one-letter test token inside `"state"`).
-fn token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b)
-}
+/// A token this long is replaced wherever it appears; a shorter one (a test
+/// token such as `t`) only where it stands alone, not inside a word.
+const TOKEN_ANYWHERE: usize = 16;
 
 /// `body` with every occurrence of the token that was sent (as sent, and as
 /// a JSON string writes it) replaced by `***`: a CI API that echoes the
@@ -174,21 +172,26 @@ fn scrub(body: Vec<u8>, token: &str) -> Vec<u8> {
     if token.is_empty() {
         return body;
     }
-    let escaped = serde_json::to_string(token).unwrap_or_default();
-    let escaped = escaped.trim_matches('"');
+    let quoted = serde_json::to_string(token).unwrap_or_default();
+    let escaped = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(token);
     let forms: Vec<&[u8]> = if escaped == token {
         vec![token.as_bytes()]
     } else {
         vec![token.as_bytes(), escaped.as_bytes()]
     };
+    let alone = |b: Option<&u8>| b.is_none_or(|b| !b.is_ascii_alphanumeric());
     let mut body = body;
     for form in forms {
         let mut out = Vec::with_capacity(body.len());
         let mut at = 0;
         while at < body.len() {
             let is_match = body[at..].starts_with(form)
-                && (at == 0 || !token_byte(body[at - 1]))
-                && body.get(at + form.len()).is_none_or(|b| !token_byte(*b));
+                && (form.len() >= TOKEN_ANYWHERE
+                    || (alone(at.checked_sub(1).and_then(|i| body.get(i)))
+                        && alone(body.get(at + form.len()))));
             if is_match {
                 out.extend_from_slice(b"***");
                 at += form.len();
@@ -405,7 +408,7 @@ mod tests {
 
         let token = "glptt-Echoed-Secret";
         let echoed = format!(
-            r#"{{"message":"invalid token {token}","received":{{"token":"{token}","headers":{{"circle-token":"{token}"}}}},"state":"t","other":"x{token}y"}}"#
+            r#"{{"message":"invalid token {token}.","received":{{"token":"{token}","headers":{{"circle-token":"{token}"}}}},"state":"t","other":"x{token}y"}}"#
         );
         let (url, server) = one_answer(head, echoed.into_bytes(), false).await;
         let mut request = circleci();
@@ -417,9 +420,15 @@ mod tests {
         let text = String::from_utf8(response.body.to_vec()).unwrap();
         assert_eq!(
             text,
-            r#"{"message":"invalid token ***","received":{"token":"***","headers":{"circle-token":"***"}},"state":"t","other":"xglptt-Echoed-Secrety"}"#
+            r#"{"message":"invalid token ***.","received":{"token":"***","headers":{"circle-token":"***"}},"state":"t","other":"x***y"}"#
         );
         server.abort();
+    }
+
+    #[test]
+    fn a_short_token_is_scrubbed_only_where_it_stands_alone() {
+        let out = scrub(br#"{"state":"t","token":"t.","at":"tt"}"#.to_vec(), "t");
+        assert_eq!(out, br#"{"state":"***","token":"***.","at":"tt"}"#);
     }
 
     proptest::proptest! {
