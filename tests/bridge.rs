@@ -636,6 +636,45 @@ async fn a_2xx_that_names_no_pipeline_is_done_and_said_out_loud() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn escape_sequences_in_a_ci_answer_are_shown_not_obeyed_by_deliveries_show() {
+    let ci = StandIn::start().await;
+    let hostile = "\u{1b}[2J\u{1b}]0;pwned\u{7}";
+    ci.script([
+        Reply::Body(500, hostile),
+        Reply::Body(500, hostile),
+        Reply::Body(500, hostile),
+    ]);
+    let ws = Workspace::new(&config(&ci.url));
+    let daemon = ws.start(&env());
+    let body = payload("github/push.json");
+    let (status, _) = post_github(&daemon.hook_url("github"), "push", "esc-1", &body).await;
+    assert_eq!(status, 202);
+    let key = DeliveryKey {
+        id: "esc-1".into(),
+        source: Some("github".into()),
+    };
+    delivery_when_jobs(&ws, &key, "done").await;
+    let (code, shown, err) = ws.cli(
+        &[
+            "deliveries",
+            "show",
+            "esc-1",
+            "--source",
+            "github",
+            "--config",
+            "hookbridge.toml",
+        ],
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+    let (code, listed, err) = ws.cli(&["deliveries", "list", "--config", "hookbridge.toml"], &env());
+    assert_eq!(code, 0, "{err}");
+    assert!(!listed.contains('\u{1b}'), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
     let ci = StandIn::start().await;
     ci.set_hang(true);

@@ -54,6 +54,21 @@ pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// `text` fit for a terminal: control characters other than newlines (an
+/// escape sequence in a CI's answer, a payload's repository name) are shown
+/// escaped (`\u{1b}`) instead of being obeyed by the operator's terminal.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Read a payload file, with the path in the error.
 pub fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -151,4 +166,17 @@ pub fn format_request(r: &OutboundRequest, indent: &str) -> String {
         out.push_str(&format!("{indent}{line}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(
+            terminal_safe("ok\x1b[2J\x07\r\tdone\nnext \u{9b}"),
+            "ok\\u{1b}[2J\\u{7}\\r\\tdone\nnext \\u{9b}"
+        );
+    }
 }

@@ -120,7 +120,7 @@ async fn list(a: ListArgs) -> Result<(), String> {
     if a.json {
         return print_json(&rows);
     }
-    print!("{}", table(&rows));
+    print!("{}", super::common::terminal_safe(&table(&rows)));
     Ok(())
 }
 
@@ -165,7 +165,7 @@ async fn show(a: ShowArgs) -> Result<(), String> {
     if a.json {
         return print_json(&detail);
     }
-    print!("{}", describe(&detail));
+    print!("{}", super::common::terminal_safe(&describe(&detail)));
     Ok(())
 }
 
