@@ -95,10 +95,8 @@ pub fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duratio
             return Some(until(date, now));
         }
     }
-    if let Some(v) = get("ratelimit-reset").and_then(|v| {
-        // All digits but past u64: a reset too far off to count, so the longest wait.
-        v.parse::<u64>().ok().or_else(|| seconds(v).map(|_| u64::MAX))
-    }) {
+    // Past u64 reads as u64::MAX: a reset too far off to count, the longest wait.
+    if let Some(v) = get("ratelimit-reset").and_then(seconds).map(|d| d.as_secs()) {
         if v > UNIX_TIME_THRESHOLD {
             let reset = UNIX_EPOCH.checked_add(Duration::from_secs(v));
             return Some(reset.map_or(Duration::MAX, |reset| until(reset, now)));
@@ -108,14 +106,15 @@ pub fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duratio
     None
 }
 
-/// A delay in whole seconds (`Retry-After: 120`); all digits but too many
-/// for a `u64` is the longest delay ([`Duration::MAX`]), which the
-/// dispatcher caps at `max_backoff`, not no delay at all.
+/// A delay in whole seconds (`Retry-After: 120`); a number too large for a
+/// `u64` is the longest delay ([`Duration::MAX`]), which the dispatcher caps
+/// at `max_backoff`, not no delay at all.
 fn seconds(v: &str) -> Option<Duration> {
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    match v.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Some(Duration::MAX),
+        Err(_) => None,
     }
-    Some(v.parse::<u64>().map_or(Duration::MAX, Duration::from_secs))
 }
 
 /// How long from `now` until `t`; zero when `t` has passed.
