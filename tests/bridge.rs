@@ -6,10 +6,10 @@ mod support;
 use std::time::Duration;
 
 use hookbridge::store::sqlite::SqliteStore;
-use hookbridge::store::{DeliveryFilter, DeliveryKey, JobState, Store};
+use hookbridge::store::{DeliveryDetail, DeliveryFilter, DeliveryKey, JobState, Store};
 use serde_json::{Value, json};
 use support::ci::{CIRCLE_TOKEN, GITLAB_TRIGGER_TOKEN, Reply, StandIn};
-use support::daemon::Workspace;
+use support::daemon::{Daemon, Workspace};
 use support::{eventually, github_signature, payload, wait_for};
 
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
@@ -541,24 +541,53 @@ async fn permanent_errors_are_dead_lettered_and_redelivery_requeues_them() {
     .await;
 }
 
+/// A daemon whose CI answers each of the fixture push's three matching
+/// rules first with `reply`; the push `delivery` is sent and its jobs are
+/// done.
+async fn push_first_answered_with(
+    reply: Reply,
+    delivery: &str,
+) -> (StandIn, Workspace, Daemon, DeliveryDetail) {
+    let ci = StandIn::start().await;
+    ci.script([reply.clone(), reply.clone(), reply]);
+    let ws = Workspace::new(&config(&ci.url));
+    let daemon = ws.start(&env());
+    let body = payload("github/push.json");
+    let (status, _) = post_github(&daemon.hook_url("github"), "push", delivery, &body).await;
+    assert_eq!(status, 202);
+    let key = DeliveryKey {
+        id: delivery.into(),
+        source: Some("github".into()),
+    };
+    let detail = delivery_when_jobs(&ws, &key, "done").await;
+    (ci, ws, daemon, detail)
+}
+
+/// `deliveries show` of a GitHub delivery: what it prints, having succeeded.
+fn show(ws: &Workspace, delivery: &str) -> String {
+    let (code, shown, err) = ws.cli(
+        &[
+            "deliveries",
+            "show",
+            delivery,
+            "--source",
+            "github",
+            "--config",
+            "hookbridge.toml",
+        ],
+        &env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    shown
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ci_that_echoes_the_token_back_puts_it_nowhere() {
     // Each rule's first answer is a 500 that echoes the request (the
     // Circle-Token header, GitLab's body token, "invalid token <token>"):
     // retried and then delivered, with the answers recorded without the
     // token, in the store, the API and the logs.
-    let ci = StandIn::start().await;
-    ci.script([Reply::Echo(500), Reply::Echo(500), Reply::Echo(500)]);
-    let ws = Workspace::new(&config(&ci.url));
-    let daemon = ws.start(&env());
-    let body = payload("github/push.json");
-    let (status, _) = post_github(&daemon.hook_url("github"), "push", "echo-1", &body).await;
-    assert_eq!(status, 202);
-    let key = DeliveryKey {
-        id: "echo-1".into(),
-        source: Some("github".into()),
-    };
-    let detail = delivery_when_jobs(&ws, &key, "done").await;
+    let (_ci, ws, daemon, detail) = push_first_answered_with(Reply::Echo(500), "echo-1").await;
     let echoed: Vec<&str> = detail
         .jobs
         .iter()
@@ -576,19 +605,7 @@ async fn a_ci_that_echoes_the_token_back_puts_it_nowhere() {
         .await
         .unwrap();
     assert!(api.contains("invalid token ***"), "{api}");
-    let (code, shown, err) = ws.cli(
-        &[
-            "deliveries",
-            "show",
-            "echo-1",
-            "--source",
-            "github",
-            "--config",
-            "hookbridge.toml",
-        ],
-        &env(),
-    );
-    assert_eq!(code, 0, "{err}");
+    let shown = show(&ws, "echo-1");
     assert!(shown.contains("invalid token ***"), "{shown}");
     ws.settled().await;
     let mut stored = Vec::new();
@@ -611,23 +628,8 @@ async fn a_ci_that_echoes_the_token_back_puts_it_nowhere() {
 async fn a_2xx_that_names_no_pipeline_is_done_and_said_out_loud() {
     // What a wrong `url` gives (a web UI's page): the CI's 2xx stands (no
     // second pipeline), and the log says the answer named none.
-    let ci = StandIn::start().await;
     let page = "<html><body>Welcome</body></html>";
-    ci.script([
-        Reply::Body(200, page),
-        Reply::Body(200, page),
-        Reply::Body(200, page),
-    ]);
-    let ws = Workspace::new(&config(&ci.url));
-    let daemon = ws.start(&env());
-    let body = payload("github/push.json");
-    let (status, _) = post_github(&daemon.hook_url("github"), "push", "html-1", &body).await;
-    assert_eq!(status, 202);
-    let key = DeliveryKey {
-        id: "html-1".into(),
-        source: Some("github".into()),
-    };
-    delivery_when_jobs(&ws, &key, "done").await;
+    let (ci, _ws, daemon, _) = push_first_answered_with(Reply::Body(200, page), "html-1").await;
     eventually(Duration::from_secs(10), "the warning", || {
         daemon.logs().matches("names no pipeline").count() == 3
     })
@@ -637,36 +639,9 @@ async fn a_2xx_that_names_no_pipeline_is_done_and_said_out_loud() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn escape_sequences_in_a_ci_answer_are_shown_not_obeyed_by_deliveries_show() {
-    let ci = StandIn::start().await;
     let hostile = "\u{1b}[2J\u{1b}]0;pwned\u{7}";
-    ci.script([
-        Reply::Body(500, hostile),
-        Reply::Body(500, hostile),
-        Reply::Body(500, hostile),
-    ]);
-    let ws = Workspace::new(&config(&ci.url));
-    let daemon = ws.start(&env());
-    let body = payload("github/push.json");
-    let (status, _) = post_github(&daemon.hook_url("github"), "push", "esc-1", &body).await;
-    assert_eq!(status, 202);
-    let key = DeliveryKey {
-        id: "esc-1".into(),
-        source: Some("github".into()),
-    };
-    delivery_when_jobs(&ws, &key, "done").await;
-    let (code, shown, err) = ws.cli(
-        &[
-            "deliveries",
-            "show",
-            "esc-1",
-            "--source",
-            "github",
-            "--config",
-            "hookbridge.toml",
-        ],
-        &env(),
-    );
-    assert_eq!(code, 0, "{err}");
+    let (_ci, ws, _daemon, _) = push_first_answered_with(Reply::Body(500, hostile), "esc-1").await;
+    let shown = show(&ws, "esc-1");
     assert!(shown.contains("\\u{1b}[2J"), "{shown}");
     assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
     let (code, listed, err) = ws.cli(&["deliveries", "list", "--config", "hookbridge.toml"], &env());

@@ -228,22 +228,27 @@ type = "gitlab"
 url = "https://gitlab.example"
 token = "glptt-LiteralTriggerSecret"
 "#;
-    let ws = Workspace::new(&format!("{BASE}{literals}"));
-    let (code, out, err) = ws.cli(
-        &["check", "--config", "hookbridge.toml"],
-        &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
-    );
-    assert_ne!(code, 0, "{err}");
-    for secret in [
-        "pa?ss-Url-Secret",
-        "NoColonAzureSecret123",
-        "glptt-LiteralTriggerSecret",
-    ] {
-        assert!(
-            !err.contains(secret) && !out.contains(secret),
-            "{secret} shown:\n{err}{out}"
+    // `command` refuses the file and shows none of its secrets; its stderr.
+    let refused_without_secrets = |command: &str| {
+        let ws = Workspace::new(&format!("{BASE}{literals}"));
+        let (code, out, err) = ws.cli(
+            &[command, "--config", "hookbridge.toml"],
+            &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
         );
-    }
+        assert_ne!(code, 0, "{command}: {err}");
+        for secret in [
+            "pa?ss-Url-Secret",
+            "NoColonAzureSecret123",
+            "glptt-LiteralTriggerSecret",
+        ] {
+            assert!(
+                !err.contains(secret) && !out.contains(secret),
+                "{command}: {secret} shown:\n{err}{out}"
+            );
+        }
+        err
+    };
+    let err = refused_without_secrets("check");
     assert!(err.contains("secret written literally"), "{err}");
     assert!(err.contains("token = ***"), "{err}");
     assert!(err.contains("url = ***"), "{err}");
@@ -251,33 +256,16 @@ token = "glptt-LiteralTriggerSecret"
     // A file that does not parse: no spans are known, the key names the secret.
     let broken = "\n[targets.x]\ntype = \"circleci\"\ntoken = \"Unparsed-Secret-Value\" trailing\n";
     let single = "\n[targets.y]\ntype = \"circleci\"\ntoken = 'Single-Quoted-Secret' trailing\n";
-    let ws = Workspace::new(&format!("{BASE}{single}"));
-    let (code, _, err) = ws.cli(&["check", "--config", "hookbridge.toml"], &[]);
+    let (code, err) = check(single);
     assert_eq!(code, 1, "{err}");
     assert!(!err.contains("Single-Quoted-Secret"), "{err}");
-    let ws = Workspace::new(&format!("{BASE}{broken}"));
-    let (code, _, err) = ws.cli(&["check", "--config", "hookbridge.toml"], &[]);
+    let (code, err) = check(broken);
     assert_eq!(code, 1, "{err}");
     assert!(!err.contains("Unparsed-Secret-Value"), "{err}");
     assert!(err.contains("token = \"***\""), "{err}");
 
     // `serve` logs the same diagnostics.
-    let ws = Workspace::new(&format!("{BASE}{literals}"));
-    let (code, out, err) = ws.cli(
-        &["serve", "--config", "hookbridge.toml"],
-        &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
-    );
-    assert_ne!(code, 0, "{err}");
-    for secret in [
-        "pa?ss-Url-Secret",
-        "NoColonAzureSecret123",
-        "glptt-LiteralTriggerSecret",
-    ] {
-        assert!(
-            !err.contains(secret) && !out.contains(secret),
-            "{secret} shown:\n{err}{out}"
-        );
-    }
+    refused_without_secrets("serve");
 }
 
 /// `serve` on `BASE` + `extra`: it must refuse to start (and not panic).

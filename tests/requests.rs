@@ -80,28 +80,45 @@ ref = "main"
 token = "glptt-rule-token"
 "#;
 
-#[test]
-fn rendered_requests() {
-    let config = hookbridge::config::parse(std::path::Path::new("r.toml"), CONFIG, LoadMode::Check)
+fn config(toml: &str) -> hookbridge::config::Config {
+    hookbridge::config::parse(std::path::Path::new("r.toml"), toml, LoadMode::Check)
         .unwrap()
-        .config;
-    let body = payload("github/pull_request-opened.json");
+        .config
+}
+
+/// `body` as GitHub sends it for `event`, signed with the config's secret,
+/// verified, described and evaluated.
+fn signed_github(
+    config: &hookbridge::config::Config,
+    event: &'static str,
+    body: &[u8],
+) -> hookbridge::intake::Intake {
     let mut headers = HeaderMap::new();
-    headers.insert("x-github-event", HeaderValue::from_static("pull_request"));
+    headers.insert("x-github-event", HeaderValue::from_static(event));
     headers.insert("x-github-delivery", HeaderValue::from_static("d-1"));
     headers.insert(
         "x-hub-signature-256",
-        HeaderValue::from_str(&github_signature("s3cret", &body)).unwrap(),
+        HeaderValue::from_str(&github_signature("s3cret", body)).unwrap(),
     );
-    let intake = hookbridge::intake::process(
-        &config,
+    hookbridge::intake::process(
+        config,
         &config.sources["github"],
         &headers,
-        &body,
+        body,
         SystemTime::now(),
         hookbridge::intake::Trust::Verify,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn rendered_requests() {
+    let config = config(CONFIG);
+    let intake = signed_github(
+        &config,
+        "pull_request",
+        &payload("github/pull_request-opened.json"),
+    );
     assert!(
         intake.evaluation.errors.is_empty(),
         "{:?}",
@@ -133,29 +150,11 @@ fn verdicts_quote_a_huge_payload_value_only_in_part() {
         "{CONFIG}\n[[rules]]\nname = \"only-other\"\nrepositories = [\"other/*\"]\n\
          [rules.trigger]\ntarget = \"circleci\"\nproject = \"gh/o/o\"\nbranch = \"main\"\n"
     );
-    let config = hookbridge::config::parse(std::path::Path::new("r.toml"), &toml, LoadMode::Check)
-        .unwrap()
-        .config;
+    let config = config(&toml);
     let mut push: serde_json::Value = serde_json::from_slice(&payload("github/push.json")).unwrap();
     let huge = format!("acme/{}", "r".repeat(2 << 20));
     push["repository"]["full_name"] = serde_json::Value::String(huge);
-    let body = serde_json::to_vec(&push).unwrap();
-    let mut headers = HeaderMap::new();
-    headers.insert("x-github-event", HeaderValue::from_static("push"));
-    headers.insert("x-github-delivery", HeaderValue::from_static("d-huge"));
-    headers.insert(
-        "x-hub-signature-256",
-        HeaderValue::from_str(&github_signature("s3cret", &body)).unwrap(),
-    );
-    let intake = hookbridge::intake::process(
-        &config,
-        &config.sources["github"],
-        &headers,
-        &body,
-        SystemTime::now(),
-        hookbridge::intake::Trust::Verify,
-    )
-    .unwrap();
+    let intake = signed_github(&config, "push", &serde_json::to_vec(&push).unwrap());
     assert!(!intake.evaluation.skipped.is_empty());
     for s in &intake.evaluation.skipped {
         assert!(s.reason.len() < 1100, "{}: {} bytes", s.rule, s.reason.len());

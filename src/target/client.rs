@@ -311,25 +311,10 @@ mod tests {
     /// [`RESPONSE_BODY_LIMIT`] bytes, long before the request timeout.
     #[tokio::test]
     async fn reading_stops_at_the_body_limit() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 16 * 1024];
-            let _ = socket.read(&mut buf).await.unwrap();
-            let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10000000\r\n\r\n";
-            socket.write_all(head.as_bytes()).await.unwrap();
-            socket.write_all(&vec![b'x'; 100 * 1024]).await.unwrap();
-            // Then stall with the rest of the declared body unsent.
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        });
-        let mut request = circleci();
-        request.url = format!("http://{addr}/api/v2/project/gh/a/b/pipeline");
+        // A 10 MB body declared, 100 KiB sent, the rest never.
+        let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10000000\r\n\r\n";
         let started = Instant::now();
-        let response = Http::new()
-            .send(&request, &Secret::new("t"), Duration::from_secs(30))
-            .await
-            .unwrap();
+        let response = send_answered(head, vec![b'x'; 100 * 1024], true, "t", Duration::from_secs(30)).await;
         assert_eq!(response.status, 503);
         assert_eq!(response.body.len(), RESPONSE_BODY_LIMIT);
         assert!(
@@ -337,15 +322,18 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        server.abort();
     }
 
-    /// Answer one request with `head` and `body`, then close (or stall, for `stall`).
-    async fn one_answer(
+    /// Send a CircleCI trigger with `token` to a server that answers with
+    /// `head` and `body`, then closes (or stalls, for `stall`); what `send`
+    /// made of it.
+    async fn send_answered(
         head: &'static str,
         body: Vec<u8>,
         stall: bool,
-    ) -> (String, tokio::task::JoinHandle<()>) {
+        token: &str,
+        timeout: Duration,
+    ) -> Response {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -358,7 +346,14 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
         });
-        (format!("http://{addr}/api/v2/project/gh/a/b/pipeline"), server)
+        let mut request = circleci();
+        request.url = format!("http://{addr}/api/v2/project/gh/a/b/pipeline");
+        let response = Http::new()
+            .send(&request, &Secret::new(token), timeout)
+            .await
+            .unwrap();
+        server.abort();
+        response
     }
 
     /// A 2xx whose body then breaks off (closed, or stalled past the
@@ -368,16 +363,10 @@ mod tests {
     async fn a_2xx_cut_off_after_its_status_stands() {
         for stall in [false, true] {
             let head = "HTTP/1.1 201 Created\r\ncontent-length: 1000\r\n\r\n";
-            let (url, server) = one_answer(head, br#"{"id":"5034460f"#.to_vec(), stall).await;
-            let mut request = circleci();
-            request.url = url;
-            let response = Http::new()
-                .send(&request, &Secret::new("t"), Duration::from_secs(2))
-                .await
-                .unwrap();
+            let body = br#"{"id":"5034460f"#.to_vec();
+            let response = send_answered(head, body, stall, "t", Duration::from_secs(2)).await;
             assert_eq!(response.status, 201, "stall: {stall}");
             assert_eq!(&response.body[..], br#"{"id":"5034460f"#);
-            server.abort();
         }
     }
 
@@ -392,37 +381,23 @@ mod tests {
             token_json = serde_json::to_string(token).unwrap(),
         );
         let head = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
-        let (url, server) = one_answer(head, echoed.into_bytes(), false).await;
-        let mut request = circleci();
-        request.url = url;
-        let response = Http::new()
-            .send(&request, &Secret::new(token), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let response = send_answered(head, echoed.into_bytes(), false, token, Duration::from_secs(5)).await;
         let text = String::from_utf8(response.body.to_vec()).unwrap();
         assert_eq!(
             text,
             r#"{"message":"invalid token ***","received":{"token":"***","headers":{"circle-token":"***"}},"state":"t"}"#
         );
-        server.abort();
 
         let token = "glptt-Echoed-Secret";
         let echoed = format!(
             r#"{{"message":"invalid token {token}.","received":{{"token":"{token}","headers":{{"circle-token":"{token}"}}}},"state":"t","other":"x{token}y"}}"#
         );
-        let (url, server) = one_answer(head, echoed.into_bytes(), false).await;
-        let mut request = circleci();
-        request.url = url;
-        let response = Http::new()
-            .send(&request, &Secret::new(token), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let response = send_answered(head, echoed.into_bytes(), false, token, Duration::from_secs(5)).await;
         let text = String::from_utf8(response.body.to_vec()).unwrap();
         assert_eq!(
             text,
             r#"{"message":"invalid token ***.","received":{"token":"***","headers":{"circle-token":"***"}},"state":"t","other":"x***y"}"#
         );
-        server.abort();
     }
 
     #[test]
