@@ -21,7 +21,8 @@
 //! Options:
 //! - `--smoke`: short scenarios.
 //! - `--duration SECS`: length of the closed-loop scenarios.
-//! - `--only TEXT`: only the scenarios whose name contains TEXT.
+//! - `--only TEXT`: only the scenarios whose name contains TEXT; `floors` is
+//!   the stage-cost table (`floors`), measured before any server starts.
 //! - `--keep`: keep the temporary directory with configs and logs.
 //! - `--store postgres`: after the SQLite run, run the same scenarios on
 //!   hookbridge with a PostgreSQL store: a fresh database `hb_bench_<ulid>` on
@@ -37,6 +38,7 @@
 //!   round-robin, so the total concurrency is the scenario's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod floors;
 mod generator;
 /// The tests' throw-away PostgreSQL databases.
 #[allow(dead_code)]
@@ -264,6 +266,10 @@ async fn run(opts: Options) {
         "disk: write 4 KiB + fdatasync in the work dir: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (the floor under every stored ack)",
         fsync.0, fsync.1, fsync.2
     );
+
+    if opts.only.as_ref().is_none_or(|o| "floors".contains(o.as_str())) {
+        floors::run(&payloads.push, &payloads.large, dir.path(), opts.smoke).await;
+    }
 
     let ci = StandIn::default();
     let ci_addr = ci.start().await;
