@@ -50,6 +50,11 @@ const WRITER_CACHE_KIB: i64 = 8192;
 /// at 4 KiB pages): only a safety valve, should the checkpointer fall behind.
 const WRITER_AUTOCHECKPOINT: i64 = 16384;
 
+/// What the WAL file is cut back to once a checkpoint has copied all of it
+/// into the database: a burst of large payloads grows the file, and without
+/// a limit SQLite keeps it at its largest size for good.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// How long the readiness probe waits for its commit. The writer waits up to
 /// its busy timeout (5 s) for a write lock another process holds; readiness
 /// says no sooner (Kubernetes' probe gives up after 3 s).
@@ -165,7 +170,12 @@ impl SqliteStore {
             .map_err(db)?;
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(db)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(db)?;
         let checkpoint_conn = connect_existing(path)?;
+        checkpoint_conn
+            .pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(db)?;
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("sqlite-writer".into())

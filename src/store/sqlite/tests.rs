@@ -191,3 +191,35 @@ fn driver_errors_are_classified() {
     ));
     assert_eq!(e.kind(), StoreErrorKind::Unavailable);
 }
+
+/// A large commit grows the WAL; once the checkpointer has copied
+/// it into the database and the writer starts over, the file is cut back to
+/// `WAL_SIZE_LIMIT` instead of keeping its largest size.
+#[tokio::test]
+async fn the_wal_shrinks_back_after_a_large_commit() {
+    let (dir, s) = store().await;
+    let wal = dir.path().join("hb.db-wal");
+    // One transaction larger than the limit: the WAL must hold all of it.
+    let mut d = delivery("github", "big", &[], t(0));
+    d.payload = bytes::Bytes::from(vec![b'x'; 80 << 20]);
+    s.ingest(d).await.unwrap();
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        grown > WAL_SIZE_LIMIT as u64,
+        "the burst left a WAL of {grown} bytes"
+    );
+    // Each small commit after a full checkpoint starts the WAL over, and
+    // the writer then truncates the file.
+    let mut size = grown;
+    for i in 0..200 {
+        s.ingest(delivery("github", &format!("small{i}"), &[], t(100 + i)))
+            .await
+            .unwrap();
+        size = std::fs::metadata(&wal).unwrap().len();
+        if size <= WAL_SIZE_LIMIT as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(size <= WAL_SIZE_LIMIT as u64, "the WAL stayed at {size} bytes");
+}
