@@ -94,7 +94,7 @@ fn cases() -> Vec<(String, &'static str, Value)> {
         (
             "gitlab-system/tag_push.json",
             SYSTEM,
-            json!({"kind": "push", "ref": "refs/tags/v1.0.0", "tag": "v1.0.0", "sha": "82b3d5ae55f7080f1e6022629cdb57bfae7cccc7", "created": true, "repository": "jsmith/example", "changes": 1, "paths": []}),
+            json!({"kind": "push", "ref": "refs/tags/v1.0.0", "tag": "v1.0.0", "sha": "5937ac0a7beb003549fc5fd26fc247adbce4a52e", "created": true, "repository": "jsmith/example", "changes": 1, "paths": []}),
         ),
         (
             "gitlab-system/repository_update.json",

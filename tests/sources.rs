@@ -221,6 +221,13 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
         (
             "github",
             "github",
+            "push",
+            "github/push-annotated-tag.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": true, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "push", "name": "push", "number": null, "paths": [], "paths_unknown": false, "provider": "github", "provider_action": null, "ref": "refs/tags/v1.2.0", "repository": "Codertocat/Hello-World", "sender": "Codertocat", "sha": "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "source": "github", "tag": "v1.2.0"}),
+        ),
+        (
+            "github",
+            "github",
             "ping",
             "github/ghes-3.5/ping.json",
             json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "forced": false, "kind": "ping", "name": "ping", "number": null, "paths": null, "paths_unknown": false, "provider": "github", "provider_action": null, "ref": null, "repository": "Octocoders/Hello-World", "sender": "Codertocat", "sha": null, "source": "github", "tag": null}),
@@ -347,6 +354,27 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
         (
             "bitbucket",
             "bitbucket-dc",
+            "pr:reviewer:approved",
+            "bitbucket-datacenter/pr-reviewer-approved.json",
+            json!({"action": null, "base_branch": "master", "before": null, "branch": "feature/wip", "created": false, "deleted": false, "delivery": "b1d0c0de-0000-4000-8000-000000000dc0", "forced": false, "kind": "pr:reviewer:approved", "name": "pr:reviewer:approved", "number": 5, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/heads/feature/wip", "repository": "~gopher/webhook-test", "sender": "tux", "sha": "32a0b8a740c2963c6f56bd8baf3dc05683d299e0", "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-dc",
+            "repo:forked",
+            "bitbucket-datacenter/repo-forked.json",
+            json!({"action": null, "base_branch": null, "before": null, "branch": null, "created": false, "deleted": false, "delivery": "b1d0c0de-0000-4000-8000-000000000dc0", "forced": false, "kind": "repo:forked", "name": "repo:forked", "number": null, "paths": null, "paths_unknown": false, "provider": "bitbucket", "provider_action": null, "ref": null, "repository": "~tux/webhook-test", "sender": "tux", "sha": null, "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-cloud",
+            "pullrequest:approved",
+            "bitbucket-cloud/pullrequest-approved.json",
+            json!({"action": null, "base_branch": "master", "before": null, "branch": "branch2", "created": false, "deleted": false, "delivery": "9f6b2b5e-0000-4000-8000-00000000b17b", "forced": false, "kind": "pullrequest:approved", "name": "pullrequest:approved", "number": 1, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/heads/branch2", "repository": "team_name/repo_name", "sender": "emmap1", "sha": "d3022fc0ca3d", "source": "bitbucket", "tag": null}),
+        ),
+        (
+            "bitbucket",
+            "bitbucket-dc",
             "pr:opened",
             "bitbucket-datacenter/pr-opened.json",
             json!({"action": "opened", "base_branch": "master", "before": null, "branch": "feature/wip", "created": false, "deleted": false, "delivery": "b1d0c0de-0000-4000-8000-000000000dc0", "forced": false, "kind": "pull_request", "name": "pr:opened", "number": 5, "paths": null, "paths_unknown": true, "provider": "bitbucket", "provider_action": null, "ref": "refs/heads/feature/wip", "repository": "~gopher/webhook-test", "sender": "gopher", "sha": "32a0b8a740c2963c6f56bd8baf3dc05683d299e0", "source": "bitbucket", "tag": null}),
@@ -407,6 +435,20 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
             "azure-devops/git.pullrequest.created.json",
             json!({"action": "opened", "base_branch": "master", "before": null, "branch": "mytopic", "created": false, "deleted": false, "delivery": "2ab4e3d3-b7a6-425e-92b1-5a9982c1269e", "forced": false, "kind": "pull_request", "name": "git.pullrequest.created", "number": 1, "paths": null, "paths_unknown": true, "provider": "azure-devops", "provider_action": "created", "ref": "refs/heads/mytopic", "repository": "Fabrikam/Fabrikam", "sender": "fabrikamfiber4@hotmail.com", "sha": "53d54ac915144006c2c9e90d2c7d3880920db49c", "source": "azure", "tag": null}),
         ),
+        (
+            "azure",
+            "azure",
+            "",
+            "azure-devops/git.pullrequest.merged.json",
+            json!({"action": "merged", "base_branch": "master", "before": null, "branch": "mytopic", "created": false, "deleted": false, "delivery": "6872ee8c-b333-4eff-bfb9-0d5274943566", "forced": false, "kind": "pull_request", "name": "git.pullrequest.merged", "number": 1, "paths": null, "paths_unknown": true, "provider": "azure-devops", "provider_action": null, "ref": "refs/heads/mytopic", "repository": "Fabrikam/Fabrikam", "sender": "fabrikamfiber4@hotmail.com", "sha": "53d54ac915144006c2c9e90d2c7d3880920db49c", "source": "azure", "tag": null}),
+        ),
+        (
+            "azure",
+            "azure",
+            "",
+            "azure-devops/git.pullrequest.merged-active.json",
+            json!({"action": "merge_attempted", "base_branch": "master", "before": null, "branch": "mytopic", "created": false, "deleted": false, "delivery": "6872ee8c-b333-4eff-bfb9-0d5274943567", "forced": false, "kind": "pull_request", "name": "git.pullrequest.merged", "number": 1, "paths": null, "paths_unknown": true, "provider": "azure-devops", "provider_action": null, "ref": "refs/heads/mytopic", "repository": "Fabrikam/Fabrikam", "sender": "fabrikamfiber4@hotmail.com", "sha": "53d54ac915144006c2c9e90d2c7d3880920db49c", "source": "azure", "tag": null}),
+        ),
     ]
 }
 
@@ -414,7 +456,7 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
 fn every_fixture_is_verified_and_described() {
     let config = config();
     let cases = cases();
-    assert_eq!(cases.len(), 34);
+    assert_eq!(cases.len(), 40);
     for (source, signer, event, file, mut want) in cases {
         let body = payload(file);
         let got = describe(&config, source, &signed(signer, event, &body), &body);
@@ -1001,4 +1043,101 @@ branch = "{{{{ event.branch }}}}"
     let summary: Value = accepted.json().await.unwrap();
     assert_eq!(summary["matched"][0]["rule"], "push", "{summary}");
     assert!(!daemon.logs().contains(SECRET));
+}
+
+/// A pull request and the events about one (a GitHub review, a Bitbucket
+/// approval) are filtered on their base branch, as in GitHub Actions: one
+/// rule picks the same pull requests whichever of them arrives; the head
+/// branch is `event.branch`, for `if` and templates.
+#[test]
+fn pull_requests_and_events_about_them_are_filtered_on_the_base_branch() {
+    let config_text = format!(
+        "{}\n{}",
+        sources_toml(),
+        r#"
+[targets.circleci]
+type = "circleci"
+token = "circle-token"
+
+[[rules]]
+name = "into-master"
+branches = ["master"]
+[rules.trigger]
+target = "circleci"
+project = "gh/acme/app"
+branch = "{{ event.branch }}"
+
+[[rules]]
+name = "head-branch-as-filter"
+branches = ["changes", "branch2", "feature/**"]
+[rules.trigger]
+target = "circleci"
+project = "gh/acme/app"
+branch = "{{ event.branch }}"
+"#
+    );
+    let config = hookbridge::config::parse(std::path::Path::new("base.toml"), &config_text, LoadMode::Check)
+        .unwrap()
+        .config;
+    for (source, signer, event, file, head) in [
+        (
+            "github",
+            "github",
+            "pull_request",
+            "github/pull_request-opened.json",
+            "changes",
+        ),
+        (
+            "github",
+            "github",
+            "pull_request_review",
+            "github/pull_request_review-submitted.json",
+            "changes",
+        ),
+        (
+            "bitbucket",
+            "bitbucket-dc",
+            "pr:reviewer:approved",
+            "bitbucket-datacenter/pr-reviewer-approved.json",
+            "feature/wip",
+        ),
+        (
+            "bitbucket",
+            "bitbucket-cloud",
+            "pullrequest:approved",
+            "bitbucket-cloud/pullrequest-approved.json",
+            "branch2",
+        ),
+    ] {
+        let body = payload(file);
+        let intake = hookbridge::intake::process(
+            &config,
+            &config.sources[source],
+            &signed(signer, event, &body),
+            &body,
+            SystemTime::now(),
+            Trust::Verify,
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let matched: Vec<&str> = intake
+            .evaluation
+            .matched
+            .iter()
+            .map(|m| m.rule.as_str())
+            .collect();
+        assert_eq!(
+            matched,
+            ["into-master"],
+            "{file}: {:?}",
+            intake.evaluation.skipped
+        );
+        assert_eq!(intake.event.branch.as_deref(), Some(head), "{file}");
+        let skipped = &intake.evaluation.skipped[0];
+        assert_eq!(skipped.rule, "head-branch-as-filter");
+        assert!(
+            skipped.reason.contains("base branch \"master\""),
+            "{file}: {}",
+            skipped.reason
+        );
+    }
 }

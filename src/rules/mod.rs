@@ -244,17 +244,24 @@ fn refs(rule: &Rule, event: &Event) -> Result<(), String> {
     if !branch_filtered && !tag_filtered {
         return Ok(());
     }
-    // Pull requests are filtered on their base branch, as in GitHub Actions.
-    let (branch, label) = if event.kind == kind::PULL_REQUEST {
+    // Pull requests are filtered on their base branch, as in GitHub Actions,
+    // and so are the events about one (reviews, comments, approvals), which
+    // state it the same way: one rule picks the same pull requests for all.
+    let (branch, label) = if event.kind == kind::PULL_REQUEST || event.base_branch.is_some() {
         (event.base_branch.as_deref(), "base branch ")
     } else {
         (event.branch.as_deref(), "")
+    };
+    // A push of several refs is filtered on its first (`event.changes`).
+    let first = match event.changes.len() {
+        0 | 1 => String::new(),
+        n => format!(" (the first of the {n} refs this push changed; the others are in event.changes)"),
     };
     match (branch, event.tag.as_deref()) {
         (Some(b), _) => {
             if !branch_filtered {
                 return Err(format!(
-                    "tags: {label}{b:?} is a branch; the rule filters tags only"
+                    "tags: {label}{b:?} is a branch; the rule filters tags only{first}"
                 ));
             }
             check_include("branches", &rule.branches, b, label)?;
@@ -263,7 +270,7 @@ fn refs(rule: &Rule, event: &Event) -> Result<(), String> {
         (None, Some(t)) => {
             if !tag_filtered {
                 return Err(format!(
-                    "branches: {t:?} is a tag; the rule filters branches only"
+                    "branches: {t:?} is a tag; the rule filters branches only{first}"
                 ));
             }
             check_include("tags", &rule.tags, t, "")?;

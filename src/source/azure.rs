@@ -136,6 +136,10 @@ struct CommitRef {
     commit_id: Option<String>,
 }
 
+/// The action of a `git.pullrequest.merged` event for a pull request that is
+/// still open.
+const MERGE_ATTEMPTED: &str = "merge_attempted";
+
 fn describe(source: &str, payload: &[u8]) -> Result<Event, DescribeError> {
     let envelope: Envelope = parse(payload)?;
     let name = envelope
@@ -171,12 +175,17 @@ fn describe(source: &str, payload: &[u8]) -> Result<Event, DescribeError> {
             let word = name.trim_start_matches("git.pullrequest.");
             let action = match (word, r.status.as_deref()) {
                 ("created", _) => "opened",
-                ("merged", _) | ("updated", Some("completed")) => "merged",
+                ("merged" | "updated", Some("completed")) => "merged",
+                // "Pull request merge attempted": Azure DevOps builds a merge
+                // commit for an open pull request (on creation, on each push);
+                // nothing reached the target branch, so not `merged`, and
+                // not the provider's word either, which `actions` would match.
+                ("merged", _) => MERGE_ATTEMPTED,
                 ("updated", Some("abandoned")) => "closed",
                 ("updated", _) => "synchronize",
                 (other, _) => other,
             };
-            event.set_action(word, action);
+            event.set_action(if action == MERGE_ATTEMPTED { action } else { word }, action);
             event.number = r.pull_request_id;
             if let Some(src) = r.source_ref_name {
                 event.set_ref(&src);

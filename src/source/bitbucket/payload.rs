@@ -213,33 +213,99 @@ pub(super) fn describe(
             let p: CloudPullRequest = parse(payload)?;
             let word = name.trim_start_matches("pullrequest:");
             event.set_action(word, action.unwrap_or(word));
-            event.number = p.pullrequest.id;
-            event.set_ref(&format!("refs/heads/{}", p.pullrequest.source.branch.name));
-            // Bitbucket Cloud sends an abbreviated (12-character) hash here.
-            event.sha = p.pullrequest.source.commit.and_then(|c| c.hash);
-            event.base_branch = Some(p.pullrequest.destination.branch.name);
-            event.repository = p.repository.and_then(|r| r.full_name);
-            event.sender = p.actor.and_then(CloudActor::name);
-            event.paths_unknown = Some("pull request payloads do not list changed files".into());
+            cloud_pull_request(&mut event, p);
         }
         (kind::PULL_REQUEST, false) => {
             let p: DcPullRequestEvent = parse(payload)?;
             let word = name.trim_start_matches("pr:");
             event.set_action(word, action.unwrap_or(word));
-            event.number = p.pull_request.id;
-            event.set_ref(&p.pull_request.from_ref.id);
-            event.sha = p.pull_request.from_ref.latest_commit;
-            event.base_branch = crate::event::split_ref(&p.pull_request.to_ref.id).0;
-            event.repository = p.pull_request.to_ref.repository.and_then(DcRepo::full_name);
-            event.sender = p.actor.and_then(|a| a.slug.or(a.name));
-            event.paths_unknown = Some("pull request payloads do not list changed files".into());
+            dc_pull_request(&mut event, p);
         }
         _ => {
-            // Ping and other events: validate the JSON, describe nothing more.
+            // Other events: any JSON is accepted. An event about a pull
+            // request (approvals, comments, reviewers) states it as a pull
+            // request event does, so `branches` filters and templates work
+            // on it; any other names its repository and actor when it can.
             parse::<serde::de::IgnoredAny>(payload)?;
+            if let Ok(p) = parse::<CloudPullRequest>(payload) {
+                cloud_pull_request(&mut event, p);
+            } else if let Ok(p) = parse::<DcPullRequestEvent>(payload) {
+                dc_pull_request(&mut event, p);
+            } else if let Ok(p) = parse::<AnyEvent>(payload) {
+                event.repository = p.repository.and_then(AnyRepo::full_name);
+                event.sender = p.actor.and_then(AnyActor::name);
+            }
         }
     }
     Ok(event)
+}
+
+fn cloud_pull_request(event: &mut Event, p: CloudPullRequest) {
+    event.number = p.pullrequest.id;
+    event.set_ref(&format!("refs/heads/{}", p.pullrequest.source.branch.name));
+    // Bitbucket Cloud sends an abbreviated (12-character) hash here.
+    event.sha = p.pullrequest.source.commit.and_then(|c| c.hash);
+    event.base_branch = Some(p.pullrequest.destination.branch.name);
+    event.repository = p.repository.and_then(|r| r.full_name);
+    event.sender = p.actor.and_then(CloudActor::name);
+    event.paths_unknown = Some("pull request payloads do not list changed files".into());
+}
+
+fn dc_pull_request(event: &mut Event, p: DcPullRequestEvent) {
+    event.number = p.pull_request.id;
+    event.set_ref(&p.pull_request.from_ref.id);
+    event.sha = p.pull_request.from_ref.latest_commit;
+    event.base_branch = crate::event::split_ref(&p.pull_request.to_ref.id).0;
+    event.repository = p.pull_request.to_ref.repository.and_then(DcRepo::full_name);
+    event.sender = p.actor.and_then(|a| a.slug.or(a.name));
+    event.paths_unknown = Some("pull request payloads do not list changed files".into());
+}
+
+/// Any other event of either product: its repository and actor, when named
+/// the way Bitbucket Cloud (`full_name`, `username`) or Data Center
+/// (`project.key`/`slug`, actor `slug`) names them.
+#[derive(Deserialize)]
+struct AnyEvent {
+    repository: Option<AnyRepo>,
+    actor: Option<AnyActor>,
+}
+
+#[derive(Deserialize)]
+struct AnyRepo {
+    full_name: Option<String>,
+    slug: Option<String>,
+    project: Option<DcProject>,
+}
+
+impl AnyRepo {
+    fn full_name(self) -> Option<String> {
+        self.full_name.or_else(|| {
+            DcRepo {
+                slug: self.slug,
+                project: self.project,
+            }
+            .full_name()
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct AnyActor {
+    username: Option<String>,
+    nickname: Option<String>,
+    slug: Option<String>,
+    name: Option<String>,
+    display_name: Option<String>,
+}
+
+impl AnyActor {
+    fn name(self) -> Option<String> {
+        self.username
+            .or(self.slug)
+            .or(self.nickname)
+            .or(self.name)
+            .or(self.display_name)
+    }
 }
 
 /// Record a ref change; the first one also becomes the event's own ref.

@@ -46,6 +46,14 @@ struct Push {
     repository: Option<Repo>,
     sender: Option<User>,
     pusher: Option<User>,
+    head_commit: Option<HeadCommit>,
+}
+
+/// The commit a push leaves its ref at: for an annotated tag, the commit
+/// the tag points to (`after` is then the tag object).
+#[derive(Deserialize)]
+struct HeadCommit {
+    id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +156,12 @@ pub(in crate::source) fn describe(
             change.created |= p.created;
             change.deleted |= p.deleted;
             change.forced = p.forced;
+            if change.tag.is_some()
+                && !change.deleted
+                && let Some(commit) = p.head_commit.and_then(|c| c.id)
+            {
+                change.sha = Some(commit);
+            }
             event.set_push(change);
             event.repository = p.repository.and_then(|r| r.full_name);
             event.sender = p

@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 
-use crate::event::{Event, Provider, RefChange, kind, union_paths};
+use crate::event::{Event, Provider, RefChange, is_null_sha, kind, union_paths};
 use crate::source::commit::Commit;
 use crate::source::{DescribeError, parse};
 
@@ -157,7 +157,15 @@ pub(super) fn describe(
 
 fn push(event: &mut Event, p: Push) {
     let after = p.after.as_deref().or(p.checkout_sha.as_deref());
-    event.set_push(RefChange::new(&p.git_ref, p.before.as_deref(), after));
+    let mut change = RefChange::new(&p.git_ref, p.before.as_deref(), after);
+    // An annotated tag's `after` is the tag object; `checkout_sha` is the
+    // commit it points to (for a branch the two are the same).
+    if let Some(commit) = p.checkout_sha.filter(|s| !is_null_sha(s))
+        && !change.deleted
+    {
+        change.sha = Some(commit);
+    }
+    event.set_push(change);
     event.repository = p.project.and_then(|p| p.path_with_namespace);
     event.sender = p.user_username;
     let total = p.total_commits_count.unwrap_or(p.commits.len());
