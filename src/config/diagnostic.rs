@@ -121,7 +121,7 @@ impl Report {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        out.push_str(&format!("{label}: {}\n", d.message));
+        out.push_str(&format!("{label}: {}\n", self.masked_message(&d.message)));
         match &d.span {
             Some(span) => {
                 let (line, col) = line_col(&self.text, span.start);
@@ -147,6 +147,36 @@ impl Report {
         }
         if let Some(help) = &d.help {
             out.push_str(&format!("  = help: {help}\n"));
+        }
+        out
+    }
+
+    /// `message` with every secret of the file in it shown as `***`. A
+    /// parser's message may quote a value (`invalid type: string "…",
+    /// expected a sequence` for `secrets = "…"`): quoted, a secret is hidden
+    /// whatever its length; bare, from 8 characters on (shorter ones would
+    /// hide pieces of ordinary words).
+    fn masked_message(&self, message: &str) -> String {
+        let mut secrets: Vec<&str> = self
+            .sensitive
+            .iter()
+            .filter_map(|r| self.text.get(r.clone()))
+            .map(|s| s.trim_matches(['"', '\'']))
+            .collect();
+        for line in self.text.lines() {
+            secrets.extend(secret_values(line).into_iter().filter_map(|r| line.get(r)));
+        }
+        secrets.retain(|s| !s.is_empty());
+        // Longest first, so a secret that contains another is hidden whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = message.to_owned();
+        for secret in secrets {
+            for quoted in [format!("{secret:?}"), format!("\"{secret}\""), format!("'{secret}'")] {
+                out = out.replace(&quoted, "\"***\"");
+            }
+            if secret.chars().count() >= 8 {
+                out = out.replace(secret, "***");
+            }
         }
         out
     }
