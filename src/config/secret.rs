@@ -160,8 +160,7 @@ impl SecretRef {
             },
             SecretRef::File(raw) => {
                 let path = expand_vars(raw)?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read secret file `{path}`: {e}"))?;
+                let text = read_secret_file(&path)?;
                 // Files written by editors and `echo` end with a newline that is not part of the secret.
                 let value = text.trim_end_matches(['\n', '\r']);
                 if value.is_empty() {
@@ -178,6 +177,35 @@ impl<'de> Deserialize<'de> for SecretRef {
         let s = String::deserialize(d)?;
         SecretRef::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// The most a secret file may hold (a key, a token, a certificate chain).
+const MAX_SECRET_FILE: u64 = 64 << 10;
+
+/// A secret file's text. Only a regular file (or a link to one) is read, and
+/// at most [`MAX_SECRET_FILE`] bytes: a FIFO would block the loader (and with
+/// it every later reload, and shutdown) until something wrote to it, and a
+/// device such as `/dev/zero` never ends.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read secret file `{path}`: {e}");
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!("secret file `{path}` is not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "secret file `{path}` holds more than {} KiB; is it the right file?",
+            MAX_SECRET_FILE >> 10
+        ));
+    }
+    Ok(text)
 }
 
 /// Expand `${NAME}` from the environment (e.g. `${CREDENTIALS_DIRECTORY}/token`).
@@ -285,6 +313,31 @@ mod tests {
         std::fs::write(&path, "abc\n").unwrap();
         let r = SecretRef::parse(&format!("file:{}", path.display())).unwrap();
         assert_eq!(r.resolve().unwrap().expose(), "abc");
+    }
+
+    #[test]
+    fn only_a_regular_file_of_sane_size_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |path: &std::path::Path| {
+            SecretRef::parse(&format!("file:{}", path.display()))
+                .unwrap()
+                .resolve()
+        };
+        // A FIFO nobody writes to: refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        assert!(resolve(&fifo).unwrap_err().contains("not a regular file"));
+        assert!(resolve(std::path::Path::new("/dev/zero")).unwrap_err().contains("not a regular file"));
+        assert!(resolve(dir.path()).unwrap_err().contains("not a regular file"));
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; (MAX_SECRET_FILE + 1) as usize]).unwrap();
+        assert!(resolve(&big).unwrap_err().contains("more than 64 KiB"));
+        // A link to a regular file (how Kubernetes mounts secrets) is read.
+        let link = dir.path().join("link");
+        std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("token"), &link).unwrap();
+        assert_eq!(resolve(&link).unwrap().expose(), "t0ken");
     }
 
     #[test]
