@@ -268,14 +268,23 @@ token = "glptt-LiteralTriggerSecret"
     // the value; the key's values are hidden there too (and in a reload's log
     // line, which is this rendering).
     for (text, secret) in [
-        ("\n[sources.g]\ntype = \"github\"\nsecrets = \"TypeErrorSecret123\"\n", "TypeErrorSecret123"),
-        ("\n[sources.s]\ntype = \"standard\"\nsigning_secrets = \"whsec_c2VjcmV0\"\n", "whsec_c2VjcmV0"),
+        (
+            "\n[sources.g]\ntype = \"github\"\nsecrets = \"TypeErrorSecret123\"\n",
+            "TypeErrorSecret123",
+        ),
+        (
+            "\n[sources.s]\ntype = \"standard\"\nsigning_secrets = \"whsec_c2VjcmV0\"\n",
+            "whsec_c2VjcmV0",
+        ),
         ("\n[sources.g]\ntype = \"github\"\nsecrets = \"abc\"\n", "\"abc\""),
     ] {
         let (code, err) = check(text);
         assert_eq!(code, 1, "{err}");
         assert!(!err.contains(secret), "{secret} shown:\n{err}");
-        assert!(err.contains("expected a sequence") || err.contains("expected"), "{err}");
+        assert!(
+            err.contains("expected a sequence") || err.contains("expected"),
+            "{err}"
+        );
     }
 
     // `serve` logs the same diagnostics.

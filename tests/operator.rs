@@ -644,6 +644,48 @@ async fn gitlab_triggers_refuses_an_answer_without_end() {
     assert!(sent.load(Ordering::Relaxed) < 64 << 20, "the client read on");
 }
 
+/// A GitLab (or a proxy in front of it) that echoes the request in its
+/// error answer, with an escape sequence in it: the CLI prints neither the
+/// PRIVATE-TOKEN nor the raw escape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gitlab_triggers_never_prints_an_echoed_token_or_a_raw_escape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = vec![0u8; 8192];
+        let n = conn.read(&mut head).await.unwrap();
+        let request = String::from_utf8_lossy(&head[..n]).replace("\r\n", " ");
+        let body = format!("<html>502 Bad gateway \u{1b}[2J upstream saw: {request}</html>");
+        let answer = format!(
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(
+            &["gitlab", "triggers", "list", "--url", &url, "--project", "1"],
+            &[("GITLAB_TOKEN", GITLAB_PRIVATE_TOKEN)],
+        )
+    })
+    .await
+    .unwrap();
+    server.await.unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("502") && err.contains("upstream saw"), "{err}");
+    assert!(err.contains("***"), "the echoed token is replaced: {err}");
+    assert!(
+        !err.contains(GITLAB_PRIVATE_TOKEN) && !out.contains(GITLAB_PRIVATE_TOKEN),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "a raw escape reached the terminal: {err:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_applies_valid_edits_without_dropping_requests_and_keeps_old_rules_on_errors() {
     let ci = StandIn::start().await;

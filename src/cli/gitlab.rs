@@ -155,10 +155,13 @@ impl Client {
         if (200..300).contains(&status) {
             return Ok((status, bytes.to_vec()));
         }
+        // A GitLab or proxy that echoes the request would show the token.
+        let bytes = crate::target::client::scrub(bytes.to_vec(), &self.token);
         let message = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v.get("message").or_else(|| v.get("error")).map(|m| m.to_string()))
             .unwrap_or_else(|| crate::target::truncate_body(&bytes, 300));
+        let message = super::common::terminal_safe(&message);
         let hint = match status {
             401 => " — the token is missing, expired or revoked (check $GITLAB_TOKEN / --token-env)",
             403 => " — the token's user needs the Maintainer role on the project and the `api` scope",
@@ -253,9 +256,12 @@ async fn triggers(cmd: TriggersCommand) -> Result<(), String> {
             println!(
                 "created trigger {} ({})",
                 t.id,
-                t.description.as_deref().unwrap_or("")
+                super::common::terminal_safe(t.description.as_deref().unwrap_or(""))
             );
-            println!("token: {}", t.token.as_deref().unwrap_or("(not returned)"));
+            println!(
+                "token: {}",
+                super::common::terminal_safe(t.token.as_deref().unwrap_or("(not returned)"))
+            );
             println!(
                 "Store it now (e.g. as the target's `token`): GitLab shows other users only its first 4 characters later."
             );
@@ -276,7 +282,7 @@ async fn triggers(cmd: TriggersCommand) -> Result<(), String> {
             println!(
                 "updated trigger {}: {}",
                 t.id,
-                t.description.as_deref().unwrap_or("")
+                super::common::terminal_safe(t.description.as_deref().unwrap_or(""))
             );
         }
         TriggersCommand::Delete(w) => {
@@ -308,19 +314,22 @@ fn table(triggers: &[Trigger]) -> String {
         "LAST USED".into(),
         "EXPIRES".into(),
     ]];
+    // What GitLab answered is printed with its control characters escaped.
+    let safe = super::common::terminal_safe;
     for t in triggers {
         rows.push([
             t.id.to_string(),
-            t.description.clone().unwrap_or_default(),
-            t.token.clone().unwrap_or_default(),
-            t.owner
-                .as_ref()
-                .and_then(|o| o.get("username"))
-                .and_then(Value::as_str)
-                .unwrap_or("-")
-                .to_owned(),
-            t.last_used.clone().unwrap_or_else(|| "never".into()),
-            t.expires_at.clone().unwrap_or_else(|| "-".into()),
+            safe(t.description.as_deref().unwrap_or_default()),
+            safe(t.token.as_deref().unwrap_or_default()),
+            safe(
+                t.owner
+                    .as_ref()
+                    .and_then(|o| o.get("username"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("-"),
+            ),
+            safe(t.last_used.as_deref().unwrap_or("never")),
+            safe(t.expires_at.as_deref().unwrap_or("-")),
         ]);
     }
     let mut out = super::common::table(&rows);

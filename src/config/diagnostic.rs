@@ -171,7 +171,11 @@ impl Report {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let mut out = message.to_owned();
         for secret in secrets {
-            for quoted in [format!("{secret:?}"), format!("\"{secret}\""), format!("'{secret}'")] {
+            for quoted in [
+                format!("{secret:?}"),
+                format!("\"{secret}\""),
+                format!("'{secret}'"),
+            ] {
                 out = out.replace(&quoted, "\"***\"");
             }
             if secret.chars().count() >= 8 {

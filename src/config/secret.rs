@@ -328,7 +328,11 @@ mod tests {
         let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
         assert!(made.success());
         assert!(resolve(&fifo).unwrap_err().contains("not a regular file"));
-        assert!(resolve(std::path::Path::new("/dev/zero")).unwrap_err().contains("not a regular file"));
+        assert!(
+            resolve(std::path::Path::new("/dev/zero"))
+                .unwrap_err()
+                .contains("not a regular file")
+        );
         assert!(resolve(dir.path()).unwrap_err().contains("not a regular file"));
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'a'; (MAX_SECRET_FILE + 1) as usize]).unwrap();

@@ -168,7 +168,7 @@ const TOKEN_ANYWHERE: usize = 16;
 /// request in its answer (`"invalid token glptt-…"`, the received headers)
 /// would otherwise put the token into the attempt record, the job's last
 /// error, the logs and the API.
-fn scrub(body: Vec<u8>, token: &str) -> Vec<u8> {
+pub(crate) fn scrub(body: Vec<u8>, token: &str) -> Vec<u8> {
     if token.is_empty() {
         return body;
     }
