@@ -250,7 +250,19 @@ fn create_dir(db: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The lock file beside the database's real path, so that a symbolic link
+/// to the database (or to a directory above it) finds the lock the first
+/// daemon holds. A database not yet created is resolved through its
+/// directory.
 fn lock_path(db: &Path) -> PathBuf {
+    let real = std::fs::canonicalize(db).ok().or_else(|| {
+        let dir = match db.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(dir).ok()?.join(db.file_name()?))
+    });
+    let db = real.as_deref().unwrap_or(db);
     let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");
     db.with_file_name(name)

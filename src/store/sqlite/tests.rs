@@ -223,3 +223,25 @@ async fn the_wal_shrinks_back_after_a_large_commit() {
     }
     assert!(size <= WAL_SIZE_LIMIT as u64, "the WAL stayed at {size} bytes");
 }
+
+/// One daemon per database: a second `open_exclusive` is refused, also
+/// through a symbolic link to the file or to its directory (a second daemon
+/// would take back the first one's leases and send its jobs again).
+#[tokio::test]
+async fn a_second_daemon_is_refused_through_any_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("hb.db");
+    let _first = SqliteStore::open_exclusive(&real).unwrap();
+    let file_link = dir.path().join("alias.db");
+    std::os::unix::fs::symlink(&real, &file_link).unwrap();
+    let dir_link = dir.path().join("linked-dir");
+    std::os::unix::fs::symlink(dir.path(), &dir_link).unwrap();
+    for path in [real.clone(), file_link, dir_link.join("hb.db")] {
+        let e = SqliteStore::open_exclusive(&path).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("in use by another")),
+            "{}: {e:?}",
+            path.display()
+        );
+    }
+}
