@@ -890,3 +890,27 @@ async fn out_of_range_since_and_status_are_a_clear_400_and_a_cli_error() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("since-1"), "{out}");
 }
+
+/// `deliveries` on a store path that holds none (a typo in `[store] url`)
+/// says so and creates nothing, instead of an empty store and "(no deliveries)".
+#[test]
+fn deliveries_on_a_missing_store_says_so_and_creates_nothing() {
+    let ws = Workspace::new(
+        r#"
+[store]
+url = "sqlite://./no-such-dir/hb.db"
+[sources.github]
+type = "github"
+secrets = ["s"]
+"#,
+    );
+    for args in [&["deliveries", "list"][..], &["deliveries", "show", "x"][..]] {
+        let (code, out, err) = ws.cli(args, &[]);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("no store at") && err.contains("no-such-dir"),
+            "{err}"
+        );
+    }
+    assert!(!ws.dir.path().join("no-such-dir").exists());
+}

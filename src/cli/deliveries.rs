@@ -86,6 +86,16 @@ async fn open(config: &ConfigArg) -> Result<(crate::config::Config, std::sync::A
     let loaded = config
         .load_quiet()
         .map_err(|_| "the configuration is invalid".to_owned())?;
+    // A client reads the daemon's store; opening a path that holds none would
+    // create an empty one and answer "no deliveries" for a mistyped path.
+    if let crate::config::StoreUrl::Sqlite(path) = &loaded.config.store.url
+        && !path.exists()
+    {
+        return Err(format!(
+            "no store at `{}`: check `[store] url` (`serve` creates the store when it first starts)",
+            path.display()
+        ));
+    }
     let store = store::open(&loaded.config.store, OpenMode::Client)
         .await
         .map_err(|e| e.to_string())?;
