@@ -361,6 +361,41 @@ fn out_of_range() -> Vec<(&'static str, String)> {
             rule(&format!("{}event.deleted", "not ".repeat(100_000)), "main"),
         ),
         ("glob_250_nested_braces", rule("true", &braces)),
+        // `serve` aborted allocating the pool's bookkeeping.
+        (
+            "pool_size_4_billion",
+            "\n[store]\npool_size = 4294967295\n".to_owned(),
+        ),
+        ("pool_size_0", "\n[store]\npool_size = 0\n".to_owned()),
+        (
+            "dispatch_concurrency_0",
+            "\n[dispatch]\nconcurrency = 0\n".to_owned(),
+        ),
+        // Every request with a body in two packets got 408.
+        (
+            "read_timeout_0s",
+            "\n[server]\nread_timeout = \"0s\"\n".to_owned(),
+        ),
+        (
+            "idle_timeout_0ms",
+            "\n[server]\nidle_timeout = \"0ms\"\n".to_owned(),
+        ),
+        (
+            "request_timeout_0s",
+            "\n[retry]\nrequest_timeout = \"0s\"\n".to_owned(),
+        ),
+        // PostgreSQL refused every delivery the rule matched (503 forever).
+        (
+            "rule_name_with_nul",
+            rule("true", "main").replace("name = \"deploy\"", "name = \"push\\u0000main\""),
+        ),
+        (
+            "rule_name_of_100k_characters",
+            rule("true", "main").replace(
+                "name = \"deploy\"",
+                &format!("name = \"{}\"", "r".repeat(100_000)),
+            ),
+        ),
     ]
 }
 

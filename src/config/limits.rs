@@ -50,6 +50,13 @@ pub(crate) const DURATION: u64 = 10 * YEAR;
 /// which the listeners' connection cap leaves free.
 pub(crate) const DISPATCH_CONCURRENCY: u32 = 1024;
 
+/// `[store] pool_size`: PostgreSQL connections per replica.
+pub(crate) const POOL_SIZE: u32 = 1000;
+
+/// Characters in a rule's name (it is in every summary, job, log line and
+/// metric label of the rule).
+pub(crate) const RULE_NAME: usize = 200;
+
 /// Bytes in a KiB, MiB, GiB.
 pub(crate) const KIB: u64 = 1024;
 pub(crate) const MIB: u64 = 1024 * KIB;

@@ -239,7 +239,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
             .retention
             .map_or(Duration::from_secs(14 * 86400), |d| d.0),
         password: raw.store.password.as_ref().and_then(|p| loader.secret(p)),
-        pool_size: raw.store.pool_size.as_ref().map_or(10, |p| *p.get_ref()).max(1),
+        pool_size: pool_size(raw.store.pool_size.as_ref(), loader),
         statement_timeout: raw
             .store
             .statement_timeout
@@ -345,12 +345,33 @@ fn lease(
     (lease, lease >= lease_ahead_needs(longest))
 }
 
-/// Names appear in URLs (`/hooks/{source}`) and logs: keep them simple.
+/// `[store] pool_size`, 10 by default, between 1 and its maximum (the
+/// pool's bookkeeping is allocated for it up front).
+fn pool_size(value: Option<&Spanned<u32>>, loader: &mut Loader) -> u32 {
+    let Some(value) = value else { return 10 };
+    let n = *value.get_ref();
+    if !(1..=limits::POOL_SIZE).contains(&n) {
+        loader.error(
+            format!(
+                "`pool_size` is between 1 and {}: PostgreSQL connections per replica (the server's own `max_connections` is usually 100)",
+                limits::POOL_SIZE
+            ),
+            value.span(),
+        );
+    }
+    n.clamp(1, limits::POOL_SIZE)
+}
+
 /// `[dispatch] concurrency`, 16 by default, between 1 and its maximum.
 fn dispatch_concurrency(value: Option<&Spanned<u32>>, loader: &mut Loader) -> usize {
     let Some(value) = value else { return 16 };
     let n = *value.get_ref();
-    if n > limits::DISPATCH_CONCURRENCY {
+    if n == 0 {
+        loader.error(
+            "`concurrency` is at least 1: trigger requests in flight at once, per replica",
+            value.span(),
+        );
+    } else if n > limits::DISPATCH_CONCURRENCY {
         loader.error(
             format!(
                 "`concurrency` is at most {}: trigger requests in flight at once, per replica",
@@ -362,6 +383,7 @@ fn dispatch_concurrency(value: Option<&Spanned<u32>>, loader: &mut Loader) -> us
     usize::try_from(n.clamp(1, limits::DISPATCH_CONCURRENCY)).unwrap_or(1)
 }
 
+/// Names appear in URLs (`/hooks/{source}`) and logs: keep them simple.
 fn check_name(name: &Spanned<String>, what: &str, loader: &mut Loader) {
     let ok = !name.get_ref().is_empty()
         && name

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::limits;
 use super::secret::SecretRef;
-use super::units::{DurationAtMost, SizeAtMost};
+use super::units::{DurationAtMost, SizeAtMost, TimeoutAtMost};
 
 pub type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
 pub type SpannedTable = Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>;
@@ -50,12 +50,12 @@ pub struct RawServer {
     /// Most request-body bytes held in memory at once, over all requests.
     pub body_memory: Option<SizeAtMost<{ limits::BODY_MEMORY }>>,
     /// Time allowed to receive a whole request body.
-    pub read_timeout: Option<DurationAtMost<{ limits::READ_TIMEOUT }>>,
+    pub read_timeout: Option<TimeoutAtMost<{ limits::READ_TIMEOUT }>>,
     /// A sender that sends no body bytes for this long is cut off.
-    pub body_idle_timeout: Option<DurationAtMost<{ limits::READ_TIMEOUT }>>,
+    pub body_idle_timeout: Option<TimeoutAtMost<{ limits::READ_TIMEOUT }>>,
     /// A connection must send a complete request head within this long of
     /// opening or of its previous answer, or it is closed.
-    pub idle_timeout: Option<DurationAtMost<{ limits::IDLE_TIMEOUT }>>,
+    pub idle_timeout: Option<TimeoutAtMost<{ limits::IDLE_TIMEOUT }>>,
     /// How long shutdown waits for in-flight requests and trigger attempts.
     pub shutdown_grace: Option<DurationAtMost<{ limits::SHUTDOWN_GRACE }>>,
 }
@@ -95,7 +95,7 @@ pub struct RawRetry {
     pub max_attempts: Option<Spanned<u32>>,
     pub initial_backoff: Option<DurationAtMost<{ limits::INITIAL_BACKOFF }>>,
     pub max_backoff: Option<DurationAtMost<{ limits::MAX_BACKOFF }>>,
-    pub request_timeout: Option<DurationAtMost<{ limits::REQUEST_TIMEOUT }>>,
+    pub request_timeout: Option<TimeoutAtMost<{ limits::REQUEST_TIMEOUT }>>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]

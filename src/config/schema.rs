@@ -12,7 +12,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use super::raw::{OneOrMany, RawConfig};
 use super::secret::SecretRef;
-use super::units::{ByteSize, DurationAtMost, HumanDuration, SizeAtMost};
+use super::units::{ByteSize, DurationAtMost, HumanDuration, SizeAtMost, TimeoutAtMost};
 
 /// The JSON Schema (draft 2020-12) of the whole config file.
 pub fn schema() -> serde_json::Value {
@@ -79,6 +79,25 @@ impl<const MAX: u64> JsonSchema for DurationAtMost<MAX> {
         json_schema!({
             "type": "string",
             "description": format!("a duration of at most `{max}`: `500ms`, `30s`, `10m`, `2h`, `14d`, or combined like `1h30m`"),
+            "examples": ["30s", "10m"]
+        })
+    }
+}
+
+impl<const MAX: u64> JsonSchema for TimeoutAtMost<MAX> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Timeout".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let max = HumanDuration(std::time::Duration::from_secs(MAX));
+        json_schema!({
+            "type": "string",
+            "description": format!("a timeout above zero and at most `{max}`: `500ms`, `30s`, `10m`"),
             "examples": ["30s", "10m"]
         })
     }

@@ -28,6 +28,8 @@ pub enum UnitError {
     Duration { given: String, reason: String },
     #[error("duration `{given}` is too long: at most `{max}` is allowed here")]
     DurationTooLong { given: String, max: HumanDuration },
+    #[error("timeout `{given}` is zero: nothing could be sent or received in time; expected e.g. `30s`")]
+    ZeroTimeout { given: String },
     #[error("invalid size `{given}`; expected e.g. `25MiB`, `512KiB` or a number of bytes")]
     Size { given: String },
     #[error("size `{given}` is too large: at most `{max}` is allowed here")]
@@ -116,6 +118,28 @@ impl<const MAX: u64> FromStr for DurationAtMost<MAX> {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         parse_duration(s, Self::MAX).map(DurationAtMost)
+    }
+}
+
+/// A timeout: a duration of at most `MAX` seconds, and not zero.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutAtMost<const MAX: u64>(pub Duration);
+
+impl<const MAX: u64> FromStr for TimeoutAtMost<MAX> {
+    type Err = UnitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match parse_duration(s, Duration::from_secs(MAX))? {
+            d if d.is_zero() => Err(UnitError::ZeroTimeout { given: shown(s) }),
+            d => Ok(TimeoutAtMost(d)),
+        }
+    }
+}
+
+impl<'de, const MAX: u64> Deserialize<'de> for TimeoutAtMost<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -46,13 +46,30 @@ pub fn build(
         let name = r.name.get_ref().clone();
         if !seen.insert(name.clone()) {
             cx.loader.error(
-                format!("rule name `{name}` is used twice; names identify rules in summaries and jobs"),
+                format!(
+                    "rule name `{}` is used twice; names identify rules in summaries and jobs",
+                    shown_name(&name)
+                ),
                 r.name.span(),
             );
             continue;
         }
         if name.trim().is_empty() {
             cx.loader.error("rule name cannot be empty", r.name.span());
+            continue;
+        }
+        // A NUL cannot be stored by PostgreSQL (every delivery the rule
+        // matched was refused), and other control characters rewrite the
+        // terminal and log lines the name is printed in.
+        if name.chars().any(char::is_control) || name.chars().count() > crate::config::limits::RULE_NAME {
+            cx.loader.error(
+                format!(
+                    "rule name `{}` must be at most {} characters, without control characters",
+                    shown_name(&name),
+                    crate::config::limits::RULE_NAME
+                ),
+                r.name.span(),
+            );
             continue;
         }
         if let Some(rule) = cx.rule(&name, raw) {
@@ -208,4 +225,17 @@ impl<'a> RuleContext<'a> {
         }
         target
     }
+}
+
+/// A rule's name for a message: cut short, control characters escaped.
+fn shown_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in crate::config::units::shown(name).chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
