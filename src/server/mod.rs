@@ -28,6 +28,7 @@ pub mod admin;
 pub mod body;
 pub mod hooks;
 pub mod listener;
+mod restart;
 pub mod systemd;
 
 /// What every handler shares.
@@ -41,13 +42,18 @@ pub struct App {
     /// `[server] body_memory` as sized at start: a request holds its body's
     /// share from before reading it until its answer.
     pub body_memory: BodyMemory,
+    /// The config this process started with: the settings read once at
+    /// start keep its values until a restart (`restart`).
+    pub started: Arc<Config>,
 }
 
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>) -> App {
+        let config = Arc::new(config);
         App {
             body_memory: BodyMemory::new(config.server.body_memory),
-            config: Arc::new(ArcSwap::from_pointee(config)),
+            started: config.clone(),
+            config: Arc::new(ArcSwap::new(config)),
             store,
             wake: Arc::new(Notify::new()),
         }
@@ -182,25 +188,11 @@ pub fn reload(app: &App, load: LoadConfig) -> bool {
     match load(&current.path) {
         Ok(loaded) => {
             let next = loaded.config;
-            for (setting, changed) in [
-                ("[server] listen", next.server.listen != current.server.listen),
-                ("[admin] listen", next.admin.listen != current.admin.listen),
-                ("[store] url", next.store.url != current.store.url),
-                (
-                    "[server] body_memory",
-                    next.server.body_memory != current.server.body_memory,
-                ),
-                (
-                    "[dispatch] concurrency",
-                    next.dispatch.concurrency != current.dispatch.concurrency,
-                ),
-            ] {
-                if changed {
-                    warn!(
-                        setting,
-                        "changed in the config file; takes effect at the next restart"
-                    );
-                }
+            for setting in restart::pending(&app.started, &next) {
+                warn!(
+                    setting,
+                    "differs from the value this process runs on; takes effect at the next restart"
+                );
             }
             info!(summary = %next.summary(), "config reloaded");
             metrics::counter!("hookbridge_config_reloads_total", "result" => "ok").increment(1);
