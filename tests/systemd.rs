@@ -137,6 +137,19 @@ fn healthcheck_fails_when_nothing_listens() {
     assert!(err.contains("/healthz"), "{err}");
 }
 
+/// A listener that accepts and never answers (a hung daemon): the probe
+/// gives up after `--timeout` and says so in words.
+#[test]
+fn healthcheck_says_when_no_answer_came_in_time() {
+    let ws = Workspace::new(CONFIG);
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = hung.local_addr().unwrap().to_string();
+    let (code, _out, err) = ws.cli(&["healthcheck", "--addr", &addr, "--timeout", "1"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no answer within 1 s"), "{err}");
+    drop(hung);
+}
+
 #[test]
 fn serve_refuses_to_start_without_the_credentials() {
     let ws = Workspace::new(CONFIG);

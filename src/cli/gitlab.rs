@@ -146,10 +146,10 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach GitLab: {}", e.without_url()))?;
+        let resp = req.send().await.map_err(|e| match e.is_timeout() {
+            true => "GitLab did not answer within 30 s".to_owned(),
+            false => format!("cannot reach GitLab: {}", e.without_url()),
+        })?;
         let status = resp.status().as_u16();
         let bytes = bounded_body(resp).await?;
         if (200..300).contains(&status) {
@@ -174,6 +174,9 @@ impl Client {
     }
 }
 
+/// Pages of 100 trigger tokens `list` reads at most.
+const MAX_PAGES: usize = 100;
+
 /// The most of one GitLab answer read: a page of 100 triggers is ~50 KB.
 const ANSWER_LIMIT: usize = 4 << 20;
 
@@ -182,7 +185,11 @@ const ANSWER_LIMIT: usize = 4 << 20;
 /// request's timeout).
 async fn bounded_body(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
+    let failed = |e: reqwest::Error| match e.is_timeout() {
+        true => "GitLab's answer did not arrive within 30 s".to_owned(),
+        false => format!("GitLab's answer broke off: {}", e.without_url()),
+    };
+    while let Some(chunk) = resp.chunk().await.map_err(failed)? {
         if body.len().saturating_add(chunk.len()) > ANSWER_LIMIT {
             return Err(format!(
                 "GitLab's answer is larger than {} MiB; not read further (is --url GitLab's?)",
@@ -215,7 +222,8 @@ async fn triggers(cmd: TriggersCommand) -> Result<(), String> {
         TriggersCommand::List(c) => {
             let client = Client::new(&c)?;
             let mut all: Vec<Trigger> = Vec::new();
-            for page in 1..=100 {
+            let mut complete = false;
+            for page in 1..=MAX_PAGES {
                 let (_, body) = client
                     .call(reqwest::Method::GET, &format!("?per_page=100&page={page}"), None)
                     .await?;
@@ -223,8 +231,15 @@ async fn triggers(cmd: TriggersCommand) -> Result<(), String> {
                 let done = batch.len() < 100;
                 all.extend(batch);
                 if done {
+                    complete = true;
                     break;
                 }
+            }
+            if !complete {
+                eprintln!(
+                    "warning: listed the first {} trigger tokens ({MAX_PAGES} pages of 100); the project has more",
+                    all.len()
+                );
             }
             if c.json {
                 return print_json(&all);

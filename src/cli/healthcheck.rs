@@ -24,10 +24,13 @@ pub struct HealthcheckArgs {
     /// Admin address to ask [default: `[admin] listen` from the config, 0.0.0.0 as loopback]
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<SocketAddr>,
-    /// Give up after this many seconds
+    /// Give up after this many seconds (at most 3600)
     #[arg(long, value_name = "SECONDS", default_value_t = 3)]
     pub timeout: u64,
 }
+
+/// The longest `--timeout` honoured (a probe that waits longer is a hung probe).
+const MAX_TIMEOUT: u64 = 3600;
 
 pub(crate) fn run(args: &HealthcheckArgs) -> ExitCode {
     let addr = match args.addr {
@@ -41,13 +44,26 @@ pub(crate) fn run(args: &HealthcheckArgs) -> ExitCode {
         },
     };
     let path = if args.ready { "/readyz" } else { "/healthz" };
-    match probe(addr, path, Duration::from_secs(args.timeout.max(1))) {
+    let timeout = Duration::from_secs(args.timeout.clamp(1, MAX_TIMEOUT));
+    match probe(addr, path, timeout) {
         Ok(200) => {
             println!("{path} on {addr}: 200");
             ExitCode::SUCCESS
         }
         Ok(status) => {
             eprintln!("error: {path} on {addr} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            eprintln!(
+                "error: {path} on {addr}: no answer within {} s",
+                timeout.as_secs()
+            );
             ExitCode::FAILURE
         }
         Err(e) => {
