@@ -776,3 +776,25 @@ token = "glptt-rule-token-91aa"
     assert!(leaked(&format!("keys: {:#?}", std::slice::from_ref(key)), key).is_some());
     assert!(leaked(&hex::encode(key), key).is_some());
 }
+
+/// A target on plain http sends its token unencrypted: `check` warns, except
+/// for loopback addresses (a sidecar, a stand-in); the config still loads.
+#[test]
+fn plain_http_to_a_remote_ci_is_warned_about() {
+    let target = |url: &str| {
+        format!("\n[targets.gl]\ntype = \"gitlab\"\nurl = \"{url}\"\ntoken = \"env:CIRCLECI_TOKEN\"\n")
+    };
+    let (code, err) = check(&target("http://gitlab.example.com"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("plain http; the token travels unencrypted"), "{err}");
+    for url in [
+        "https://gitlab.example.com",
+        "http://127.0.0.1:8080",
+        "http://[::1]:80",
+        "http://localhost",
+    ] {
+        let (code, err) = check(&target(url));
+        assert_eq!(code, 0, "{url}: {err}");
+        assert!(!err.contains("plain http"), "{url}: {err}");
+    }
+}

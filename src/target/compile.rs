@@ -51,6 +51,19 @@ pub fn build(
                             u.span(),
                         );
                     }
+                    if parsed.scheme() == "http" && !is_loopback(&parsed) {
+                        loader.push(
+                            Diagnostic::warning(
+                                format!(
+                                    "target `{name}`: `{url}` is plain http; the token travels unencrypted"
+                                ),
+                                Some(u.span()),
+                            )
+                            .with_help(
+                                "use https, unless the way to the CI is private (a sidecar, a tunnel)",
+                            ),
+                        );
+                    }
                     url
                 }
                 _ => {
@@ -210,4 +223,12 @@ impl TriggerCompiler<'_> {
         }
         out
     }
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1`: traffic that never leaves the machine.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -89,6 +89,27 @@ pub enum RequestError {
     /// Neither the rule nor the target has a token.
     #[error("no token is available for target `{0}`")]
     NoToken(String),
+    /// A value became a `.` or `..` path segment, which the HTTP client
+    /// would resolve: the request (and its token) would reach another
+    /// endpoint than the one shown.
+    #[error(
+        "the request URL `{0}` has a `.` or `..` path segment (a project or branch named `.` or `..`); it would be sent elsewhere, so it is not sent"
+    )]
+    DotSegment(String),
+}
+
+/// Whether the path of `url` (after `scheme://host`) has a segment `.` or
+/// `..`. Values are percent-encoded into single segments (`encode`), which
+/// keeps `/` out but leaves a value that is exactly `.` or `..` as it is.
+fn has_dot_segment(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.split_once('/').map_or("", |(_, path)| path);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    // As URL parsers do, `%2e` counts as a dot.
+    path.split('/').any(|segment| {
+        let dots = segment.to_ascii_lowercase().replace("%2e", ".");
+        dots == "." || dots == ".."
+    })
 }
 
 impl Target {
@@ -96,6 +117,14 @@ impl Target {
     /// token goes: safe to print and store. The token joins it only on the
     /// wire ([`client`](super::client)).
     pub fn request(&self, req: &TriggerRequest) -> Result<OutboundRequest, RequestError> {
+        let request = self.build(req)?;
+        if has_dot_segment(&request.url) {
+            return Err(RequestError::DotSegment(request.url));
+        }
+        Ok(request)
+    }
+
+    fn build(&self, req: &TriggerRequest) -> Result<OutboundRequest, RequestError> {
         match (self.kind, req) {
             (TargetKind::Circleci, TriggerRequest::Circleci(r)) => Ok(circleci::request(&self.base_url, r)?),
             (TargetKind::Gitlab, TriggerRequest::Gitlab(r)) => Ok(gitlab::request(&self.base_url, r)),
@@ -292,5 +321,58 @@ mod tests {
             .to_string();
         assert!(e.starts_with("unknown variant `buildkite_build`"), "{e}");
         assert!(serde_json::from_str::<TriggerRequest>(r#"{"project":"a"}"#).is_err());
+    }
+}
+
+#[cfg(test)]
+mod dot_segments {
+    use super::*;
+
+    fn target(kind: TargetKind) -> Target {
+        Target {
+            name: "ci".into(),
+            kind,
+            base_url: "https://ci.example.com".into(),
+            token: None,
+            has_token: false,
+            retry: crate::config::retry::RetryPolicy::default(),
+        }
+    }
+
+    /// A project or branch that is exactly `.` or `..` (a templated value
+    /// from a payload) would be resolved away by the HTTP client, sending
+    /// the token to another endpoint: refused. Dots inside a value are fine.
+    #[test]
+    fn a_value_that_is_a_dot_segment_is_refused() {
+        for (kind, stored) in [
+            (
+                TargetKind::Circleci,
+                r#"{"api":"circleci_pipeline","project":"gh/../app","branch":"main","parameters":{}}"#,
+            ),
+            (
+                TargetKind::Circleci,
+                r#"{"api":"circleci_pipeline","project":"gh/acme/.","branch":"main","parameters":{}}"#,
+            ),
+            (
+                TargetKind::Circleci,
+                r#"{"api":"circleci_job","project":"gh/acme/app","branch":"..","job":"build","build_parameters":{}}"#,
+            ),
+            (
+                TargetKind::Gitlab,
+                r#"{"api":"gitlab_pipeline","project":"..","ref":"main","variables":{},"inputs":{},"rule_token":false}"#,
+            ),
+        ] {
+            let request: TriggerRequest = serde_json::from_str(stored).unwrap();
+            let e = target(kind).request(&request).unwrap_err();
+            assert!(matches!(e, RequestError::DotSegment(_)), "{stored}: {e}");
+        }
+        let fine: TriggerRequest = serde_json::from_str(
+            r#"{"api":"gitlab_pipeline","project":"acme/..app.","ref":"main","variables":{},"inputs":{},"rule_token":false}"#,
+        )
+        .unwrap();
+        assert!(target(TargetKind::Gitlab).request(&fine).is_ok());
+        assert!(has_dot_segment("http://h/a/../b") && has_dot_segment("http://h/."));
+        assert!(has_dot_segment("http://h/a/%2E%2e/b") && has_dot_segment("http://h/.%2E"));
+        assert!(!has_dot_segment("http://h/a..b/.c/%252E%252E") && !has_dot_segment("http://h"));
     }
 }
