@@ -629,12 +629,18 @@ async fn a_2xx_that_names_no_pipeline_is_done_and_said_out_loud() {
     // What a wrong `url` gives (a web UI's page): the CI's 2xx stands (no
     // second pipeline), and the log says the answer named none.
     let page = "<html><body>Welcome</body></html>";
-    let (ci, _ws, daemon, _) = push_first_answered_with(Reply::Body(200, page), "html-1").await;
+    let (ci, ws, daemon, _) = push_first_answered_with(Reply::Body(200, page), "html-1").await;
     eventually(Duration::from_secs(10), "the warning", || {
         daemon.logs().matches("names no pipeline").count() == 3
     })
     .await;
     assert_eq!(ci.requests().len(), 3, "each sent once");
+    // `deliveries show` says it too, not an empty "created:".
+    let shown = show(&ws, "html-1");
+    assert!(
+        shown.contains("created: (the CI's answer named no pipeline)"),
+        "{shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -220,6 +220,12 @@ pub fn describe(d: &DeliveryDetail) -> String {
             if let Some(u) = &res.url {
                 parts.push(u.clone());
             }
+            if let Some(state) = &res.state {
+                parts.push(format!("state {state}"));
+            }
+            if parts.is_empty() {
+                parts.push("(the CI's answer named no pipeline)".into());
+            }
             out.push_str(&format!("  created: {}\n", parts.join("  ")));
         }
         if let Some(e) = &j.last_error {

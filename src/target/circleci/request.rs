@@ -139,8 +139,8 @@ fn pipeline_result(v: Option<(Option<String>, Option<i64>, Option<String>)>, pro
         Some(format!(
             "https://app.circleci.com/pipelines/{}/{}/{}/{n}",
             vcs_type(s.provider),
-            s.org,
-            s.project
+            path_segment(s.org),
+            path_segment(s.project)
         ))
     });
     TriggerResult {
