@@ -76,6 +76,10 @@ fn new_environment() -> Environment<'static> {
     // Macro calls, includes and recursive loops at render time: an error past
     // this depth, well before a worker's 2 MiB stack runs out.
     env.set_recursion_limit(crate::config::limits::TEMPLATE_RECURSION);
+    // Instructions per render: a loop over a payload's strings (a nested
+    // `for` over a 100 KB commit message) held a worker for minutes and the
+    // daemon with it; past the budget the rule fails with a reason.
+    env.set_fuel(Some(crate::config::limits::TEMPLATE_FUEL));
     env.set_formatter(|out, state, value| {
         if value.is_none() {
             return Err(Error::new(
@@ -252,6 +256,10 @@ fn describe_error(e: &Error) -> String {
             _ => format!("template syntax error: {detail}"),
         },
         ErrorKind::UndefinedError => "undefined value".to_owned(),
+        ErrorKind::OutOfFuel => format!(
+            "the template took more than {} steps for this payload; loop over less",
+            crate::config::limits::TEMPLATE_FUEL
+        ),
         _ => detail,
     }
 }
@@ -330,6 +338,21 @@ mod tests {
         let (t, v) = compile("pr-{{ body.n }}");
         let scope = context! { body => context! { n => 2 } };
         assert_eq!(t.render(&v, &scope).unwrap(), serde_json::json!("pr-2"));
+    }
+
+    /// A nested loop over a long payload string stops at the fuel budget,
+    /// as an error of this one render, instead of running for minutes.
+    #[test]
+    fn a_render_that_runs_too_long_is_an_error() {
+        let (t, v) = compile("{% for a in body.m %}{% for b in body.m %}{% endfor %}{% endfor %}n");
+        let scope = context! { body => context! { m => "x".repeat(100_000) } };
+        let e = t.render(&v, &scope).unwrap_err();
+        assert!(e.contains("took more than"), "{e}");
+        // An ordinary loop over a push's 8,000 paths stays well within it.
+        let (t, v) = compile("{% for p in body.paths %}{% if p is startingwith('docs/') %}d{% endif %}{% endfor %}n");
+        let paths: Vec<String> = (0..8000).map(|i| format!("src/f{i}.rs")).collect();
+        let scope = context! { body => context! { paths => paths } };
+        assert_eq!(t.render(&v, &scope).unwrap(), serde_json::json!("n"));
     }
 
     #[test]

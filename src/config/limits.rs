@@ -83,6 +83,10 @@ pub(crate) const TEMPLATE_BLOCK_NESTING: usize = 16;
 /// worker stack holds in a debug build).
 pub(crate) const TEMPLATE_RECURSION: usize = 100;
 
+/// Engine steps (instructions) one render of a template or `if` may take:
+/// a loop over a push's 8,000 changed paths takes about 50,000.
+pub(crate) const TEMPLATE_FUEL: u64 = 200_000;
+
 /// Characters in one glob pattern (`branches`, `paths`, ...).
 pub(crate) const GLOB_LENGTH: usize = 1024;
 /// `{a,b}` alternations open at once in one glob: each is a group in the
