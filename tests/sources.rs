@@ -1141,3 +1141,28 @@ branch = "{{ event.branch }}"
         );
     }
 }
+
+/// Gogs and older Gitea put the webhook secret into the payload in clear
+/// text; after the signature is checked, the payload kept (stored, shown,
+/// read by templates as `body.secret`) says `***` there instead.
+#[test]
+fn a_secret_written_into_a_gitea_payload_is_not_kept() {
+    let config = config();
+    let body = payload("gitea/push-docs-example.json");
+    let secret = "3gEsCfjlV2ugRwgpU#w1*WaW*wa4NXgGmpCfkbG3";
+    assert!(String::from_utf8_lossy(&body).contains(secret), "the fixture carries one");
+    let intake = hookbridge::intake::process(
+        &config,
+        &config.sources["gitea"],
+        &signed("gitea", "push", &body),
+        &body,
+        SystemTime::now(),
+        Trust::Verify,
+    )
+    .unwrap();
+    let kept = String::from_utf8(intake.payload.to_vec()).unwrap();
+    assert!(!kept.contains(secret), "{kept}");
+    let value: Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(value["secret"], "***");
+    assert_eq!(intake.event.branch.as_deref(), Some("develop"), "still described");
+}

@@ -129,7 +129,7 @@ impl Scheme for Gitea {
         if !signature::verify_any(Algorithm::Sha256, &self.keys, &[&payload], &expected) {
             return Err(VerifyError::Mismatch);
         }
-        Ok(Verified::new(payload))
+        Ok(Verified::new(without_secret(payload)))
     }
 
     fn describe(
@@ -174,6 +174,29 @@ impl Scheme for Gitea {
             out.push(("X-Hub-Signature-256".into(), format!("sha256={sig}")));
         }
         Ok(out)
+    }
+}
+
+/// The payload with its top-level `secret` shown as `***`. Gogs and older
+/// Gitea write the webhook's secret into every payload, in clear text; kept,
+/// it would reach the store, `deliveries show`, the admin API, and any
+/// template that reads `body.secret` or forwards the body. Checked after the
+/// signature, which covers the payload as sent.
+fn without_secret(payload: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    const KEY: &[u8] = b"\"secret\"";
+    if !payload.windows(KEY.len()).any(|w| w == KEY) {
+        return payload;
+    }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&payload) else {
+        return payload; // not JSON: describing it says why
+    };
+    match value.get_mut("secret") {
+        Some(secret) if !secret.is_null() => *secret = serde_json::Value::from("***"),
+        _ => return payload,
+    }
+    match serde_json::to_vec(&value) {
+        Ok(redacted) => Cow::Owned(redacted),
+        Err(_) => payload,
     }
 }
 
