@@ -349,7 +349,8 @@ mod tests {
         let e = t.render(&v, &scope).unwrap_err();
         assert!(e.contains("took more than"), "{e}");
         // An ordinary loop over a push's 8,000 paths stays well within it.
-        let (t, v) = compile("{% for p in body.paths %}{% if p is startingwith('docs/') %}d{% endif %}{% endfor %}n");
+        let (t, v) =
+            compile("{% for p in body.paths %}{% if p is startingwith('docs/') %}d{% endif %}{% endfor %}n");
         let paths: Vec<String> = (0..8000).map(|i| format!("src/f{i}.rs")).collect();
         let scope = context! { body => context! { paths => paths } };
         assert_eq!(t.render(&v, &scope).unwrap(), serde_json::json!("n"));

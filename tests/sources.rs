@@ -1150,7 +1150,10 @@ fn a_secret_written_into_a_gitea_payload_is_not_kept() {
     let config = config();
     let body = payload("gitea/push-docs-example.json");
     let secret = "3gEsCfjlV2ugRwgpU#w1*WaW*wa4NXgGmpCfkbG3";
-    assert!(String::from_utf8_lossy(&body).contains(secret), "the fixture carries one");
+    assert!(
+        String::from_utf8_lossy(&body).contains(secret),
+        "the fixture carries one"
+    );
     let intake = hookbridge::intake::process(
         &config,
         &config.sources["gitea"],

@@ -311,6 +311,15 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "x-gitea-signature",
     "x-gogs-signature",
     "x-forgejo-signature",
+    // Credentials a proxy or another sender may add: never needed by a rule.
+    "x-forwarded-authorization",
+    "private-token",
+    "job-token",
+    "circle-token",
+    "x-api-key",
+    "x-auth-token",
+    "x-access-token",
+    "set-cookie",
 ];
 
 impl Source {

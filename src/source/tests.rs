@@ -104,3 +104,36 @@ proptest! {
         prop_assert_eq!(form(body.as_bytes()).unwrap(), text.into_bytes());
     }
 }
+
+/// Credential headers a proxy or another sender may add never reach rules,
+/// templates or the store; ordinary headers do.
+#[test]
+fn credential_headers_are_not_visible() {
+    let source = Source {
+        name: "gh".into(),
+        kind: SourceKind::Github,
+        scheme: Box::new(crate::source::github::GitHub::with_secrets(&[
+            crate::config::Secret::new("s"),
+        ])),
+    };
+    let mut h = HeaderMap::new();
+    for name in [
+        "authorization",
+        "x-forwarded-authorization",
+        "private-token",
+        "circle-token",
+        "x-api-key",
+        "x-auth-token",
+        "x-access-token",
+        "cookie",
+        "x-hub-signature-256",
+    ] {
+        h.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static("credential-value"),
+        );
+    }
+    h.insert("x-github-event", http::HeaderValue::from_static("push"));
+    let visible = source.visible_headers(&h);
+    assert_eq!(visible.keys().collect::<Vec<_>>(), ["x-github-event"]);
+}
