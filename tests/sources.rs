@@ -1169,3 +1169,43 @@ fn a_secret_written_into_a_gitea_payload_is_not_kept() {
     assert_eq!(value["secret"], "***");
     assert_eq!(intake.event.branch.as_deref(), Some("develop"), "still described");
 }
+
+/// A branch that a pattern took and a later `!pattern` excluded is skipped
+/// with that pattern named, not as "matches none".
+#[test]
+fn a_skip_by_a_negated_pattern_names_it() {
+    let config_text = format!(
+        "{}\n{}",
+        sources_toml(),
+        r#"
+[targets.circleci]
+type = "circleci"
+token = "circle-token"
+
+[[rules]]
+name = "all-but-master"
+branches = ["**", "!master"]
+[rules.trigger]
+target = "circleci"
+project = "gh/acme/app"
+branch = "{{ event.branch }}"
+"#
+    );
+    let config = hookbridge::config::parse(std::path::Path::new("neg.toml"), &config_text, LoadMode::Check)
+        .unwrap()
+        .config;
+    let body = payload("github/push.json");
+    let intake = hookbridge::intake::process(
+        &config,
+        &config.sources["github"],
+        &signed("github", "push", &body),
+        &body,
+        SystemTime::now(),
+        Trust::Verify,
+    )
+    .unwrap();
+    assert_eq!(
+        intake.evaluation.skipped[0].reason,
+        "branches: \"master\" is excluded by \"!master\""
+    );
+}

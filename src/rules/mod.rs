@@ -285,9 +285,11 @@ fn refs(rule: &Rule, event: &Event) -> Result<(), String> {
 
 fn check_include(key: &str, list: &Option<PatternList>, value: &str, label: &str) -> Result<(), String> {
     match list {
-        Some(l) if !l.matches(value) => {
-            Err(format!("{key}: {label}{value:?} matches none of {}", l.display()))
-        }
+        // Matched, then excluded by a later `!pattern`: name it.
+        Some(l) if !l.matches(value) => match l.deciding_pattern(value) {
+            Some(negated) => Err(format!("{key}: {label}{value:?} is excluded by {negated:?}")),
+            None => Err(format!("{key}: {label}{value:?} matches none of {}", l.display())),
+        },
         _ => Ok(()),
     }
 }
