@@ -914,3 +914,38 @@ secrets = ["s"]
     }
     assert!(!ws.dir.path().join("no-such-dir").exists());
 }
+
+/// A rule that fails on a delivery (a template reading what the payload
+/// lacks) is counted as a rule error, and the delivery's outcome says so,
+/// not "unmatched": monitoring can tell a broken rule from nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rule_that_fails_is_counted_apart_from_nothing_matched() {
+    let ci = StandIn::start().await;
+    let config = daemon_config(&ci.url, "127.0.0.1:0", "nomatch").replace(
+        "branch = \"{{ event.branch }}\"",
+        "branch = \"{{ event.branch }}\"\n[[rules]]\nname = \"broken\"\nevents = [\"push\"]\n[rules.trigger]\ntarget = \"circleci\"\nproject = \"gh/Codertocat/Hello-World\"\nbranch = \"{{ body.no_such_field }}\"",
+    );
+    let ws = Workspace::new(&config);
+    let daemon = ws.start(&env());
+    let (status, summary) = push(&daemon.hook_url("github"), "broken-1").await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["errors"][0]["rule"], "broken", "{summary}");
+    let text = reqwest::get(format!("{}/metrics", daemon.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hookbridge_rule_errors_total{rule=\"broken\"} 1")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hookbridge_webhooks_received_total")
+                && l.contains("outcome=\"rule_error\"")),
+        "{text}"
+    );
+    assert!(ci.requests().is_empty());
+}

@@ -180,10 +180,21 @@ async fn handle(
             for m in &fresh.matched {
                 metrics::counter!("hookbridge_rule_matches_total", "rule" => m.rule.clone()).increment(1);
             }
+            for e in &fresh.errors {
+                metrics::counter!("hookbridge_rule_errors_total", "rule" => e.rule.clone()).increment(1);
+            }
             if matched {
                 app.wake.notify_one();
             }
-            count(&name, if matched { "accepted" } else { "unmatched" });
+            // Nothing matched because rules failed is not "nothing to do".
+            count(
+                &name,
+                match (matched, fresh.errors.is_empty()) {
+                    (true, _) => "accepted",
+                    (false, true) => "unmatched",
+                    (false, false) => "rule_error",
+                },
+            );
             info!(
                 event = %event,
                 matched = fresh.matched.len(),
