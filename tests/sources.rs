@@ -1209,3 +1209,46 @@ branch = "{{ event.branch }}"
         "branches: \"master\" is excluded by \"!master\""
     );
 }
+
+/// GitLab inputs are strings, numbers, booleans or arrays: an object (from a
+/// payload field) is the rule's error before anything is sent, as a null is.
+#[test]
+fn a_gitlab_input_that_renders_an_object_is_the_rules_error() {
+    let config_text = format!(
+        "{}\n{}",
+        sources_toml(),
+        r#"
+[targets.gitlab]
+type = "gitlab"
+url = "https://gitlab.example.com"
+token = "glptt-x"
+
+[[rules]]
+name = "typed"
+[rules.trigger]
+target = "gitlab"
+project = "acme/app"
+ref = "main"
+inputs = { repo = "{{ body.repository.owner }}", id = "{{ body.repository.id }}" }
+"#
+    );
+    let config = hookbridge::config::parse(std::path::Path::new("in.toml"), &config_text, LoadMode::Check)
+        .unwrap()
+        .config;
+    let body = payload("github/push.json");
+    let intake = hookbridge::intake::process(
+        &config,
+        &config.sources["github"],
+        &signed("github", "push", &body),
+        &body,
+        SystemTime::now(),
+        Trust::Verify,
+    )
+    .unwrap();
+    assert!(intake.evaluation.matched.is_empty());
+    let error = &intake.evaluation.errors[0].error;
+    assert!(
+        error.contains("input `repo` must be a string, number, boolean or array, got an object"),
+        "{error}"
+    );
+}

@@ -145,8 +145,18 @@ impl Trigger {
             variables.insert(k, text);
         }
         let inputs = render_table(t, &self.inputs, scope)?;
-        if let Some((k, _)) = inputs.iter().find(|(_, v)| v.is_null()) {
-            return Err(format!("input `{k}` rendered null"));
+        // GitLab's input types: string, number, boolean, array. Refused here,
+        // with the rule's verdict, rather than by GitLab after the request.
+        for (k, v) in &inputs {
+            match v {
+                serde_json::Value::Null => return Err(format!("input `{k}` rendered null")),
+                serde_json::Value::Object(_) => {
+                    return Err(format!(
+                        "input `{k}` must be a string, number, boolean or array, got an object"
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(Request {
             project,
