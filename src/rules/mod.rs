@@ -164,7 +164,8 @@ impl RuleSet {
             match self.templates.test(cond, scope) {
                 Ok(true) => {}
                 Ok(false) => return Err(Miss::Skip(format!("if: `{}` is false", cond.source))),
-                Err(e) => return Err(Miss::Error(format!("if: {e}"))),
+                // The message starts with the condition's name, "rule `NAME` if: ...".
+                Err(e) => return Err(Miss::Error(e)),
             }
         }
         rule.trigger
