@@ -277,6 +277,15 @@ token = "glptt-LiteralTriggerSecret"
             "whsec_c2VjcmV0",
         ),
         ("\n[sources.g]\ntype = \"github\"\nsecrets = \"abc\"\n", "\"abc\""),
+        // An inline table and a dotted key: the key is the one nearest the value.
+        (
+            "\n[sources]\ngh = { type = \"github\", secrets = \"InlineTableSecret1\" }\n",
+            "InlineTableSecret1",
+        ),
+        (
+            "\nsources.gh.type = \"github\"\nsources.gh.secrets = \"DottedKeySecret12\"\n",
+            "DottedKeySecret12",
+        ),
     ] {
         let (code, err) = check(text);
         assert_eq!(code, 1, "{err}");
@@ -787,6 +796,14 @@ fn plain_http_to_a_remote_ci_is_warned_about() {
     let (code, err) = check(&target("http://gitlab.example.com"));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("plain http; the token travels unencrypted"), "{err}");
+    // The warning names the origin only, never what the URL carries.
+    let (_, err) = check(&target(
+        "http://u:pw@gitlab.example.com/?private_token=glpat-AbCdEf123456",
+    ));
+    assert!(
+        !err.contains("pw@") && !err.contains("glpat-AbCdEf123456"),
+        "{err}"
+    );
     for url in [
         "https://gitlab.example.com",
         "http://127.0.0.1:8080",

@@ -254,13 +254,22 @@ fn secret_values(line: &str) -> Vec<Range<usize>> {
         let quote = &line[open..open + 1];
         let close = line[open + 1..].find(quote).map_or(line.len(), |i| open + 1 + i);
         let value = &line[open + 1..close];
-        if secret_key && !value.starts_with("env:") && !value.starts_with("file:") && !value.is_empty() {
+        let secret_value = secret_key || nearest_key_is_secret(&line[..open]);
+        if secret_value && !value.starts_with("env:") && !value.starts_with("file:") && !value.is_empty() {
             out.push(open + 1..close);
-        } else if let Some(scheme) = value.find("://")
-            && let Some(at) = value.rfind('@')
-            && at > scheme + 3
-        {
-            out.push(open + 1 + scheme + 3..open + 1 + at);
+        } else if let Some(scheme) = value.find("://") {
+            // A URL's userinfo and its query (`?private_token=…`), which
+            // may carry credentials.
+            if let Some(at) = value.rfind('@')
+                && at > scheme + 3
+            {
+                out.push(open + 1 + scheme + 3..open + 1 + at);
+            }
+            if let Some(q) = value.find('?')
+                && q + 1 < value.len()
+            {
+                out.push(open + 1 + q + 1..close);
+            }
         }
         rest = (close + 1).min(line.len());
         if rest >= line.len() {
@@ -268,6 +277,25 @@ fn secret_values(line: &str) -> Vec<Range<usize>> {
         }
     }
     out
+}
+
+/// Whether the key assigned nearest before a value (`before` is the line up
+/// to the value's opening quote) is secret-bearing: `secrets` in an inline
+/// table (`gh = { type = "github", secrets = "…" }`), or the last part of a
+/// dotted key (`sources.gh.secrets = "…"`); an array's later items count
+/// for the key that opened it.
+fn nearest_key_is_secret(before: &str) -> bool {
+    let Some(eq) = before.rfind('=') else { return false };
+    let key = before[..eq].trim_end();
+    let key = key
+        .rsplit([',', '{', ' ', '\t'])
+        .next()
+        .unwrap_or("")
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .trim_matches(['"', '\'']);
+    SECRET_KEYS.contains(&key)
 }
 
 /// Characters of a source line shown in a snippet.

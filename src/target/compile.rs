@@ -52,10 +52,12 @@ pub fn build(
                         );
                     }
                     if parsed.scheme() == "http" && !is_loopback(&parsed) {
+                        // Only the origin: the URL may carry credentials (refused above).
+                        let origin = parsed.origin().ascii_serialization();
                         loader.push(
                             Diagnostic::warning(
                                 format!(
-                                    "target `{name}`: `{url}` is plain http; the token travels unencrypted"
+                                    "target `{name}`: `{origin}` is plain http; the token travels unencrypted"
                                 ),
                                 Some(u.span()),
                             )
