@@ -237,7 +237,7 @@ async fn triggers(cmd: TriggersCommand) -> Result<(), String> {
             }
             if !complete {
                 eprintln!(
-                    "warning: listed the first {} trigger tokens ({MAX_PAGES} pages of 100); the project has more",
+                    "warning: listed the first {} trigger tokens ({MAX_PAGES} pages of 100); the project may have more",
                     all.len()
                 );
             }

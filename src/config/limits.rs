@@ -84,8 +84,10 @@ pub(crate) const TEMPLATE_BLOCK_NESTING: usize = 16;
 pub(crate) const TEMPLATE_RECURSION: usize = 100;
 
 /// Engine steps (instructions) one render of a template or `if` may take:
-/// a loop over a push's 8,000 changed paths takes about 50,000.
-pub(crate) const TEMPLATE_FUEL: u64 = 200_000;
+/// a loop over a push's 8,000 changed paths takes about 50,000, so a loop
+/// with conditions over the 100,000 paths of a very large monorepo push
+/// fits; a nested loop over a long payload string stops within a second.
+pub(crate) const TEMPLATE_FUEL: u64 = 2_000_000;
 
 /// Characters in one glob pattern (`branches`, `paths`, ...).
 pub(crate) const GLOB_LENGTH: usize = 1024;

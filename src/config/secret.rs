@@ -189,14 +189,21 @@ const MAX_SECRET_FILE: u64 = 64 << 10;
 fn read_secret_file(path: &str) -> Result<String, String> {
     use std::io::Read;
     let cannot = |e: std::io::Error| format!("cannot read secret file `{path}`: {e}");
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if !meta.is_file() {
+    // Opened without blocking (a FIFO would wait for a writer), then checked
+    // on the handle itself, so nothing can be swapped in between.
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0));
+    }
+    let file = options.open(path).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
         return Err(format!("secret file `{path}` is not a regular file"));
     }
     let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(cannot)?
-        .take(MAX_SECRET_FILE + 1)
+    file.take(MAX_SECRET_FILE + 1)
         .read_to_string(&mut text)
         .map_err(cannot)?;
     if text.len() as u64 > MAX_SECRET_FILE {

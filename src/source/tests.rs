@@ -127,6 +127,8 @@ fn credential_headers_are_not_visible() {
         "x-access-token",
         "cookie",
         "x-hub-signature-256",
+        "job-token",
+        "set-cookie",
     ] {
         h.insert(
             http::HeaderName::from_static(name),
