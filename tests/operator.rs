@@ -629,19 +629,24 @@ async fn gitlab_triggers_refuses_an_answer_without_end() {
             }
         })
     };
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
+    let (code, _, err) = list_triggers_at(url).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("larger than 4 MiB"), "{err}");
+    assert!(!err.contains(GITLAB_PRIVATE_TOKEN), "{err}");
+    server.await.unwrap();
+    assert!(sent.load(Ordering::Relaxed) < 64 << 20, "the client read on");
+}
+
+/// `gitlab triggers list` against `url`, off the runtime the stand-in runs on.
+async fn list_triggers_at(url: String) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
         cli(
             &["gitlab", "triggers", "list", "--url", &url, "--project", "1"],
             &[("GITLAB_TOKEN", GITLAB_PRIVATE_TOKEN)],
         )
     })
     .await
-    .unwrap();
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("larger than 4 MiB"), "{err}");
-    assert!(!err.contains(GITLAB_PRIVATE_TOKEN), "{err}");
-    server.await.unwrap();
-    assert!(sent.load(Ordering::Relaxed) < 64 << 20, "the client read on");
+    .unwrap()
 }
 
 /// A GitLab (or a proxy in front of it) that echoes the request in its
@@ -664,14 +669,7 @@ async fn gitlab_triggers_never_prints_an_echoed_token_or_a_raw_escape() {
         );
         conn.write_all(answer.as_bytes()).await.unwrap();
     });
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        cli(
-            &["gitlab", "triggers", "list", "--url", &url, "--project", "1"],
-            &[("GITLAB_TOKEN", GITLAB_PRIVATE_TOKEN)],
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = list_triggers_at(url).await;
     server.await.unwrap();
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("502") && err.contains("upstream saw"), "{err}");

@@ -1049,16 +1049,42 @@ branch = "{{{{ event.branch }}}}"
 /// approval) are filtered on their base branch, as in GitHub Actions: one
 /// rule picks the same pull requests whichever of them arrives; the head
 /// branch is `event.branch`, for `if` and templates.
+/// The test sources and a `circleci` target, with `rules` (more targets and
+/// rules, TOML) after them.
+fn config_with(rules: &str) -> Config {
+    let text = format!(
+        "{}\n[targets.circleci]\ntype = \"circleci\"\ntoken = \"circle-token\"\n{rules}",
+        sources_toml()
+    );
+    hookbridge::config::parse(std::path::Path::new("rules.toml"), &text, LoadMode::Check)
+        .unwrap()
+        .config
+}
+
+/// One fixture, signed as `signer` signs it, through intake on `config`.
+fn intake_of(
+    config: &Config,
+    source: &str,
+    signer: &str,
+    event: &str,
+    file: &str,
+) -> hookbridge::intake::Intake {
+    let body = payload(file);
+    hookbridge::intake::process(
+        config,
+        &config.sources[source],
+        &signed(signer, event, &body),
+        &body,
+        SystemTime::now(),
+        Trust::Verify,
+    )
+    .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
 #[test]
 fn pull_requests_and_events_about_them_are_filtered_on_the_base_branch() {
-    let config_text = format!(
-        "{}\n{}",
-        sources_toml(),
+    let config = config_with(
         r#"
-[targets.circleci]
-type = "circleci"
-token = "circle-token"
-
 [[rules]]
 name = "into-master"
 branches = ["master"]
@@ -1074,11 +1100,8 @@ branches = ["changes", "branch2", "feature/**"]
 target = "circleci"
 project = "gh/acme/app"
 branch = "{{ event.branch }}"
-"#
+"#,
     );
-    let config = hookbridge::config::parse(std::path::Path::new("base.toml"), &config_text, LoadMode::Check)
-        .unwrap()
-        .config;
     for (source, signer, event, file, head) in [
         (
             "github",
@@ -1109,16 +1132,7 @@ branch = "{{ event.branch }}"
             "branch2",
         ),
     ] {
-        let body = payload(file);
-        let intake = hookbridge::intake::process(
-            &config,
-            &config.sources[source],
-            &signed(signer, event, &body),
-            &body,
-            SystemTime::now(),
-            Trust::Verify,
-        )
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let intake = intake_of(&config, source, signer, event, file);
         let matched: Vec<&str> = intake
             .evaluation
             .matched
@@ -1174,14 +1188,8 @@ fn a_secret_written_into_a_gitea_payload_is_not_kept() {
 /// with that pattern named, not as "matches none".
 #[test]
 fn a_skip_by_a_negated_pattern_names_it() {
-    let config_text = format!(
-        "{}\n{}",
-        sources_toml(),
+    let config = config_with(
         r#"
-[targets.circleci]
-type = "circleci"
-token = "circle-token"
-
 [[rules]]
 name = "all-but-master"
 branches = ["**", "!master"]
@@ -1189,21 +1197,9 @@ branches = ["**", "!master"]
 target = "circleci"
 project = "gh/acme/app"
 branch = "{{ event.branch }}"
-"#
+"#,
     );
-    let config = hookbridge::config::parse(std::path::Path::new("neg.toml"), &config_text, LoadMode::Check)
-        .unwrap()
-        .config;
-    let body = payload("github/push.json");
-    let intake = hookbridge::intake::process(
-        &config,
-        &config.sources["github"],
-        &signed("github", "push", &body),
-        &body,
-        SystemTime::now(),
-        Trust::Verify,
-    )
-    .unwrap();
+    let intake = intake_of(&config, "github", "github", "push", "github/push.json");
     assert_eq!(
         intake.evaluation.skipped[0].reason,
         "branches: \"master\" is excluded by \"!master\""
@@ -1214,9 +1210,7 @@ branch = "{{ event.branch }}"
 /// payload field) is the rule's error before anything is sent, as a null is.
 #[test]
 fn a_gitlab_input_that_renders_an_object_is_the_rules_error() {
-    let config_text = format!(
-        "{}\n{}",
-        sources_toml(),
+    let config = config_with(
         r#"
 [targets.gitlab]
 type = "gitlab"
@@ -1230,21 +1224,9 @@ target = "gitlab"
 project = "acme/app"
 ref = "main"
 inputs = { repo = "{{ body.repository.owner }}", id = "{{ body.repository.id }}" }
-"#
+"#,
     );
-    let config = hookbridge::config::parse(std::path::Path::new("in.toml"), &config_text, LoadMode::Check)
-        .unwrap()
-        .config;
-    let body = payload("github/push.json");
-    let intake = hookbridge::intake::process(
-        &config,
-        &config.sources["github"],
-        &signed("github", "push", &body),
-        &body,
-        SystemTime::now(),
-        Trust::Verify,
-    )
-    .unwrap();
+    let intake = intake_of(&config, "github", "github", "push", "github/push.json");
     assert!(intake.evaluation.matched.is_empty());
     let error = &intake.evaluation.errors[0].error;
     assert!(
