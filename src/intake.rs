@@ -163,7 +163,21 @@ pub(crate) fn evaluate(
     } else {
         None
     };
-    Ok(config.rules.evaluate(event, body.as_ref(), headers))
+    let mut evaluation = config.rules.evaluate(event, body.as_ref(), headers);
+    // A request its target cannot build (a templated project that is not a
+    // slug, a `.` or `..` path segment) fails its rule now, with the reason
+    // in the summary, rather than being acknowledged and dead-lettered at
+    // its first attempt.
+    for m in std::mem::take(&mut evaluation.matched) {
+        match config.targets.get(&m.target).map(|t| t.request(&m.request)) {
+            Some(Err(e)) => evaluation.errors.push(crate::rules::Errored {
+                rule: m.rule,
+                error: e.to_string(),
+            }),
+            _ => evaluation.matched.push(m),
+        }
+    }
+    Ok(evaluation)
 }
 
 /// Assign job ids and build the summary and the record to store.

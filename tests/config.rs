@@ -390,6 +390,10 @@ fn out_of_range() -> Vec<(&'static str, String)> {
             "\n[server]\nidle_timeout = \"0ms\"\n".to_owned(),
         ),
         (
+            "body_idle_timeout_1ns",
+            "\n[server]\nbody_idle_timeout = \"1ns\"\n".to_owned(),
+        ),
+        (
             "request_timeout_0s",
             "\n[retry]\nrequest_timeout = \"0s\"\n".to_owned(),
         ),

@@ -1234,3 +1234,29 @@ inputs = { repo = "{{ body.repository.owner }}", id = "{{ body.repository.id }}"
         "{error}"
     );
 }
+
+/// A templated project that renders a `.` or `..` path segment fails its
+/// rule in the webhook's own verdict (nothing is stored to be sent), instead
+/// of being acknowledged and dead-lettered at its first attempt.
+#[test]
+fn a_request_its_target_cannot_build_is_the_rules_error() {
+    let config = config_with(
+        r#"
+[[rules]]
+name = "dotted"
+[rules.trigger]
+target = "circleci"
+project = "gh/acme/{{ body.repository.name | replace('Hello-World', '..') }}"
+branch = "main"
+"#,
+    );
+    let intake = intake_of(&config, "github", "github", "push", "github/push.json");
+    assert!(intake.evaluation.matched.is_empty());
+    let error = &intake.evaluation.errors[0];
+    assert_eq!(error.rule, "dotted");
+    assert!(
+        error.error.contains("`.` or `..` path segment"),
+        "{}",
+        error.error
+    );
+}

@@ -97,7 +97,7 @@ impl<const MAX: u64> JsonSchema for TimeoutAtMost<MAX> {
         let max = HumanDuration(std::time::Duration::from_secs(MAX));
         json_schema!({
             "type": "string",
-            "description": format!("a timeout above zero and at most `{max}`: `500ms`, `30s`, `10m`"),
+            "description": format!("a timeout of at least `1ms` and at most `{max}`: `500ms`, `30s`, `10m`"),
             "examples": ["30s", "10m"]
         })
     }

@@ -28,8 +28,8 @@ pub enum UnitError {
     Duration { given: String, reason: String },
     #[error("duration `{given}` is too long: at most `{max}` is allowed here")]
     DurationTooLong { given: String, max: HumanDuration },
-    #[error("timeout `{given}` is zero: nothing could be sent or received in time; expected e.g. `30s`")]
-    ZeroTimeout { given: String },
+    #[error("timeout `{given}` is under 1ms: nothing could be sent or received in time; expected e.g. `30s`")]
+    ShortTimeout { given: String },
     #[error("invalid size `{given}`; expected e.g. `25MiB`, `512KiB` or a number of bytes")]
     Size { given: String },
     #[error("size `{given}` is too large: at most `{max}` is allowed here")]
@@ -121,7 +121,8 @@ impl<const MAX: u64> FromStr for DurationAtMost<MAX> {
     }
 }
 
-/// A timeout: a duration of at most `MAX` seconds, and not zero.
+/// A timeout: a duration of at most `MAX` seconds, and at least a millisecond
+/// (the timers' resolution: less behaves as zero).
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutAtMost<const MAX: u64>(pub Duration);
 
@@ -130,7 +131,7 @@ impl<const MAX: u64> FromStr for TimeoutAtMost<MAX> {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match parse_duration(s, Duration::from_secs(MAX))? {
-            d if d.is_zero() => Err(UnitError::ZeroTimeout { given: shown(s) }),
+            d if d < Duration::from_millis(1) => Err(UnitError::ShortTimeout { given: shown(s) }),
             d => Ok(TimeoutAtMost(d)),
         }
     }
