@@ -1,7 +1,7 @@
 //! Settings read once at start: a reload that changes one of them is applied
 //! for everything else, and says which of them wait for the next restart.
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 
 /// The settings that differ between `started` (the config this process
 /// started with, whose values it still runs on) and `next`, and that only a
@@ -9,7 +9,6 @@ use crate::config::Config;
 /// value changed and changed back is no longer pending.
 pub(super) fn pending(started: &Config, next: &Config) -> Vec<&'static str> {
     let (a, b) = (started, next);
-    let secret = |s: &Option<crate::config::Secret>| s.as_ref().map(|s| s.expose().to_owned());
     [
         ("[server] listen", a.server.listen != b.server.listen),
         (
@@ -28,7 +27,7 @@ pub(super) fn pending(started: &Config, next: &Config) -> Vec<&'static str> {
         ("[store] url", a.store.url != b.store.url),
         (
             "[store] password",
-            secret(&a.store.password) != secret(&b.store.password),
+            a.store.password.as_ref().map(Secret::expose) != b.store.password.as_ref().map(Secret::expose),
         ),
         ("[store] pool_size", a.store.pool_size != b.store.pool_size),
         (
