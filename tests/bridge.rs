@@ -607,6 +607,17 @@ async fn a_ci_that_echoes_the_token_back_puts_it_nowhere() {
     assert!(api.contains("invalid token ***"), "{api}");
     let shown = show(&ws, "echo-1");
     assert!(shown.contains("invalid token ***"), "{shown}");
+    let stored = stored_bytes(&ws).await;
+    for token in [CIRCLE_TOKEN, GITLAB_TRIGGER_TOKEN] {
+        assert!(!stored.contains(token), "{token} is in the store");
+        assert!(!api.contains(token), "{token} is in the API's answer");
+        assert!(!shown.contains(token), "{token} is shown: {shown}");
+        assert!(!daemon.logs().contains(token), "{token} is logged");
+    }
+}
+
+/// Every byte hookbridge keeps of `ws`'s store (the database and its WAL).
+async fn stored_bytes(ws: &Workspace) -> String {
     ws.settled().await;
     let mut stored = Vec::new();
     for entry in std::fs::read_dir(ws.dir.path()).unwrap() {
@@ -615,12 +626,89 @@ async fn a_ci_that_echoes_the_token_back_puts_it_nowhere() {
             stored.extend(std::fs::read(&path).unwrap());
         }
     }
-    let stored = String::from_utf8_lossy(&stored);
-    for token in [CIRCLE_TOKEN, GITLAB_TRIGGER_TOKEN] {
-        assert!(!stored.contains(token), "{token} is in the store");
-        assert!(!api.contains(token), "{token} is in the API's answer");
-        assert!(!shown.contains(token), "{token} is shown: {shown}");
-        assert!(!daemon.logs().contains(token), "{token} is logged");
+    String::from_utf8_lossy(&stored).into_owned()
+}
+
+/// The forms of `token` an echo in `Reply::EchoEncoded` carries.
+fn encoded_forms(token: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{token}:"));
+    // The base64 characters of the token's first 15 bytes, whole groups.
+    let core = basic[..20].to_owned();
+    vec![
+        token.to_owned(),
+        core,
+        token
+            .chars()
+            .take(4)
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ci_that_echoes_the_token_encoded_or_in_a_redirect_puts_it_nowhere() {
+    // A 500 that writes the token in `\u` escapes and as a Basic
+    // credential: the reason decoded from it, the response and the logs
+    // hold `***` instead.
+    let (_ci, ws, daemon, detail) = push_first_answered_with(Reply::EchoEncoded(500), "enc-1").await;
+    let errors: Vec<&str> = detail
+        .jobs
+        .iter()
+        .flat_map(|j| &j.history)
+        .filter_map(|a| a.error.as_deref())
+        .collect();
+    assert_eq!(errors.len(), 3, "{detail:#?}");
+    for e in &errors {
+        assert!(e.contains("invalid token ***"), "{e}");
+    }
+    // A redirect whose Location carries it: dead-lettered, with the
+    // Location shown without it.
+    let ci = StandIn::start().await;
+    ci.script([
+        Reply::EchoEncoded(302),
+        Reply::EchoEncoded(302),
+        Reply::EchoEncoded(302),
+    ]);
+    let ws2 = Workspace::new(&config(&ci.url));
+    let daemon2 = ws2.start(&env());
+    let (status, _) = post_github(
+        &daemon2.hook_url("github"),
+        "push",
+        "enc-2",
+        &payload("github/push.json"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let key = DeliveryKey {
+        id: "enc-2".into(),
+        source: Some("github".into()),
+    };
+    let dead = delivery_when_jobs(&ws2, &key, "dead").await;
+    for job in &dead.jobs {
+        let e = job.last_error.as_deref().unwrap_or_default();
+        assert!(
+            e.contains("redirect to https://ci.example/login?circle-token=***&auth="),
+            "{e}"
+        );
+    }
+    for (ws, daemon, id) in [(&ws, &daemon, "enc-1"), (&ws2, &daemon2, "enc-2")] {
+        let api = reqwest::get(format!("{}/api/v1/deliveries/{id}?source=github", daemon.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let shown = show(ws, id);
+        let stored = stored_bytes(ws).await;
+        for token in [CIRCLE_TOKEN, GITLAB_TRIGGER_TOKEN] {
+            for form in encoded_forms(token) {
+                assert!(!stored.contains(&form), "{form} is in the store");
+                assert!(!api.contains(&form), "{form} is in the API's answer: {api}");
+                assert!(!shown.contains(&form), "{form} is shown: {shown}");
+                assert!(!daemon.logs().contains(&form), "{form} is logged");
+            }
+        }
     }
 }
 

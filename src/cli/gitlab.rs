@@ -156,12 +156,13 @@ impl Client {
             return Ok((status, bytes.to_vec()));
         }
         // A GitLab or proxy that echoes the request would show the token.
-        let bytes = crate::target::client::scrub(bytes.to_vec(), &self.token);
+        let redact = crate::target::redact::Redactor::new(&self.token);
+        let bytes = redact.bytes(bytes.to_vec());
         let message = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v.get("message").or_else(|| v.get("error")).map(|m| m.to_string()))
             .unwrap_or_else(|| crate::target::truncate_body(&bytes, 300));
-        let message = super::common::terminal_safe(&message);
+        let message = super::common::terminal_safe(&redact.text(&message));
         let hint = match status {
             401 => " — the token is missing, expired or revoked (check $GITLAB_TOKEN / --token-env)",
             403 => " — the token's user needs the Maintainer role on the project and the `api` scope",

@@ -20,6 +20,7 @@ use super::Dispatcher;
 use super::retry::{LONGEST_WAIT, transition};
 use crate::config::{Config, RetryPolicy};
 use crate::store::{Attempt, LeasedJob, Transition};
+use crate::target::redact::Redactor;
 use crate::target::{self, Outcome, truncate_body};
 
 /// Response bytes kept per attempt.
@@ -44,6 +45,24 @@ pub fn gave_up(attempt: u32, max_attempts: u32) -> Option<String> {
         Some(format!(
             "gave up after {done} attempts: more than max_attempts ({max_attempts})"
         ))
+    }
+}
+
+/// `outcome` with every form of the token replaced in its texts.
+fn redacted(outcome: Outcome, redact: &Redactor) -> Outcome {
+    match outcome {
+        Outcome::Created(mut created) => {
+            created.id = created.id.map(|t| redact.text(&t));
+            created.url = created.url.map(|t| redact.text(&t));
+            created.state = created.state.map(|t| redact.text(&t));
+            Outcome::Created(created)
+        }
+        Outcome::Skipped(why) => Outcome::Skipped(redact.text(&why)),
+        Outcome::Retry { reason, after } => Outcome::Retry {
+            reason: redact.text(&reason),
+            after,
+        },
+        Outcome::Permanent(why) => Outcome::Permanent(redact.text(&why)),
     }
 }
 
@@ -104,7 +123,11 @@ impl Dispatcher {
         due
     }
 
-    /// Prepare, send and classify: everything that talks to the CI.
+    /// Prepare, send and classify: everything that talks to the CI. What
+    /// is recorded or logged of the answer (the response, the error, the
+    /// reason derived from them) has every form of the token replaced,
+    /// whatever the transport: a reason can hold text the classifier decoded
+    /// from the body (a JSON string's `\u` escapes).
     async fn call(
         &self,
         config: &Config,
@@ -116,9 +139,15 @@ impl Dispatcher {
             Ok(prepared) => prepared,
             Err(reason) => return Outcome::Permanent(reason.to_string()),
         };
+        let redact = Redactor::new(token.expose());
         let timeout = policy.request_timeout.min(LONGEST_WAIT);
-        match self.transport.send(&request, token, timeout).await {
+        let outcome = match self.transport.send(&request, token, timeout).await {
             Ok(response) => {
+                let response = target::Response {
+                    status: response.status,
+                    headers: redact.headers(response.headers),
+                    body: redact.bytes(response.body.to_vec()).into(),
+                };
                 record.status = Some(response.status);
                 record.response =
                     Some(truncate_body(&response.body, RESPONSE_LIMIT)).filter(|r| !r.is_empty());
@@ -136,7 +165,10 @@ impl Dispatcher {
                     after: None,
                 }
             }
-        }
+        };
+        record.error = record.error.take().map(|e| redact.text(&e));
+        record.response = record.response.take().map(|r| redact.text(&r));
+        redacted(outcome, &redact)
     }
 
     /// Metrics and the log line of an attempt.

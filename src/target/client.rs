@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::config::secret::Secret;
 
+use super::redact::Redactor;
 use super::{Credential, OutboundRequest, Response, USER_AGENT};
 
 /// Response bytes read per attempt; the rest of a large CI error page is
@@ -111,10 +112,11 @@ impl Transport for Http {
                 }
             }
         }
+        let redact = Redactor::new(token.expose());
         Ok(Response {
             status,
-            headers,
-            body: scrub(body, token.expose()).into(),
+            headers: redact.headers(headers),
+            body: redact.bytes(body).into(),
         })
     }
 }
@@ -157,54 +159,6 @@ pub fn wire(
         builder = builder.header(h.name, value);
     }
     builder.build().map_err(describe_error)
-}
-
-/// A token this long is replaced wherever it appears; a shorter one (a test
-/// token such as `t`) only where it stands alone, not inside a word.
-const TOKEN_ANYWHERE: usize = 16;
-
-/// `body` with every occurrence of the token that was sent (as sent, and as
-/// a JSON string writes it) replaced by `***`: a CI API that echoes the
-/// request in its answer (`"invalid token glptt-…"`, the received headers)
-/// would otherwise put the token into the attempt record, the job's last
-/// error, the logs and the API.
-pub(crate) fn scrub(body: Vec<u8>, token: &str) -> Vec<u8> {
-    if token.is_empty() {
-        return body;
-    }
-    let quoted = serde_json::to_string(token).unwrap_or_default();
-    let escaped = quoted
-        .strip_prefix('"')
-        .and_then(|q| q.strip_suffix('"'))
-        .unwrap_or(token);
-    // The escaped form first: it is the longer one, and replacing the raw
-    // form first could cut it apart (a token `"` inside `\"`).
-    let forms: Vec<&[u8]> = if escaped == token {
-        vec![token.as_bytes()]
-    } else {
-        vec![escaped.as_bytes(), token.as_bytes()]
-    };
-    let alone = |b: Option<&u8>| b.is_none_or(|b| !b.is_ascii_alphanumeric());
-    let mut body = body;
-    for form in forms {
-        let mut out = Vec::with_capacity(body.len());
-        let mut at = 0;
-        while at < body.len() {
-            let is_match = body[at..].starts_with(form)
-                && (form.len() >= TOKEN_ANYWHERE
-                    || (alone(at.checked_sub(1).and_then(|i| body.get(i)))
-                        && alone(body.get(at + form.len()))));
-            if is_match {
-                out.extend_from_slice(b"***");
-                at += form.len();
-            } else {
-                out.push(body[at]);
-                at += 1;
-            }
-        }
-        body = out;
-    }
-    body
 }
 
 fn describe_error(e: reqwest::Error) -> SendError {
@@ -406,13 +360,13 @@ mod tests {
     fn a_token_made_of_json_escapes_is_scrubbed_whole() {
         // proptest found this: the raw `"` was replaced inside `\"` first,
         // leaving the backslash of the token's escaped form behind.
-        let out = scrub(br#" " "\"" "#.to_vec(), "\"");
+        let out = Redactor::new("\"").bytes(br#" " "\"" "#.to_vec());
         assert!(!String::from_utf8(out.clone()).unwrap().contains('\\'), "{out:?}");
     }
 
     #[test]
     fn a_short_token_is_scrubbed_only_where_it_stands_alone() {
-        let out = scrub(br#"{"state":"t","token":"t.","at":"tt"}"#.to_vec(), "t");
+        let out = Redactor::new("t").bytes(br#"{"state":"t","token":"t.","at":"tt"}"#.to_vec());
         assert_eq!(out, br#"{"state":"***","token":"***.","at":"tt"}"#);
     }
 
@@ -427,7 +381,7 @@ mod tests {
         ) {
             let json = serde_json::to_string(&token).unwrap();
             let body = format!("{before} {token} \n{json}\n {after}");
-            let out = String::from_utf8(scrub(body.into_bytes(), &token)).unwrap();
+            let out = String::from_utf8(Redactor::new(&token).bytes(body.into_bytes())).unwrap();
             let shown = out.replace("***", "");
             let escaped = &json[1..json.len() - 1];
             proptest::prop_assume!(!format!("{before}  \n\n {after}").contains(&token));

@@ -30,6 +30,7 @@ mod compile;
 pub mod encode;
 pub mod gitlab;
 mod outbound;
+pub mod redact;
 mod render;
 mod request;
 

@@ -39,6 +39,10 @@ pub(crate) enum Reply {
     /// and "invalid token <the token received>" (as some CI APIs and
     /// proxies do).
     Echo(u16),
+    /// As `Echo`, with the token encoded: in `Location` as a query
+    /// parameter and a `Basic` credential (base64 of `token:`), and in a
+    /// JSON body whose message writes it in `\u` escapes.
+    EchoEncoded(u16),
     /// A status with this body, verbatim (an HTML page, say).
     Body(u16, &'static str),
 }
@@ -448,6 +452,25 @@ async fn handle(
                     "received_body": record.body,
                 });
                 (status, axum::Json(echo)).into_response()
+            }
+            Some(Reply::EchoEncoded(code)) => {
+                use base64::Engine as _;
+                let token = record
+                    .headers
+                    .get("circle-token")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| record.body["token"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{token}:"));
+                let escaped: String = token.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+                let body = format!(r#"{{"message":"invalid token {escaped}","auth":"Basic {basic}"}}"#);
+                let location = format!("https://ci.example/login?circle-token={token}&auth={basic}");
+                let mut response = (StatusCode::from_u16(code).unwrap(), body).into_response();
+                response
+                    .headers_mut()
+                    .insert("location", location.parse().unwrap());
+                response
             }
             Some(Reply::Body(code, body)) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
             Some(Reply::Hang) | None => {
