@@ -191,6 +191,28 @@ branch = "main"
 }
 
 #[test]
+fn basic_auth_credentials_without_a_password_are_refused() {
+    // ":" or "user:" (a "${USER}:${PASS}" with both unset) would accept
+    // anyone who sends them.
+    let (code, err) = check(
+        r#"
+[sources.azure]
+type = "azure-devops"
+secrets = [":", "ado:", "ado:pw", "no-colon"]
+
+[sources.dc]
+type = "bitbucket"
+basic_auth = ["bb:"]
+"#,
+    );
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("need a password").count(), 3, "{err}");
+    assert_eq!(err.matches("must be \"user:password\"").count(), 1, "{err}");
+    assert!(err.contains("secrets credentials need a password"), "{err}");
+    assert!(err.contains("basic_auth credentials need a password"), "{err}");
+}
+
+#[test]
 fn invalid_duration() {
     let (code, err) = check("\n[retry]\ninitial_backoff = \"2 parsecs\"\n");
     assert_eq!(code, 1);

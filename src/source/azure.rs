@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
+use super::bitbucket::check_basic_credentials;
 use super::bitbucket::verify_basic;
 use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, parse, required_secrets};
-use crate::config::diagnostic::Diagnostic;
 use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
 use crate::config::secret::Secret;
@@ -23,16 +23,7 @@ pub struct AzureDevops {
 impl AzureDevops {
     pub fn build(name: &str, raw: &RawSource, loader: &mut Loader) -> Self {
         let credentials = required_secrets(name, "secrets", raw.secrets.as_ref(), raw.kind.span(), loader);
-        for (secret, span) in &credentials {
-            if !secret.expose().contains(':') {
-                loader.push(Diagnostic::error(
-                    format!(
-                        "source `{name}`: azure-devops secrets are basic-auth credentials, \"user:password\""
-                    ),
-                    Some(span.clone()),
-                ));
-            }
-        }
+        check_basic_credentials(name, "secrets", &credentials, loader);
         AzureDevops {
             credentials: credentials.into_iter().map(|(s, _)| s).collect(),
         }

@@ -52,14 +52,7 @@ impl Bitbucket {
                 Some(raw.kind.span()),
             ));
         }
-        for (secret, span) in &basic_auth {
-            if !secret.expose().contains(':') {
-                loader.push(Diagnostic::error(
-                    format!("source `{name}`: basic_auth credentials must be \"user:password\""),
-                    Some(span.clone()),
-                ));
-            }
-        }
+        check_basic_credentials(name, "basic_auth", &basic_auth, loader);
         Bitbucket {
             keys: hmac_keys(&secrets),
             basic_auth: basic_auth.into_iter().map(|(s, _)| s).collect(),
@@ -79,14 +72,38 @@ impl Bitbucket {
 }
 
 /// Check `Authorization: Basic` against "user:password" credentials in constant time.
+/// Each of `credentials` (from `key`) must be `"user:password"` with a
+/// password: `":"` or `"user:"` (say, `"${USER}:${PASS}"` rendered with both
+/// unset) would accept anyone who sends them, which is no authentication.
+pub(super) fn check_basic_credentials(
+    name: &str,
+    key: &str,
+    credentials: &[(Secret, std::ops::Range<usize>)],
+    loader: &mut Loader,
+) {
+    for (secret, span) in credentials {
+        let problem = match secret.expose().split_once(':') {
+            None => "must be \"user:password\"",
+            Some((_, "")) => "need a password: \"user:\" with an empty one accepts anyone who sends it",
+            Some(_) => continue,
+        };
+        loader.push(Diagnostic::error(
+            format!("source `{name}`: {key} credentials {problem}"),
+            Some(span.clone()),
+        ));
+    }
+}
+
 pub(super) fn verify_basic(inbound: &Inbound<'_>, credentials: &[Secret]) -> Result<(), VerifyError> {
     use base64::Engine as _;
     let value = inbound
         .header("authorization")
         .ok_or(VerifyError::MissingHeader("Authorization"))?;
+    // The scheme's name is case-insensitive (RFC 9110, 11.1).
     let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .map(|(_, encoded)| encoded)
         .ok_or_else(|| VerifyError::Malformed("Authorization", "expected `Basic <base64>`".into()))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
