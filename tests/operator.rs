@@ -522,6 +522,84 @@ async fn admin_api_requires_the_bearer_token() {
     );
 }
 
+/// A request to the admin API with these extra headers: its status.
+async fn api_with(url: &str, method: &str, headers: &[(&str, &str)]) -> u16 {
+    let client = reqwest::Client::new();
+    let mut req = match method {
+        "POST" => client
+            .post(url)
+            .header("content-type", "text/plain")
+            .body(r#"{"reevaluate":true}"#),
+        _ => client.get(url),
+    };
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_web_page_cannot_reach_the_admin_api() {
+    // Without a token (loopback only): a page that rebinds its own name to
+    // 127.0.0.1 sends `Host: attacker.example`; a page's form or fetch sends
+    // its `Origin`. Neither reads deliveries nor replays one.
+    let ci = StandIn::start().await;
+    let config = daemon_config(&ci.url, "127.0.0.1:0", "master").replace("token = \"env:ADMIN_TOKEN\"\n", "");
+    let ws = Workspace::new(&config);
+    let daemon = ws.start(&env());
+    let (status, _) = push(&daemon.hook_url("github"), "page-1").await;
+    assert_eq!(status, 202);
+    eventually(Duration::from_secs(10), "triggered", || ci.accepted().len() == 1).await;
+    let list = format!("{}/api/v1/deliveries", daemon.admin);
+    let replay = format!("{}/api/v1/deliveries/page-1/replay", daemon.admin);
+    let port = daemon.admin.rsplit(':').next().unwrap().to_owned();
+    let rebound = format!("attacker.example:{port}");
+    let own = daemon.admin.trim_start_matches("http://").to_owned();
+    assert_eq!(api_with(&list, "GET", &[]).await, 200);
+    assert_eq!(
+        api_with(&list, "GET", &[("host", &format!("localhost:{port}"))]).await,
+        200
+    );
+    assert_eq!(api_with(&list, "GET", &[("host", &rebound)]).await, 403);
+    assert_eq!(
+        api_with(&list, "GET", &[("host", "127.0.0.1.attacker.example")]).await,
+        403
+    );
+    assert_eq!(api_with(&replay, "POST", &[("host", &rebound)]).await, 403);
+    assert_eq!(
+        api_with(&replay, "POST", &[("origin", "https://attacker.example")]).await,
+        403
+    );
+    assert_eq!(api_with(&replay, "POST", &[("origin", "null")]).await, 403);
+    assert_eq!(
+        api_with(&replay, "POST", &[("sec-fetch-site", "cross-site")]).await,
+        403
+    );
+    assert_eq!(ci.accepted().len(), 1, "nothing was replayed");
+    // The API's own origin (a same-origin page) is let through.
+    assert_eq!(
+        api_with(&list, "GET", &[("origin", &format!("http://{own}"))]).await,
+        200
+    );
+
+    // With a token, the same cross-site checks, and the bearer scheme's
+    // name in any case.
+    let ws = Workspace::new(&daemon_config(&ci.url, "127.0.0.1:0", "master"));
+    let daemon = ws.start(&env());
+    let list = format!("{}/api/v1/deliveries", daemon.admin);
+    let bearer = format!("bearer {ADMIN_TOKEN}");
+    assert_eq!(api_with(&list, "GET", &[("authorization", &bearer)]).await, 200);
+    assert_eq!(
+        api_with(
+            &list,
+            "GET",
+            &[("authorization", &bearer), ("origin", "https://attacker.example")]
+        )
+        .await,
+        403
+    );
+}
+
 #[test]
 fn non_loopback_admin_without_token_is_refused() {
     let ws = Workspace::new(

@@ -1,7 +1,9 @@
 //! The admin listener: health, readiness, metrics, and the deliveries API.
 //!
 //! `/api/v1/*` requires `Authorization: Bearer <[admin] token>` when a token is
-//! configured; the config refuses a non-loopback admin address without one.
+//! configured; the config refuses a non-loopback admin address without one,
+//! and without one the API answers only requests addressed to a loopback
+//! name. Browsers' cross-site requests are refused either way.
 
 use std::time::SystemTime;
 
@@ -113,15 +115,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Bearer-token check, constant time; the token is read from the live config.
+/// The API's gate. With `[admin] token`: the bearer token, compared in
+/// constant time, read from the live config. Without one (the listener is
+/// then loopback-only): only requests addressed to a loopback name, so a web
+/// page cannot reach the API through DNS rebinding (`Host: attacker.example`
+/// resolving to 127.0.0.1). Either way a browser's cross-site request (an
+/// `Origin` other than the API's own, `Sec-Fetch-Site: cross-site`) is
+/// refused: a page's form or `fetch` cannot replay deliveries.
 async fn require_token(State(app): State<App>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let refused =
+        |status: StatusCode, message: &str| (status, axum::Json(json!({ "error": message }))).into_response();
     let config = app.config.load();
     if let Some(token) = &config.admin.token {
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim_start());
         let ok: bool = given.as_bytes().ct_eq(token.expose().as_bytes()).into();
         if !ok {
             return (
@@ -131,8 +143,50 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
             )
                 .into_response();
         }
+    } else if !headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_none_or(is_loopback_host)
+    {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "without [admin] token the API answers only requests addressed to a loopback host (localhost, 127.0.0.1, [::1])",
+        );
+    }
+    if cross_site(&headers) {
+        return refused(StatusCode::FORBIDDEN, "cross-site requests are refused");
     }
     next.run(request).await
+}
+
+/// A `Host` (or an origin's host) that names this machine's loopback:
+/// `localhost`, `127.0.0.0/8` or `[::1]`, with any port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(addr, _)| addr),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A browser's request from another site: `Sec-Fetch-Site: cross-site` or
+/// `same-site`, or an `Origin` whose host and port are not the request's
+/// `Host`. Clients that are not browsers send neither header.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if get("sec-fetch-site")
+        .is_some_and(|s| s.eq_ignore_ascii_case("cross-site") || s.eq_ignore_ascii_case("same-site"))
+    {
+        return true;
+    }
+    match get("origin") {
+        None => false,
+        Some(origin) => {
+            let host = origin.split_once("://").map(|(_, rest)| rest);
+            host.is_none_or(|h| Some(h) != get("host"))
+        }
+    }
 }
 
 /// A query string that does not parse (`?limit=abc`): 400 with the JSON
