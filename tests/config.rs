@@ -318,6 +318,28 @@ token = "glptt-LiteralTriggerSecret"
         );
     }
 
+    // A misspelt secret key is an unknown key, and the error points at it:
+    // its value is hidden all the same.
+    for (text, secret) in [
+        (
+            "\n[sources.g]\ntype = \"github\"\nsecret = [\"MisspeltKeySecret1\"]\n",
+            "MisspeltKeySecret1",
+        ),
+        (
+            "\n[targets.c]\ntype = \"circleci\"\ntokn = \"MisspeltTokenSecret\"\n",
+            "MisspeltTokenSecret",
+        ),
+        (
+            "\n[admin]\napi_key = \"UnknownApiKeySecret\"\n",
+            "UnknownApiKeySecret",
+        ),
+    ] {
+        let (code, err) = check(text);
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains(secret), "{secret} shown:\n{err}");
+        assert!(err.contains("unknown"), "{err}");
+    }
+
     // `serve` logs the same diagnostics.
     refused_without_secrets("serve");
 }

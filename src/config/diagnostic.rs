@@ -248,7 +248,7 @@ fn secret_values(line: &str) -> Vec<Range<usize>> {
         .unwrap_or("")
         .trim()
         .trim_matches(['"', '\'']);
-    let secret_key = line.contains('=') && SECRET_KEYS.contains(&key);
+    let secret_key = line.contains('=') && is_secret_key(key);
     let mut rest = 0;
     while let Some(open) = line[rest..].find(['"', '\'']).map(|i| rest + i) {
         let quote = &line[open..open + 1];
@@ -295,7 +295,27 @@ fn nearest_key_is_secret(before: &str) -> bool {
         .next()
         .unwrap_or("")
         .trim_matches(['"', '\'']);
-    SECRET_KEYS.contains(&key)
+    is_secret_key(key)
+}
+
+/// Whether the values of `key` are hidden in diagnostics: a secret-bearing
+/// key, a misspelling of one (`secret`, `tokn`: an unknown key the error
+/// is about), or any key whose name says it holds a credential.
+fn is_secret_key(key: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "secret",
+        "token",
+        "passw",
+        "auth",
+        "credential",
+        "private",
+        "apikey",
+        "api_key",
+    ];
+    let key = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
+    SECRET_KEYS.contains(&key.as_str())
+        || WORDS.iter().any(|w| key.contains(w))
+        || SECRET_KEYS.iter().any(|k| edit_distance(&key, k) <= 2)
 }
 
 /// Characters of a source line shown in a snippet.
