@@ -6,7 +6,7 @@
 //! panic the handler. Here the subtraction is checked and a time before the
 //! Unix epoch (where no delivery can be) is refused.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::shown;
 
@@ -33,7 +33,61 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, SinceError> {
         Err(humantime::DurationError::NumberOverflow) => return Err(SinceError::TooFarBack(shown(s))),
         Err(_) => {}
     }
-    humantime::parse_rfc3339_weak(text).map_err(|_| SinceError::Invalid(shown(s)))
+    rfc3339(text).map_err(|e| match e {
+        Rfc3339::Invalid => SinceError::Invalid(shown(s)),
+        Rfc3339::BeforeEpoch => SinceError::TooFarBack(shown(s)),
+    })
+}
+
+enum Rfc3339 {
+    Invalid,
+    BeforeEpoch,
+}
+
+/// An RFC 3339 time with any offset (`Z`, `+01:00`, `-05:00`; `T` and `Z`
+/// in either case, as RFC 3339 allows): the offset is read here, the rest
+/// by `humantime`, which knows only UTC.
+fn rfc3339(text: &str) -> Result<SystemTime, Rfc3339> {
+    let upper = text.to_ascii_uppercase();
+    let split = upper
+        .len()
+        .checked_sub(6)
+        .filter(|at| upper.is_char_boundary(*at))
+        .map(|at| upper.split_at(at));
+    let (local, offset) = match split {
+        Some((local, offset))
+            if offset.is_ascii() && offset.starts_with(['+', '-']) && offset.as_bytes()[3] == b':' =>
+        {
+            let number = |digits: &str| {
+                (digits.len() == 2 && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| digits.parse::<u64>().ok())
+                    .flatten()
+            };
+            let (hours, minutes) = (number(&offset[1..3]), number(&offset[4..6]));
+            let (Some(hours), Some(minutes @ 0..=59)) = (hours, minutes) else {
+                return Err(Rfc3339::Invalid);
+            };
+            if hours > 23 {
+                return Err(Rfc3339::Invalid);
+            }
+            let east = offset.starts_with('+');
+            (
+                format!("{local}Z"),
+                Some((east, Duration::from_secs((hours * 60 + minutes) * 60))),
+            )
+        }
+        _ => (upper, None),
+    };
+    let at = humantime::parse_rfc3339_weak(&local).map_err(|_| Rfc3339::Invalid)?;
+    match offset {
+        None => Ok(at),
+        // 08:00+01:00 is 07:00 UTC.
+        Some((true, by)) => at
+            .checked_sub(by)
+            .filter(|t| *t >= UNIX_EPOCH)
+            .ok_or(Rfc3339::BeforeEpoch),
+        Some((false, by)) => at.checked_add(by).ok_or(Rfc3339::Invalid),
+    }
 }
 
 #[cfg(test)]
@@ -66,6 +120,31 @@ mod tests {
     }
 
     #[test]
+    fn rfc3339_times_with_an_offset_or_in_lower_case() {
+        let utc = Ok(UNIX_EPOCH + Duration::from_secs(1_738_310_400));
+        assert_eq!(parse_since("2025-01-31T09:00:00+01:00", now()), utc);
+        assert_eq!(parse_since("2025-01-31T03:00:00-05:00", now()), utc);
+        assert_eq!(parse_since("2025-01-31T08:00:00+00:00", now()), utc);
+        assert_eq!(parse_since("2025-01-31t08:00:00z", now()), utc);
+        assert_eq!(parse_since("2025-01-31T13:30:00+05:30", now()), utc);
+        for bad in [
+            "2025-01-31T08:00:00+24:00",
+            "2025-01-31T08:00:00+01:60",
+            "2025-01-31T08:00:00+1:000",
+            "2025-01-31T08:00:00+ab:cd",
+        ] {
+            assert!(
+                matches!(parse_since(bad, now()), Err(SinceError::Invalid(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_since("1970-01-01T00:30:00+01:00", now()),
+            Err(SinceError::TooFarBack(_))
+        ));
+    }
+
+    #[test]
     fn huge_durations_are_an_error_not_a_panic() {
         assert_eq!(
             parse_since("500000000000y", now()),
@@ -93,6 +172,14 @@ mod tests {
         #[test]
         fn any_text(s in "\\PC{0,40}") {
             if let Ok(t) = parse_since(&s, now()) {
+                prop_assert!(t >= UNIX_EPOCH);
+            }
+        }
+
+        /// Offsets of any shape, and multi-byte text where one would be.
+        #[test]
+        fn any_offset(offset in "[+\\-é:0-9Z]{0,7}|\\PC{0,6}") {
+            if let Ok(t) = parse_since(&format!("2025-01-31T08:00:00{offset}"), now()) {
                 prop_assert!(t >= UNIX_EPOCH);
             }
         }
