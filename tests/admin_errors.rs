@@ -159,7 +159,13 @@ async fn every_route_answers_404_for_an_unknown_delivery() {
         "limit=abc",
         "limit=-1",
         "limit=99999999999999999999999",
+        "limit=0",
         "source=a&source=b",
+        // A cursor that is not one, and a misspelt filter, which would
+        // otherwise list everything.
+        "before=garbage",
+        "before=%00",
+        "staus=dead",
     ] {
         let path = format!("/api/v1/deliveries?{query}");
         let (status, text) = server.call("GET", &path, "").await;
@@ -174,6 +180,21 @@ async fn every_route_answers_404_for_an_unknown_delivery() {
     let (status, text) = server.call("POST", "/api/v1/deliveries/nope/replay", "{").await;
     assert_eq!(status, 400, "{text}");
     assert!(error_message(&text).starts_with("invalid JSON body"), "{text}");
+    // A misspelt field (`jobs` for `job`) would replay every job.
+    let (status, text) = server
+        .call("POST", "/api/v1/deliveries/nope/replay", r#"{"jobs":"j1"}"#)
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(error_message(&text).contains("unknown field `jobs`"), "{text}");
+    let (status, text) = server
+        .call(
+            "POST",
+            "/api/v1/deliveries/nope/replay",
+            r#"{"job":"j1","reevaluate":true}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(error_message(&text).contains("exclude each other"), "{text}");
     server.stop().await;
 }
 

@@ -147,6 +147,15 @@ fn healthcheck_says_when_no_answer_came_in_time() {
     let (code, _out, err) = ws.cli(&["healthcheck", "--addr", &addr, "--timeout", "1"], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("no answer within 1 s"), "{err}");
+    // Out of 1..=3600 is a usage error, not a probe that waits for ever.
+    for timeout in ["0", "3601", "99999999999"] {
+        let (code, _out, err) = ws.cli(&["healthcheck", "--addr", &addr, "--timeout", timeout], &[]);
+        assert_eq!(code, 2, "{timeout}: {err}");
+        assert!(err.contains("--timeout"), "{err}");
+    }
+    let (code, _out, err) = ws.cli(&["deliveries", "list", "--limit", "0"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--limit"), "{err}");
     drop(hung);
 }
 

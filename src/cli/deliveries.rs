@@ -36,8 +36,9 @@ pub struct ListArgs {
     /// Received within this long (`1h`, `2d`) or since an RFC 3339 time
     #[arg(long, value_parser = |s: &str| parse_since(s, SystemTime::now()))]
     pub since: Option<SystemTime>,
-    #[arg(long, default_value_t = 50)]
-    pub limit: usize,
+    /// Deliveries to list, newest first (at least 1)
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -123,7 +124,7 @@ async fn list(a: ListArgs) -> Result<(), String> {
             rule: a.rule,
             since: a.since,
             before: None,
-            limit: a.limit,
+            limit: usize::try_from(a.limit).unwrap_or(usize::MAX),
         })
         .await
         .map_err(|e| e.to_string())?;

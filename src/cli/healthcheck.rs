@@ -24,8 +24,8 @@ pub struct HealthcheckArgs {
     /// Admin address to ask [default: `[admin] listen` from the config, 0.0.0.0 as loopback]
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<SocketAddr>,
-    /// Give up after this many seconds (at most 3600)
-    #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+    /// Give up after this many seconds (1 to 3600)
+    #[arg(long, value_name = "SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT))]
     pub timeout: u64,
 }
 

@@ -196,6 +196,7 @@ fn bad_query(rejection: QueryRejection) -> ApiError {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
     source: Option<String>,
@@ -223,7 +224,18 @@ async fn list_deliveries(
         .map(|s| parse_since(s, SystemTime::now()))
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    if q.limit == Some(0) {
+        return Err(ApiError::BadRequest("`limit` must be at least 1".into()));
+    }
+    let limit = q.limit.unwrap_or(50).min(MAX_PAGE);
+    // The cursor is a delivery's own id, the `next` of a page.
+    if let Some(before) = &q.before
+        && ulid::Ulid::from_string(before).is_err()
+    {
+        return Err(ApiError::BadRequest(
+            "`before` is not a cursor: pass the `next` of the previous page".into(),
+        ));
+    }
     let filter = DeliveryFilter {
         status,
         source: q.source,
@@ -245,6 +257,7 @@ struct KeyQuery {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ReplayBody {
     job: Option<String>,
     #[serde(default)]
@@ -273,6 +286,11 @@ async fn replay_delivery(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
     let Query(q) = q.map_err(bad_query)?;
+    if req.reevaluate && req.job.is_some() {
+        return Err(ApiError::BadRequest(
+            "`job` and `reevaluate` exclude each other: a re-evaluation makes new jobs".into(),
+        ));
+    }
     let key = DeliveryKey { id, source: q.source };
     let queued = if req.reevaluate {
         let config = app.config.load_full();
