@@ -674,6 +674,43 @@ fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
 }
 
 #[test]
+fn standard_webhooks_of_any_json_shape_are_accepted() {
+    // The spec's payloads are objects with a string `type`; a signed body
+    // of another JSON shape is still a delivery, named `webhook`.
+    let config = config();
+    let now = support::unix_now();
+    for (body, name) in [
+        (r#"{"type":"invoice.paid","data":{}}"#, "invoice.paid"),
+        (r#"{}"#, "webhook"),
+        (r#"{"type":null}"#, "webhook"),
+        (r#"{"type":5}"#, "webhook"),
+        (r#"{"type":{"a":1}}"#, "webhook"),
+        (r#"[1,2]"#, "webhook"),
+        (r#"["invoice.paid"]"#, "webhook"),
+        (r#""hello""#, "webhook"),
+    ] {
+        let h = headers(&[
+            ("webhook-id", "msg_shape".into()),
+            ("webhook-timestamp", now.to_string()),
+            (
+                "webhook-signature",
+                standard_signature(WHSEC, "msg_shape", now, body.as_bytes()),
+            ),
+        ]);
+        let intake = hookbridge::intake::process(
+            &config,
+            &config.sources["standard"],
+            &h,
+            body.as_bytes(),
+            SystemTime::now(),
+            Trust::Verify,
+        )
+        .unwrap_or_else(|e| panic!("{body}: {e}"));
+        assert_eq!(intake.event.name, name, "{body}");
+    }
+}
+
+#[test]
 fn any_configured_secret_verifies() {
     let config = config();
     let body = payload("github/push.json");

@@ -6,8 +6,6 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use super::signature::standard;
 use super::{DescribeError, Inbound, Scheme, Verified, VerifyError, parse, required_secrets, whsec_keys};
 use crate::config::loader::Loader;
@@ -67,13 +65,14 @@ impl Scheme for Standard {
         inbound: &Inbound<'_>,
         verified: &Verified<'_>,
     ) -> Result<Event, DescribeError> {
-        #[derive(Deserialize)]
-        struct Typed {
-            #[serde(rename = "type")]
-            kind: Option<String>,
-        }
-        let typed: Typed = parse(verified.payload())?;
-        let name = typed.kind.unwrap_or_else(|| "webhook".to_owned());
+        // Any JSON: the spec's payloads are objects with a string `type`;
+        // other senders' are named `webhook`, as one without a type is.
+        let body: serde_json::Value = parse(verified.payload())?;
+        let name = body
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("webhook")
+            .to_owned();
         let delivery = header(inbound, "webhook-id")
             .map_or_else(|_| super::signature::body_digest(inbound.body), str::to_owned);
         Ok(Event::new(source, Provider::Standard, &name, &name, delivery))
