@@ -114,9 +114,9 @@ impl Scheme for Gitea {
         let (header, value) = headers
             .iter()
             .find_map(|(lower, display)| inbound.header(lower).map(|v| (*display, v)))
-            .ok_or(VerifyError::MissingHeader(headers[0].1))?;
-        let expected =
-            hex::decode(value).map_err(|_| VerifyError::Malformed(header, "not hexadecimal".into()))?;
+            .ok_or(VerifyError::MissingHeader(headers[0].1.into()))?;
+        let expected = hex::decode(value)
+            .map_err(|_| VerifyError::Malformed(header.into(), "not hexadecimal".into()))?;
         // The signature covers the JSON payload, not the form body around it.
         let payload = if inbound.is_form() {
             Cow::Owned(inbound.form_payload()?)
@@ -143,11 +143,14 @@ impl Scheme for Gitea {
         let fine_name = fine.iter().find_map(|h| inbound.header(h));
         let name = fine_name
             .or(coarse_name)
-            .ok_or(DescribeError::MissingEventHeader(match self.flavor {
-                Flavor::Gitea => "X-Gitea-Event",
-                Flavor::Forgejo => "X-Forgejo-Event",
-                Flavor::Gogs => "X-Gogs-Event",
-            }))?;
+            .ok_or(DescribeError::MissingEventHeader(
+                match self.flavor {
+                    Flavor::Gitea => "X-Gitea-Event",
+                    Flavor::Forgejo => "X-Forgejo-Event",
+                    Flavor::Gogs => "X-Gogs-Event",
+                }
+                .into(),
+            ))?;
         let delivery = delivery_id(inbound, self.flavor.delivery_headers());
         // The coarse name decides the payload shape; `pull_request_sync` is a pull_request.
         let shape = coarse_name.unwrap_or(name);
@@ -212,7 +215,7 @@ mod tests {
         h.insert("x-gitea-signature", "".parse().unwrap());
         assert_eq!(
             g.verify(&Inbound::new(&h, b"{}")).err(),
-            Some(VerifyError::MissingHeader("X-Gitea-Signature"))
+            Some(VerifyError::MissingHeader("X-Gitea-Signature".into()))
         );
     }
 

@@ -50,7 +50,7 @@ impl Scheme for GitHub {
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
         let value = inbound
             .header("x-hub-signature-256")
-            .ok_or(VerifyError::MissingHeader("X-Hub-Signature-256"))?;
+            .ok_or(VerifyError::MissingHeader("X-Hub-Signature-256".into()))?;
         signature::verify_prefixed_hex(
             &self.keys,
             value,
@@ -75,7 +75,7 @@ impl Scheme for GitHub {
     ) -> Result<Event, DescribeError> {
         let name = inbound
             .header("x-github-event")
-            .ok_or(DescribeError::MissingEventHeader("X-GitHub-Event"))?;
+            .ok_or(DescribeError::MissingEventHeader("X-GitHub-Event".into()))?;
         let delivery = delivery_id(inbound, &["x-github-delivery"]);
         describe(source, Provider::Github, name, name, delivery, verified.payload())
     }
@@ -127,7 +127,7 @@ mod tests {
         let empty = HeaderMap::new();
         assert_eq!(
             gh.verify(&Inbound::new(&empty, b"x")).err(),
-            Some(VerifyError::MissingHeader("X-Hub-Signature-256"))
+            Some(VerifyError::MissingHeader("X-Hub-Signature-256".into()))
         );
     }
 
@@ -139,12 +139,12 @@ mod tests {
         h.insert("x-hub-signature", sha1.parse().unwrap());
         assert_eq!(
             github().verify(&Inbound::new(&h, b"Hello, World!")).err(),
-            Some(VerifyError::MissingHeader("X-Hub-Signature-256"))
+            Some(VerifyError::MissingHeader("X-Hub-Signature-256".into()))
         );
         h.insert("x-hub-signature-256", sha1.parse().unwrap());
         assert!(matches!(
             github().verify(&Inbound::new(&h, b"Hello, World!")),
-            Err(VerifyError::Malformed("X-Hub-Signature-256", _))
+            Err(VerifyError::Malformed(ref h, _)) if h == "X-Hub-Signature-256"
         ));
     }
 }

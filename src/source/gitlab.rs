@@ -77,13 +77,13 @@ impl Scheme for GitLab {
             // When signing is configured the signature is required; never fall back to the token.
             let sig = inbound
                 .header("webhook-signature")
-                .ok_or(VerifyError::MissingHeader("webhook-signature"))?;
+                .ok_or(VerifyError::MissingHeader("webhook-signature".into()))?;
             let id = inbound
                 .header("webhook-id")
-                .ok_or(VerifyError::MissingHeader("webhook-id"))?;
+                .ok_or(VerifyError::MissingHeader("webhook-id".into()))?;
             let ts = inbound
                 .header("webhook-timestamp")
-                .ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
+                .ok_or(VerifyError::MissingHeader("webhook-timestamp".into()))?;
             if self.signing_keys.is_empty() {
                 return Err(VerifyError::NoSecret);
             }
@@ -100,12 +100,12 @@ impl Scheme for GitLab {
         if !self.tokens.is_empty() || !self.signing_required {
             let token = inbound
                 .header("x-gitlab-token")
-                .ok_or(VerifyError::MissingHeader("X-Gitlab-Token"))?;
+                .ok_or(VerifyError::MissingHeader("X-Gitlab-Token".into()))?;
             if self.tokens.is_empty() {
                 return Err(VerifyError::NoSecret);
             }
             if !signature::token_matches(token.as_bytes(), &self.tokens) {
-                return Err(VerifyError::TokenMismatch("X-Gitlab-Token"));
+                return Err(VerifyError::TokenMismatch("X-Gitlab-Token".into()));
             }
         }
         Ok(Verified::new(Cow::Borrowed(inbound.body)))
@@ -119,7 +119,7 @@ impl Scheme for GitLab {
     ) -> Result<Event, DescribeError> {
         let name = inbound
             .header("x-gitlab-event")
-            .ok_or(DescribeError::MissingEventHeader("X-Gitlab-Event"))?;
+            .ok_or(DescribeError::MissingEventHeader("X-Gitlab-Event".into()))?;
         let delivery = delivery_id(inbound, &["idempotency-key", "webhook-id", "x-gitlab-event-uuid"]);
         payload::describe(source, name, delivery, verified.payload())
     }
@@ -170,7 +170,7 @@ mod tests {
         h.insert("x-gitlab-token", "ne".parse().unwrap());
         assert_eq!(
             gl.verify(&Inbound::new(&h, b"{}")).err(),
-            Some(VerifyError::TokenMismatch("X-Gitlab-Token"))
+            Some(VerifyError::TokenMismatch("X-Gitlab-Token".into()))
         );
     }
 
@@ -181,7 +181,7 @@ mod tests {
         h.insert("x-gitlab-token", "anything".parse().unwrap());
         assert_eq!(
             gl.verify(&Inbound::new(&h, b"{}")).err(),
-            Some(VerifyError::MissingHeader("webhook-signature"))
+            Some(VerifyError::MissingHeader("webhook-signature".into()))
         );
         let now = SystemTime::now();
         let signed = gl.sign(b"{}", now).unwrap();

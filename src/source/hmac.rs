@@ -111,15 +111,20 @@ impl Scheme for GenericHmac {
     fn verify<'a>(&self, inbound: &Inbound<'a>) -> Result<Verified<'a>, VerifyError> {
         let value = inbound
             .header(&self.header)
-            .ok_or(VerifyError::MissingHeader("signature"))?;
+            .ok_or_else(|| VerifyError::MissingHeader(self.header.clone().into()))?;
         let encoded = value.strip_prefix(self.prefix.as_str()).ok_or_else(|| {
-            VerifyError::Malformed("signature", format!("expected the prefix `{}`", self.prefix))
+            VerifyError::Malformed(
+                self.header.clone().into(),
+                format!("expected the prefix `{}`", self.prefix),
+            )
         })?;
         let expected = self
             .encoding
             .decode(encoded)
             .filter(|b| !b.is_empty())
-            .ok_or_else(|| VerifyError::Malformed("signature", "cannot decode the signature".into()))?;
+            .ok_or_else(|| {
+                VerifyError::Malformed(self.header.clone().into(), "cannot decode the signature".into())
+            })?;
         if self.keys.is_empty() {
             return Err(VerifyError::NoSecret);
         }
@@ -141,7 +146,7 @@ impl Scheme for GenericHmac {
         let name = match (from_header, &self.event, &self.event_header) {
             (Some(n), _, _) => n.to_owned(),
             (None, Some(fixed), _) => fixed.clone(),
-            (None, None, Some(_)) => return Err(DescribeError::MissingEventHeader("event")),
+            (None, None, Some(h)) => return Err(DescribeError::MissingEventHeader(h.clone().into())),
             (None, None, None) => "webhook".to_owned(),
         };
         let delivery = self

@@ -208,13 +208,13 @@ pub(crate) fn assume_authentic<'a>(inbound: &Inbound<'a>) -> Result<Verified<'a>
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
     #[error("missing `{0}` header")]
-    MissingHeader(&'static str),
+    MissingHeader(Cow<'static, str>),
     #[error("`{0}` header is malformed: {1}")]
-    Malformed(&'static str, String),
+    Malformed(Cow<'static, str>, String),
     #[error("signature does not match")]
     Mismatch,
     #[error("`{0}` does not match")]
-    TokenMismatch(&'static str),
+    TokenMismatch(Cow<'static, str>),
     #[error("webhook-timestamp is {skew_secs}s away from now; the tolerance is {tolerance_secs}s")]
     Stale { skew_secs: u64, tolerance_secs: u64 },
     #[error("the source has no usable secret configured")]
@@ -237,7 +237,7 @@ impl VerifyError {
 #[derive(Debug, thiserror::Error)]
 pub enum DescribeError {
     #[error("missing `{0}` header: cannot tell which event this is")]
-    MissingEventHeader(&'static str),
+    MissingEventHeader(Cow<'static, str>),
     #[error("body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error(

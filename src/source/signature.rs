@@ -132,7 +132,7 @@ pub(crate) fn verify_prefixed_hex(
     let prefix = alg.prefix();
     let hex = value.strip_prefix(prefix).ok_or_else(|| {
         VerifyError::Malformed(
-            header,
+            header.into(),
             format!(
                 "expected `{prefix}<hex>`: this sender signs with HMAC-{}",
                 alg.name()
@@ -140,9 +140,13 @@ pub(crate) fn verify_prefixed_hex(
         )
     })?;
     if hex.is_empty() {
-        return Err(VerifyError::Malformed(header, "the signature is empty".into()));
+        return Err(VerifyError::Malformed(
+            header.into(),
+            "the signature is empty".into(),
+        ));
     }
-    let expected = hex::decode(hex).map_err(|_| VerifyError::Malformed(header, "not hexadecimal".into()))?;
+    let expected =
+        hex::decode(hex).map_err(|_| VerifyError::Malformed(header.into(), "not hexadecimal".into()))?;
     if keys.is_empty() {
         return Err(VerifyError::NoSecret);
     }
@@ -199,7 +203,7 @@ pub mod standard {
                 }
                 _ => "not an integer (Unix seconds)",
             };
-            VerifyError::Malformed("webhook-timestamp", why.into())
+            VerifyError::Malformed("webhook-timestamp".into(), why.into())
         })?;
         let skew = unix_seconds(now).abs_diff(ts);
         if skew > tolerance.as_secs() {
@@ -236,7 +240,7 @@ pub mod standard {
             .collect();
         if entries.is_empty() {
             return Err(VerifyError::Malformed(
-                "webhook-signature",
+                "webhook-signature".into(),
                 "no `v1,` signature".into(),
             ));
         }

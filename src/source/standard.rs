@@ -44,7 +44,7 @@ fn header<'a>(inbound: &Inbound<'a>, name: &'static str) -> Result<&'a str, Veri
     inbound
         .header(name)
         .or_else(|| inbound.header(&name.replacen("webhook-", "svix-", 1)))
-        .ok_or(VerifyError::MissingHeader(name))
+        .ok_or(VerifyError::MissingHeader(name.into()))
 }
 
 impl Scheme for Standard {
