@@ -896,6 +896,30 @@ fn signed_deliveries_outside_the_tolerance_are_refused() {
         ),
         "{e}"
     );
+    // A signed delivery at a source with tokens only: the signature cannot
+    // be checked, and the token does not stand in for it.
+    let ts = support::unix_now();
+    let mut h = signed("gitlab", "Push Hook", &body);
+    h.insert("webhook-id", HeaderValue::from_static(id));
+    h.insert(
+        "webhook-timestamp",
+        HeaderValue::from_str(&ts.to_string()).unwrap(),
+    );
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&standard_signature(WHSEC, id, ts, &body)).unwrap(),
+    );
+    let e = hookbridge::intake::process(
+        &config,
+        &config.sources["gitlab"],
+        &h,
+        &body,
+        SystemTime::now(),
+        Trust::Verify,
+    )
+    .unwrap_err();
+    assert_eq!(e.status(), 401);
+    assert!(e.to_string().contains("no `signing_secrets`"), "{e}");
 }
 
 /// The same push, as each provider sends it: to `main` of `acme/app` at one sha.

@@ -96,6 +96,14 @@ impl Scheme for GitLab {
                 inbound.now,
                 self.tolerance,
             )?;
+        } else if inbound.header("webhook-signature").is_some() {
+            // GitLab signs only when a signing token is set on the hook: the
+            // signature cannot be checked, and the token is no substitute
+            // for it (a bearer secret that proves nothing about the body).
+            return Err(VerifyError::SignedWithoutKey(
+                "webhook-signature",
+                "signing_secrets",
+            ));
         }
         if !self.tokens.is_empty() || !self.signing_required {
             let token = inbound

@@ -219,6 +219,12 @@ pub enum VerifyError {
     Stale { skew_secs: u64, tolerance_secs: u64 },
     #[error("the source has no usable secret configured")]
     NoSecret,
+    /// A signature the source has no key for: not checked, and not replaced
+    /// by a weaker check.
+    #[error(
+        "the delivery is signed (`{0}`) but the source has no `{1}` to check it with; add the sender's signing key there"
+    )]
+    SignedWithoutKey(&'static str, &'static str),
     #[error("form body has no `payload` field")]
     NoFormPayload,
 }
