@@ -233,17 +233,17 @@ pub(crate) fn ping_summary(event: &Event) -> Summary {
 }
 
 /// Run the current rules on a stored delivery and queue what matches
-/// (`replay --reevaluate` and the admin API's `reevaluate`); returns the new job ids.
+/// (`replay --reevaluate` and the admin API's `reevaluate`); answers the
+/// new verdicts, whose `matched` are the queued jobs.
 pub async fn reevaluate(
     config: &Config,
     store: &dyn Store,
     key: &DeliveryKey,
     now: SystemTime,
-) -> Result<Vec<String>, ReevaluateError> {
+) -> Result<Summary, ReevaluateError> {
     let stored = store.payload(key).await?;
     let evaluation = evaluate(config, &stored.event, &stored.headers, &stored.payload)?;
     let (summary, jobs) = summary_and_jobs(&stored.event, &evaluation);
-    let ids = jobs.iter().map(|j| j.id.clone()).collect();
-    store.add_jobs(key, jobs, summary, now).await?;
-    Ok(ids)
+    store.add_jobs(key, jobs, summary.clone(), now).await?;
+    Ok(summary)
 }

@@ -522,6 +522,42 @@ async fn admin_api_requires_the_bearer_token() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reevaluation_that_queues_nothing_says_why() {
+    // The push is to `master`; the only rule wants `release`.
+    let ci = StandIn::start().await;
+    let ws = Workspace::new(&daemon_config(&ci.url, "127.0.0.1:0", "release"));
+    let daemon = ws.start(&env());
+    let (status, _) = push(&daemon.hook_url("github"), "re-1").await;
+    assert_eq!(status, 200, "stored, nothing matched");
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/deliveries/re-1/replay", daemon.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(r#"{"reevaluate":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["queued"], serde_json::json!([]), "{answer}");
+    assert_eq!(answer["skipped"][0]["rule"], "on-release", "{answer}");
+    assert!(
+        answer["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("master"),
+        "{answer}"
+    );
+    let (code, out, err) = ws.cli(&["deliveries", "replay", "re-1", "--reevaluate"], &env());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("nothing queued: no rule matches delivery re-1"),
+        "{out}"
+    );
+    assert!(out.contains("skipped on-release: "), "{out}");
+    assert!(ci.requests().is_empty());
+}
+
 /// A request to the admin API with these extra headers: its status.
 async fn api_with(url: &str, method: &str, headers: &[(&str, &str)]) -> u16 {
     let client = reqwest::Client::new();

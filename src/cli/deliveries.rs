@@ -1,6 +1,7 @@
 //! `hookbridge deliveries list|show|replay`: the delivery history, read from
 //! the store directly (safe while the daemon runs).
 
+use super::common::terminal_safe;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -131,7 +132,7 @@ async fn list(a: ListArgs) -> Result<(), String> {
     if a.json {
         return print_json(&rows);
     }
-    print!("{}", super::common::terminal_safe(&table(&rows)));
+    print!("{}", terminal_safe(&table(&rows)));
     Ok(())
 }
 
@@ -176,7 +177,7 @@ async fn show(a: ShowArgs) -> Result<(), String> {
     if a.json {
         return print_json(&detail);
     }
-    print!("{}", super::common::terminal_safe(&describe(&detail)));
+    print!("{}", terminal_safe(&describe(&detail)));
     Ok(())
 }
 
@@ -261,30 +262,65 @@ async fn replay(a: ReplayArgs) -> Result<(), String> {
         id: a.id.clone(),
         source: a.source.clone(),
     };
-    let queued = if a.reevaluate {
-        crate::intake::reevaluate(&config, store.as_ref(), &key, SystemTime::now())
+    if a.reevaluate {
+        let summary = crate::intake::reevaluate(&config, store.as_ref(), &key, SystemTime::now())
             .await
-            .map_err(|e| e.to_string())?
-    } else {
-        store
-            .replay(&key, a.job.as_deref(), SystemTime::now())
-            .await
-            .map_err(|e| e.to_string())?
-    };
+            .map_err(|e| e.to_string())?;
+        let queued: Vec<String> = summary.matched.iter().map(|m| m.job.clone()).collect();
+        if a.json {
+            return print_json(&serde_json::json!({
+                "queued": queued, "skipped": summary.skipped, "errors": summary.errors,
+            }));
+        }
+        if queued.is_empty() {
+            println!(
+                "nothing queued: no rule matches delivery {} under the current rules",
+                terminal_safe(&a.id)
+            );
+            for s in &summary.skipped {
+                println!(
+                    "  skipped {}: {}",
+                    terminal_safe(&s.rule),
+                    terminal_safe(&s.reason)
+                );
+            }
+            for e in &summary.errors {
+                println!(
+                    "  error   {}: {}",
+                    terminal_safe(&e.rule),
+                    terminal_safe(&e.error)
+                );
+            }
+            return Ok(());
+        }
+        return queued_message(&a.id, &queued);
+    }
+    let queued = store
+        .replay(&key, a.job.as_deref(), SystemTime::now())
+        .await
+        .map_err(|e| e.to_string())?;
     if a.json {
         return print_json(&serde_json::json!({ "queued": queued }));
     }
     if queued.is_empty() {
-        println!("nothing to replay: delivery {} has no finished jobs", a.id);
-    } else {
         println!(
-            "queued {} job{} of delivery {}: {}",
-            queued.len(),
-            if queued.len() == 1 { "" } else { "s" },
-            a.id,
-            queued.join(", ")
+            "nothing to replay: delivery {} has no finished jobs",
+            terminal_safe(&a.id)
         );
-        println!("the running daemon picks them up within a second");
+        Ok(())
+    } else {
+        queued_message(&a.id, &queued)
     }
+}
+
+fn queued_message(id: &str, queued: &[String]) -> Result<(), String> {
+    println!(
+        "queued {} job{} of delivery {}: {}",
+        queued.len(),
+        if queued.len() == 1 { "" } else { "s" },
+        terminal_safe(id),
+        queued.join(", ")
+    );
+    println!("the running daemon picks them up within a second");
     Ok(())
 }

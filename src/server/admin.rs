@@ -292,19 +292,26 @@ async fn replay_delivery(
         ));
     }
     let key = DeliveryKey { id, source: q.source };
-    let queued = if req.reevaluate {
+    let (queued, answer) = if req.reevaluate {
         let config = app.config.load_full();
-        intake::reevaluate(&config, app.store.as_ref(), &key, SystemTime::now()).await?
+        let summary = intake::reevaluate(&config, app.store.as_ref(), &key, SystemTime::now()).await?;
+        let queued: Vec<String> = summary.matched.iter().map(|m| m.job.clone()).collect();
+        // The verdicts say why nothing was queued, when nothing was.
+        let answer = json!({ "queued": queued, "skipped": summary.skipped, "errors": summary.errors });
+        (queued, answer)
     } else {
-        app.store
+        let queued = app
+            .store
             .replay(&key, req.job.as_deref(), SystemTime::now())
-            .await?
+            .await?;
+        let answer = json!({ "queued": queued });
+        (queued, answer)
     };
     if !queued.is_empty() {
         app.wake.notify_one();
     }
     tracing::info!(delivery = %key.id, queued = queued.len(), "replay requested through the admin API");
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "queued": queued }))).into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
 }
 
 async fn healthz() -> &'static str {
