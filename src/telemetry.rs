@@ -45,7 +45,8 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
             .with_current_span(false)
             .try_init()
     } else {
-        builder.try_init()
+        // Colours only for a terminal: a file or a pipe gets plain text.
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
     };
 }
 

@@ -158,21 +158,86 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `config("")` with its listeners on these ports.
+fn config_on(hooks: u16, admin: u16) -> String {
+    config("")
+        .replace(
+            "listen = \"127.0.0.1:0\"\nidle_timeout",
+            &format!("listen = \"127.0.0.1:{hooks}\"\nidle_timeout"),
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_source_name_cannot_write_escape_sequences_into_the_log() {
+    // The human format at debug level (a terminal's `serve`): the source
+    // name from the URL is escaped in the webhook's span.
+    let (hooks, admin) = (free_port(), free_port());
+    let ws = Workspace::new(&config_on(hooks, admin));
+    let log = ws.dir.path().join("serve.log");
+    let mut child = std::process::Command::new(support::daemon::BIN)
+        .args([
+            "serve",
+            "--log-format",
+            "pretty",
+            "--log-level",
+            "debug",
+            "--config",
+        ])
+        .arg(ws.config_path())
+        .current_dir(ws.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(ws.dir.path().join("serve.err")).unwrap())
+        .spawn()
+        .unwrap();
+    support::eventually(Duration::from_secs(20), "the daemon listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", hooks)).is_ok()
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{hooks}/hooks/%1b%5b31mRED%1b%5d0;title%07");
+    let status = reqwest::Client::new()
+        .post(url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 404);
+    support::eventually(Duration::from_secs(10), "the refusal is logged", || {
+        let out = std::fs::read(&log).unwrap_or_default();
+        let err = std::fs::read(ws.dir.path().join("serve.err")).unwrap_or_default();
+        String::from_utf8_lossy(&[out, err].concat()).contains("unknown source")
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let written = [
+        std::fs::read(&log).unwrap(),
+        std::fs::read(ws.dir.path().join("serve.err")).unwrap(),
+    ]
+    .concat();
+    let text = String::from_utf8_lossy(&written);
+    let line = text.lines().find(|l| l.contains("unknown source")).unwrap();
+    // No escape at all: the name is escaped, and a log that is not a
+    // terminal gets no colours either.
+    assert!(!written.contains(&0x1b) && !written.contains(&0x07), "{line:?}");
+    assert!(
+        line.contains("source=\\u{1b}[31mRED\\u{1b}]0;title\\u{7}"),
+        "{line:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_cannot_be_written_loses_no_delivery() {
     // stderr on a full disk: every log write fails with ENOSPC.
     let (hooks, admin) = (free_port(), free_port());
-    let ws = Workspace::new(
-        &config("")
-            .replace(
-                "listen = \"127.0.0.1:0\"\nidle_timeout",
-                &format!("listen = \"127.0.0.1:{hooks}\"\nidle_timeout"),
-            )
-            .replace(
-                "[admin]\nlisten = \"127.0.0.1:0\"",
-                &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-            ),
-    );
+    let ws = Workspace::new(&config_on(hooks, admin));
     let mut child = std::process::Command::new(support::daemon::BIN)
         .args([
             "serve",

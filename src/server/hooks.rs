@@ -57,7 +57,10 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let span = info_span!("webhook", source = %name, delivery = tracing::field::Empty);
+    // The name comes from the URL, percent-decoded, before anyone is
+    // verified: control characters are escaped, so a terminal reading the
+    // log does not obey them (configured names are shown as they are).
+    let span = info_span!("webhook", source = %name.escape_debug(), delivery = tracing::field::Empty);
     let connection = connection.map_or_else(ConnectionId::unattached, |c| c.0);
     handle(app, name, connection, headers, body)
         .instrument(span)
