@@ -17,14 +17,17 @@
 //!
 //! A token shorter than [`TOKEN_ANYWHERE`] (a test token such as `t`) is
 //! replaced only where it stands alone, not inside a word, and only as sent
-//! or JSON-escaped; its encodings would be too short to tell from text.
+//! or JSON-escaped; its base64 forms only from [`BASE64_FROM`] characters
+//! on, shorter ones being too short to tell from text.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-/// A token this long is replaced wherever it appears, in every form.
-pub const TOKEN_ANYWHERE: usize = 16;
+/// A token this long is replaced wherever it appears, and percent-encoded.
+pub const TOKEN_ANYWHERE: usize = 8;
+/// A token this long is replaced base64-encoded too.
+pub const BASE64_FROM: usize = 16;
 
 /// RFC 3986's unreserved characters stay; everything else is encoded.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -60,6 +63,8 @@ impl Redactor {
                     forms.push(upper.to_ascii_lowercase_hex().into_bytes());
                     forms.push(upper.into_bytes());
                 }
+            }
+            if token.len() >= BASE64_FROM {
                 forms.extend(base64_cores(token.as_bytes()));
             }
             forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
@@ -307,6 +312,10 @@ mod tests {
         let short = Redactor::new("t");
         assert_eq!(short.text("a token t."), "a token ***.");
         assert_eq!(short.text("tt"), "tt");
+        // From 8 characters on, anywhere: inside a word too.
+        let eight = Redactor::new("tok-ABCDEF123");
+        assert_eq!(eight.text("aaaatok-ABCDEF123bbb"), "aaaa***bbb");
+        assert_eq!(Redactor::new("tok-ABC").text("xtok-ABCx"), "xtok-ABCx");
     }
 
     proptest::proptest! {
