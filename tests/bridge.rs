@@ -785,6 +785,45 @@ async fn sigkill_after_ack_loses_nothing_and_duplicates_nothing() {
     assert_eq!(daemon.stop(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_daemon_after_the_lock_file_is_deleted_sends_nothing_twice() {
+    // Daemon A has attempts in flight when its lock file is deleted, so a
+    // second daemon can start on the same database. It must not take A's
+    // live leases back as a crashed process's and send them again.
+    let ci = StandIn::start().await;
+    ci.set_hang(true);
+    // A's attempts hang for the whole test, and are not retried within it.
+    let config = config(&ci.url)
+        .replace("request_timeout = \"2s\"", "request_timeout = \"60s\"")
+        .replace("lease = \"3s\"", "lease = \"130s\"");
+    let ws = Workspace::new(&config);
+    let first = ws.start(&env());
+    let body = payload("github/push.json");
+    let (status, _) = post_github(&first.hook_url("github"), "push", "lock-1", &body).await;
+    assert_eq!(status, 202);
+    eventually(Duration::from_secs(10), "A's three attempts in flight", || {
+        ci.requests().len() == 3
+    })
+    .await;
+    let lock = std::fs::read_dir(ws.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".lock"))
+        .unwrap();
+    std::fs::remove_file(&lock).unwrap();
+    let second = ws.start(&env());
+    eventually(Duration::from_secs(10), "B's dispatcher", || {
+        second.logs().contains("dispatcher started")
+    })
+    .await;
+    // Before this was fixed, B sent all three again within milliseconds of
+    // its start; a second is ample to see it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ci.requests().len(), 3, "B sent A's attempts in flight again");
+    second.kill();
+    first.kill();
+}
+
 /// POST a signed push with `Transfer-Encoding: chunked` (no `Content-Length`)
 /// over a raw connection, in 1 KiB chunks; returns the status code.
 async fn post_github_chunked(url: &str, delivery: &str, body: &[u8]) -> u16 {

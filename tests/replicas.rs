@@ -340,6 +340,43 @@ async fn a_replica_killed_mid_run_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_on_the_host_of_a_killed_one_takes_its_leases_back_at_once() {
+    // A lease far longer than the test: the killed replica's jobs run again
+    // only because the next start on this host takes them back.
+    let cluster = Cluster::new(None, Duration::ZERO).await;
+    cluster.ci.set_hang(true);
+    let config = std::fs::read_to_string(cluster.ws.config_path())
+        .unwrap()
+        .replace("request_timeout = \"1s\"", "request_timeout = \"60s\"")
+        .replace("lease = \"3s\"", "lease = \"130s\"");
+    std::fs::write(cluster.ws.config_path(), config).unwrap();
+    let mut first = cluster.start(1);
+    let victim = first.remove(0);
+    let client = reqwest::Client::new();
+    for id in ["takeback-1", "takeback-2", "takeback-3"] {
+        let (status, _) = post(&client, &victim.hooks, id).await.unwrap();
+        assert_eq!(status, 202);
+    }
+    eventually(Duration::from_secs(20), "three attempts in flight", || {
+        cluster.ci.requests().len() == 3
+    })
+    .await;
+    victim.kill();
+    cluster.ci.set_hang(false);
+    let _next = cluster.start(1);
+    eventually(
+        Duration::from_secs(30),
+        "the three triggered, long before the lease ends",
+        || cluster.triggers().len() == 3,
+    )
+    .await;
+    let interrupted = cluster
+        .scalar("SELECT COUNT(*) FROM attempts WHERE outcome = 'interrupted'")
+        .await;
+    assert_eq!(interrupted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_delivery_at_two_replicas_is_stored_and_triggered_once() {
     let cluster = Cluster::new(None, Duration::from_millis(10)).await;
     let replicas = cluster.start(2);

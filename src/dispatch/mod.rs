@@ -80,7 +80,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, config: Arc<ArcSwap<Config>>, wake: Arc<Notify>) -> Self {
-        let owner = format!("{}:{}:{}", hostname(), std::process::id(), ulid::Ulid::generate());
+        let owner = crate::store::owner::new_owner();
         Dispatcher {
             store,
             config,
@@ -286,14 +286,6 @@ impl Inflight {
         let done = self.tasks.join_next_with_id().await?;
         Some(self.reap(done))
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "hookbridge".to_owned())
 }
 
 /// Delete finished deliveries past retention, in small batches, hourly.

@@ -65,6 +65,7 @@ use crate::target::{TriggerRequest, TriggerResult};
 mod error;
 pub mod model;
 mod open;
+pub mod owner;
 pub mod postgres;
 pub mod ready;
 pub mod sqlite;

@@ -236,7 +236,22 @@ impl Store for PostgresStore {
         // Its own connection, outside the pool: `LISTEN` holds it for good,
         // and a pool of one would otherwise have none left for the writes.
         let own = connect_pool(&self.options, 1, None);
-        tokio::spawn(listen::listen(own, wake, shutdown));
+        tokio::spawn(listen::listen(own, wake.clone(), shutdown));
+        // The leases of replicas that ran on this host and are gone (a
+        // crash, `kill -9`), taken back now instead of when they expire.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            match queue::take_back_dead(&pool, SystemTime::now()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(jobs = n, "took back the leases of stopped processes on this host");
+                    wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take back the leases of stopped processes; they expire on their own")
+                }
+            }
+        });
     }
 }
 

@@ -10,6 +10,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{CHANNEL, db, from_json, to_json};
 use crate::store::model;
+use crate::store::owner::{Left, left_by};
 use crate::store::*;
 
 pub(super) type Tx = Transaction<'static, Postgres>;
@@ -194,7 +195,7 @@ pub(super) async fn lease_due(
     Ok(out.into_iter().map(|(_, job)| job).collect())
 }
 
-pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Result<(), StoreError> {
+pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Result<usize, StoreError> {
     let ids: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, delivery_id FROM jobs WHERE state = 'running' AND lease_owner = $1 FOR UPDATE",
     )
@@ -217,7 +218,26 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
     if !ids.is_empty() {
         notify(&mut **tx).await?;
     }
-    Ok(())
+    Ok(ids.len())
+}
+
+/// Give back the leases of owners that ran on this host and are gone
+/// ([`Left::Dead`]), each in a transaction of its own; answers how many
+/// jobs are due again.
+pub(super) async fn take_back_dead(pool: &PgPool, now: SystemTime) -> Result<usize, StoreError> {
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut taken = 0;
+    for owner in owners.iter().filter(|o| left_by(o) == Left::Dead) {
+        let mut tx = pool.begin().await.map_err(db)?;
+        taken += release_leases(&mut tx, owner, millis(now)).await?;
+        tx.commit().await.map_err(db)?;
+    }
+    Ok(taken)
 }
 
 /// When the next pending job falls due, and when the next lease expires

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::db;
 use super::history::resolve;
 use crate::store::model::{self, JobUpdate, from_json, to_json};
+use crate::store::owner::{Left, left_by};
 use crate::store::*;
 
 /// A delivery with its JSON columns already serialized, so that work runs on
@@ -241,16 +242,25 @@ pub(super) fn release_leases(
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let now_ms = millis(now);
-    let ids: Vec<(String, String)> = {
+    let held: Vec<(String, Option<String>)> = {
         let mut s = tx
-            .prepare_cached("SELECT id, delivery_id FROM jobs WHERE state = 'running' AND (?1 IS NULL OR lease_owner = ?1)")
+            .prepare_cached("SELECT id, lease_owner FROM jobs WHERE state = 'running' AND (?1 IS NULL OR lease_owner = ?1)")
             .map_err(db)?;
         let rows = s
             .query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)?
     };
-    for (id, _) in &ids {
+    // At start (no owner named): every lease but those of a hookbridge
+    // still running here (a second daemon after the lock file was deleted
+    // would otherwise send its attempts in flight again; they expire if
+    // it is gone after all). A SQLite store has one host: another host
+    // name is a previous container's.
+    let ids = held.into_iter().filter(|(_, holder)| {
+        owner.is_some() || holder.as_deref().is_none_or(|h| left_by(h) != Left::Running)
+    });
+    for (id, _) in ids {
+        let id = &id;
         interrupted(tx, id, now_ms, model::STOPPED)?;
         tx.prepare_cached(
             "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, next_attempt_at = ?2, updated_at = ?2
