@@ -195,6 +195,48 @@ async fn every_route_answers_404_for_an_unknown_delivery() {
         .await;
     assert_eq!(status, 400, "{text}");
     assert!(error_message(&text).contains("exclude each other"), "{text}");
+    // In the query too: `?job=` (a body field) would replay every job.
+    for path in [
+        "/api/v1/deliveries/nope/replay?job=j1",
+        "/api/v1/deliveries/nope?bogus=1",
+    ] {
+        let method = if path.ends_with("job=j1") { "POST" } else { "GET" };
+        let (status, text) = server.call(method, path, "").await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(error_message(&text).contains("unknown field"), "{path}: {text}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_pages_the_same_in_either_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let store = open(&config.store, OpenMode::Daemon).await.unwrap();
+    let server = Server::start(config, store).await;
+    for id in ["page-1", "page-2", "page-3"] {
+        assert_eq!(server.push("github", id).await, 202);
+    }
+    let page = |text: &str| -> (Vec<String>, String) {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let ids = v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["delivery"].as_str().unwrap().to_owned())
+            .collect();
+        (ids, v["next"].as_str().unwrap_or_default().to_owned())
+    };
+    let (_, text) = server.call("GET", "/api/v1/deliveries?limit=1", "").await;
+    let (first, next) = page(&text);
+    assert_eq!(first, ["page-3"]);
+    for cursor in [next.clone(), next.to_lowercase()] {
+        let (status, text) = server
+            .call("GET", &format!("/api/v1/deliveries?limit=1&before={cursor}"), "")
+            .await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(page(&text).0, ["page-2"], "{cursor}");
+    }
     server.stop().await;
 }
 

@@ -198,7 +198,7 @@ fn basic_auth_credentials_without_a_password_are_refused() {
         r#"
 [sources.azure]
 type = "azure-devops"
-secrets = [":", "ado:", "ado:pw", "no-colon"]
+secrets = [":", "ado:", "ado:pw", "no-colon", "ado:  "]
 
 [sources.dc]
 type = "bitbucket"
@@ -206,7 +206,7 @@ basic_auth = ["bb:"]
 "#,
     );
     assert_eq!(code, 1);
-    assert_eq!(err.matches("need a password").count(), 3, "{err}");
+    assert_eq!(err.matches("need a password").count(), 4, "{err}");
     assert_eq!(err.matches("must be \"user:password\"").count(), 1, "{err}");
     assert!(err.contains("secrets credentials need a password"), "{err}");
     assert!(err.contains("basic_auth credentials need a password"), "{err}");

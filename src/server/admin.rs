@@ -228,20 +228,23 @@ async fn list_deliveries(
         return Err(ApiError::BadRequest("`limit` must be at least 1".into()));
     }
     let limit = q.limit.unwrap_or(50).min(MAX_PAGE);
-    // The cursor is a delivery's own id, the `next` of a page.
-    if let Some(before) = &q.before
-        && ulid::Ulid::from_string(before).is_err()
-    {
-        return Err(ApiError::BadRequest(
-            "`before` is not a cursor: pass the `next` of the previous page".into(),
-        ));
-    }
+    // The cursor is a delivery's own id, the `next` of a page, compared as
+    // the store writes it (upper case).
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| {
+            ulid::Ulid::from_string(b).map(|u| u.to_string()).map_err(|_| {
+                ApiError::BadRequest("`before` is not a cursor: pass the `next` of the previous page".into())
+            })
+        })
+        .transpose()?;
     let filter = DeliveryFilter {
         status,
         source: q.source,
         rule: q.rule,
         since,
-        before: q.before,
+        before,
         limit,
     };
     let rows = app.store.list(&filter).await?;
@@ -252,6 +255,7 @@ async fn list_deliveries(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeyQuery {
     source: Option<String>,
 }

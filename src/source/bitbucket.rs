@@ -84,7 +84,9 @@ pub(super) fn check_basic_credentials(
     for (secret, span) in credentials {
         let problem = match secret.expose().split_once(':') {
             None => "must be \"user:password\"",
-            Some((_, "")) => "need a password: \"user:\" with an empty one accepts anyone who sends it",
+            Some((_, password)) if password.trim().is_empty() => {
+                "need a password: \"user:\" with an empty one accepts anyone who sends it"
+            }
             Some(_) => continue,
         };
         loader.push(Diagnostic::error(

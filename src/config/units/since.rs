@@ -48,7 +48,16 @@ enum Rfc3339 {
 /// in either case, as RFC 3339 allows): the offset is read here, the rest
 /// by `humantime`, which knows only UTC.
 fn rfc3339(text: &str) -> Result<SystemTime, Rfc3339> {
-    let upper = text.to_ascii_uppercase();
+    let mut upper = text.to_ascii_uppercase();
+    // `?since=…+01:00` typed into a URL without encoding the `+` arrives as
+    // a space: a space where an offset's sign goes is that `+`.
+    if let Some(at) = upper.len().checked_sub(6)
+        && upper.is_char_boundary(at)
+        && upper[at..].starts_with(' ')
+        && upper.as_bytes().get(at + 3) == Some(&b':')
+    {
+        upper.replace_range(at..at + 1, "+");
+    }
     let split = upper
         .len()
         .checked_sub(6)
@@ -127,6 +136,8 @@ mod tests {
         assert_eq!(parse_since("2025-01-31T08:00:00+00:00", now()), utc);
         assert_eq!(parse_since("2025-01-31t08:00:00z", now()), utc);
         assert_eq!(parse_since("2025-01-31T13:30:00+05:30", now()), utc);
+        // A `+` that a URL's query turned into a space.
+        assert_eq!(parse_since("2025-01-31T09:00:00 01:00", now()), utc);
         for bad in [
             "2025-01-31T08:00:00+24:00",
             "2025-01-31T08:00:00+01:60",
