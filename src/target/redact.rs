@@ -12,8 +12,14 @@
 //!   (what lies inside a longer encoded text, such as `user:token` in a
 //!   `Basic` credential): the run of characters that depends on the
 //!   token's bytes alone;
-//! - inside a JSON body, any string that holds the token once decoded
-//!   (`\u0053…`): the body is written again with it replaced.
+//! - hex-encoded (lower or upper case);
+//! - escaped in any mix of JSON escapes (`\u0053`, `\/`), percent-encoding
+//!   (`%53`) and HTML character references (`&#83;`, `&#x53;`), in any
+//!   text, parseable or not: the escapes are decoded in a copy that maps
+//!   back to the original, and the runs that decode to the token are
+//!   replaced;
+//! - inside a JSON body, any string that holds the token once decoded:
+//!   the body is written again with it replaced.
 //!
 //! A token shorter than [`TOKEN_ANYWHERE`] (a test token such as `t`) is
 //! replaced only where it stands alone, not inside a word, and only as sent
@@ -58,6 +64,9 @@ impl Redactor {
             forms.push(escaped.into_bytes());
             forms.push(token.as_bytes().to_vec());
             if token.len() >= TOKEN_ANYWHERE {
+                let hex = hex::encode(token);
+                forms.push(hex.to_ascii_uppercase().into_bytes());
+                forms.push(hex.into_bytes());
                 for set in [COMPONENT, PATH] {
                     let upper = utf8_percent_encode(token, set).to_string();
                     forms.push(upper.to_ascii_lowercase_hex().into_bytes());
@@ -179,7 +188,118 @@ impl Redactor {
             }
             body = out;
         }
+        if anywhere {
+            body = self.escaped(body);
+        }
         body
+    }
+
+    /// `body` with every escaped run that decodes to the token replaced.
+    fn escaped(&self, body: Vec<u8>) -> Vec<u8> {
+        let token = self.token.as_bytes();
+        let Some((plain, spans)) = unescape(&body) else {
+            return body;
+        };
+        let mut cut: Vec<(usize, usize)> = Vec::new();
+        let mut at = 0;
+        while let Some(i) = plain.get(at..).and_then(|rest| find(rest, token)).map(|i| at + i) {
+            let (Some(first), Some(last)) = (spans.get(i), spans.get(i + token.len() - 1)) else {
+                break;
+            };
+            cut.push((first.0, last.1));
+            at = i + token.len();
+        }
+        if cut.is_empty() {
+            return body;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut from = 0;
+        for (start, end) in cut {
+            if start < from {
+                continue;
+            }
+            out.extend_from_slice(&body[from..start]);
+            out.extend_from_slice(b"***");
+            from = end;
+        }
+        out.extend_from_slice(&body[from..]);
+        out
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Where each decoded byte came from: a range of the original.
+type Spans = Vec<(usize, usize)>;
+
+/// `body` with JSON escapes, percent-encoding and HTML numeric character
+/// references decoded, and for each decoded byte the span of `body` it came
+/// from; `None` when there is nothing to decode.
+fn unescape(body: &[u8]) -> Option<(Vec<u8>, Spans)> {
+    if !body.iter().any(|b| matches!(b, b'\\' | b'%' | b'&')) {
+        return None;
+    }
+    let mut plain = Vec::with_capacity(body.len());
+    let mut spans = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let (bytes, len) = escape_at(body, i).unwrap_or_else(|| (vec![body[i]], 1));
+        for b in bytes {
+            plain.push(b);
+            spans.push((i, i + len));
+        }
+        i += len;
+    }
+    Some((plain, spans))
+}
+
+/// The escape starting at `i`, if one does: what it stands for, and its length.
+fn escape_at(body: &[u8], i: usize) -> Option<(Vec<u8>, usize)> {
+    let rest = body.get(i..)?;
+    let hex = |digits: &[u8]| -> Option<u32> {
+        let text = std::str::from_utf8(digits).ok()?;
+        u32::from_str_radix(text, 16).ok()
+    };
+    let utf8 = |c: char| c.to_string().into_bytes();
+    match rest {
+        [b'\\', b'u', ..] => {
+            let unit = hex(rest.get(2..6)?)?;
+            if (0xD800..0xDC00).contains(&unit) {
+                // A surrogate pair: `\uD83D\uDE00`.
+                let low = match rest.get(6..8) {
+                    Some(b"\\u") => hex(rest.get(8..12)?)?,
+                    _ => return None,
+                };
+                let c = char::decode_utf16([unit as u16, low as u16]).next()?.ok()?;
+                return Some((utf8(c), 12));
+            }
+            Some((utf8(char::from_u32(unit)?), 6))
+        }
+        [b'\\', c, ..] => {
+            let b = match c {
+                b'"' | b'\\' | b'/' => *c,
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                _ => return None,
+            };
+            Some((vec![b], 2))
+        }
+        [b'%', a, b, ..] => Some((vec![u8::try_from(hex(&[*a, *b])?).ok()?], 3)),
+        [b'&', b'#', ..] => {
+            let end = rest.iter().take(12).position(|b| *b == b';')?;
+            let number = rest.get(2..end)?;
+            let code = match number.first() {
+                Some(b'x' | b'X') => hex(number.get(1..)?)?,
+                _ => std::str::from_utf8(number).ok()?.parse().ok()?,
+            };
+            Some((utf8(char::from_u32(code)?), end + 1))
+        }
+        _ => None,
     }
 }
 
@@ -292,6 +412,43 @@ mod tests {
     }
 
     #[test]
+    fn escaped_runs_are_replaced_in_any_text() {
+        let token = "CCtok+long/Spec=ial-_.Z9q";
+        let r = Redactor::new(token);
+        let unicode: String = token.chars().map(|c| format!("\\u{:04X}", c as u32)).collect();
+        let mixed: String = token
+            .chars()
+            .enumerate()
+            .map(|(i, c)| match i % 3 {
+                0 => format!("%{:02x}", c as u32),
+                1 => format!("&#{};", c as u32),
+                _ => c.to_string(),
+            })
+            .collect();
+        let every_byte: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+        for echo in [
+            unicode,
+            mixed,
+            every_byte,
+            hex::encode(token),
+            hex::encode_upper(token),
+        ] {
+            // Not JSON: a duplicate key, trailing data, a cut-off body.
+            for body in [
+                format!(r#"{{"message":"bad {echo}","message":"x"}} trailing"#),
+                format!("<script>var t = \"{echo}\"; </script"),
+            ] {
+                let out = r.text(&body);
+                assert!(out.contains("***"), "{echo}: {out}");
+                assert!(!out.contains(&echo), "{echo}: {out}");
+            }
+        }
+        // Escapes that decode to other text are kept as they are.
+        let body = r#"{"path":"a%2Fb","x":"\u00e9&#233;"}"#;
+        assert_eq!(r.text(body), body);
+    }
+
+    #[test]
     fn header_values_are_scrubbed_and_kept_in_order() {
         let r = Redactor::new(TOKEN);
         let mut h = http::HeaderMap::new();
@@ -319,6 +476,17 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any bytes, any token: an answer, never a panic; the token as sent
+        /// is never left in what comes back.
+        #[test]
+        fn any_body_any_token(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), token in "[ -~]{8,24}") {
+            let r = Redactor::new(&token);
+            let out = r.bytes(body.clone());
+            proptest::prop_assert!(find(&out, token.as_bytes()).is_none());
+            let with = [body.as_slice(), token.as_bytes(), body.as_slice()].concat();
+            proptest::prop_assert!(find(&r.bytes(with), token.as_bytes()).is_none());
+        }
+
         /// A long token, percent-encoded or base64-encoded inside any text,
         /// leaves no run of its encoding behind; nothing panics.
         #[test]
