@@ -333,11 +333,46 @@ token = "glptt-LiteralTriggerSecret"
             "\n[admin]\napi_key = \"UnknownApiKeySecret\"\n",
             "UnknownApiKeySecret",
         ),
+        (
+            "\n[admin]\nsigning_key = \"UnknownSigningKey1\"\n",
+            "UnknownSigningKey1",
+        ),
+        ("\n[admin]\npwd = \"UnknownPwdSecret12\"\n", "UnknownPwdSecret12"),
+        (
+            "\n[admin]\nsecret.value = \"DottedSecretValue1\"\n",
+            "DottedSecretValue1",
+        ),
     ] {
         let (code, err) = check(text);
         assert_eq!(code, 1, "{err}");
         assert!(!err.contains(secret), "{secret} shown:\n{err}");
         assert!(err.contains("unknown"), "{err}");
+    }
+
+    // Values TOML cannot parse, under the right key: a bare word, and a
+    // list over several lines where the error points at a later line.
+    for (text, secret) in [
+        (
+            "\n[targets.c]\ntype = \"circleci\"\ntoken = BareTokenSecret123\n",
+            "BareTokenSecret123",
+        ),
+        (
+            "\n[sources.g]\ntype = \"github\"\nsecrets = [BareListSecret12]\n",
+            "BareListSecret12",
+        ),
+        (
+            "\n[sources.g]\ntype = \"github\"\nsecrets = [\n  \"RotatedNewSecret1\"\n  \"RotatedOldSecret2\"\n]\n",
+            "RotatedOldSecret2",
+        ),
+        (
+            "\n[sources.g]\ntype = \"github\"\nsecrets = [\n  \"ListItemSecret123\", 42,\n]\n",
+            "ListItemSecret123",
+        ),
+    ] {
+        let (code, err) = check(text);
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains(secret), "{secret} shown:\n{err}");
+        assert!(err.contains("***"), "{err}");
     }
 
     // `serve` logs the same diagnostics.

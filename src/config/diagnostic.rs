@@ -163,9 +163,11 @@ impl Report {
             .filter_map(|r| self.text.get(r.clone()))
             .map(|s| s.trim_matches(['"', '\'']))
             .collect();
-        for line in self.text.lines() {
-            secrets.extend(secret_values(line).into_iter().filter_map(|r| line.get(r)));
-        }
+        secrets.extend(
+            secret_ranges(&self.text)
+                .into_iter()
+                .filter_map(|r| self.text.get(r)),
+        );
         secrets.retain(|s| !s.is_empty());
         // Longest first, so a secret that contains another is hidden whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -193,9 +195,9 @@ impl Report {
         let mut hidden: Vec<Range<usize>> = self
             .sensitive
             .iter()
+            .chain(secret_ranges(&self.text).iter())
             .filter(|r| r.start < line_end && r.end > line_start)
             .map(|r| r.start.max(line_start) - line_start..r.end.min(line_end) - line_start)
-            .chain(secret_values(line))
             .filter(|r| line.is_char_boundary(r.start) && line.is_char_boundary(r.end))
             .collect();
         hidden.sort_by_key(|r| r.start);
@@ -224,6 +226,78 @@ impl Report {
         let shown: String = chars.into_iter().collect();
         (shown, start + 1, end.saturating_sub(start).max(1))
     }
+}
+
+/// Byte ranges of `text` to hide, line by line as [`secret_values`] says,
+/// and besides: every value, quoted or bare (`token = abc`, which TOML
+/// refuses, and the error shows), after a secret-bearing key, and on the
+/// lines of an array such a key opened (`secrets = [` over several lines,
+/// one of which the error points at).
+fn secret_ranges(text: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    // Brackets still open of an array a secret-bearing key opened.
+    let mut open = 0i64;
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let at = |r: Range<usize>| r.start + offset..r.end + offset;
+        if open > 0 {
+            out.extend(every_value(content, 0).into_iter().map(at));
+            open += brackets(content);
+        } else {
+            out.extend(secret_values(content).into_iter().map(at));
+            if let Some(eq) = content.find('=') {
+                let key = content[..eq].trim().trim_matches(['"', '\'']);
+                if is_secret_key(key) {
+                    out.extend(every_value(content, eq + 1).into_iter().map(at));
+                    open = brackets(&content[eq + 1..]).max(0);
+                }
+            }
+        }
+        offset += line.len();
+    }
+    out
+}
+
+/// The values in `line` from byte `from` on: quoted strings (inside their
+/// quotes, except `env:` and `file:` references) and bare words, up to a
+/// comment.
+fn every_value(line: &str, from: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let bytes = line.as_bytes();
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => break,
+            q @ (b'"' | b'\'') => {
+                let close = line[i + 1..].find(q as char).map_or(line.len(), |j| i + 1 + j);
+                let value = &line[i + 1..close];
+                if !value.is_empty() && !value.starts_with("env:") && !value.starts_with("file:") {
+                    out.push(i + 1..close);
+                }
+                i = close + 1;
+            }
+            b if b.is_ascii_whitespace() || b",[]{}=".contains(&b) => i += 1,
+            _ => {
+                let end = line[i..]
+                    .find(|c: char| c.is_ascii_whitespace() || ",[]{}#\"'".contains(c))
+                    .map_or(line.len(), |j| i + j);
+                out.push(i..end);
+                i = end;
+            }
+        }
+    }
+    out
+}
+
+/// How many more `[` than `]` `s` has (a rough count: a bracket inside a
+/// quoted value counts too, which can only hide more).
+fn brackets(s: &str) -> i64 {
+    s.chars().fold(0, |n, c| match c {
+        '[' => n + 1,
+        ']' => n - 1,
+        _ => n,
+    })
 }
 
 /// Keys whose values are secrets, or may carry one (a store URL's password).
@@ -305,17 +379,21 @@ fn is_secret_key(key: &str) -> bool {
     const WORDS: &[&str] = &[
         "secret",
         "token",
-        "passw",
+        "pass",
+        "pwd",
         "auth",
         "credential",
         "private",
-        "apikey",
-        "api_key",
+        "key",
+        "psk",
+        "bearer",
     ];
-    let key = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
-    SECRET_KEYS.contains(&key.as_str())
-        || WORDS.iter().any(|w| key.contains(w))
-        || SECRET_KEYS.iter().any(|k| edit_distance(&key, k) <= 2)
+    key.split('.').any(|part| {
+        let part = part.trim().trim_matches(['"', '\'']).to_ascii_lowercase();
+        SECRET_KEYS.contains(&part.as_str())
+            || WORDS.iter().any(|w| part.contains(w))
+            || SECRET_KEYS.iter().any(|k| edit_distance(&part, k) <= 2)
+    })
 }
 
 /// Characters of a source line shown in a snippet.
