@@ -612,6 +612,41 @@ async fn a_web_page_cannot_reach_the_admin_api() {
         403
     );
     assert_eq!(ci.accepted().len(), 1, "nothing was replayed");
+    // Requests no browser sends, each addressed to no loopback name: none,
+    // two Hosts, an absolute-form target.
+    let raw = |request: String| {
+        let admin = daemon.admin.trim_start_matches("http://").to_owned();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conn = tokio::net::TcpStream::connect(admin).await.unwrap();
+            conn.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = conn.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    let path = "/api/v1/deliveries";
+    let own_host = format!("Host: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    assert!(
+        raw(format!("GET {path} HTTP/1.1\r\n{own_host}\r\n"))
+            .await
+            .contains(" 200 ")
+    );
+    for request in [
+        format!("GET {path} HTTP/1.0\r\n\r\n"),
+        format!("GET {path} HTTP/1.1\r\n{own_host}Host: attacker.example\r\n\r\n"),
+        format!("GET http://attacker.example{path} HTTP/1.1\r\n{own_host}\r\n"),
+    ] {
+        let status = raw(request.clone()).await;
+        assert!(
+            !status.contains(" 200 ") && !status.is_empty(),
+            "{request:?}: {status}"
+        );
+    }
     // The API's own origin (a same-origin page) is let through.
     assert_eq!(
         api_with(&list, "GET", &[("origin", &format!("http://{own}"))]).await,

@@ -143,20 +143,36 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
             )
                 .into_response();
         }
-    } else if !headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_none_or(is_loopback_host)
+    } else if !addressed_to(&request, &headers).is_some_and(|hosts| hosts.iter().all(|h| is_loopback_host(h)))
     {
         return refused(
             StatusCode::FORBIDDEN,
             "without [admin] token the API answers only requests addressed to a loopback host (localhost, 127.0.0.1, [::1])",
         );
     }
-    if cross_site(&headers) {
+    if cross_site(&headers, addressed_to(&request, &headers).as_deref()) {
         return refused(StatusCode::FORBIDDEN, "cross-site requests are refused");
     }
     next.run(request).await
+}
+
+/// The names a request is addressed to: its target's authority (HTTP/2's
+/// `:authority`, an absolute-form target) and its one `Host`. `None` when
+/// it names none, several `Host`s, or one that is not text.
+fn addressed_to(request: &Request, headers: &HeaderMap) -> Option<Vec<String>> {
+    let mut hosts: Vec<String> = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .into_iter()
+        .collect();
+    let mut given = headers.get_all(header::HOST).iter();
+    match (given.next(), given.next()) {
+        (Some(host), None) => hosts.push(host.to_str().ok()?.to_owned()),
+        (Some(_), Some(_)) => return None,
+        (None, _) => {}
+    }
+    (!hosts.is_empty()).then_some(hosts)
 }
 
 /// A `Host` (or an origin's host) that names this machine's loopback:
@@ -171,21 +187,31 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 /// A browser's request from another site: `Sec-Fetch-Site: cross-site` or
-/// `same-site`, or an `Origin` whose host and port are not the request's
-/// `Host`. Clients that are not browsers send neither header.
-fn cross_site(headers: &HeaderMap) -> bool {
-    let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    if get("sec-fetch-site")
-        .is_some_and(|s| s.eq_ignore_ascii_case("cross-site") || s.eq_ignore_ascii_case("same-site"))
-    {
+/// `same-site`, or an `Origin` whose host and port are not a name the
+/// request is addressed to (`hosts`). Several such headers, or one that is
+/// not text, count as cross-site too. Clients that are not browsers send
+/// neither header.
+fn cross_site(headers: &HeaderMap, hosts: Option<&[String]>) -> bool {
+    let values = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+    };
+    let fetch_site = values("sec-fetch-site");
+    if fetch_site.iter().any(|s| {
+        s.is_none_or(|s| s.eq_ignore_ascii_case("cross-site") || s.eq_ignore_ascii_case("same-site"))
+    }) {
         return true;
     }
-    match get("origin") {
-        None => false,
-        Some(origin) => {
+    match values("origin").as_slice() {
+        [] => false,
+        [Some(origin)] => {
             let host = origin.split_once("://").map(|(_, rest)| rest);
-            host.is_none_or(|h| Some(h) != get("host"))
+            host.is_none_or(|h| !hosts.unwrap_or_default().iter().any(|a| a == h))
         }
+        _ => true,
     }
 }
 
