@@ -19,6 +19,7 @@ use hookbridge::store::{DeliveryFilter, Store};
 use support::ci::{CIRCLE_TOKEN, StandIn};
 use support::daemon::{BIN, Daemon, Workspace};
 use support::disk::{Tmpfs, is_root, run};
+use support::eventually;
 use support::{github_signature, payload};
 
 const GITHUB_SECRET: &str = "store-edges-secret";
@@ -230,6 +231,47 @@ async fn deleted_store_files_with_the_ci_down_acknowledge_nothing_that_is_lost()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_store_files_with_the_ci_up_acknowledge_nothing_that_is_lost() {
     files_deleted_under_the_daemon(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_was_acknowledged_into_deleted_store_files_is_saved_and_restored() {
+    // The CI is down, so "before" waits in the queue when the files go.
+    let ci = StandIn::start().await;
+    ci.set_hang(true);
+    let ws = Workspace::new("");
+    let db = ws.db_path();
+    ws.write_config(&config(&ci.url, &db));
+    let daemon = ws.start(&env());
+    assert_eq!(push(&daemon, "before").await.0, 202);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        std::fs::remove_file(&path).unwrap();
+    }
+    // The next delivery finds the files gone, and the content is saved.
+    assert_eq!(push(&daemon, "after").await.0, 503);
+    eventually(Duration::from_secs(10), "the content saved", || {
+        daemon.logs().contains("is saved")
+    })
+    .await;
+    let saved = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains(".rescued-"))
+        .unwrap();
+    assert!(daemon.logs().contains("\"jobs_not_done\":"), "{}", daemon.logs());
+    daemon.kill();
+    // The operator's restore, as the log says.
+    for suffix in ["-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(&path);
+    }
+    std::fs::rename(&saved, &db).unwrap();
+    ci.set_hang(false);
+    let daemon = ws.start(&env());
+    eventually_triggered(&ci, &BTreeSet::from(["before".to_owned()])).await;
+    assert_eq!(daemon.stop(), 0);
 }
 
 /// A write lock held by another process: not ready, and a delivery is

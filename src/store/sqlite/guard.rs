@@ -183,6 +183,11 @@ impl Guard {
         Ok(())
     }
 
+    /// Whether a watched file went away.
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost.get().is_some()
+    }
+
     /// Remember why the files are lost, and say so in the log once.
     fn lose(&self, why: String) -> String {
         if self.lost.set(why).is_ok() {
@@ -194,6 +199,57 @@ impl Guard {
         }
         self.lost.get().cloned().unwrap_or_default()
     }
+}
+
+/// Save what the store holds, read through the descriptors it still has
+/// open, into a new file beside the database (or, when its directory is
+/// gone, in the temporary directory), and say in the log where it is and how
+/// many acknowledged jobs it holds that are not yet done: a restart opens
+/// the files at the paths, and whatever was acknowledged into the lost ones
+/// would otherwise be gone. A snapshot of the moment of the loss: jobs done
+/// after it run again once it is restored (at least once, never lost).
+pub(super) fn rescue(conn: &Connection) {
+    let Some(db) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+        return;
+    };
+    let name = db
+        .file_name()
+        .map_or_else(|| "hookbridge.db".into(), |n| n.to_string_lossy().into_owned());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rescued = format!("{name}.rescued-{stamp}");
+    let pending: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(-1);
+    let mut errors = Vec::new();
+    for dir in [directory(&db), std::env::temp_dir()] {
+        let target = dir.join(&rescued);
+        match conn.execute("VACUUM INTO ?1", [target.to_string_lossy()]) {
+            Ok(_) => {
+                tracing::error!(
+                    saved = %target.display(),
+                    jobs_not_done = pending,
+                    store = %db.display(),
+                    "the store's content as it was when its files were lost is saved: to deliver what was \
+                     acknowledged, stop hookbridge, move the saved file to the store's path (removing any \
+                     -wal and -shm files beside it) and start it again"
+                );
+                return;
+            }
+            Err(e) => errors.push(format!("{}: {e}", target.display())),
+        }
+    }
+    tracing::error!(
+        jobs_not_done = pending,
+        errors = %errors.join("; "),
+        "the store's content could not be saved after its files were lost; until hookbridge stops, \
+         its open files can still be copied from /proc/<pid>/fd"
+    );
 }
 
 /// The reason `serve` refuses a store it cannot write.

@@ -56,7 +56,7 @@ const WRITER_AUTOCHECKPOINT: i64 = 16384;
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// How long the readiness probe waits for its commit. The writer waits up to
-/// its busy timeout (5 s) for a write lock another process holds; readiness
+/// its busy timeout (3 s) for a write lock another process holds; readiness
 /// says no sooner (Kubernetes' probe gives up after 3 s).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 

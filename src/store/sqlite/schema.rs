@@ -130,7 +130,9 @@ pub fn schema_version() -> usize {
 }
 
 pub(super) fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+    // Short enough that a delivery queued behind another one waiting is
+    // answered (503) within 6 s, before a sender such as GitHub (10 s) gives up.
+    conn.busy_timeout(Duration::from_secs(3)).map_err(db)?;
     // The page size applies to new databases only (a file keeps its own).
     // Temporary storage in memory keeps the statement journal of the
     // writer's per-op savepoints off the disk.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::guard::{Gate, Guard};
+use super::guard::{self, Gate, Guard};
 use super::{StoreError, db};
 
 /// Most operations folded into one transaction.
@@ -176,6 +176,8 @@ where
 /// The writer thread: batch every queued write into one transaction and commit.
 pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Write>>, guard: Guard) {
     let mut sync = Durability::Full;
+    // Whether the files' content was saved after they were lost (once).
+    let mut rescued = false;
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.how().bytes;
         let mut batch = vec![first];
@@ -189,6 +191,10 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Write>
             }
         }
         run_batch(&mut conn, batch, &mut sync, &guard);
+        if !rescued && guard.is_lost() {
+            rescued = true;
+            guard::rescue(&conn);
+        }
     }
 }
 
