@@ -620,8 +620,8 @@ fn history_errors(detail: &DeliveryDetail) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-const LEASE_EXPIRED: &str = "the worker's lease expired mid-attempt (its process stopped?)";
-const STOPPED: &str = "hookbridge stopped during this attempt; it runs again";
+const LEASE_EXPIRED: &str = "its lease expired: the process holding it stopped or stalled while the job was leased (it may not have been sent)";
+const STOPPED: &str = "hookbridge stopped while the job was leased (it may not have been sent)";
 
 /// Due jobs go out oldest due first, whatever order they were stored in;
 /// of expired leases, the one that expired first is taken first; each

@@ -15,10 +15,10 @@ use super::{Attempt, DeliveryKey, StoreError, Transition, millis};
 pub const INTERRUPTED: &str = "interrupted";
 
 /// Why an attempt was cut short: its worker's lease ran out.
-pub const LEASE_EXPIRED: &str = "the worker's lease expired mid-attempt (its process stopped?)";
+pub const LEASE_EXPIRED: &str = "its lease expired: the process holding it stopped or stalled while the job was leased (it may not have been sent)";
 
 /// Why an attempt was cut short: the daemon stopped (its leases are given back).
-pub const STOPPED: &str = "hookbridge stopped during this attempt; it runs again";
+pub const STOPPED: &str = "hookbridge stopped while the job was leased (it may not have been sent)";
 
 /// What recording an attempt writes into its job.
 #[derive(Debug, Clone, PartialEq, Eq)]
