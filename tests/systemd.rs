@@ -88,9 +88,11 @@ fn notifies_ready_reloading_and_stopping() {
 
     // Ready means ready: the admin listener answers at once (as a HEALTHCHECK would ask).
     let admin = daemon.admin.trim_start_matches("http://").to_owned();
+    let by_name = admin.replace("127.0.0.1", "localhost");
     for probe in [
         &["healthcheck", "--addr", &admin][..],
         &["healthcheck", "--ready", "--addr", &admin],
+        &["healthcheck", "--addr", &by_name],
     ] {
         let (code, out, err) = ws.cli(probe, &[]);
         assert_eq!(code, 0, "{out}{err}");

@@ -23,6 +23,7 @@ pub struct HealthcheckArgs {
     pub ready: bool,
     /// Admin address to ask [default: `[admin] listen` from the config, 0.0.0.0 as loopback]
     #[arg(long, value_name = "HOST:PORT")]
+    #[arg(value_parser = resolve)]
     pub addr: Option<SocketAddr>,
     /// Give up after this many seconds (1 to 3600)
     #[arg(long, value_name = "SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT))]
@@ -74,6 +75,26 @@ pub(crate) fn run(args: &HealthcheckArgs) -> ExitCode {
 }
 
 /// A wildcard listen address is reached through the loopback of the same family.
+/// `HOST:PORT` with a name (`localhost:9090`) or an address; a name is
+/// looked up once, and its first IPv4 address taken (the admin listener's
+/// default is 127.0.0.1), else its first.
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let found: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not HOST:PORT: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}` names no address"))
+}
+
 fn loopback_for(listen: SocketAddr) -> SocketAddr {
     match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
