@@ -158,6 +158,31 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `serve` on `ws`'s config, logging at debug level in `format`.
+fn serve_at_debug(
+    ws: &Workspace,
+    format: &str,
+    stdout: std::process::Stdio,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    std::process::Command::new(support::daemon::BIN)
+        .args([
+            "serve",
+            "--log-format",
+            format,
+            "--log-level",
+            "debug",
+            "--config",
+        ])
+        .arg(ws.config_path())
+        .current_dir(ws.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// `config("")` with its listeners on these ports.
 fn config_on(hooks: u16, admin: u16) -> String {
     config("")
@@ -178,22 +203,14 @@ async fn an_unknown_source_name_cannot_write_escape_sequences_into_the_log() {
     let (hooks, admin) = (free_port(), free_port());
     let ws = Workspace::new(&config_on(hooks, admin));
     let log = ws.dir.path().join("serve.log");
-    let mut child = std::process::Command::new(support::daemon::BIN)
-        .args([
-            "serve",
-            "--log-format",
-            "pretty",
-            "--log-level",
-            "debug",
-            "--config",
-        ])
-        .arg(ws.config_path())
-        .current_dir(ws.dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(ws.dir.path().join("serve.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = serve_at_debug(
+        &ws,
+        "pretty",
+        std::fs::File::create(&log).unwrap().into(),
+        std::fs::File::create(ws.dir.path().join("serve.err"))
+            .unwrap()
+            .into(),
+    );
     support::eventually(Duration::from_secs(20), "the daemon listens", || {
         std::net::TcpStream::connect(("127.0.0.1", hooks)).is_ok()
     })
@@ -238,22 +255,16 @@ async fn a_log_that_cannot_be_written_loses_no_delivery() {
     // stderr on a full disk: every log write fails with ENOSPC.
     let (hooks, admin) = (free_port(), free_port());
     let ws = Workspace::new(&config_on(hooks, admin));
-    let mut child = std::process::Command::new(support::daemon::BIN)
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "--config",
-        ])
-        .arg(ws.config_path())
-        .current_dir(ws.dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = serve_at_debug(
+        &ws,
+        "json",
+        std::process::Stdio::null(),
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+            .into(),
+    );
     let url = format!("http://127.0.0.1:{hooks}/hooks/github");
     support::eventually(Duration::from_secs(20), "the daemon listens", || {
         std::net::TcpStream::connect(("127.0.0.1", hooks)).is_ok()

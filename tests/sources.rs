@@ -611,17 +611,7 @@ fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
 
     // GitLab with a signing token.
     let body = with_latin1_field(&payload("gitlab/push-hook.json"));
-    let (id, ts) = ("msg_1", support::unix_now());
-    let mut h = signed("gitlab", "Push Hook", &body);
-    h.insert("webhook-id", HeaderValue::from_static(id));
-    h.insert(
-        "webhook-timestamp",
-        HeaderValue::from_str(&ts.to_string()).unwrap(),
-    );
-    h.insert(
-        "webhook-signature",
-        HeaderValue::from_str(&standard_signature(WHSEC, id, ts, &body)).unwrap(),
-    );
+    let h = gitlab_signed(&body, "msg_1", support::unix_now());
     assert_not_utf8("gitlab-signed", outcome(&config, "gitlab-signed", &h, &body));
 
     // GitHub's form content type: the decoded `payload` field is what must be UTF-8.
@@ -842,23 +832,29 @@ fn every_signature_vector_verifies() {
     }
 }
 
+/// A GitLab push with its token and a signature made at `ts` (GitLab 19's
+/// signing token).
+fn gitlab_signed(body: &[u8], id: &'static str, ts: u64) -> HeaderMap {
+    let mut h = signed("gitlab", "Push Hook", body);
+    h.insert("webhook-id", HeaderValue::from_static(id));
+    h.insert(
+        "webhook-timestamp",
+        HeaderValue::from_str(&ts.to_string()).unwrap(),
+    );
+    h.insert(
+        "webhook-signature",
+        HeaderValue::from_str(&standard_signature(WHSEC, id, ts, body)).unwrap(),
+    );
+    h
+}
+
 #[test]
 fn signed_deliveries_outside_the_tolerance_are_refused() {
     let config = config();
     let body = payload("gitlab/push-hook.json");
     let id = "f5e5f430-f57b-4e6e-9fac-d9128cd7232f";
     for (age, ok) in [(0u64, true), (200, true), (900, false)] {
-        let ts = support::unix_now() - age;
-        let mut h = signed("gitlab", "Push Hook", &body);
-        h.insert("webhook-id", HeaderValue::from_static(id));
-        h.insert(
-            "webhook-timestamp",
-            HeaderValue::from_str(&ts.to_string()).unwrap(),
-        );
-        h.insert(
-            "webhook-signature",
-            HeaderValue::from_str(&standard_signature(WHSEC, id, ts, &body)).unwrap(),
-        );
+        let h = gitlab_signed(&body, id, support::unix_now() - age);
         let r = hookbridge::intake::process(
             &config,
             &config.sources["gitlab-signed"],
@@ -898,17 +894,7 @@ fn signed_deliveries_outside_the_tolerance_are_refused() {
     );
     // A signed delivery at a source with tokens only: the signature cannot
     // be checked, and the token does not stand in for it.
-    let ts = support::unix_now();
-    let mut h = signed("gitlab", "Push Hook", &body);
-    h.insert("webhook-id", HeaderValue::from_static(id));
-    h.insert(
-        "webhook-timestamp",
-        HeaderValue::from_str(&ts.to_string()).unwrap(),
-    );
-    h.insert(
-        "webhook-signature",
-        HeaderValue::from_str(&standard_signature(WHSEC, id, ts, &body)).unwrap(),
-    );
+    let h = gitlab_signed(&body, id, support::unix_now());
     let e = hookbridge::intake::process(
         &config,
         &config.sources["gitlab"],

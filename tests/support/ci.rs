@@ -47,6 +47,17 @@ pub(crate) enum Reply {
     Body(u16, &'static str),
 }
 
+/// The token a request carried: CircleCI's header, or GitLab's body field.
+fn token_received(record: &Recorded) -> String {
+    record
+        .headers
+        .get("circle-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| record.body["token"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// One received request, as the stand-in saw it.
 #[derive(Debug, Clone)]
 pub(crate) struct Recorded {
@@ -439,13 +450,7 @@ async fn handle(
                     .iter()
                     .map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").to_owned())))
                     .collect();
-                let token = record
-                    .headers
-                    .get("circle-token")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-                    .or_else(|| record.body["token"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let token = token_received(&record);
                 let echo = json!({
                     "message": format!("invalid token {token}"),
                     "received_headers": headers,
@@ -455,13 +460,7 @@ async fn handle(
             }
             Some(Reply::EchoEncoded(code)) => {
                 use base64::Engine as _;
-                let token = record
-                    .headers
-                    .get("circle-token")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-                    .or_else(|| record.body["token"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let token = token_received(&record);
                 let basic = base64::engine::general_purpose::STANDARD.encode(format!("{token}:"));
                 let escaped: String = token.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
                 let body = format!(r#"{{"message":"invalid token {escaped}","auth":"Basic {basic}"}}"#);
