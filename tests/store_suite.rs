@@ -570,11 +570,23 @@ async fn retention_purges_finished_deliveries_in_batches(h: Harness) {
     }
     s.ingest(delivery("github", "old-pending", 1, old)).await.unwrap();
     s.ingest(delivery("github", "old-done", 1, old)).await.unwrap();
+    s.ingest(delivery("github", "old-dead", 1, old)).await.unwrap();
     let jobs = s.lease_due("w", 5, LEASE, SystemTime::now()).await.unwrap();
     let done = jobs.iter().find(|j| j.delivery == "old-done").unwrap();
     s.record_attempt(done, "w", attempt(201), created(), SystemTime::now())
         .await
         .unwrap();
+    // Dead-lettered: kept for `deliveries list --status dead` and a replay.
+    let dead = jobs.iter().find(|j| j.delivery == "old-dead").unwrap();
+    s.record_attempt(
+        dead,
+        "w",
+        attempt(404),
+        Transition::Dead("HTTP 404".into()),
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
     s.ingest(delivery("github", "new", 0, SystemTime::now()))
         .await
         .unwrap();
@@ -592,7 +604,7 @@ async fn retention_purges_finished_deliveries_in_batches(h: Harness) {
         .into_iter()
         .map(|r| r.delivery)
         .collect();
-    assert_eq!(left, ["new", "old-pending"]);
+    assert_eq!(left, ["new", "old-dead", "old-pending"]);
     // What hung on the purged deliveries went with them.
     assert_eq!(h.orphans().await, 0);
     assert!(s.ready().await.is_ok());

@@ -114,7 +114,7 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
     }
     let gone: Vec<(String, i64)> = sqlx::query_as(
         "DELETE FROM deliveries WHERE id IN (
-            SELECT id FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < $1
+            SELECT id FROM deliveries WHERE status IN ('done', 'skipped') AND received_at < $1
             LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING id, seq",
     )

@@ -402,7 +402,7 @@ pub(super) fn add_jobs(
 pub(super) fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
     let seqs: Vec<i64> = tx
         .prepare_cached(
-            "SELECT seq FROM deliveries WHERE status IN ('done', 'dead', 'skipped') AND received_at < ?1 LIMIT ?2",
+            "SELECT seq FROM deliveries WHERE status IN ('done', 'skipped') AND received_at < ?1 LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![millis(cutoff), batch as i64], |r| r.get(0))?
