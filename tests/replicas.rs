@@ -339,10 +339,9 @@ async fn a_replica_killed_mid_run_loses_nothing() {
     cluster.ci.assert_clean();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_started_on_the_host_of_a_killed_one_takes_its_leases_back_at_once() {
-    // A lease far longer than the test: the killed replica's jobs run again
-    // only because the next start on this host takes them back.
+/// One replica, with a lease far longer than a test, whose three attempts
+/// hang at the CI when it is killed; the CI then answers again.
+async fn killed_with_three_attempts_in_flight() -> (Cluster, u32) {
     let cluster = Cluster::new(None, Duration::ZERO).await;
     cluster.ci.set_hang(true);
     let config = std::fs::read_to_string(cluster.ws.config_path())
@@ -361,8 +360,44 @@ async fn a_replica_started_on_the_host_of_a_killed_one_takes_its_leases_back_at_
         cluster.ci.requests().len() == 3
     })
     .await;
+    let pid = victim.pid();
     victim.kill();
     cluster.ci.set_hang(false);
+    (cluster, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_takes_the_leases_of_a_pid_that_still_has_sessions() {
+    // What a live replica in another pid namespace, or hidden by
+    // ProtectProc, looks like from here: no process, but its sessions.
+    let (cluster, pid) = killed_with_three_attempts_in_flight().await;
+    let options: sqlx::postgres::PgConnectOptions = cluster._db.url.parse().unwrap();
+    let session =
+        sqlx::postgres::PgPool::connect_with(options.application_name(&format!("hookbridge:{pid}")))
+            .await
+            .unwrap();
+    let _next = cluster.start(1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        cluster.triggers().len(),
+        0,
+        "a live-looking owner's leases were taken"
+    );
+    // Its sessions end: the next look takes the leases back.
+    session.close().await;
+    eventually(
+        Duration::from_secs(15),
+        "the three triggered once the sessions ended",
+        || cluster.triggers().len() == 3,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_on_the_host_of_a_killed_one_takes_its_leases_back_at_once() {
+    // The killed replica's jobs run again only because the next start on
+    // this host takes them back: their lease lasts far longer than the test.
+    let (cluster, _) = killed_with_three_attempts_in_flight().await;
     let _next = cluster.start(1);
     eventually(
         Duration::from_secs(30),

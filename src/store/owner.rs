@@ -5,14 +5,15 @@
 //! still running on this machine: they are its attempts in flight, and
 //! taking them back would send each a second time. That happens when a
 //! second daemon starts on a SQLite store whose lock file was deleted, and
-//! on PostgreSQL whenever a replica starts beside others on one host. A
-//! live owner is one with this machine's host name and another pid that
-//! runs the same executable; anything else (another host, a pid now used
-//! by another program, a process this one cannot inspect) is taken for
-//! dead where it is on this host, and left to its lease's expiry where it
-//! is not.
-
-use std::path::PathBuf;
+//! on PostgreSQL whenever a replica starts beside others on one host. An
+//! owner of this machine (its host name) is dead when its pid is this
+//! process's own (a run before, in this process), runs another program, or
+//! runs nothing; one that cannot be inspected (another user's) counts as
+//! running. `ProtectProc=invisible` hides other users' processes entirely,
+//! and another pid namespace hides them too, so on PostgreSQL an owner
+//! whose pid still has sessions (`hookbridge:<pid>`, a running replica's
+//! `LISTEN` at least) is left alone as well (`postgres::queue::take_back_dead`).
+//! An owner of another host is left to its lease's expiry.
 
 /// A new owner name for a dispatcher of this process.
 pub fn new_owner() -> String {
@@ -46,14 +47,18 @@ pub fn left_by(owner: &str) -> Left {
     if pid == std::process::id() {
         return Left::Dead;
     }
-    match (executable(&pid.to_string()), executable("self")) {
-        (Some(theirs), Some(ours)) if theirs == ours => Left::Running,
-        _ => Left::Dead,
+    // No such process: gone. One this process may not inspect (another
+    // user's): perhaps a hookbridge, so left to its lease.
+    let theirs = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Left::Dead,
+        Err(_) => return Left::Running,
+    };
+    match std::fs::read_link("/proc/self/exe") {
+        Ok(ours) if ours == theirs => Left::Running,
+        Ok(_) => Left::Dead,
+        Err(_) => Left::Running,
     }
-}
-
-fn executable(pid: &str) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
 fn hostname() -> String {

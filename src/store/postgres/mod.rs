@@ -241,15 +241,28 @@ impl Store for PostgresStore {
         // crash, `kill -9`), taken back now instead of when they expire.
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            match queue::take_back_dead(&pool, SystemTime::now()).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(jobs = n, "took back the leases of stopped processes on this host");
-                    wake.notify_one();
+            // A killed process's sessions close a moment after it: ask again
+            // for a few seconds while any are open.
+            for _ in 0..10 {
+                match queue::take_back_dead(&pool, SystemTime::now()).await {
+                    Ok(taken) => {
+                        if taken.jobs > 0 {
+                            tracing::info!(
+                                jobs = taken.jobs,
+                                "took back the leases of stopped processes on this host"
+                            );
+                            wake.notify_one();
+                        }
+                        if taken.waiting == 0 {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take back the leases of stopped processes; they expire on their own");
+                        return;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot take back the leases of stopped processes; they expire on their own")
-                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
     }
