@@ -820,6 +820,19 @@ async fn a_second_daemon_after_the_lock_file_is_deleted_sends_nothing_twice() {
     // its start; a second is ample to see it.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(ci.requests().len(), 3, "B sent A's attempts in flight again");
+    // A refuses deliveries now, and says to stop it: its data is where it
+    // was, so nothing is saved aside (a copy put back would undo B's work).
+    let (status, _) = post_github(&first.hook_url("github"), "push", "lock-2", &body).await;
+    assert_eq!(status, 503);
+    assert!(
+        first
+            .logs()
+            .contains("another hookbridge may now serve this store")
+    );
+    let saved = std::fs::read_dir(ws.dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().path().to_string_lossy().contains(".rescued-"));
+    assert!(!saved, "a copy was saved although no data file was lost");
     second.kill();
     first.kill();
 }

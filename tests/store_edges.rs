@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hookbridge::store::sqlite::SqliteStore;
 use hookbridge::store::{DeliveryFilter, Store};
-use support::ci::{CIRCLE_TOKEN, StandIn};
+use support::ci::{CIRCLE_TOKEN, Reply, StandIn};
 use support::daemon::{BIN, Daemon, Workspace};
 use support::disk::{Tmpfs, is_root, run};
 use support::eventually;
@@ -235,9 +235,10 @@ async fn deleted_store_files_with_the_ci_up_acknowledge_nothing_that_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_was_acknowledged_into_deleted_store_files_is_saved_and_restored() {
-    // The CI is down, so "before" waits in the queue when the files go.
+    // The CI fails, so "before" waits in the queue when the files go, and
+    // only the dispatcher writes: no delivery comes to notice the loss.
     let ci = StandIn::start().await;
-    ci.set_hang(true);
+    ci.script(vec![Reply::Status(500); 15]);
     let ws = Workspace::new("");
     let db = ws.db_path();
     ws.write_config(&config(&ci.url, &db));
@@ -248,12 +249,11 @@ async fn what_was_acknowledged_into_deleted_store_files_is_saved_and_restored() 
         path.push(suffix);
         std::fs::remove_file(&path).unwrap();
     }
-    // The next delivery finds the files gone, and the content is saved.
-    assert_eq!(push(&daemon, "after").await.0, 503);
     eventually(Duration::from_secs(10), "the content saved", || {
         daemon.logs().contains("is saved")
     })
     .await;
+    assert_eq!(push(&daemon, "after").await.0, 503);
     let saved = std::fs::read_dir(db.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -268,7 +268,6 @@ async fn what_was_acknowledged_into_deleted_store_files_is_saved_and_restored() 
         let _ = std::fs::remove_file(&path);
     }
     std::fs::rename(&saved, &db).unwrap();
-    ci.set_hang(false);
     let daemon = ws.start(&env());
     eventually_triggered(&ci, &BTreeSet::from(["before".to_owned()])).await;
     assert_eq!(daemon.stop(), 0);

@@ -77,6 +77,8 @@ pub(super) enum Gate {
 struct Watched {
     path: PathBuf,
     id: FileId,
+    /// The daemon's lock file: its loss leaves the data where it was.
+    lock: bool,
 }
 
 /// Checks that what the store writes is what a restart will read.
@@ -87,6 +89,10 @@ pub(super) struct Guard {
     watched: Vec<Watched>,
     /// Set once a watched file went away; never cleared (see the module doc).
     lost: OnceLock<String>,
+    /// Set once the database, its WAL or its index went away (not only the
+    /// lock file): what they hold is then reachable through the open
+    /// descriptors only, and is saved ([`rescue`]).
+    data_lost: std::sync::atomic::AtomicBool,
 }
 
 impl Guard {
@@ -101,6 +107,7 @@ impl Guard {
             watched.push(Watched {
                 path: db.to_path_buf(),
                 id,
+                lock: false,
             });
         }
         // The WAL and its index exist while any connection is open (ours are,
@@ -108,7 +115,11 @@ impl Guard {
         for suffix in ["-wal", "-shm"] {
             let path = sidecar(db, suffix);
             if let Some(id) = std::fs::metadata(&path).ok().as_ref().and_then(FileId::of) {
-                watched.push(Watched { path, id });
+                watched.push(Watched {
+                    path,
+                    id,
+                    lock: false,
+                });
             }
         }
         if let Some((path, file)) = lock {
@@ -119,6 +130,7 @@ impl Guard {
                 watched.push(Watched {
                     path: path.to_path_buf(),
                     id,
+                    lock: true,
                 });
             }
         }
@@ -126,12 +138,16 @@ impl Guard {
             dir: directory(db),
             watched,
             lost: OnceLock::new(),
+            data_lost: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Are the files at the paths still the ones the store writes to?
     pub(super) fn check_files(&self) -> Result<(), String> {
-        if let Some(why) = self.lost.get() {
+        use std::sync::atomic::Ordering;
+        if let Some(why) = self.lost.get()
+            && self.data_lost.load(Ordering::Relaxed)
+        {
             return Err(why.clone());
         }
         for w in &self.watched {
@@ -147,13 +163,27 @@ impl Guard {
                 } else {
                     "replaced by another file"
                 };
-                return Err(self.lose(format!(
-                    "`{}` was {what} while hookbridge had it open; nothing written now would survive a restart",
-                    w.path.display()
-                )));
+                if !w.lock {
+                    self.data_lost.store(true, Ordering::Relaxed);
+                }
+                return Err(self.lose(
+                    format!(
+                        "`{}` was {what} while hookbridge had it open; nothing written now would survive a restart",
+                        w.path.display()
+                    ),
+                    w.lock,
+                ));
             }
         }
-        Ok(())
+        match self.lost.get() {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the database, its WAL or its index went away.
+    pub(super) fn data_lost(&self) -> bool {
+        self.data_lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Is there room for `bytes` more, beyond the [`RESERVE`]?
@@ -183,19 +213,25 @@ impl Guard {
         Ok(())
     }
 
-    /// Whether a watched file went away.
-    pub(super) fn is_lost(&self) -> bool {
-        self.lost.get().is_some()
-    }
-
     /// Remember why the files are lost, and say so in the log once.
-    fn lose(&self, why: String) -> String {
-        if self.lost.set(why).is_ok() {
-            tracing::error!(
-                reason = self.lost.get().map(String::as_str).unwrap_or_default(),
-                "the store's files are no longer the ones hookbridge writes to: new deliveries are \
-                 answered 503 and /readyz fails until hookbridge is restarted"
-            );
+    fn lose(&self, why: String, lock: bool) -> String {
+        if self.lost.set(why.clone()).is_ok() {
+            if lock {
+                tracing::error!(
+                    reason = %why,
+                    "the store's lock file is no longer the one hookbridge holds: another hookbridge may \
+                     now serve this store. This one answers new deliveries 503 and /readyz fails; stop it \
+                     (what it acknowledged is in the store at its path) and leave one daemon on the store"
+                );
+            } else {
+                tracing::error!(
+                    reason = %why,
+                    "the store's files are no longer the ones hookbridge writes to: new deliveries are \
+                     answered 503 and /readyz fails until hookbridge is restarted"
+                );
+            }
+        } else if !lock {
+            tracing::error!(reason = %why, "the store's data files are gone too");
         }
         self.lost.get().cloned().unwrap_or_default()
     }
@@ -208,9 +244,9 @@ impl Guard {
 /// the files at the paths, and whatever was acknowledged into the lost ones
 /// would otherwise be gone. A snapshot of the moment of the loss: jobs done
 /// after it run again once it is restored (at least once, never lost).
-pub(super) fn rescue(conn: &Connection) {
+pub(super) fn rescue(conn: &Connection) -> bool {
     let Some(db) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
-        return;
+        return true;
     };
     let name = db
         .file_name()
@@ -239,17 +275,22 @@ pub(super) fn rescue(conn: &Connection) {
                      acknowledged, stop hookbridge, move the saved file to the store's path (removing any \
                      -wal and -shm files beside it) and start it again"
                 );
-                return;
+                return true;
             }
-            Err(e) => errors.push(format!("{}: {e}", target.display())),
+            Err(e) => {
+                // Nothing half-written is left to be mistaken for a copy.
+                let _ = std::fs::remove_file(&target);
+                errors.push(format!("{}: {e}", target.display()));
+            }
         }
     }
     tracing::error!(
         jobs_not_done = pending,
         errors = %errors.join("; "),
-        "the store's content could not be saved after its files were lost; until hookbridge stops, \
-         its open files can still be copied from /proc/<pid>/fd"
+        "the store's content could not be saved after its files were lost (tried again every \
+         30 s); until hookbridge stops, its open files can still be copied from /proc/<pid>/fd"
     );
+    false
 }
 
 /// The reason `serve` refuses a store it cannot write.

@@ -176,8 +176,7 @@ where
 /// The writer thread: batch every queued write into one transaction and commit.
 pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Write>>, guard: Guard) {
     let mut sync = Durability::Full;
-    // Whether the files' content was saved after they were lost (once).
-    let mut rescued = false;
+    let mut rescue = Rescue::default();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.how().bytes;
         let mut batch = vec![first];
@@ -191,11 +190,34 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Write>
             }
         }
         run_batch(&mut conn, batch, &mut sync, &guard);
-        if !rescued && guard.is_lost() {
-            rescued = true;
-            guard::rescue(&conn);
-        }
+        rescue_when_lost(&conn, &guard, &mut rescue);
     }
+    // The last look, at shutdown: a loss no delivery has run into yet.
+    rescue_when_lost(&conn, &guard, &mut rescue);
+}
+
+/// Whether the files' content still has to be saved, and when it was last tried.
+#[derive(Debug, Default)]
+struct Rescue {
+    done: bool,
+    tried: Option<std::time::Instant>,
+}
+
+/// How long after a failed save (a full disk) the next is tried.
+const RESCUE_AGAIN: Duration = Duration::from_secs(30);
+
+/// Notice a loss even while only the dispatcher writes (a `stat` per
+/// file), and save what the open files hold once the data files are gone.
+fn rescue_when_lost(conn: &Connection, guard: &Guard, rescue: &mut Rescue) {
+    if rescue.done {
+        return;
+    }
+    let _ = guard.check_files();
+    if !guard.data_lost() || rescue.tried.is_some_and(|t| t.elapsed() < RESCUE_AGAIN) {
+        return;
+    }
+    rescue.tried = Some(std::time::Instant::now());
+    rescue.done = guard::rescue(conn);
 }
 
 /// The checkpointer thread: a passive checkpoint every [`CHECKPOINT_EVERY`]
