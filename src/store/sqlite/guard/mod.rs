@@ -166,9 +166,14 @@ impl Guard {
                 if !w.lock {
                     self.data_lost.store(true, Ordering::Relaxed);
                 }
+                let after = if w.lock {
+                    "another hookbridge may now serve this store; stop this one (what it acknowledged is in the store at its path)"
+                } else {
+                    "nothing written now would survive a restart"
+                };
                 return Err(self.lose(
                     format!(
-                        "`{}` was {what} while hookbridge had it open; nothing written now would survive a restart",
+                        "`{}` was {what} while hookbridge had it open; {after}",
                         w.path.display()
                     ),
                     w.lock,
@@ -254,7 +259,9 @@ pub(super) fn rescue(conn: &Connection) -> bool {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let rescued = format!("{name}.rescued-{stamp}");
+    // The pid too: two daemons on one store (its lock file deleted) lose
+    // their files in the same second.
+    let rescued = format!("{name}.rescued-{stamp}-{}", std::process::id());
     let pending: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')",
@@ -265,6 +272,11 @@ pub(super) fn rescue(conn: &Connection) -> bool {
     let mut errors = Vec::new();
     for dir in [directory(&db), std::env::temp_dir()] {
         let target = dir.join(&rescued);
+        if target.exists() {
+            // Not ours to write over, nor to remove.
+            errors.push(format!("{}: exists already", target.display()));
+            continue;
+        }
         match conn.execute("VACUUM INTO ?1", [target.to_string_lossy()]) {
             Ok(_) => {
                 tracing::error!(
@@ -381,75 +393,4 @@ fn writable(_: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn files(dir: &Path) -> PathBuf {
-        let db = dir.join("hb.db");
-        for p in [db.clone(), sidecar(&db, "-wal"), sidecar(&db, "-shm")] {
-            std::fs::write(p, b"x").unwrap();
-        }
-        db
-    }
-
-    #[test]
-    fn a_deleted_file_is_lost_for_good() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = files(dir.path());
-        let guard = Guard::new(&db, None).unwrap();
-        assert_eq!(guard.watched.len(), 3);
-        guard.check_files().unwrap();
-        std::fs::remove_file(sidecar(&db, "-shm")).unwrap();
-        let e = guard.check_files().unwrap_err();
-        assert!(e.contains("hb.db-shm` was deleted"), "{e}");
-        // Putting a file back at the path does not make it the same file.
-        std::fs::write(sidecar(&db, "-shm"), b"x").unwrap();
-        assert_eq!(guard.check_files().unwrap_err(), e);
-    }
-
-    #[test]
-    fn a_replaced_file_is_noticed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = files(dir.path());
-        let guard = Guard::new(&db, None).unwrap();
-        let other = dir.path().join("other");
-        std::fs::write(&other, b"y").unwrap();
-        std::fs::rename(&other, &db).unwrap();
-        let e = guard.check_files().unwrap_err();
-        assert!(e.contains("hb.db` was replaced"), "{e}");
-    }
-
-    #[test]
-    fn the_lock_file_is_identified_by_the_held_descriptor() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = files(dir.path());
-        let lock_path = dir.path().join("hb.db.lock");
-        let lock = File::create(&lock_path).unwrap();
-        let guard = Guard::new(&db, Some((&lock_path, &lock))).unwrap();
-        guard.check_files().unwrap();
-        std::fs::remove_file(&lock_path).unwrap();
-        std::fs::write(&lock_path, b"").unwrap();
-        let e = guard.check_files().unwrap_err();
-        assert!(e.contains("hb.db.lock` was replaced"), "{e}");
-    }
-
-    #[test]
-    fn room_is_the_reserve_plus_what_comes() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = files(dir.path());
-        let guard = Guard::new(&db, None).unwrap();
-        let Some(space) = disk_space(dir.path()).unwrap() else {
-            return;
-        };
-        if space.read_only || space.free < RESERVE {
-            assert!(guard.check_room(0).is_err());
-            return;
-        }
-        guard.check_room(0).unwrap();
-        let e = guard.check_room(space.free).unwrap_err();
-        assert!(e.contains("kept for the queue"), "{e}");
-        // No overflow on absurd sizes.
-        assert!(guard.check_room(u64::MAX).is_err());
-    }
-}
+mod tests;
