@@ -107,6 +107,14 @@ impl Cluster {
         }
     }
 
+    /// The replicas' `[dispatch] lease` (for those started after).
+    fn set_lease(&self, lease: &str) {
+        let config = std::fs::read_to_string(self.ws.config_path())
+            .unwrap()
+            .replace("lease = \"3s\"", &format!("lease = \"{lease}\""));
+        std::fs::write(self.ws.config_path(), config).unwrap();
+    }
+
     /// Start `n` replicas at once (they all migrate under the advisory lock).
     fn start(&self, n: usize) -> Vec<Daemon> {
         let starts: Vec<_> = (0..n)
@@ -238,6 +246,10 @@ const N: usize = 1000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_trigger_every_delivery_exactly_once() {
     let cluster = Cluster::new(None, Duration::from_millis(50)).await;
+    // Without faults, no lease may expire: on a machine busy with the other
+    // tests a 3 s lease can (a replica starved for the CPU), and its jobs
+    // would rightly be sent again. That is the kill test's case, not this one.
+    cluster.set_lease("30s");
     let replicas = cluster.start(3);
     let hooks = Arc::new(std::sync::Mutex::new(
         replicas.iter().map(|d| d.hooks.clone()).collect::<Vec<_>>(),
@@ -346,9 +358,9 @@ async fn killed_with_three_attempts_in_flight() -> (Cluster, u32) {
     cluster.ci.set_hang(true);
     let config = std::fs::read_to_string(cluster.ws.config_path())
         .unwrap()
-        .replace("request_timeout = \"1s\"", "request_timeout = \"60s\"")
-        .replace("lease = \"3s\"", "lease = \"130s\"");
+        .replace("request_timeout = \"1s\"", "request_timeout = \"60s\"");
     std::fs::write(cluster.ws.config_path(), config).unwrap();
+    cluster.set_lease("130s");
     let mut first = cluster.start(1);
     let victim = first.remove(0);
     let client = reqwest::Client::new();
