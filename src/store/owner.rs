@@ -1,19 +1,15 @@
 //! Who holds a lease: `host:pid:id`, one per dispatcher run.
 //!
-//! At start a daemon takes back the leases a previous process left behind
-//! (its attempts were cut short), but never those of a process that is
-//! still running on this machine: they are its attempts in flight, and
+//! At start a SQLite daemon takes back the leases a previous process left
+//! behind (its attempts were cut short), but never those of a process that
+//! is still running on this machine: they are its attempts in flight, and
 //! taking them back would send each a second time. That happens when a
-//! second daemon starts on a SQLite store whose lock file was deleted, and
-//! on PostgreSQL whenever a replica starts beside others on one host. An
-//! owner of this machine (its host name) is dead when its pid is this
-//! process's own (a run before, in this process), runs another program, or
-//! runs nothing; one that cannot be inspected (another user's) counts as
-//! running. `ProtectProc=invisible` hides other users' processes entirely,
-//! and another pid namespace hides them too, so on PostgreSQL an owner
-//! whose pid still has sessions (`hookbridge:<pid>`, a running replica's
-//! `LISTEN` at least) is left alone as well (`postgres::queue::take_back_dead`).
-//! An owner of another host is left to its lease's expiry.
+//! second daemon starts on a store whose lock file was deleted. An owner of
+//! this machine (its host name) is dead when its pid is this process's own
+//! (a run before, in this process), runs another program, or runs nothing;
+//! one that cannot be inspected (another user's) counts as running. An
+//! owner of another host is taken for a previous container's. (PostgreSQL
+//! replicas take nothing back at start: a dead replica's leases expire.)
 
 /// A new owner name for a dispatcher of this process.
 pub fn new_owner() -> String {

@@ -236,35 +236,7 @@ impl Store for PostgresStore {
         // Its own connection, outside the pool: `LISTEN` holds it for good,
         // and a pool of one would otherwise have none left for the writes.
         let own = connect_pool(&self.options, 1, None);
-        tokio::spawn(listen::listen(own, wake.clone(), shutdown));
-        // The leases of replicas that ran on this host and are gone (a
-        // crash, `kill -9`), taken back now instead of when they expire.
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            // A killed process's sessions close a moment after it: ask again
-            // for a few seconds while any are open.
-            for _ in 0..10 {
-                match queue::take_back_dead(&pool, SystemTime::now()).await {
-                    Ok(taken) => {
-                        if taken.jobs > 0 {
-                            tracing::info!(
-                                jobs = taken.jobs,
-                                "took back the leases of stopped processes on this host"
-                            );
-                            wake.notify_one();
-                        }
-                        if taken.waiting == 0 {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot take back the leases of stopped processes; they expire on their own");
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
+        tokio::spawn(listen::listen(own, wake, shutdown));
     }
 }
 

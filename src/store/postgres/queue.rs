@@ -10,7 +10,6 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{CHANNEL, db, from_json, to_json};
 use crate::store::model;
-use crate::store::owner::{Left, left_by};
 use crate::store::*;
 
 pub(super) type Tx = Transaction<'static, Postgres>;
@@ -219,59 +218,6 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
         notify(&mut **tx).await?;
     }
     Ok(ids.len())
-}
-
-/// Give back the leases of owners that ran on this host and are gone
-/// ([`Left::Dead`]), each in a transaction of its own; answers how many
-/// jobs are due again.
-pub(super) async fn take_back_dead(pool: &PgPool, now: SystemTime) -> Result<TakenBack, StoreError> {
-    let owners: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    // A replica holds sessions named `hookbridge:<pid>` while it runs (its
-    // `LISTEN` at least): one that still has any is not dead, whatever this
-    // host's process table shows (another pid namespace, a hidden /proc).
-    let sessions: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT application_name FROM pg_stat_activity WHERE application_name LIKE 'hookbridge:%'",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    // This process's own sessions carry its pid: a run before it with the
-    // same pid (a container's pid 1) has none of its own left.
-    let own = std::process::id().to_string();
-    let has_session = |owner: &str| {
-        owner.rsplit(':').nth(1).is_some_and(|pid| {
-            pid != own
-                && sessions
-                    .iter()
-                    .any(|s| s.strip_prefix("hookbridge:") == Some(pid))
-        })
-    };
-    let mut taken = TakenBack::default();
-    for owner in owners.iter().filter(|o| left_by(o) == Left::Dead) {
-        if has_session(owner) {
-            taken.waiting += 1;
-            continue;
-        }
-        let mut tx = pool.begin().await.map_err(db)?;
-        taken.jobs += release_leases(&mut tx, owner, millis(now)).await?;
-        tx.commit().await.map_err(db)?;
-    }
-    Ok(taken)
-}
-
-/// What [`take_back_dead`] did.
-#[derive(Debug, Default)]
-pub(super) struct TakenBack {
-    /// Jobs due again.
-    pub jobs: usize,
-    /// Owners gone from this host whose sessions are still open (a killed
-    /// process's, until the server notices): asked again shortly.
-    pub waiting: usize,
 }
 
 /// When the next pending job falls due, and when the next lease expires
