@@ -194,7 +194,7 @@ pub(super) async fn lease_due(
     Ok(out.into_iter().map(|(_, job)| job).collect())
 }
 
-pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Result<usize, StoreError> {
+pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Result<(), StoreError> {
     let ids: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, delivery_id FROM jobs WHERE state = 'running' AND lease_owner = $1 FOR UPDATE",
     )
@@ -217,7 +217,7 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
     if !ids.is_empty() {
         notify(&mut **tx).await?;
     }
-    Ok(ids.len())
+    Ok(())
 }
 
 /// When the next pending job falls due, and when the next lease expires
