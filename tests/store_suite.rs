@@ -963,6 +963,79 @@ async fn postgres_announces_new_jobs_only_when_no_dispatcher_of_its_own_takes_th
     shutdown.cancel();
 }
 
+/// With a dispatcher's handoff, an ingest writes as many jobs as it has free
+/// slots leased to it and hands them over with their slots; the rest are
+/// stored due and wake it. Nobody else can lease the handed jobs, the
+/// dispatcher records them like any lease, a duplicate takes no slot, and
+/// once it stopped nothing more is handed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leases_new_jobs_into_its_dispatchers_free_slots_as_it_stores_them() {
+    use hookbridge::store::handoff::Handoff;
+
+    let h = postgres().await;
+    let s = &h.store;
+    assert!(!s.wakes_on_ingest());
+    let slots = Arc::new(tokio::sync::Semaphore::new(2));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (handoff, mut handed) = Handoff::new(
+        "me".into(),
+        slots.clone(),
+        Box::new(|| (SystemTime::now(), LEASE)),
+        wake.clone(),
+    );
+    s.hand_off(handoff);
+    assert!(s.wakes_on_ingest());
+
+    let d = delivery("github", "h-1", 3, SystemTime::now());
+    let ids: Vec<String> = d.jobs.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(s.ingest(d.clone()).await.unwrap(), Ingested::Stored);
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, wake.notified()).await.unwrap();
+    let first = handed.recv().await.unwrap();
+    let second = handed.recv().await.unwrap();
+    assert!(handed.try_recv().is_err(), "only two slots were free");
+    assert_eq!(slots.available_permits(), 0);
+    assert_eq!([&first.job.id, &second.job.id], [&ids[0], &ids[1]]);
+    assert!(
+        [&first.job, &second.job]
+            .iter()
+            .all(|j| j.attempt == 1 && j.delivery == "h-1" && j.source == "github" && j.request == request())
+    );
+    // Only the job left due can be leased by anyone else.
+    let other = s.lease_due("other", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(other.iter().map(|j| &j.id).collect::<Vec<_>>(), [&ids[2]]);
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.running), (0, 3));
+
+    // The handed lease is this dispatcher's, and records like one it took.
+    s.record_attempt(&first.job, "me", attempt(201), created(), SystemTime::now())
+        .await
+        .unwrap();
+    drop(first);
+    assert_eq!(slots.available_permits(), 1);
+    let detail = s.get(&key("h-1")).await.unwrap();
+    let job = detail.jobs.iter().find(|j| j.id == ids[0]).unwrap();
+    assert_eq!(
+        (job.state, job.attempts, job.history.len()),
+        (JobState::Done, 1, 1)
+    );
+
+    // A duplicate stores nothing, so it keeps no slot.
+    assert!(matches!(s.ingest(d).await.unwrap(), Ingested::Duplicate { .. }));
+    assert_eq!(slots.available_permits(), 1);
+    assert!(handed.try_recv().is_err());
+
+    // A stopped dispatcher is handed nothing: its jobs are stored due.
+    handed.close();
+    s.ingest(delivery("github", "h-2", 1, SystemTime::now()))
+        .await
+        .unwrap();
+    assert_eq!(slots.available_permits(), 1);
+    let due = s.lease_due("other", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery, "h-2");
+}
+
 /// `pool_size = 1` is accepted, so it must work: the `LISTEN` of a
 /// watching store holds a connection of its own, not the pool's only one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,13 +19,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use clock::{Clock, Jitter, SystemClock, TokioClock, random_jitter};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::handoff::{Handed, Handoff, Terms};
+use crate::store::{LeasedJob, Store};
 use crate::target::client::{Http, Transport};
 
 mod attempt;
@@ -125,6 +126,7 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
         let concurrency = self.config.load().dispatch.concurrency;
         let slots = Arc::new(Semaphore::new(concurrency));
+        let mut handed = self.offer_slots(&slots);
         let mut inflight = Inflight::default();
         let mut store_backoff = Duration::from_millis(100);
         info!(owner = %self.owner, concurrency, "dispatcher started");
@@ -133,10 +135,14 @@ impl Dispatcher {
             if shutdown.is_cancelled() {
                 break;
             }
+            while let Ok(h) = handed.try_recv() {
+                self.start(&mut inflight, h.job, h.permit);
+            }
             let free = slots.available_permits();
             if free == 0 {
                 tokio::select! {
                     _ = inflight.next() => {}
+                    Some(h) = handed.recv() => self.start(&mut inflight, h.job, h.permit),
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
@@ -165,21 +171,7 @@ impl Dispatcher {
                             },
                             _ = shutdown.cancelled() => break,
                         };
-                        let worker = self.clone();
-                        let span = info_span!(
-                            "attempt",
-                            delivery = %job.delivery,
-                            source = %job.source,
-                            rule = %job.rule,
-                            target = %job.target,
-                            job = %job.id,
-                            attempt = job.attempt,
-                        );
-                        let id = job.id.clone();
-                        inflight.spawn(
-                            id,
-                            async move { worker.attempt(job, permit).await }.instrument(span),
-                        );
+                        self.start(&mut inflight, job, permit);
                     }
                     if full {
                         continue;
@@ -207,6 +199,7 @@ impl Dispatcher {
                 tokio::select! {
                     _ = self.wake.notified() => break false,
                     _ = tokio::time::sleep_until(deadline) => break false,
+                    Some(h) = handed.recv() => self.start(&mut inflight, h.job, h.permit),
                     Some(due) = inflight.next() => {
                         if let Some(at) = due {
                             deadline = deadline.min(tokio::time::Instant::now() + self.until(at));
@@ -219,6 +212,10 @@ impl Dispatcher {
                 break;
             }
         }
+        // Jobs stored for it from now on stay due; those handed over and
+        // not started are given back with the other leases below.
+        handed.close();
+        while handed.try_recv().is_ok() {}
         let running = inflight.tasks.len();
         if running > 0 {
             info!(running, grace = ?grace, "waiting for running trigger attempts");
@@ -236,6 +233,38 @@ impl Dispatcher {
             warn!(error = %e, "cannot give back leases; they expire on their own");
         }
         info!("dispatcher stopped");
+    }
+}
+
+impl Dispatcher {
+    /// Let the store lease new jobs into free `slots` as it stores them
+    /// (PostgreSQL does; see [`crate::store::handoff`]): they arrive on the
+    /// receiver, each with its slot.
+    fn offer_slots(&self, slots: &Arc<Semaphore>) -> mpsc::UnboundedReceiver<Handed> {
+        let (config, clock) = (self.config.clone(), self.clock.clone());
+        let terms: Terms = Box::new(move || (clock.now(), config.load().dispatch.lease.min(LONGEST_WAIT)));
+        let (handoff, handed) = Handoff::new(self.owner.clone(), slots.clone(), terms, self.wake.clone());
+        self.store.hand_off(handoff);
+        handed
+    }
+
+    /// Start one attempt of a leased `job` in its slot.
+    fn start(&self, inflight: &mut Inflight, job: LeasedJob, permit: OwnedSemaphorePermit) {
+        let worker = self.clone();
+        let span = info_span!(
+            "attempt",
+            delivery = %job.delivery,
+            source = %job.source,
+            rule = %job.rule,
+            target = %job.target,
+            job = %job.id,
+            attempt = job.attempt,
+        );
+        let id = job.id.clone();
+        inflight.spawn(
+            id,
+            async move { worker.attempt(job, permit).await }.instrument(span),
+        );
     }
 }
 

@@ -186,7 +186,7 @@ async fn handle(
             for e in &fresh.errors {
                 metrics::counter!("hookbridge_rule_errors_total", "rule" => e.rule.clone()).increment(1);
             }
-            if matched {
+            if matched && !app.store.wakes_on_ingest() {
                 app.wake.notify_one();
             }
             // Nothing matched because rules failed is not "nothing to do".

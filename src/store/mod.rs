@@ -63,6 +63,7 @@ use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
 mod error;
+pub mod handoff;
 pub mod model;
 mod open;
 pub mod owner;
@@ -398,6 +399,19 @@ pub trait Store: Send + Sync {
     /// daemon all make it fail. Probes at most once per [`ready::TTL`]; the
     /// error is for the log, not for callers of `/readyz`.
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Lease jobs to this process's dispatcher as they are stored, in its
+    /// free slots ([`handoff`]). The default does not.
+    fn hand_off(&self, handoff: std::sync::Arc<handoff::Handoff>) {
+        let _ = handoff;
+    }
+
+    /// True once [`Store::hand_off`] took a handoff: the store wakes that
+    /// dispatcher itself for the jobs an ingest leaves due, so the caller of
+    /// [`Store::ingest`] does not.
+    fn wakes_on_ingest(&self) -> bool {
+        false
+    }
 
     /// Wake `wake` whenever another process queues jobs, until `shutdown`.
     /// Stores without such news do nothing; the dispatcher polls anyway.

@@ -15,6 +15,7 @@ use sqlx::postgres::PgPool;
 
 use super::queue::{Tx, duplicate, notify, refresh_status};
 use super::{db, to_json};
+use crate::store::handoff::{Claim, Handoff};
 use crate::store::model::JobUpdate;
 use crate::store::*;
 
@@ -25,6 +26,10 @@ use crate::store::*;
 /// when it queued jobs and is to `announce` them, or queued dead jobs of a
 /// duplicate again (which may be any replica's to run).
 ///
+/// With a `handoff` (this process runs a dispatcher), as many of the
+/// batch's jobs as the dispatcher has free slots are written leased to it
+/// and handed over once committed (see [`crate::store::handoff`]).
+///
 /// `statement` runs the insert, `pool` the rest (see `write`). When the
 /// second transaction fails after the first committed, every call fails;
 /// a sender that tries again is answered as a duplicate of what it stored.
@@ -32,13 +37,20 @@ pub(super) async fn ingest(
     (statement, pool): (&PgPool, &PgPool),
     deliveries: &[&NewDelivery],
     announce: bool,
+    handoff: Option<&Handoff>,
 ) -> Result<Vec<Ingested>, StoreError> {
-    let stored = insert(statement, deliveries).await?;
-    let queued: usize = deliveries
-        .iter()
-        .filter(|d| stored.contains_key(&d.id))
-        .map(|d| d.jobs.len())
-        .sum();
+    let jobs: usize = deliveries.iter().map(|d| d.jobs.len()).sum();
+    let claim = handoff.map(|h| h.claim(jobs));
+    let stored = insert(statement, deliveries, claim.as_ref()).await?;
+    // Jobs stored due (not leased to this replica's dispatcher).
+    let queued = match (handoff, claim) {
+        (Some(handoff), Some(claim)) => hand_over(pool, handoff, claim, deliveries, &stored).await,
+        _ => deliveries
+            .iter()
+            .filter(|d| stored.contains_key(&d.id))
+            .map(|d| d.jobs.len())
+            .sum(),
+    };
     let mut out = Vec::with_capacity(deliveries.len());
     let mut requeued_any = false;
     if stored.len() == deliveries.len() {
@@ -62,6 +74,69 @@ pub(super) async fn ingest(
     Ok(out)
 }
 
+/// Hand the jobs `claim` leased and the batch stored to the dispatcher (see
+/// [`Handoff`]); answers how many stored jobs were left due. Jobs it can no
+/// longer take (it stopped) are given back at once, or, failing that, when
+/// their lease expires.
+async fn hand_over(
+    pool: &PgPool,
+    handoff: &Handoff,
+    claim: Claim,
+    deliveries: &[&NewDelivery],
+    stored: &HashMap<String, i64>,
+) -> usize {
+    let leased = claim.len();
+    let owner = claim.owner.clone();
+    let mut handed = Vec::with_capacity(leased);
+    let mut left_due = 0;
+    let jobs = deliveries
+        .iter()
+        .flat_map(|d| d.jobs.iter().map(move |j| (*d, j)));
+    for (i, (d, j)) in jobs.enumerate() {
+        if !stored.contains_key(&d.id) {
+            continue;
+        }
+        if i < leased {
+            handed.push(LeasedJob {
+                id: j.id.clone(),
+                delivery_id: d.id.clone(),
+                delivery: d.delivery.clone(),
+                source: d.source.clone(),
+                rule: j.rule.clone(),
+                target: j.target.clone(),
+                request: j.request.clone(),
+                attempt: 1,
+            });
+        } else {
+            left_due += 1;
+        }
+    }
+    let refused = handoff.deliver(claim, handed, left_due > 0);
+    if !refused.is_empty()
+        && let Err(e) = give_back(pool, &refused, &owner).await
+    {
+        tracing::warn!(error = %e, jobs = refused.len(), "cannot give back jobs stored for a stopped dispatcher; they run when their lease expires");
+    }
+    left_due
+}
+
+/// Jobs leased at ingest that no attempt took: due again, as if never
+/// leased, and announced.
+async fn give_back(pool: &PgPool, jobs: &[String], owner: &str) -> Result<(), StoreError> {
+    let mut tx: Tx = pool.begin().await.map_err(db)?;
+    sqlx::query(
+        "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, attempts = 0
+         WHERE id = ANY($1) AND state = 'running' AND lease_owner = $2 AND attempts = 1",
+    )
+    .bind(jobs)
+    .bind(owner)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    notify(&mut *tx).await?;
+    tx.commit().await.map_err(db)
+}
+
 /// Two optional columns of text, made fit by [`text`].
 type TextPair<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
 
@@ -80,7 +155,11 @@ pub(super) fn text(s: &str) -> Cow<'_, str> {
 /// `UNNEST` per table; answers the deliveries it stored, by id, with their
 /// `seq`. `ON CONFLICT` waits for a concurrent insert of the same
 /// (delivery, source) to finish, then leaves that delivery out.
-async fn insert(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<HashMap<String, i64>, StoreError> {
+async fn insert(
+    pool: &PgPool,
+    deliveries: &[&NewDelivery],
+    claim: Option<&Claim>,
+) -> Result<HashMap<String, i64>, StoreError> {
     let n = deliveries.len();
     let mut ids = Vec::with_capacity(n);
     let mut sources = Vec::with_capacity(n);
@@ -151,10 +230,16 @@ async fn insert(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<HashMap<St
                  AS u(id, summary, event, headers, payload)
             JOIN d ON d.id = u.id),
          j AS (
-            INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
-            SELECT u.id, u.delivery_id, u.rule, u.target, u.request, 'pending', 0, u.due, u.due, u.due
+            INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at,
+                              created_at, updated_at, lease_owner, lease_until)
+            SELECT u.id, u.delivery_id, u.rule, u.target, u.request,
+                   CASE WHEN u.n <= $20 THEN 'running' ELSE 'pending' END,
+                   CASE WHEN u.n <= $20 THEN 1 ELSE 0 END,
+                   u.due, u.due, u.due,
+                   CASE WHEN u.n <= $20 THEN $21::text END,
+                   CASE WHEN u.n <= $20 THEN $22::int8 END
             FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[])
-                 AS u(id, delivery_id, rule, target, request, due)
+                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, n)
             WHERE u.delivery_id IN (SELECT id FROM d))
          SELECT id, seq FROM d",
     )
@@ -177,6 +262,9 @@ async fn insert(pool: &PgPool, deliveries: &[&NewDelivery]) -> Result<HashMap<St
     .bind(&targets)
     .bind(&requests)
     .bind(&due)
+    .bind(claim.map_or(0, |c| i64::try_from(c.len()).unwrap_or(i64::MAX)))
+    .bind(claim.map(|c| c.owner.as_str()))
+    .bind(claim.map(|c| millis(c.until)))
     .fetch_all(pool)
     .await
     .map_err(db)?;

@@ -44,8 +44,8 @@ mod queue;
 mod schema;
 mod write;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -55,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::StoreSettings;
+use crate::store::handoff::Handoff;
 pub use connect::connect_options;
 pub use schema::{migrate, schema_version};
 
@@ -72,6 +73,8 @@ pub struct PostgresStore {
     writers: write::Writers,
     /// Set by [`Store::watch`]: this process runs a dispatcher.
     dispatching: Arc<AtomicBool>,
+    /// Set by [`Store::hand_off`]: that dispatcher takes jobs as they are stored.
+    handoff: Arc<OnceLock<Arc<Handoff>>>,
     /// How to connect: `watch` listens on a connection of its own.
     options: sqlx::postgres::PgConnectOptions,
     readiness: super::ready::Readiness,
@@ -90,9 +93,17 @@ impl PostgresStore {
             n => connect_pool(&options, n, Some(write::STATEMENT_SESSION)),
         };
         let dispatching = Arc::new(AtomicBool::new(false));
+        let handoff = Arc::new(OnceLock::new());
         Ok(PostgresStore {
-            writers: write::Writers::start(&pool, &statement, settings.pool_size, dispatching.clone()),
+            writers: write::Writers::start(
+                &pool,
+                &statement,
+                settings.pool_size,
+                dispatching.clone(),
+                handoff.clone(),
+            ),
             dispatching,
+            handoff,
             options,
             pool,
             readiness: super::ready::Readiness::new(),
@@ -229,6 +240,15 @@ impl Store for PostgresStore {
                 Ok(())
             })
             .await
+    }
+
+    /// The first dispatcher registered keeps it: a process runs one.
+    fn hand_off(&self, handoff: Arc<Handoff>) {
+        let _ = self.handoff.set(handoff);
+    }
+
+    fn wakes_on_ingest(&self) -> bool {
+        self.handoff.get().is_some()
     }
 
     fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {

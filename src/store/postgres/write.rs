@@ -11,14 +11,15 @@
 //! lost is settled by deduplication when the sender does.
 
 use std::error::Error as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use sqlx::postgres::PgPool;
 
 use super::batch::{Batcher, Limits, Pending, Weigh, first_by_key};
 use super::bulk::{self, Record};
 use super::{db, queue::Tx};
+use crate::store::handoff::Handoff;
 use crate::store::{Ingested, NewDelivery, StoreError, StoreErrorKind};
 
 /// A batch of ingests carries at most this many payload bytes (one larger
@@ -57,6 +58,9 @@ impl Writers {
     /// find what this one leaves due when they poll (each second), and
     /// after a crash when its leases expire.
     ///
+    /// Once `handoff` is set, ingests lease jobs to that dispatcher as they
+    /// store them (see [`crate::store::handoff`]).
+    ///
     /// The ingest's statement runs on `statement` (see
     /// [`STATEMENT_SESSION`]), everything else on `pool`.
     pub(super) fn start(
@@ -64,6 +68,7 @@ impl Writers {
         statement: &PgPool,
         pool_size: u32,
         dispatching: Arc<AtomicBool>,
+        handoff: Arc<OnceLock<Arc<Handoff>>>,
     ) -> Writers {
         let pools = (statement.clone(), pool.clone());
         let record_pool = pool.clone();
@@ -74,7 +79,10 @@ impl Writers {
                     weight: INGEST_BYTES,
                     flushes: ingest_flushes(pool_size),
                 },
-                move |batch| ingest(pools.clone(), batch, !dispatching.load(Ordering::Relaxed)),
+                move |batch| {
+                    let announce = !dispatching.load(Ordering::Relaxed);
+                    ingest(pools.clone(), batch, announce, handoff.get().cloned())
+                },
             ),
             record: Batcher::start(
                 Limits {
@@ -113,15 +121,22 @@ pub(super) fn statement_connections(pool_size: u32) -> u32 {
 /// server's CPU per delivery.
 pub(super) const STATEMENT_SESSION: &str = "SET plan_cache_mode = force_generic_plan";
 
-async fn ingest(pools: (PgPool, PgPool), batch: Vec<Pending<NewDelivery, Ingested>>, announce: bool) {
+async fn ingest(
+    pools: (PgPool, PgPool),
+    batch: Vec<Pending<NewDelivery, Ingested>>,
+    announce: bool,
+    handoff: Option<Arc<Handoff>>,
+) {
     let (first, repeats) = first_by_key(batch, |d| (d.source.clone(), d.delivery.clone()));
     let items: Vec<&NewDelivery> = first.iter().map(|p| &p.item).collect();
     let (statement, pool) = pools;
     let lone = statement.clone();
-    let alone =
-        async move |pool: &PgPool, item: &NewDelivery| ingest_alone((&lone, pool), item, announce).await;
+    let lone_handoff = handoff.clone();
+    let alone = async move |pool: &PgPool, item: &NewDelivery| {
+        ingest_alone((&lone, pool), item, announce, lone_handoff.as_deref()).await
+    };
     let pool = &pool;
-    match ingest_together((&statement, pool), &items, announce).await {
+    match ingest_together((&statement, pool), &items, announce, handoff.as_deref()).await {
         Ok(results) => {
             for (p, r) in first.into_iter().zip(results) {
                 p.answer(Ok(r));
@@ -143,16 +158,18 @@ async fn ingest_together(
     pools: (&PgPool, &PgPool),
     items: &[&NewDelivery],
     announce: bool,
+    handoff: Option<&Handoff>,
 ) -> Result<Vec<Ingested>, StoreError> {
-    bulk::ingest(pools, items, announce).await
+    bulk::ingest(pools, items, announce, handoff).await
 }
 
 async fn ingest_alone(
     pools: (&PgPool, &PgPool),
     item: &NewDelivery,
     announce: bool,
+    handoff: Option<&Handoff>,
 ) -> Result<Ingested, StoreError> {
-    let mut results = ingest_together(pools, &[item], announce).await?;
+    let mut results = ingest_together(pools, &[item], announce, handoff).await?;
     results
         .pop()
         .ok_or_else(|| StoreError::unavailable("an ingest came back without its answer"))

@@ -1,0 +1,243 @@
+//! Jobs leased to this process's dispatcher in the transaction that stores them.
+//!
+//! Without it, a stored job waits for the dispatcher's next lease statement:
+//! one more statement, one more commit and one more version of the job's row
+//! (and its index entries) per batch, and on PostgreSQL with several replicas
+//! those statements are most of what a third replica adds. With it, an
+//! ingest batch first claims the dispatcher's free slots ([`Handoff::claim`]),
+//! writes that many of its jobs already leased to the dispatcher, and after
+//! the commit hands each one over with its slot ([`Handoff::deliver`]): the
+//! attempt starts at once, as if the dispatcher had leased it.
+//!
+//! Only free slots are claimed, never jobs ahead of them, so a handed job
+//! never waits for a slot and cannot outlive its lease; when the dispatcher
+//! waits for a slot for a job it leased itself, released slots go to it first
+//! (the semaphore is fair) and a claim finds none. Jobs of a batch left over
+//! when the slots run out are stored due, as before, and the dispatcher is
+//! woken for them.
+//!
+//! A dispatcher that stops closes the handoff: later claims get nothing, and
+//! jobs committed leased after it closed come back from
+//! [`Handoff::deliver`], for the store to give back at once (their lease
+//! would otherwise wait to expire).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::LeasedJob;
+
+/// The dispatcher's side: when it is now, and how long a lease lasts.
+pub type Terms = Box<dyn Fn() -> (SystemTime, Duration) + Send + Sync>;
+
+/// A job handed over with the slot it runs in.
+pub struct Handed {
+    pub job: LeasedJob,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Shared by one dispatcher and the store it reads: see the module docs.
+pub struct Handoff {
+    owner: String,
+    slots: Arc<Semaphore>,
+    terms: Terms,
+    jobs: mpsc::UnboundedSender<Handed>,
+    wake: Arc<Notify>,
+}
+
+/// Slots taken for the jobs of one batch, and the lease they are written with.
+pub struct Claim {
+    permits: Vec<OwnedSemaphorePermit>,
+    /// Whose lease: the dispatcher's owner id.
+    pub owner: String,
+    pub now: SystemTime,
+    pub until: SystemTime,
+}
+
+impl Claim {
+    /// How many jobs of the batch are written leased.
+    pub fn len(&self) -> usize {
+        self.permits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.permits.is_empty()
+    }
+}
+
+impl Handoff {
+    /// The handoff of a dispatcher that runs its attempts in `slots` and
+    /// reads its handed jobs from the receiver returned with it.
+    pub fn new(
+        owner: String,
+        slots: Arc<Semaphore>,
+        terms: Terms,
+        wake: Arc<Notify>,
+    ) -> (Arc<Handoff>, mpsc::UnboundedReceiver<Handed>) {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let handoff = Handoff {
+            owner,
+            slots,
+            terms,
+            jobs,
+            wake,
+        };
+        (Arc::new(handoff), rx)
+    }
+
+    /// Take up to `jobs` of the dispatcher's free slots; none once it stopped.
+    pub fn claim(&self, jobs: usize) -> Claim {
+        let mut permits = Vec::new();
+        if !self.jobs.is_closed() {
+            while permits.len() < jobs {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (now, lease) = (self.terms)();
+        Claim {
+            permits,
+            owner: self.owner.clone(),
+            now,
+            until: now.checked_add(lease).unwrap_or(now),
+        }
+    }
+
+    /// Hand over `jobs`, committed as leased under `claim` (at most as many
+    /// as it holds; slots left over are freed), and wake the dispatcher when
+    /// `left_due` jobs were stored without a lease. Answers the ids of the
+    /// jobs the dispatcher can no longer take: it stopped.
+    pub fn deliver(&self, claim: Claim, jobs: Vec<LeasedJob>, left_due: bool) -> Vec<String> {
+        let mut refused = Vec::new();
+        for (job, permit) in jobs.into_iter().zip(claim.permits) {
+            if let Err(mpsc::error::SendError(back)) = self.jobs.send(Handed { job, permit }) {
+                refused.push(back.job.id);
+            }
+        }
+        if left_due {
+            self.wake.notify_one();
+        }
+        refused
+    }
+
+    /// A claim that takes nothing: for calls that lease no job.
+    pub fn nothing(&self) -> Claim {
+        let (now, _) = (self.terms)();
+        Claim {
+            permits: Vec::new(),
+            owner: self.owner.clone(),
+            now,
+            until: now,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> LeasedJob {
+        LeasedJob {
+            id: id.into(),
+            delivery_id: "d".into(),
+            delivery: "x".into(),
+            source: "s".into(),
+            rule: "r".into(),
+            target: "t".into(),
+            request: serde_json::from_value(
+                serde_json::json!({"api": "gitlab_pipeline", "project": "o/r", "ref": "main"}),
+            )
+            .unwrap(),
+            attempt: 1,
+        }
+    }
+
+    fn handoff(
+        slots: usize,
+    ) -> (
+        Arc<Handoff>,
+        mpsc::UnboundedReceiver<Handed>,
+        Arc<Semaphore>,
+        Arc<Notify>,
+    ) {
+        let sem = Arc::new(Semaphore::new(slots));
+        let wake = Arc::new(Notify::new());
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let (h, rx) = Handoff::new(
+            "me".into(),
+            sem.clone(),
+            Box::new(move || (at, Duration::from_secs(30))),
+            wake.clone(),
+        );
+        (h, rx, sem, wake)
+    }
+
+    /// A claim takes free slots only, and what it does not hand over is freed.
+    #[tokio::test]
+    async fn a_claim_takes_only_free_slots_and_gives_back_what_it_does_not_use() {
+        let (h, mut rx, sem, _) = handoff(3);
+        let busy = sem.clone().try_acquire_owned().unwrap();
+        let claim = h.claim(5);
+        assert_eq!(claim.len(), 2);
+        assert_eq!(claim.owner, "me");
+        assert_eq!(
+            claim.until.duration_since(claim.now).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(sem.available_permits(), 0);
+        assert!(h.claim(1).is_empty());
+        // One of the two claimed jobs was a duplicate: its slot comes back.
+        assert!(h.deliver(claim, vec![job("a")], false).is_empty());
+        assert_eq!(sem.available_permits(), 1);
+        let handed = rx.recv().await.unwrap();
+        assert_eq!(handed.job.id, "a");
+        drop(handed);
+        drop(busy);
+        assert_eq!(sem.available_permits(), 3);
+    }
+
+    /// A dispatcher waiting for a slot gets released ones before any claim.
+    #[tokio::test]
+    async fn a_waiting_dispatcher_is_served_before_a_claim() {
+        let (h, _rx, sem, _) = handoff(1);
+        let held = sem.clone().try_acquire_owned().unwrap();
+        let waiter = tokio::spawn({
+            let sem = sem.clone();
+            async move { sem.acquire_owned().await.unwrap() }
+        });
+        // The current-thread runtime runs the waiter up to its wait here.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished());
+        drop(held);
+        assert!(
+            h.claim(1).is_empty(),
+            "a claim took the slot the dispatcher waits for"
+        );
+        let _slot = waiter.await.unwrap();
+        assert!(h.claim(1).is_empty());
+    }
+
+    /// After the dispatcher stopped, nothing is claimed, and jobs committed
+    /// under an earlier claim come back to be given back; a left-over due
+    /// job wakes the dispatcher.
+    #[tokio::test]
+    async fn a_stopped_dispatcher_claims_nothing_and_refuses_what_comes_late() {
+        let (h, rx, sem, wake) = handoff(2);
+        let claim = h.claim(2);
+        assert_eq!(claim.len(), 2);
+        drop(rx);
+        assert!(h.claim(1).is_empty());
+        let refused = h.deliver(claim, vec![job("a"), job("b")], true);
+        assert_eq!(refused, ["a", "b"]);
+        assert_eq!(sem.available_permits(), 2);
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .unwrap();
+    }
+}
