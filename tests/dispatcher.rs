@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use hookbridge::config::{LoadMode, Secret};
 use hookbridge::dispatch::{Clock, Dispatcher, TokioClock};
+use hookbridge::store::handoff::Handoff;
 use hookbridge::store::sqlite::SqliteStore;
 use hookbridge::store::*;
 use hookbridge::target::client::{SendError, Transport};
@@ -162,8 +163,11 @@ async fn held<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) ->
         .unwrap()
 }
 
-/// The store with every call [`held`].
-struct Paused(Arc<dyn Store>);
+/// The store with every call [`held`]. A racing one takes the dispatcher's
+/// handoff and, at each lease, claims the free slots for the first of the
+/// jobs it leased and hands those over (as an ingest running beside the
+/// lease statement does on PostgreSQL), answering only the rest.
+struct Paused(Arc<dyn Store>, Option<Mutex<Option<Arc<Handoff>>>>);
 
 #[async_trait::async_trait]
 impl Store for Paused {
@@ -180,7 +184,21 @@ impl Store for Paused {
         now: SystemTime,
     ) -> Result<Vec<LeasedJob>, StoreError> {
         let (s, owner) = (self.0.clone(), owner.to_owned());
-        held(async move { s.lease_due(&owner, limit, lease, now).await }).await
+        let mut jobs = held(async move { s.lease_due(&owner, limit, lease, now).await }).await?;
+        let handoff = self.1.as_ref().and_then(|h| h.lock().unwrap().clone());
+        if let Some(handoff) = handoff {
+            let claim = handoff.claim(jobs.len());
+            let rest = jobs.split_off(claim.len());
+            assert!(handoff.deliver(claim, jobs, false).is_empty());
+            jobs = rest;
+        }
+        Ok(jobs)
+    }
+
+    fn hand_off(&self, handoff: Arc<Handoff>) {
+        if let Some(slot) = &self.1 {
+            *slot.lock().unwrap() = Some(handoff);
+        }
     }
 
     async fn record_attempt(
@@ -280,10 +298,20 @@ fn at(ms: u64) -> i64 {
 
 impl Harness {
     async fn new() -> Harness {
+        Harness::with(false).await
+    }
+
+    /// A harness whose store hands jobs over as it leases them (see [`Paused`]).
+    async fn racing() -> Harness {
+        Harness::with(true).await
+    }
+
+    async fn with(racing: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteStore::open_exclusive(&dir.path().join("hb.db")).unwrap();
+        let handoff = racing.then(|| Mutex::new(None));
         Harness {
-            store: Arc::new(Paused(Arc::new(sqlite))),
+            store: Arc::new(Paused(Arc::new(sqlite), handoff)),
             _dir: dir,
             start: Instant::now(),
             clock: TokioClock::starting_at(UNIX_EPOCH + Duration::from_secs(T0)),
@@ -625,4 +653,29 @@ async fn lease_size_leases_ahead_only_when_the_lease_allows() {
         assert_eq!(ci.calls().len(), 5);
         running.stop().await;
     }
+}
+
+/// Slots an ingest claimed while the dispatcher ran its lease statement
+/// hold jobs handed over to it: the dispatcher starts those while it waits
+/// for a slot for the jobs it leased itself, instead of waiting for slots
+/// only it can free. Every job runs once, no more than `concurrency` at a
+/// time, and the handed ones first.
+#[tokio::test(start_paused = true)]
+async fn jobs_handed_over_during_a_lease_run_while_the_leased_ones_wait_for_slots() {
+    let h = Harness::racing().await;
+    let ids = h.queue(&["r1", "r2", "r3", "r4", "r5"]).await;
+    let ci = FakeCi::new(&h, (0..5).map(|_| Answer::Stall(Duration::from_secs(3))));
+    let running = h.spawn(h.dispatcher(&short_lease(), ci.clone(), 1.0));
+    for id in &ids {
+        h.job_when(id, "done", Duration::from_secs(30)).await;
+    }
+    // Two slots: the two handed jobs at once, then the leased ones in turn.
+    assert_eq!(ci.calls(), [0, 0, 3_000, 3_000, 6_000]);
+    for id in &ids {
+        let job = h.job(id).await;
+        assert_eq!((job.attempts, outcomes(&job)), (1, vec!["done"]), "{job:#?}");
+    }
+    h.quiet_for(Duration::from_secs(600)).await;
+    assert_eq!(ci.calls().len(), 5);
+    running.stop().await;
 }

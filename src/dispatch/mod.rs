@@ -164,13 +164,16 @@ impl Dispatcher {
                     let full = jobs.len() == want;
                     for job in jobs {
                         // Jobs not started by shutdown are given back by `release` below.
-                        let permit = tokio::select! {
-                            p = slots.clone().acquire_owned() => match p {
-                                Ok(p) => p,
-                                Err(_) => break,
-                            },
-                            _ = shutdown.cancelled() => break,
+                        // An ingest may have claimed the slots freed meanwhile: start
+                        // what it hands over (it holds them) while waiting for one.
+                        let permit = loop {
+                            tokio::select! {
+                                p = slots.clone().acquire_owned() => break p.ok(),
+                                Some(h) = handed.recv() => self.start(&mut inflight, h.job, h.permit),
+                                _ = shutdown.cancelled() => break None,
+                            }
                         };
+                        let Some(permit) = permit else { break };
                         self.start(&mut inflight, job, permit);
                     }
                     if full {
