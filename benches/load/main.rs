@@ -419,6 +419,7 @@ async fn measure(setup: &mut Setup, n: usize, s: &Scenario, payloads: &Payloads,
     let mut row = Row::new(target, s.name, &tally, cpu, peak_kib);
     row.pg_cpu_us_per_delivery = pg_cpu.map(|c| report::per_delivery(c, tally.ok));
     row.drain = drain;
+    row.untriggered = setup.untriggered();
     if target != Target::Ceiling {
         row.triggers_per_sec = Some(triggers as f64 / tally.elapsed.as_secs_f64());
     }

@@ -161,6 +161,11 @@ impl Setup {
         drained.elapsed()
     }
 
+    /// Stored acks so far without a trigger at the stand-in.
+    pub(crate) fn untriggered(&self) -> u64 {
+        self.stored_acks.saturating_sub(self.triggers())
+    }
+
     /// Count what the store holds, then stop the processes (SIGTERM).
     pub(crate) async fn finish(self) -> Durability {
         let stored = self.stored_deliveries().await.unwrap_or(0);
@@ -200,6 +205,9 @@ impl Durability {
         );
         if self.stored != self.stored_acks {
             out.push_str("\nWARNING: stored deliveries differ from acknowledged ones");
+        }
+        if self.triggers != self.stored_acks {
+            out.push_str("\nWARNING: triggers received differ from stored acks (each is triggered once)");
         }
         out
     }
