@@ -1036,6 +1036,58 @@ async fn postgres_leases_new_jobs_into_its_dispatchers_free_slots_as_it_stores_t
     assert_eq!(due[0].delivery, "h-2");
 }
 
+/// A dispatcher that stops between an ingest's claim and its commit cannot
+/// take the jobs written leased to it: they are given back at once, due for
+/// any replica and announced, with no attempt counted (they were never
+/// sent), instead of waiting for their lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gives_back_at_once_what_a_stopped_dispatcher_was_handed() {
+    use hookbridge::store::handoff::{Handed, Handoff};
+    use sqlx::postgres::PgListener;
+    use std::sync::Mutex;
+
+    let h = postgres().await;
+    let s = &h.store;
+    let url = h._postgres.as_ref().unwrap().url.clone();
+    let mut listener = PgListener::connect(&url).await.unwrap();
+    listener.listen("hookbridge_jobs").await.unwrap();
+    // The dispatcher stops right after the claim: its terms drop the receiver.
+    let receiver: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Handed>>>> =
+        Arc::new(Mutex::new(None));
+    let stops = receiver.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
+    let (handoff, rx) = Handoff::new(
+        "me".into(),
+        slots.clone(),
+        Box::new(move || {
+            stops.lock().unwrap().take();
+            (SystemTime::now(), LEASE)
+        }),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    *receiver.lock().unwrap() = Some(rx);
+    s.hand_off(handoff);
+
+    s.ingest(delivery("github", "g-1", 2, SystemTime::now()))
+        .await
+        .unwrap();
+    assert_eq!(slots.available_permits(), 4);
+    let announced = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(announced.payload(), "");
+    let due = s.lease_due("other", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(due.len(), 2, "both jobs are due for anyone");
+    assert!(due.iter().all(|j| j.attempt == 1), "{due:?}");
+    let detail = s.get(&key("g-1")).await.unwrap();
+    assert!(
+        detail.jobs.iter().all(|j| j.history.is_empty()),
+        "{:?}",
+        detail.jobs
+    );
+}
+
 /// `pool_size = 1` is accepted, so it must work: the `LISTEN` of a
 /// watching store holds a connection of its own, not the pool's only one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -39,6 +40,10 @@ pub(super) struct Limits {
     pub weight: usize,
     /// Batches being written at once (connections taken from the pool).
     pub flushes: usize,
+    /// How long a batch waits for more calls after its first, once a slot
+    /// is free: zero for calls someone waits on, a few milliseconds where
+    /// fewer, larger commits matter more than the wait.
+    pub linger: Duration,
 }
 
 /// The size of a call for [`Limits::weight`] (payload bytes for an ingest).
@@ -104,8 +109,16 @@ where
         };
         let mut weight = first.item.weight();
         let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + limits.linger;
         while batch.len() < limits.calls.max(1) {
-            let Ok(next) = rx.try_recv() else { break };
+            let next = match rx.try_recv() {
+                Ok(next) => next,
+                Err(_) if limits.linger.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(next)) => next,
+                    _ => break,
+                },
+            };
             weight = weight.saturating_add(next.item.weight());
             if weight > limits.weight {
                 carry = Some(next);
@@ -187,6 +200,7 @@ mod tests {
             calls: 4,
             weight: 100,
             flushes: 1,
+            linger: Duration::ZERO,
         };
         let batcher = Arc::new(Batcher::start(
             limits,
@@ -218,6 +232,46 @@ mod tests {
         assert_eq!(batches, vec![vec![1], vec![2, 3, 4, 5], vec![6, 90], vec![20]]);
     }
 
+    /// With a linger, calls that arrive within it after the first join its
+    /// batch even when a slot was free; a later one starts the next.
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_waits_for_calls_that_follow_the_first() {
+        let batches = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
+        let seen = batches.clone();
+        let limits = Limits {
+            calls: 3,
+            weight: usize::MAX,
+            flushes: 1,
+            linger: Duration::from_millis(5),
+        };
+        let batcher = Arc::new(Batcher::start(
+            limits,
+            move |batch: Vec<Pending<usize, usize>>| {
+                seen.lock().unwrap().push(batch.iter().map(|p| p.item).collect());
+                async move {
+                    for p in batch {
+                        let n = p.item;
+                        p.answer(Ok(n));
+                    }
+                }
+            },
+        ));
+        let submit_at = |n: usize, ms: u64| {
+            let b = batcher.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                b.submit(n).await
+            })
+        };
+        let calls = [(1, 0), (2, 2), (3, 4), (4, 6), (5, 7), (6, 20)].map(|(n, ms)| submit_at(n, ms));
+        for (call, n) in calls.into_iter().zip(1..) {
+            assert_eq!(call.await.unwrap().unwrap(), n);
+        }
+        let batches = batches.lock().unwrap().clone();
+        // 1 waits 5 ms and takes 2 and 3 (full); 4 waits and takes 5; 6 is alone.
+        assert_eq!(batches, vec![vec![1, 2, 3], vec![4, 5], vec![6]]);
+    }
+
     /// A flush that panics answers its calls "unavailable"; later calls still work.
     #[tokio::test]
     async fn a_panicking_flush_fails_its_calls_not_the_batcher() {
@@ -225,6 +279,7 @@ mod tests {
             calls: 8,
             weight: usize::MAX,
             flushes: 2,
+            linger: Duration::ZERO,
         };
         let batcher = Batcher::start(limits, |batch: Vec<Pending<usize, usize>>| async move {
             for p in batch {

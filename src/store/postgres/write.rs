@@ -13,6 +13,7 @@
 use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sqlx::postgres::PgPool;
 
@@ -27,6 +28,12 @@ use crate::store::{Ingested, NewDelivery, StoreError, StoreErrorKind};
 const INGEST_BYTES: usize = 8 << 20;
 /// Calls per batch.
 const CALLS: usize = 256;
+/// How long a record batch waits for more attempts after its first. Nobody
+/// waits on a record but the job's lease (the attempt's slot is free once
+/// the CI answered), and jobs handed over at ingest finish a few at a time,
+/// not in lease-sized groups: without a wait, each record batch held about
+/// two attempts at three statements and a commit each.
+const RECORD_LINGER: Duration = Duration::from_millis(5);
 
 impl Weigh for NewDelivery {
     fn weight(&self) -> usize {
@@ -78,6 +85,7 @@ impl Writers {
                     calls: CALLS,
                     weight: INGEST_BYTES,
                     flushes: ingest_flushes(pool_size),
+                    linger: Duration::ZERO,
                 },
                 move |batch| {
                     let announce = !dispatching.load(Ordering::Relaxed);
@@ -89,6 +97,7 @@ impl Writers {
                     calls: CALLS,
                     weight: usize::MAX,
                     flushes: 1,
+                    linger: RECORD_LINGER,
                 },
                 move |batch| record(record_pool.clone(), batch),
             ),
