@@ -2,7 +2,10 @@
 //!
 //! Workers are tasks bounded by `[dispatch] concurrency`. New jobs wake the
 //! loop at once; otherwise it sleeps until the next job falls due (or a short
-//! poll interval, to notice jobs queued by other processes). Each attempt's
+//! poll interval, to notice jobs queued by other processes). A store that
+//! leases new jobs into free slots as it stores them (PostgreSQL:
+//! `store::handoff`) hands them over with their slots, and the loop starts
+//! them wherever it waits. Each attempt's
 //! outcome is one `match` on `target::Outcome`: created and CI-skipped jobs
 //! finish, retryable ones are rescheduled with exponential backoff and jitter
 //! (or the server's longer `Retry-After`, up to `max_backoff`: `retry`),
