@@ -163,11 +163,19 @@ async fn held<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) ->
         .unwrap()
 }
 
-/// The store with every call [`held`]. A racing one takes the dispatcher's
-/// handoff and, at each lease, claims the free slots for the first of the
-/// jobs it leased and hands those over (as an ingest running beside the
-/// lease statement does on PostgreSQL), answering only the rest.
-struct Paused(Arc<dyn Store>, Option<Mutex<Option<Arc<Handoff>>>>);
+/// The store with every call [`held`], and optionally [`Racing`].
+struct Paused(Arc<dyn Store>, Option<Arc<Racing>>);
+
+/// An ingest beside the dispatcher, as PostgreSQL's (`store::handoff`): it
+/// takes the dispatcher's handoff; when the dispatcher next asks when work is
+/// due, it claims every free slot, and 1.5 s later stores `delivery`, leases
+/// its jobs to the dispatcher and hands them over. Meanwhile the dispatcher
+/// has no free slot and nothing running.
+#[derive(Default)]
+struct Racing {
+    handoff: Mutex<Option<Arc<Handoff>>>,
+    delivery: Mutex<Option<NewDelivery>>,
+}
 
 #[async_trait::async_trait]
 impl Store for Paused {
@@ -184,20 +192,12 @@ impl Store for Paused {
         now: SystemTime,
     ) -> Result<Vec<LeasedJob>, StoreError> {
         let (s, owner) = (self.0.clone(), owner.to_owned());
-        let mut jobs = held(async move { s.lease_due(&owner, limit, lease, now).await }).await?;
-        let handoff = self.1.as_ref().and_then(|h| h.lock().unwrap().clone());
-        if let Some(handoff) = handoff {
-            let claim = handoff.claim(jobs.len());
-            let rest = jobs.split_off(claim.len());
-            assert!(handoff.deliver(claim, jobs, false).is_empty());
-            jobs = rest;
-        }
-        Ok(jobs)
+        held(async move { s.lease_due(&owner, limit, lease, now).await }).await
     }
 
     fn hand_off(&self, handoff: Arc<Handoff>) {
-        if let Some(slot) = &self.1 {
-            *slot.lock().unwrap() = Some(handoff);
+        if let Some(racing) = &self.1 {
+            *racing.handoff.lock().unwrap() = Some(handoff);
         }
     }
 
@@ -219,6 +219,31 @@ impl Store for Paused {
     }
 
     async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
+        if let Some(racing) = &self.1
+            && let Some(handoff) = racing.handoff.lock().unwrap().clone()
+        {
+            let claim = handoff.claim(usize::MAX);
+            let delivery = (!claim.is_empty())
+                .then(|| racing.delivery.lock().unwrap().take())
+                .flatten();
+            if let Some(mut delivery) = delivery {
+                let store = self.0.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    let now = claim.now + Duration::from_millis(1_500);
+                    delivery.received_at = now;
+                    let (s, d) = (store.clone(), delivery);
+                    held(async move { s.ingest(d).await }).await.unwrap();
+                    let owner = claim.owner.clone();
+                    let (s, n) = (store, claim.len());
+                    let jobs =
+                        held(async move { s.lease_due(&owner, n, Duration::from_secs(30), now).await })
+                            .await
+                            .unwrap();
+                    assert!(handoff.deliver(claim, jobs, false).is_empty());
+                });
+            }
+        }
         let s = self.0.clone();
         held(async move { s.next_due().await }).await
     }
@@ -278,6 +303,7 @@ impl Store for Paused {
 /// A temp-file store, the clocks, and the delivery the tests queue.
 struct Harness {
     store: Arc<dyn Store>,
+    racing: Option<Arc<Racing>>,
     _dir: tempfile::TempDir,
     start: Instant,
     clock: TokioClock,
@@ -306,23 +332,39 @@ impl Harness {
         Harness::with(true).await
     }
 
+    /// The racing store's delivery `id`, with `rules.len()` jobs, to be
+    /// handed over (see [`Racing`]); its job ids.
+    fn race_with(&self, id: &str, rules: &[&str]) -> Vec<String> {
+        let (delivery, ids) = self.delivery(id, rules);
+        *self.racing.as_ref().unwrap().delivery.lock().unwrap() = Some(delivery);
+        ids
+    }
+
     async fn with(racing: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteStore::open_exclusive(&dir.path().join("hb.db")).unwrap();
-        let handoff = racing.then(|| Mutex::new(None));
+        let racing = racing.then(|| Arc::new(Racing::default()));
         Harness {
-            store: Arc::new(Paused(Arc::new(sqlite), handoff)),
+            store: Arc::new(Paused(Arc::new(sqlite), racing.clone())),
+            racing,
             _dir: dir,
             start: Instant::now(),
             clock: TokioClock::starting_at(UNIX_EPOCH + Duration::from_secs(T0)),
         }
     }
 
-    /// Store one delivery with `rules.len()` jobs, received now; their ids.
+    /// Store delivery `d-1` with `rules.len()` jobs, received now; their ids.
     async fn queue(&self, rules: &[&str]) -> Vec<String> {
+        let (delivery, ids) = self.delivery("d-1", rules);
+        assert_eq!(self.store.ingest(delivery).await.unwrap(), Ingested::Stored);
+        ids
+    }
+
+    /// Delivery `id` with `rules.len()` jobs, received now, and its job ids.
+    fn delivery(&self, id: &str, rules: &[&str]) -> (NewDelivery, Vec<String>) {
         let event = serde_json::from_value(serde_json::json!({
             "source": "github", "provider": "github", "name": "push", "kind": "push",
-            "delivery": "d-1", "repository": "acme/app", "ref": "refs/heads/main",
+            "delivery": id, "repository": "acme/app", "ref": "refs/heads/main",
             "branch": "main", "created": false, "deleted": false, "forced": false, "changes": []
         }))
         .unwrap();
@@ -338,16 +380,17 @@ impl Harness {
                 .unwrap(),
             })
             .collect();
+        let ids = jobs.iter().map(|j| j.id.clone()).collect();
         let delivery = NewDelivery {
             id: ulid::Ulid::generate().to_string(),
             source: "github".into(),
-            delivery: "d-1".into(),
+            delivery: id.into(),
             received_at: self.clock.now(),
             event,
             headers: Default::default(),
             payload: br#"{}"#.to_vec().into(),
             summary: Summary {
-                delivery: "d-1".into(),
+                delivery: id.into(),
                 source: "github".into(),
                 event: "push".into(),
                 duplicate: false,
@@ -364,8 +407,7 @@ impl Harness {
             },
             jobs: jobs.clone(),
         };
-        assert_eq!(self.store.ingest(delivery).await.unwrap(), Ingested::Stored);
-        jobs.into_iter().map(|j| j.id).collect()
+        (delivery, ids)
     }
 
     /// A dispatcher with `config`, calling `ci`, on the paused clock, whose
@@ -655,27 +697,29 @@ async fn lease_size_leases_ahead_only_when_the_lease_allows() {
     }
 }
 
-/// Slots an ingest claimed while the dispatcher ran its lease statement
-/// hold jobs handed over to it: the dispatcher starts those while it waits
-/// for a slot for the jobs it leased itself, instead of waiting for slots
-/// only it can free. Every job runs once, no more than `concurrency` at a
-/// time, and the handed ones first.
+/// An ingest claims the dispatcher's only slot while it waits for work and
+/// hands its job over 1.5 s later. Meanwhile the dispatcher has no free slot
+/// and nothing running: it waits for the job or a slot (it used to spin
+/// there, holding a worker thread, so the job never came), and starts the
+/// job the moment it arrives, once.
 #[tokio::test(start_paused = true)]
-async fn jobs_handed_over_during_a_lease_run_while_the_leased_ones_wait_for_slots() {
+async fn a_job_handed_over_while_every_slot_is_claimed_starts_when_it_arrives() {
     let h = Harness::racing().await;
-    let ids = h.queue(&["r1", "r2", "r3", "r4", "r5"]).await;
-    let ci = FakeCi::new(&h, (0..5).map(|_| Answer::Stall(Duration::from_secs(3))));
-    let running = h.spawn(h.dispatcher(&short_lease(), ci.clone(), 1.0));
-    for id in &ids {
-        h.job_when(id, "done", Duration::from_secs(30)).await;
-    }
-    // Two slots: the two handed jobs at once, then the leased ones in turn.
-    assert_eq!(ci.calls(), [0, 0, 3_000, 3_000, 6_000]);
-    for id in &ids {
-        let job = h.job(id).await;
-        assert_eq!((job.attempts, outcomes(&job)), (1, vec!["done"]), "{job:#?}");
-    }
-    h.quiet_for(Duration::from_secs(600)).await;
-    assert_eq!(ci.calls().len(), 5);
+    let ids = h.race_with("d-2", &["r1"]);
+    let ci = FakeCi::new(&h, [Answer::Status(201, vec![])]);
+    let config = CONFIG.replace("concurrency = 2", "concurrency = 1");
+    let running = h.spawn(h.dispatcher(&config, ci.clone(), 1.0));
+    ci.wait_calls(1, Duration::from_secs(5)).await;
+    assert_eq!(ci.calls(), [1_500]);
+    let key = DeliveryKey {
+        id: "d-2".into(),
+        source: Some("github".into()),
+    };
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(h.store.next_due().await.unwrap(), None);
+    assert_eq!(ci.calls().len(), 1);
+    let detail = h.store.get(&key).await.unwrap();
+    let job = detail.jobs.into_iter().find(|j| j.id == ids[0]).unwrap();
+    assert_eq!((job.attempts, outcomes(&job)), (1, vec!["done"]), "{job:#?}");
     running.stop().await;
 }

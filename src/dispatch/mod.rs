@@ -126,10 +126,15 @@ impl Dispatcher {
     }
 
     /// Run until `shutdown`, then let attempts finish within `grace`.
+    ///
+    /// Jobs a store hands over (see [`crate::store::handoff`]) are started
+    /// wherever the loop waits. While it leases, it holds the handoff and
+    /// reserves its free slots first, so each job it leases has a slot at
+    /// once, or (leased ahead) the next one to free up.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
         let concurrency = self.config.load().dispatch.concurrency;
         let slots = Arc::new(Semaphore::new(concurrency));
-        let mut handed = self.offer_slots(&slots);
+        let (handoff, mut handed) = self.offer_slots(&slots);
         let mut inflight = Inflight::default();
         let mut store_backoff = Duration::from_millis(100);
         info!(owner = %self.owner, concurrency, "dispatcher started");
@@ -141,11 +146,16 @@ impl Dispatcher {
             while let Ok(h) = handed.try_recv() {
                 self.start(&mut inflight, h.job, h.permit);
             }
-            let free = slots.available_permits();
-            if free == 0 {
+            let hold = handoff.hold();
+            let mut reserved = reserve(&slots);
+            if reserved.is_empty() {
+                // Every slot is busy (or claimed by an ingest whose jobs are on
+                // their way): wait for one to free up or for those jobs.
+                drop(hold);
                 tokio::select! {
-                    _ = inflight.next() => {}
+                    Some(_) = inflight.next() => {}
                     Some(h) = handed.recv() => self.start(&mut inflight, h.job, h.permit),
+                    p = slots.clone().acquire_owned() => drop(p),
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
@@ -154,46 +164,56 @@ impl Dispatcher {
                 let config = self.config.load();
                 (
                     config.dispatch.lease.min(LONGEST_WAIT),
-                    lease_size(&config, free, concurrency),
+                    lease_size(&config, reserved.len(), concurrency),
                 )
             };
-            match self
-                .store
-                .lease_due(&self.owner, want, lease, self.clock.now())
-                .await
-            {
+            let leasing = self.store.lease_due(&self.owner, want, lease, self.clock.now());
+            match self.handing(leasing, &mut handed, &mut inflight).await {
                 Ok(jobs) => {
                     store_backoff = Duration::from_millis(100);
                     let full = jobs.len() == want;
                     for job in jobs {
                         // Jobs not started by shutdown are given back by `release` below.
-                        // An ingest may have claimed the slots freed meanwhile: start
-                        // what it hands over (it holds them) while waiting for one.
-                        let permit = loop {
-                            tokio::select! {
-                                p = slots.clone().acquire_owned() => break p.ok(),
-                                Some(h) = handed.recv() => self.start(&mut inflight, h.job, h.permit),
-                                _ = shutdown.cancelled() => break None,
+                        let permit = match reserved.pop() {
+                            Some(p) => Some(p),
+                            None => {
+                                let next = async {
+                                    tokio::select! {
+                                        p = slots.clone().acquire_owned() => p.ok(),
+                                        _ = shutdown.cancelled() => None,
+                                    }
+                                };
+                                self.handing(next, &mut handed, &mut inflight).await
                             }
                         };
                         let Some(permit) = permit else { break };
                         self.start(&mut inflight, job, permit);
                     }
+                    drop((reserved, hold));
                     if full {
                         continue;
                     }
                 }
                 Err(e) => {
+                    drop((reserved, hold));
                     warn!(error = %e, retry_in = ?store_backoff, "cannot lease jobs");
-                    tokio::select! {
-                        _ = tokio::time::sleep(store_backoff) => {}
-                        _ = shutdown.cancelled() => break,
+                    let pause = async {
+                        tokio::select! {
+                            _ = tokio::time::sleep(store_backoff) => false,
+                            _ = shutdown.cancelled() => true,
+                        }
+                    };
+                    if self.handing(pause, &mut handed, &mut inflight).await {
+                        break;
                     }
                     store_backoff = (store_backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
             }
-            let wait = match self.store.next_due().await {
+            let wait = match self
+                .handing(self.store.next_due(), &mut handed, &mut inflight)
+                .await
+            {
                 Ok(Some(t)) => self.until(t),
                 _ => POLL_INTERVAL,
             };
@@ -246,12 +266,30 @@ impl Dispatcher {
     /// Let the store lease new jobs into free `slots` as it stores them
     /// (PostgreSQL does; see [`crate::store::handoff`]): they arrive on the
     /// receiver, each with its slot.
-    fn offer_slots(&self, slots: &Arc<Semaphore>) -> mpsc::UnboundedReceiver<Handed> {
+    fn offer_slots(&self, slots: &Arc<Semaphore>) -> (Arc<Handoff>, mpsc::UnboundedReceiver<Handed>) {
         let (config, clock) = (self.config.clone(), self.clock.clone());
         let terms: Terms = Box::new(move || (clock.now(), config.load().dispatch.lease.min(LONGEST_WAIT)));
         let (handoff, handed) = Handoff::new(self.owner.clone(), slots.clone(), terms, self.wake.clone());
-        self.store.hand_off(handoff);
-        handed
+        self.store.hand_off(handoff.clone());
+        (handoff, handed)
+    }
+
+    /// Await `work`, starting what is handed over meanwhile: a handed job
+    /// holds its lease and its slot, and must not wait behind a slow store.
+    async fn handing<T>(
+        &self,
+        work: impl Future<Output = T>,
+        handed: &mut mpsc::UnboundedReceiver<Handed>,
+        inflight: &mut Inflight,
+    ) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                Some(h) = handed.recv() => self.start(inflight, h.job, h.permit),
+            }
+        }
     }
 
     /// Start one attempt of a leased `job` in its slot.
@@ -272,6 +310,15 @@ impl Dispatcher {
             async move { worker.attempt(job, permit).await }.instrument(span),
         );
     }
+}
+
+/// Every slot free now, taken at once.
+fn reserve(slots: &Arc<Semaphore>) -> Vec<OwnedSemaphorePermit> {
+    let mut taken = Vec::with_capacity(slots.available_permits());
+    while let Ok(p) = slots.clone().try_acquire_owned() {
+        taken.push(p);
+    }
+    taken
 }
 
 /// Running attempts, with the job each task runs: a task that ends in a panic

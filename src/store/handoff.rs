@@ -10,11 +10,12 @@
 //! attempt starts at once, as if the dispatcher had leased it.
 //!
 //! Only free slots are claimed, never jobs ahead of them, so a handed job
-//! never waits for a slot and cannot outlive its lease; when the dispatcher
-//! waits for a slot for a job it leased itself, released slots go to it first
-//! (the semaphore is fair) and a claim finds none. Jobs of a batch left over
-//! when the slots run out are stored due, as before, and the dispatcher is
-//! woken for them.
+//! never waits for a slot and cannot outlive its lease. Nor may a claim
+//! delay the jobs the dispatcher leases itself: from before it counts its
+//! free slots for a lease until each leased job has a slot, it holds the
+//! handoff ([`Handoff::hold`]) and no ingest claims. Jobs of a batch left
+//! over when the slots run out (or while the handoff is held) are stored
+//! due, as before, and the dispatcher is woken for them.
 //!
 //! A dispatcher that stops closes the handoff: later claims get nothing, and
 //! jobs committed leased after it closed come back from
@@ -22,6 +23,7 @@
 //! would otherwise wait to expire).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -44,6 +46,18 @@ pub struct Handoff {
     terms: Terms,
     jobs: mpsc::UnboundedSender<Handed>,
     wake: Arc<Notify>,
+    /// Set while the dispatcher leases jobs itself and gives them slots
+    /// ([`Handoff::hold`]): no claim then.
+    held: AtomicBool,
+}
+
+/// While alive, no ingest claims a slot: see [`Handoff::hold`].
+pub struct Hold<'a>(&'a AtomicBool);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Slots taken for the jobs of one batch, and the lease they are written with.
@@ -82,14 +96,26 @@ impl Handoff {
             terms,
             jobs,
             wake,
+            held: AtomicBool::new(false),
         };
         (Arc::new(handoff), rx)
     }
 
-    /// Take up to `jobs` of the dispatcher's free slots; none once it stopped.
+    /// Keep ingests from claiming slots until the guard drops. The
+    /// dispatcher holds it from before it counts its free slots for a lease
+    /// until every job it leased has a slot: a slot an ingest took meanwhile
+    /// would leave a leased job waiting for a whole attempt, which its lease
+    /// was not sized for.
+    pub fn hold(&self) -> Hold<'_> {
+        self.held.store(true, Ordering::SeqCst);
+        Hold(&self.held)
+    }
+
+    /// Take up to `jobs` of the dispatcher's free slots; none once it
+    /// stopped, or while it holds them ([`Handoff::hold`]).
     pub fn claim(&self, jobs: usize) -> Claim {
         let mut permits = Vec::new();
-        if !self.jobs.is_closed() {
+        if !self.jobs.is_closed() && !self.held.load(Ordering::SeqCst) {
             while permits.len() < jobs {
                 match self.slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
@@ -221,6 +247,17 @@ mod tests {
         );
         let _slot = waiter.await.unwrap();
         assert!(h.claim(1).is_empty());
+    }
+
+    /// While the dispatcher holds its slots, nothing is claimed.
+    #[tokio::test]
+    async fn a_held_handoff_claims_nothing_until_the_hold_ends() {
+        let (h, _rx, sem, _) = handoff(2);
+        let hold = h.hold();
+        assert!(h.claim(2).is_empty());
+        assert_eq!(sem.available_permits(), 2);
+        drop(hold);
+        assert_eq!(h.claim(2).len(), 2);
     }
 
     /// After the dispatcher stopped, nothing is claimed, and jobs committed

@@ -41,7 +41,19 @@ pub(super) async fn ingest(
 ) -> Result<Vec<Ingested>, StoreError> {
     let jobs: usize = deliveries.iter().map(|d| d.jobs.len()).sum();
     let claim = handoff.map(|h| h.claim(jobs));
-    let stored = insert(statement, deliveries, claim.as_ref()).await?;
+    let stored = match insert(statement, deliveries, claim.as_ref()).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            if let Some(claim) = claim.filter(|c| !c.is_empty()) {
+                // The statement may have committed with only its answer
+                // lost: jobs leased to a dispatcher that never gets them.
+                let leased = deliveries.iter().flat_map(|d| &d.jobs).take(claim.len());
+                let ids = leased.map(|j| j.id.clone()).collect();
+                tokio::spawn(give_back_soon(pool.clone(), ids, claim.owner.clone()));
+            }
+            return Err(e);
+        }
+    };
     // Jobs stored due (not leased to this replica's dispatcher).
     let queued = match (handoff, claim) {
         (Some(handoff), Some(claim)) => hand_over(pool, handoff, claim, deliveries, &stored).await,
@@ -121,10 +133,11 @@ async fn hand_over(
 }
 
 /// Jobs leased at ingest that no attempt took: due again, as if never
-/// leased, and announced.
+/// leased, and announced. Jobs not so leased (never stored, or taken back
+/// since) are left alone.
 async fn give_back(pool: &PgPool, jobs: &[String], owner: &str) -> Result<(), StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
-    sqlx::query(
+    let moved = sqlx::query(
         "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, attempts = 0
          WHERE id = ANY($1) AND state = 'running' AND lease_owner = $2 AND attempts = 1",
     )
@@ -132,9 +145,30 @@ async fn give_back(pool: &PgPool, jobs: &[String], owner: &str) -> Result<(), St
     .bind(owner)
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
-    notify(&mut *tx).await?;
+    .map_err(db)?
+    .rows_affected();
+    if moved > 0 {
+        notify(&mut *tx).await?;
+    }
     tx.commit().await.map_err(db)
+}
+
+/// After an ingest statement failed, in case it committed all the same:
+/// give back what it would have leased, trying every few seconds while the
+/// server is away (a minute in all; after that, the lease expires as after
+/// a crash).
+async fn give_back_soon(pool: PgPool, jobs: Vec<String>, owner: String) {
+    for _ in 0..12 {
+        match give_back(&pool, &jobs, &owner).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "cannot give back jobs of a failed ingest yet"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+    tracing::warn!(
+        jobs = jobs.len(),
+        "cannot give back jobs of an ingest whose answer was lost; if it was stored, they run when their lease expires"
+    );
 }
 
 /// Two optional columns of text, made fit by [`text`].
