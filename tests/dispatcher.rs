@@ -175,6 +175,8 @@ struct Paused(Arc<dyn Store>, Option<Arc<Racing>>);
 struct Racing {
     handoff: Mutex<Option<Arc<Handoff>>>,
     delivery: Mutex<Option<NewDelivery>>,
+    /// Slots an ingest could claim while the dispatcher leased: must be none.
+    claimed_while_leasing: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -191,6 +193,14 @@ impl Store for Paused {
         lease: Duration,
         now: SystemTime,
     ) -> Result<Vec<LeasedJob>, StoreError> {
+        if let Some(racing) = &self.1
+            && let Some(handoff) = racing.handoff.lock().unwrap().clone()
+        {
+            let claim = handoff.claim(usize::MAX);
+            racing
+                .claimed_while_leasing
+                .fetch_add(claim.len(), std::sync::atomic::Ordering::SeqCst);
+        }
         let (s, owner) = (self.0.clone(), owner.to_owned());
         held(async move { s.lease_due(&owner, limit, lease, now).await }).await
     }
@@ -721,5 +731,29 @@ async fn a_job_handed_over_while_every_slot_is_claimed_starts_when_it_arrives() 
     let detail = h.store.get(&key).await.unwrap();
     let job = detail.jobs.into_iter().find(|j| j.id == ids[0]).unwrap();
     assert_eq!((job.attempts, outcomes(&job)), (1, vec!["done"]), "{job:#?}");
+    running.stop().await;
+}
+
+/// An ingest beside a lease statement finds no free slot: the dispatcher
+/// took them all before leasing. (Slots claimed then left the jobs it
+/// leased waiting for a whole attempt, past their lease, and another
+/// dispatcher sent them again.)
+#[tokio::test(start_paused = true)]
+async fn no_ingest_claims_a_slot_while_the_dispatcher_leases() {
+    let h = Harness::racing().await;
+    let ids = h.queue(&["r1", "r2", "r3"]).await;
+    let ci = FakeCi::new(&h, (0..3).map(|_| Answer::Stall(Duration::from_secs(3))));
+    let running = h.spawn(h.dispatcher(&short_lease(), ci.clone(), 1.0));
+    for id in &ids {
+        h.job_when(id, "done", Duration::from_secs(30)).await;
+    }
+    assert_eq!(ci.calls(), [0, 0, 3_000]);
+    let racing = h.racing.as_ref().unwrap();
+    assert_eq!(
+        racing
+            .claimed_while_leasing
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     running.stop().await;
 }
