@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
+use super::error::refused_by_server;
 use super::queue::{Tx, duplicate, notify, refresh_status};
 use super::{db, to_json};
 use crate::store::handoff::{Claim, Handoff};
@@ -44,9 +45,11 @@ pub(super) async fn ingest(
     let stored = match insert(statement, deliveries, claim.as_ref()).await {
         Ok(stored) => stored,
         Err(e) => {
-            if let Some(claim) = claim.filter(|c| !c.is_empty()) {
-                // The statement may have committed with only its answer
-                // lost: jobs leased to a dispatcher that never gets them.
+            // Lost with the connection, the statement may have committed with
+            // only its answer lost: jobs leased to a dispatcher that never
+            // gets them. (One the server refused did not commit, and its
+            // calls may be written again alone, with the same job ids.)
+            if let Some(claim) = claim.filter(|c| !c.is_empty() && !refused_by_server(&e)) {
                 let leased = deliveries.iter().flat_map(|d| &d.jobs).take(claim.len());
                 let ids = leased.map(|j| j.id.clone()).collect();
                 tokio::spawn(give_back_soon(pool.clone(), ids, claim.owner.clone()));

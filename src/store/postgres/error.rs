@@ -5,6 +5,16 @@
 
 use crate::store::{StoreError, StoreErrorKind};
 
+/// The server answered with an error for a statement (any SQLSTATE), or the
+/// batch could not be encoded: not an outage. The statement did not commit,
+/// and the same call may be written again (alone).
+pub(super) fn refused_by_server(e: &StoreError) -> bool {
+    e.kind() != StoreErrorKind::Unavailable
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<sqlx::Error>())
+            .is_some_and(|s| matches!(s, sqlx::Error::Database(_)))
+}
+
 /// A driver error as a [`StoreError`] of its [`kind`].
 pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::from_driver(kind(&e), e)

@@ -10,7 +10,6 @@
 //! at once: each sender is told "try again", and a commit whose answer was
 //! lost is settled by deduplication when the sender does.
 
-use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,9 +18,10 @@ use sqlx::postgres::PgPool;
 
 use super::batch::{Batcher, Limits, Pending, Weigh, first_by_key};
 use super::bulk::{self, Record};
+use super::error::refused_by_server;
 use super::{db, queue::Tx};
 use crate::store::handoff::Handoff;
-use crate::store::{Ingested, NewDelivery, StoreError, StoreErrorKind};
+use crate::store::{Ingested, NewDelivery, StoreError};
 
 /// A batch of ingests carries at most this many payload bytes (one larger
 /// payload still goes, alone).
@@ -229,13 +229,4 @@ where
     for p in calls {
         p.answer(Err(StoreError::new(e.kind(), e.detail())));
     }
-}
-
-/// The server answered with an error for a statement (any SQLSTATE), or the
-/// batch could not be encoded: not an outage.
-fn refused_by_server(e: &StoreError) -> bool {
-    e.kind() != StoreErrorKind::Unavailable
-        || e.source()
-            .and_then(|s| s.downcast_ref::<sqlx::Error>())
-            .is_some_and(|s| matches!(s, sqlx::Error::Database(_)))
 }
