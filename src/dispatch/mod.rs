@@ -238,14 +238,10 @@ impl Dispatcher {
                 break;
             }
         }
-        // Jobs stored from now on stay due (or are given back, when their
-        // ingest claimed slots before this). Those already handed over hold a
-        // slot and a lease: they run with the others in the grace period,
-        // rather than be given back with an attempt that never happened.
+        // Jobs stored for it from now on stay due; those handed over and
+        // not started are given back with the other leases below.
         handed.close();
-        while let Ok(h) = handed.try_recv() {
-            self.start(&mut inflight, h.job, h.permit);
-        }
+        while handed.try_recv().is_ok() {}
         let running = inflight.tasks.len();
         if running > 0 {
             info!(running, grace = ?grace, "waiting for running trigger attempts");
