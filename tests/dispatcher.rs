@@ -175,6 +175,10 @@ struct Paused(Arc<dyn Store>, Option<Arc<Racing>>);
 struct Racing {
     handoff: Mutex<Option<Arc<Handoff>>>,
     delivery: Mutex<Option<NewDelivery>>,
+    /// The most slots it claims (0: every free one).
+    claim_at_most: std::sync::atomic::AtomicUsize,
+    /// When it hands over after its claim (0: 1.5 s).
+    hand_over_after_ms: std::sync::atomic::AtomicU64,
     /// Slots an ingest could claim while the dispatcher leased: must be none.
     claimed_while_leasing: std::sync::atomic::AtomicUsize,
 }
@@ -232,24 +236,35 @@ impl Store for Paused {
         if let Some(racing) = &self.1
             && let Some(handoff) = racing.handoff.lock().unwrap().clone()
         {
-            let claim = handoff.claim(usize::MAX);
+            let most = match racing.claim_at_most.load(std::sync::atomic::Ordering::SeqCst) {
+                0 => usize::MAX,
+                n => n,
+            };
+            let after = match racing
+                .hand_over_after_ms
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                0 => 1_500,
+                ms => ms,
+            };
+            let claim = handoff.claim(most);
             let delivery = (!claim.is_empty())
                 .then(|| racing.delivery.lock().unwrap().take())
                 .flatten();
             if let Some(mut delivery) = delivery {
                 let store = self.0.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(1_500)).await;
-                    let now = claim.now + Duration::from_millis(1_500);
+                    tokio::time::sleep(Duration::from_millis(after)).await;
+                    let now = claim.now + Duration::from_millis(after);
                     delivery.received_at = now;
                     let (s, d) = (store.clone(), delivery);
                     held(async move { s.ingest(d).await }).await.unwrap();
                     let owner = claim.owner.clone();
                     let (s, n) = (store, claim.len());
-                    let jobs =
-                        held(async move { s.lease_due(&owner, n, Duration::from_secs(30), now).await })
-                            .await
-                            .unwrap();
+                    let lease = claim.until.duration_since(claim.now).unwrap();
+                    let jobs = held(async move { s.lease_due(&owner, n, lease, now).await })
+                        .await
+                        .unwrap();
                     assert!(handoff.deliver(claim, jobs, false).is_empty());
                 });
             }
@@ -755,5 +770,51 @@ async fn no_ingest_claims_a_slot_while_the_dispatcher_leases() {
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+    running.stop().await;
+}
+
+/// An ingest claimed one of two slots and hands its job over 2.5 s later;
+/// meanwhile three jobs are queued. The dispatcher leases none ahead of its
+/// one free slot while the claim is pending: a job leased ahead would wait
+/// for the claimed slot, whose attempt starts only at the hand-over, and
+/// outlive its 10.5 s lease (it was sent twice: 5 sends for 4 jobs).
+#[tokio::test(start_paused = true)]
+async fn no_job_is_leased_ahead_while_an_ingest_claim_is_pending() {
+    let h = Harness::racing().await;
+    let racing = h.racing.clone().unwrap();
+    racing.claim_at_most.store(1, std::sync::atomic::Ordering::SeqCst);
+    racing
+        .hand_over_after_ms
+        .store(2_500, std::sync::atomic::Ordering::SeqCst);
+    let handed = h.race_with("d-2", &["h1"]);
+    let ci = FakeCi::new(&h, (0..4).map(|_| Answer::Stall(Duration::from_millis(4_900))));
+    // 10.5 s is twice the 5 s timeout and a tenth: it leases ahead.
+    let config = CONFIG.replace("lease = \"60s\"", "lease = \"10500ms\"");
+    let running = h.spawn(h.dispatcher(&config, ci.clone(), 1.0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids = h.queue(&["r1", "r2", "r3"]).await;
+    for id in &ids {
+        h.job_when(id, "done", Duration::from_secs(60)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(ci.calls().len(), 4, "{:?}", ci.calls());
+    for id in &ids {
+        let job = h.job(id).await;
+        assert_eq!((job.attempts, outcomes(&job)), (1, vec!["done"]), "{job:#?}");
+    }
+    let key = DeliveryKey {
+        id: "d-2".into(),
+        source: Some("github".into()),
+    };
+    let job = h
+        .store
+        .get(&key)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .find(|j| j.id == handed[0])
+        .unwrap();
+    assert_eq!((job.attempts, outcomes(&job)), (1, vec!["done"]), "{job:#?}");
     running.stop().await;
 }

@@ -980,7 +980,7 @@ async fn postgres_leases_new_jobs_into_its_dispatchers_free_slots_as_it_stores_t
     let (handoff, mut handed) = Handoff::new(
         "me".into(),
         slots.clone(),
-        Box::new(|| (SystemTime::now(), LEASE)),
+        Box::new(|| Some((SystemTime::now(), LEASE))),
         wake.clone(),
     );
     s.hand_off(handoff);
@@ -1061,7 +1061,7 @@ async fn postgres_gives_back_at_once_what_a_stopped_dispatcher_was_handed() {
         slots.clone(),
         Box::new(move || {
             stops.lock().unwrap().take();
-            (SystemTime::now(), LEASE)
+            Some((SystemTime::now(), LEASE))
         }),
         Arc::new(tokio::sync::Notify::new()),
     );

@@ -137,6 +137,8 @@ impl Dispatcher {
         let (handoff, mut handed) = self.offer_slots(&slots);
         let mut inflight = Inflight::default();
         let mut store_backoff = Duration::from_millis(100);
+        // A slot the loop waited for, kept for its next lease.
+        let mut freed: Option<OwnedSemaphorePermit> = None;
         info!(owner = %self.owner, concurrency, "dispatcher started");
         loop {
             inflight.reap_finished();
@@ -148,24 +150,29 @@ impl Dispatcher {
             }
             let hold = handoff.hold();
             let mut reserved = reserve(&slots);
+            reserved.extend(freed.take());
             if reserved.is_empty() {
                 // Every slot is busy (or claimed by an ingest whose jobs are on
-                // their way): wait for one to free up or for those jobs.
+                // their way): wait for one to free up (kept: no ingest takes
+                // it before the next lease) or for those jobs.
                 drop(hold);
                 tokio::select! {
                     Some(_) = inflight.next() => {}
                     Some(h) = handed.recv() => self.start(&mut inflight, h.job, h.permit),
-                    p = slots.clone().acquire_owned() => drop(p),
+                    p = slots.clone().acquire_owned() => freed = p.ok(),
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
             }
             let (lease, want) = {
                 let config = self.config.load();
-                (
-                    config.dispatch.lease.min(LONGEST_WAIT),
-                    lease_size(&config, reserved.len(), concurrency),
-                )
+                // A slot an ingest claimed frees up only an attempt after its
+                // insert commits: no job is leased ahead while one is pending.
+                let want = match handoff.claims_pending() {
+                    0 => lease_size(&config, reserved.len(), concurrency),
+                    _ => reserved.len(),
+                };
+                (config.dispatch.lease.min(LONGEST_WAIT), want)
             };
             let leasing = self.store.lease_due(&self.owner, want, lease, self.clock.now());
             match self.handing(leasing, &mut handed, &mut inflight).await {
@@ -268,7 +275,14 @@ impl Dispatcher {
     /// receiver, each with its slot.
     fn offer_slots(&self, slots: &Arc<Semaphore>) -> (Arc<Handoff>, mpsc::UnboundedReceiver<Handed>) {
         let (config, clock) = (self.config.clone(), self.clock.clone());
-        let terms: Terms = Box::new(move || (clock.now(), config.load().dispatch.lease.min(LONGEST_WAIT)));
+        // Only a lease long enough to lease ahead leaves a handed job the
+        // time of its insert and one whole attempt (see `Handoff::deliver`).
+        let terms: Terms = Box::new(move || {
+            let dispatch = &config.load().dispatch;
+            dispatch
+                .lease_ahead
+                .then(|| (clock.now(), dispatch.lease.min(LONGEST_WAIT)))
+        });
         let (handoff, handed) = Handoff::new(self.owner.clone(), slots.clone(), terms, self.wake.clone());
         self.store.hand_off(handoff.clone());
         (handoff, handed)

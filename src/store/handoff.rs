@@ -10,12 +10,18 @@
 //! attempt starts at once, as if the dispatcher had leased it.
 //!
 //! Only free slots are claimed, never jobs ahead of them, so a handed job
-//! never waits for a slot and cannot outlive its lease. Nor may a claim
-//! delay the jobs the dispatcher leases itself: from before it counts its
-//! free slots for a lease until each leased job has a slot, it holds the
-//! handoff ([`Handoff::hold`]) and no ingest claims. Jobs of a batch left
-//! over when the slots run out (or while the handoff is held) are stored
-//! due, as before, and the dispatcher is woken for them.
+//! never waits for a slot. Its lease starts at the claim, before the insert
+//! (which may wait on locks): only a dispatcher whose lease is at least
+//! twice the longest request timeout takes part, and a job whose insert
+//! took more than half the lease is given back rather than started, so a
+//! started job has a whole attempt of its lease left. Nor may a claim delay
+//! the jobs the dispatcher leases itself: from before it counts its free
+//! slots for a lease until each leased job has a slot, it holds the handoff
+//! ([`Handoff::hold`]) and no ingest claims; and while a claim made before
+//! is pending ([`Handoff::claims_pending`]: its slot frees up only an
+//! attempt after its insert) it leases no job ahead of its free slots. Jobs
+//! of a batch left over when the slots run out (or while the handoff is
+//! held) are stored due, as before, and the dispatcher is woken for them.
 //!
 //! A dispatcher that stops closes the handoff: later claims get nothing, and
 //! jobs committed leased after it closed come back from
@@ -23,15 +29,16 @@
 //! would otherwise wait to expire).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::LeasedJob;
 
-/// The dispatcher's side: when it is now, and how long a lease lasts.
-pub type Terms = Box<dyn Fn() -> (SystemTime, Duration) + Send + Sync>;
+/// The dispatcher's side: when it is now, and how long a lease lasts; none
+/// when its lease is too short to hand jobs over (see [`Handoff::claim`]).
+pub type Terms = Box<dyn Fn() -> Option<(SystemTime, Duration)> + Send + Sync>;
 
 /// A job handed over with the slot it runs in.
 pub struct Handed {
@@ -49,6 +56,8 @@ pub struct Handoff {
     /// Set while the dispatcher leases jobs itself and gives them slots
     /// ([`Handoff::hold`]): no claim then.
     held: AtomicBool,
+    /// Slots claimed whose jobs are not handed over yet.
+    claimed: Arc<AtomicUsize>,
 }
 
 /// While alive, no ingest claims a slot: see [`Handoff::hold`].
@@ -63,10 +72,19 @@ impl Drop for Hold<'_> {
 /// Slots taken for the jobs of one batch, and the lease they are written with.
 pub struct Claim {
     permits: Vec<OwnedSemaphorePermit>,
+    claimed: Arc<AtomicUsize>,
+    /// How many it took: counted in [`Handoff::claims_pending`] until it drops.
+    taken: usize,
     /// Whose lease: the dispatcher's owner id.
     pub owner: String,
     pub now: SystemTime,
     pub until: SystemTime,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claimed.fetch_sub(self.taken, Ordering::SeqCst);
+    }
 }
 
 impl Claim {
@@ -97,6 +115,7 @@ impl Handoff {
             jobs,
             wake,
             held: AtomicBool::new(false),
+            claimed: Arc::new(AtomicUsize::new(0)),
         };
         (Arc::new(handoff), rx)
     }
@@ -111,11 +130,20 @@ impl Handoff {
         Hold(&self.held)
     }
 
-    /// Take up to `jobs` of the dispatcher's free slots; none once it
-    /// stopped, or while it holds them ([`Handoff::hold`]).
+    /// Slots claimed by ingests whose jobs are not handed over yet. They
+    /// free up only one attempt after their insert commits, so the
+    /// dispatcher leases no job ahead of its free slots while there are any.
+    pub fn claims_pending(&self) -> usize {
+        self.claimed.load(Ordering::SeqCst)
+    }
+
+    /// Take up to `jobs` of the dispatcher's free slots. None once it
+    /// stopped, while it holds them ([`Handoff::hold`]), or when its lease
+    /// is too short for a job to wait for its insert (it has no terms).
     pub fn claim(&self, jobs: usize) -> Claim {
+        let terms = (self.terms)();
         let mut permits = Vec::new();
-        if !self.jobs.is_closed() && !self.held.load(Ordering::SeqCst) {
+        if terms.is_some() && !self.jobs.is_closed() && !self.held.load(Ordering::SeqCst) {
             while permits.len() < jobs {
                 match self.slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
@@ -123,9 +151,12 @@ impl Handoff {
                 }
             }
         }
-        let (now, lease) = (self.terms)();
+        self.claimed.fetch_add(permits.len(), Ordering::SeqCst);
+        let (now, lease) = terms.unwrap_or((SystemTime::UNIX_EPOCH, Duration::ZERO));
         Claim {
+            taken: permits.len(),
             permits,
+            claimed: self.claimed.clone(),
             owner: self.owner.clone(),
             now,
             until: now.checked_add(lease).unwrap_or(now),
@@ -135,29 +166,29 @@ impl Handoff {
     /// Hand over `jobs`, committed as leased under `claim` (at most as many
     /// as it holds; slots left over are freed), and wake the dispatcher when
     /// `left_due` jobs were stored without a lease. Answers the ids of the
-    /// jobs the dispatcher can no longer take: it stopped.
-    pub fn deliver(&self, claim: Claim, jobs: Vec<LeasedJob>, left_due: bool) -> Vec<String> {
+    /// jobs the dispatcher cannot take: it stopped, or the insert took more
+    /// than half their lease (a job must have the time of one whole attempt
+    /// left: the lease is at least twice the longest request timeout, or
+    /// no claim is made).
+    pub fn deliver(&self, mut claim: Claim, jobs: Vec<LeasedJob>, left_due: bool) -> Vec<String> {
+        let lease = claim.until.duration_since(claim.now).unwrap_or_default();
+        let late = match (self.terms)() {
+            Some((now, _)) => now.duration_since(claim.now).unwrap_or_default() > lease / 2,
+            None => true,
+        };
         let mut refused = Vec::new();
-        for (job, permit) in jobs.into_iter().zip(claim.permits) {
-            if let Err(mpsc::error::SendError(back)) = self.jobs.send(Handed { job, permit }) {
+        let permits = std::mem::take(&mut claim.permits);
+        for (job, permit) in jobs.into_iter().zip(permits) {
+            if late {
+                refused.push(job.id);
+            } else if let Err(mpsc::error::SendError(back)) = self.jobs.send(Handed { job, permit }) {
                 refused.push(back.job.id);
             }
         }
-        if left_due {
+        if left_due || !refused.is_empty() {
             self.wake.notify_one();
         }
         refused
-    }
-
-    /// A claim that takes nothing: for calls that lease no job.
-    pub fn nothing(&self) -> Claim {
-        let (now, _) = (self.terms)();
-        Claim {
-            permits: Vec::new(),
-            owner: self.owner.clone(),
-            now,
-            until: now,
-        }
     }
 }
 
@@ -196,7 +227,7 @@ mod tests {
         let (h, rx) = Handoff::new(
             "me".into(),
             sem.clone(),
-            Box::new(move || (at, Duration::from_secs(30))),
+            Box::new(move || Some((at, Duration::from_secs(30)))),
             wake.clone(),
         );
         (h, rx, sem, wake)
@@ -258,6 +289,43 @@ mod tests {
         assert_eq!(sem.available_permits(), 2);
         drop(hold);
         assert_eq!(h.claim(2).len(), 2);
+    }
+
+    /// A claim counts as pending until its jobs are handed over or it
+    /// drops; a hand-over after more than half the lease is refused (the
+    /// jobs are given back, the slots freed); a dispatcher without terms
+    /// (its lease too short) is claimed nothing.
+    #[tokio::test]
+    async fn pending_claims_are_counted_and_a_late_hand_over_is_refused() {
+        let (h, mut rx, sem, wake) = handoff(3);
+        let claim = h.claim(2);
+        assert_eq!(h.claims_pending(), 2);
+        let dropped = h.claim(1);
+        assert_eq!(h.claims_pending(), 3);
+        drop(dropped);
+        assert_eq!(h.claims_pending(), 2);
+        assert!(h.deliver(claim, vec![job("a")], false).is_empty());
+        assert_eq!(h.claims_pending(), 0);
+        assert_eq!(rx.recv().await.unwrap().job.id, "a");
+
+        let clock = Arc::new(std::sync::Mutex::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+        ));
+        let at = clock.clone();
+        let terms: Terms = Box::new(move || Some((*at.lock().unwrap(), Duration::from_secs(30))));
+        let (late, _late_rx) = Handoff::new("me".into(), sem.clone(), terms, wake.clone());
+        let claim = late.claim(1);
+        assert_eq!(claim.len(), 1);
+        *clock.lock().unwrap() += Duration::from_millis(15_001);
+        assert_eq!(late.deliver(claim, vec![job("b")], false), ["b"]);
+        assert_eq!(late.claims_pending(), 0);
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .unwrap();
+
+        let (short, _short_rx) = Handoff::new("me".into(), sem.clone(), Box::new(|| None), wake);
+        assert!(short.claim(1).is_empty());
+        assert_eq!(sem.available_permits(), 3);
     }
 
     /// After the dispatcher stopped, nothing is claimed, and jobs committed

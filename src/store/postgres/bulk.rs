@@ -52,7 +52,8 @@ pub(super) async fn ingest(
             if let Some(claim) = claim.filter(|c| !c.is_empty() && !refused_by_server(&e)) {
                 let leased = deliveries.iter().flat_map(|d| &d.jobs).take(claim.len());
                 let ids = leased.map(|j| j.id.clone()).collect();
-                tokio::spawn(give_back_soon(pool.clone(), ids, claim.owner.clone()));
+                let lease = (claim.owner.clone(), millis(claim.until));
+                tokio::spawn(give_back_soon(pool.clone(), ids, lease));
             }
             return Err(e);
         }
@@ -101,7 +102,7 @@ async fn hand_over(
     stored: &HashMap<String, i64>,
 ) -> usize {
     let leased = claim.len();
-    let owner = claim.owner.clone();
+    let lease = (claim.owner.clone(), millis(claim.until));
     let mut handed = Vec::with_capacity(leased);
     let mut left_due = 0;
     let jobs = deliveries
@@ -128,24 +129,25 @@ async fn hand_over(
     }
     let refused = handoff.deliver(claim, handed, left_due > 0);
     if !refused.is_empty()
-        && let Err(e) = give_back(pool, &refused, &owner).await
+        && let Err(e) = give_back(pool, &refused, &lease).await
     {
         tracing::warn!(error = %e, jobs = refused.len(), "cannot give back jobs stored for a stopped dispatcher; they run when their lease expires");
     }
     left_due
 }
 
-/// Jobs leased at ingest that no attempt took: due again, as if never
-/// leased, and announced. Jobs not so leased (never stored, or taken back
-/// since) are left alone.
-async fn give_back(pool: &PgPool, jobs: &[String], owner: &str) -> Result<(), StoreError> {
+/// Jobs leased at ingest (to `lease`: owner and expiry) that no attempt
+/// took: due again, as if never leased, and announced. Jobs not under that
+/// very lease (never stored, or leased again since) are left alone.
+async fn give_back(pool: &PgPool, jobs: &[String], lease: &(String, i64)) -> Result<(), StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
     let moved = sqlx::query(
         "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, attempts = 0
-         WHERE id = ANY($1) AND state = 'running' AND lease_owner = $2 AND attempts = 1",
+         WHERE id = ANY($1) AND state = 'running' AND lease_owner = $2 AND lease_until = $3 AND attempts = 1",
     )
     .bind(jobs)
-    .bind(owner)
+    .bind(&lease.0)
+    .bind(lease.1)
     .execute(&mut *tx)
     .await
     .map_err(db)?
@@ -160,9 +162,9 @@ async fn give_back(pool: &PgPool, jobs: &[String], owner: &str) -> Result<(), St
 /// give back what it would have leased, trying every few seconds while the
 /// server is away (a minute in all; after that, the lease expires as after
 /// a crash).
-async fn give_back_soon(pool: PgPool, jobs: Vec<String>, owner: String) {
+async fn give_back_soon(pool: PgPool, jobs: Vec<String>, lease: (String, i64)) {
     for _ in 0..12 {
-        match give_back(&pool, &jobs, &owner).await {
+        match give_back(&pool, &jobs, &lease).await {
             Ok(()) => return,
             Err(e) => tracing::debug!(error = %e, "cannot give back jobs of a failed ingest yet"),
         }
