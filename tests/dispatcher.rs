@@ -774,10 +774,11 @@ async fn no_ingest_claims_a_slot_while_the_dispatcher_leases() {
 }
 
 /// An ingest claimed one of two slots and hands its job over 2.5 s later;
-/// meanwhile three jobs are queued. The dispatcher leases none ahead of its
-/// one free slot while the claim is pending: a job leased ahead would wait
-/// for the claimed slot, whose attempt starts only at the hand-over, and
-/// outlive its 10.5 s lease (it was sent twice: 5 sends for 4 jobs).
+/// meanwhile three jobs are queued. The dispatcher leases one job fewer
+/// ahead of its free slot for the pending claim: a second job leased ahead
+/// would wait for the claimed slot, whose attempt starts only at the
+/// hand-over, and outlive its 10.5 s lease (it was sent twice: 5 sends for
+/// 4 jobs).
 #[tokio::test(start_paused = true)]
 async fn no_job_is_leased_ahead_while_an_ingest_claim_is_pending() {
     let h = Harness::racing().await;

@@ -166,12 +166,13 @@ impl Dispatcher {
             }
             let (lease, want) = {
                 let config = self.config.load();
-                // A slot an ingest claimed frees up only an attempt after its
-                // insert commits: no job is leased ahead while one is pending.
-                let want = match handoff.claims_pending() {
-                    0 => lease_size(&config, reserved.len(), concurrency),
-                    _ => reserved.len(),
-                };
+                // A job leased ahead gets a slot when an attempt now running
+                // or started now ends: within one request timeout. A slot an
+                // ingest claimed frees up only an attempt after its insert
+                // commits, so each pending claim is one job fewer ahead.
+                let free = reserved.len();
+                let ahead = concurrency.saturating_sub(handoff.claims_pending());
+                let want = lease_size(&config, free, concurrency).min(free.saturating_add(ahead));
                 (config.dispatch.lease.min(LONGEST_WAIT), want)
             };
             let leasing = self.store.lease_due(&self.owner, want, lease, self.clock.now());

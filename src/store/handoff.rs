@@ -17,9 +17,10 @@
 //! started job has a whole attempt of its lease left. Nor may a claim delay
 //! the jobs the dispatcher leases itself: from before it counts its free
 //! slots for a lease until each leased job has a slot, it holds the handoff
-//! ([`Handoff::hold`]) and no ingest claims; and while a claim made before
-//! is pending ([`Handoff::claims_pending`]: its slot frees up only an
-//! attempt after its insert) it leases no job ahead of its free slots. Jobs
+//! ([`Handoff::hold`]) and no ingest claims; and it leases one job fewer
+//! ahead of its free slots for each claim made before that is still pending
+//! ([`Handoff::claims_pending`]: its slot frees up only an attempt after its
+//! insert). Jobs
 //! of a batch left over when the slots run out (or while the handoff is
 //! held) are stored due, as before, and the dispatcher is woken for them.
 //!
@@ -132,7 +133,7 @@ impl Handoff {
 
     /// Slots claimed by ingests whose jobs are not handed over yet. They
     /// free up only one attempt after their insert commits, so the
-    /// dispatcher leases no job ahead of its free slots while there are any.
+    /// dispatcher leases that many jobs fewer ahead of its free slots.
     pub fn claims_pending(&self) -> usize {
         self.claimed.load(Ordering::SeqCst)
     }
