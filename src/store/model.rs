@@ -1,7 +1,8 @@
 //! The job model both backends share: the states a job moves through, what
 //! an attempt's [`Transition`] writes into the job ([`JobUpdate`]), the texts
 //! of interrupted attempts, and the messages and checks both stores give.
-//! SQL stays per backend; the vocabulary and the mapping are written once, here.
+//! SQL stays per backend, but for the one portable query both run
+//! ([`QUEUE_STATS`]); the vocabulary and the mapping are written once, here.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,6 +11,17 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{Attempt, DeliveryKey, StoreError, Transition, millis};
+
+/// The queue's figures for metrics, on either store: jobs pending, running
+/// and dead, and when the oldest unfinished one was created. A term per
+/// state, so each is found in the partial index that holds it (`jobs_due`:
+/// pending and dead; `jobs_lease`: running) without reading finished jobs.
+pub const QUEUE_STATS: &str = "SELECT
+    (SELECT COUNT(*) FROM jobs WHERE state = 'pending'),
+    (SELECT COUNT(*) FROM jobs WHERE state = 'running'),
+    (SELECT COUNT(*) FROM jobs WHERE state = 'dead'),
+    (SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM jobs WHERE state = 'pending'
+                         UNION ALL SELECT MIN(created_at) FROM jobs WHERE state = 'running') AS u)";
 
 /// The outcome recorded for an attempt that was cut short.
 pub const INTERRUPTED: &str = "interrupted";

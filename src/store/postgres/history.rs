@@ -176,26 +176,15 @@ pub(super) async fn payload(pool: &PgPool, key: &DeliveryKey) -> Result<StoredPa
 
 /// Jobs per state, and when the oldest unfinished one was created.
 pub(super) async fn stats(pool: &PgPool) -> Result<QueueStats, StoreError> {
-    let mut stats = QueueStats::default();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT state, COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY state",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    for (state, n) in rows {
-        let n = u64::try_from(n).unwrap_or(0);
-        match state.parse::<JobState>()? {
-            JobState::Pending => stats.pending = n,
-            JobState::Running => stats.running = n,
-            _ => stats.dead = n,
-        }
-    }
-    let oldest: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')")
-            .fetch_one(pool)
-            .await
-            .map_err(db)?;
-    stats.oldest_pending = oldest.map(from_millis);
-    Ok(stats)
+    let (pending, running, dead, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(model::QUEUE_STATS)
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(QueueStats {
+        pending: count(pending),
+        running: count(running),
+        dead: count(dead),
+        oldest_pending: oldest.map(from_millis),
+    })
 }

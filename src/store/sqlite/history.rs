@@ -193,47 +193,37 @@ pub(super) fn payload(c: &Connection, key: &DeliveryKey) -> Result<StoredPayload
     })
 }
 
+/// When the next pending job falls due (`jobs_due`), or the next lease runs
+/// out (`jobs_lease`).
+pub(super) const NEXT_DUE: &str = "SELECT MIN(t) FROM (
+    SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'pending'
+    UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running')";
+
 /// When the next pending job falls due, or the next lease runs out.
 pub(super) fn next_due(c: &Connection) -> Result<Option<SystemTime>, StoreError> {
-    let next: Option<i64> = c
-        .query_row(
-            "SELECT MIN(t) FROM (
-                SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'pending'
-                UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
+    let next: Option<i64> = c.query_row(NEXT_DUE, [], |r| r.get(0)).map_err(db)?;
     Ok(next.map(from_millis))
 }
 
 /// Queue figures for metrics.
 pub(super) fn stats(c: &Connection) -> Result<QueueStats, StoreError> {
-    let mut stats = QueueStats::default();
-    let mut s = c
-        .prepare_cached(
-            "SELECT state, COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'dead') GROUP BY state",
-        )
+    let (pending, running, dead, oldest) = c
+        .prepare_cached(model::QUEUE_STATS)
+        .map_err(db)?
+        .query_row([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
         .map_err(db)?;
-    let rows = s
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(db)?;
-    for row in rows {
-        let (state, n) = row.map_err(db)?;
-        let n = u64::try_from(n).unwrap_or(0);
-        match state.parse::<JobState>()? {
-            JobState::Pending => stats.pending = n,
-            JobState::Running => stats.running = n,
-            _ => stats.dead = n,
-        }
-    }
-    let oldest: Option<i64> = c
-        .query_row(
-            "SELECT MIN(created_at) FROM jobs WHERE state IN ('pending', 'running')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db)?;
-    stats.oldest_pending = oldest.map(from_millis);
-    Ok(stats)
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(QueueStats {
+        pending: count(pending),
+        running: count(running),
+        dead: count(dead),
+        oldest_pending: oldest.map(from_millis),
+    })
 }

@@ -142,6 +142,13 @@ fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
         .map_err(db)
 }
 
+/// Jobs whose lease ran out, oldest first (through `jobs_lease`).
+pub(super) const EXPIRED: &str =
+    "SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?1 ORDER BY lease_until LIMIT ?2";
+/// Jobs due, oldest first (through `jobs_due`).
+pub(super) const DUE: &str =
+    "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2";
+
 pub(super) fn lease_due(
     tx: &Connection,
     owner: &str,
@@ -152,22 +159,14 @@ pub(super) fn lease_due(
     let now_ms = millis(now);
     let mut ids: Vec<(String, bool)> = Vec::new();
     {
-        let mut expired = tx
-            .prepare_cached(
-                "SELECT id FROM jobs WHERE state = 'running' AND lease_until < ?1 ORDER BY lease_until LIMIT ?2",
-            )
-            .map_err(db)?;
+        let mut expired = tx.prepare_cached(EXPIRED).map_err(db)?;
         let rows = expired
             .query_map(params![now_ms, limit as i64], |r| r.get::<_, String>(0))
             .map_err(db)?;
         for id in rows {
             ids.push((id.map_err(db)?, true));
         }
-        let mut due = tx
-            .prepare_cached(
-                "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
-            )
-            .map_err(db)?;
+        let mut due = tx.prepare_cached(DUE).map_err(db)?;
         let rows = due
             .query_map(params![now_ms, (limit - ids.len().min(limit)) as i64], |r| {
                 r.get::<_, String>(0)

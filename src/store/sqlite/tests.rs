@@ -245,3 +245,45 @@ async fn a_second_daemon_is_refused_through_any_link() {
         );
     }
 }
+
+/// The queue's reads find jobs through the partial indexes that hold only
+/// the queue (`jobs_due`, `jobs_lease`), never by reading every job: the
+/// table holds the whole history. SQLite uses a partial index only when a
+/// term of the query matches its predicate, so a query written another way
+/// (`state IN (...)`) would scan the table.
+#[test]
+fn the_queue_reads_never_scan_the_jobs_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hb.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for sql in [
+        queue::EXPIRED,
+        queue::DUE,
+        history::NEXT_DUE,
+        crate::store::model::QUEUE_STATS,
+    ] {
+        let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps: Vec<String> = plan
+            .query_map(
+                rusqlite::params_from_iter(vec![10_i64; plan.parameter_count()]),
+                |r| r.get::<_, String>(3),
+            )
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("jobs_due") || s.contains("jobs_lease")),
+            "{sql}: {steps:?}"
+        );
+        // A scan of a partial index reads only what it holds.
+        assert!(
+            steps
+                .iter()
+                .all(|s| !s.starts_with("SCAN jobs") || s.contains("INDEX jobs_")),
+            "{sql}: {steps:?}"
+        );
+    }
+}
