@@ -386,6 +386,7 @@ async fn measure(setup: &mut Setup, n: usize, s: &Scenario, payloads: &Payloads,
     };
     let triggers_before = setup.triggers();
     let (cpu_before, pg_before) = (setup.cpu(), setup.pg_cpu());
+    let wal_before = setup.pg_wal().await;
     let rss = setup.watch_rss();
     let replicas = setup.addrs();
     let tally: Tally = match s.load {
@@ -418,6 +419,12 @@ async fn measure(setup: &mut Setup, n: usize, s: &Scenario, payloads: &Payloads,
 
     let mut row = Row::new(target, s.name, &tally, cpu, peak_kib);
     row.pg_cpu_us_per_delivery = pg_cpu.map(|c| report::per_delivery(c, tally.ok));
+    let wal = setup
+        .pg_wal()
+        .await
+        .zip(wal_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    row.pg_wal_bytes_per_delivery = wal.map(|w| w as f64 / tally.ok.max(1) as f64);
     row.drain = drain;
     row.untriggered = setup.untriggered();
     if target != Target::Ceiling {

@@ -1,5 +1,6 @@
 //! The PostgreSQL side of `--store postgres`: a throw-away database per
-//! replica count, and the CPU time the server spends, read from `/proc`.
+//! replica count, the CPU time the server spends, read from `/proc`, and
+//! the WAL it writes.
 //!
 //! The server comes from `HOOKBRIDGE_BENCH_POSTGRES_URL`, else the tests'
 //! `HOOKBRIDGE_TEST_POSTGRES_URL`, else the local one: a maintenance
@@ -63,6 +64,18 @@ impl BenchDatabase {
             .unwrap();
         let _ = conn.close().await;
         n as u64
+    }
+
+    /// The WAL the whole server has written so far, in bytes (other
+    /// databases' writes count too); a delta over a window is its WAL in it.
+    pub(crate) async fn wal_bytes(&self) -> u64 {
+        let mut conn = self.connect().await;
+        let n: i64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        u64::try_from(n).unwrap_or(0)
     }
 
     /// The server's processes, if they run on this machine.

@@ -59,6 +59,10 @@ pub(crate) struct Row {
     pub cpu_us_per_delivery: f64,
     /// The PostgreSQL server's CPU over the same window, per delivery.
     pub pg_cpu_us_per_delivery: Option<f64>,
+    /// The WAL the PostgreSQL server wrote over the same window, in bytes
+    /// per delivery: a count, so it does not drift with the machine's speed
+    /// as CPU times do.
+    pub pg_wal_bytes_per_delivery: Option<f64>,
     pub peak_rss_mb: f64,
     pub triggers_per_sec: Option<f64>,
     /// Time for the stand-in to receive every trigger after the load stopped.
@@ -97,6 +101,7 @@ impl Row {
             max: t.max_ms(),
             cpu_us_per_delivery: per_delivery(cpu, t.ok),
             pg_cpu_us_per_delivery: None,
+            pg_wal_bytes_per_delivery: None,
             peak_rss_mb: peak_kib as f64 / 1024.0,
             triggers_per_sec: None,
             drain: None,
@@ -134,7 +139,7 @@ fn ratio(rows: &[Row], target: Target, scenario: &str) -> Option<f64> {
 }
 
 /// The table, one row per scenario and server, in the order given; the
-/// PostgreSQL CPU column only when some row has it.
+/// PostgreSQL CPU and WAL columns only when some row has them.
 pub(crate) fn table(rows: &[Row]) -> String {
     let pg = rows.iter().any(|r| r.pg_cpu_us_per_delivery.is_some());
     let mut out = String::new();
@@ -151,7 +156,9 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "delivered/s",
         "CPU µs/delivery",
     ];
-    header.extend(pg.then_some("PostgreSQL CPU µs/delivery"));
+    if pg {
+        header.extend(["PostgreSQL CPU µs/delivery", "PostgreSQL WAL bytes/delivery"]);
+    }
     header.extend(["peak RSS MB", "ratio"]);
     writeln!(out, "| {} |", header.join(" | ")).unwrap();
     let align: Vec<&str> = header
@@ -180,6 +187,10 @@ pub(crate) fn table(rows: &[Row]) -> String {
         ];
         if pg {
             cells.push(r.pg_cpu_us_per_delivery.map_or("-".into(), |c| format!("{c:.0}")));
+            cells.push(
+                r.pg_wal_bytes_per_delivery
+                    .map_or("-".into(), |w| format!("{w:.0}")),
+            );
         }
         cells.extend([format!("{:.1}", r.peak_rss_mb), ratio]);
         writeln!(out, "| {} |", cells.join(" | ")).unwrap();

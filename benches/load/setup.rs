@@ -132,6 +132,14 @@ impl Setup {
         }
     }
 
+    /// WAL the PostgreSQL server has written so far, if this is PostgreSQL.
+    pub(crate) async fn pg_wal(&self) -> Option<u64> {
+        match self.store.as_ref()? {
+            Store::Postgres { db, .. } => Some(db.wal_bytes().await),
+            Store::Sqlite(_) => None,
+        }
+    }
+
     /// One peak-RSS watch per process.
     pub(crate) fn watch_rss(&self) -> Vec<RssWatch> {
         self.procs.iter().map(|p| RssWatch::start(p.pid())).collect()
