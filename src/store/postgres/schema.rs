@@ -153,27 +153,19 @@ ALTER TABLE attempts DROP CONSTRAINT attempts_job_id_fkey;
 ALTER TABLE payloads DROP CONSTRAINT payloads_seq_fkey;
 ALTER TABLE payloads SET (toast_tuple_target = 8160);
 "#,
-    // Version 6, SQLite's version 5: fewer index entries per delivery.
-    // - `status` is no longer indexed, so the status change that ends each
-    //   delivery is a HOT update (a new tuple on the same page, no index
-    //   entry) instead of an entry in each of the table's five indexes.
-    //   `fillfactor = 50` leaves room on each new page for one more version
-    //   of every row: with 64 concurrent writers, 100% of the status changes
-    //   were HOT at 50, 70% at 75, 52% at 90. The index served only the
-    //   purge, which finds old deliveries through `deliveries_received`
-    //   (the listing orders by `id`).
-    // - `jobs_due` holds only the jobs the queue looks for by state: pending
-    //   (by due time) and dead (counted). Running jobs are in `jobs_lease`;
-    //   finished ones, nearly every job, in neither, so a job handed over at
-    //   ingest gets no entry here at all, and the index stays the size of
-    //   the queue rather than of the history.
-    // Measured by the test workload of 64 concurrent writers: WAL per
-    // delivery ~4,100 bytes before, ~3,580 with the first change alone.
+    // Version 6, SQLite's version 5: `jobs_due` holds only the jobs the
+    // queue looks for by state: pending (by due time) and dead (counted).
+    // Running jobs are in `jobs_lease`; finished ones, nearly every job, in
+    // neither, so a job handed over at ingest gets no entry here at all, one
+    // leased by statement one instead of three, and the index stays the size
+    // of the queue rather than of the history. Built under a new name before
+    // the old index is dropped: the build holds writes to `jobs` (as version
+    // 4's did), the drop's exclusive lock only lasts until the commit that
+    // follows it.
     r#"
-DROP INDEX deliveries_status;
-ALTER TABLE deliveries SET (fillfactor = 50);
+CREATE INDEX jobs_due_v6 ON jobs (state, next_attempt_at) WHERE state = 'pending' OR state = 'dead';
 DROP INDEX jobs_due;
-CREATE INDEX jobs_due ON jobs (state, next_attempt_at) WHERE state = 'pending' OR state = 'dead';
+ALTER INDEX jobs_due_v6 RENAME TO jobs_due;
 "#,
 ];
 

@@ -75,10 +75,7 @@ pub(super) fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, S
         // The duplicate's arrival is the clock: its dead jobs are due at once.
         let now = millis(d.received_at);
         let requeued = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
-                 WHERE delivery_id = ?1 AND state = 'dead'",
-            )
+            .prepare_cached(REQUEUE_DEAD)
             .and_then(|mut s| s.execute(params![id, now]))
             .map_err(db)?;
         if requeued > 0 {
@@ -121,18 +118,27 @@ pub(super) fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, S
     Ok(Ingested::Stored)
 }
 
+/// A delivery's dead jobs queued again. `+state`: through `jobs_delivery`
+/// (the delivery's few jobs), not `jobs_due` (every dead job), which
+/// SQLite would otherwise take for the equality on `state`.
+pub(super) const REQUEUE_DEAD: &str =
+    "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+     WHERE delivery_id = ?1 AND +state = 'dead'";
+
+/// A delivery's status from its jobs, each test through `jobs_delivery`
+/// (`+state`, as in [`REQUEUE_DEAD`]).
+pub(super) const REFRESH_STATUS: &str = "UPDATE deliveries SET status = CASE
+    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND +state IN ('pending', 'running')) THEN 'pending'
+    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND +state = 'dead') THEN 'dead'
+    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND +state = 'done') THEN 'done'
+    ELSE 'skipped' END
+ WHERE id = ?1";
+
 /// Recompute a delivery's status from its jobs.
 fn refresh_status(tx: &Connection, delivery_id: &str) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "UPDATE deliveries SET status = CASE
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state IN ('pending', 'running')) THEN 'pending'
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state = 'dead') THEN 'dead'
-            WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND state = 'done') THEN 'done'
-            ELSE 'skipped' END
-         WHERE id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![delivery_id]))
-    .map_err(db)?;
+    tx.prepare_cached(REFRESH_STATUS)
+        .and_then(|mut s| s.execute(params![delivery_id]))
+        .map_err(db)?;
     Ok(())
 }
 

@@ -122,15 +122,13 @@ CREATE TABLE probe (
     r#"
 CREATE INDEX jobs_lease ON jobs (lease_until) WHERE state = 'running';
 "#,
-    // Version 5, PostgreSQL's version 6: `status` is not indexed (on
-    // PostgreSQL the status change is then a HOT update; the purge finds old
-    // deliveries through `deliveries_received`), and `jobs_due` holds only
-    // pending and dead jobs: running ones are in `jobs_lease`, finished ones
-    // (nearly all) in neither. The predicate is written as `OR`ed terms:
-    // SQLite uses a partial index when a term of the query's `WHERE` is one
-    // of them (`state = 'pending'`), not for `state IN (...)`.
+    // Version 5, PostgreSQL's version 6: `jobs_due` holds only pending and
+    // dead jobs; running ones are in `jobs_lease`, finished ones (nearly
+    // all) in neither. The predicate is written as `OR`ed terms: SQLite uses
+    // a partial index when a term of the query's `WHERE` is one of them
+    // (`state = 'pending'`), not for `state IN (...)`. Queries by delivery
+    // write `+state` so that they keep to `jobs_delivery`.
     r#"
-DROP INDEX deliveries_status;
 DROP INDEX jobs_due;
 CREATE INDEX jobs_due ON jobs (state, next_attempt_at) WHERE state = 'pending' OR state = 'dead';
 "#,
