@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Attempt, DeliveryKey, StoreError, Transition, millis};
+use super::{Attempt, DeliveryKey, QueueStats, StoreError, Transition, from_millis, millis};
 
 /// The queue's figures for metrics, on either store: jobs pending, running
 /// and dead, and when the oldest unfinished one was created. A term per
@@ -22,6 +22,18 @@ pub const QUEUE_STATS: &str = "SELECT
     (SELECT COUNT(*) FROM jobs WHERE state = 'dead'),
     (SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM jobs WHERE state = 'pending'
                          UNION ALL SELECT MIN(created_at) FROM jobs WHERE state = 'running') AS u)";
+
+/// The figures from [`QUEUE_STATS`]'s one row: pending, running and dead
+/// counts, and the oldest unfinished job's creation (milliseconds).
+pub fn queue_stats((pending, running, dead, oldest): (i64, i64, i64, Option<i64>)) -> QueueStats {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    QueueStats {
+        pending: count(pending),
+        running: count(running),
+        dead: count(dead),
+        oldest_pending: oldest.map(from_millis),
+    }
+}
 
 /// The outcome recorded for an attempt that was cut short.
 pub const INTERRUPTED: &str = "interrupted";

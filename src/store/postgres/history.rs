@@ -176,15 +176,9 @@ pub(super) async fn payload(pool: &PgPool, key: &DeliveryKey) -> Result<StoredPa
 
 /// Jobs per state, and when the oldest unfinished one was created.
 pub(super) async fn stats(pool: &PgPool) -> Result<QueueStats, StoreError> {
-    let (pending, running, dead, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(model::QUEUE_STATS)
+    let row = sqlx::query_as(model::QUEUE_STATS)
         .fetch_one(pool)
         .await
         .map_err(db)?;
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    Ok(QueueStats {
-        pending: count(pending),
-        running: count(running),
-        dead: count(dead),
-        oldest_pending: oldest.map(from_millis),
-    })
+    Ok(model::queue_stats(row))
 }

@@ -207,7 +207,7 @@ pub(super) fn next_due(c: &Connection) -> Result<Option<SystemTime>, StoreError>
 
 /// Queue figures for metrics.
 pub(super) fn stats(c: &Connection) -> Result<QueueStats, StoreError> {
-    let (pending, running, dead, oldest) = c
+    let row = c
         .prepare_cached(model::QUEUE_STATS)
         .map_err(db)?
         .query_row([], |r| {
@@ -219,11 +219,5 @@ pub(super) fn stats(c: &Connection) -> Result<QueueStats, StoreError> {
             ))
         })
         .map_err(db)?;
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    Ok(QueueStats {
-        pending: count(pending),
-        running: count(running),
-        dead: count(dead),
-        oldest_pending: oldest.map(from_millis),
-    })
+    Ok(model::queue_stats(row))
 }
