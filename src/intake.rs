@@ -206,6 +206,8 @@ pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summa
             rule: m.rule.clone(),
             target: m.target.clone(),
             request: m.request.clone(),
+            group: m.group.clone(),
+            delay: m.debounce,
         })
         .collect();
     let summary = Summary {
@@ -219,6 +221,8 @@ pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summa
                 rule: j.rule.clone(),
                 job: j.id.clone(),
                 target: j.target.clone(),
+                group: j.group.clone(),
+                superseded: Vec::new(),
             })
             .collect(),
         skipped: evaluation.skipped.clone(),

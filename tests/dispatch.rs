@@ -111,6 +111,8 @@ async fn store_with_one_job() -> (Arc<dyn Store>, tempfile::TempDir, String) {
                 rule: "mirror".into(),
                 job: job.clone(),
                 target: "gitlab".into(),
+                group: None,
+                superseded: vec![],
             }],
             skipped: vec![],
             errors: vec![],
@@ -120,9 +122,14 @@ async fn store_with_one_job() -> (Arc<dyn Store>, tempfile::TempDir, String) {
             rule: "mirror".into(),
             target: "gitlab".into(),
             request,
+            group: None,
+            delay: std::time::Duration::ZERO,
         }],
     };
-    assert_eq!(store.ingest(delivery).await.unwrap(), Ingested::Stored);
+    assert_eq!(
+        store.ingest(delivery).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
     (store, dir, job)
 }
 

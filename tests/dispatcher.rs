@@ -227,6 +227,16 @@ impl Store for Paused {
         held(async move { s.record_attempt(&job, &owner, attempt, next, now).await }).await
     }
 
+    async fn start_attempt(
+        &self,
+        job: &LeasedJob,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<Start, StoreError> {
+        let (s, job, owner) = (self.0.clone(), job.clone(), owner.to_owned());
+        held(async move { s.start_attempt(&job, &owner, now).await }).await
+    }
+
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
         let (s, owner) = (self.0.clone(), owner.to_owned());
         held(async move { s.release(&owner, now).await }).await
@@ -381,7 +391,10 @@ impl Harness {
     /// Store delivery `d-1` with `rules.len()` jobs, received now; their ids.
     async fn queue(&self, rules: &[&str]) -> Vec<String> {
         let (delivery, ids) = self.delivery("d-1", rules);
-        assert_eq!(self.store.ingest(delivery).await.unwrap(), Ingested::Stored);
+        assert_eq!(
+            self.store.ingest(delivery).await.unwrap(),
+            Ingested::Stored { superseded: vec![] }
+        );
         ids
     }
 
@@ -403,6 +416,8 @@ impl Harness {
                     serde_json::json!({"api": "gitlab_pipeline", "project": "acme/app", "ref": "main"}),
                 )
                 .unwrap(),
+                group: None,
+                delay: Duration::ZERO,
             })
             .collect();
         let ids = jobs.iter().map(|j| j.id.clone()).collect();
@@ -425,6 +440,8 @@ impl Harness {
                         rule: j.rule.clone(),
                         job: j.id.clone(),
                         target: "gitlab".into(),
+                        group: None,
+                        superseded: vec![],
                     })
                     .collect(),
                 skipped: vec![],

@@ -1016,7 +1016,7 @@ async fn out_of_range_since_and_status_are_a_clear_400_and_a_cli_error() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         body["error"],
-        "`exploded` is not a status; use pending, done, dead or skipped"
+        "`exploded` is not a status; use pending, done, dead, superseded or skipped"
     );
 
     // The daemon is unharmed, and sane values still filter.

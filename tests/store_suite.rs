@@ -139,6 +139,8 @@ fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> New
             rule: format!("rule-{i}"),
             target: "gitlab".into(),
             request: request(),
+            group: None,
+            delay: Duration::ZERO,
         })
         .collect();
     NewDelivery {
@@ -160,6 +162,8 @@ fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> New
                     rule: j.rule.clone(),
                     job: j.id.clone(),
                     target: j.target.clone(),
+                    group: None,
+                    superseded: vec![],
                 })
                 .collect(),
             skipped: vec![],
@@ -201,7 +205,10 @@ async fn ingest_then_read_back(h: Harness) {
     let s = &h.store;
     let d = delivery("github", "d-1", 2, SystemTime::now());
     let summary = d.summary.clone();
-    assert_eq!(s.ingest(d).await.unwrap(), Ingested::Stored);
+    assert_eq!(
+        s.ingest(d).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
     let detail = s.get(&key("d-1")).await.unwrap();
     assert_eq!(detail.summary, summary);
     assert_eq!(detail.row.status, DeliveryStatus::Pending);
@@ -212,7 +219,10 @@ async fn ingest_then_read_back(h: Harness) {
     assert_eq!(payload.payload, br#"{"ref":"refs/heads/main"}"#);
     assert_eq!(payload.headers["x-github-event"], "push");
     let skipped = delivery("github", "d-2", 0, SystemTime::now());
-    assert_eq!(s.ingest(skipped).await.unwrap(), Ingested::Stored);
+    assert_eq!(
+        s.ingest(skipped).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
     let rows = s
         .list(&DeliveryFilter {
             limit: 10,
@@ -244,7 +254,10 @@ async fn duplicates_return_the_original_summary(h: Harness) {
     let s = &h.store;
     let first = delivery("github", "dup", 1, SystemTime::now());
     let original = first.summary.clone();
-    assert_eq!(s.ingest(first).await.unwrap(), Ingested::Stored);
+    assert_eq!(
+        s.ingest(first).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
     let again = delivery("github", "dup", 1, SystemTime::now());
     assert_eq!(
         s.ingest(again).await.unwrap(),
@@ -258,7 +271,7 @@ async fn duplicates_return_the_original_summary(h: Harness) {
         s.ingest(delivery("gitea", "dup", 1, SystemTime::now()))
             .await
             .unwrap(),
-        Ingested::Stored
+        Ingested::Stored { superseded: vec![] }
     );
     // Stored github first, listed by source name.
     let ambiguous = s.get(&key("dup")).await.unwrap_err();
@@ -292,7 +305,7 @@ async fn concurrent_duplicates_are_stored_once(h: Harness) {
     let mut summaries = Vec::new();
     for t in tasks {
         match t.await.unwrap() {
-            Ingested::Stored => stored += 1,
+            Ingested::Stored { .. } => stored += 1,
             Ingested::Duplicate { summary, .. } => summaries.push(summary),
         }
     }
@@ -803,7 +816,7 @@ async fn a_burst_of_writes_lands_once_each_and_a_bad_call_fails_alone(h: Harness
     let mut duplicates = Vec::new();
     while let Some(joined) = ingests.join_next().await {
         match joined.unwrap() {
-            (key, Ok(Ingested::Stored)) => *stored.entry(key).or_insert(0) += 1,
+            (key, Ok(Ingested::Stored { .. })) => *stored.entry(key).or_insert(0) += 1,
             (_, Ok(Ingested::Duplicate { summary, requeued })) => {
                 assert_eq!(requeued, 0);
                 duplicates.push(summary);
@@ -855,7 +868,10 @@ async fn text_with_nul_bytes_is_stored(h: Harness) {
     let mut d = delivery("github", "nul-1", 1, SystemTime::now());
     d.event.repository = Some("acme/a\0pp".into());
     d.event.git_ref = Some("refs/heads/ma\0in".into());
-    assert_eq!(s.ingest(d).await.unwrap(), Ingested::Stored);
+    assert_eq!(
+        s.ingest(d).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
     let t = SystemTime::now();
     let job = s.lease_due("w", 1, LEASE, t).await.unwrap().remove(0);
     let mut failed = attempt(500);
@@ -897,6 +913,9 @@ macro_rules! suite {
         }
     };
 }
+
+#[path = "store_suite/groups.rs"]
+mod groups;
 
 suite!(
     ingest_then_read_back,
@@ -988,7 +1007,10 @@ async fn postgres_leases_new_jobs_into_its_dispatchers_free_slots_as_it_stores_t
 
     let d = delivery("github", "h-1", 3, SystemTime::now());
     let ids: Vec<String> = d.jobs.iter().map(|j| j.id.clone()).collect();
-    assert_eq!(s.ingest(d.clone()).await.unwrap(), Ingested::Stored);
+    assert_eq!(
+        s.ingest(d.clone()).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
     let within = Duration::from_secs(10);
     tokio::time::timeout(within, wake.notified()).await.unwrap();
     let first = handed.recv().await.unwrap();

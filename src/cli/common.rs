@@ -126,6 +126,12 @@ pub struct Rendered {
     pub request: Option<OutboundRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The concurrency group the job would join (`[rules.concurrency]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// How long it would wait before its first attempt (`debounce`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
 }
 
 /// The exact requests of every matched rule, with secrets redacted.
@@ -148,6 +154,8 @@ pub fn render(config: &Config, evaluation: &Evaluation) -> Vec<Rendered> {
                 target: m.target.clone(),
                 request,
                 error,
+                group: m.group.clone(),
+                debounce: (!m.debounce.is_zero()).then(|| humantime::format_duration(m.debounce).to_string()),
             }
         })
         .collect()

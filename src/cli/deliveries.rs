@@ -211,6 +211,15 @@ pub fn describe(d: &DeliveryDetail) -> String {
             "\njob {}  rule {}  target {}  state {}  attempts {}\n",
             j.id, j.rule, j.target, j.state, j.attempts
         ));
+        if let Some(group) = &j.group {
+            out.push_str(&format!("  concurrency group: {group}\n"));
+        }
+        if let Some(by) = &j.superseded_by {
+            out.push_str(&format!(
+                "  superseded by job {} of delivery {} (rule {}, id {})\n",
+                by.job, by.delivery, by.rule, by.delivery_id
+            ));
+        }
         if let Some(res) = &j.result {
             let mut parts = Vec::new();
             if let Some(id) = &res.id {

@@ -118,6 +118,15 @@ pub fn human(x: &Explanation, rules: usize) -> String {
     }
     for m in &x.matched {
         out.push_str(&format!("MATCH  {} -> target {}\n", m.rule, m.target));
+        if let Some(group) = &m.group {
+            out.push_str(&format!(
+                "       concurrency group {group:?}: supersedes the group's older jobs that have not created a pipeline{}\n",
+                m.debounce
+                    .as_ref()
+                    .map(|d| format!("; waits {d} before its first attempt"))
+                    .unwrap_or_default()
+            ));
+        }
         match (&m.request, &m.error) {
             (Some(r), _) => out.push_str(&format_request(r, "       ")),
             (None, Some(err)) => out.push_str(&format!("       cannot build the request: {err}\n")),

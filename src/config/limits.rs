@@ -37,6 +37,11 @@ pub(crate) const INITIAL_BACKOFF: u64 = DAY;
 pub(crate) const MAX_BACKOFF: u64 = 7 * DAY;
 /// `[retry] request_timeout`: one call to a CI API.
 pub(crate) const REQUEST_TIMEOUT: u64 = DAY;
+/// `[rules.concurrency] debounce`: how long a job waits before its first attempt.
+pub(crate) const DEBOUNCE: u64 = DAY;
+/// Characters in a rendered concurrency group (stored with every job of a
+/// grouped rule, and compared at every ingest of its group).
+pub(crate) const GROUP: usize = 512;
 /// `[dispatch] lease`: must exceed `request_timeout`; its default is twice it.
 pub(crate) const LEASE: u64 = 2 * DAY;
 /// `[sources.NAME] tolerance`: accepted clock skew of a signed timestamp.

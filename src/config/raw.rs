@@ -214,6 +214,21 @@ pub struct RawRule {
     #[schemars(with = "RawTrigger")]
     pub trigger: Spanned<RawTrigger>,
     pub retry: Option<RawRetry>,
+    pub concurrency: Option<RawConcurrency>,
+}
+
+/// `[rules.concurrency]`: newest wins within a group.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConcurrency {
+    /// Template; jobs rendering the same string share a group, across rules.
+    #[schemars(with = "String")]
+    pub group: Spanned<String>,
+    /// Hold each job this long before its first attempt.
+    pub debounce: Option<DurationAtMost<{ limits::DEBOUNCE }>>,
+    /// Cancel the pipelines this group created earlier.
+    #[schemars(with = "Option<bool>")]
+    pub cancel_in_progress: Option<Spanned<bool>>,
 }
 
 /// Every key any trigger accepts; the target's type decides which apply.

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use super::Dispatcher;
 use super::retry::{LONGEST_WAIT, transition};
 use crate::config::{Config, RetryPolicy};
-use crate::store::{Attempt, LeasedJob, Transition};
+use crate::store::{Attempt, LeasedJob, Start, Transition};
 use crate::target::redact::Redactor;
 use crate::target::{self, Outcome, truncate_body};
 
@@ -97,9 +97,19 @@ impl Dispatcher {
             error: None,
             response: None,
         };
-        let next = if let Some(reason) = gave_up(job.attempt, policy.max_attempts) {
+        let given_up = gave_up(job.attempt, policy.max_attempts);
+        let start = if job.grouped && given_up.is_none() {
+            self.start_grouped(&job, &policy).await
+        } else {
+            Ok(())
+        };
+        let next = if let Some(reason) = given_up {
             drop(permit);
             Transition::Dead(reason)
+        } else if let Err(not_sent) = start {
+            drop(permit);
+            record.error = Some(not_sent.reason()?.to_owned());
+            not_sent.into_transition()?
         } else {
             let call = AssertUnwindSafe(self.call(&config, &job, &policy, &mut record));
             let outcome = call.catch_unwind().await.unwrap_or_else(|panic| {
@@ -121,6 +131,32 @@ impl Dispatcher {
         };
         self.record(&job, record, next).await;
         due
+    }
+
+    /// Let an attempt of a grouped job go out ([`Store::start_attempt`]):
+    /// not when a newer job of its group superseded it, or it is no longer
+    /// this worker's; retried later when the store cannot say.
+    async fn start_grouped(&self, job: &LeasedJob, policy: &RetryPolicy) -> Result<(), NotSent> {
+        match self.store.start_attempt(job, &self.owner, self.clock.now()).await {
+            Ok(Start::Go) => Ok(()),
+            Ok(Start::Superseded) => {
+                metrics::counter!("hookbridge_jobs_superseded_total").increment(1);
+                info!("superseded by a newer job of its concurrency group while leased; not sent");
+                Err(NotSent::Superseded)
+            }
+            Ok(Start::Gone) => {
+                info!("no longer this worker's job (superseded, or its lease was taken over); not sent");
+                Err(NotSent::Gone)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot start the attempt: the store is unavailable; not sent, retried later");
+                let at = self.clock.now() + policy.initial_backoff;
+                Err(NotSent::Unavailable(Transition::Retry {
+                    at,
+                    reason: "not sent: the store could not start the attempt".to_owned(),
+                }))
+            }
+        }
     }
 
     /// Prepare, send and classify: everything that talks to the CI. What
@@ -242,6 +278,33 @@ impl Dispatcher {
     }
 }
 
+/// Why a grouped job's attempt did not go out ([`Dispatcher::start_grouped`]).
+enum NotSent {
+    /// Ended by its start: nothing to record.
+    Superseded,
+    /// Not this worker's: nothing to record.
+    Gone,
+    /// The store could not say: recorded as this transition.
+    Unavailable(Transition),
+}
+
+impl NotSent {
+    /// The attempt's error text, when there is an attempt to record.
+    fn reason(&self) -> Option<&str> {
+        match self {
+            NotSent::Unavailable(Transition::Retry { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    fn into_transition(self) -> Option<Transition> {
+        match self {
+            NotSent::Unavailable(next) => Some(next),
+            NotSent::Superseded | NotSent::Gone => None,
+        }
+    }
+}
+
 /// Why a job cannot be sent with the current config. Every one is permanent
 /// for the job (the dispatcher dead-letters it with this text): the config
 /// changed since the job was stored, and a replay after fixing it sends it.
@@ -311,6 +374,7 @@ project = "acme/app"
             target: target.into(),
             request: serde_json::from_value(request).unwrap(),
             attempt: 1,
+            grouped: false,
         }
     }
 

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 use toml::Spanned;
 
 use super::filter::PatternList;
-use super::{PathsUnknown, Rule, RuleSet};
+use super::{Concurrency, PathsUnknown, Rule, RuleSet};
 use crate::config::diagnostic::{Diagnostic, suggest};
 use crate::config::loader::Loader;
-use crate::config::raw::{RawRule, RawTarget, SpannedList};
+use crate::config::raw::{RawConcurrency, RawRule, RawTarget, SpannedList};
 use crate::event::Event;
 use crate::target::{Target, TriggerTemplate};
 use crate::template::TemplateCompiler;
@@ -114,6 +114,7 @@ impl<'a> RuleContext<'a> {
             Some(raw_retry) => target.retry.overlay(raw_retry, self.loader),
             None => target.retry.clone(),
         };
+        let concurrency = r.concurrency.as_ref().and_then(|c| self.concurrency(name, r, c));
         (self.loader.error_count() == errors_before).then(|| Rule {
             name: name.to_owned(),
             sources,
@@ -131,6 +132,56 @@ impl<'a> RuleContext<'a> {
             target: target_name.clone(),
             trigger,
             retry,
+            concurrency,
+        })
+    }
+
+    /// `[rules.concurrency]`. Superseding a CircleCI v1.1 job that pins a
+    /// `revision` skips that commit's build: a warning, since it may be meant.
+    fn concurrency(&mut self, name: &str, r: &RawRule, c: &RawConcurrency) -> Option<Concurrency> {
+        if let Some(cancel) = &c.cancel_in_progress
+            && *cancel.get_ref()
+        {
+            self.loader.push(
+                Diagnostic::error(
+                    format!("rule `{name}`: concurrency.cancel_in_progress is not available in this version of hookbridge"),
+                    Some(cancel.span()),
+                )
+                .with_help("remove it: newer jobs still supersede older ones that have not created a pipeline"),
+            );
+        }
+        let trigger = r.trigger.get_ref();
+        if trigger.job.is_some()
+            && let Some(revision) = &trigger.revision
+        {
+            self.loader.push(
+                Diagnostic::warning(
+                    format!("rule `{name}`: a CircleCI v1.1 job with `revision` builds that one commit; a newer job of its concurrency group supersedes it, and that commit is never built"),
+                    Some(revision.span()),
+                )
+                .with_help("remove `revision` to build the branch's head, or `[rules.concurrency]` to build every commit"),
+            );
+        }
+        let source = c.group.get_ref();
+        let group = self
+            .compiler
+            .text(&format!("rule `{name}` concurrency.group"), source)
+            .map_err(|e| {
+                self.loader
+                    .error(format!("rule `{name}`: concurrency.group: {e}"), c.group.span())
+            })
+            .ok()?;
+        if source.trim().is_empty() {
+            self.loader.error(
+                format!("rule `{name}`: concurrency.group is empty; name the group, e.g. \"{{{{ event.repository }}}}/{{{{ event.branch }}}}\""),
+                c.group.span(),
+            );
+            return None;
+        }
+        Some(Concurrency {
+            group,
+            source: source.clone(),
+            debounce: c.debounce.map_or(std::time::Duration::ZERO, |d| d.0),
         })
     }
 

@@ -6,6 +6,7 @@
 //! expression failed, with the message). Several rules may match one event.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -18,7 +19,7 @@ pub use build::build;
 use crate::config::retry::RetryPolicy;
 use crate::event::{Event, kind};
 use crate::target::{TriggerRequest, TriggerTemplate};
-use crate::template::{Condition, Templates};
+use crate::template::{Condition, TemplateValue, Templates};
 use filter::PatternList;
 
 /// What a rule does when a push's changed files are not known.
@@ -48,6 +49,19 @@ pub struct Rule {
     pub trigger: TriggerTemplate,
     /// Effective retry policy: global, then target, then rule.
     pub retry: RetryPolicy,
+    pub concurrency: Option<Concurrency>,
+}
+
+/// `[rules.concurrency]`, compiled: jobs whose group renders the same string
+/// share it, across rules; a newer job supersedes the older ones that have
+/// not created a pipeline yet.
+#[derive(Debug)]
+pub struct Concurrency {
+    pub group: TemplateValue,
+    /// The group's template as written, for messages.
+    pub source: String,
+    /// How long each job waits before its first attempt.
+    pub debounce: Duration,
 }
 
 /// All rules of a config with their compiled templates.
@@ -63,6 +77,12 @@ pub struct Matched {
     pub rule: String,
     pub target: String,
     pub request: TriggerRequest,
+    /// The concurrency group the job joins (`[rules.concurrency]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// How long the job waits before its first attempt.
+    #[serde(skip)]
+    pub debounce: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -140,10 +160,12 @@ impl RuleSet {
         let mut out = Evaluation::default();
         for rule in &self.rules {
             match self.check(rule, event, &scope) {
-                Ok(request) => out.matched.push(Matched {
+                Ok((request, group)) => out.matched.push(Matched {
                     rule: rule.name.clone(),
                     target: rule.target.clone(),
                     request,
+                    group,
+                    debounce: rule.concurrency.as_ref().map_or(Duration::ZERO, |c| c.debounce),
                 }),
                 Err(Miss::Skip(reason)) => out.skipped.push(Skipped {
                     rule: rule.name.clone(),
@@ -158,7 +180,12 @@ impl RuleSet {
         out
     }
 
-    fn check(&self, rule: &Rule, event: &Event, scope: &minijinja::Value) -> Result<TriggerRequest, Miss> {
+    fn check(
+        &self,
+        rule: &Rule,
+        event: &Event,
+        scope: &minijinja::Value,
+    ) -> Result<(TriggerRequest, Option<String>), Miss> {
         filters(rule, event).map_err(Miss::Skip)?;
         if let Some(cond) = &rule.condition {
             match self.templates.test(cond, scope) {
@@ -168,9 +195,40 @@ impl RuleSet {
                 Err(e) => return Err(Miss::Error(e)),
             }
         }
-        rule.trigger
+        let request = rule
+            .trigger
             .render(&self.templates, scope, event)
-            .map_err(Miss::Error)
+            .map_err(Miss::Error)?;
+        let group = match &rule.concurrency {
+            Some(c) => Some(self.group(c, scope).map_err(Miss::Error)?),
+            None => None,
+        };
+        Ok((request, group))
+    }
+
+    /// The concurrency group a match joins: text, not empty, short enough to
+    /// store with every job, and without NUL (which PostgreSQL cannot store).
+    fn group(&self, c: &Concurrency, scope: &minijinja::Value) -> Result<String, String> {
+        let group = match self.templates.render(&c.group, scope)? {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Null => return Err("concurrency.group rendered null".into()),
+            _ => return Err("concurrency.group must render text, not a list or a table".into()),
+        };
+        let limit = crate::config::limits::GROUP;
+        if group.trim().is_empty() {
+            Err(format!(
+                "concurrency.group `{}` rendered an empty string",
+                c.source
+            ))
+        } else if group.contains('\0') {
+            Err("concurrency.group rendered a NUL character".into())
+        } else if group.chars().count() > limit {
+            Err(format!("concurrency.group rendered more than {limit} characters"))
+        } else {
+            Ok(group)
+        }
     }
 }
 

@@ -174,10 +174,15 @@ async fn handle(
         warn!(rule = %e.rule, error = %e.error, "rule could not be evaluated");
     }
     let delivery = intake::delivery(intake, received_at);
-    let fresh = delivery.summary.clone();
+    let mut fresh = delivery.summary.clone();
     let event = delivery.event.name.clone();
     match app.store.ingest(delivery).await {
-        Ok(Ingested::Stored) => {
+        Ok(Ingested::Stored { superseded }) => {
+            let ended: usize = superseded.iter().map(|s| s.jobs.len()).sum();
+            if ended > 0 {
+                metrics::counter!("hookbridge_jobs_superseded_total").increment(ended as u64);
+                crate::store::model::note_superseded(&mut fresh, &superseded);
+            }
             metrics::histogram!("hookbridge_ingest_duration_seconds").record(started.elapsed().as_secs_f64());
             let matched = !fresh.matched.is_empty();
             for m in &fresh.matched {
@@ -201,6 +206,7 @@ async fn handle(
             info!(
                 event = %event,
                 matched = fresh.matched.len(),
+                superseded = ended,
                 skipped = fresh.skipped.len(),
                 errors = fresh.errors.len(),
                 "delivery stored"

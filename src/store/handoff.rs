@@ -211,6 +211,7 @@ mod tests {
             )
             .unwrap(),
             attempt: 1,
+            grouped: false,
         }
     }
 

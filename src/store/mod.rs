@@ -9,6 +9,12 @@
 //!   expires; an expired lease (a crashed worker) makes the job due again.
 //! - [`Store::record_attempt`] stores every attempt and moves the job on, but
 //!   only while the worker still holds the lease.
+//! - Concurrency groups (`[rules.concurrency]`): an ingest ends, in its
+//!   transaction, the older jobs of each new job's group that have not
+//!   gone out (pending, or leased and not started) as `superseded`, and
+//!   marks those whose attempt is out, which end superseded unless that
+//!   attempt creates a pipeline; [`Store::start_attempt`] lets a grouped
+//!   job's attempt go out, or ends it when it was superseded meanwhile.
 //!
 //! SQLite ([`sqlite`]) is the embedded default; PostgreSQL ([`postgres`])
 //! lets several replicas share one queue.
@@ -46,11 +52,13 @@
 //! - `open.rs`: [`open`] and [`migrate`] the store the config names;
 //! - `error.rs`: [`StoreError`] and [`StoreErrorKind`];
 //! - [`model`]: what both backends share: [`JobState`], the transition to
-//!   job update mapping ([`model::JobUpdate`]), the interrupted-attempt
-//!   texts, messages, the schema check, JSON columns;
+//!   job update mapping ([`model::JobUpdate`]), concurrency groups' plan
+//!   ([`model::supersede`]), the interrupted-attempt texts, messages, the
+//!   schema check, JSON columns;
 //! - [`ready`]: the readiness probe cache;
 //! - [`sqlite`]: `mod` (store, open), `schema`, `writer` (group commit, one
-//!   generic write op), `queue` (writes), `history` (reads), `guard` (files, room);
+//!   generic write op), `queue` (writes), `groups` (superseding), `status`,
+//!   `history` (reads), `guard` (files, room);
 //! - [`postgres`]: the shared store. SQL stays per backend.
 
 use std::collections::BTreeMap;
@@ -72,7 +80,7 @@ pub mod ready;
 pub mod sqlite;
 
 pub use error::{StoreError, StoreErrorKind};
-pub use model::JobState;
+pub use model::{JobState, Start, Superseded, SupersededBy};
 pub use open::{OpenMode, migrate, open};
 
 /// Milliseconds since the Unix epoch, the stores' time unit.
@@ -90,6 +98,12 @@ pub struct MatchedJob {
     pub rule: String,
     pub job: String,
     pub target: String,
+    /// The concurrency group the job joined (`[rules.concurrency]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The older jobs of its group this job superseded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<String>,
 }
 
 /// What the sender is told about its delivery (and what `deliveries show` repeats).
@@ -111,6 +125,25 @@ pub struct NewJob {
     pub rule: String,
     pub target: String,
     pub request: TriggerRequest,
+    /// Its concurrency group: storing it supersedes the group's older jobs
+    /// that have not created a pipeline yet.
+    pub group: Option<String>,
+    /// How long after the delivery its first attempt falls due (debounce).
+    pub delay: Duration,
+}
+
+impl NewJob {
+    /// A job without a group, due at once.
+    pub fn new(id: String, rule: String, target: String, request: TriggerRequest) -> NewJob {
+        NewJob {
+            id,
+            rule,
+            target,
+            request,
+            group: None,
+            delay: Duration::ZERO,
+        }
+    }
 }
 
 /// A verified, described delivery with the jobs its rules produced.
@@ -134,12 +167,10 @@ pub struct NewDelivery {
 /// The result of [`Store::ingest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
-    Stored,
+    /// Stored; with the jobs its new jobs superseded, when any did.
+    Stored { superseded: Vec<Superseded> },
     /// Seen before: the original summary, and how many dead jobs were queued again.
-    Duplicate {
-        summary: Summary,
-        requeued: usize,
-    },
+    Duplicate { summary: Summary, requeued: usize },
 }
 
 /// A job handed to a worker.
@@ -154,6 +185,9 @@ pub struct LeasedJob {
     pub request: TriggerRequest,
     /// Attempt number within the current round (1 for the first try).
     pub attempt: u32,
+    /// In a concurrency group: [`Store::start_attempt`] lets each attempt
+    /// through, unless a newer job of the group superseded this one.
+    pub grouped: bool,
 }
 
 /// One attempt, as it will be recorded.
@@ -201,6 +235,9 @@ pub enum DeliveryStatus {
     Done,
     /// Some job was dead-lettered.
     Dead,
+    /// Every job that did not finish otherwise was superseded by a newer
+    /// job of its concurrency group.
+    Superseded,
     /// No rule matched (or the CI skipped every job).
     Skipped,
 }
@@ -211,6 +248,7 @@ impl DeliveryStatus {
             DeliveryStatus::Pending => "pending",
             DeliveryStatus::Done => "done",
             DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Superseded => "superseded",
             DeliveryStatus::Skipped => "skipped",
         }
     }
@@ -220,6 +258,7 @@ impl DeliveryStatus {
             "pending" => Some(DeliveryStatus::Pending),
             "done" => Some(DeliveryStatus::Done),
             "dead" => Some(DeliveryStatus::Dead),
+            "superseded" => Some(DeliveryStatus::Superseded),
             "skipped" => Some(DeliveryStatus::Skipped),
             _ => None,
         }
@@ -228,7 +267,7 @@ impl DeliveryStatus {
 
 /// A status name that is none of [`DeliveryStatus`]'s.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a status; use pending, done, dead or skipped")]
+#[error("`{0}` is not a status; use pending, done, dead, superseded or skipped")]
 pub struct UnknownStatus(pub String);
 
 /// `--status` and `?status=`: admin callers' text.
@@ -292,6 +331,12 @@ pub struct JobDetail {
     pub last_error: Option<String>,
     pub result: Option<TriggerResult>,
     pub request: TriggerRequest,
+    /// Its concurrency group (`[rules.concurrency]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// For a superseded job: the newer job, and its delivery, that ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<SupersededBy>,
     pub history: Vec<AttemptRow>,
 }
 
@@ -356,6 +401,12 @@ pub trait Store: Send + Sync {
         next: Transition,
         now: SystemTime,
     ) -> Result<(), StoreError>;
+
+    /// Let an attempt of a grouped job (`job.grouped`) go to the CI: from
+    /// now on a newer job of its group no longer ends it. A job a newer one
+    /// superseded while it was leased is ended instead ([`Start::Superseded`]).
+    async fn start_attempt(&self, job: &LeasedJob, owner: &str, now: SystemTime)
+    -> Result<Start, StoreError>;
 
     /// Give back every lease `owner` holds (graceful shutdown); the jobs are due at `now`.
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError>;

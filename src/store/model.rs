@@ -10,7 +10,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Attempt, DeliveryKey, QueueStats, StoreError, Transition, from_millis, millis};
+use super::{
+    Attempt, DeliveryKey, NewDelivery, QueueStats, StoreError, Summary, Transition, from_millis, millis,
+};
 
 /// The queue's figures for metrics, on either store: jobs pending, running
 /// and dead, and when the oldest unfinished one was created. A term per
@@ -33,6 +35,139 @@ pub fn queue_stats((pending, running, dead, oldest): (i64, i64, i64, Option<i64>
         dead: count(dead),
         oldest_pending: oldest.map(from_millis),
     }
+}
+
+/// The older jobs of its group one new job ended, in the ingest that
+/// stored it (`[rules.concurrency]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    /// The new job.
+    pub by: String,
+    /// The jobs it ended, oldest first.
+    pub jobs: Vec<String>,
+}
+
+/// Whether an attempt of a grouped job may go to the CI ([`Store::start_attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Still the job's latest word: send it. A newer job of its group no
+    /// longer ends it; only this attempt's outcome does.
+    Go,
+    /// A newer job of its group arrived while it was leased: now ended as
+    /// superseded, and not to be sent.
+    Superseded,
+    /// No longer this worker's: superseded at ingest, or its lease was
+    /// taken over or given back. Not to be sent; nothing to record.
+    Gone,
+}
+
+/// The newer job of its group that superseded a job, and its delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupersededBy {
+    pub job: String,
+    /// The delivery's internal id.
+    pub delivery_id: String,
+    /// The provider's delivery id.
+    pub delivery: String,
+    pub rule: String,
+}
+
+/// A live job of a concurrency group, as an ingest finds it under the
+/// group's lock: pending, or leased (`started` once its attempt went out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveJob {
+    pub id: String,
+    pub delivery_id: String,
+    pub group: String,
+    pub started: bool,
+}
+
+/// A new job of an ingest with a group, in the order deliveries are stored.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupedJob<'a> {
+    pub id: &'a str,
+    pub delivery_id: &'a str,
+    pub group: &'a str,
+}
+
+/// What an ingest writes for its concurrency groups ([`supersede`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Supersede {
+    /// Jobs ended as superseded at once: (job, the new job that ended it).
+    pub ended: Vec<(String, String)>,
+    /// Jobs whose attempt is out: (job, the new job). Each ends superseded
+    /// when its attempt creates no pipeline, or is done when it does.
+    pub marked: Vec<(String, String)>,
+    /// The deliveries of the ended jobs, sorted: their status changes.
+    pub deliveries: Vec<String>,
+    /// Per new job, the jobs it ended.
+    pub superseded: Vec<Superseded>,
+}
+
+/// Newest wins: each new job, in order, supersedes every job of its group
+/// alive before it (`live`, found by the store, then the ingest's own
+/// earlier ones); a job whose attempt already went out is only marked.
+pub fn supersede(mut live: Vec<LiveJob>, new: &[GroupedJob<'_>]) -> Supersede {
+    use std::collections::HashMap;
+    live.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut alive: HashMap<&str, Vec<LiveJob>> = HashMap::new();
+    for job in live {
+        let group = new.iter().find(|n| n.group == job.group).map(|n| n.group);
+        if let Some(group) = group {
+            alive.entry(group).or_default().push(job);
+        }
+    }
+    let mut out = Supersede::default();
+    for job in new {
+        let before = alive.insert(
+            job.group,
+            vec![LiveJob {
+                id: job.id.to_owned(),
+                delivery_id: job.delivery_id.to_owned(),
+                group: job.group.to_owned(),
+                started: false,
+            }],
+        );
+        let mut ended = Vec::new();
+        for old in before.into_iter().flatten() {
+            if old.started {
+                out.marked.push((old.id, job.id.to_owned()));
+            } else {
+                out.deliveries.push(old.delivery_id);
+                ended.push(old.id.clone());
+                out.ended.push((old.id, job.id.to_owned()));
+            }
+        }
+        if !ended.is_empty() {
+            out.superseded.push(Superseded {
+                by: job.id.to_owned(),
+                jobs: ended,
+            });
+        }
+    }
+    out.deliveries.sort();
+    out.deliveries.dedup();
+    out
+}
+
+/// Name in `summary` the jobs each of its new jobs superseded.
+pub fn note_superseded(summary: &mut Summary, superseded: &[Superseded]) {
+    for s in superseded {
+        if let Some(m) = summary.matched.iter_mut().find(|m| m.job == s.by) {
+            m.superseded.clone_from(&s.jobs);
+        }
+    }
+}
+
+/// The new jobs of `delivery` that have a group, in order.
+pub fn grouped_jobs(delivery: &NewDelivery) -> impl Iterator<Item = GroupedJob<'_>> {
+    delivery.jobs.iter().filter_map(|j| {
+        j.group.as_deref().map(|group| GroupedJob {
+            id: &j.id,
+            delivery_id: &delivery.id,
+            group,
+        })
+    })
 }
 
 /// The outcome recorded for an attempt that was cut short.
@@ -123,15 +258,19 @@ pub enum JobState {
     Dead,
     /// The CI chose not to run it.
     Skipped,
+    /// A newer job of its concurrency group ended it before it created a
+    /// pipeline.
+    Superseded,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         JobState::Pending,
         JobState::Running,
         JobState::Done,
         JobState::Dead,
         JobState::Skipped,
+        JobState::Superseded,
     ];
 
     /// The stored name.
@@ -142,6 +281,7 @@ impl JobState {
             JobState::Done => "done",
             JobState::Dead => "dead",
             JobState::Skipped => "skipped",
+            JobState::Superseded => "superseded",
         }
     }
 }
@@ -241,6 +381,68 @@ mod tests {
         let u = JobUpdate::after(&Transition::Done(done), &attempt(Some("slow")), now).unwrap();
         assert_eq!(u.error.as_deref(), Some("slow"));
         assert_eq!(u.result.as_deref(), Some(r#"{"id":"42"}"#));
+    }
+
+    fn live(id: &str, group: &str, started: bool) -> LiveJob {
+        LiveJob {
+            id: id.into(),
+            delivery_id: format!("d-{id}"),
+            group: group.into(),
+            started,
+        }
+    }
+
+    /// Each new job ends what was alive in its group before it, the
+    /// ingest's own earlier jobs included; a job whose attempt is out is
+    /// only marked; other groups are left alone.
+    #[test]
+    fn the_newest_job_of_a_group_supersedes_the_rest() {
+        let found = vec![
+            live("b", "main", false),
+            live("a", "main", true),
+            live("c", "dev", false),
+        ];
+        let new = [
+            GroupedJob {
+                id: "n1",
+                delivery_id: "d-n",
+                group: "main",
+            },
+            GroupedJob {
+                id: "n2",
+                delivery_id: "d-n",
+                group: "main",
+            },
+            GroupedJob {
+                id: "n3",
+                delivery_id: "d-m",
+                group: "other",
+            },
+        ];
+        let plan = supersede(found, &new);
+        assert_eq!(
+            plan.ended,
+            vec![("b".into(), "n1".into()), ("n1".into(), "n2".into())]
+        );
+        assert_eq!(plan.marked, vec![("a".into(), "n1".into())]);
+        assert_eq!(plan.deliveries, vec!["d-b".to_owned(), "d-n".to_owned()]);
+        assert_eq!(
+            plan.superseded,
+            vec![
+                Superseded {
+                    by: "n1".into(),
+                    jobs: vec!["b".into()]
+                },
+                Superseded {
+                    by: "n2".into(),
+                    jobs: vec!["n1".into()]
+                },
+            ]
+        );
+        assert_eq!(
+            supersede(vec![live("c", "dev", false)], &new[2..]),
+            Supersede::default()
+        );
     }
 
     #[test]

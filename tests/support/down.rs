@@ -40,6 +40,9 @@ impl Store for DownStore {
     ) -> Result<(), StoreError> {
         self.down()
     }
+    async fn start_attempt(&self, _: &LeasedJob, _: &str, _: SystemTime) -> Result<Start, StoreError> {
+        self.down()
+    }
     async fn release(&self, _: &str, _: SystemTime) -> Result<(), StoreError> {
         self.down()
     }

@@ -21,7 +21,8 @@ pub(super) async fn replay(
     let id = resolve(tx, key).await?;
     let now_ms = millis(now);
     let ids: Vec<String> = sqlx::query_scalar(
-        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL, updated_at = $3
+        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL,
+                superseded_by = NULL, updated_at = $3
          WHERE delivery_id = $1 AND ($2::TEXT IS NULL OR id = $2) AND state != 'running'
          RETURNING id",
     )
@@ -114,7 +115,7 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
     }
     let gone: Vec<(String, i64)> = sqlx::query_as(
         "DELETE FROM deliveries WHERE id IN (
-            SELECT id FROM deliveries WHERE status IN ('done', 'skipped') AND received_at < $1
+            SELECT id FROM deliveries WHERE status IN ('done', 'skipped', 'superseded') AND received_at < $1
             LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING id, seq",
     )

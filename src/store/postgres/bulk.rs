@@ -7,17 +7,15 @@
 //! `queue`, and a batch writes the same rows.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
+use std::collections::HashMap;
 
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 
 use super::error::refused_by_server;
-use super::queue::{Tx, duplicate, notify, refresh_status};
-use super::{db, to_json};
+use super::queue::{Tx, duplicate, notify};
+use super::{db, groups, to_json};
 use crate::store::handoff::{Claim, Handoff};
-use crate::store::model::JobUpdate;
 use crate::store::*;
 
 /// Store `deliveries`, each with its payload and jobs, in one statement
@@ -41,8 +39,23 @@ pub(super) async fn ingest(
     handoff: Option<&Handoff>,
 ) -> Result<Vec<Ingested>, StoreError> {
     let jobs: usize = deliveries.iter().map(|d| d.jobs.len()).sum();
-    let claim = handoff.map(|h| h.claim(jobs));
-    let stored = match insert(statement, deliveries, claim.as_ref()).await {
+    // A batch with concurrency groups supersedes under the groups' locks,
+    // in a transaction of its own, and leases nothing at ingest: each
+    // attempt of a grouped job starts through the store.
+    let grouped = deliveries
+        .iter()
+        .any(|d| d.jobs.iter().any(|j| j.group.is_some()));
+    let claim = handoff.map(|h| h.claim(if grouped { 0 } else { jobs }));
+    let (inserted, mut superseded) = if grouped {
+        match insert_grouped(pool, deliveries).await {
+            Ok((stored, superseded)) => (Ok(stored), superseded),
+            Err(e) => (Err(e), HashMap::new()),
+        }
+    } else {
+        let inserted = insert(statement, deliveries, claim.as_ref(), &HashMap::new()).await;
+        (inserted, HashMap::new())
+    };
+    let stored = match inserted {
         Ok(stored) => stored,
         Err(e) => {
             // Lost with the connection, the statement may have committed with
@@ -69,13 +82,16 @@ pub(super) async fn ingest(
     };
     let mut out = Vec::with_capacity(deliveries.len());
     let mut requeued_any = false;
+    let mut stored_one = |id: &str| Ingested::Stored {
+        superseded: superseded.remove(id).unwrap_or_default(),
+    };
     if stored.len() == deliveries.len() {
-        out.resize_with(deliveries.len(), || Ingested::Stored);
+        out.extend(deliveries.iter().map(|d| stored_one(&d.id)));
     } else {
         let mut tx: Tx = pool.begin().await.map_err(db)?;
         for d in deliveries {
             if stored.contains_key(&d.id) {
-                out.push(Ingested::Stored);
+                out.push(stored_one(&d.id));
             } else {
                 let seen = duplicate(&mut tx, d).await?;
                 requeued_any |= matches!(seen, Ingested::Duplicate { requeued, .. } if requeued > 0);
@@ -122,6 +138,7 @@ async fn hand_over(
                 target: j.target.clone(),
                 request: j.request.clone(),
                 attempt: 1,
+                grouped: false,
             });
         } else {
             left_due += 1;
@@ -176,8 +193,36 @@ async fn give_back_soon(pool: PgPool, jobs: Vec<String>, lease: (String, i64)) {
     );
 }
 
+/// Store `deliveries`, some with grouped jobs, superseding (see
+/// [`super::groups`]); answers the deliveries stored (id to `seq`) and, by
+/// delivery id, what each one's jobs superseded.
+async fn insert_grouped(
+    pool: &PgPool,
+    deliveries: &[&NewDelivery],
+) -> Result<(HashMap<String, i64>, HashMap<String, Vec<Superseded>>), StoreError> {
+    let mut tx: Tx = pool.begin().await.map_err(db)?;
+    let planned = groups::plan(&mut tx, deliveries).await?;
+    let stored = insert(&mut *tx, deliveries, None, &planned.notes).await?;
+    if stored.len() != planned.fresh {
+        // Stored by a replica that groups its jobs otherwise (another
+        // config) since the plan: it no longer holds. Nothing is written;
+        // the sender tries again and is answered as a duplicate.
+        return Err(StoreError::unavailable(
+            "a delivery of this batch was stored by another replica meanwhile",
+        ));
+    }
+    let now = deliveries
+        .iter()
+        .map(|d| millis(d.received_at))
+        .max()
+        .unwrap_or(0);
+    groups::apply(&mut tx, &planned.plan, now).await?;
+    tx.commit().await.map_err(db)?;
+    Ok((stored, planned.notes))
+}
+
 /// Two optional columns of text, made fit by [`text`].
-type TextPair<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
+pub(super) type TextPair<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
 
 /// Text for a `text` column, which cannot hold NUL (SQLSTATE 22021, a
 /// write that would fail on every try): a repository or ref decoded from a
@@ -193,11 +238,13 @@ pub(super) fn text(s: &str) -> Cow<'_, str> {
 /// The one statement of a batch: deliveries, payloads and jobs, one
 /// `UNNEST` per table; answers the deliveries it stored, by id, with their
 /// `seq`. `ON CONFLICT` waits for a concurrent insert of the same
-/// (delivery, source) to finish, then leaves that delivery out.
-async fn insert(
-    pool: &PgPool,
+/// (delivery, source) to finish, then leaves that delivery out. A summary
+/// names the jobs its delivery's jobs superseded (`notes`, by delivery id).
+async fn insert<'e>(
+    on: impl sqlx::PgExecutor<'e>,
     deliveries: &[&NewDelivery],
     claim: Option<&Claim>,
+    notes: &HashMap<String, Vec<Superseded>>,
 ) -> Result<HashMap<String, i64>, StoreError> {
     let n = deliveries.len();
     let mut ids = Vec::with_capacity(n);
@@ -232,7 +279,14 @@ async fn insert(
         repositories.push(repository.as_deref());
         refs.push(git_ref.as_deref());
         statuses.push(if d.jobs.is_empty() { "skipped" } else { "pending" });
-        summaries.push(to_json(&d.summary)?);
+        summaries.push(match notes.get(&d.id) {
+            Some(superseded) => {
+                let mut summary = d.summary.clone();
+                crate::store::model::note_superseded(&mut summary, superseded);
+                to_json(&summary)?
+            }
+            None => to_json(&d.summary)?,
+        });
         events.push(to_json(&d.event)?);
         headers.push(to_json(&d.headers)?);
         payloads.push(d.payload.as_ref());
@@ -247,6 +301,8 @@ async fn insert(
     let mut targets = Vec::with_capacity(jobs.len());
     let mut requests = Vec::with_capacity(jobs.len());
     let mut due = Vec::with_capacity(jobs.len());
+    let mut delays = Vec::with_capacity(jobs.len());
+    let mut groups = Vec::with_capacity(jobs.len());
     for (d, j) in &jobs {
         job_ids.push(j.id.as_str());
         job_deliveries.push(d.id.as_str());
@@ -254,6 +310,8 @@ async fn insert(
         targets.push(j.target.as_str());
         requests.push(to_json(&j.request)?);
         due.push(millis(d.received_at));
+        delays.push(i64::try_from(j.delay.as_millis()).unwrap_or(i64::MAX));
+        groups.push(j.group.as_deref());
     }
     let rows = sqlx::query(
         "WITH d AS (
@@ -270,15 +328,17 @@ async fn insert(
             JOIN d ON d.id = u.id),
          j AS (
             INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at,
-                              created_at, updated_at, lease_owner, lease_until)
+                              created_at, updated_at, lease_owner, lease_until, concurrency_group)
             SELECT u.id, u.delivery_id, u.rule, u.target, u.request,
                    CASE WHEN u.n <= $20 THEN 'running' ELSE 'pending' END,
                    CASE WHEN u.n <= $20 THEN 1 ELSE 0 END,
-                   u.due, u.due, u.due,
+                   u.due + u.delay, u.due, u.due,
                    CASE WHEN u.n <= $20 THEN $21::text END,
-                   CASE WHEN u.n <= $20 THEN $22::int8 END
-            FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[])
-                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, n)
+                   CASE WHEN u.n <= $20 THEN $22::int8 END,
+                   u.grp
+            FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[],
+                        $23::int8[], $24::text[])
+                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, delay, grp, n)
             WHERE u.delivery_id IN (SELECT id FROM d))
          SELECT id, seq FROM d",
     )
@@ -304,7 +364,9 @@ async fn insert(
     .bind(claim.map_or(0, |c| i64::try_from(c.len()).unwrap_or(i64::MAX)))
     .bind(claim.map(|c| c.owner.as_str()))
     .bind(claim.map(|c| millis(c.until)))
-    .fetch_all(pool)
+    .bind(&delays)
+    .bind(&groups)
+    .fetch_all(on)
     .await
     .map_err(db)?;
     let mut stored = HashMap::with_capacity(rows.len());
@@ -312,143 +374,4 @@ async fn insert(
         stored.insert(r.try_get(0).map_err(db)?, r.try_get(1).map_err(db)?);
     }
     Ok(stored)
-}
-
-/// One attempt to record, owned so it can wait in a batch.
-pub(super) struct Record {
-    pub job: String,
-    pub delivery_id: String,
-    pub owner: String,
-    /// Which of the owner's leases of the job: its attempt number.
-    pub lease: i32,
-    pub attempt: Attempt,
-    pub next: Transition,
-    pub now: SystemTime,
-}
-
-/// Record `records` (distinct jobs, sorted by job id): each attempt is
-/// numbered after its job's last one and always kept; the job moves only
-/// for the worker that still holds this lease (owner and attempt number);
-/// the deliveries' statuses follow. A job purged meanwhile records nothing.
-pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
-    let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
-    // The jobs' row locks, in id order, order these attempts against a lease
-    // takeover (which notes an interrupted attempt).
-    let live: HashSet<String> =
-        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&ids)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .collect();
-    let records: Vec<&Record> = records
-        .iter()
-        .copied()
-        .filter(|r| live.contains(&r.job))
-        .collect();
-    if records.is_empty() {
-        return Ok(());
-    }
-    let updates = records
-        .iter()
-        .map(|r| JobUpdate::after(&r.next, &r.attempt, r.now))
-        .collect::<Result<Vec<_>, _>>()?;
-    attempts_and_jobs(tx, &records, &updates).await?;
-    let mut deliveries: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
-    deliveries.sort_unstable();
-    deliveries.dedup();
-    refresh_status(tx, &deliveries).await
-}
-
-/// One statement: the attempts, each numbered after its job's last one
-/// (read by this statement, issued once the locks are held, so it sees an
-/// attempt a takeover committed meanwhile), and the jobs moved, only for
-/// the worker that still holds this lease (owner and attempt number: a
-/// record retried after its job was leased again leaves the new lease
-/// alone); a late worker's attempt is recorded all the same.
-async fn attempts_and_jobs(
-    tx: &mut Tx,
-    records: &[&Record],
-    updates: &[JobUpdate],
-) -> Result<(), StoreError> {
-    let n = records.len();
-    let (mut jobs, mut started, mut durations, mut statuses) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut outcomes, mut errors, mut responses, mut owners) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut states, mut due, mut results, mut now) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let mut leases = Vec::with_capacity(n);
-    let texts: Vec<TextPair> = records
-        .iter()
-        .zip(updates)
-        .map(|(r, u)| {
-            (
-                u.error.as_deref().map(text),
-                r.attempt.response.as_deref().map(text),
-            )
-        })
-        .collect();
-    for ((r, u), (error, response)) in records.iter().zip(updates).zip(&texts) {
-        jobs.push(r.job.as_str());
-        started.push(millis(r.attempt.started_at));
-        durations.push(i64::try_from(r.attempt.duration.as_millis()).unwrap_or(i64::MAX));
-        statuses.push(r.attempt.status.map(i32::from));
-        outcomes.push(r.next.outcome());
-        errors.push(error.as_deref());
-        responses.push(response.as_deref());
-        owners.push(r.owner.as_str());
-        states.push(u.state.as_str());
-        due.push(u.next_attempt_at);
-        results.push(u.result.as_deref());
-        now.push(millis(r.now));
-        leases.push(r.lease);
-    }
-    sqlx::query(
-        "WITH u AS (
-            SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::int8[],
-                                 $13::int4[])
-                 AS u(job, started, duration, status, outcome, error, response, owner, state, due, result, now,
-                      lease)),
-         a AS (
-            INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
-            SELECT u.job, COALESCE((SELECT MAX(x.n) FROM attempts x WHERE x.job_id = u.job), 0) + 1,
-                   u.started, u.duration, u.status, u.outcome, u.error, u.response
-            FROM u)
-         UPDATE jobs j SET state = u.state, next_attempt_at = u.due, lease_owner = NULL, lease_until = NULL,
-                last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now
-         FROM u
-         WHERE j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running' AND j.attempts = u.lease",
-    )
-    .bind(&jobs)
-    .bind(&started)
-    .bind(&durations)
-    .bind(&statuses)
-    .bind(&outcomes)
-    .bind(&errors)
-    .bind(&responses)
-    .bind(&owners)
-    .bind(&states)
-    .bind(&due)
-    .bind(&results)
-    .bind(&now)
-    .bind(&leases)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(())
 }

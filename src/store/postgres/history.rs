@@ -96,8 +96,12 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
     let summary: String = r.try_get(10).map_err(db)?;
     let event: String = r.try_get(11).map_err(db)?;
     let job_rows = sqlx::query(
-        "SELECT id, rule, target, state, attempts, next_attempt_at, last_error, result, request
-         FROM jobs WHERE delivery_id = $1 ORDER BY id",
+        "SELECT j.id, j.rule, j.target, j.state, j.attempts, j.next_attempt_at, j.last_error, j.result,
+                j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule
+         FROM jobs j
+         LEFT JOIN jobs s ON s.id = j.superseded_by AND j.state = 'superseded'
+         LEFT JOIN deliveries sd ON sd.id = s.delivery_id
+         WHERE j.delivery_id = $1 ORDER BY j.id",
     )
     .bind(&id)
     .fetch_all(pool)
@@ -133,6 +137,19 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
         let request: String = j.try_get(8).map_err(db)?;
         let state: JobState = state.parse()?;
         let waiting = state == JobState::Pending;
+        let by: (Option<String>, Option<String>) = (j.try_get(10).map_err(db)?, j.try_get(11).map_err(db)?);
+        let superseded_by = match by {
+            (Some(job), Some(delivery_id)) => Some(SupersededBy {
+                job,
+                delivery_id,
+                delivery: j
+                    .try_get::<Option<String>, _>(12)
+                    .map_err(db)?
+                    .unwrap_or_default(),
+                rule: j.try_get(13).map_err(db)?,
+            }),
+            _ => None,
+        };
         jobs.push(JobDetail {
             id: job_id,
             rule: j.try_get(1).map_err(db)?,
@@ -143,6 +160,8 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
             last_error: j.try_get(6).map_err(db)?,
             result: result.as_deref().map(from_json).transpose()?,
             request: from_json(&request)?,
+            group: j.try_get(9).map_err(db)?,
+            superseded_by,
             history,
         });
     }

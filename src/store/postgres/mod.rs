@@ -16,7 +16,11 @@
 //! - concurrent ingests on one replica share a transaction and its commit,
 //!   as do concurrent attempt records (group commit: `batch`, `write`): an
 //!   ingest batch is one statement (`UNNEST` per table in data-modifying
-//!   CTEs), a record batch three, with one `NOTIFY` per batch (`bulk`);
+//!   CTEs), a record batch three, with one `NOTIFY` per batch (`bulk`,
+//!   `record`);
+//! - concurrency groups: an ingest batch with grouped jobs takes its
+//!   groups' advisory locks in one transaction, so replicas agree on which
+//!   job is newest (`groups`);
 //! - no foreign keys (schema 5): rows are consistent by construction, and
 //!   the purge deletes what hangs on a delivery itself (`admin`);
 //! - migrations run under `pg_advisory_lock`, the retention purge under
@@ -27,7 +31,8 @@
 //! its own when the server returns.
 //!
 //! Files: `schema` (migrations), `batch` (the group-commit queue), `write`
-//! (ingests and records through it), `bulk` (their multi-row statements),
+//! (ingests and records through it), `bulk` and `record` (their multi-row
+//! statements), `groups` (superseding, and the start of a grouped attempt),
 //! `queue` (lease, release, and what the writes share), `admin` (replay,
 //! added jobs, purge), `history` (reads), `listen` (notifications),
 //! `connect` (options from `[store]`), `error` (sqlx errors classified into
@@ -38,9 +43,11 @@ mod batch;
 mod bulk;
 mod connect;
 mod error;
+mod groups;
 mod history;
 mod listen;
 mod queue;
+mod record;
 mod schema;
 mod write;
 
@@ -139,6 +146,16 @@ impl Store for PostgresStore {
         queue::lease_due(&self.pool, owner, limit, lease, now).await
     }
 
+    async fn start_attempt(
+        &self,
+        job: &LeasedJob,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<Start, StoreError> {
+        let lease = i32::try_from(job.attempt).unwrap_or(i32::MAX);
+        groups::start(&self.pool, &job.id, (owner, lease), now).await
+    }
+
     async fn record_attempt(
         &self,
         job: &LeasedJob,
@@ -147,7 +164,7 @@ impl Store for PostgresStore {
         next: Transition,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        let record = bulk::Record {
+        let record = record::Record {
             job: job.id.clone(),
             delivery_id: job.delivery_id.clone(),
             owner: owner.to_owned(),

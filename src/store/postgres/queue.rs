@@ -60,6 +60,7 @@ pub(super) async fn refresh_status(tx: &mut Tx, deliveries: &[&str]) -> Result<(
                     WHEN bool_or(state IN ('pending', 'running')) THEN 'pending'
                     WHEN bool_or(state = 'dead') THEN 'dead'
                     WHEN bool_or(state = 'done') THEN 'done'
+                    WHEN bool_or(state = 'superseded') THEN 'superseded'
                     ELSE 'skipped' END AS status
                FROM jobs WHERE delivery_id = ANY($1) GROUP BY delivery_id) AS s
          WHERE d.id = locked.id AND s.delivery_id = locked.id AND d.status <> s.status",
@@ -157,10 +158,12 @@ pub(super) async fn lease_due(
             SELECT e.id, COALESCE((SELECT MAX(a.n) FROM attempts a WHERE a.job_id = e.id), 0) + 1,
                    $1, 0, NULL, $5, $6, NULL
             FROM expired e)
-         UPDATE jobs j SET state = 'running', lease_owner = $3, lease_until = $4, attempts = j.attempts + 1, updated_at = $1
+         UPDATE jobs j SET state = 'running', lease_owner = $3, lease_until = $4, attempts = j.attempts + 1,
+                started_at = NULL, updated_at = $1
          FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS picked, deliveries d
          WHERE j.id = picked.id AND d.id = j.delivery_id
-         RETURNING j.id, j.delivery_id, d.delivery, d.source, j.rule, j.target, j.request, j.attempts, j.next_attempt_at",
+         RETURNING j.id, j.delivery_id, d.delivery, d.source, j.rule, j.target, j.request, j.attempts, j.next_attempt_at,
+                   j.concurrency_group IS NOT NULL",
     )
     .bind(now_ms)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -186,6 +189,7 @@ pub(super) async fn lease_due(
                 target: r.try_get(5).map_err(db)?,
                 request: from_json(&request)?,
                 attempt: attempts.max(1) as u32,
+                grouped: r.try_get(9).map_err(db)?,
             },
         ));
     }

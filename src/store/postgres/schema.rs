@@ -167,6 +167,18 @@ CREATE INDEX jobs_due_v6 ON jobs (state, next_attempt_at) WHERE state = 'pending
 DROP INDEX jobs_due;
 ALTER INDEX jobs_due_v6 RENAME TO jobs_due;
 "#,
+    // Version 7, SQLite's version 6: concurrency groups. A job's group, the
+    // job that superseded it, and when its attempt was let through to the
+    // CI (until then a newer job of its group may end it). `jobs_group`
+    // holds only the live jobs of groups: the few an ingest supersedes.
+    // New nullable columns without a default rewrite nothing.
+    r#"
+ALTER TABLE jobs ADD COLUMN concurrency_group TEXT,
+    ADD COLUMN superseded_by TEXT,
+    ADD COLUMN started_at BIGINT;
+CREATE INDEX jobs_group ON jobs (concurrency_group)
+    WHERE concurrency_group IS NOT NULL AND (state = 'pending' OR state = 'running');
+"#,
 ];
 
 /// The schema version this build creates.

@@ -17,8 +17,9 @@ use std::time::Duration;
 use sqlx::postgres::PgPool;
 
 use super::batch::{Batcher, Limits, Pending, Weigh, first_by_key};
-use super::bulk::{self, Record};
+use super::bulk;
 use super::error::refused_by_server;
+use super::record::{self, Record};
 use super::{db, queue::Tx};
 use crate::store::handoff::Handoff;
 use crate::store::{Ingested, NewDelivery, StoreError};
@@ -203,7 +204,7 @@ async fn record(pool: PgPool, batch: Vec<Pending<Record, ()>>) {
 
 async fn record_together(pool: &PgPool, items: &[&Record]) -> Result<(), StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
-    bulk::record(&mut tx, items).await?;
+    record::record(&mut tx, items).await?;
     tx.commit().await.map_err(db)
 }
 

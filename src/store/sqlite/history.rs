@@ -111,28 +111,48 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
     let mut jobs = Vec::new();
     let mut s = conn
         .prepare(
-            "SELECT id, rule, target, state, attempts, next_attempt_at, last_error, result, request
-             FROM jobs WHERE delivery_id = ?1 ORDER BY id",
+            "SELECT j.id, j.rule, j.target, j.state, j.attempts, j.next_attempt_at, j.last_error, j.result,
+                    j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule
+             FROM jobs j
+             LEFT JOIN jobs s ON s.id = j.superseded_by AND j.state = 'superseded'
+             LEFT JOIN deliveries sd ON sd.id = s.delivery_id
+             WHERE j.delivery_id = ?1 ORDER BY j.id",
         )
         .map_err(db)?;
     let rows: Vec<_> = s
         .query_map(params![id], |r| {
+            let by = match (r.get::<_, Option<String>>(10)?, r.get::<_, Option<String>>(11)?) {
+                (Some(job), Some(delivery_id)) => Some(SupersededBy {
+                    job,
+                    delivery_id,
+                    delivery: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                    rule: r.get(13)?,
+                }),
+                _ => None,
+            };
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, String>(8)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                ),
+                (r.get::<_, Option<String>>(9)?, by),
             ))
         })
         .map_err(db)?
         .collect::<Result<_, _>>()
         .map_err(db)?;
-    for (job_id, rule, target, state, attempts, next, last_error, result, request) in rows {
+    for (
+        (job_id, rule, target, state, attempts, next, last_error, result, request),
+        (group, superseded_by),
+    ) in rows
+    {
         let mut a = conn
             .prepare_cached(
                 "SELECT n, started_at, duration_ms, status, outcome, error, response FROM attempts WHERE job_id = ?1 ORDER BY n",
@@ -165,6 +185,8 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
             last_error,
             result: result.as_deref().map(from_json).transpose()?,
             request: from_json(&request)?,
+            group,
+            superseded_by,
             history,
         });
     }

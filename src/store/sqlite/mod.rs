@@ -31,10 +31,12 @@ use queue::PreparedDelivery;
 use schema::{connect, connect_existing, migrate, probe};
 use writer::{How, Op, Write};
 
+mod groups;
 mod guard;
 mod history;
 mod queue;
 mod schema;
+mod status;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
@@ -302,6 +304,19 @@ impl Store for SqliteStore {
         let lease = job.attempt;
         self.write(How::BOOKKEEPING, move |tx| {
             queue::record(tx, &job_id, &delivery_id, (&owner, lease), &attempt, &next, now)
+        })
+        .await
+    }
+
+    async fn start_attempt(
+        &self,
+        job: &LeasedJob,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<Start, StoreError> {
+        let (job_id, owner, lease) = (job.id.clone(), owner.to_owned(), job.attempt);
+        self.write(How::BOOKKEEPING, move |tx| {
+            groups::start(tx, &job_id, (&owner, lease), now)
         })
         .await
     }

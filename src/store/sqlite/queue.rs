@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::db;
 use super::history::resolve;
+use super::status::refresh_status;
+use super::{db, groups};
 use crate::store::model::{self, JobUpdate, from_json, to_json};
 use crate::store::owner::{Left, left_by};
 use crate::store::*;
@@ -50,16 +51,18 @@ fn insert_job(
     request: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    let due = now.saturating_add(i64::try_from(job.delay.as_millis()).unwrap_or(i64::MAX));
     tx.prepare_cached(
-        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)",
+        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at,
+                           updated_at, concurrency_group)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?7, ?6, ?6, ?8)",
     )
-    .and_then(|mut s| s.execute(params![job.id, delivery_id, job.rule, job.target, request, now]))
+    .and_then(|mut s| s.execute(params![job.id, delivery_id, job.rule, job.target, request, now, due, job.group]))
     .map_err(db)?;
     Ok(())
 }
 
-pub(super) fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, StoreError> {
+pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingested, StoreError> {
     let d = &p.delivery;
     let existing: Option<(String, String)> = tx
         .prepare_cached(
@@ -87,6 +90,17 @@ pub(super) fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, S
         });
     }
     let received = millis(d.received_at);
+    let grouped: Vec<_> = model::grouped_jobs(d).collect();
+    let plan = if grouped.is_empty() {
+        model::Supersede::default()
+    } else {
+        groups::plan(tx, &grouped)?
+    };
+    if !plan.superseded.is_empty() {
+        model::note_superseded(&mut p.delivery.summary, &plan.superseded);
+        p.summary = to_json(&p.delivery.summary)?;
+    }
+    let d = &p.delivery;
     let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
     tx.prepare_cached(
         "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
@@ -115,7 +129,10 @@ pub(super) fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, S
     for (job, request) in d.jobs.iter().zip(&p.requests) {
         insert_job(tx, &d.id, job, request, received)?;
     }
-    Ok(Ingested::Stored)
+    groups::apply(tx, &plan, received)?;
+    Ok(Ingested::Stored {
+        superseded: plan.superseded,
+    })
 }
 
 /// A delivery's dead jobs queued again. `+state`: through `jobs_delivery`
@@ -124,23 +141,6 @@ pub(super) fn ingest(tx: &Connection, p: PreparedDelivery) -> Result<Ingested, S
 pub(super) const REQUEUE_DEAD: &str =
     "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
      WHERE delivery_id = ?1 AND +state = 'dead'";
-
-/// A delivery's status from its jobs, each test through `jobs_delivery`
-/// (`+state`, as in [`REQUEUE_DEAD`]).
-pub(super) const REFRESH_STATUS: &str = "UPDATE deliveries SET status = CASE
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND +state IN ('pending', 'running')) THEN 'pending'
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND +state = 'dead') THEN 'dead'
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE delivery_id = ?1 AND +state = 'done') THEN 'done'
-    ELSE 'skipped' END
- WHERE id = ?1";
-
-/// Recompute a delivery's status from its jobs.
-fn refresh_status(tx: &Connection, delivery_id: &str) -> Result<(), StoreError> {
-    tx.prepare_cached(REFRESH_STATUS)
-        .and_then(|mut s| s.execute(params![delivery_id]))
-        .map_err(db)?;
-    Ok(())
-}
 
 fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
     tx.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")
@@ -190,9 +190,10 @@ pub(super) fn lease_due(
         }
         let row = tx
             .prepare_cached(
-                "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, attempts = attempts + 1, updated_at = ?4
+                "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, attempts = attempts + 1,
+                        started_at = NULL, updated_at = ?4
                  WHERE id = ?1
-                 RETURNING delivery_id, rule, target, request, attempts, next_attempt_at",
+                 RETURNING delivery_id, rule, target, request, attempts, next_attempt_at, concurrency_group IS NOT NULL",
             )
             .and_then(|mut s| {
                 s.query_row(params![id, owner, until, now_ms], |r| {
@@ -203,11 +204,12 @@ pub(super) fn lease_due(
                         r.get::<_, String>(3)?,
                         r.get::<_, i64>(4)?,
                         r.get::<_, i64>(5)?,
+                        r.get::<_, bool>(6)?,
                     ))
                 })
             })
             .map_err(db)?;
-        let (delivery_id, rule, target, request, attempts, due) = row;
+        let (delivery_id, rule, target, request, attempts, due, grouped) = row;
         let (delivery, source): (String, String) = tx
             .prepare_cached("SELECT delivery, source FROM deliveries WHERE id = ?1")
             .and_then(|mut s| s.query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?))))
@@ -221,6 +223,7 @@ pub(super) fn lease_due(
             target,
             request: from_json(&request)?,
             attempt: attempts.max(1) as u32,
+            grouped,
         };
         out.push((due, job));
     }
@@ -319,8 +322,11 @@ pub(super) fn record(
     // tells this lease from a later one of the same owner: a record retried
     // after its job was leased again must not end the new lease); a late
     // worker's attempt is still recorded above.
+    // A job a newer one of its group superseded while its attempt was out
+    // is due at once if it is to be retried: its next start ends it.
     tx.prepare_cached(
-        "UPDATE jobs SET state = ?3, next_attempt_at = ?4, lease_owner = NULL, lease_until = NULL,
+        "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
+                next_attempt_at = CASE WHEN ?3 = 'pending' AND superseded_by IS NOT NULL THEN ?7 ELSE ?4 END,
                 last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
          WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' AND attempts = ?8",
     )
@@ -375,7 +381,8 @@ pub(super) fn replay(
     }
     for j in &ids {
         tx.prepare_cached(
-            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
+                    superseded_by = NULL, updated_at = ?2
              WHERE id = ?1",
         )
         .and_then(|mut s| s.execute(params![j, now_ms]))
@@ -407,7 +414,7 @@ pub(super) fn add_jobs(
 pub(super) fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
     let seqs: Vec<i64> = tx
         .prepare_cached(
-            "SELECT seq FROM deliveries WHERE status IN ('done', 'skipped') AND received_at < ?1 LIMIT ?2",
+            "SELECT seq FROM deliveries WHERE status IN ('done', 'skipped', 'superseded') AND received_at < ?1 LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![millis(cutoff), batch as i64], |r| r.get(0))?

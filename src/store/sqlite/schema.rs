@@ -132,6 +132,18 @@ CREATE INDEX jobs_lease ON jobs (lease_until) WHERE state = 'running';
 DROP INDEX jobs_due;
 CREATE INDEX jobs_due ON jobs (state, next_attempt_at) WHERE state = 'pending' OR state = 'dead';
 "#,
+    // Version 6, PostgreSQL's version 7: concurrency groups. A job's group,
+    // the job that superseded it, and when its attempt was let through to
+    // the CI (until then a newer job of its group may end it). `jobs_group`
+    // holds only the live jobs of groups; queries name its predicate's
+    // terms as written, so that SQLite sees they imply it.
+    r#"
+ALTER TABLE jobs ADD COLUMN concurrency_group TEXT;
+ALTER TABLE jobs ADD COLUMN superseded_by TEXT;
+ALTER TABLE jobs ADD COLUMN started_at INTEGER;
+CREATE INDEX jobs_group ON jobs (concurrency_group)
+    WHERE concurrency_group IS NOT NULL AND (state = 'pending' OR state = 'running');
+"#,
 ];
 
 /// The schema version this build creates.

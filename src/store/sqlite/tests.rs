@@ -29,6 +29,8 @@ fn delivery(source: &str, id: &str, jobs: &[&str], at: SystemTime) -> NewDeliver
             rule: "r".into(),
             target: "gitlab".into(),
             request: request.clone(),
+            group: None,
+            delay: std::time::Duration::ZERO,
         })
         .collect();
     NewDelivery {
@@ -50,6 +52,8 @@ fn delivery(source: &str, id: &str, jobs: &[&str], at: SystemTime) -> NewDeliver
                     rule: j.rule.clone(),
                     job: j.id.clone(),
                     target: j.target.clone(),
+                    group: None,
+                    superseded: vec![],
                 })
                 .collect(),
             skipped: vec![],
@@ -291,7 +295,15 @@ fn the_queue_reads_never_scan_the_jobs_table() {
             "{sql}: {steps:?}"
         );
     }
-    for sql in [queue::REQUEUE_DEAD, queue::REFRESH_STATUS] {
+    // A group's live jobs: through `jobs_group`, which holds only those.
+    let steps = plan(&conn, groups::LIVE);
+    assert!(
+        steps
+            .iter()
+            .all(|s| s.starts_with("SEARCH jobs USING INDEX jobs_group")),
+        "{steps:?}"
+    );
+    for sql in [queue::REQUEUE_DEAD, status::REFRESH_STATUS] {
         let steps = plan(&conn, sql);
         let jobs: Vec<&String> = steps.iter().filter(|s| s.contains(" jobs ")).collect();
         assert!(!jobs.is_empty(), "{sql}: {steps:?}");

@@ -1,0 +1,188 @@
+//! Concurrency groups on PostgreSQL: an ingest batch with grouped jobs is
+//! one transaction that takes each of its groups' advisory locks (sorted,
+//! so batches of several replicas wait for each other instead of
+//! deadlocking), reads the groups' live jobs, stores the batch and ends
+//! what its jobs superseded (the plan is the model's, [`model::supersede`]).
+//! The locks make the order of commits the order deliveries were stored:
+//! of two replicas' jobs of one group, the later one supersedes the other.
+//!
+//! An attempt of a grouped job starts through [`start`]: the row lock its
+//! update takes orders it against the ingest that reads the job `FOR
+//! UPDATE`, so a job is either superseded before it goes out or goes out.
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use sha2::Digest;
+use sqlx::Row;
+use sqlx::postgres::PgPool;
+
+use super::db;
+use super::queue::{Tx, refresh_status};
+use crate::store::model::{self, GroupedJob, LiveJob, Supersede};
+use crate::store::{NewDelivery, Start, StoreError, Superseded, millis};
+
+/// The advisory lock key of a group: the first 8 bytes of its SHA-256
+/// (a collision only makes two groups wait for each other).
+fn lock_key(group: &str) -> i64 {
+    let digest = sha2::Sha256::digest(group.as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
+/// What storing a batch with grouped jobs supersedes ([`plan`]).
+pub(super) struct Planned {
+    pub plan: Supersede,
+    /// By delivery id: what each one's jobs superseded.
+    pub notes: HashMap<String, Vec<Superseded>>,
+    /// How many of the batch's deliveries are new (the rest are duplicates).
+    pub fresh: usize,
+}
+
+/// Take the locks of the groups of `deliveries` and plan what storing them
+/// supersedes, in `tx`; the caller inserts them, then [`apply`]s the plan.
+pub(super) async fn plan(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Planned, StoreError> {
+    let mut keys: Vec<i64> = deliveries
+        .iter()
+        .flat_map(|d| d.jobs.iter().filter_map(|j| j.group.as_deref()))
+        .map(lock_key)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+    // Under the locks, a delivery stored before is stored by now: its jobs
+    // supersede nothing here (it is answered as a duplicate).
+    let sources: Vec<&str> = deliveries.iter().map(|d| d.source.as_str()).collect();
+    let ids: Vec<&str> = deliveries.iter().map(|d| d.delivery.as_str()).collect();
+    let seen: HashSet<(String, String)> = sqlx::query_as(
+        "SELECT d.source, d.delivery FROM deliveries d
+         JOIN UNNEST($1::text[], $2::text[]) AS u(source, delivery)
+           ON d.delivery = u.delivery AND d.source = u.source",
+    )
+    .bind(&sources)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?
+    .into_iter()
+    .collect();
+    let fresh: Vec<&NewDelivery> = deliveries
+        .iter()
+        .copied()
+        .filter(|d| !seen.contains(&(d.source.clone(), d.delivery.clone())))
+        .collect();
+    let grouped: Vec<GroupedJob<'_>> = fresh.iter().flat_map(|d| model::grouped_jobs(d)).collect();
+    let mut groups: Vec<&str> = grouped.iter().map(|j| j.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let live = sqlx::query(
+        "SELECT id, delivery_id, concurrency_group, state = 'running' AND started_at IS NOT NULL FROM jobs
+         WHERE concurrency_group = ANY($1) AND (state = 'pending' OR state = 'running')
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(&groups)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?
+    .into_iter()
+    .map(|r| {
+        Ok(LiveJob {
+            id: r.try_get(0).map_err(db)?,
+            delivery_id: r.try_get(1).map_err(db)?,
+            group: r.try_get(2).map_err(db)?,
+            started: r.try_get(3).map_err(db)?,
+        })
+    })
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    let plan = model::supersede(live, &grouped);
+    let delivery_of: HashMap<&str, &str> = grouped.iter().map(|j| (j.id, j.delivery_id)).collect();
+    let mut notes: HashMap<String, Vec<Superseded>> = HashMap::new();
+    for s in &plan.superseded {
+        if let Some(d) = delivery_of.get(s.by.as_str()) {
+            notes.entry((*d).to_owned()).or_default().push(s.clone());
+        }
+    }
+    Ok(Planned {
+        plan,
+        notes,
+        fresh: fresh.len(),
+    })
+}
+
+/// End what `plan` supersedes, once the batch is inserted (`now`: ms).
+pub(super) async fn apply(tx: &mut Tx, plan: &Supersede, now: i64) -> Result<(), StoreError> {
+    let (ended, by): (Vec<&str>, Vec<&str>) =
+        plan.ended.iter().map(|(j, b)| (j.as_str(), b.as_str())).unzip();
+    sqlx::query(
+        "UPDATE jobs j SET state = 'superseded', superseded_by = u.by, lease_owner = NULL, lease_until = NULL,
+                next_attempt_at = $3, updated_at = $3
+         FROM UNNEST($1::text[], $2::text[]) AS u(id, by) WHERE j.id = u.id",
+    )
+    .bind(&ended)
+    .bind(&by)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    let (marked, by): (Vec<&str>, Vec<&str>) =
+        plan.marked.iter().map(|(j, b)| (j.as_str(), b.as_str())).unzip();
+    if !marked.is_empty() {
+        sqlx::query(
+            "UPDATE jobs j SET superseded_by = u.by, updated_at = $3
+             FROM UNNEST($1::text[], $2::text[]) AS u(id, by) WHERE j.id = u.id",
+        )
+        .bind(&marked)
+        .bind(&by)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    }
+    let deliveries: Vec<&str> = plan.deliveries.iter().map(String::as_str).collect();
+    refresh_status(tx, &deliveries).await
+}
+
+/// Let the attempt `lease` of `job` (leased by `owner`) go out, or end the
+/// job if a newer one of its group superseded it while it was leased.
+pub(super) async fn start(
+    pool: &PgPool,
+    job: &str,
+    (owner, lease): (&str, i32),
+    now: SystemTime,
+) -> Result<Start, StoreError> {
+    let mut tx: Tx = pool.begin().await.map_err(db)?;
+    let row: Option<(String, String)> = sqlx::query_as(
+        "UPDATE jobs SET
+            state = CASE WHEN superseded_by IS NULL THEN 'running' ELSE 'superseded' END,
+            started_at = CASE WHEN superseded_by IS NULL THEN $4 END,
+            lease_owner = CASE WHEN superseded_by IS NULL THEN lease_owner END,
+            lease_until = CASE WHEN superseded_by IS NULL THEN lease_until END,
+            updated_at = $4
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND attempts = $3
+         RETURNING state, delivery_id",
+    )
+    .bind(job)
+    .bind(owner)
+    .bind(lease)
+    .bind(millis(now))
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db)?;
+    let start = match row {
+        None => Start::Gone,
+        Some((state, _)) if state == "running" => Start::Go,
+        Some((_, delivery)) => {
+            refresh_status(&mut tx, &[delivery.as_str()]).await?;
+            Start::Superseded
+        }
+    };
+    tx.commit().await.map_err(db)?;
+    Ok(start)
+}

@@ -1,0 +1,156 @@
+//! A batch of attempt records, written with multi-row statements (`UNNEST`
+//! of one array per column): three in one transaction.
+//!
+//! Callers ([`super::write`]) hand in records of distinct jobs, sorted by
+//! job id (see [`super::batch::first_by_key`]).
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use super::bulk::{TextPair, text};
+use super::db;
+use super::queue::{Tx, refresh_status};
+use crate::store::model::JobUpdate;
+use crate::store::*;
+
+/// One attempt to record, owned so it can wait in a batch.
+pub(super) struct Record {
+    pub job: String,
+    pub delivery_id: String,
+    pub owner: String,
+    /// Which of the owner's leases of the job: its attempt number.
+    pub lease: i32,
+    pub attempt: Attempt,
+    pub next: Transition,
+    pub now: SystemTime,
+}
+
+/// Record `records` (distinct jobs, sorted by job id): each attempt is
+/// numbered after its job's last one and always kept; the job moves only
+/// for the worker that still holds this lease (owner and attempt number);
+/// the deliveries' statuses follow. A job purged meanwhile records nothing.
+pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
+    let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
+    // The jobs' row locks, in id order, order these attempts against a lease
+    // takeover (which notes an interrupted attempt).
+    let live: HashSet<String> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .collect();
+    let records: Vec<&Record> = records
+        .iter()
+        .copied()
+        .filter(|r| live.contains(&r.job))
+        .collect();
+    if records.is_empty() {
+        return Ok(());
+    }
+    let updates = records
+        .iter()
+        .map(|r| JobUpdate::after(&r.next, &r.attempt, r.now))
+        .collect::<Result<Vec<_>, _>>()?;
+    attempts_and_jobs(tx, &records, &updates).await?;
+    let mut deliveries: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
+    deliveries.sort_unstable();
+    deliveries.dedup();
+    refresh_status(tx, &deliveries).await
+}
+
+/// One statement: the attempts, each numbered after its job's last one
+/// (read by this statement, issued once the locks are held, so it sees an
+/// attempt a takeover committed meanwhile), and the jobs moved, only for
+/// the worker that still holds this lease (owner and attempt number: a
+/// record retried after its job was leased again leaves the new lease
+/// alone); a late worker's attempt is recorded all the same. A job a newer
+/// one of its group superseded while its attempt was out is due at once if
+/// it is to be retried: its next start ends it.
+async fn attempts_and_jobs(
+    tx: &mut Tx,
+    records: &[&Record],
+    updates: &[JobUpdate],
+) -> Result<(), StoreError> {
+    let n = records.len();
+    let (mut jobs, mut started, mut durations, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut outcomes, mut errors, mut responses, mut owners) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut states, mut due, mut results, mut now) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut leases = Vec::with_capacity(n);
+    let texts: Vec<TextPair> = records
+        .iter()
+        .zip(updates)
+        .map(|(r, u)| {
+            (
+                u.error.as_deref().map(text),
+                r.attempt.response.as_deref().map(text),
+            )
+        })
+        .collect();
+    for ((r, u), (error, response)) in records.iter().zip(updates).zip(&texts) {
+        jobs.push(r.job.as_str());
+        started.push(millis(r.attempt.started_at));
+        durations.push(i64::try_from(r.attempt.duration.as_millis()).unwrap_or(i64::MAX));
+        statuses.push(r.attempt.status.map(i32::from));
+        outcomes.push(r.next.outcome());
+        errors.push(error.as_deref());
+        responses.push(response.as_deref());
+        owners.push(r.owner.as_str());
+        states.push(u.state.as_str());
+        due.push(u.next_attempt_at);
+        results.push(u.result.as_deref());
+        now.push(millis(r.now));
+        leases.push(r.lease);
+    }
+    sqlx::query(
+        "WITH u AS (
+            SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::int8[],
+                                 $13::int4[])
+                 AS u(job, started, duration, status, outcome, error, response, owner, state, due, result, now,
+                      lease)),
+         a AS (
+            INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+            SELECT u.job, COALESCE((SELECT MAX(x.n) FROM attempts x WHERE x.job_id = u.job), 0) + 1,
+                   u.started, u.duration, u.status, u.outcome, u.error, u.response
+            FROM u)
+         UPDATE jobs j SET state = u.state, lease_owner = NULL, lease_until = NULL,
+                next_attempt_at = CASE WHEN u.state = 'pending' AND j.superseded_by IS NOT NULL THEN u.now ELSE u.due END,
+                last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now
+         FROM u
+         WHERE j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running' AND j.attempts = u.lease",
+    )
+    .bind(&jobs)
+    .bind(&started)
+    .bind(&durations)
+    .bind(&statuses)
+    .bind(&outcomes)
+    .bind(&errors)
+    .bind(&responses)
+    .bind(&owners)
+    .bind(&states)
+    .bind(&due)
+    .bind(&results)
+    .bind(&now)
+    .bind(&leases)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}

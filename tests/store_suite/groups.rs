@@ -1,0 +1,277 @@
+//! Concurrency groups on every store: a newer job of a group ends the older
+//! ones that have not gone out, in its ingest; a leased job starts through
+//! the store; a job whose attempt is out keeps what it creates.
+
+use super::*;
+
+/// A delivery with one job in `group`, due `delay` after `at`.
+fn grouped(id: &str, group: &str, delay: Duration, at: SystemTime) -> NewDelivery {
+    let mut d = delivery("github", id, 1, at);
+    d.jobs[0].group = Some(group.into());
+    d.jobs[0].delay = delay;
+    d.summary.matched[0].group = Some(group.into());
+    d
+}
+
+fn job_of(d: &NewDelivery) -> String {
+    d.jobs[0].id.clone()
+}
+
+async fn job(s: &Arc<dyn Store>, delivery: &str) -> JobDetail {
+    let detail = s.get(&key(delivery)).await.unwrap();
+    assert_eq!(detail.jobs.len(), 1);
+    detail.jobs.into_iter().next().unwrap()
+}
+
+async fn status(s: &Arc<dyn Store>, delivery: &str) -> DeliveryStatus {
+    s.get(&key(delivery)).await.unwrap().row.status
+}
+
+fn retry_now() -> Transition {
+    Transition::Retry {
+        at: SystemTime::now() + Duration::from_secs(600),
+        reason: "HTTP 503".into(),
+    }
+}
+
+/// Pending jobs of a group are ended by a newer one, which names them in
+/// its summary; each ended job names the job and delivery that ended it;
+/// other groups are untouched; the lease hands out only the survivors.
+async fn a_newer_job_supersedes_the_pending_ones_of_its_group(h: Harness) {
+    let s = &h.store;
+    let now = SystemTime::now();
+    let first = grouped("push-1", "acme/app/main", Duration::ZERO, now);
+    let second = grouped("push-2", "acme/app/main", Duration::ZERO, now);
+    let other = grouped("push-3", "acme/app/dev", Duration::ZERO, now);
+    let third = grouped("push-4", "acme/app/main", Duration::ZERO, now);
+    let (j1, j2, j3, j4) = (job_of(&first), job_of(&second), job_of(&other), job_of(&third));
+    assert_eq!(
+        s.ingest(first).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
+    assert_eq!(
+        s.ingest(second).await.unwrap(),
+        Ingested::Stored {
+            superseded: vec![Superseded {
+                by: j2.clone(),
+                jobs: vec![j1.clone()]
+            }]
+        }
+    );
+    assert_eq!(
+        s.ingest(other).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
+    assert_eq!(
+        s.ingest(third).await.unwrap(),
+        Ingested::Stored {
+            superseded: vec![Superseded {
+                by: j4.clone(),
+                jobs: vec![j2.clone()]
+            }]
+        }
+    );
+
+    let ended = job(s, "push-1").await;
+    assert_eq!(ended.state, JobState::Superseded);
+    assert_eq!(ended.group.as_deref(), Some("acme/app/main"));
+    let by = ended.superseded_by.unwrap();
+    assert_eq!((by.job.as_str(), by.delivery.as_str()), (j2.as_str(), "push-2"));
+    assert_eq!(status(s, "push-1").await, DeliveryStatus::Superseded);
+    let stored = s.get(&key("push-2")).await.unwrap();
+    assert_eq!(stored.summary.matched[0].superseded, vec![j1.clone()]);
+    assert_eq!(stored.jobs[0].superseded_by.as_ref().unwrap().delivery, "push-4");
+    assert_eq!(job(s, "push-3").await.state, JobState::Pending);
+
+    let listed = s
+        .list(&DeliveryFilter {
+            status: Some(DeliveryStatus::Superseded),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut names: Vec<_> = listed.iter().map(|r| r.delivery.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["push-1", "push-2"]);
+
+    let leased = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    let mut ids: Vec<_> = leased.iter().map(|j| j.id.clone()).collect();
+    ids.sort_unstable();
+    let mut want = vec![j3, j4];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert!(leased.iter().all(|j| j.grouped));
+
+    // A superseded job replayed by hand runs again, no longer superseded.
+    let replayed = s.replay(&key("push-1"), None, SystemTime::now()).await.unwrap();
+    assert_eq!(replayed, vec![j1]);
+    let again = job(s, "push-1").await;
+    assert_eq!((again.state, again.superseded_by), (JobState::Pending, None));
+}
+
+/// A leased job that has not started is ended by a newer job and may not
+/// start; one that started is only marked: it keeps what its attempt
+/// creates, and ends superseded when the attempt creates nothing.
+async fn a_started_attempt_keeps_its_pipeline_and_an_unstarted_one_is_ended(h: Harness) {
+    let s = &h.store;
+    let now = SystemTime::now();
+    let first = grouped("push-1", "g", Duration::ZERO, now);
+    s.ingest(first).await.unwrap();
+    let leased = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let second = grouped("push-2", "g", Duration::ZERO, now);
+    let j2 = job_of(&second);
+    let Ingested::Stored { superseded } = s.ingest(second).await.unwrap() else {
+        panic!("stored");
+    };
+    assert_eq!(
+        superseded[0].jobs,
+        vec![leased[0].id.clone()],
+        "leased, not started: ended"
+    );
+    assert_eq!(
+        s.start_attempt(&leased[0], "w", SystemTime::now()).await.unwrap(),
+        Start::Gone
+    );
+    assert_eq!(job(s, "push-1").await.state, JobState::Superseded);
+
+    // push-2 starts; push-3 arrives while its attempt is out and only marks it.
+    let leased = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(
+        leased.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        vec![j2.clone()]
+    );
+    assert_eq!(
+        s.start_attempt(&leased[0], "w", SystemTime::now()).await.unwrap(),
+        Start::Go
+    );
+    let third = grouped("push-3", "g", Duration::ZERO, now);
+    let j3 = job_of(&third);
+    assert_eq!(
+        s.ingest(third).await.unwrap(),
+        Ingested::Stored { superseded: vec![] }
+    );
+    assert_eq!(job(s, "push-2").await.state, JobState::Running);
+    // Its attempt fails: it is due at once, and its next start ends it.
+    s.record_attempt(&leased[0], "w", attempt(503), retry_now(), SystemTime::now())
+        .await
+        .unwrap();
+    let leased = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    let mut ids: Vec<_> = leased.iter().map(|j| j.id.clone()).collect();
+    ids.sort_unstable();
+    let mut want = vec![j2.clone(), j3.clone()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "the marked job is due at once, not in ten minutes");
+    for j in &leased {
+        let expected = if j.id == j2 { Start::Superseded } else { Start::Go };
+        assert_eq!(
+            s.start_attempt(j, "w", SystemTime::now()).await.unwrap(),
+            expected
+        );
+    }
+    let ended = job(s, "push-2").await;
+    assert_eq!(ended.state, JobState::Superseded);
+    assert_eq!(ended.superseded_by.unwrap().delivery, "push-3");
+    assert_eq!(ended.history.len(), 1, "the failed attempt is kept");
+
+    // push-3 is out; push-4 marks it; push-3's attempt creates a pipeline: done.
+    let pushed = leased.iter().find(|j| j.id == j3).unwrap();
+    s.ingest(grouped("push-4", "g", Duration::ZERO, now))
+        .await
+        .unwrap();
+    s.record_attempt(pushed, "w", attempt(201), created(), SystemTime::now())
+        .await
+        .unwrap();
+    let kept = job(s, "push-3").await;
+    assert_eq!(kept.state, JobState::Done);
+    assert_eq!(kept.result.unwrap().id.as_deref(), Some("42"));
+    assert_eq!(kept.superseded_by, None, "shown only on a superseded job");
+    assert_eq!(status(s, "push-3").await, DeliveryStatus::Done);
+    assert_eq!(job(s, "push-4").await.state, JobState::Pending);
+}
+
+/// A debounced job is not due before its delay; the next due time says when.
+async fn a_debounced_job_waits_for_its_delay(h: Harness) {
+    let s = &h.store;
+    let at = SystemTime::now();
+    s.ingest(grouped("push-1", "g", Duration::from_secs(20), at))
+        .await
+        .unwrap();
+    assert!(s.lease_due("w", 10, LEASE, at).await.unwrap().is_empty());
+    let due = s.next_due().await.unwrap().unwrap();
+    let wait = due.duration_since(at).unwrap();
+    assert!(
+        (Duration::from_millis(19_990)..=Duration::from_millis(20_010)).contains(&wait),
+        "{wait:?}"
+    );
+    let later = at + Duration::from_secs(21);
+    assert_eq!(s.lease_due("w", 10, LEASE, later).await.unwrap().len(), 1);
+}
+
+/// Concurrent ingests of one group leave exactly one job alive, and every
+/// other one superseded by a job that was stored; none is lost.
+async fn concurrent_ingests_of_a_group_leave_one_job(h: Harness) {
+    let s = &h.store;
+    let now = SystemTime::now();
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let s = s.clone();
+        let group = if i % 4 == 3 { "other" } else { "main" };
+        let d = grouped(&format!("push-{i}"), group, Duration::from_secs(5), now);
+        calls.push(tokio::spawn(async move { s.ingest(d).await.unwrap() }));
+    }
+    for c in calls {
+        assert!(matches!(c.await.unwrap(), Ingested::Stored { .. }));
+    }
+    let rows = s
+        .list(&DeliveryFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 24);
+    let mut alive = std::collections::BTreeMap::<String, usize>::new();
+    for r in &rows {
+        let j = job(s, &r.delivery).await;
+        match j.state {
+            JobState::Pending => *alive.entry(j.group.unwrap()).or_default() += 1,
+            JobState::Superseded => {
+                let by = j.superseded_by.unwrap();
+                let newer = job(s, &by.delivery).await;
+                assert_eq!(newer.id, by.job);
+                assert_eq!(newer.group, j.group);
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(alive, [("main".to_owned(), 1), ("other".to_owned(), 1)].into());
+}
+
+/// Finished superseded deliveries are purged with the rest.
+async fn superseded_deliveries_are_purged(h: Harness) {
+    let s = &h.store;
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    s.ingest(grouped("push-1", "g", Duration::ZERO, old))
+        .await
+        .unwrap();
+    s.ingest(grouped("push-2", "g", Duration::ZERO, old))
+        .await
+        .unwrap();
+    let purged = s.purge(SystemTime::now(), 100).await.unwrap();
+    assert_eq!(purged, 1, "push-1 (superseded) goes; push-2 is pending");
+    assert_eq!(
+        s.get(&key("push-1")).await.unwrap_err().kind(),
+        StoreErrorKind::NotFound
+    );
+    assert_eq!(h.orphans().await, 0);
+}
+
+suite!(
+    a_newer_job_supersedes_the_pending_ones_of_its_group,
+    a_started_attempt_keeps_its_pipeline_and_an_unstarted_one_is_ended,
+    a_debounced_job_waits_for_its_delay,
+    concurrent_ingests_of_a_group_leave_one_job,
+    superseded_deliveries_are_purged,
+);
