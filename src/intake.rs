@@ -208,6 +208,7 @@ pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summa
             request: m.request.clone(),
             group: m.group.clone(),
             delay: m.debounce,
+            cancel: m.cancel,
         })
         .collect();
     let summary = Summary {

@@ -124,6 +124,7 @@ async fn store_with_one_job() -> (Arc<dyn Store>, tempfile::TempDir, String) {
             request,
             group: None,
             delay: std::time::Duration::ZERO,
+            cancel: false,
         }],
     };
     assert_eq!(

@@ -237,6 +237,27 @@ impl Store for Paused {
         held(async move { s.start_attempt(&job, &owner, now).await }).await
     }
 
+    async fn lease_cancels(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<concurrency::LeasedCancel>, StoreError> {
+        self.0.lease_cancels(owner, limit, lease, now).await
+    }
+
+    async fn record_cancel(
+        &self,
+        cancel: &concurrency::LeasedCancel,
+        owner: &str,
+        attempt: Attempt,
+        outcome: concurrency::CancelOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.0.record_cancel(cancel, owner, attempt, outcome, now).await
+    }
+
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
         let (s, owner) = (self.0.clone(), owner.to_owned());
         held(async move { s.release(&owner, now).await }).await
@@ -418,6 +439,7 @@ impl Harness {
                 .unwrap(),
                 group: None,
                 delay: Duration::ZERO,
+                cancel: false,
             })
             .collect();
         let ids = jobs.iter().map(|j| j.id.clone()).collect();

@@ -141,6 +141,7 @@ fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> New
             request: request(),
             group: None,
             delay: Duration::ZERO,
+            cancel: false,
         })
         .collect();
     NewDelivery {

@@ -182,6 +182,7 @@ impl<'a> RuleContext<'a> {
             group,
             source: source.clone(),
             debounce: c.debounce.map_or(std::time::Duration::ZERO, |d| d.0),
+            cancel_in_progress: c.cancel_in_progress.as_ref().is_some_and(|c| *c.get_ref()),
         })
     }
 

@@ -62,6 +62,8 @@ pub struct Concurrency {
     pub source: String,
     /// How long each job waits before its first attempt.
     pub debounce: Duration,
+    /// Once a job's pipeline exists, cancel the group's older pipelines.
+    pub cancel_in_progress: bool,
 }
 
 /// All rules of a config with their compiled templates.
@@ -83,6 +85,9 @@ pub struct Matched {
     /// How long the job waits before its first attempt.
     #[serde(skip)]
     pub debounce: Duration,
+    /// Once its pipeline exists, cancel the group's older pipelines.
+    #[serde(skip)]
+    pub cancel: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -166,6 +171,7 @@ impl RuleSet {
                     request,
                     group,
                     debounce: rule.concurrency.as_ref().map_or(Duration::ZERO, |c| c.debounce),
+                    cancel: rule.concurrency.as_ref().is_some_and(|c| c.cancel_in_progress),
                 }),
                 Err(Miss::Skip(reason)) => out.skipped.push(Skipped {
                     rule: rule.name.clone(),

@@ -181,7 +181,7 @@ async fn handle(
             let ended: usize = superseded.iter().map(|s| s.jobs.len()).sum();
             if ended > 0 {
                 metrics::counter!("hookbridge_jobs_superseded_total").increment(ended as u64);
-                crate::store::model::note_superseded(&mut fresh, &superseded);
+                crate::store::concurrency::note_superseded(&mut fresh, &superseded);
             }
             metrics::histogram!("hookbridge_ingest_duration_seconds").record(started.elapsed().as_secs_f64());
             let matched = !fresh.matched.is_empty();

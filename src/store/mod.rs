@@ -52,9 +52,10 @@
 //! - `open.rs`: [`open`] and [`migrate`] the store the config names;
 //! - `error.rs`: [`StoreError`] and [`StoreErrorKind`];
 //! - [`model`]: what both backends share: [`JobState`], the transition to
-//!   job update mapping ([`model::JobUpdate`]), concurrency groups' plan
-//!   ([`model::supersede`]), the interrupted-attempt texts, messages, the
-//!   schema check, JSON columns;
+//!   job update mapping ([`model::JobUpdate`]), the interrupted-attempt
+//!   texts, messages, the schema check, JSON columns;
+//! - [`concurrency`]: concurrency groups' shared model: what an ingest
+//!   supersedes ([`concurrency::supersede`]), starts, cancels;
 //! - [`ready`]: the readiness probe cache;
 //! - [`sqlite`]: `mod` (store, open), `schema`, `writer` (group commit, one
 //!   generic write op), `queue` (writes), `groups` (superseding), `status`,
@@ -70,6 +71,7 @@ use crate::event::Event;
 use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
+pub mod concurrency;
 mod error;
 pub mod handoff;
 pub mod model;
@@ -79,8 +81,9 @@ pub mod postgres;
 pub mod ready;
 pub mod sqlite;
 
+pub use concurrency::{Start, Superseded, SupersededBy};
 pub use error::{StoreError, StoreErrorKind};
-pub use model::{JobState, Start, Superseded, SupersededBy};
+pub use model::{DeliveryStatus, JobState, UnknownStatus};
 pub use open::{OpenMode, migrate, open};
 
 /// Milliseconds since the Unix epoch, the stores' time unit.
@@ -130,6 +133,9 @@ pub struct NewJob {
     pub group: Option<String>,
     /// How long after the delivery its first attempt falls due (debounce).
     pub delay: Duration,
+    /// Once its pipeline exists, cancel the older pipelines of its group
+    /// (`cancel_in_progress`).
+    pub cancel: bool,
 }
 
 impl NewJob {
@@ -142,6 +148,7 @@ impl NewJob {
             request,
             group: None,
             delay: Duration::ZERO,
+            cancel: false,
         }
     }
 }
@@ -225,60 +232,6 @@ impl Transition {
     }
 }
 
-/// A delivery's overall state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    /// Some job still waits for (another) attempt.
-    Pending,
-    /// Every job finished.
-    Done,
-    /// Some job was dead-lettered.
-    Dead,
-    /// Every job that did not finish otherwise was superseded by a newer
-    /// job of its concurrency group.
-    Superseded,
-    /// No rule matched (or the CI skipped every job).
-    Skipped,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Done => "done",
-            DeliveryStatus::Dead => "dead",
-            DeliveryStatus::Superseded => "superseded",
-            DeliveryStatus::Skipped => "skipped",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(DeliveryStatus::Pending),
-            "done" => Some(DeliveryStatus::Done),
-            "dead" => Some(DeliveryStatus::Dead),
-            "superseded" => Some(DeliveryStatus::Superseded),
-            "skipped" => Some(DeliveryStatus::Skipped),
-            _ => None,
-        }
-    }
-}
-
-/// A status name that is none of [`DeliveryStatus`]'s.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a status; use pending, done, dead, superseded or skipped")]
-pub struct UnknownStatus(pub String);
-
-/// `--status` and `?status=`: admin callers' text.
-impl std::str::FromStr for DeliveryStatus {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DeliveryStatus::parse(s).ok_or_else(|| UnknownStatus(crate::config::units::shown(s)))
-    }
-}
-
 /// Filters for listing deliveries, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -337,6 +290,10 @@ pub struct JobDetail {
     /// For a superseded job: the newer job, and its delivery, that ended it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<SupersededBy>,
+    /// The cancel of its pipeline by a newer job of its group, if any
+    /// (`cancel_in_progress`; its attempts are in `history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<concurrency::CancelDetail>,
     pub history: Vec<AttemptRow>,
 }
 
@@ -407,6 +364,27 @@ pub trait Store: Send + Sync {
     /// superseded while it was leased is ended instead ([`Start::Superseded`]).
     async fn start_attempt(&self, job: &LeasedJob, owner: &str, now: SystemTime)
     -> Result<Start, StoreError>;
+
+    /// Lease up to `limit` due cancels of older pipelines
+    /// (`cancel_in_progress`): pending and due, or running with an expired lease.
+    async fn lease_cancels(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<concurrency::LeasedCancel>, StoreError>;
+
+    /// Record a cancel's attempt on the cancelled job and move the cancel
+    /// on, if `owner` still holds its lease.
+    async fn record_cancel(
+        &self,
+        cancel: &concurrency::LeasedCancel,
+        owner: &str,
+        attempt: Attempt,
+        outcome: concurrency::CancelOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError>;
 
     /// Give back every lease `owner` holds (graceful shutdown); the jobs are due at `now`.
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError>;

@@ -1,4 +1,5 @@
-//! The job model both backends share: the states a job moves through, what
+//! The job model both backends share (concurrency groups' is in
+//! [`super::concurrency`]): the states a job moves through, what
 //! an attempt's [`Transition`] writes into the job ([`JobUpdate`]), the texts
 //! of interrupted attempts, and the messages and checks both stores give.
 //! SQL stays per backend, but for the one portable query both run
@@ -10,9 +11,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Attempt, DeliveryKey, NewDelivery, QueueStats, StoreError, Summary, Transition, from_millis, millis,
-};
+use super::{Attempt, DeliveryKey, QueueStats, StoreError, Transition, from_millis, millis};
 
 /// The queue's figures for metrics, on either store: jobs pending, running
 /// and dead, and when the oldest unfinished one was created. A term per
@@ -35,139 +34,6 @@ pub fn queue_stats((pending, running, dead, oldest): (i64, i64, i64, Option<i64>
         dead: count(dead),
         oldest_pending: oldest.map(from_millis),
     }
-}
-
-/// The older jobs of its group one new job ended, in the ingest that
-/// stored it (`[rules.concurrency]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Superseded {
-    /// The new job.
-    pub by: String,
-    /// The jobs it ended, oldest first.
-    pub jobs: Vec<String>,
-}
-
-/// Whether an attempt of a grouped job may go to the CI ([`Store::start_attempt`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// Still the job's latest word: send it. A newer job of its group no
-    /// longer ends it; only this attempt's outcome does.
-    Go,
-    /// A newer job of its group arrived while it was leased: now ended as
-    /// superseded, and not to be sent.
-    Superseded,
-    /// No longer this worker's: superseded at ingest, or its lease was
-    /// taken over or given back. Not to be sent; nothing to record.
-    Gone,
-}
-
-/// The newer job of its group that superseded a job, and its delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SupersededBy {
-    pub job: String,
-    /// The delivery's internal id.
-    pub delivery_id: String,
-    /// The provider's delivery id.
-    pub delivery: String,
-    pub rule: String,
-}
-
-/// A live job of a concurrency group, as an ingest finds it under the
-/// group's lock: pending, or leased (`started` once its attempt went out).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveJob {
-    pub id: String,
-    pub delivery_id: String,
-    pub group: String,
-    pub started: bool,
-}
-
-/// A new job of an ingest with a group, in the order deliveries are stored.
-#[derive(Debug, Clone, Copy)]
-pub struct GroupedJob<'a> {
-    pub id: &'a str,
-    pub delivery_id: &'a str,
-    pub group: &'a str,
-}
-
-/// What an ingest writes for its concurrency groups ([`supersede`]).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Supersede {
-    /// Jobs ended as superseded at once: (job, the new job that ended it).
-    pub ended: Vec<(String, String)>,
-    /// Jobs whose attempt is out: (job, the new job). Each ends superseded
-    /// when its attempt creates no pipeline, or is done when it does.
-    pub marked: Vec<(String, String)>,
-    /// The deliveries of the ended jobs, sorted: their status changes.
-    pub deliveries: Vec<String>,
-    /// Per new job, the jobs it ended.
-    pub superseded: Vec<Superseded>,
-}
-
-/// Newest wins: each new job, in order, supersedes every job of its group
-/// alive before it (`live`, found by the store, then the ingest's own
-/// earlier ones); a job whose attempt already went out is only marked.
-pub fn supersede(mut live: Vec<LiveJob>, new: &[GroupedJob<'_>]) -> Supersede {
-    use std::collections::HashMap;
-    live.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut alive: HashMap<&str, Vec<LiveJob>> = HashMap::new();
-    for job in live {
-        let group = new.iter().find(|n| n.group == job.group).map(|n| n.group);
-        if let Some(group) = group {
-            alive.entry(group).or_default().push(job);
-        }
-    }
-    let mut out = Supersede::default();
-    for job in new {
-        let before = alive.insert(
-            job.group,
-            vec![LiveJob {
-                id: job.id.to_owned(),
-                delivery_id: job.delivery_id.to_owned(),
-                group: job.group.to_owned(),
-                started: false,
-            }],
-        );
-        let mut ended = Vec::new();
-        for old in before.into_iter().flatten() {
-            if old.started {
-                out.marked.push((old.id, job.id.to_owned()));
-            } else {
-                out.deliveries.push(old.delivery_id);
-                ended.push(old.id.clone());
-                out.ended.push((old.id, job.id.to_owned()));
-            }
-        }
-        if !ended.is_empty() {
-            out.superseded.push(Superseded {
-                by: job.id.to_owned(),
-                jobs: ended,
-            });
-        }
-    }
-    out.deliveries.sort();
-    out.deliveries.dedup();
-    out
-}
-
-/// Name in `summary` the jobs each of its new jobs superseded.
-pub fn note_superseded(summary: &mut Summary, superseded: &[Superseded]) {
-    for s in superseded {
-        if let Some(m) = summary.matched.iter_mut().find(|m| m.job == s.by) {
-            m.superseded.clone_from(&s.jobs);
-        }
-    }
-}
-
-/// The new jobs of `delivery` that have a group, in order.
-pub fn grouped_jobs(delivery: &NewDelivery) -> impl Iterator<Item = GroupedJob<'_>> {
-    delivery.jobs.iter().filter_map(|j| {
-        j.group.as_deref().map(|group| GroupedJob {
-            id: &j.id,
-            delivery_id: &delivery.id,
-            group,
-        })
-    })
 }
 
 /// The outcome recorded for an attempt that was cut short.
@@ -242,6 +108,60 @@ pub fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
 /// A stored JSON column read back.
 pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::corrupt(&e).with_source(e))
+}
+
+/// A delivery's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Some job still waits for (another) attempt.
+    Pending,
+    /// Every job finished.
+    Done,
+    /// Some job was dead-lettered.
+    Dead,
+    /// Every job that did not finish otherwise was superseded by a newer
+    /// job of its concurrency group.
+    Superseded,
+    /// No rule matched (or the CI skipped every job).
+    Skipped,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Done => "done",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Superseded => "superseded",
+            DeliveryStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "done" => Some(DeliveryStatus::Done),
+            "dead" => Some(DeliveryStatus::Dead),
+            "superseded" => Some(DeliveryStatus::Superseded),
+            "skipped" => Some(DeliveryStatus::Skipped),
+            _ => None,
+        }
+    }
+}
+
+/// A status name that is none of [`DeliveryStatus`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a status; use pending, done, dead, superseded or skipped")]
+pub struct UnknownStatus(pub String);
+
+/// `--status` and `?status=`: admin callers' text.
+impl std::str::FromStr for DeliveryStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeliveryStatus::parse(s).ok_or_else(|| UnknownStatus(crate::config::units::shown(s)))
+    }
 }
 
 /// Where a job is. Stored and shown as the lowercase name (`"pending"`).
@@ -381,68 +301,6 @@ mod tests {
         let u = JobUpdate::after(&Transition::Done(done), &attempt(Some("slow")), now).unwrap();
         assert_eq!(u.error.as_deref(), Some("slow"));
         assert_eq!(u.result.as_deref(), Some(r#"{"id":"42"}"#));
-    }
-
-    fn live(id: &str, group: &str, started: bool) -> LiveJob {
-        LiveJob {
-            id: id.into(),
-            delivery_id: format!("d-{id}"),
-            group: group.into(),
-            started,
-        }
-    }
-
-    /// Each new job ends what was alive in its group before it, the
-    /// ingest's own earlier jobs included; a job whose attempt is out is
-    /// only marked; other groups are left alone.
-    #[test]
-    fn the_newest_job_of_a_group_supersedes_the_rest() {
-        let found = vec![
-            live("b", "main", false),
-            live("a", "main", true),
-            live("c", "dev", false),
-        ];
-        let new = [
-            GroupedJob {
-                id: "n1",
-                delivery_id: "d-n",
-                group: "main",
-            },
-            GroupedJob {
-                id: "n2",
-                delivery_id: "d-n",
-                group: "main",
-            },
-            GroupedJob {
-                id: "n3",
-                delivery_id: "d-m",
-                group: "other",
-            },
-        ];
-        let plan = supersede(found, &new);
-        assert_eq!(
-            plan.ended,
-            vec![("b".into(), "n1".into()), ("n1".into(), "n2".into())]
-        );
-        assert_eq!(plan.marked, vec![("a".into(), "n1".into())]);
-        assert_eq!(plan.deliveries, vec!["d-b".to_owned(), "d-n".to_owned()]);
-        assert_eq!(
-            plan.superseded,
-            vec![
-                Superseded {
-                    by: "n1".into(),
-                    jobs: vec!["b".into()]
-                },
-                Superseded {
-                    by: "n2".into(),
-                    jobs: vec!["n1".into()]
-                },
-            ]
-        );
-        assert_eq!(
-            supersede(vec![live("c", "dev", false)], &new[2..]),
-            Supersede::default()
-        );
     }
 
     #[test]

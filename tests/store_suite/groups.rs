@@ -268,7 +268,136 @@ async fn superseded_deliveries_are_purged(h: Harness) {
     assert_eq!(h.orphans().await, 0);
 }
 
+/// A delivery whose job cancels the group's older pipelines.
+fn cancelling(id: &str, group: &str) -> NewDelivery {
+    let mut d = grouped(id, group, Duration::ZERO, SystemTime::now());
+    d.jobs[0].cancel = true;
+    d
+}
+
+/// Lease the one due job, start it and record its created pipeline.
+async fn run_to_done(s: &Arc<dyn Store>) -> LeasedJob {
+    let leased = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(leased.len(), 1, "{leased:?}");
+    assert_eq!(
+        s.start_attempt(&leased[0], "w", SystemTime::now()).await.unwrap(),
+        Start::Go
+    );
+    s.record_attempt(&leased[0], "w", attempt(201), created(), SystemTime::now())
+        .await
+        .unwrap();
+    leased.into_iter().next().unwrap()
+}
+
+/// Once a newer job's pipeline exists, the older pipelines of its group are
+/// queued for cancelling, once each; a cancel is leased, retried and
+/// recorded on the cancelled job. A newer job whose rule does not cancel
+/// queues nothing.
+async fn a_newer_pipeline_queues_the_cancel_of_the_older_one(h: Harness) {
+    let s = &h.store;
+    s.ingest(cancelling("push-1", "g")).await.unwrap();
+    let first = run_to_done(s).await;
+    assert!(
+        s.lease_cancels("w", 10, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.ingest(cancelling("push-2", "g")).await.unwrap();
+    let second = run_to_done(s).await;
+    let cancels = s.lease_cancels("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(cancels.len(), 1);
+    let c = &cancels[0];
+    assert_eq!(
+        (c.job.as_str(), c.by_job.as_str()),
+        (first.id.as_str(), second.id.as_str())
+    );
+    assert_eq!(c.pipeline.id.as_deref(), Some("42"));
+    assert_eq!(c.request, request());
+    assert_eq!(c.attempt, 1);
+    // A failing cancel is retried.
+    let retry = concurrency::CancelOutcome::Retry {
+        at: SystemTime::now(),
+        reason: "HTTP 503".into(),
+    };
+    s.record_cancel(c, "w", attempt(503), retry, SystemTime::now())
+        .await
+        .unwrap();
+    let again = s.lease_cancels("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    let done = concurrency::CancelOutcome::Cancelled("cancelled pipeline 42".into());
+    s.record_cancel(&again[0], "w", attempt(200), done, SystemTime::now())
+        .await
+        .unwrap();
+    assert!(
+        s.lease_cancels("w", 10, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let cancelled = job(s, "push-1").await;
+    assert_eq!(
+        cancelled.state,
+        JobState::Done,
+        "the job keeps its pipeline, cancelled"
+    );
+    let cancel = cancelled.cancel.unwrap();
+    assert_eq!(cancel.by_job, second.id);
+    assert_eq!(cancel.state, concurrency::CancelState::Cancelled);
+    assert_eq!(cancel.attempts, 2);
+    assert_eq!(cancel.outcome.as_deref(), Some("cancelled pipeline 42"));
+    let outcomes: Vec<_> = cancelled.history.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["done", "cancel_retry", "cancelled"]);
+    assert_eq!(cancelled.history[1].error.as_deref(), Some("HTTP 503"));
+    assert_eq!(job(s, "push-2").await.cancel, None);
+
+    // A newer job whose rule does not cancel leaves push-2's pipeline alone.
+    s.ingest(grouped("push-3", "g", Duration::ZERO, SystemTime::now()))
+        .await
+        .unwrap();
+    run_to_done(s).await;
+    assert!(
+        s.lease_cancels("w", 10, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(job(s, "push-2").await.cancel, None);
+}
+
+/// An older job whose attempt was out when a newer one arrived creates its
+/// pipeline after the newer one did: its own pipeline is cancelled then.
+async fn an_older_pipeline_created_last_is_cancelled_too(h: Harness) {
+    let s = &h.store;
+    s.ingest(cancelling("push-1", "g")).await.unwrap();
+    let old = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(
+        s.start_attempt(&old[0], "w", SystemTime::now()).await.unwrap(),
+        Start::Go
+    );
+    s.ingest(cancelling("push-2", "g")).await.unwrap();
+    let newer = run_to_done(s).await;
+    assert!(
+        s.lease_cancels("w", 10, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.record_attempt(&old[0], "w", attempt(201), created(), SystemTime::now())
+        .await
+        .unwrap();
+    let cancels = s.lease_cancels("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(
+        (cancels[0].job.as_str(), cancels[0].by_job.as_str()),
+        (old[0].id.as_str(), newer.id.as_str())
+    );
+}
+
 suite!(
+    a_newer_pipeline_queues_the_cancel_of_the_older_one,
+    an_older_pipeline_created_last_is_cancelled_too,
     a_newer_job_supersedes_the_pending_ones_of_its_group,
     a_started_attempt_keeps_its_pipeline_and_an_unstarted_one_is_ended,
     a_debounced_job_waits_for_its_delay,

@@ -43,6 +43,25 @@ impl Store for DownStore {
     async fn start_attempt(&self, _: &LeasedJob, _: &str, _: SystemTime) -> Result<Start, StoreError> {
         self.down()
     }
+    async fn lease_cancels(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: SystemTime,
+    ) -> Result<Vec<concurrency::LeasedCancel>, StoreError> {
+        self.down()
+    }
+    async fn record_cancel(
+        &self,
+        _: &concurrency::LeasedCancel,
+        _: &str,
+        _: Attempt,
+        _: concurrency::CancelOutcome,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.down()
+    }
     async fn release(&self, _: &str, _: SystemTime) -> Result<(), StoreError> {
         self.down()
     }

@@ -138,10 +138,15 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
         .fetch_all(&mut **tx)
         .await
         .map_err(db)?;
-    sqlx::query("DELETE FROM attempts WHERE job_id = ANY($1)")
-        .bind(&jobs)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
+    for sql in [
+        "DELETE FROM attempts WHERE job_id = ANY($1)",
+        "DELETE FROM cancels WHERE job_id = ANY($1)",
+    ] {
+        sqlx::query(sql)
+            .bind(&jobs)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
     Ok(ids.len() as u64)
 }

@@ -282,7 +282,7 @@ async fn insert<'e>(
         summaries.push(match notes.get(&d.id) {
             Some(superseded) => {
                 let mut summary = d.summary.clone();
-                crate::store::model::note_superseded(&mut summary, superseded);
+                crate::store::concurrency::note_superseded(&mut summary, superseded);
                 to_json(&summary)?
             }
             None => to_json(&d.summary)?,
@@ -303,6 +303,7 @@ async fn insert<'e>(
     let mut due = Vec::with_capacity(jobs.len());
     let mut delays = Vec::with_capacity(jobs.len());
     let mut groups = Vec::with_capacity(jobs.len());
+    let mut cancels = Vec::with_capacity(jobs.len());
     for (d, j) in &jobs {
         job_ids.push(j.id.as_str());
         job_deliveries.push(d.id.as_str());
@@ -312,6 +313,7 @@ async fn insert<'e>(
         due.push(millis(d.received_at));
         delays.push(i64::try_from(j.delay.as_millis()).unwrap_or(i64::MAX));
         groups.push(j.group.as_deref());
+        cancels.push(j.cancel.then_some(1_i32));
     }
     let rows = sqlx::query(
         "WITH d AS (
@@ -328,17 +330,18 @@ async fn insert<'e>(
             JOIN d ON d.id = u.id),
          j AS (
             INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at,
-                              created_at, updated_at, lease_owner, lease_until, concurrency_group)
+                              created_at, updated_at, lease_owner, lease_until, concurrency_group,
+                              cancel_in_progress)
             SELECT u.id, u.delivery_id, u.rule, u.target, u.request,
                    CASE WHEN u.n <= $20 THEN 'running' ELSE 'pending' END,
                    CASE WHEN u.n <= $20 THEN 1 ELSE 0 END,
                    u.due + u.delay, u.due, u.due,
                    CASE WHEN u.n <= $20 THEN $21::text END,
                    CASE WHEN u.n <= $20 THEN $22::int8 END,
-                   u.grp
+                   u.grp, u.cancel
             FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[],
-                        $23::int8[], $24::text[])
-                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, delay, grp, n)
+                        $23::int8[], $24::text[], $25::int4[])
+                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, delay, grp, cancel, n)
             WHERE u.delivery_id IN (SELECT id FROM d))
          SELECT id, seq FROM d",
     )
@@ -366,6 +369,7 @@ async fn insert<'e>(
     .bind(claim.map(|c| millis(c.until)))
     .bind(&delays)
     .bind(&groups)
+    .bind(&cancels)
     .fetch_all(on)
     .await
     .map_err(db)?;

@@ -19,7 +19,7 @@ use sqlx::postgres::PgPool;
 
 use super::db;
 use super::queue::{Tx, refresh_status};
-use crate::store::model::{self, GroupedJob, LiveJob, Supersede};
+use crate::store::concurrency::{self, GroupedJob, LiveJob, Supersede};
 use crate::store::{NewDelivery, Start, StoreError, Superseded, millis};
 
 /// The advisory lock key of a group: the first 8 bytes of its SHA-256
@@ -78,13 +78,16 @@ pub(super) async fn plan(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Pla
         .copied()
         .filter(|d| !seen.contains(&(d.source.clone(), d.delivery.clone())))
         .collect();
-    let grouped: Vec<GroupedJob<'_>> = fresh.iter().flat_map(|d| model::grouped_jobs(d)).collect();
+    let grouped: Vec<GroupedJob<'_>> = fresh.iter().flat_map(|d| concurrency::grouped_jobs(d)).collect();
     let mut groups: Vec<&str> = grouped.iter().map(|j| j.group).collect();
     groups.sort_unstable();
     groups.dedup();
     let live = sqlx::query(
-        "SELECT id, delivery_id, concurrency_group, state = 'running' AND started_at IS NOT NULL FROM jobs
-         WHERE concurrency_group = ANY($1) AND (state = 'pending' OR state = 'running')
+        "SELECT id, delivery_id, concurrency_group, state = 'running' AND started_at IS NOT NULL,
+                COALESCE(state = 'done' AND pipeline_open = 1, false)
+         FROM jobs WHERE id IN (
+            SELECT id FROM jobs WHERE concurrency_group = ANY($1) AND (state = 'pending' OR state = 'running')
+            UNION ALL SELECT id FROM jobs WHERE concurrency_group = ANY($1) AND pipeline_open = 1)
          ORDER BY id FOR UPDATE",
     )
     .bind(&groups)
@@ -98,10 +101,11 @@ pub(super) async fn plan(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Pla
             delivery_id: r.try_get(1).map_err(db)?,
             group: r.try_get(2).map_err(db)?,
             started: r.try_get(3).map_err(db)?,
+            open: r.try_get(4).map_err(db)?,
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;
-    let plan = model::supersede(live, &grouped);
+    let plan = concurrency::supersede(live, &grouped);
     let delivery_of: HashMap<&str, &str> = grouped.iter().map(|j| (j.id, j.delivery_id)).collect();
     let mut notes: HashMap<String, Vec<Superseded>> = HashMap::new();
     for s in &plan.superseded {
@@ -145,6 +149,19 @@ pub(super) async fn apply(tx: &mut Tx, plan: &Supersede, now: i64) -> Result<(),
         .await
         .map_err(db)?;
     }
+    if !plan.cancel_by.is_empty() {
+        let (jobs, by): (Vec<&str>, Vec<Option<&str>>) = plan
+            .cancel_by
+            .iter()
+            .map(|(j, b)| (j.as_str(), b.as_deref()))
+            .unzip();
+        sqlx::query("UPDATE jobs j SET cancel_by = u.by FROM UNNEST($1::text[], $2::text[]) AS u(id, by) WHERE j.id = u.id")
+            .bind(&jobs)
+            .bind(&by)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
     let deliveries: Vec<&str> = plan.deliveries.iter().map(String::as_str).collect();
     refresh_status(tx, &deliveries).await
 }
@@ -185,4 +202,36 @@ pub(super) async fn start(
     };
     tx.commit().await.map_err(db)?;
     Ok(start)
+}
+
+/// After jobs of groups recorded a created pipeline (`done`, sorted ids;
+/// the caller holds their row locks and those of the jobs they are to
+/// cancel or be cancelled by): their pipelines are open, and the cancels
+/// they make due are queued, as on SQLite (`sqlite::groups::after_done`).
+pub(super) async fn after_done(tx: &mut Tx, done: &[&str], now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jobs SET pipeline_open = 1
+         WHERE id = ANY($1) AND state = 'done' AND result IS NOT NULL AND concurrency_group IS NOT NULL",
+    )
+    .bind(done)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "WITH due AS (
+            SELECT o.id, o.cancel_by FROM jobs o JOIN jobs n ON n.id = o.cancel_by
+            WHERE (o.id = ANY($1) OR o.cancel_by = ANY($1)) AND o.pipeline_open = 1
+              AND n.state = 'done' AND n.result IS NOT NULL),
+         queued AS (
+            INSERT INTO cancels (job_id, by_job, state, attempts, next_attempt_at, created_at, updated_at)
+            SELECT id, cancel_by, 'pending', 0, $2, $2, $2 FROM due
+            ON CONFLICT (job_id) DO NOTHING)
+         UPDATE jobs j SET pipeline_open = NULL, cancel_by = NULL FROM due WHERE j.id = due.id",
+    )
+    .bind(done)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
 }

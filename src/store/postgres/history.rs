@@ -1,6 +1,7 @@
 //! Reads of the delivery history: resolving a delivery key, listing, one
 //! delivery with its jobs and attempts, its stored payload, queue figures.
 
+use crate::store::concurrency::{CancelDetail, CancelState};
 use std::collections::BTreeMap;
 
 use sqlx::postgres::{PgPool, PgRow};
@@ -97,10 +98,12 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
     let event: String = r.try_get(11).map_err(db)?;
     let job_rows = sqlx::query(
         "SELECT j.id, j.rule, j.target, j.state, j.attempts, j.next_attempt_at, j.last_error, j.result,
-                j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule
+                j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule,
+                c.by_job, c.state, c.attempts, c.outcome
          FROM jobs j
          LEFT JOIN jobs s ON s.id = j.superseded_by AND j.state = 'superseded'
          LEFT JOIN deliveries sd ON sd.id = s.delivery_id
+         LEFT JOIN cancels c ON c.job_id = j.id
          WHERE j.delivery_id = $1 ORDER BY j.id",
     )
     .bind(&id)
@@ -150,6 +153,16 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
             }),
             _ => None,
         };
+        let cancel = match j.try_get::<Option<String>, _>(14).map_err(db)? {
+            Some(by_job) => Some(CancelDetail {
+                by_job,
+                state: CancelState::parse(&j.try_get::<String, _>(15).map_err(db)?)
+                    .unwrap_or(CancelState::Pending),
+                attempts: u32::try_from(j.try_get::<i32, _>(16).map_err(db)?).unwrap_or(0),
+                outcome: j.try_get(17).map_err(db)?,
+            }),
+            None => None,
+        };
         jobs.push(JobDetail {
             id: job_id,
             rule: j.try_get(1).map_err(db)?,
@@ -162,6 +175,7 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
             request: from_json(&request)?,
             group: j.try_get(9).map_err(db)?,
             superseded_by,
+            cancel,
             history,
         });
     }

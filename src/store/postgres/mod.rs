@@ -41,6 +41,7 @@
 mod admin;
 mod batch;
 mod bulk;
+mod cancels;
 mod connect;
 mod error;
 mod groups;
@@ -60,6 +61,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::concurrency::{CancelOutcome, LeasedCancel};
 use super::*;
 use crate::config::StoreSettings;
 use crate::store::handoff::Handoff;
@@ -172,8 +174,30 @@ impl Store for PostgresStore {
             attempt,
             next,
             now,
+            grouped: job.grouped,
         };
         self.writers.record.submit(record).await
+    }
+
+    async fn lease_cancels(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<LeasedCancel>, StoreError> {
+        cancels::lease(&self.pool, owner, limit, lease, now).await
+    }
+
+    async fn record_cancel(
+        &self,
+        cancel: &LeasedCancel,
+        owner: &str,
+        attempt: Attempt,
+        outcome: CancelOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        cancels::record(&self.pool, cancel, owner, &attempt, &outcome, now).await
     }
 
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::SystemTime;
 
 use super::bulk::{TextPair, text};
-use super::db;
 use super::queue::{Tx, refresh_status};
+use super::{db, groups};
 use crate::store::model::JobUpdate;
 use crate::store::*;
 
@@ -23,7 +23,20 @@ pub(super) struct Record {
     pub attempt: Attempt,
     pub next: Transition,
     pub now: SystemTime,
+    /// The job is in a concurrency group: a created pipeline may make
+    /// cancels due (`groups::after_done`).
+    pub grouped: bool,
 }
+
+/// The row locks of a record batch with created pipelines of groups.
+/// Besides the batch's own jobs (`$1`): the newer jobs that are to cancel
+/// the pipelines of its grouped done jobs (`$2`), and the older jobs whose
+/// pipelines they are to cancel.
+const LOCK_WITH_RELATED: &str = "SELECT id FROM jobs WHERE id IN (
+        SELECT unnest($1::text[])
+        UNION SELECT cancel_by FROM jobs WHERE id = ANY($2) AND cancel_by IS NOT NULL
+        UNION SELECT id FROM jobs WHERE cancel_by = ANY($2))
+    ORDER BY id FOR UPDATE";
 
 /// Record `records` (distinct jobs, sorted by job id): each attempt is
 /// numbered after its job's last one and always kept; the job moves only
@@ -31,16 +44,23 @@ pub(super) struct Record {
 /// the deliveries' statuses follow. A job purged meanwhile records nothing.
 pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), StoreError> {
     let ids: Vec<&str> = records.iter().map(|r| r.job.as_str()).collect();
+    let grouped_done: Vec<&str> = records
+        .iter()
+        .filter(|r| r.grouped && matches!(r.next, Transition::Done(_)))
+        .map(|r| r.job.as_str())
+        .collect();
     // The jobs' row locks, in id order, order these attempts against a lease
-    // takeover (which notes an interrupted attempt).
-    let live: HashSet<String> =
-        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+    // takeover (which notes an interrupted attempt). A created pipeline of a
+    // group also locks, in the same order, the jobs whose cancels it may
+    // make due, so that two records of one group see each other's commit.
+    let lock = if grouped_done.is_empty() {
+        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE").bind(&ids)
+    } else {
+        sqlx::query_scalar(LOCK_WITH_RELATED)
             .bind(&ids)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .collect();
+            .bind(&grouped_done)
+    };
+    let live: HashSet<String> = lock.fetch_all(&mut **tx).await.map_err(db)?.into_iter().collect();
     let records: Vec<&Record> = records
         .iter()
         .copied()
@@ -54,6 +74,10 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
         .map(|r| JobUpdate::after(&r.next, &r.attempt, r.now))
         .collect::<Result<Vec<_>, _>>()?;
     attempts_and_jobs(tx, &records, &updates).await?;
+    if !grouped_done.is_empty() {
+        let now = records.iter().map(|r| millis(r.now)).max().unwrap_or(0);
+        groups::after_done(tx, &grouped_done, now).await?;
+    }
     let mut deliveries: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
     deliveries.sort_unstable();
     deliveries.dedup();

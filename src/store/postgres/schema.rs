@@ -167,17 +167,35 @@ CREATE INDEX jobs_due_v6 ON jobs (state, next_attempt_at) WHERE state = 'pending
 DROP INDEX jobs_due;
 ALTER INDEX jobs_due_v6 RENAME TO jobs_due;
 "#,
-    // Version 7, SQLite's version 6: concurrency groups. A job's group, the
-    // job that superseded it, and when its attempt was let through to the
-    // CI (until then a newer job of its group may end it). `jobs_group`
-    // holds only the live jobs of groups: the few an ingest supersedes.
-    // New nullable columns without a default rewrite nothing.
+    // Version 7, SQLite's version 6: concurrency groups (see SQLite's
+    // schema for each column). New nullable columns without a default
+    // rewrite nothing. `cancels` has no foreign key either: the purge
+    // deletes a delivery's cancels with its jobs.
     r#"
 ALTER TABLE jobs ADD COLUMN concurrency_group TEXT,
     ADD COLUMN superseded_by TEXT,
-    ADD COLUMN started_at BIGINT;
+    ADD COLUMN started_at BIGINT,
+    ADD COLUMN cancel_in_progress INTEGER,
+    ADD COLUMN cancel_by TEXT,
+    ADD COLUMN pipeline_open INTEGER;
 CREATE INDEX jobs_group ON jobs (concurrency_group)
     WHERE concurrency_group IS NOT NULL AND (state = 'pending' OR state = 'running');
+CREATE INDEX jobs_open ON jobs (concurrency_group) WHERE pipeline_open = 1;
+CREATE INDEX jobs_cancel_by ON jobs (cancel_by) WHERE cancel_by IS NOT NULL;
+CREATE TABLE cancels (
+    job_id          TEXT PRIMARY KEY,
+    by_job          TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     BIGINT,
+    outcome         TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+CREATE INDEX cancels_due ON cancels (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX cancels_lease ON cancels (lease_until) WHERE state = 'running';
 "#,
 ];
 

@@ -1,6 +1,7 @@
 //! Concurrency groups on SQLite: what an ingest supersedes (the plan is
-//! the model's, [`model::supersede`]), and the start an attempt of a
-//! grouped job makes before it goes to the CI. The one writer orders every
+//! the model's, [`concurrency::supersede`]), the start an attempt of a
+//! grouped job makes before it goes to the CI, and the cancels a created
+//! pipeline makes due (`cancel_in_progress`). The one writer orders every
 //! ingest and start, so each reads what the one before it wrote.
 
 use std::time::SystemTime;
@@ -9,12 +10,16 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::db;
 use super::status::refresh_status;
-use crate::store::model::{self, GroupedJob, LiveJob, Supersede};
+use crate::store::concurrency::{self, GroupedJob, LiveJob, Supersede};
 use crate::store::{Start, StoreError, millis};
 
 /// A group's live jobs, through `jobs_group` (its predicate's terms as written).
 pub(super) const LIVE: &str = "SELECT id, delivery_id, state = 'running' AND started_at IS NOT NULL FROM jobs
      WHERE concurrency_group = ?1 AND (state = 'pending' OR state = 'running')";
+
+/// A group's open pipelines, through `jobs_open`.
+pub(super) const OPEN: &str =
+    "SELECT id, delivery_id FROM jobs WHERE concurrency_group = ?1 AND pipeline_open = 1";
 
 /// What storing `jobs` (in order) supersedes.
 pub(super) fn plan(tx: &Connection, jobs: &[GroupedJob<'_>]) -> Result<Supersede, StoreError> {
@@ -31,6 +36,22 @@ pub(super) fn plan(tx: &Connection, jobs: &[GroupedJob<'_>]) -> Result<Supersede
                     delivery_id: r.get(1)?,
                     group: group.to_owned(),
                     started: r.get(2)?,
+                    open: false,
+                })
+            })
+            .map_err(db)?;
+        for job in rows {
+            live.push(job.map_err(db)?);
+        }
+        let mut open = tx.prepare_cached(OPEN).map_err(db)?;
+        let rows = open
+            .query_map(params![group], |r| {
+                Ok(LiveJob {
+                    id: r.get(0)?,
+                    delivery_id: r.get(1)?,
+                    group: group.to_owned(),
+                    started: false,
+                    open: true,
                 })
             })
             .map_err(db)?;
@@ -38,7 +59,7 @@ pub(super) fn plan(tx: &Connection, jobs: &[GroupedJob<'_>]) -> Result<Supersede
             live.push(job.map_err(db)?);
         }
     }
-    Ok(model::supersede(live, jobs))
+    Ok(concurrency::supersede(live, jobs))
 }
 
 /// Write `plan`, once the new jobs are inserted.
@@ -57,8 +78,52 @@ pub(super) fn apply(tx: &Connection, plan: &Supersede, now: i64) -> Result<(), S
             .and_then(|mut s| s.execute(params![job, by, now]))
             .map_err(db)?;
     }
+    for (job, by) in &plan.cancel_by {
+        tx.prepare_cached("UPDATE jobs SET cancel_by = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![job, by]))
+            .map_err(db)?;
+    }
     for delivery in &plan.deliveries {
         refresh_status(tx, delivery)?;
+    }
+    Ok(())
+}
+
+/// After `job` of a group recorded a created pipeline: its pipeline is
+/// open, and the cancels it makes due are queued: of the older pipelines
+/// handed to it to cancel, and of its own when the newer job that is to
+/// cancel it already has its pipeline.
+pub(super) fn after_done(tx: &Connection, job: &str, now: i64) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE jobs SET pipeline_open = 1
+         WHERE id = ?1 AND state = 'done' AND result IS NOT NULL AND concurrency_group IS NOT NULL",
+    )
+    .and_then(|mut s| s.execute(params![job]))
+    .map_err(db)?;
+    let due: Vec<(String, String)> = {
+        let mut s = tx
+            .prepare_cached(
+                "SELECT o.id, o.cancel_by FROM jobs o JOIN jobs n ON n.id = o.cancel_by
+                 WHERE o.id = ?1 AND o.pipeline_open = 1 AND n.state = 'done' AND n.result IS NOT NULL
+                 UNION ALL
+                 SELECT o.id, o.cancel_by FROM jobs o JOIN jobs n ON n.id = o.cancel_by
+                 WHERE o.cancel_by = ?1 AND o.pipeline_open = 1 AND n.state = 'done' AND n.result IS NOT NULL",
+            )
+            .map_err(db)?;
+        s.query_map(params![job], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?
+    };
+    for (id, by) in due {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO cancels (job_id, by_job, state, attempts, next_attempt_at, created_at, updated_at)
+             VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3)",
+        )
+        .and_then(|mut s| s.execute(params![id, by, now]))
+        .and_then(|_| tx.prepare_cached("UPDATE jobs SET pipeline_open = NULL, cancel_by = NULL WHERE id = ?1"))
+        .and_then(|mut s| s.execute(params![id]))
+        .map_err(db)?;
     }
     Ok(())
 }

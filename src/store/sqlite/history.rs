@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::db;
+use crate::store::concurrency::{CancelDetail, CancelState};
 use crate::store::model::{self, from_json};
 use crate::store::*;
 
@@ -112,10 +113,12 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
     let mut s = conn
         .prepare(
             "SELECT j.id, j.rule, j.target, j.state, j.attempts, j.next_attempt_at, j.last_error, j.result,
-                    j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule
+                    j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule,
+                    c.by_job, c.state, c.attempts, c.outcome
              FROM jobs j
              LEFT JOIN jobs s ON s.id = j.superseded_by AND j.state = 'superseded'
              LEFT JOIN deliveries sd ON sd.id = s.delivery_id
+             LEFT JOIN cancels c ON c.job_id = j.id
              WHERE j.delivery_id = ?1 ORDER BY j.id",
         )
         .map_err(db)?;
@@ -130,6 +133,15 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
                 }),
                 _ => None,
             };
+            let cancel = match r.get::<_, Option<String>>(14)? {
+                Some(by_job) => Some(CancelDetail {
+                    by_job,
+                    state: CancelState::parse(&r.get::<_, String>(15)?).unwrap_or(CancelState::Pending),
+                    attempts: u32::try_from(r.get::<_, i64>(16)?).unwrap_or(0),
+                    outcome: r.get(17)?,
+                }),
+                None => None,
+            };
             Ok((
                 (
                     r.get::<_, String>(0)?,
@@ -142,7 +154,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, String>(8)?,
                 ),
-                (r.get::<_, Option<String>>(9)?, by),
+                (r.get::<_, Option<String>>(9)?, by, cancel),
             ))
         })
         .map_err(db)?
@@ -150,7 +162,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
         .map_err(db)?;
     for (
         (job_id, rule, target, state, attempts, next, last_error, result, request),
-        (group, superseded_by),
+        (group, superseded_by, cancel),
     ) in rows
     {
         let mut a = conn
@@ -187,6 +199,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
             request: from_json(&request)?,
             group,
             superseded_by,
+            cancel,
             history,
         });
     }

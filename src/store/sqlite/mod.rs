@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
+use super::concurrency::{CancelOutcome, LeasedCancel};
 use super::ready::Readiness;
 use super::*;
 use guard::Guard;
@@ -31,6 +32,7 @@ use queue::PreparedDelivery;
 use schema::{connect, connect_existing, migrate, probe};
 use writer::{How, Op, Write};
 
+mod cancels;
 mod groups;
 mod guard;
 mod history;
@@ -301,9 +303,46 @@ impl Store for SqliteStore {
         now: SystemTime,
     ) -> Result<(), StoreError> {
         let (job_id, delivery_id, owner) = (job.id.clone(), job.delivery_id.clone(), owner.to_owned());
-        let lease = job.attempt;
+        let (lease, grouped) = (job.attempt, job.grouped);
         self.write(How::BOOKKEEPING, move |tx| {
-            queue::record(tx, &job_id, &delivery_id, (&owner, lease), &attempt, &next, now)
+            queue::record(
+                tx,
+                (&job_id, grouped),
+                &delivery_id,
+                (&owner, lease),
+                &attempt,
+                &next,
+                now,
+            )
+        })
+        .await
+    }
+
+    async fn lease_cancels(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<LeasedCancel>, StoreError> {
+        let owner = owner.to_owned();
+        self.write(How::BOOKKEEPING, move |tx| {
+            cancels::lease(tx, &owner, limit, lease, now)
+        })
+        .await
+    }
+
+    async fn record_cancel(
+        &self,
+        cancel: &LeasedCancel,
+        owner: &str,
+        attempt: Attempt,
+        outcome: CancelOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let (job, lease, owner) = (cancel.job.clone(), cancel.attempt, owner.to_owned());
+        self.write(How::BOOKKEEPING, move |tx| {
+            cancels::record(tx, (&job, lease), &owner, &attempt, &outcome, now)
         })
         .await
     }

@@ -54,10 +54,22 @@ fn insert_job(
     let due = now.saturating_add(i64::try_from(job.delay.as_millis()).unwrap_or(i64::MAX));
     tx.prepare_cached(
         "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at,
-                           updated_at, concurrency_group)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?7, ?6, ?6, ?8)",
+                           updated_at, concurrency_group, cancel_in_progress)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?7, ?6, ?6, ?8, ?9)",
     )
-    .and_then(|mut s| s.execute(params![job.id, delivery_id, job.rule, job.target, request, now, due, job.group]))
+    .and_then(|mut s| {
+        s.execute(params![
+            job.id,
+            delivery_id,
+            job.rule,
+            job.target,
+            request,
+            now,
+            due,
+            job.group,
+            job.cancel.then_some(1)
+        ])
+    })
     .map_err(db)?;
     Ok(())
 }
@@ -90,14 +102,14 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
         });
     }
     let received = millis(d.received_at);
-    let grouped: Vec<_> = model::grouped_jobs(d).collect();
+    let grouped: Vec<_> = concurrency::grouped_jobs(d).collect();
     let plan = if grouped.is_empty() {
-        model::Supersede::default()
+        concurrency::Supersede::default()
     } else {
         groups::plan(tx, &grouped)?
     };
     if !plan.superseded.is_empty() {
-        model::note_superseded(&mut p.delivery.summary, &plan.superseded);
+        concurrency::note_superseded(&mut p.delivery.summary, &plan.superseded);
         p.summary = to_json(&p.delivery.summary)?;
     }
     let d = &p.delivery;
@@ -142,7 +154,7 @@ pub(super) const REQUEUE_DEAD: &str =
     "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
      WHERE delivery_id = ?1 AND +state = 'dead'";
 
-fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
+pub(super) fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
     tx.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")
         .and_then(|mut s| s.query_row(params![job], |r| r.get(0)))
         .map_err(db)
@@ -283,7 +295,7 @@ pub(super) fn release_leases(
 /// Record `attempt` of `job`, leased by `owner` as its attempt `lease`.
 pub(super) fn record(
     tx: &Connection,
-    job: &str,
+    (job, grouped): (&str, bool),
     delivery_id: &str,
     (owner, lease): (&str, u32),
     attempt: &Attempt,
@@ -343,6 +355,9 @@ pub(super) fn record(
         ])
     })
     .map_err(db)?;
+    if grouped && matches!(next, Transition::Done(_)) {
+        groups::after_done(tx, job, now_ms)?;
+    }
     refresh_status(tx, delivery_id)
 }
 

@@ -134,15 +134,38 @@ CREATE INDEX jobs_due ON jobs (state, next_attempt_at) WHERE state = 'pending' O
 "#,
     // Version 6, PostgreSQL's version 7: concurrency groups. A job's group,
     // the job that superseded it, and when its attempt was let through to
-    // the CI (until then a newer job of its group may end it). `jobs_group`
-    // holds only the live jobs of groups; queries name its predicate's
-    // terms as written, so that SQLite sees they imply it.
+    // the CI (until then a newer job of its group may end it). With
+    // `cancel_in_progress`: whether its rule cancels older pipelines, the
+    // newer job that is to cancel its pipeline, whether its pipeline may
+    // still be running (`pipeline_open`), and the cancels themselves, a
+    // queue of their own. The partial indexes hold only the live jobs of
+    // groups and the open pipelines; queries name their predicates' terms
+    // as written, so that SQLite sees they imply them.
     r#"
 ALTER TABLE jobs ADD COLUMN concurrency_group TEXT;
 ALTER TABLE jobs ADD COLUMN superseded_by TEXT;
 ALTER TABLE jobs ADD COLUMN started_at INTEGER;
+ALTER TABLE jobs ADD COLUMN cancel_in_progress INTEGER;
+ALTER TABLE jobs ADD COLUMN cancel_by TEXT;
+ALTER TABLE jobs ADD COLUMN pipeline_open INTEGER;
 CREATE INDEX jobs_group ON jobs (concurrency_group)
     WHERE concurrency_group IS NOT NULL AND (state = 'pending' OR state = 'running');
+CREATE INDEX jobs_open ON jobs (concurrency_group) WHERE pipeline_open = 1;
+CREATE INDEX jobs_cancel_by ON jobs (cancel_by) WHERE cancel_by IS NOT NULL;
+CREATE TABLE cancels (
+    job_id          TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    by_job          TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    outcome         TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX cancels_due ON cancels (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX cancels_lease ON cancels (lease_until) WHERE state = 'running';
 "#,
 ];
 

@@ -31,6 +31,7 @@ fn delivery(source: &str, id: &str, jobs: &[&str], at: SystemTime) -> NewDeliver
             request: request.clone(),
             group: None,
             delay: std::time::Duration::ZERO,
+            cancel: false,
         })
         .collect();
     NewDelivery {
