@@ -220,6 +220,16 @@ pub fn describe(d: &DeliveryDetail) -> String {
                 by.job, by.delivery, by.rule, by.delivery_id
             ));
         }
+        if let Some(c) = &j.cancel {
+            out.push_str(&format!(
+                "  pipeline cancel (a newer job of the group, {}, created its pipeline): {}, {} attempt{}{}\n",
+                c.by_job,
+                c.state.as_str(),
+                c.attempts,
+                if c.attempts == 1 { "" } else { "s" },
+                c.outcome.as_deref().map(|o| format!(": {o}")).unwrap_or_default()
+            ));
+        }
         if let Some(res) = &j.result {
             let mut parts = Vec::new();
             if let Some(id) = &res.id {

@@ -149,6 +149,9 @@ pub struct RawTarget {
     pub url: Option<Spanned<String>>,
     #[schemars(with = "Option<SecretRef>")]
     pub token: Option<Spanned<SecretRef>>,
+    /// GitLab: an access token with the `api` scope (cancelling pipelines).
+    #[schemars(with = "Option<SecretRef>")]
+    pub api_token: Option<Spanned<SecretRef>>,
     pub retry: Option<RawRetry>,
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 pub use clock::{Clock, Jitter, SystemClock, TokioClock, random_jitter};
 
@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::Config;
 use crate::store::handoff::{Handed, Handoff, Terms};
@@ -33,10 +33,13 @@ use crate::store::{LeasedJob, Store};
 use crate::target::client::{Http, Transport};
 
 mod attempt;
+mod cancel;
 mod clock;
+mod purge;
 mod retry;
 
 pub use attempt::gave_up;
+pub use purge::purge_loop;
 pub use retry::{LONGEST_WAIT, backoff, backoff_base, retry_delay, transition};
 
 /// How often an idle dispatcher looks for work queued elsewhere (CLI replays, other replicas).
@@ -137,6 +140,7 @@ impl Dispatcher {
         let (handoff, mut handed) = self.offer_slots(&slots);
         let mut inflight = Inflight::default();
         let mut store_backoff = Duration::from_millis(100);
+        let cancels = tokio::spawn(self.clone().cancel_loop(shutdown.clone()));
         // A slot the loop waited for, kept for its next lease.
         let mut freed: Option<OwnedSemaphorePermit> = None;
         info!(owner = %self.owner, concurrency, "dispatcher started");
@@ -263,6 +267,11 @@ impl Dispatcher {
                 inflight.tasks.abort_all();
             }
         }
+        // A cancel in flight finishes (its calls are bounded by the request
+        // timeout); its lease expires otherwise, and repeating it is harmless.
+        if tokio::time::timeout(grace, cancels).await.is_err() {
+            warn!("a pipeline cancel was still running at the end of the grace period; it runs again");
+        }
         if let Err(e) = self.store.release(&self.owner, self.clock.now()).await {
             warn!(error = %e, "cannot give back leases; they expire on their own");
         }
@@ -382,33 +391,6 @@ impl Inflight {
     async fn next(&mut self) -> Option<Option<SystemTime>> {
         let done = self.tasks.join_next_with_id().await?;
         Some(self.reap(done))
-    }
-}
-
-/// Delete finished deliveries past retention, in small batches, hourly.
-pub async fn purge_loop(store: Arc<dyn Store>, config: Arc<ArcSwap<Config>>, shutdown: CancellationToken) {
-    loop {
-        let retention = config.load().store.retention;
-        // Saturating: a retention longer than the clock's past purges nothing.
-        let cutoff = SystemTime::now().checked_sub(retention).unwrap_or(UNIX_EPOCH);
-        loop {
-            match store.purge(cutoff, 500).await {
-                Ok(0) => break,
-                Ok(n) => debug!(deleted = n, "purged old deliveries"),
-                Err(e) => {
-                    warn!(error = %e, "retention purge failed");
-                    break;
-                }
-            }
-            if shutdown.is_cancelled() {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = shutdown.cancelled() => return,
-        }
     }
 }
 

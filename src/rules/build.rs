@@ -11,7 +11,7 @@ use crate::config::diagnostic::{Diagnostic, suggest};
 use crate::config::loader::Loader;
 use crate::config::raw::{RawConcurrency, RawRule, RawTarget, SpannedList};
 use crate::event::Event;
-use crate::target::{Target, TriggerTemplate};
+use crate::target::{Target, TargetKind, TriggerTemplate};
 use crate::template::TemplateCompiler;
 
 /// What every rule compiles against: the names it may refer to, the compiled
@@ -114,7 +114,10 @@ impl<'a> RuleContext<'a> {
             Some(raw_retry) => target.retry.overlay(raw_retry, self.loader),
             None => target.retry.clone(),
         };
-        let concurrency = r.concurrency.as_ref().and_then(|c| self.concurrency(name, r, c));
+        let concurrency = r
+            .concurrency
+            .as_ref()
+            .and_then(|c| self.concurrency(name, r, c, target));
         (self.loader.error_count() == errors_before).then(|| Rule {
             name: name.to_owned(),
             sources,
@@ -138,16 +141,27 @@ impl<'a> RuleContext<'a> {
 
     /// `[rules.concurrency]`. Superseding a CircleCI v1.1 job that pins a
     /// `revision` skips that commit's build: a warning, since it may be meant.
-    fn concurrency(&mut self, name: &str, r: &RawRule, c: &RawConcurrency) -> Option<Concurrency> {
+    fn concurrency(
+        &mut self,
+        name: &str,
+        r: &RawRule,
+        c: &RawConcurrency,
+        target: &Target,
+    ) -> Option<Concurrency> {
         if let Some(cancel) = &c.cancel_in_progress
             && *cancel.get_ref()
+            && target.kind == TargetKind::Gitlab
+            && !target.has_api_token
         {
             self.loader.push(
                 Diagnostic::error(
-                    format!("rule `{name}`: concurrency.cancel_in_progress is not available in this version of hookbridge"),
+                    format!(
+                        "rule `{name}`: cancel_in_progress needs `api_token` on target `{}`: a trigger token cannot cancel a pipeline",
+                        target.name
+                    ),
                     Some(cancel.span()),
                 )
-                .with_help("remove it: newer jobs still supersede older ones that have not created a pipeline"),
+                .with_help("set `api_token = \"env:GITLAB_API_TOKEN\"` (an access token with the `api` scope) on the target"),
             );
         }
         let trigger = r.trigger.get_ref();

@@ -144,7 +144,11 @@ pub fn wire(
         }
     }
     .map_err(|e| SendError::Build(e.to_string()))?;
-    let mut builder = client.request(method, &request.url).timeout(timeout).body(body);
+    let mut builder = client.request(method, &request.url).timeout(timeout);
+    // A call without a body (a GET, a cancel) sends none, not `null`.
+    if !request.body.is_null() {
+        builder = builder.body(body);
+    }
     for h in &request.headers {
         let value = match request.credential {
             Credential::Header(name) if name == h.name => {

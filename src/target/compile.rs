@@ -96,6 +96,16 @@ pub fn build(
             Some(raw.kind.span()),
         ));
     }
+    let api_token = raw.api_token.as_ref().and_then(|t| loader.secret(t));
+    if let (TargetKind::Circleci, Some(t)) = (kind, &raw.api_token) {
+        loader.push(
+            Diagnostic::error(
+                format!("target `{name}`: `api_token` is for gitlab targets"),
+                Some(t.span()),
+            )
+            .with_help("CircleCI cancels with the personal API token in `token`"),
+        );
+    }
     let retry = match &raw.retry {
         Some(r) => retry.overlay(r, loader),
         None => retry.clone(),
@@ -106,6 +116,8 @@ pub fn build(
         base_url,
         token,
         has_token: raw.token.is_some(),
+        api_token,
+        has_api_token: raw.api_token.is_some(),
         retry,
     })
 }

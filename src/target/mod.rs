@@ -23,6 +23,7 @@ use crate::config::secret::Secret;
 use crate::event::Event;
 use crate::template::Templates;
 
+pub mod cancel;
 pub mod circleci;
 mod classify;
 pub mod client;
@@ -67,6 +68,11 @@ pub struct Target {
     pub token: Option<Secret>,
     /// Whether the config names a token at all (it may be unresolved under `check`).
     pub has_token: bool,
+    /// GitLab: an access token with the `api` scope, to cancel pipelines
+    /// (`cancel_in_progress`); a trigger token cannot.
+    pub api_token: Option<Secret>,
+    /// Whether the config names an `api_token` at all.
+    pub has_api_token: bool,
     pub retry: RetryPolicy,
 }
 
@@ -118,6 +124,8 @@ mod tests {
             base_url: "https://ci.example.com".into(),
             token: Some(Secret::new(TOKEN)),
             has_token: true,
+            api_token: None,
+            has_api_token: false,
             retry: RetryPolicy::default(),
         }
     }

@@ -208,6 +208,8 @@ mod tests {
                 base_url: "https://ci.example.com".into(),
                 token: None,
                 has_token: false,
+                api_token: None,
+                has_api_token: false,
                 retry: crate::config::retry::RetryPolicy::default(),
             };
             let e = target.request(&request).unwrap_err();
@@ -335,6 +337,8 @@ mod dot_segments {
             base_url: "https://ci.example.com".into(),
             token: None,
             has_token: false,
+            api_token: None,
+            has_api_token: false,
             retry: crate::config::retry::RetryPolicy::default(),
         }
     }

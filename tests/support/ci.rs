@@ -68,6 +68,8 @@ pub(crate) struct Recorded {
     pub body: Value,
     /// The status answered (0 when it hung).
     pub status: u16,
+    /// When it arrived, in the order of every call to the stand-in.
+    pub seq: u64,
 }
 
 impl Recorded {
@@ -89,6 +91,14 @@ struct Shared {
     triggers: Mutex<Vec<TriggerToken>>,
     /// Milliseconds to wait before answering (a slow CI).
     delay_ms: AtomicU64,
+    /// Pipelines created, for the calls that list and cancel them.
+    pipelines: super::cancel::Pipelines,
+    /// Those calls, in order.
+    cancel_calls: Mutex<Vec<Recorded>>,
+    /// Numbers every call, triggers and cancels alike.
+    seq: AtomicU64,
+    /// Statuses for the next cancel-side calls, before normal behaviour resumes.
+    cancel_script: Mutex<VecDeque<u16>>,
 }
 
 /// A running stand-in; serves both the CircleCI and the GitLab API.
@@ -127,6 +137,31 @@ impl StandIn {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// The calls that listed or cancelled pipelines, in order.
+    pub(crate) fn cancel_calls(&self) -> Vec<Recorded> {
+        self.shared.cancel_calls.lock().unwrap().clone()
+    }
+
+    /// Answer the next cancel-side calls with these statuses.
+    pub(crate) fn script_cancels(&self, statuses: impl IntoIterator<Item = u16>) {
+        self.shared.cancel_script.lock().unwrap().extend(statuses);
+    }
+
+    /// Every pipeline still running finishes with `status`.
+    pub(crate) fn finish_pipelines(&self, status: &str) {
+        self.shared.pipelines.finish_all(status);
+    }
+
+    /// A running CircleCI v2 pipeline hookbridge did not create (started in
+    /// CircleCI's UI, say): cancelling any of it is a violation.
+    pub(crate) fn foreign_pipeline(&self) -> String {
+        let id = "5034460f-c7c4-4c43-9457-de07e2999999".to_owned();
+        self.shared
+            .pipelines
+            .created(id.clone(), super::cancel::workflows_of(999_999), false);
+        id
+    }
+
     pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
     }
@@ -150,7 +185,7 @@ impl StandIn {
     }
 }
 
-fn load_json(rel: &str) -> Value {
+pub(crate) fn load_json(rel: &str) -> Value {
     let path = super::fixtures().join("openapi").join(rel);
     let text = std::fs::read_to_string(&path).unwrap();
     if rel.ends_with(".yaml") {
@@ -171,7 +206,7 @@ struct Validators {
 
 /// A validator for the schema at `pointer` inside an API document, with the
 /// document's shared definitions available to `$ref`.
-fn validator(doc: &Value, pointer: &str) -> jsonschema::Validator {
+pub(crate) fn validator(doc: &Value, pointer: &str) -> jsonschema::Validator {
     let schema = doc
         .pointer(pointer)
         .unwrap_or_else(|| panic!("no schema at {pointer}"));
@@ -323,8 +358,15 @@ fn check_request(api: &str, uri: &Uri, headers: &HeaderMap, body: &Value) -> Vec
     problems
 }
 
-fn created(api: &str, n: u64, path: &str) -> Response {
+fn created(shared: &Shared, api: &str, n: u64, path: &str) -> Response {
+    use super::cancel::{Pipeline, workflows_of};
     let id = format!("5034460f-c7c4-4c43-9457-de07e2{n:06}");
+    let (key, pipeline) = match api {
+        "circleci-job" => (n.to_string(), Pipeline::Build("running".into())),
+        "gitlab-trigger" => ((1000 + n).to_string(), Pipeline::Gitlab("running".into())),
+        _ => (id.clone(), workflows_of(n)),
+    };
+    shared.pipelines.created(key, pipeline, true);
     match api {
         "circleci-job" => (
             StatusCode::OK,
@@ -371,6 +413,37 @@ async fn handle(
     if path.contains("/triggers") {
         return trigger_tokens(&shared, &method, &uri, &headers, &body);
     }
+    if let Some(api) = super::cancel::route(&path) {
+        let scripted = shared.cancel_script.lock().unwrap().pop_front();
+        // A scripted failure is checked like any call but changes nothing.
+        let scratch = super::cancel::Pipelines {
+            all: Mutex::new(shared.pipelines.all.lock().unwrap().clone()),
+        };
+        let pipelines = if scripted.is_some() {
+            &scratch
+        } else {
+            &shared.pipelines
+        };
+        let (mut response, problems) = super::cancel::answer(pipelines, api, &method, &uri, &headers, &body);
+        if let Some(code) = scripted {
+            let status = StatusCode::from_u16(code).unwrap();
+            response = (status, axum::Json(json!({"message": format!("scripted {code}")}))).into_response();
+        }
+        shared.violations.lock().unwrap().extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{api} {method} {path}: {p}")),
+        );
+        shared.cancel_calls.lock().unwrap().push(Recorded {
+            api,
+            path,
+            headers,
+            body: Value::Null,
+            status: response.status().as_u16(),
+            seq: shared.seq.fetch_add(1, Ordering::SeqCst),
+        });
+        return response;
+    }
     let api = match route(&path) {
         Ok(api) => api,
         Err(problem) => {
@@ -405,6 +478,7 @@ async fn handle(
         headers,
         body: parsed,
         status: 0,
+        seq: shared.seq.fetch_add(1, Ordering::SeqCst),
     };
     if hang {
         shared.requests.lock().unwrap().push(record);
@@ -474,7 +548,7 @@ async fn handle(
             Some(Reply::Body(code, body)) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
             Some(Reply::Hang) | None => {
                 let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
-                created(api, n, &path)
+                created(&shared, api, n, &path)
             }
         }
     };

@@ -178,7 +178,7 @@ pub fn parse_slug(slug: &str, api: Api) -> Result<Slug<'_>, SlugError> {
 }
 
 /// The v1.1 VCS type of a slug provider.
-fn vcs_type(provider: &str) -> &str {
+pub(in crate::target) fn vcs_type(provider: &str) -> &str {
     match provider {
         "gh" => "github",
         "bb" => "bitbucket",

@@ -1,0 +1,177 @@
+//! The cancels of older pipelines (`cancel_in_progress`): a loop beside the
+//! dispatcher's that leases due cancels one at a time, calls the CI
+//! (`target::cancel`) and records each attempt on the cancelled job. A
+//! failing cancel is retried with the job's backoff, up to its
+//! `max_attempts`, then recorded as failed.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Dispatcher;
+use super::retry::{LONGEST_WAIT, transition};
+use crate::store::concurrency::{CancelOutcome, LeasedCancel};
+use crate::store::{Attempt, Transition};
+use crate::target::cancel::{Cancelled, cancel};
+use crate::target::{Outcome, TriggerResult};
+
+/// How often an idle loop looks for due cancels.
+const POLL: Duration = Duration::from_millis(500);
+
+impl Dispatcher {
+    /// Run cancels until `shutdown`; one in flight at a time (they are few:
+    /// one per superseded pipeline).
+    pub(super) async fn cancel_loop(self, shutdown: CancellationToken) {
+        let mut backoff = POLL;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let lease = self.config.load().dispatch.lease;
+            let leased = self
+                .store
+                .lease_cancels(&self.owner, 1, lease, self.clock.now())
+                .await;
+            let idle = match leased {
+                Ok(cancels) if cancels.is_empty() => {
+                    backoff = POLL;
+                    true
+                }
+                Ok(cancels) => {
+                    for c in cancels {
+                        let span = info_span!("cancel", job = %c.job, by = %c.by_job, target = %c.target, attempt = c.attempt);
+                        self.cancel_one(c).instrument(span).await;
+                    }
+                    false
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot lease cancels; trying again");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    true
+                }
+            };
+            if idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    async fn cancel_one(&self, c: LeasedCancel) {
+        let config = self.config.load_full();
+        let policy = config
+            .rules
+            .get(&c.rule)
+            .map(|r| &r.retry)
+            .or_else(|| config.targets.get(&c.target).map(|t| &t.retry))
+            .unwrap_or(&config.retry)
+            .clone();
+        let mut record = Attempt {
+            started_at: self.clock.now(),
+            duration: Duration::ZERO,
+            status: None,
+            error: None,
+            response: None,
+        };
+        let clock = Instant::now();
+        let result = match config.targets.get(&c.target) {
+            None => Cancelled::Permanent(format!(
+                "target `{}` no longer exists in the configuration",
+                c.target
+            )),
+            Some(target) => {
+                let timeout = policy.request_timeout.min(LONGEST_WAIT);
+                let call = AssertUnwindSafe(cancel(
+                    self.transport.as_ref(),
+                    target,
+                    &c.request,
+                    &c.pipeline,
+                    timeout,
+                    self.clock.now(),
+                ));
+                match call.catch_unwind().await {
+                    Ok((result, exchange)) => {
+                        record.status = exchange.status;
+                        record.response = exchange.response;
+                        result
+                    }
+                    Err(_) => Cancelled::Retry {
+                        reason: "internal error: the cancel panicked".into(),
+                        after: None,
+                    },
+                }
+            }
+        };
+        record.duration = clock.elapsed();
+        let outcome = match result {
+            Cancelled::Cancelled(t) => CancelOutcome::Cancelled(t),
+            Cancelled::Finished(t) => CancelOutcome::Finished(t),
+            Cancelled::Retry { reason, after } => {
+                let retry = Outcome::Retry { reason, after };
+                self.after_failure(retry, &c, &policy)
+            }
+            Cancelled::Permanent(reason) => self.after_failure(Outcome::Permanent(reason), &c, &policy),
+        };
+        let label = match &outcome {
+            CancelOutcome::Cancelled(_) => "cancelled",
+            CancelOutcome::Finished(_) => "not_running",
+            CancelOutcome::Retry { .. } => "retry",
+            CancelOutcome::Failed(_) => "failed",
+        };
+        metrics::counter!("hookbridge_pipelines_cancelled_total", "target" => c.target.clone(), "outcome" => label)
+            .increment(1);
+        match &outcome {
+            CancelOutcome::Cancelled(t) | CancelOutcome::Finished(t) => info!(outcome = label, "{t}"),
+            CancelOutcome::Retry { reason, .. } => warn!(reason = %reason, "cancel failed; will retry"),
+            CancelOutcome::Failed(reason) => warn!(reason = %reason, "cancel failed for good"),
+        }
+        self.record_cancel(&c, record, outcome).await;
+    }
+
+    /// A failed cancel: retried by the job's policy, or failed for good.
+    fn after_failure(
+        &self,
+        outcome: Outcome,
+        c: &LeasedCancel,
+        policy: &crate::config::RetryPolicy,
+    ) -> CancelOutcome {
+        match transition(outcome, c.attempt, policy, self.clock.now(), (self.jitter)()) {
+            Transition::Retry { at, reason } => CancelOutcome::Retry { at, reason },
+            Transition::Dead(reason) => CancelOutcome::Failed(reason),
+            Transition::Done(TriggerResult { .. }) | Transition::Skipped(_) => {
+                CancelOutcome::Failed("unexpected outcome".into())
+            }
+        }
+    }
+
+    /// Store the attempt, retried while the store is briefly unavailable
+    /// (a lost record means the cancel runs again when its lease expires:
+    /// harmless, it cancels only what still runs).
+    async fn record_cancel(&self, c: &LeasedCancel, attempt: Attempt, outcome: CancelOutcome) {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..10 {
+            match self
+                .store
+                .record_cancel(c, &self.owner, attempt.clone(), outcome.clone(), self.clock.now())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) if !e.is_unavailable() => {
+                    warn!(error = %e, "cannot record the cancel; not retried");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot record the cancel; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

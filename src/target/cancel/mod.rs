@@ -1,0 +1,348 @@
+//! Cancelling a pipeline hookbridge created, for a newer job of its
+//! concurrency group (`cancel_in_progress`). Only the pipeline recorded on
+//! the job is addressed, so nothing hookbridge did not create is touched.
+//!
+//! - CircleCI v2 (pipeline, pipeline run): list the pipeline's workflows
+//!   (`GET /api/v2/pipeline/{id}/workflow`, paged) and cancel each one still
+//!   running, on hold or failing (`POST /api/v2/workflow/{id}/cancel`).
+//! - CircleCI v1.1: cancel the build
+//!   (`POST /api/v1.1/project/{vcs}/{org}/{repo}/{build_num}/cancel`).
+//! - GitLab: `POST /api/v4/projects/:id/pipelines/:pipeline_id/cancel` with
+//!   the target's `api_token` (a trigger token cannot cancel), then read
+//!   the pipeline again: GitLab answers 200 whatever its state.
+//!
+//! A cancel is safe to repeat: a second attempt lists again and cancels
+//! only what still runs. Errors are classified as a trigger's are: 408,
+//! 425, 429, 5xx and the transport's failures are retried, 404 means the
+//! pipeline is gone (nothing to cancel), other answers are permanent.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use super::circleci::{self, Api, parse_slug};
+use super::client::Transport;
+use super::encode::path_segment;
+use super::redact::Redactor;
+use super::{
+    Credential, Header, OutboundRequest, REDACTED, Response, Target, TriggerRequest, TriggerResult,
+    USER_AGENT, error_message, retry_after, truncate_body,
+};
+use crate::config::secret::Secret;
+
+/// The most workflow pages read per attempt (CircleCI pages 20 or so).
+const PAGES: usize = 10;
+/// Response bytes kept for the attempt record.
+const KEPT: usize = 2048;
+
+/// What a cancel attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// What the CI cancelled.
+    Cancelled(String),
+    /// Nothing was left running (or the pipeline is gone).
+    Finished(String),
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    Permanent(String),
+}
+
+/// The last answer of an attempt, for its record (token redacted).
+#[derive(Debug, Clone, Default)]
+pub struct Exchange {
+    pub status: Option<u16>,
+    pub response: Option<String>,
+}
+
+/// The calls of one cancel, on one target with one token.
+struct Caller<'a> {
+    transport: &'a dyn Transport,
+    token: &'a Secret,
+    header: &'static str,
+    timeout: Duration,
+    now: SystemTime,
+    redact: Redactor,
+    last: Exchange,
+}
+
+/// A step's answer: its 2xx body, or what the attempt came to.
+enum Step {
+    Ok(Response),
+    NotFound,
+    Stop(Cancelled),
+}
+
+impl Caller<'_> {
+    async fn call(&mut self, method: &'static str, url: String) -> Step {
+        let request = OutboundRequest {
+            method,
+            url,
+            headers: vec![
+                Header {
+                    name: self.header,
+                    value: REDACTED.to_owned(),
+                },
+                Header {
+                    name: "Accept",
+                    value: "application/json".into(),
+                },
+                Header {
+                    name: "User-Agent",
+                    value: USER_AGENT.into(),
+                },
+            ],
+            body: serde_json::Value::Null,
+            credential: Credential::Header(self.header),
+        };
+        let response = match self.transport.send(&request, self.token, self.timeout).await {
+            Ok(r) => r,
+            Err(e @ super::client::SendError::Build(_)) => {
+                return Step::Stop(Cancelled::Permanent(self.redact.text(&e.to_string())));
+            }
+            Err(e) => {
+                return Step::Stop(Cancelled::Retry {
+                    reason: self.redact.text(&e.to_string()),
+                    after: None,
+                });
+            }
+        };
+        let body = self.redact.bytes(response.body.to_vec());
+        self.last = Exchange {
+            status: Some(response.status),
+            response: Some(truncate_body(&body, KEPT)).filter(|r| !r.is_empty()),
+        };
+        let status = response.status;
+        let message = || self.redact.text(&error_message(&body));
+        match status {
+            200..=299 => Step::Ok(Response {
+                status,
+                headers: response.headers,
+                body: body.into(),
+            }),
+            404 => Step::NotFound,
+            408 | 425 | 429 | 500..=599 => Step::Stop(Cancelled::Retry {
+                reason: format!("HTTP {status}: {}", message()),
+                after: retry_after(&response.headers, self.now),
+            }),
+            _ => Step::Stop(Cancelled::Permanent(format!("HTTP {status}: {}", message()))),
+        }
+    }
+}
+
+/// Why a job's pipeline cannot be cancelled at all (permanent).
+fn unusable(why: impl Into<String>) -> (Cancelled, Exchange) {
+    (Cancelled::Permanent(why.into()), Exchange::default())
+}
+
+/// Cancel `pipeline`, created by `request` on `target`; one attempt.
+pub async fn cancel(
+    transport: &dyn Transport,
+    target: &Target,
+    request: &TriggerRequest,
+    pipeline: &TriggerResult,
+    timeout: Duration,
+    now: SystemTime,
+) -> (Cancelled, Exchange) {
+    let (token, header) = match request {
+        TriggerRequest::Circleci(_) => (target.token.as_ref(), "Circle-Token"),
+        TriggerRequest::Gitlab(_) => (target.api_token.as_ref(), "PRIVATE-TOKEN"),
+    };
+    let Some(token) = token else {
+        return unusable(format!(
+            "target `{}` has no {} to cancel with",
+            target.name,
+            if header == "PRIVATE-TOKEN" {
+                "`api_token`"
+            } else {
+                "`token`"
+            }
+        ));
+    };
+    let mut caller = Caller {
+        transport,
+        token,
+        header,
+        timeout,
+        now,
+        redact: Redactor::new(token.expose()),
+        last: Exchange::default(),
+    };
+    let base = &target.base_url;
+    let outcome = match request {
+        TriggerRequest::Circleci(circleci::Request::Job(r)) => {
+            match (parse_slug(&r.project, Api::Job), pipeline.number) {
+                (Ok(s), Some(build)) => {
+                    let url = format!(
+                        "{base}/api/v1.1/project/{}/{}/{}/{build}/cancel",
+                        path_segment(circleci::vcs_type(s.provider)),
+                        path_segment(s.org),
+                        path_segment(s.project)
+                    );
+                    build_cancel(&mut caller, url, build).await
+                }
+                (Err(e), _) => Cancelled::Permanent(e.to_string()),
+                (_, None) => Cancelled::Permanent("the job recorded no build number to cancel".into()),
+            }
+        }
+        TriggerRequest::Circleci(_) => match &pipeline.id {
+            Some(id) => workflows(&mut caller, base, id).await,
+            None => Cancelled::Permanent("the job recorded no pipeline id to cancel".into()),
+        },
+        TriggerRequest::Gitlab(r) => match &pipeline.id {
+            Some(id) if id.parse::<u64>().is_ok() => {
+                let url = format!(
+                    "{base}/api/v4/projects/{}/pipelines/{id}",
+                    path_segment(&r.project)
+                );
+                gitlab_cancel(&mut caller, url, id).await
+            }
+            _ => Cancelled::Permanent("the job recorded no GitLab pipeline id to cancel".into()),
+        },
+    };
+    (outcome, caller.last)
+}
+
+/// CircleCI v2: cancel each workflow of `pipeline` that still runs.
+async fn workflows(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cancelled {
+    #[derive(Deserialize)]
+    struct Page {
+        #[serde(default)]
+        items: Vec<Workflow>,
+        next_page_token: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Workflow {
+        id: String,
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        status: String,
+    }
+    let mut running = Vec::new();
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..PAGES {
+        let mut url = format!("{base}/api/v2/pipeline/{}/workflow", path_segment(pipeline));
+        if let Some(t) = &token {
+            url.push_str("?page-token=");
+            url.push_str(
+                &percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            );
+        }
+        let page: Page = match caller.call("GET", url).await {
+            Step::Ok(r) => match serde_json::from_slice(&r.body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Cancelled::Retry {
+                        reason: format!("the workflow list is not CircleCI's JSON: {e}"),
+                        after: None,
+                    };
+                }
+            },
+            Step::NotFound => return Cancelled::Finished(format!("pipeline {pipeline} not found")),
+            Step::Stop(c) => return c,
+        };
+        for w in page.items {
+            seen.push(w.status.clone());
+            if matches!(w.status.as_str(), "running" | "on_hold" | "failing") {
+                running.push(w);
+            }
+        }
+        match page.next_page_token.filter(|t| !t.is_empty()) {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    if running.is_empty() {
+        seen.sort();
+        seen.dedup();
+        return Cancelled::Finished(format!(
+            "no workflow of pipeline {pipeline} was running ({})",
+            if seen.is_empty() {
+                "none listed".to_owned()
+            } else {
+                seen.join(", ")
+            }
+        ));
+    }
+    let mut names = Vec::new();
+    for w in &running {
+        let url = format!("{base}/api/v2/workflow/{}/cancel", path_segment(&w.id));
+        match caller.call("POST", url).await {
+            Step::Ok(_) | Step::NotFound => names.push(if w.name.is_empty() {
+                w.id.clone()
+            } else {
+                w.name.clone()
+            }),
+            Step::Stop(c) => return c,
+        }
+    }
+    Cancelled::Cancelled(format!(
+        "cancelled {} workflow{} of pipeline {pipeline}: {}",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    ))
+}
+
+/// CircleCI v1.1: cancel one build.
+async fn build_cancel(caller: &mut Caller<'_>, url: String, build: i64) -> Cancelled {
+    #[derive(Deserialize)]
+    struct Build {
+        status: Option<String>,
+    }
+    match caller.call("POST", url).await {
+        Step::Ok(r) => {
+            let status = serde_json::from_slice::<Build>(&r.body)
+                .ok()
+                .and_then(|b| b.status);
+            match status.as_deref() {
+                Some("canceled") | Some("cancelled") | None => {
+                    Cancelled::Cancelled(format!("cancelled build {build}"))
+                }
+                Some(other) => Cancelled::Finished(format!("build {build} had ended: {other}")),
+            }
+        }
+        Step::NotFound => Cancelled::Finished(format!("build {build} not found")),
+        Step::Stop(c) => c,
+    }
+}
+
+/// GitLab: cancel, then read the pipeline's state again.
+async fn gitlab_cancel(caller: &mut Caller<'_>, pipeline_url: String, id: &str) -> Cancelled {
+    #[derive(Deserialize)]
+    struct Pipeline {
+        status: Option<String>,
+    }
+    match caller.call("POST", format!("{pipeline_url}/cancel")).await {
+        Step::Ok(_) => {}
+        Step::NotFound => return Cancelled::Finished(format!("pipeline {id} not found")),
+        Step::Stop(c) => return c,
+    }
+    let status = match caller.call("GET", pipeline_url).await {
+        Step::Ok(r) => serde_json::from_slice::<Pipeline>(&r.body)
+            .ok()
+            .and_then(|p| p.status),
+        Step::NotFound => return Cancelled::Finished(format!("pipeline {id} not found")),
+        Step::Stop(c) => return c,
+    };
+    match status.as_deref() {
+        Some("canceled") | Some("canceling") => Cancelled::Cancelled(format!("cancelled pipeline {id}")),
+        Some(s @ ("success" | "failed" | "skipped" | "manual" | "scheduled")) => {
+            Cancelled::Finished(format!("pipeline {id} had ended: {s}"))
+        }
+        Some(other) => Cancelled::Retry {
+            reason: format!("pipeline {id} is still {other} after the cancel"),
+            after: None,
+        },
+        None => Cancelled::Retry {
+            reason: format!("pipeline {id}: GitLab's answer names no status"),
+            after: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! The cancel protocol against a scripted CI: which calls go out, what
+//! each answer means, and that no answer panics or leaks the token.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::retry::RetryPolicy;
+use crate::target::client::SendError;
+use crate::target::{TargetKind, gitlab};
+
+const TOKEN: &str = "tok-3f9a";
+
+/// Answers each call with the next scripted (status, body), and keeps
+/// the calls (method and URL).
+struct Script {
+    answers: Mutex<Vec<(u16, Vec<u8>)>>,
+    calls: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Transport for Script {
+    async fn send(&self, r: &OutboundRequest, _: &Secret, _: Duration) -> Result<Response, SendError> {
+        self.calls.lock().unwrap().push(format!("{} {}", r.method, r.url));
+        let mut answers = self.answers.lock().unwrap();
+        if answers.is_empty() {
+            return Err(SendError::Connect("no more answers".into()));
+        }
+        let (status, body) = answers.remove(0);
+        Ok(Response {
+            status,
+            headers: http::HeaderMap::new(),
+            body: body.into(),
+        })
+    }
+}
+
+fn target(kind: TargetKind) -> Target {
+    Target {
+        name: "ci".into(),
+        kind,
+        base_url: "https://ci.example".into(),
+        token: Some(Secret::new(TOKEN)),
+        has_token: true,
+        api_token: Some(Secret::new(TOKEN)),
+        has_api_token: true,
+        retry: RetryPolicy::default(),
+    }
+}
+
+fn v2() -> TriggerRequest {
+    TriggerRequest::Circleci(circleci::Request::Pipeline(circleci::PipelineRequest {
+        project: "gh/acme/app".into(),
+        branch: Some("main".into()),
+        tag: None,
+        parameters: serde_json::Map::new(),
+    }))
+}
+
+fn gl() -> TriggerRequest {
+    TriggerRequest::Gitlab(gitlab::Request {
+        project: "acme/app".into(),
+        git_ref: "main".into(),
+        variables: BTreeMap::new(),
+        inputs: serde_json::Map::new(),
+        rule_token: false,
+    })
+}
+
+fn pipeline(id: &str) -> TriggerResult {
+    TriggerResult {
+        id: Some(id.into()),
+        number: Some(7),
+        url: None,
+        state: None,
+    }
+}
+
+async fn run(request: TriggerRequest, answers: Vec<(u16, &str)>) -> (Cancelled, Vec<String>) {
+    let kind = request.target_kind();
+    let script = Script {
+        answers: Mutex::new(
+            answers
+                .into_iter()
+                .map(|(s, b)| (s, b.as_bytes().to_vec()))
+                .collect(),
+        ),
+        calls: Mutex::new(Vec::new()),
+    };
+    let (c, _) = cancel(
+        &script,
+        &target(kind),
+        &request,
+        &pipeline("1234"),
+        Duration::from_secs(5),
+        SystemTime::now(),
+    )
+    .await;
+    (c, script.calls.into_inner().unwrap())
+}
+
+#[tokio::test]
+async fn only_running_workflows_are_cancelled_across_pages() {
+    let page1 = r#"{"items":[{"id":"w1","name":"build","status":"running"},{"id":"w2","name":"lint","status":"success"}],"next_page_token":"p/2"}"#;
+    let page2 = r#"{"items":[{"id":"w3","name":"deploy","status":"on_hold"}],"next_page_token":null}"#;
+    let (c, calls) = run(v2(), vec![(200, page1), (200, page2), (202, "{}"), (202, "{}")]).await;
+    assert_eq!(
+        c,
+        Cancelled::Cancelled("cancelled 2 workflows of pipeline 1234: build, deploy".into())
+    );
+    assert_eq!(
+        calls,
+        [
+            "GET https://ci.example/api/v2/pipeline/1234/workflow",
+            "GET https://ci.example/api/v2/pipeline/1234/workflow?page-token=p%2F2",
+            "POST https://ci.example/api/v2/workflow/w1/cancel",
+            "POST https://ci.example/api/v2/workflow/w3/cancel",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn errors_are_classified_like_a_triggers() {
+    let (c, _) = run(v2(), vec![(503, r#"{"message":"down"}"#)]).await;
+    assert!(
+        matches!(c, Cancelled::Retry { ref reason, .. } if reason == "HTTP 503: down"),
+        "{c:?}"
+    );
+    let (c, _) = run(v2(), vec![(404, "")]).await;
+    assert_eq!(c, Cancelled::Finished("pipeline 1234 not found".into()));
+    let (c, _) = run(v2(), vec![(403, r#"{"message":"Permission denied"}"#)]).await;
+    assert_eq!(c, Cancelled::Permanent("HTTP 403: Permission denied".into()));
+    let (c, _) = run(v2(), vec![]).await;
+    assert!(matches!(c, Cancelled::Retry { .. }), "{c:?}");
+}
+
+#[tokio::test]
+async fn gitlab_reads_the_state_after_its_cancel() {
+    let (c, calls) = run(gl(), vec![(201, "{}"), (200, r#"{"status":"canceled"}"#)]).await;
+    assert_eq!(c, Cancelled::Cancelled("cancelled pipeline 1234".into()));
+    assert_eq!(
+        calls,
+        [
+            "POST https://ci.example/api/v4/projects/acme%2Fapp/pipelines/1234/cancel",
+            "GET https://ci.example/api/v4/projects/acme%2Fapp/pipelines/1234",
+        ]
+    );
+    let (c, _) = run(gl(), vec![(201, "{}"), (200, r#"{"status":"success"}"#)]).await;
+    assert_eq!(c, Cancelled::Finished("pipeline 1234 had ended: success".into()));
+    let (c, _) = run(gl(), vec![(201, "{}"), (200, r#"{"status":"running"}"#)]).await;
+    assert!(matches!(c, Cancelled::Retry { .. }), "{c:?}");
+}
+
+#[tokio::test]
+async fn without_an_api_token_gitlab_cannot_cancel() {
+    let mut t = target(TargetKind::Gitlab);
+    t.api_token = None;
+    let script = Script {
+        answers: Mutex::new(Vec::new()),
+        calls: Mutex::new(Vec::new()),
+    };
+    let (c, _) = cancel(
+        &script,
+        &t,
+        &gl(),
+        &pipeline("1"),
+        Duration::from_secs(1),
+        SystemTime::now(),
+    )
+    .await;
+    assert_eq!(
+        c,
+        Cancelled::Permanent("target `ci` has no `api_token` to cancel with".into())
+    );
+    assert!(script.calls.into_inner().unwrap().is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the CI answers (any status, any bytes), a cancel ends
+    /// in an outcome: no panic, no loop past its pages, and the token
+    /// in no text it keeps.
+    #[test]
+    fn any_answer_is_an_outcome(
+        answers in proptest::collection::vec((100u16..600, proptest::collection::vec(any::<u8>(), 0..200)), 0..14),
+        gitlab in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let request = if gitlab { gl() } else { v2() };
+        let n = answers.len();
+        let script = Script {
+            answers: Mutex::new(answers.into_iter().map(|(s, mut b)| { b.extend_from_slice(TOKEN.as_bytes()); (s, b) }).collect()),
+            calls: Mutex::new(Vec::new()),
+        };
+        let kind = request.target_kind();
+        let (c, exchange) = rt.block_on(cancel(&script, &target(kind), &request, &pipeline("42"), Duration::from_secs(1), SystemTime::now()));
+        let calls = script.calls.into_inner().unwrap();
+        // Each answer takes a call; the call after the last fails to connect.
+        prop_assert!(calls.len() <= n + 1);
+        let text = format!("{c:?} {:?}", exchange.response);
+        prop_assert!(!text.contains(TOKEN), "{}", text);
+    }
+}
