@@ -349,6 +349,45 @@ async fn three_replicas_agree_on_the_newest_push_of_each_branch() {
     ci.assert_clean();
 }
 
+/// Two rules whose groups render the same string share the group: a newer
+/// job of either supersedes the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_render_the_same_group_share_it() {
+    let ci = StandIn::start().await;
+    let one = config("@DB@", &ci.url, "1s", 16);
+    let rule = one.split("[[rules]]").nth(1).unwrap().to_owned();
+    let main = rule
+        .replace(
+            "name = \"build-branch\"",
+            "name = \"build-main\"\nbranches = [\"main\"]",
+        )
+        .replace("/{{ event.branch }}\"\ndebounce", "\"\ndebounce");
+    let dev = main
+        .replace("build-main", "build-dev")
+        .replace("[\"main\"]", "[\"dev\"]");
+    let text = format!(
+        "{}[[rules]]{main}[[rules]]{dev}",
+        one.split("[[rules]]").next().unwrap()
+    );
+    let ws = Workspace::new(&text);
+    let daemon = ws.start(ENV);
+    let client = reqwest::Client::new();
+    let (status, first) = post(&client, &daemon.hooks, "push-main", push_to("main", 1)).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["matched"][0]["rule"], "build-main");
+    assert_eq!(first["matched"][0]["group"], "Codertocat/Hello-World");
+    let (status, second) = post(&client, &daemon.hooks, "push-dev", push_to("dev", 2)).await;
+    assert_eq!(status, 202, "{second}");
+    assert_eq!(second["matched"][0]["rule"], "build-dev");
+    assert_eq!(
+        second["matched"][0]["superseded"],
+        serde_json::json!([first["matched"][0]["job"]])
+    );
+    ws.settled().await;
+    assert_eq!(triggers(&ci), [("push-dev".to_owned(), 1)].into());
+    ci.assert_clean();
+}
+
 /// A v1.1 job pinned to a `revision` in a group is a warning.
 #[test]
 fn check_warns_of_a_pinned_revision() {

@@ -395,7 +395,36 @@ async fn an_older_pipeline_created_last_is_cancelled_too(h: Harness) {
     );
 }
 
+/// Jobs added by re-evaluation keep their group and debounce on both stores.
+async fn reevaluated_jobs_keep_their_group(h: Harness) {
+    let s = &h.store;
+    let now = SystemTime::now();
+    let d = delivery("github", "push-1", 0, now);
+    let summary = d.summary.clone();
+    s.ingest(d).await.unwrap();
+    let mut added = NewJob::new(
+        ulid::Ulid::generate().to_string(),
+        "r".into(),
+        "gitlab".into(),
+        request(),
+    );
+    added.group = Some("g".into());
+    added.delay = Duration::from_secs(5);
+    s.add_jobs(&key("push-1"), vec![added], summary, now)
+        .await
+        .unwrap();
+    assert_eq!(job(s, "push-1").await.group.as_deref(), Some("g"));
+    assert!(s.lease_due("w", 10, LEASE, now).await.unwrap().is_empty());
+    let leased = s
+        .lease_due("w", 10, LEASE, now + Duration::from_secs(6))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    assert!(leased[0].grouped);
+}
+
 suite!(
+    reevaluated_jobs_keep_their_group,
     a_newer_pipeline_queues_the_cancel_of_the_older_one,
     an_older_pipeline_created_last_is_cancelled_too,
     a_newer_job_supersedes_the_pending_ones_of_its_group,

@@ -30,9 +30,11 @@ pub(super) async fn insert_job(
     job: &NewJob,
     now: i64,
 ) -> Result<(), StoreError> {
+    let due = now.saturating_add(i64::try_from(job.delay.as_millis()).unwrap_or(i64::MAX));
     sqlx::query(
-        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+        "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at,
+                           updated_at, concurrency_group, cancel_in_progress)
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $7, $6, $6, $8, $9)",
     )
     .bind(&job.id)
     .bind(delivery_id)
@@ -40,6 +42,9 @@ pub(super) async fn insert_job(
     .bind(&job.target)
     .bind(to_json(&job.request)?)
     .bind(now)
+    .bind(due)
+    .bind(&job.group)
+    .bind(job.cancel.then_some(1_i32))
     .execute(&mut **tx)
     .await
     .map_err(db)?;
