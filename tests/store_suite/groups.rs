@@ -433,3 +433,64 @@ suite!(
     concurrent_ingests_of_a_group_leave_one_job,
     superseded_deliveries_are_purged,
 );
+
+/// Within one ingest batch (which is sorted by delivery id for its row
+/// locks), a group's newest job is the one received last. The batch is
+/// made to carry five deliveries by holding the group's advisory lock
+/// while the first one waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_orders_a_batch_by_arrival_not_by_delivery_id() {
+    use sha2::Digest;
+    use sqlx::Connection;
+    let h = postgres().await;
+    let s = h.store.clone();
+    let db = h._postgres.as_ref().unwrap();
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let digest = sha2::Sha256::digest(b"g");
+    let key = i64::from_be_bytes(digest[..8].try_into().unwrap());
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let base = SystemTime::now();
+    let first = {
+        let s = s.clone();
+        let d = grouped("m-first", "g", Duration::ZERO, base);
+        tokio::spawn(async move { s.ingest(d).await.unwrap() })
+    };
+    // The first batch now waits for the lock; these queue behind it, and go
+    // out as one batch: received in order 1..=5, ids in the reverse order.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut rest = Vec::new();
+    for i in 1..=5u64 {
+        let s = s.clone();
+        let id = format!("{}-push", ['z', 'y', 'x', 'w', 'v'][i as usize - 1]);
+        let d = grouped(&id, "g", Duration::ZERO, base + Duration::from_millis(i));
+        rest.push(tokio::spawn(async move { s.ingest(d).await.unwrap() }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    first.await.unwrap();
+    for r in rest {
+        r.await.unwrap();
+    }
+    let survivor = |d: &str| {
+        let s = s.clone();
+        let d = d.to_owned();
+        async move { job(&s, &d).await.state }
+    };
+    assert_eq!(survivor("v-push").await, JobState::Pending, "received last");
+    for d in ["m-first", "z-push", "y-push", "x-push", "w-push"] {
+        assert_eq!(survivor(d).await, JobState::Superseded, "{d}");
+    }
+    let by = job(&s, "z-push").await.superseded_by.unwrap();
+    assert_eq!(
+        by.delivery, "y-push",
+        "each is superseded by the one received after it"
+    );
+}

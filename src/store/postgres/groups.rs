@@ -73,11 +73,14 @@ pub(super) async fn plan(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Pla
     .map_err(db)?
     .into_iter()
     .collect();
-    let fresh: Vec<&NewDelivery> = deliveries
+    // A batch comes sorted by delivery id (for its row locks); a group's
+    // newest job is the one received last.
+    let mut fresh: Vec<&NewDelivery> = deliveries
         .iter()
         .copied()
         .filter(|d| !seen.contains(&(d.source.clone(), d.delivery.clone())))
         .collect();
+    fresh.sort_by_key(|d| d.received_at);
     let grouped: Vec<GroupedJob<'_>> = fresh.iter().flat_map(|d| concurrency::grouped_jobs(d)).collect();
     let mut groups: Vec<&str> = grouped.iter().map(|j| j.group).collect();
     groups.sort_unstable();
@@ -218,10 +221,11 @@ pub(super) async fn after_done(tx: &mut Tx, done: &[&str], now: i64) -> Result<(
     .await
     .map_err(db)?;
     sqlx::query(
-        "WITH due AS (
-            SELECT o.id, o.cancel_by FROM jobs o JOIN jobs n ON n.id = o.cancel_by
-            WHERE (o.id = ANY($1) OR o.cancel_by = ANY($1)) AND o.pipeline_open = 1
-              AND n.state = 'done' AND n.result IS NOT NULL),
+        "WITH candidates AS (
+            SELECT id FROM jobs WHERE id = ANY($1) UNION SELECT id FROM jobs WHERE cancel_by = ANY($1)),
+         due AS (
+            SELECT o.id, o.cancel_by FROM candidates c JOIN jobs o ON o.id = c.id JOIN jobs n ON n.id = o.cancel_by
+            WHERE o.pipeline_open = 1 AND n.state = 'done' AND n.result IS NOT NULL),
          queued AS (
             INSERT INTO cancels (job_id, by_job, state, attempts, next_attempt_at, created_at, updated_at)
             SELECT id, cancel_by, 'pending', 0, $2, $2, $2 FROM due
