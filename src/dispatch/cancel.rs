@@ -95,14 +95,25 @@ impl Dispatcher {
                     timeout,
                     self.clock.now(),
                 ));
-                match call.catch_unwind().await {
-                    Ok((result, exchange)) => {
+                // A cancel of several calls ends within half its lease, so
+                // that no other worker takes it over while it runs (and
+                // sends its cancels again).
+                let within = config.dispatch.lease.min(LONGEST_WAIT) / 2;
+                match tokio::time::timeout(within, call.catch_unwind()).await {
+                    Ok(Ok((result, exchange))) => {
                         record.status = exchange.status;
                         record.response = exchange.response;
                         result
                     }
-                    Err(_) => Cancelled::Retry {
+                    Ok(Err(_)) => Cancelled::Retry {
                         reason: "internal error: the cancel panicked".into(),
+                        after: None,
+                    },
+                    Err(_) => Cancelled::Retry {
+                        reason: format!(
+                            "the cancel took longer than {} (half the lease); what it cancelled stays cancelled",
+                            humantime::format_duration(within)
+                        ),
                         after: None,
                     },
                 }

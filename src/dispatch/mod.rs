@@ -254,6 +254,7 @@ impl Dispatcher {
         // not started are given back with the other leases below.
         handed.close();
         while handed.try_recv().is_ok() {}
+        let draining = tokio::time::Instant::now();
         let running = inflight.tasks.len();
         if running > 0 {
             info!(running, grace = ?grace, "waiting for running trigger attempts");
@@ -267,9 +268,12 @@ impl Dispatcher {
                 inflight.tasks.abort_all();
             }
         }
-        // A cancel in flight finishes (its calls are bounded by the request
-        // timeout); its lease expires otherwise, and repeating it is harmless.
-        if tokio::time::timeout(grace, cancels).await.is_err() {
+        // A cancel in flight may finish within what is left of the grace
+        // period; otherwise it stops, and runs again once its lease expires.
+        let mut cancels = cancels;
+        let left = grace.saturating_sub(draining.elapsed());
+        if tokio::time::timeout(left, &mut cancels).await.is_err() {
+            cancels.abort();
             warn!("a pipeline cancel was still running at the end of the grace period; it runs again");
         }
         if let Err(e) = self.store.release(&self.owner, self.clock.now()).await {

@@ -83,7 +83,9 @@ pub struct Supersede {
     pub superseded: Vec<Superseded>,
     /// Jobs that have (or may yet create) a pipeline: the newest job that
     /// is to cancel it once its own pipeline exists, or none when the
-    /// newest job's rule does not cancel.
+    /// newest job's rule does not cancel (its pipeline is then no longer
+    /// held open for a later job to cancel: a group holds only the
+    /// pipelines created since its newest job arrived).
     pub cancel_by: Vec<(String, Option<String>)>,
 }
 
@@ -91,6 +93,9 @@ pub struct Supersede {
 /// alive before it (`live`, found by the store, then the ingest's own
 /// earlier ones); a job whose attempt already went out is only marked.
 pub fn supersede(mut live: Vec<LiveJob>, new: &[GroupedJob<'_>]) -> Supersede {
+    // A job queued again (replay, re-evaluation, redelivery) is found live
+    // itself: it is the new one, not an old one.
+    live.retain(|l| !new.iter().any(|n| n.id == l.id));
     live.sort_by(|a, b| a.id.cmp(&b.id));
     let mut alive: HashMap<&str, Vec<LiveJob>> = HashMap::new();
     for job in live {

@@ -423,7 +423,134 @@ async fn reevaluated_jobs_keep_their_group(h: Harness) {
     assert!(leased[0].grouped);
 }
 
+/// A group holds only the pipelines created since its newest job arrived:
+/// a later job that cancels does not reach back through the history.
+async fn a_group_holds_no_history_of_pipelines(h: Harness) {
+    let s = &h.store;
+    for i in 0..5 {
+        s.ingest(grouped(
+            &format!("push-{i}"),
+            "g",
+            Duration::ZERO,
+            SystemTime::now(),
+        ))
+        .await
+        .unwrap();
+        run_to_done(s).await;
+    }
+    s.ingest(cancelling("push-5", "g")).await.unwrap();
+    run_to_done(s).await;
+    let cancels = s.lease_cancels("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    let jobs: Vec<String> = cancels.iter().map(|c| c.job.clone()).collect();
+    assert_eq!(
+        jobs,
+        vec![job(s, "push-4").await.id],
+        "only the newest older pipeline"
+    );
+}
+
+/// A job queued again (replay, re-evaluation, a redelivery of its dead
+/// delivery) is its group's newest: it supersedes the pending ones.
+async fn a_job_queued_again_is_the_newest_of_its_group(h: Harness) {
+    let s = &h.store;
+    let now = SystemTime::now();
+    // Replay: push-1 done, push-2 pending; replaying push-1 ends push-2.
+    s.ingest(cancelling("push-1", "g")).await.unwrap();
+    run_to_done(s).await;
+    s.ingest(cancelling("push-2", "g")).await.unwrap();
+    s.replay(&key("push-1"), None, now).await.unwrap();
+    let ended = job(s, "push-2").await;
+    assert_eq!(ended.state, JobState::Superseded);
+    assert_eq!(ended.superseded_by.unwrap().delivery, "push-1");
+    assert_eq!(job(s, "push-1").await.state, JobState::Pending);
+    // Its new pipeline is not cancelled for its old one's sake.
+    let again = run_to_done(s).await;
+    assert_eq!(again.id, job(s, "push-1").await.id);
+    assert!(
+        s.lease_cancels("w", 10, LEASE, SystemTime::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Redelivery: push-3's job dead, push-4 pending; push-3 again ends push-4.
+    s.ingest(grouped("push-3", "h", Duration::ZERO, now))
+        .await
+        .unwrap();
+    let leased = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    s.record_attempt(
+        &leased[0],
+        "w",
+        attempt(404),
+        Transition::Dead("HTTP 404".into()),
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    s.ingest(grouped("push-4", "h", Duration::ZERO, now))
+        .await
+        .unwrap();
+    let redelivered = s
+        .ingest(grouped("push-3", "h", Duration::ZERO, SystemTime::now()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(redelivered, Ingested::Duplicate { requeued: 1, .. }),
+        "{redelivered:?}"
+    );
+    assert_eq!(job(s, "push-4").await.state, JobState::Superseded);
+    assert_eq!(job(s, "push-3").await.state, JobState::Pending);
+
+    // Re-evaluation: a job added to push-5 ends push-3's.
+    let d = delivery("github", "push-5", 0, now);
+    let summary = d.summary.clone();
+    s.ingest(d).await.unwrap();
+    let mut added = NewJob::new(
+        ulid::Ulid::generate().to_string(),
+        "r".into(),
+        "gitlab".into(),
+        request(),
+    );
+    added.group = Some("h".into());
+    s.add_jobs(&key("push-5"), vec![added], summary, now)
+        .await
+        .unwrap();
+    assert_eq!(job(s, "push-3").await.state, JobState::Superseded);
+    let due = s.lease_due("w", 10, LEASE, SystemTime::now()).await.unwrap();
+    assert_eq!(due.len(), 1, "one job of the group left: {due:?}");
+}
+
+/// A job whose lease was taken over while its attempt was out is not taken
+/// for unsent: a newer job only marks it, and its new worker's start ends it.
+async fn a_taken_over_attempt_counts_as_out(h: Harness) {
+    let s = &h.store;
+    let at = SystemTime::now();
+    s.ingest(grouped("push-1", "g", Duration::ZERO, at))
+        .await
+        .unwrap();
+    let first = s.lease_due("w1", 10, Duration::from_secs(1), at).await.unwrap();
+    assert_eq!(s.start_attempt(&first[0], "w1", at).await.unwrap(), Start::Go);
+    let later = at + Duration::from_secs(5);
+    let taken = s.lease_due("w2", 10, LEASE, later).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let Ingested::Stored { superseded } = s
+        .ingest(grouped("push-2", "g", Duration::ZERO, later))
+        .await
+        .unwrap()
+    else {
+        panic!("stored");
+    };
+    assert!(superseded.is_empty(), "its request may be out: marked, not ended");
+    assert_eq!(
+        s.start_attempt(&taken[0], "w2", later).await.unwrap(),
+        Start::Superseded
+    );
+}
+
 suite!(
+    a_group_holds_no_history_of_pipelines,
+    a_job_queued_again_is_the_newest_of_its_group,
+    a_taken_over_attempt_counts_as_out,
     reevaluated_jobs_keep_their_group,
     a_newer_pipeline_queues_the_cancel_of_the_older_one,
     an_older_pipeline_created_last_is_cancelled_too,
@@ -493,4 +620,45 @@ async fn postgres_orders_a_batch_by_arrival_not_by_delivery_id() {
         by.delivery, "y-push",
         "each is superseded by the one received after it"
     );
+}
+
+/// A record that moved a job on while an ingest waited for its row lock
+/// (its pipeline created, its cancel queued) is what the ingest sees: a
+/// done job with its pipeline is never ended as superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_ingest_classifies_what_it_locked_as_it_is_then() {
+    use sqlx::Connection;
+    let h = postgres().await;
+    let s = h.store.clone();
+    s.ingest(cancelling("push-a", "g")).await.unwrap();
+    run_to_done(&s).await;
+    let a = job(&s, "push-a").await.id;
+    // A record holds push-a's row while push-c's ingest reads the group.
+    let db = h._postgres.as_ref().unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(&a)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let ingest = {
+        let s = s.clone();
+        tokio::spawn(async move { s.ingest(cancelling("push-c", "g")).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The record queues push-a's cancel (as `after_done` does), then commits.
+    sqlx::query("UPDATE jobs SET pipeline_open = NULL WHERE id = $1")
+        .bind(&a)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let Ingested::Stored { superseded } = ingest.await.unwrap() else {
+        panic!("stored");
+    };
+    assert!(superseded.is_empty(), "{superseded:?}");
+    let kept = job(&s, "push-a").await;
+    assert_eq!(kept.state, JobState::Done);
+    assert!(kept.result.is_some());
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::history::resolve;
 use super::queue::{Tx, insert_job, notify, refresh_status};
-use super::{db, to_json};
+use super::{db, groups, to_json};
 use crate::store::model;
 use crate::store::*;
 
@@ -20,11 +20,18 @@ pub(super) async fn replay(
 ) -> Result<Vec<String>, StoreError> {
     let id = resolve(tx, key).await?;
     let now_ms = millis(now);
-    let ids: Vec<String> = sqlx::query_scalar(
+    // A grouped job queued again is its group's newest: the groups' locks
+    // first, as an ingest takes them.
+    let groups = groups::groups_of(tx, &id, job).await?;
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    groups::lock_groups(tx, &groups).await?;
+    // Its old pipeline is no longer held open, and any cancel of it is
+    // forgotten (its attempts stay in the history): it runs anew.
+    let rows: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
         "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL,
-                superseded_by = NULL, updated_at = $3
+                superseded_by = NULL, cancel_by = NULL, pipeline_open = NULL, updated_at = $3
          WHERE delivery_id = $1 AND ($2::TEXT IS NULL OR id = $2) AND state != 'running'
-         RETURNING id",
+         RETURNING id, concurrency_group, cancel_in_progress",
     )
     .bind(&id)
     .bind(job)
@@ -32,6 +39,17 @@ pub(super) async fn replay(
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
+    let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    sqlx::query("DELETE FROM cancels WHERE job_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    let grouped: Vec<(String, String, String, bool)> = rows
+        .into_iter()
+        .filter_map(|(job, group, cancel)| group.map(|g| (job, id.clone(), g, cancel.is_some())))
+        .collect();
+    groups::requeued(tx, &grouped, now_ms).await?;
     if let Some(j) = job
         && ids.is_empty()
     {
@@ -64,6 +82,8 @@ pub(super) async fn add_jobs(
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let id = resolve(tx, key).await?;
+    let groups: Vec<&str> = jobs.iter().filter_map(|j| j.group.as_deref()).collect();
+    groups::lock_groups(tx, &groups).await?;
     // Held until commit: the purge skips a locked delivery, so none of
     // these jobs can outlive theirs.
     lock_delivery(tx, &id, key).await?;
@@ -71,6 +91,11 @@ pub(super) async fn add_jobs(
     for job in jobs {
         insert_job(tx, &id, job, now).await?;
     }
+    let grouped: Vec<(String, String, String, bool)> = jobs
+        .iter()
+        .filter_map(|j| j.group.clone().map(|g| (j.id.clone(), id.clone(), g, j.cancel)))
+        .collect();
+    groups::requeued(tx, &grouped, now).await?;
     sqlx::query("UPDATE payloads SET summary = $2 WHERE seq = (SELECT seq FROM deliveries WHERE id = $1)")
         .bind(&id)
         .bind(to_json(summary)?)

@@ -29,8 +29,8 @@ pub(super) async fn lease(
          UPDATE cancels c SET state = 'running', lease_owner = $3, lease_until = $4, attempts = c.attempts + 1,
                 updated_at = $1
          FROM picked, jobs j
-         WHERE c.job_id = picked.job_id AND j.id = c.job_id AND j.result IS NOT NULL
-         RETURNING c.job_id, j.delivery_id, c.by_job, j.rule, j.target, j.request, j.result, c.attempts",
+         WHERE c.job_id = picked.job_id AND j.id = c.job_id
+         RETURNING c.job_id, j.delivery_id, c.by_job, j.rule, j.target, j.request, c.pipeline, c.attempts",
     )
     .bind(now_ms)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -18,7 +18,7 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 
 use super::db;
-use super::queue::{Tx, refresh_status};
+use super::status::{Tx, refresh_status};
 use crate::store::concurrency::{self, GroupedJob, LiveJob, Supersede};
 use crate::store::{NewDelivery, Start, StoreError, Superseded, millis};
 
@@ -29,6 +29,106 @@ fn lock_key(group: &str) -> i64 {
     let mut key = [0u8; 8];
     key.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(key)
+}
+
+/// Take the advisory locks of `groups`, in key order (so that batches of
+/// several replicas wait for each other instead of deadlocking).
+pub(super) async fn lock_groups(tx: &mut Tx, groups: &[&str]) -> Result<(), StoreError> {
+    let mut keys: Vec<i64> = groups.iter().map(|g| lock_key(g)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// The live jobs and open pipelines of the groups of `jobs`, locked. The
+/// rows are read again once locked: the statement that locks them found
+/// them in its snapshot, and a record that held a lock meanwhile may have
+/// moved one on (a pipeline created, a job dead), which its classification
+/// must see. The caller holds the groups' locks, so no job joins them.
+async fn live(tx: &mut Tx, jobs: &[GroupedJob<'_>]) -> Result<Vec<LiveJob>, StoreError> {
+    let mut groups: Vec<&str> = jobs.iter().map(|j| j.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let locked: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE id IN (
+            SELECT id FROM jobs WHERE concurrency_group = ANY($1) AND (state = 'pending' OR state = 'running')
+            UNION ALL SELECT id FROM jobs WHERE concurrency_group = ANY($1) AND pipeline_open = 1)
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(&groups)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "SELECT id, delivery_id, concurrency_group, state = 'running' AND started_at IS NOT NULL,
+                COALESCE(state = 'done' AND pipeline_open = 1, false)
+         FROM jobs WHERE id = ANY($1) AND (state = 'pending' OR state = 'running' OR pipeline_open = 1)",
+    )
+    .bind(&locked)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?
+    .into_iter()
+    .map(|r| {
+        Ok(LiveJob {
+            id: r.try_get(0).map_err(db)?,
+            delivery_id: r.try_get(1).map_err(db)?,
+            group: r.try_get(2).map_err(db)?,
+            started: r.try_get(3).map_err(db)?,
+            open: r.try_get(4).map_err(db)?,
+        })
+    })
+    .collect()
+}
+
+/// Jobs queued again (replay, re-evaluation, a redelivery's dead jobs):
+/// each is the newest of its group, and supersedes the rest. The caller
+/// took the groups' locks before it changed the jobs' rows.
+pub(super) async fn requeued(
+    tx: &mut Tx,
+    jobs: &[(String, String, String, bool)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let grouped: Vec<GroupedJob<'_>> = jobs
+        .iter()
+        .map(|(id, delivery_id, group, cancel)| GroupedJob {
+            id,
+            delivery_id,
+            group,
+            cancel: *cancel,
+        })
+        .collect();
+    if grouped.is_empty() {
+        return Ok(());
+    }
+    let live = live(tx, &grouped).await?;
+    let plan = concurrency::supersede(live, &grouped);
+    apply(tx, &plan, now).await
+}
+
+/// The groups of a delivery's jobs (one job, or all), to lock before
+/// changing their rows.
+pub(super) async fn groups_of(
+    tx: &mut Tx,
+    delivery_id: &str,
+    job: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT concurrency_group FROM jobs
+         WHERE delivery_id = $1 AND ($2::TEXT IS NULL OR id = $2) AND concurrency_group IS NOT NULL",
+    )
+    .bind(delivery_id)
+    .bind(job)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)
 }
 
 /// What storing a batch with grouped jobs supersedes ([`plan`]).
@@ -43,20 +143,11 @@ pub(super) struct Planned {
 /// Take the locks of the groups of `deliveries` and plan what storing them
 /// supersedes, in `tx`; the caller inserts them, then [`apply`]s the plan.
 pub(super) async fn plan(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Planned, StoreError> {
-    let mut keys: Vec<i64> = deliveries
+    let groups: Vec<&str> = deliveries
         .iter()
         .flat_map(|d| d.jobs.iter().filter_map(|j| j.group.as_deref()))
-        .map(lock_key)
         .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for key in keys {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(key)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
-    }
+    lock_groups(tx, &groups).await?;
     // Under the locks, a delivery stored before is stored by now: its jobs
     // supersede nothing here (it is answered as a duplicate).
     let sources: Vec<&str> = deliveries.iter().map(|d| d.source.as_str()).collect();
@@ -82,32 +173,7 @@ pub(super) async fn plan(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Pla
         .collect();
     fresh.sort_by_key(|d| d.received_at);
     let grouped: Vec<GroupedJob<'_>> = fresh.iter().flat_map(|d| concurrency::grouped_jobs(d)).collect();
-    let mut groups: Vec<&str> = grouped.iter().map(|j| j.group).collect();
-    groups.sort_unstable();
-    groups.dedup();
-    let live = sqlx::query(
-        "SELECT id, delivery_id, concurrency_group, state = 'running' AND started_at IS NOT NULL,
-                COALESCE(state = 'done' AND pipeline_open = 1, false)
-         FROM jobs WHERE id IN (
-            SELECT id FROM jobs WHERE concurrency_group = ANY($1) AND (state = 'pending' OR state = 'running')
-            UNION ALL SELECT id FROM jobs WHERE concurrency_group = ANY($1) AND pipeline_open = 1)
-         ORDER BY id FOR UPDATE",
-    )
-    .bind(&groups)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?
-    .into_iter()
-    .map(|r| {
-        Ok(LiveJob {
-            id: r.try_get(0).map_err(db)?,
-            delivery_id: r.try_get(1).map_err(db)?,
-            group: r.try_get(2).map_err(db)?,
-            started: r.try_get(3).map_err(db)?,
-            open: r.try_get(4).map_err(db)?,
-        })
-    })
-    .collect::<Result<Vec<_>, StoreError>>()?;
+    let live = live(tx, &grouped).await?;
     let plan = concurrency::supersede(live, &grouped);
     let delivery_of: HashMap<&str, &str> = grouped.iter().map(|j| (j.id, j.delivery_id)).collect();
     let mut notes: HashMap<String, Vec<Superseded>> = HashMap::new();
@@ -158,12 +224,17 @@ pub(super) async fn apply(tx: &mut Tx, plan: &Supersede, now: i64) -> Result<(),
             .iter()
             .map(|(j, b)| (j.as_str(), b.as_deref()))
             .unzip();
-        sqlx::query("UPDATE jobs j SET cancel_by = u.by FROM UNNEST($1::text[], $2::text[]) AS u(id, by) WHERE j.id = u.id")
-            .bind(&jobs)
-            .bind(&by)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
+        // Without a newer job to cancel it, a pipeline is no longer held.
+        sqlx::query(
+            "UPDATE jobs j SET cancel_by = u.by,
+                    pipeline_open = CASE WHEN u.by IS NULL THEN NULL ELSE j.pipeline_open END
+             FROM UNNEST($1::text[], $2::text[]) AS u(id, by) WHERE j.id = u.id",
+        )
+        .bind(&jobs)
+        .bind(&by)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
     }
     let deliveries: Vec<&str> = plan.deliveries.iter().map(String::as_str).collect();
     refresh_status(tx, &deliveries).await
@@ -224,11 +295,12 @@ pub(super) async fn after_done(tx: &mut Tx, done: &[&str], now: i64) -> Result<(
         "WITH candidates AS (
             SELECT id FROM jobs WHERE id = ANY($1) UNION SELECT id FROM jobs WHERE cancel_by = ANY($1)),
          due AS (
-            SELECT o.id, o.cancel_by FROM candidates c JOIN jobs o ON o.id = c.id JOIN jobs n ON n.id = o.cancel_by
-            WHERE o.pipeline_open = 1 AND n.state = 'done' AND n.result IS NOT NULL),
+            SELECT o.id, o.cancel_by, o.result FROM candidates c JOIN jobs o ON o.id = c.id
+            JOIN jobs n ON n.id = o.cancel_by
+            WHERE o.pipeline_open = 1 AND o.result IS NOT NULL AND n.state = 'done' AND n.result IS NOT NULL),
          queued AS (
-            INSERT INTO cancels (job_id, by_job, state, attempts, next_attempt_at, created_at, updated_at)
-            SELECT id, cancel_by, 'pending', 0, $2, $2, $2 FROM due
+            INSERT INTO cancels (job_id, by_job, pipeline, state, attempts, next_attempt_at, created_at, updated_at)
+            SELECT id, cancel_by, result, 'pending', 0, $2, $2, $2 FROM due
             ON CONFLICT (job_id) DO NOTHING)
          UPDATE jobs j SET pipeline_open = NULL, cancel_by = NULL FROM due WHERE j.id = due.id",
     )

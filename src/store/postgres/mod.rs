@@ -50,6 +50,7 @@ mod listen;
 mod queue;
 mod record;
 mod schema;
+mod status;
 mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};

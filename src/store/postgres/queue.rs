@@ -5,14 +5,14 @@
 
 use std::time::{Duration, SystemTime};
 
+use sqlx::Row;
 use sqlx::postgres::PgPool;
-use sqlx::{Postgres, Row, Transaction};
 
 use super::{CHANNEL, db, from_json, to_json};
 use crate::store::model;
 use crate::store::*;
 
-pub(super) type Tx = Transaction<'static, Postgres>;
+pub(super) use super::status::{Tx, refresh_status};
 
 /// Announce due jobs: inside a transaction, delivered at its commit.
 pub(super) async fn notify<'e>(on: impl sqlx::PgExecutor<'e>) -> Result<(), StoreError> {
@@ -45,32 +45,6 @@ pub(super) async fn insert_job(
     .bind(due)
     .bind(&job.group)
     .bind(job.cancel.then_some(1_i32))
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
-/// Recompute the statuses of `deliveries` (sorted: their row locks are
-/// taken in that order) from their jobs, found through `jobs_delivery`. (A
-/// `CASE` of `EXISTS (... state IN (...))` lets the planner scan `jobs_due`
-/// by state instead, reading every finished job: measured at ~10,000 index
-/// entries per delivery after 25,000 deliveries.) A delivery without jobs
-/// keeps its status.
-pub(super) async fn refresh_status(tx: &mut Tx, deliveries: &[&str]) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries d SET status = s.status
-         FROM (SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE) AS locked,
-              (SELECT delivery_id, CASE
-                    WHEN bool_or(state IN ('pending', 'running')) THEN 'pending'
-                    WHEN bool_or(state = 'dead') THEN 'dead'
-                    WHEN bool_or(state = 'done') THEN 'done'
-                    WHEN bool_or(state = 'superseded') THEN 'superseded'
-                    ELSE 'skipped' END AS status
-               FROM jobs WHERE delivery_id = ANY($1) GROUP BY delivery_id) AS s
-         WHERE d.id = locked.id AND s.delivery_id = locked.id AND d.status <> s.status",
-    )
-    .bind(deliveries)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -117,18 +91,35 @@ pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, 
     .fetch_one(&mut **tx)
     .await
     .map_err(db)?;
-    // The duplicate's arrival is the clock: its dead jobs are due at once.
+    // The duplicate's arrival is the clock: its dead jobs are due at once,
+    // each the newest of its group (the groups' locks first).
     let now = millis(d.received_at);
-    let requeued = sqlx::query(
+    let groups: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT concurrency_group FROM jobs
+         WHERE delivery_id = $1 AND state = 'dead' AND concurrency_group IS NOT NULL",
+    )
+    .bind(&id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    super::groups::lock_groups(tx, &groups).await?;
+    let rows: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
         "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL, updated_at = $2
-         WHERE delivery_id = $1 AND state = 'dead'",
+         WHERE delivery_id = $1 AND state = 'dead'
+         RETURNING id, concurrency_group, cancel_in_progress",
     )
     .bind(&id)
     .bind(now)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
-    .map_err(db)?
-    .rows_affected() as usize;
+    .map_err(db)?;
+    let requeued = rows.len();
+    let grouped: Vec<(String, String, String, bool)> = rows
+        .into_iter()
+        .filter_map(|(job, group, cancel)| group.map(|g| (job, id.clone(), g, cancel.is_some())))
+        .collect();
+    super::groups::requeued(tx, &grouped, now).await?;
     if requeued > 0 {
         refresh_status(tx, &[id.as_str()]).await?;
     }
@@ -164,7 +155,7 @@ pub(super) async fn lease_due(
                    $1, 0, NULL, $5, $6, NULL
             FROM expired e)
          UPDATE jobs j SET state = 'running', lease_owner = $3, lease_until = $4, attempts = j.attempts + 1,
-                started_at = NULL, updated_at = $1
+                started_at = CASE WHEN j.state = 'pending' THEN NULL ELSE j.started_at END, updated_at = $1
          FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS picked, deliveries d
          WHERE j.id = picked.id AND d.id = j.delivery_id
          RETURNING j.id, j.delivery_id, d.delivery, d.source, j.rule, j.target, j.request, j.attempts, j.next_attempt_at,

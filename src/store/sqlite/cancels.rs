@@ -42,17 +42,21 @@ pub(super) fn lease(
                 "UPDATE cancels SET state = 'running', lease_owner = ?2, lease_until = ?3,
                         attempts = attempts + 1, updated_at = ?4
                  WHERE job_id = ?1
-                 RETURNING by_job, attempts",
+                 RETURNING by_job, attempts, pipeline",
             )
             .and_then(|mut s| {
                 s.query_row(params![id, owner, until, now_ms], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
                 })
             })
             .map_err(db)?;
-        let (by_job, attempts) = row;
+        let (by_job, attempts, pipeline) = row;
         let job = tx
-            .prepare_cached("SELECT delivery_id, rule, target, request, result FROM jobs WHERE id = ?1")
+            .prepare_cached("SELECT delivery_id, rule, target, request FROM jobs WHERE id = ?1")
             .and_then(|mut s| {
                 s.query_row(params![id], |r| {
                     Ok((
@@ -60,15 +64,11 @@ pub(super) fn lease(
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, String>(3)?,
-                        r.get::<_, Option<String>>(4)?,
                     ))
                 })
             })
             .map_err(db)?;
-        let (delivery_id, rule, target, request, result) = job;
-        let Some(result) = result else {
-            continue;
-        };
+        let (delivery_id, rule, target, request) = job;
         out.push(LeasedCancel {
             job: id,
             delivery_id,
@@ -76,7 +76,7 @@ pub(super) fn lease(
             rule,
             target,
             request: from_json(&request)?,
-            pipeline: from_json(&result)?,
+            pipeline: from_json(&pipeline)?,
             attempt: u32::try_from(attempts.max(1)).unwrap_or(u32::MAX),
         });
     }

@@ -78,8 +78,12 @@ pub(super) fn apply(tx: &Connection, plan: &Supersede, now: i64) -> Result<(), S
             .and_then(|mut s| s.execute(params![job, by, now]))
             .map_err(db)?;
     }
+    // Without a newer job to cancel it, a pipeline is no longer held.
     for (job, by) in &plan.cancel_by {
-        tx.prepare_cached("UPDATE jobs SET cancel_by = ?2 WHERE id = ?1")
+        tx.prepare_cached(
+            "UPDATE jobs SET cancel_by = ?2, pipeline_open = CASE WHEN ?2 IS NULL THEN NULL ELSE pipeline_open END
+             WHERE id = ?1",
+        )
             .and_then(|mut s| s.execute(params![job, by]))
             .map_err(db)?;
     }
@@ -100,27 +104,30 @@ pub(super) fn after_done(tx: &Connection, job: &str, now: i64) -> Result<(), Sto
     )
     .and_then(|mut s| s.execute(params![job]))
     .map_err(db)?;
-    let due: Vec<(String, String)> = {
+    let due: Vec<(String, String, String)> = {
         let mut s = tx
             .prepare_cached(
-                "SELECT o.id, o.cancel_by FROM jobs o JOIN jobs n ON n.id = o.cancel_by
-                 WHERE o.id = ?1 AND o.pipeline_open = 1 AND n.state = 'done' AND n.result IS NOT NULL
+                "SELECT o.id, o.cancel_by, o.result FROM jobs o JOIN jobs n ON n.id = o.cancel_by
+                 WHERE o.id = ?1 AND o.pipeline_open = 1 AND o.result IS NOT NULL
+                   AND n.state = 'done' AND n.result IS NOT NULL
                  UNION ALL
-                 SELECT o.id, o.cancel_by FROM jobs o JOIN jobs n ON n.id = o.cancel_by
-                 WHERE o.cancel_by = ?1 AND o.pipeline_open = 1 AND n.state = 'done' AND n.result IS NOT NULL",
+                 SELECT o.id, o.cancel_by, o.result FROM jobs o JOIN jobs n ON n.id = o.cancel_by
+                 WHERE o.cancel_by = ?1 AND o.pipeline_open = 1 AND o.result IS NOT NULL
+                   AND n.state = 'done' AND n.result IS NOT NULL",
             )
             .map_err(db)?;
-        s.query_map(params![job], |r| Ok((r.get(0)?, r.get(1)?)))
+        s.query_map(params![job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .map_err(db)?
             .collect::<Result<_, _>>()
             .map_err(db)?
     };
-    for (id, by) in due {
+    for (id, by, pipeline) in due {
         tx.prepare_cached(
-            "INSERT OR IGNORE INTO cancels (job_id, by_job, state, attempts, next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, 'pending', 0, ?3, ?3, ?3)",
+            "INSERT OR IGNORE INTO cancels (job_id, by_job, pipeline, state, attempts, next_attempt_at, created_at,
+                                           updated_at)
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
         )
-        .and_then(|mut s| s.execute(params![id, by, now]))
+        .and_then(|mut s| s.execute(params![id, by, pipeline, now]))
         .and_then(|_| tx.prepare_cached("UPDATE jobs SET pipeline_open = NULL, cancel_by = NULL WHERE id = ?1"))
         .and_then(|mut s| s.execute(params![id]))
         .map_err(db)?;
@@ -161,4 +168,51 @@ pub(super) fn start(
             Ok(Start::Superseded)
         }
     }
+}
+
+/// Jobs queued again (replay, re-evaluation, a redelivery's dead jobs):
+/// each is the newest of its group, and supersedes the rest.
+pub(super) fn requeued(
+    tx: &Connection,
+    jobs: &[(String, String, String, bool)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let grouped: Vec<GroupedJob<'_>> = jobs
+        .iter()
+        .map(|(id, delivery_id, group, cancel)| GroupedJob {
+            id,
+            delivery_id,
+            group,
+            cancel: *cancel,
+        })
+        .collect();
+    if grouped.is_empty() {
+        return Ok(());
+    }
+    let plan = plan(tx, &grouped)?;
+    apply(tx, &plan, now)
+}
+
+/// The grouped jobs among `ids`: (id, delivery, group, cancels), for [`requeued`].
+pub(super) fn grouped_of(
+    tx: &Connection,
+    ids: &[String],
+) -> Result<Vec<(String, String, String, bool)>, StoreError> {
+    let mut out = Vec::new();
+    let mut s = tx
+        .prepare_cached(
+            "SELECT delivery_id, concurrency_group, cancel_in_progress IS NOT NULL FROM jobs
+             WHERE id = ?1 AND concurrency_group IS NOT NULL",
+        )
+        .map_err(db)?;
+    for id in ids {
+        let row: Option<(String, String, bool)> = s
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(db)?;
+        if let Some((delivery, group, cancel)) = row {
+            out.push((id.clone(), delivery, group, cancel));
+        }
+    }
+    Ok(out)
 }

@@ -87,12 +87,18 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
         })
         .map_err(db)?;
     if let Some((id, summary)) = existing {
-        // The duplicate's arrival is the clock: its dead jobs are due at once.
+        // The duplicate's arrival is the clock: its dead jobs are due at
+        // once, each the newest of its group.
         let now = millis(d.received_at);
+        let dead: Vec<String> = tx
+            .prepare_cached("SELECT id FROM jobs WHERE delivery_id = ?1 AND +state = 'dead'")
+            .and_then(|mut s| s.query_map(params![id], |r| r.get(0))?.collect())
+            .map_err(db)?;
         let requeued = tx
             .prepare_cached(REQUEUE_DEAD)
             .and_then(|mut s| s.execute(params![id, now]))
             .map_err(db)?;
+        groups::requeued(tx, &groups::grouped_of(tx, &dead)?, now)?;
         if requeued > 0 {
             refresh_status(tx, &id)?;
         }
@@ -203,7 +209,7 @@ pub(super) fn lease_due(
         let row = tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, attempts = attempts + 1,
-                        started_at = NULL, updated_at = ?4
+                        started_at = CASE WHEN state = 'pending' THEN NULL ELSE started_at END, updated_at = ?4
                  WHERE id = ?1
                  RETURNING delivery_id, rule, target, request, attempts, next_attempt_at, concurrency_group IS NOT NULL",
             )
@@ -394,15 +400,21 @@ pub(super) fn replay(
             return Err(model::job_not_found(j, key));
         }
     }
+    // A job queued again runs anew: its old pipeline is no longer held
+    // open, any cancel of it is forgotten (its attempts stay in the
+    // history), and it is the newest of its group.
     for j in &ids {
         tx.prepare_cached(
             "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
-                    superseded_by = NULL, updated_at = ?2
+                    superseded_by = NULL, cancel_by = NULL, pipeline_open = NULL, updated_at = ?2
              WHERE id = ?1",
         )
         .and_then(|mut s| s.execute(params![j, now_ms]))
+        .and_then(|_| tx.prepare_cached("DELETE FROM cancels WHERE job_id = ?1"))
+        .and_then(|mut s| s.execute(params![j]))
         .map_err(db)?;
     }
+    groups::requeued(tx, &groups::grouped_of(tx, &ids)?, now_ms)?;
     refresh_status(tx, &id)?;
     Ok(ids)
 }
@@ -418,6 +430,8 @@ pub(super) fn add_jobs(
     for job in jobs {
         insert_job(tx, &id, job, &to_json(&job.request)?, millis(now))?;
     }
+    let added: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    groups::requeued(tx, &groups::grouped_of(tx, &added)?, millis(now))?;
     tx.execute(
         "UPDATE payloads SET summary = ?2 WHERE seq = (SELECT seq FROM deliveries WHERE id = ?1)",
         params![id, to_json(summary)?],

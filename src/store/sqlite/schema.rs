@@ -155,6 +155,7 @@ CREATE INDEX jobs_cancel_by ON jobs (cancel_by) WHERE cancel_by IS NOT NULL;
 CREATE TABLE cancels (
     job_id          TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
     by_job          TEXT NOT NULL,
+    pipeline        TEXT NOT NULL,
     state           TEXT NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,

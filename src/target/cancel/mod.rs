@@ -223,7 +223,10 @@ async fn workflows(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cance
     let mut running = Vec::new();
     let mut seen = Vec::new();
     let mut token: Option<String> = None;
-    for _ in 0..PAGES {
+    // Whether the list was read to its end (more pages than `PAGES` are
+    // left for the next attempt, which lists again).
+    let mut pages_left = true;
+    for page_number in 0..PAGES {
         let mut url = format!("{base}/api/v2/pipeline/{}/workflow", path_segment(pipeline));
         if let Some(t) = &token {
             url.push_str("?page-token=");
@@ -251,9 +254,16 @@ async fn workflows(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cance
             }
         }
         match page.next_page_token.filter(|t| !t.is_empty()) {
+            Some(t) if page_number + 1 == PAGES => {
+                pages_left = false;
+                token = Some(t);
+            }
             Some(t) => token = Some(t),
             None => break,
         }
+    }
+    if seen.is_empty() {
+        return not_started(caller, base, pipeline).await;
     }
     if running.is_empty() {
         seen.sort();
@@ -267,7 +277,11 @@ async fn workflows(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cance
             }
         ));
     }
+    // Every running workflow gets its cancel, whatever another one's
+    // answer; the attempt then comes to the first failure (a retry lists
+    // again and cancels only what still runs).
     let mut names = Vec::new();
+    let mut failed: Option<Cancelled> = None;
     for w in &running {
         let url = format!("{base}/api/v2/workflow/{}/cancel", path_segment(&w.id));
         match caller.call("POST", url).await {
@@ -276,15 +290,51 @@ async fn workflows(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cance
             } else {
                 w.name.clone()
             }),
-            Step::Stop(c) => return c,
+            Step::Stop(c) => {
+                failed.get_or_insert(c);
+            }
         }
     }
+    if let Some(c) = failed {
+        return c;
+    }
+    let more = if pages_left {
+        ""
+    } else {
+        " (the first pages of its workflows)"
+    };
     Cancelled::Cancelled(format!(
-        "cancelled {} workflow{} of pipeline {pipeline}: {}",
+        "cancelled {} workflow{} of pipeline {pipeline}{more}: {}",
         names.len(),
         if names.len() == 1 { "" } else { "s" },
         names.join(", ")
     ))
+}
+
+/// A v2 pipeline that lists no workflow: still being set up (its workflows
+/// come, and the cancel is retried for them), or errored (nothing runs).
+async fn not_started(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cancelled {
+    #[derive(Deserialize)]
+    struct Pipeline {
+        state: Option<String>,
+    }
+    let url = format!("{base}/api/v2/pipeline/{}", path_segment(pipeline));
+    match caller.call("GET", url).await {
+        Step::Ok(r) => match serde_json::from_slice::<Pipeline>(&r.body)
+            .ok()
+            .and_then(|p| p.state)
+            .as_deref()
+        {
+            Some(s @ ("created" | "setup-pending" | "setup" | "pending")) => Cancelled::Retry {
+                reason: format!("pipeline {pipeline} has no workflow yet ({s})"),
+                after: None,
+            },
+            Some(s) => Cancelled::Finished(format!("pipeline {pipeline} runs no workflow ({s})")),
+            None => Cancelled::Finished(format!("pipeline {pipeline} lists no workflow")),
+        },
+        Step::NotFound => Cancelled::Finished(format!("pipeline {pipeline} not found")),
+        Step::Stop(c) => c,
+    }
 }
 
 /// CircleCI v1.1: cancel one build.
@@ -302,7 +352,19 @@ async fn build_cancel(caller: &mut Caller<'_>, url: String, build: i64) -> Cance
                 Some("canceled") | Some("cancelled") | None => {
                     Cancelled::Cancelled(format!("cancelled build {build}"))
                 }
-                Some(other) => Cancelled::Finished(format!("build {build} had ended: {other}")),
+                Some(
+                    s @ ("success"
+                    | "fixed"
+                    | "failed"
+                    | "no_tests"
+                    | "timedout"
+                    | "infrastructure_fail"
+                    | "not_run"),
+                ) => Cancelled::Finished(format!("build {build} had ended: {s}")),
+                Some(other) => Cancelled::Retry {
+                    reason: format!("build {build} is still {other} after the cancel"),
+                    after: None,
+                },
             }
         }
         Step::NotFound => Cancelled::Finished(format!("build {build} not found")),
@@ -330,7 +392,7 @@ async fn gitlab_cancel(caller: &mut Caller<'_>, pipeline_url: String, id: &str) 
     };
     match status.as_deref() {
         Some("canceled") | Some("canceling") => Cancelled::Cancelled(format!("cancelled pipeline {id}")),
-        Some(s @ ("success" | "failed" | "skipped" | "manual" | "scheduled")) => {
+        Some(s @ ("success" | "failed" | "skipped")) => {
             Cancelled::Finished(format!("pipeline {id} had ended: {s}"))
         }
         Some(other) => Cancelled::Retry {

@@ -122,6 +122,63 @@ async fn only_running_workflows_are_cancelled_across_pages() {
     );
 }
 
+/// A pipeline still being set up lists no workflow: the cancel is retried
+/// for the workflows to come; an errored one has nothing to cancel.
+#[tokio::test]
+async fn a_pipeline_without_workflows_yet_is_retried() {
+    let empty = r#"{"items":[],"next_page_token":null}"#;
+    let (c, calls) = run(
+        v2(),
+        vec![(200, empty), (200, r#"{"id":"1234","state":"setup"}"#)],
+    )
+    .await;
+    assert_eq!(
+        c,
+        Cancelled::Retry {
+            reason: "pipeline 1234 has no workflow yet (setup)".into(),
+            after: None
+        }
+    );
+    assert_eq!(calls[1], "GET https://ci.example/api/v2/pipeline/1234");
+    let (c, _) = run(v2(), vec![(200, empty), (200, r#"{"state":"errored"}"#)]).await;
+    assert_eq!(
+        c,
+        Cancelled::Finished("pipeline 1234 runs no workflow (errored)".into())
+    );
+}
+
+/// One workflow's refused cancel does not keep the others running.
+#[tokio::test]
+async fn every_running_workflow_gets_its_cancel() {
+    let list =
+        r#"{"items":[{"id":"w1","name":"a","status":"running"},{"id":"w2","name":"b","status":"running"}]}"#;
+    let (c, calls) = run(v2(), vec![(200, list), (400, r#"{"message":"no"}"#), (202, "{}")]).await;
+    assert_eq!(c, Cancelled::Permanent("HTTP 400: no".into()));
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls[2].ends_with("/workflow/w2/cancel"));
+}
+
+/// A v1.1 build still running after its cancel is tried again.
+#[tokio::test]
+async fn a_build_still_running_after_its_cancel_is_retried() {
+    let job = TriggerRequest::Circleci(circleci::Request::Job(circleci::JobRequest {
+        project: "gh/acme/app".into(),
+        branch: "main".into(),
+        job: "build".into(),
+        revision: None,
+        parallel: None,
+        build_parameters: serde_json::Map::new(),
+    }));
+    let (c, calls) = run(job.clone(), vec![(200, r#"{"status":"running"}"#)]).await;
+    assert!(matches!(c, Cancelled::Retry { .. }), "{c:?}");
+    assert_eq!(
+        calls,
+        ["POST https://ci.example/api/v1.1/project/github/acme/app/7/cancel"]
+    );
+    let (c, _) = run(job, vec![(200, r#"{"status":"success"}"#)]).await;
+    assert_eq!(c, Cancelled::Finished("build 7 had ended: success".into()));
+}
+
 #[tokio::test]
 async fn errors_are_classified_like_a_triggers() {
     let (c, _) = run(v2(), vec![(503, r#"{"message":"down"}"#)]).await;

@@ -1,0 +1,35 @@
+//! A delivery's status, recomputed from its jobs after every change to
+//! them, and the transaction type every write shares.
+
+use sqlx::{Postgres, Transaction};
+
+use super::db;
+use crate::store::StoreError;
+
+pub(super) type Tx = Transaction<'static, Postgres>;
+
+/// Recompute the statuses of `deliveries` (sorted: their row locks are
+/// taken in that order) from their jobs, found through `jobs_delivery`. (A
+/// `CASE` of `EXISTS (... state IN (...))` lets the planner scan `jobs_due`
+/// by state instead, reading every finished job: measured at ~10,000 index
+/// entries per delivery after 25,000 deliveries.) A delivery without jobs
+/// keeps its status.
+pub(super) async fn refresh_status(tx: &mut Tx, deliveries: &[&str]) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries d SET status = s.status
+         FROM (SELECT id FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE) AS locked,
+              (SELECT delivery_id, CASE
+                    WHEN bool_or(state IN ('pending', 'running')) THEN 'pending'
+                    WHEN bool_or(state = 'dead') THEN 'dead'
+                    WHEN bool_or(state = 'done') THEN 'done'
+                    WHEN bool_or(state = 'superseded') THEN 'superseded'
+                    ELSE 'skipped' END AS status
+               FROM jobs WHERE delivery_id = ANY($1) GROUP BY delivery_id) AS s
+         WHERE d.id = locked.id AND s.delivery_id = locked.id AND d.status <> s.status",
+    )
+    .bind(deliveries)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
