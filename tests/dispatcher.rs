@@ -163,8 +163,13 @@ async fn held<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) ->
         .unwrap()
 }
 
-/// The store with every call [`held`], and optionally [`Racing`].
-struct Paused(Arc<dyn Store>, Option<Arc<Racing>>);
+/// The store with every call [`held`], optionally [`Racing`], and the
+/// number of grouped attempts' starts still to fail (the store unavailable).
+struct Paused(
+    Arc<dyn Store>,
+    Option<Arc<Racing>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
 
 /// An ingest beside the dispatcher, as PostgreSQL's (`store::handoff`): it
 /// takes the dispatcher's handoff; when the dispatcher next asks when work is
@@ -233,6 +238,14 @@ impl Store for Paused {
         owner: &str,
         now: SystemTime,
     ) -> Result<Start, StoreError> {
+        let failing = self.2.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(StoreError::unavailable("scripted: the store is away"));
+        }
         let (s, job, owner) = (self.0.clone(), job.clone(), owner.to_owned());
         held(async move { s.start_attempt(&job, &owner, now).await }).await
     }
@@ -360,6 +373,8 @@ impl Store for Paused {
 struct Harness {
     store: Arc<dyn Store>,
     racing: Option<Arc<Racing>>,
+    /// Grouped attempts' starts still to fail.
+    start_failures: Arc<std::sync::atomic::AtomicUsize>,
     _dir: tempfile::TempDir,
     start: Instant,
     clock: TokioClock,
@@ -400,9 +415,11 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteStore::open_exclusive(&dir.path().join("hb.db")).unwrap();
         let racing = racing.then(|| Arc::new(Racing::default()));
+        let start_failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         Harness {
-            store: Arc::new(Paused(Arc::new(sqlite), racing.clone())),
+            store: Arc::new(Paused(Arc::new(sqlite), racing.clone(), start_failures.clone())),
             racing,
+            start_failures,
             _dir: dir,
             start: Instant::now(),
             clock: TokioClock::starting_at(UNIX_EPOCH + Duration::from_secs(T0)),
@@ -677,6 +694,28 @@ async fn a_panicking_attempt_is_recorded_and_the_job_moves_on() {
     assert_eq!(job.history[0].status, None);
     h.quiet_for(Duration::from_secs(600)).await;
     assert_eq!(ci.calls().len(), 2);
+    running.stop().await;
+}
+
+/// A grouped job whose start the store cannot take is not sent: the
+/// attempt is recorded as a retry, and the job goes out after its backoff.
+#[tokio::test(start_paused = true)]
+async fn a_grouped_attempt_the_store_cannot_start_is_not_sent_and_retried() {
+    let h = Harness::new().await;
+    let (mut delivery, ids) = h.delivery("d-1", &["mirror"]);
+    delivery.jobs[0].group = Some("acme/app/main".into());
+    h.store.ingest(delivery).await.unwrap();
+    h.start_failures.store(1, std::sync::atomic::Ordering::SeqCst);
+    let ci = FakeCi::new(&h, []);
+    let running = h.spawn(h.dispatcher(CONFIG, ci.clone(), 1.0));
+
+    let job = h.job_when(&ids[0], "done", Duration::from_secs(60)).await;
+    assert_eq!(ci.calls(), [2_000], "sent once, after the backoff");
+    assert_eq!(outcomes(&job), ["retry", "done"]);
+    assert_eq!(
+        job.history[0].error.as_deref(),
+        Some("not sent: the store could not start the attempt")
+    );
     running.stop().await;
 }
 

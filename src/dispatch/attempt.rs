@@ -99,7 +99,7 @@ impl Dispatcher {
         };
         let given_up = gave_up(job.attempt, policy.max_attempts);
         let start = if job.grouped && given_up.is_none() {
-            self.start_grouped(&job, &policy).await
+            self.start_grouped(&job).await
         } else {
             Ok(())
         };
@@ -108,8 +108,15 @@ impl Dispatcher {
             Transition::Dead(reason)
         } else if let Err(not_sent) = start {
             drop(permit);
-            record.error = Some(not_sent.reason()?.to_owned());
-            not_sent.into_transition()?
+            match not_sent {
+                // Nothing went out and nothing is the worker's to record.
+                NotSent::Superseded | NotSent::Gone => return None,
+                NotSent::Unavailable(reason) => {
+                    record.error = Some(reason.clone());
+                    let at = self.clock.now() + policy.initial_backoff;
+                    Transition::Retry { at, reason }
+                }
+            }
         } else {
             let call = AssertUnwindSafe(self.call(&config, &job, &policy, &mut record));
             let outcome = call.catch_unwind().await.unwrap_or_else(|panic| {
@@ -136,7 +143,7 @@ impl Dispatcher {
     /// Let an attempt of a grouped job go out ([`Store::start_attempt`]):
     /// not when a newer job of its group superseded it, or it is no longer
     /// this worker's; retried later when the store cannot say.
-    async fn start_grouped(&self, job: &LeasedJob, policy: &RetryPolicy) -> Result<(), NotSent> {
+    async fn start_grouped(&self, job: &LeasedJob) -> Result<(), NotSent> {
         match self.store.start_attempt(job, &self.owner, self.clock.now()).await {
             Ok(Start::Go) => Ok(()),
             Ok(Start::Superseded) => {
@@ -150,11 +157,9 @@ impl Dispatcher {
             }
             Err(e) => {
                 warn!(error = %e, "cannot start the attempt: the store is unavailable; not sent, retried later");
-                let at = self.clock.now() + policy.initial_backoff;
-                Err(NotSent::Unavailable(Transition::Retry {
-                    at,
-                    reason: "not sent: the store could not start the attempt".to_owned(),
-                }))
+                Err(NotSent::Unavailable(
+                    "not sent: the store could not start the attempt".to_owned(),
+                ))
             }
         }
     }
@@ -284,25 +289,9 @@ enum NotSent {
     Superseded,
     /// Not this worker's: nothing to record.
     Gone,
-    /// The store could not say: recorded as this transition.
-    Unavailable(Transition),
-}
-
-impl NotSent {
-    /// The attempt's error text, when there is an attempt to record.
-    fn reason(&self) -> Option<&str> {
-        match self {
-            NotSent::Unavailable(Transition::Retry { reason, .. }) => Some(reason),
-            _ => None,
-        }
-    }
-
-    fn into_transition(self) -> Option<Transition> {
-        match self {
-            NotSent::Unavailable(next) => Some(next),
-            NotSent::Superseded | NotSent::Gone => None,
-        }
-    }
+    /// The store could not say: recorded as an attempt to retry, with
+    /// this reason.
+    Unavailable(String),
 }
 
 /// Why a job cannot be sent with the current config. Every one is permanent
