@@ -2,7 +2,7 @@
 //! one transaction that takes each of its groups' advisory locks (sorted,
 //! so batches of several replicas wait for each other instead of
 //! deadlocking), reads the groups' live jobs, stores the batch and ends
-//! what its jobs superseded (the plan is the model's, [`model::supersede`]).
+//! what its jobs superseded (the plan is the model's, [`concurrency::supersede`]).
 //! The locks make the order of commits the order deliveries were stored:
 //! of two replicas' jobs of one group, the later one supersedes the other.
 //!
