@@ -521,7 +521,9 @@ async fn a_job_queued_again_is_the_newest_of_its_group(h: Harness) {
 }
 
 /// A job whose lease was taken over while its attempt was out is not taken
-/// for unsent: a newer job only marks it, and its new worker's start ends it.
+/// for unsent: a newer job only marks it, and its new worker's start ends
+/// it; when the first worker's attempt turns out to have created a
+/// pipeline, the job is done with it.
 async fn a_taken_over_attempt_counts_as_out(h: Harness) {
     let s = &h.store;
     let at = SystemTime::now();
@@ -545,6 +547,15 @@ async fn a_taken_over_attempt_counts_as_out(h: Harness) {
         s.start_attempt(&taken[0], "w2", later).await.unwrap(),
         Start::Superseded
     );
+    assert_eq!(job(s, "push-1").await.state, JobState::Superseded);
+    // The first worker's request did create a pipeline: the job has it.
+    s.record_attempt(&first[0], "w1", attempt(201), created(), later)
+        .await
+        .unwrap();
+    let kept = job(s, "push-1").await;
+    assert_eq!(kept.state, JobState::Done);
+    assert_eq!(kept.result.unwrap().id.as_deref(), Some("42"));
+    assert_eq!(status(s, "push-1").await, DeliveryStatus::Done);
 }
 
 suite!(

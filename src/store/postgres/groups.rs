@@ -278,6 +278,26 @@ pub(super) async fn start(
     Ok(start)
 }
 
+/// Pipelines created by attempts whose lease was taken over meanwhile, for
+/// jobs their new workers found superseded (`created`: job and result): the
+/// jobs did create them, so they are done with them, as on SQLite
+/// (`sqlite::groups::created_late`).
+pub(super) async fn created_late(tx: &mut Tx, created: &[(&str, &str)], now: i64) -> Result<(), StoreError> {
+    let (jobs, results): (Vec<&str>, Vec<&str>) = created.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE jobs j SET state = 'done', result = u.result, last_error = NULL, next_attempt_at = $3, updated_at = $3
+         FROM UNNEST($1::text[], $2::text[]) AS u(id, result)
+         WHERE j.id = u.id AND j.state = 'superseded'",
+    )
+    .bind(&jobs)
+    .bind(&results)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
 /// After jobs of groups recorded a created pipeline (`done`, sorted ids;
 /// the caller holds their row locks and those of the jobs they are to
 /// cancel or be cancelled by): their pipelines are open, and the cancels

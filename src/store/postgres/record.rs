@@ -76,6 +76,13 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
     attempts_and_jobs(tx, &records, &updates).await?;
     if !grouped_done.is_empty() {
         let now = records.iter().map(|r| millis(r.now)).max().unwrap_or(0);
+        let created: Vec<(&str, &str)> = records
+            .iter()
+            .zip(&updates)
+            .filter(|(r, _)| r.grouped)
+            .filter_map(|(r, u)| u.result.as_deref().map(|res| (r.job.as_str(), res)))
+            .collect();
+        groups::created_late(tx, &created, now).await?;
         groups::after_done(tx, &grouped_done, now).await?;
     }
     let mut deliveries: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();

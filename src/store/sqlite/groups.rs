@@ -93,6 +93,24 @@ pub(super) fn apply(tx: &Connection, plan: &Supersede, now: i64) -> Result<(), S
     Ok(())
 }
 
+/// A pipeline created by an attempt whose lease was taken over meanwhile,
+/// for a job its new worker found superseded: the job did create it, so
+/// it is done with it (and its pipeline may be cancelled like any other).
+pub(super) fn created_late(
+    tx: &Connection,
+    job: &str,
+    result: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'done', result = ?2, last_error = NULL, next_attempt_at = ?3, updated_at = ?3
+         WHERE id = ?1 AND state = 'superseded' AND ?2 IS NOT NULL",
+    )
+    .and_then(|mut s| s.execute(params![job, result, now]))
+    .map_err(db)?;
+    Ok(())
+}
+
 /// After `job` of a group recorded a created pipeline: its pipeline is
 /// open, and the cancels it makes due are queued: of the older pipelines
 /// handed to it to cancel, and of its own when the newer job that is to

@@ -362,6 +362,7 @@ pub(super) fn record(
     })
     .map_err(db)?;
     if grouped && matches!(next, Transition::Done(_)) {
+        groups::created_late(tx, job, update.result.as_deref(), now_ms)?;
         groups::after_done(tx, job, now_ms)?;
     }
     refresh_status(tx, delivery_id)
