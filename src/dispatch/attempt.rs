@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::Dispatcher;
-use super::retry::{LONGEST_WAIT, transition};
+use super::retry::{LONGEST_WAIT, record_retrying, transition};
 use crate::config::{Config, RetryPolicy};
 use crate::store::{Attempt, LeasedJob, Start, Transition};
 use crate::target::redact::Redactor;
@@ -259,27 +259,17 @@ impl Dispatcher {
     /// Store the attempt; retried while the store is briefly unavailable, since a
     /// lost record means the job runs again when its lease expires.
     async fn record(&self, job: &LeasedJob, attempt: Attempt, next: Transition) {
-        let mut delay = Duration::from_millis(50);
-        for _ in 0..10 {
-            match self
-                .store
-                .record_attempt(job, &self.owner, attempt.clone(), next.clone(), self.clock.now())
-                .await
-            {
-                Ok(()) => return,
-                // Only an unavailable store may take it later (the error policy in `store`).
-                Err(e) if !e.is_unavailable() => {
-                    warn!(error = %e, "cannot record the attempt; not retried");
-                    break;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot record the attempt; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        let write = || {
+            let (attempt, next) = (attempt.clone(), next.clone());
+            async move {
+                self.store
+                    .record_attempt(job, &self.owner, attempt, next, self.clock.now())
+                    .await
             }
+        };
+        if !record_retrying("attempt", write).await {
+            warn!("attempt not recorded; the job runs again when its lease expires");
         }
-        warn!("attempt not recorded; the job runs again when its lease expires");
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Dispatcher;
-use super::retry::{LONGEST_WAIT, transition};
+use super::retry::{LONGEST_WAIT, record_retrying, transition};
 use crate::store::concurrency::{CancelOutcome, LeasedCancel};
 use crate::store::{Attempt, Transition};
 use crate::target::cancel::{Cancelled, cancel};
@@ -165,24 +165,14 @@ impl Dispatcher {
     /// (a lost record means the cancel runs again when its lease expires:
     /// harmless, it cancels only what still runs).
     async fn record_cancel(&self, c: &LeasedCancel, attempt: Attempt, outcome: CancelOutcome) {
-        let mut delay = Duration::from_millis(50);
-        for _ in 0..10 {
-            match self
-                .store
-                .record_cancel(c, &self.owner, attempt.clone(), outcome.clone(), self.clock.now())
-                .await
-            {
-                Ok(()) => return,
-                Err(e) if !e.is_unavailable() => {
-                    warn!(error = %e, "cannot record the cancel; not retried");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot record the cancel; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+        let write = || {
+            let (attempt, outcome) = (attempt.clone(), outcome.clone());
+            async move {
+                self.store
+                    .record_cancel(c, &self.owner, attempt, outcome, self.clock.now())
+                    .await
             }
-        }
+        };
+        record_retrying("cancel", write).await;
     }
 }

@@ -9,9 +9,37 @@
 
 use std::time::{Duration, SystemTime};
 
+use tracing::warn;
+
 use crate::config::RetryPolicy;
-use crate::store::Transition;
+use crate::store::{StoreError, Transition};
 use crate::target::Outcome;
+
+/// Write a record (`what`: "attempt", "cancel") to the store, tried again
+/// while the store is briefly unavailable: only an unavailable store may
+/// take it later (the error policy in `store`). False once given up.
+pub(super) async fn record_retrying<F, Fut>(what: &str, mut write: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..10 {
+        match write().await {
+            Ok(()) => return true,
+            Err(e) if !e.is_unavailable() => {
+                warn!(error = %e, "cannot record the {what}; not retried");
+                return false;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot record the {what}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    false
+}
 
 /// The longest delay the dispatcher hands to a clock, the store or the HTTP
 /// client (retry delays, leases, request timeouts), whatever the config says:
