@@ -69,6 +69,37 @@ pub struct GroupedJob<'a> {
     pub cancel: bool,
 }
 
+/// A job of a group queued again (replay, re-evaluation, a redelivery's
+/// dead jobs), as read back from the store: its group's newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeued {
+    pub id: String,
+    pub delivery_id: String,
+    pub group: String,
+    pub cancel: bool,
+}
+
+impl Requeued {
+    /// From a job's row: none when it is in no group.
+    pub fn from_row(id: String, delivery_id: &str, group: Option<String>, cancel: bool) -> Option<Requeued> {
+        group.map(|group| Requeued {
+            id,
+            delivery_id: delivery_id.to_owned(),
+            group,
+            cancel,
+        })
+    }
+
+    pub fn grouped(&self) -> GroupedJob<'_> {
+        GroupedJob {
+            id: &self.id,
+            delivery_id: &self.delivery_id,
+            group: &self.group,
+            cancel: self.cancel,
+        }
+    }
+}
+
 /// What an ingest writes for its concurrency groups ([`supersede`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Supersede {

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use super::history::resolve;
 use super::queue::{Tx, insert_job, notify, refresh_status};
 use super::{db, groups, to_json};
+use crate::store::concurrency::Requeued;
 use crate::store::model;
 use crate::store::*;
 
@@ -45,9 +46,9 @@ pub(super) async fn replay(
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-    let grouped: Vec<(String, String, String, bool)> = rows
+    let grouped: Vec<Requeued> = rows
         .into_iter()
-        .filter_map(|(job, group, cancel)| group.map(|g| (job, id.clone(), g, cancel.is_some())))
+        .filter_map(|(job, group, cancel)| Requeued::from_row(job, &id, group, cancel.is_some()))
         .collect();
     groups::requeued(tx, &grouped, now_ms).await?;
     if let Some(j) = job
@@ -91,9 +92,9 @@ pub(super) async fn add_jobs(
     for job in jobs {
         insert_job(tx, &id, job, now).await?;
     }
-    let grouped: Vec<(String, String, String, bool)> = jobs
+    let grouped: Vec<Requeued> = jobs
         .iter()
-        .filter_map(|j| j.group.clone().map(|g| (j.id.clone(), id.clone(), g, j.cancel)))
+        .filter_map(|j| Requeued::from_row(j.id.clone(), &id, j.group.clone(), j.cancel))
         .collect();
     groups::requeued(tx, &grouped, now).await?;
     sqlx::query("UPDATE payloads SET summary = $2 WHERE seq = (SELECT seq FROM deliveries WHERE id = $1)")

@@ -19,7 +19,7 @@ use sqlx::postgres::PgPool;
 
 use super::db;
 use super::status::{Tx, refresh_status};
-use crate::store::concurrency::{self, GroupedJob, LiveJob, Supersede};
+use crate::store::concurrency::{self, GroupedJob, LiveJob, Requeued, Supersede};
 use crate::store::{NewDelivery, Start, StoreError, Superseded, millis};
 
 /// The advisory lock key of a group: the first 8 bytes of its SHA-256
@@ -91,20 +91,8 @@ async fn live(tx: &mut Tx, jobs: &[GroupedJob<'_>]) -> Result<Vec<LiveJob>, Stor
 /// Jobs queued again (replay, re-evaluation, a redelivery's dead jobs):
 /// each is the newest of its group, and supersedes the rest. The caller
 /// took the groups' locks before it changed the jobs' rows.
-pub(super) async fn requeued(
-    tx: &mut Tx,
-    jobs: &[(String, String, String, bool)],
-    now: i64,
-) -> Result<(), StoreError> {
-    let grouped: Vec<GroupedJob<'_>> = jobs
-        .iter()
-        .map(|(id, delivery_id, group, cancel)| GroupedJob {
-            id,
-            delivery_id,
-            group,
-            cancel: *cancel,
-        })
-        .collect();
+pub(super) async fn requeued(tx: &mut Tx, jobs: &[Requeued], now: i64) -> Result<(), StoreError> {
+    let grouped: Vec<GroupedJob<'_>> = jobs.iter().map(Requeued::grouped).collect();
     if grouped.is_empty() {
         return Ok(());
     }

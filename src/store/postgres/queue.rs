@@ -9,6 +9,7 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 
 use super::{CHANNEL, db, from_json, to_json};
+use crate::store::concurrency::Requeued;
 use crate::store::model;
 use crate::store::*;
 
@@ -115,9 +116,9 @@ pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, 
     .await
     .map_err(db)?;
     let requeued = rows.len();
-    let grouped: Vec<(String, String, String, bool)> = rows
+    let grouped: Vec<Requeued> = rows
         .into_iter()
-        .filter_map(|(job, group, cancel)| group.map(|g| (job, id.clone(), g, cancel.is_some())))
+        .filter_map(|(job, group, cancel)| Requeued::from_row(job, &id, group, cancel.is_some()))
         .collect();
     super::groups::requeued(tx, &grouped, now).await?;
     if requeued > 0 {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::db;
 use super::status::refresh_status;
-use crate::store::concurrency::{self, GroupedJob, LiveJob, Supersede};
+use crate::store::concurrency::{self, GroupedJob, LiveJob, Requeued, Supersede};
 use crate::store::{Start, StoreError, millis};
 
 /// A group's live jobs, through `jobs_group` (its predicate's terms as written).
@@ -190,20 +190,8 @@ pub(super) fn start(
 
 /// Jobs queued again (replay, re-evaluation, a redelivery's dead jobs):
 /// each is the newest of its group, and supersedes the rest.
-pub(super) fn requeued(
-    tx: &Connection,
-    jobs: &[(String, String, String, bool)],
-    now: i64,
-) -> Result<(), StoreError> {
-    let grouped: Vec<GroupedJob<'_>> = jobs
-        .iter()
-        .map(|(id, delivery_id, group, cancel)| GroupedJob {
-            id,
-            delivery_id,
-            group,
-            cancel: *cancel,
-        })
-        .collect();
+pub(super) fn requeued(tx: &Connection, jobs: &[Requeued], now: i64) -> Result<(), StoreError> {
+    let grouped: Vec<GroupedJob<'_>> = jobs.iter().map(Requeued::grouped).collect();
     if grouped.is_empty() {
         return Ok(());
     }
@@ -211,11 +199,8 @@ pub(super) fn requeued(
     apply(tx, &plan, now)
 }
 
-/// The grouped jobs among `ids`: (id, delivery, group, cancels), for [`requeued`].
-pub(super) fn grouped_of(
-    tx: &Connection,
-    ids: &[String],
-) -> Result<Vec<(String, String, String, bool)>, StoreError> {
+/// The grouped jobs among `ids`, for [`requeued`].
+pub(super) fn grouped_of(tx: &Connection, ids: &[String]) -> Result<Vec<Requeued>, StoreError> {
     let mut out = Vec::new();
     let mut s = tx
         .prepare_cached(
@@ -229,7 +214,7 @@ pub(super) fn grouped_of(
             .optional()
             .map_err(db)?;
         if let Some((delivery, group, cancel)) = row {
-            out.push((id.clone(), delivery, group, cancel));
+            out.extend(Requeued::from_row(id.clone(), &delivery, Some(group), cancel));
         }
     }
     Ok(out)
