@@ -419,3 +419,31 @@ revision = "{{ event.sha }}"
     assert!(err.contains("supersedes"), "{err}");
     assert!(err.contains("revision"), "{err}");
 }
+
+/// A group rendered from a sender's payload that is empty or too long is
+/// the rule's error, with the reason; the other rules still run.
+#[test]
+fn a_group_the_payload_makes_unusable_is_the_rules_error() {
+    let ws = Workspace::new(&config("@DB@", "https://gitlab.example.com", "1s", 1));
+    let write = |name: &str, branch: &str| {
+        let mut body: Value = serde_json::from_slice(&payload("github/push.json")).unwrap();
+        body["ref"] = Value::String(format!("refs/heads/{branch}"));
+        let path = ws.dir.path().join(name);
+        std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
+        path.display().to_string()
+    };
+    let long = write("long.json", &"b".repeat(600));
+    let (code, out, err) = ws.cli(&["explain", "--source", "github", "--event", "push", &long], ENV);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("ERROR  build-branch: concurrency.group rendered more than 512 characters"),
+        "{out}"
+    );
+    let fine = write("fine.json", "main");
+    let (code, out, err) = ws.cli(&["explain", "--source", "github", "--event", "push", &fine], ENV);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("concurrency group \"Codertocat/Hello-World/main\""),
+        "{out}"
+    );
+}
