@@ -326,6 +326,10 @@ impl Store for Paused {
         let (s, key) = (self.0.clone(), key.clone());
         held(async move { s.get(&key).await }).await
     }
+    async fn verdicts(&self, since: SystemTime, cap: usize) -> Result<RecentVerdicts, StoreError> {
+        let s = self.0.clone();
+        held(async move { s.verdicts(since, cap).await }).await
+    }
 
     async fn payload(&self, key: &DeliveryKey) -> Result<StoredPayload, StoreError> {
         let (s, key) = (self.0.clone(), key.clone());

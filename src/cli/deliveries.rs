@@ -34,9 +34,15 @@ pub struct ListArgs {
     /// Only deliveries with a job for this rule
     #[arg(long)]
     pub rule: Option<String>,
+    /// Only deliveries of this repository (`owner/name`, as the event names it)
+    #[arg(long)]
+    pub repository: Option<String>,
     /// Received within this long (`1h`, `2d`) or since an RFC 3339 time
     #[arg(long, value_parser = |s: &str| parse_since(s, SystemTime::now()))]
     pub since: Option<SystemTime>,
+    /// Find by hookbridge id, provider delivery id, or commit sha (or its first 4+ characters)
+    #[arg(long)]
+    pub search: Option<String>,
     /// Deliveries to list, newest first (at least 1)
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: u64,
@@ -123,9 +129,11 @@ async fn list(a: ListArgs) -> Result<(), String> {
             status: a.status,
             source: a.source,
             rule: a.rule,
+            repository: a.repository,
             since: a.since,
-            before: None,
+            search: a.search,
             limit: usize::try_from(a.limit).unwrap_or(usize::MAX),
+            ..Default::default()
         })
         .await
         .map_err(|e| e.to_string())?;

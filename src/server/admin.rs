@@ -19,12 +19,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::App;
-use crate::config::units::parse_since;
 use crate::intake::{self, ReevaluateError};
-use crate::store::{DeliveryFilter, DeliveryKey, DeliveryStatus, StoreError, StoreErrorKind};
-
-/// Largest page of `GET /api/v1/deliveries`.
-const MAX_PAGE: usize = 500;
+use super::listing::ListQuery;
+use crate::store::{DeliveryKey, StoreError, StoreErrorKind};
 
 pub(crate) fn router(app: App) -> Router {
     let api = Router::new()
@@ -221,60 +218,14 @@ fn bad_query(rejection: QueryRejection) -> ApiError {
     ApiError::BadRequest(rejection.body_text())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    status: Option<String>,
-    source: Option<String>,
-    rule: Option<String>,
-    since: Option<String>,
-    /// Cursor: the `next` value of the previous page.
-    before: Option<String>,
-    limit: Option<usize>,
-}
-
 async fn list_deliveries(
     State(app): State<App>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
-    let status = q
-        .status
-        .as_deref()
-        .map(str::parse::<DeliveryStatus>)
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let since = q
-        .since
-        .as_deref()
-        .map(|s| parse_since(s, SystemTime::now()))
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if q.limit == Some(0) {
-        return Err(ApiError::BadRequest("`limit` must be at least 1".into()));
-    }
-    let limit = q.limit.unwrap_or(50).min(MAX_PAGE);
-    // The cursor is a delivery's own id, the `next` of a page, compared as
-    // the store writes it (upper case).
-    let before = q
-        .before
-        .as_deref()
-        .map(|b| {
-            ulid::Ulid::from_string(b).map(|u| u.to_string()).map_err(|_| {
-                ApiError::BadRequest("`before` is not a cursor: pass the `next` of the previous page".into())
-            })
-        })
-        .transpose()?;
-    let filter = DeliveryFilter {
-        status,
-        source: q.source,
-        rule: q.rule,
-        since,
-        before,
-        limit,
-    };
+    let filter = q.filter(SystemTime::now()).map_err(ApiError::BadRequest)?;
     let rows = app.store.list(&filter).await?;
-    let next = (rows.len() == limit)
+    let next = (rows.len() == filter.limit)
         .then(|| rows.last().map(|r| r.id.clone()))
         .flatten();
     Ok(axum::Json(json!({ "deliveries": rows, "next": next })).into_response())

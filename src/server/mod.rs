@@ -28,6 +28,7 @@ pub mod admin;
 pub mod body;
 pub mod hooks;
 pub mod listener;
+mod listing;
 mod restart;
 pub mod systemd;
 

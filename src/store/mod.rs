@@ -78,6 +78,7 @@ pub mod model;
 mod open;
 pub mod owner;
 pub mod postgres;
+pub mod query;
 pub mod ready;
 pub mod sqlite;
 
@@ -85,6 +86,7 @@ pub use concurrency::{Start, Superseded, SupersededBy};
 pub use error::{StoreError, StoreErrorKind};
 pub use model::{DeliveryStatus, JobState, UnknownStatus};
 pub use open::{OpenMode, migrate, open};
+pub use query::{RecentVerdicts, RuleCounts};
 
 /// Milliseconds since the Unix epoch, the stores' time unit.
 pub fn millis(t: SystemTime) -> i64 {
@@ -238,7 +240,13 @@ pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
     pub source: Option<String>,
     pub rule: Option<String>,
+    pub repository: Option<String>,
     pub since: Option<SystemTime>,
+    /// Received before this time.
+    pub until: Option<SystemTime>,
+    /// The search box: a hookbridge id, a provider delivery id, or a commit
+    /// sha or its prefix ([`query::Search`]).
+    pub search: Option<String>,
     /// Return deliveries older than this internal id (pagination cursor).
     pub before: Option<String>,
     pub limit: usize,
@@ -256,6 +264,9 @@ pub struct DeliveryRow {
     pub repository: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
+    /// The event's commit.
+    #[serde(default)]
+    pub sha: Option<String>,
     pub status: DeliveryStatus,
     pub jobs: u32,
 }
@@ -395,6 +406,10 @@ pub trait Store: Send + Sync {
     async fn list(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError>;
 
     async fn get(&self, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError>;
+
+    /// Every rule's verdicts over the deliveries received since `since`,
+    /// newest first, reading at most `cap` of them.
+    async fn verdicts(&self, since: SystemTime, cap: usize) -> Result<RecentVerdicts, StoreError>;
 
     async fn payload(&self, key: &DeliveryKey) -> Result<StoredPayload, StoreError>;
 

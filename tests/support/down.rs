@@ -74,6 +74,9 @@ impl Store for DownStore {
     async fn get(&self, _: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
         self.down()
     }
+    async fn verdicts(&self, _: SystemTime, _: usize) -> Result<RecentVerdicts, StoreError> {
+        self.down()
+    }
     async fn payload(&self, _: &DeliveryKey) -> Result<StoredPayload, StoreError> {
         self.down()
     }

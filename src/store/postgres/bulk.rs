@@ -260,6 +260,11 @@ async fn insert<'e>(
     let mut events = Vec::with_capacity(n);
     let mut headers = Vec::with_capacity(n);
     let mut payloads: Vec<&[u8]> = Vec::with_capacity(n);
+    // Lower case, as the search box compares it; NUL shown as for `text`.
+    let shas: Vec<Option<String>> = deliveries
+        .iter()
+        .map(|d| d.event.sha.as_deref().map(|s| text(s).to_ascii_lowercase()))
+        .collect();
     let searchable: Vec<TextPair> = deliveries
         .iter()
         .map(|d| {
@@ -317,9 +322,10 @@ async fn insert<'e>(
     }
     let rows = sqlx::query(
         "WITH d AS (
-            INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
+            INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status,
+                                    sha)
             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[])
+                                 $7::text[], $8::text[], $9::text[], $26::text[])
             ON CONFLICT (delivery, source) DO NOTHING
             RETURNING id, seq),
          p AS (
@@ -370,6 +376,7 @@ async fn insert<'e>(
     .bind(&delays)
     .bind(&groups)
     .bind(&cancels)
+    .bind(&shas)
     .fetch_all(on)
     .await
     .map_err(db)?;

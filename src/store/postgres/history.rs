@@ -9,6 +9,7 @@ use sqlx::{PgConnection, Row};
 
 use super::{db, from_json};
 use crate::store::model;
+use crate::store::query;
 use crate::store::*;
 
 /// Resolve a [`DeliveryKey`] to an internal id.
@@ -41,7 +42,7 @@ pub(super) async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Resul
 
 const DELIVERY_COLUMNS: &str =
     "d.id, d.source, d.delivery, d.received_at, d.event_name, d.kind, d.repository, d.git_ref, d.status,
-     (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id)";
+     (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id), d.sha";
 
 fn row_to_delivery(r: &PgRow) -> Result<DeliveryRow, StoreError> {
     let status: String = r.try_get(8).map_err(db)?;
@@ -56,29 +57,44 @@ fn row_to_delivery(r: &PgRow) -> Result<DeliveryRow, StoreError> {
         git_ref: r.try_get(7).map_err(db)?,
         status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
         jobs: r.try_get::<i64, _>(9).map_err(db)? as u32,
+        sha: r.try_get(10).map_err(db)?,
     })
 }
 
 pub(super) async fn list(pool: &PgPool, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries d
-         WHERE ($1::TEXT IS NULL OR d.status = $1)
-           AND ($2::TEXT IS NULL OR d.source = $2)
-           AND ($3::TEXT IS NULL OR EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.rule = $3))
-           AND ($4::BIGINT IS NULL OR d.received_at >= $4)
-           AND ($5::TEXT IS NULL OR d.id < $5)
-         ORDER BY d.id DESC LIMIT $6"
-    ))
-    .bind(f.status.map(DeliveryStatus::as_str))
-    .bind(&f.source)
-    .bind(&f.rule)
-    .bind(f.since.map(millis))
-    .bind(&f.before)
-    .bind(f.limit.max(1) as i64)
+    let (sql, args) = query::list(f, DELIVERY_COLUMNS, |n| format!("${n}"), " COLLATE \"C\"");
+    let mut q = sqlx::query(&sql);
+    for a in args {
+        q = match a {
+            query::Arg::Text(t) => q.bind(t),
+            query::Arg::Int(i) => q.bind(i),
+        };
+    }
+    let rows = q.fetch_all(pool).await.map_err(db)?;
+    rows.iter().map(row_to_delivery).collect()
+}
+
+/// Every rule's verdicts since `since`, from the newest `cap` summaries.
+pub(super) async fn verdicts(pool: &PgPool, since: i64, cap: usize) -> Result<RecentVerdicts, StoreError> {
+    let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT p.summary, d.received_at FROM deliveries d JOIN payloads p ON p.seq = d.seq
+         WHERE d.received_at >= $1 ORDER BY d.received_at DESC LIMIT $2",
+    )
+    .bind(since)
+    .bind(limit)
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    rows.iter().map(row_to_delivery).collect()
+    let mut verdicts = RecentVerdicts::default();
+    for (n, (summary, received)) in rows.iter().enumerate() {
+        if n == cap {
+            verdicts.truncated_at = Some(*received);
+            break;
+        }
+        verdicts.add(summary);
+    }
+    Ok(verdicts)
 }
 
 pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
@@ -94,8 +110,8 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
     .await
     .map_err(db)?;
     let row = row_to_delivery(&r)?;
-    let summary: String = r.try_get(10).map_err(db)?;
-    let event: String = r.try_get(11).map_err(db)?;
+    let summary: String = r.try_get(11).map_err(db)?;
+    let event: String = r.try_get(12).map_err(db)?;
     let job_rows = sqlx::query(
         "SELECT j.id, j.rule, j.target, j.state, j.attempts, j.next_attempt_at, j.last_error, j.result,
                 j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule,

@@ -216,6 +216,10 @@ impl Store for PostgresStore {
         history::list(&self.pool, filter).await
     }
 
+    async fn verdicts(&self, since: SystemTime, cap: usize) -> Result<RecentVerdicts, StoreError> {
+        history::verdicts(&self.pool, millis(since), cap).await
+    }
+
     async fn get(&self, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
         history::get(&self.pool, key).await
     }

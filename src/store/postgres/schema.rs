@@ -198,6 +198,15 @@ CREATE TABLE cancels (
 CREATE INDEX cancels_due ON cancels (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX cancels_lease ON cancels (lease_until) WHERE state = 'running';
 "#,
+    // Version 8, SQLite's version 7: the event's commit on its delivery,
+    // for the dashboard's search by sha or prefix. The index compares
+    // bytes ("C"), so a prefix is a range of it whatever the database's
+    // collation.
+    r#"
+ALTER TABLE deliveries ADD COLUMN sha TEXT;
+UPDATE deliveries d SET sha = lower(p.event::jsonb ->> 'sha') FROM payloads p WHERE p.seq = d.seq;
+CREATE INDEX deliveries_sha ON deliveries (sha COLLATE "C") WHERE sha IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build creates.

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::db;
 use crate::store::concurrency::{CancelDetail, CancelState};
 use crate::store::model::{self, from_json};
+use crate::store::query;
 use crate::store::*;
 
 /// Resolve a [`DeliveryKey`] to an internal id.
@@ -54,6 +55,7 @@ fn row_to_delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryRow, Stri
             git_ref: r.get(7)?,
             status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
             jobs: r.get::<_, i64>(9)? as u32,
+            sha: r.get(10)?,
         },
         status,
     ))
@@ -61,41 +63,46 @@ fn row_to_delivery(r: &rusqlite::Row<'_>) -> rusqlite::Result<(DeliveryRow, Stri
 
 const DELIVERY_COLUMNS: &str =
     "d.id, d.source, d.delivery, d.received_at, d.event_name, d.kind, d.repository, d.git_ref, d.status,
-     (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id)";
+     (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id), d.sha";
 
 pub(super) fn list(conn: &Connection, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE 1 = 1");
-    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-    if let Some(s) = f.status {
-        args.push(Box::new(s.as_str()));
-        sql.push_str(&format!(" AND d.status = ?{}", args.len()));
-    }
-    if let Some(s) = &f.source {
-        args.push(Box::new(s.clone()));
-        sql.push_str(&format!(" AND d.source = ?{}", args.len()));
-    }
-    if let Some(r) = &f.rule {
-        args.push(Box::new(r.clone()));
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.rule = ?{})",
-            args.len()
-        ));
-    }
-    if let Some(since) = f.since {
-        args.push(Box::new(millis(since)));
-        sql.push_str(&format!(" AND d.received_at >= ?{}", args.len()));
-    }
-    if let Some(before) = &f.before {
-        args.push(Box::new(before.clone()));
-        sql.push_str(&format!(" AND d.id < ?{}", args.len()));
-    }
-    args.push(Box::new(f.limit.max(1) as i64));
-    sql.push_str(&format!(" ORDER BY d.id DESC LIMIT ?{}", args.len()));
-    let mut s = conn.prepare(&sql).map_err(db)?;
+    let (sql, args) = query::list(f, DELIVERY_COLUMNS, |n| format!("?{n}"), "");
+    let args: Vec<rusqlite::types::Value> = args
+        .into_iter()
+        .map(|a| match a {
+            query::Arg::Text(t) => rusqlite::types::Value::Text(t),
+            query::Arg::Int(i) => rusqlite::types::Value::Integer(i),
+        })
+        .collect();
+    let mut s = conn.prepare_cached(&sql).map_err(db)?;
     let rows = s
         .query_map(rusqlite::params_from_iter(args.iter()), row_to_delivery)
         .map_err(db)?;
     rows.map(|r| r.map(|(row, _)| row).map_err(db)).collect()
+}
+
+/// Every rule's verdicts since `since`, from the newest `cap` summaries.
+pub(super) fn verdicts(conn: &Connection, since: SystemTime, cap: usize) -> Result<RecentVerdicts, StoreError> {
+    let mut s = conn
+        .prepare_cached(
+            "SELECT p.summary, d.received_at FROM deliveries d JOIN payloads p ON p.seq = d.seq
+             WHERE d.received_at >= ?1 ORDER BY d.received_at DESC LIMIT ?2",
+        )
+        .map_err(db)?;
+    let limit = i64::try_from(cap.saturating_add(1)).unwrap_or(i64::MAX);
+    let mut rows = s.query(params![millis(since), limit]).map_err(db)?;
+    let mut verdicts = RecentVerdicts::default();
+    let mut read = 0usize;
+    while let Some(r) = rows.next().map_err(db)? {
+        let received: i64 = r.get(1).map_err(db)?;
+        if read == cap {
+            verdicts.truncated_at = Some(received);
+            break;
+        }
+        read += 1;
+        verdicts.add(&r.get::<_, String>(0).map_err(db)?);
+    }
+    Ok(verdicts)
 }
 
 pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
@@ -106,7 +113,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
                 "SELECT {DELIVERY_COLUMNS}, p.summary, p.event FROM deliveries d JOIN payloads p ON p.seq = d.seq WHERE d.id = ?1"
             ),
             params![id],
-            |r| Ok((row_to_delivery(r)?.0, r.get(10)?, r.get(11)?)),
+            |r| Ok((row_to_delivery(r)?.0, r.get(11)?, r.get(12)?)),
         )
         .map_err(db)?;
     let mut jobs = Vec::new();

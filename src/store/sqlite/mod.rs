@@ -377,6 +377,10 @@ impl Store for SqliteStore {
         self.read(move |c| history::list(c, &filter)).await
     }
 
+    async fn verdicts(&self, since: SystemTime, cap: usize) -> Result<RecentVerdicts, StoreError> {
+        self.read(move |c| history::verdicts(c, since, cap)).await
+    }
+
     async fn get(&self, key: &DeliveryKey) -> Result<DeliveryDetail, StoreError> {
         let key = key.clone();
         self.read(move |c| history::get(c, &key)).await

@@ -121,8 +121,8 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
     let d = &p.delivery;
     let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
     tx.prepare_cached(
-        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status, sha)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -135,6 +135,7 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
             d.event.repository,
             d.event.git_ref,
             status,
+            d.event.sha.as_deref().map(str::to_ascii_lowercase),
         ])
     })
     .map_err(db)?;

@@ -168,6 +168,15 @@ CREATE TABLE cancels (
 CREATE INDEX cancels_due ON cancels (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX cancels_lease ON cancels (lease_until) WHERE state = 'running';
 "#,
+    // Version 7, PostgreSQL's version 8: the event's commit on its
+    // delivery, so the dashboard's search box finds a delivery by sha (or a
+    // prefix of it) through an index. Deliveries stored before get theirs
+    // from their stored event.
+    r#"
+ALTER TABLE deliveries ADD COLUMN sha TEXT;
+UPDATE deliveries SET sha = (SELECT lower(json_extract(p.event, '$.sha')) FROM payloads p WHERE p.seq = deliveries.seq);
+CREATE INDEX deliveries_sha ON deliveries (sha) WHERE sha IS NOT NULL;
+"#,
 ];
 
 /// The schema version this build creates.
