@@ -1354,7 +1354,8 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
     use sqlx::{Connection, Executor};
 
     let db = TestDatabase::create().await;
-    let old = delivery("github", "old-1", 1, SystemTime::now());
+    let mut old = delivery("github", "old-1", 1, SystemTime::now());
+    old.event.sha = Some("ABCDEF0123456789ABCDEF0123456789ABCDEF01".into());
     let job = &old.jobs[0];
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     for sql in old_schema {
@@ -1403,6 +1404,11 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
     assert_eq!(detail.row.status, DeliveryStatus::Dead);
     assert_eq!(detail.summary, old.summary);
     assert_eq!(detail.normalized, old.event);
+    // The commit is read back from the stored event, searchable in lower case.
+    assert_eq!(
+        detail.row.sha.as_deref(),
+        Some("abcdef0123456789abcdef0123456789abcdef01")
+    );
     let j = &detail.jobs[0];
     assert_eq!((j.id.as_str(), j.state), (job.id.as_str(), JobState::Dead));
     assert_eq!(j.request, job.request);

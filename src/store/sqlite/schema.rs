@@ -285,7 +285,7 @@ mod tests {
                 INSERT INTO deliveries VALUES ('01D1', 'github', 'guid-1', 1000, 'push', 'push', 'acme/app',
                     'refs/heads/main', 'pending',
                     '{"delivery":"guid-1","source":"github","event":"push","duplicate":false,"matched":[{"rule":"r","job":"01J1","target":"gl"}],"skipped":[],"errors":[]}',
-                    '{"source":"github","provider":"github","name":"push","kind":"push","delivery":"guid-1","repository":"acme/app","ref":"refs/heads/main","branch":"main","created":false,"deleted":false,"forced":false,"changes":[]}',
+                    '{"source":"github","provider":"github","name":"push","kind":"push","delivery":"guid-1","repository":"acme/app","ref":"refs/heads/main","branch":"main","sha":"ABCDEF0123","created":false,"deleted":false,"forced":false,"changes":[]}',
                     '{"x-github-event":"push"}', X'7B7D');
                 INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at, updated_at)
                     VALUES ('01J1', '01D1', 'r', 'gl', '{"api":"gitlab_pipeline","project":"acme/app","ref":"main"}', 'pending', 1, 0, 1000, 1000);
@@ -303,6 +303,8 @@ mod tests {
         assert_eq!(detail.normalized.repository.as_deref(), Some("acme/app"));
         assert_eq!(detail.jobs.len(), 1);
         assert_eq!(detail.jobs[0].history.len(), 1);
+        // The commit, read from the stored event, in lower case for search.
+        assert_eq!(detail.row.sha.as_deref(), Some("abcdef0123"));
         let payload = store.payload(&key).await.unwrap();
         assert_eq!(payload.payload, b"{}");
         assert_eq!(payload.headers["x-github-event"], "push");

@@ -316,3 +316,27 @@ fn the_queue_reads_never_scan_the_jobs_table() {
         );
     }
 }
+
+/// The search box reads indexes: the internal id, the provider's delivery
+/// id and the sha (a prefix is a range of `deliveries_sha`), so it stays
+/// fast however long the history.
+#[test]
+fn the_search_box_reads_indexes_not_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hb.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let f = DeliveryFilter {
+        // A ULID made of hex digits: all three arms.
+        search: Some("01ABCDEF0123456789ABCDEF01".into()),
+        limit: 50,
+        ..Default::default()
+    };
+    let (sql, _) = crate::store::query::list(&f, "d.id", |n| format!("?{n}"), "");
+    let steps = plan(&conn, &sql);
+    assert!(steps.iter().any(|s| s.contains("deliveries_sha")), "{steps:?}");
+    assert!(
+        steps.iter().all(|s| !s.starts_with("SCAN d") && !s.starts_with("SCAN deliveries")),
+        "{steps:?}"
+    );
+}
