@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod explain;
 pub mod intake;
 pub mod rules;
 pub mod server;

@@ -3,10 +3,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Config;
-use crate::rules::Evaluation;
+pub use crate::explain::{Rendered, render, request_headers};
 use crate::source::Source;
 use crate::target::OutboundRequest;
 
@@ -74,38 +73,6 @@ pub fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-/// Request headers as the source's sender would send them for `event`, plus `extra`
-/// (`K:V` pairs; later ones replace earlier ones of the same name).
-pub fn request_headers(
-    source: &Source,
-    payload: &[u8],
-    event: Option<&str>,
-    extra: &[(String, String)],
-) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::new();
-    let json = payload.first().is_some_and(|b| *b == b'{' || *b == b'[');
-    let mut pairs = vec![(
-        "Content-Type".to_owned(),
-        if json {
-            "application/json"
-        } else {
-            "application/x-www-form-urlencoded"
-        }
-        .to_owned(),
-    )];
-    if let Some(event) = event {
-        pairs.extend(source.scheme.event_headers(event));
-    }
-    pairs.extend(extra.iter().cloned());
-    for (k, v) in pairs {
-        let name =
-            HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| format!("invalid header name `{k}`"))?;
-        let value = HeaderValue::from_str(v.trim()).map_err(|_| format!("invalid value for header `{k}`"))?;
-        map.insert(name, value);
-    }
-    Ok(map)
-}
-
 /// Parse `--header "K: V"`.
 pub fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
@@ -115,50 +82,6 @@ pub fn parse_header(s: &str) -> Result<(String, String), String> {
         return Err(format!("`{s}` has an empty header name"));
     }
     Ok((k.trim().to_owned(), v.trim().to_owned()))
-}
-
-/// A matched rule with the request it would send (secrets as `***`).
-#[derive(Debug, serde::Serialize)]
-pub struct Rendered {
-    pub rule: String,
-    pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request: Option<OutboundRequest>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The concurrency group the job would join (`[rules.concurrency]`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// How long it would wait before its first attempt (`debounce`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub debounce: Option<String>,
-}
-
-/// The exact requests of every matched rule, with secrets redacted.
-pub fn render(config: &Config, evaluation: &Evaluation) -> Vec<Rendered> {
-    evaluation
-        .matched
-        .iter()
-        .map(|m| {
-            let request = config
-                .targets
-                .get(&m.target)
-                .ok_or_else(|| format!("unknown target `{}`", m.target))
-                .and_then(|t| t.request(&m.request).map_err(|e| e.to_string()));
-            let (request, error) = match request {
-                Ok(r) => (Some(r), None),
-                Err(e) => (None, Some(e)),
-            };
-            Rendered {
-                rule: m.rule.clone(),
-                target: m.target.clone(),
-                request,
-                error,
-                group: m.group.clone(),
-                debounce: (!m.debounce.is_zero()).then(|| humantime::format_duration(m.debounce).to_string()),
-            }
-        })
-        .collect()
 }
 
 /// Print a request as an HTTP message: request line, headers, pretty JSON body.

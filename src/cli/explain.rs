@@ -3,18 +3,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use clap::Args;
 
 use super::ConfigArg;
 use super::common::{
-    Rendered, find_source, finish, format_request, parse_header, read_payload, render, request_headers,
+    find_source, finish, format_request, parse_header, read_payload,
 };
 use crate::config::Config;
-use crate::event::Event;
 use crate::intake::Trust;
-use crate::rules::{Errored, Skipped};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -39,14 +36,7 @@ pub struct ExplainArgs {
     pub payload: PathBuf,
 }
 
-/// What `explain --json` prints.
-#[derive(Debug, serde::Serialize)]
-pub struct Explanation {
-    pub event: Event,
-    pub matched: Vec<Rendered>,
-    pub skipped: Vec<Skipped>,
-    pub errors: Vec<Errored>,
-}
+pub use crate::explain::Explanation;
 
 /// Exit code when no rule matched.
 pub const NO_MATCH: u8 = 3;
@@ -61,21 +51,20 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
 fn explain(args: &ExplainArgs, config: &Config) -> Result<ExitCode, String> {
     let source = find_source(config, &args.source)?;
     let body = read_payload(&args.payload)?;
-    let headers = request_headers(source, &body, args.event.as_deref(), &args.headers)?;
     // Without `--verify` the payload file carries no signature: say so by name.
     let trust = if args.verify {
         Trust::Verify
     } else {
         Trust::AssumeAuthentic
     };
-    let intake = crate::intake::process(config, source, &headers, &body, SystemTime::now(), trust)
-        .map_err(|e| format!("{} ({})", e, e.status()))?;
-    let explanation = Explanation {
-        matched: render(config, &intake.evaluation),
-        skipped: intake.evaluation.skipped,
-        errors: intake.evaluation.errors,
-        event: intake.event,
-    };
+    let explanation = crate::explain::explain(
+        config,
+        source,
+        args.event.as_deref(),
+        &args.headers,
+        &body,
+        trust,
+    )?;
     if args.json {
         println!(
             "{}",
