@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 
 use crate::config::Config;
-pub use crate::explain::{Rendered, render, request_headers};
+pub use crate::explain::{Rendered, format_request, render, request_headers};
 use crate::source::Source;
-use crate::target::OutboundRequest;
 
 /// Print a command's error as `error: ...` and turn the outcome into an exit code.
 pub fn finish(outcome: Result<ExitCode, String>) -> ExitCode {
@@ -82,21 +81,6 @@ pub fn parse_header(s: &str) -> Result<(String, String), String> {
         return Err(format!("`{s}` has an empty header name"));
     }
     Ok((k.trim().to_owned(), v.trim().to_owned()))
-}
-
-/// Print a request as an HTTP message: request line, headers, pretty JSON body.
-pub fn format_request(r: &OutboundRequest, indent: &str) -> String {
-    let mut out = format!("{indent}{} {}\n", r.method, r.url);
-    for h in &r.headers {
-        out.push_str(&format!("{indent}{}: {}\n", h.name, h.value));
-    }
-    let body = serde_json::to_string_pretty(&r.body).unwrap_or_default();
-    out.push_str(indent);
-    out.push('\n');
-    for line in body.lines() {
-        out.push_str(&format!("{indent}{line}\n"));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ pub mod body;
 pub mod hooks;
 pub mod listener;
 mod listing;
+mod origin;
 mod restart;
+mod ui;
 pub mod systemd;
 
 /// What every handler shares.
@@ -107,7 +109,7 @@ pub async fn run(
     );
     let admin = listener::serve(
         admin_listener,
-        admin::router(app.clone()),
+        admin::router(app.clone()).merge(ui::router(app.clone())),
         connections,
         timeouts,
         shutdown.clone(),

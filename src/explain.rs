@@ -1,0 +1,135 @@
+//! What a payload would do, without sending anything: the headers its
+//! sender would send, every rule's verdict, and the exact requests of the
+//! matches with secrets as `***`. Shared by `hookbridge explain`, the
+//! config's test cases, and the dashboard's explain form.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::intake::Trust;
+use crate::rules::{Errored, Evaluation, Skipped};
+use crate::source::Source;
+use crate::target::OutboundRequest;
+
+/// Every rule's verdict on one payload.
+#[derive(Debug, serde::Serialize)]
+pub struct Explanation {
+    pub event: Event,
+    pub matched: Vec<Rendered>,
+    pub skipped: Vec<Skipped>,
+    pub errors: Vec<Errored>,
+}
+
+/// Explain `body` as `source` would receive it for `event`, with `extra`
+/// headers. `Trust::AssumeAuthentic` skips the signature (a pasted payload
+/// has none); the error is the sender's answer, with its status.
+pub fn explain(
+    config: &Config,
+    source: &Source,
+    event: Option<&str>,
+    extra: &[(String, String)],
+    body: &[u8],
+    trust: Trust,
+) -> Result<Explanation, String> {
+    let headers = request_headers(source, body, event, extra)?;
+    let intake = crate::intake::process(config, source, &headers, body, std::time::SystemTime::now(), trust)
+        .map_err(|e| format!("{} ({})", e, e.status()))?;
+    Ok(Explanation {
+        matched: render(config, &intake.evaluation),
+        skipped: intake.evaluation.skipped,
+        errors: intake.evaluation.errors,
+        event: intake.event,
+    })
+}
+
+/// Request headers as the source's sender would send them for `event`, plus `extra`
+/// (`K:V` pairs; later ones replace earlier ones of the same name).
+pub fn request_headers(
+    source: &Source,
+    payload: &[u8],
+    event: Option<&str>,
+    extra: &[(String, String)],
+) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    let json = payload.first().is_some_and(|b| *b == b'{' || *b == b'[');
+    let mut pairs = vec![(
+        "Content-Type".to_owned(),
+        if json {
+            "application/json"
+        } else {
+            "application/x-www-form-urlencoded"
+        }
+        .to_owned(),
+    )];
+    if let Some(event) = event {
+        pairs.extend(source.scheme.event_headers(event));
+    }
+    pairs.extend(extra.iter().cloned());
+    for (k, v) in pairs {
+        let name =
+            HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| format!("invalid header name `{k}`"))?;
+        let value = HeaderValue::from_str(v.trim()).map_err(|_| format!("invalid value for header `{k}`"))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// A matched rule with the request it would send (secrets as `***`).
+#[derive(Debug, serde::Serialize)]
+pub struct Rendered {
+    pub rule: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<OutboundRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The concurrency group the job would join (`[rules.concurrency]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// How long it would wait before its first attempt (`debounce`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
+}
+
+/// The exact requests of every matched rule, with secrets redacted.
+pub fn render(config: &Config, evaluation: &Evaluation) -> Vec<Rendered> {
+    evaluation
+        .matched
+        .iter()
+        .map(|m| {
+            let request = config
+                .targets
+                .get(&m.target)
+                .ok_or_else(|| format!("unknown target `{}`", m.target))
+                .and_then(|t| t.request(&m.request).map_err(|e| e.to_string()));
+            let (request, error) = match request {
+                Ok(r) => (Some(r), None),
+                Err(e) => (None, Some(e)),
+            };
+            Rendered {
+                rule: m.rule.clone(),
+                target: m.target.clone(),
+                request,
+                error,
+                group: m.group.clone(),
+                debounce: (!m.debounce.is_zero()).then(|| humantime::format_duration(m.debounce).to_string()),
+            }
+        })
+        .collect()
+}
+
+/// Print a request as an HTTP message: request line, headers, pretty JSON body.
+pub fn format_request(r: &OutboundRequest, indent: &str) -> String {
+    let mut out = format!("{indent}{} {}\n", r.method, r.url);
+    for h in &r.headers {
+        out.push_str(&format!("{indent}{}: {}\n", h.name, h.value));
+    }
+    let body = serde_json::to_string_pretty(&r.body).unwrap_or_default();
+    out.push_str(indent);
+    out.push('\n');
+    for line in body.lines() {
+        out.push_str(&format!("{indent}{line}\n"));
+    }
+    out
+}
