@@ -33,8 +33,15 @@ pub fn explain(
     trust: Trust,
 ) -> Result<Explanation, String> {
     let headers = request_headers(source, body, event, extra)?;
-    let intake = crate::intake::process(config, source, &headers, body, std::time::SystemTime::now(), trust)
-        .map_err(|e| format!("{} ({})", e, e.status()))?;
+    let intake = crate::intake::process(
+        config,
+        source,
+        &headers,
+        body,
+        std::time::SystemTime::now(),
+        trust,
+    )
+    .map_err(|e| format!("{} ({})", e, e.status()))?;
     Ok(Explanation {
         matched: render(config, &intake.evaluation),
         skipped: intake.evaluation.skipped,

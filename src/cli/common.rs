@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-
 use crate::config::Config;
 pub use crate::explain::{Rendered, format_request, render, request_headers};
 use crate::source::Source;

@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::ConfigArg;
-use super::common::{
-    find_source, finish, format_request, parse_header, read_payload,
-};
+use super::common::{find_source, finish, format_request, parse_header, read_payload};
 use crate::config::Config;
 use crate::intake::Trust;
 
@@ -57,14 +55,8 @@ fn explain(args: &ExplainArgs, config: &Config) -> Result<ExitCode, String> {
     } else {
         Trust::AssumeAuthentic
     };
-    let explanation = crate::explain::explain(
-        config,
-        source,
-        args.event.as_deref(),
-        &args.headers,
-        &body,
-        trust,
-    )?;
+    let explanation =
+        crate::explain::explain(config, source, args.event.as_deref(), &args.headers, &body, trust)?;
     if args.json {
         println!(
             "{}",

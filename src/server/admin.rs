@@ -19,9 +19,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::App;
+use super::listing::ListQuery;
 use super::origin::{addressed_to, cross_site, is_loopback_host};
 use crate::intake::{self, ReevaluateError};
-use super::listing::ListQuery;
 use crate::store::{DeliveryKey, StoreError, StoreErrorKind};
 
 pub(crate) fn router(app: App) -> Router {
@@ -141,7 +141,8 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
             )
                 .into_response();
         }
-    } else if !addressed_to(request.uri(), &headers).is_some_and(|hosts| hosts.iter().all(|h| is_loopback_host(h)))
+    } else if !addressed_to(request.uri(), &headers)
+        .is_some_and(|hosts| hosts.iter().all(|h| is_loopback_host(h)))
     {
         return refused(
             StatusCode::FORBIDDEN,

@@ -31,8 +31,8 @@ pub mod listener;
 mod listing;
 mod origin;
 mod restart;
-mod ui;
 pub mod systemd;
+mod ui;
 
 /// What every handler shares.
 #[derive(Clone)]

@@ -59,7 +59,12 @@ impl Search {
 /// `mark(n)` writes the n-th placeholder (`?1`, `$1`); `collate` follows
 /// the sha column where it is compared (PostgreSQL compares it as `"C"`, the
 /// collation its index is built with).
-pub fn list(f: &DeliveryFilter, columns: &str, mark: fn(usize) -> String, collate: &str) -> (String, Vec<Arg>) {
+pub fn list(
+    f: &DeliveryFilter,
+    columns: &str,
+    mark: fn(usize) -> String,
+    collate: &str,
+) -> (String, Vec<Arg>) {
     let mut sql = format!("SELECT {columns} FROM deliveries d WHERE 1 = 1");
     let mut args = Vec::new();
     let push = |args: &mut Vec<Arg>, arg: Arg| {
@@ -114,7 +119,10 @@ pub fn list(f: &DeliveryFilter, columns: &str, mark: fn(usize) -> String, collat
         let m = push(&mut args, Arg::Text(before.clone()));
         sql.push_str(&format!(" AND d.id < {m}"));
     }
-    let m = push(&mut args, Arg::Int(i64::try_from(f.limit.max(1)).unwrap_or(i64::MAX)));
+    let m = push(
+        &mut args,
+        Arg::Int(i64::try_from(f.limit.max(1)).unwrap_or(i64::MAX)),
+    );
     sql.push_str(&format!(" ORDER BY d.id DESC LIMIT {m}"));
     (sql, args)
 }
@@ -193,7 +201,10 @@ mod tests {
         };
         let (sql, args) = list(&f, "d.id", |n| format!("${n}"), " COLLATE \"C\"");
         assert!(sql.contains("d.source = $1"), "{sql}");
-        assert!(sql.contains("sha COLLATE \"C\" >= $3 AND sha COLLATE \"C\" < $4"), "{sql}");
+        assert!(
+            sql.contains("sha COLLATE \"C\" >= $3 AND sha COLLATE \"C\" < $4"),
+            "{sql}"
+        );
         assert!(sql.ends_with("LIMIT $5"), "{sql}");
         assert_eq!(args.len(), 5);
         assert_eq!(args[4], Arg::Int(50));

@@ -14,7 +14,12 @@ fn at_commit(id: &str, repository: &str, sha: &str, at: SystemTime) -> NewDelive
 
 async fn found(s: &Arc<dyn Store>, f: DeliveryFilter) -> Vec<String> {
     let f = DeliveryFilter { limit: 50, ..f };
-    s.list(&f).await.unwrap().into_iter().map(|r| r.delivery).collect()
+    s.list(&f)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.delivery)
+        .collect()
 }
 
 fn search(text: &str) -> DeliveryFilter {
@@ -35,9 +40,14 @@ async fn the_search_box_finds_by_id_guid_and_sha(h: Harness) {
     );
     let a_id = a.id.clone();
     s.ingest(a).await.unwrap();
-    s.ingest(at_commit("guid-b", "acme/web", "0d1a99aa00000000000000000000000000000000", now))
-        .await
-        .unwrap();
+    s.ingest(at_commit(
+        "guid-b",
+        "acme/web",
+        "0d1a99aa00000000000000000000000000000000",
+        now,
+    ))
+    .await
+    .unwrap();
     s.ingest(delivery("gitlab", "guid-c", 0, now)).await.unwrap();
 
     let by_guid = found(s, search("72d3162e-cc78-11e3-81ab-4c9367dc0958")).await;
@@ -62,7 +72,10 @@ async fn the_search_box_finds_by_id_guid_and_sha(h: Harness) {
     };
     assert_eq!(found(s, f).await, ["guid-b"]);
     let shown = s.get(&key("guid-b")).await.unwrap();
-    assert_eq!(shown.row.sha.as_deref(), Some("0d1a99aa00000000000000000000000000000000"));
+    assert_eq!(
+        shown.row.sha.as_deref(),
+        Some("0d1a99aa00000000000000000000000000000000")
+    );
 }
 
 async fn time_filters_and_the_cursor_page_through(h: Harness) {
@@ -70,7 +83,9 @@ async fn time_filters_and_the_cursor_page_through(h: Harness) {
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     for i in 0..5u64 {
         let at = t0 + Duration::from_secs(i * 60);
-        s.ingest(delivery("github", &format!("t-{i}"), 1, at)).await.unwrap();
+        s.ingest(delivery("github", &format!("t-{i}"), 1, at))
+            .await
+            .unwrap();
     }
     let window = DeliveryFilter {
         since: Some(t0 + Duration::from_secs(60)),

@@ -1,6 +1,7 @@
 //! Test support: fixtures, independent signing, the real daemon, stand-in CI servers.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub(crate) mod browser;
 pub(crate) mod cancel;
 pub(crate) mod ci;
 pub(crate) mod daemon;

@@ -20,7 +20,8 @@ use crate::intake::{self, ReevaluateError};
 use crate::server::App;
 use crate::server::listing::ListQuery;
 use crate::store::{
-    AttemptRow, DeliveryDetail, DeliveryKey, DeliveryRow, DeliveryStatus, JobDetail, StoreError, StoreErrorKind,
+    AttemptRow, DeliveryDetail, DeliveryKey, DeliveryRow, DeliveryStatus, JobDetail, StoreError,
+    StoreErrorKind,
 };
 
 /// The most of a payload a page shows.
@@ -72,7 +73,11 @@ async fn read_list(app: &App, q: &ListQuery) -> Result<Listed, Response> {
     let next = (rows.len() == filter.limit)
         .then(|| rows.last().map(|r| q.page(Some(&r.id))))
         .flatten();
-    Ok(Listed { rows, next, error: None })
+    Ok(Listed {
+        rows,
+        next,
+        error: None,
+    })
 }
 
 pub(super) async fn list(
@@ -185,11 +190,11 @@ fn key(id: String, q: &ShowQuery) -> DeliveryKey {
 /// else its text (cut at [`PAYLOAD_SHOWN`]).
 fn payload_view(payload: &[u8]) -> serde_json::Value {
     let size = payload.len();
-    if size <= PAYLOAD_SHOWN {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
-            let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-            return json!({ "size": size, "json": true, "truncated": false, "text": text });
-        }
+    if size <= PAYLOAD_SHOWN
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload)
+    {
+        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+        return json!({ "size": size, "json": true, "truncated": false, "text": text });
     }
     let cut = &payload[..size.min(PAYLOAD_SHOWN)];
     let text = String::from_utf8_lossy(cut);
@@ -239,6 +244,7 @@ pub(super) async fn show(
             "notice": notice,
             "d": &detail.row,
             "delivery_id": &detail.row.id,
+            "status": detail.row.status,
             "summary": &detail.summary,
             "jobs": job_views(&config, &detail),
             "event": serde_json::to_string_pretty(&detail.normalized).unwrap_or_default(),
@@ -265,6 +271,7 @@ pub(super) async fn jobs(
         json!({
             "csrf": s.csrf,
             "delivery_id": &detail.row.id,
+            "status": detail.row.status,
             "jobs": job_views(&config, &detail),
         }),
     )
@@ -305,7 +312,10 @@ pub(super) async fn replay(
     };
     let config = app.config.load_full();
     if !s.allows(&Keys::of(&config), &form.csrf) {
-        return refuse(StatusCode::FORBIDDEN, "The form's anti-CSRF token is missing or wrong.");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "The form's anti-CSRF token is missing or wrong.",
+        );
     }
     let key = DeliveryKey { id, source: None };
     let reevaluate = form.reevaluate.as_deref() == Some("true");
@@ -341,7 +351,11 @@ pub(super) async fn replay(
             1 => "1 job queued.".to_owned(),
             n => format!("{n} jobs queued."),
         };
-        return (StatusCode::ACCEPTED, axum::Json(json!({ "queued": queued, "message": text }))).into_response();
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "queued": queued, "message": text })),
+        )
+            .into_response();
     }
     Redirect::to(&format!("/ui/deliveries/{}?queued={queued}", key.id)).into_response()
 }

@@ -14,8 +14,8 @@ mod session;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Form, Request, State};
 use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Form, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -47,7 +47,10 @@ pub(crate) fn router(app: App) -> Router {
         .route("/ui", get(|| async { Redirect::to("/ui/deliveries") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/deliveries") }))
         .route("/ui/login", get(login_page).post(login))
-        .route("/ui/assets/ui.css", get(|| async { asset("text/css", include_str!("assets/ui.css")) }))
+        .route(
+            "/ui/assets/ui.css",
+            get(|| async { asset("text/css", include_str!("assets/ui.css")) }),
+        )
         .route(
             "/ui/assets/ui.js",
             get(|| async { asset("text/javascript", include_str!("assets/ui.js")) }),
@@ -104,7 +107,11 @@ async fn gate(State(app): State<App>, headers: HeaderMap, mut request: Request, 
     let config = app.config.load();
     let keys = Keys::of(&config);
     let hosts = addressed_to(request.uri(), &headers);
-    if !keys.login && !hosts.as_ref().is_some_and(|h| h.iter().all(|h| is_loopback_host(h))) {
+    if !keys.login
+        && !hosts
+            .as_ref()
+            .is_some_and(|h| h.iter().all(|h| is_loopback_host(h)))
+    {
         return message(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -112,18 +119,34 @@ async fn gate(State(app): State<App>, headers: HeaderMap, mut request: Request, 
         );
     }
     if request.method() == Method::POST && cross_site(&headers, hosts.as_deref()) {
-        return message(StatusCode::FORBIDDEN, "Forbidden", "Cross-site requests are refused.");
+        return message(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Cross-site requests are refused.",
+        );
     }
     let Some(nonce) = keys.session(&headers, SystemTime::now()) else {
-        if request.method() == Method::GET && !request.uri().path().ends_with("/rows") && !request.uri().path().ends_with("/jobs") {
+        if request.method() == Method::GET
+            && !request.uri().path().ends_with("/rows")
+            && !request.uri().path().ends_with("/jobs")
+        {
             let next = request
                 .uri()
                 .path_and_query()
                 .map_or("/ui/deliveries", |p| p.as_str());
-            let to = format!("/ui/login?{}", form_urlencoded::Serializer::new(String::new()).append_pair("next", next).finish());
+            let to = format!(
+                "/ui/login?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next", next)
+                    .finish()
+            );
             return with_headers(Redirect::to(&to).into_response());
         }
-        return message(StatusCode::UNAUTHORIZED, "Log in", "Your session has ended; log in again.");
+        return message(
+            StatusCode::UNAUTHORIZED,
+            "Log in",
+            "Your session has ended; log in again.",
+        );
     };
     let csrf = keys.csrf(&nonce);
     request.extensions_mut().insert(Session {
@@ -185,16 +208,28 @@ async fn login(
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     if cross_site(&headers, addressed_to(&uri, &headers).as_deref()) {
-        return message(StatusCode::FORBIDDEN, "Forbidden", "Cross-site requests are refused.");
+        return message(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Cross-site requests are refused.",
+        );
     }
     let Ok(Form(form)) = form else {
-        return login_form(StatusCode::BAD_REQUEST, "/ui/deliveries", Some("The form was not readable."));
+        return login_form(
+            StatusCode::BAD_REQUEST,
+            "/ui/deliveries",
+            Some("The form was not readable."),
+        );
     };
     let config = app.config.load();
     let next = next_page(form.next.as_deref());
     if !Keys::is_token(&config, &form.token) {
         tracing::warn!("dashboard login refused: wrong or missing admin token");
-        return login_form(StatusCode::UNAUTHORIZED, &next, Some("That is not the admin token."));
+        return login_form(
+            StatusCode::UNAUTHORIZED,
+            &next,
+            Some("That is not the admin token."),
+        );
     }
     let keys = Keys::of(&config);
     let cookie = session::set_cookie(Some(keys.issue(SystemTime::now())), &headers);
@@ -220,7 +255,11 @@ async fn logout(
 ) -> Response {
     let keys = Keys::of(&app.config.load());
     if !s.allows(&keys, &form.csrf) {
-        return message(StatusCode::FORBIDDEN, "Forbidden", "The form's anti-CSRF token is missing or wrong.");
+        return message(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "The form's anti-CSRF token is missing or wrong.",
+        );
     }
     let mut r = Redirect::to("/ui/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(None, &headers)) {

@@ -23,7 +23,8 @@ const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// `Content-Security-Policy` of every answer.
-pub(super) const CSP: &str = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+pub(super) const CSP: &str =
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 fn environment() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
@@ -75,11 +76,17 @@ pub(super) fn page(status: StatusCode, name: &str, ctx: impl Serialize) -> Respo
         .get_template(name)
         .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&ctx))));
     match html {
-        Ok(html) => with_headers((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()),
+        Ok(html) => {
+            with_headers((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+        }
         Err(e) => {
             tracing::error!(template = name, error = %e, "dashboard page failed to render");
             with_headers(
-                (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered; the log says why\n").into_response(),
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the page could not be rendered; the log says why\n",
+                )
+                    .into_response(),
             )
         }
     }
@@ -89,8 +96,13 @@ pub(super) fn page(status: StatusCode, name: &str, ctx: impl Serialize) -> Respo
 pub(super) fn with_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Not `no-referrer`: under it a browser sends `Origin: null` with its
+    // own form posts, which the cross-site check must refuse.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -111,7 +123,10 @@ mod tests {
 
     #[test]
     fn only_web_links_are_linked() {
-        assert_eq!(link("https://ci.example/p/1".into()).as_deref(), Some("https://ci.example/p/1"));
+        assert_eq!(
+            link("https://ci.example/p/1".into()).as_deref(),
+            Some("https://ci.example/p/1")
+        );
         assert_eq!(link("javascript:alert(1)".into()), None);
         assert_eq!(link(" JavaScript:alert(1)".into()), None);
         assert_eq!(link("data:text/html,x".into()), None);
@@ -122,7 +137,9 @@ mod tests {
         let r = environment()
             .get_template("message.html")
             .unwrap()
-            .render(minijinja::Value::from(minijinja::value::Serde(serde_json::json!({ "title": "t", "message": "<script>x</script>" }))))
+            .render(minijinja::Value::from(minijinja::value::Serde(
+                serde_json::json!({ "title": "t", "message": "<script>x</script>" }),
+            )))
             .unwrap();
         assert!(r.contains("&lt;script&gt;"), "{r}");
         assert!(!r.contains("<script>x"), "{r}");

@@ -78,7 +78,9 @@ async fn render(
     error: Option<String>,
 ) -> Response {
     let config = app.config.load();
-    let since = SystemTime::now().checked_sub(WINDOW).unwrap_or(SystemTime::UNIX_EPOCH);
+    let since = SystemTime::now()
+        .checked_sub(WINDOW)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let (verdicts, counts_error) = match app.store.verdicts(since, COUNTED).await {
         Ok(v) => (v, None),
         Err(e) => {
@@ -153,7 +155,11 @@ pub(super) async fn explain(
     };
     let config = app.config.load_full();
     if !s.allows(&Keys::of(&config), &form.csrf) {
-        return message(StatusCode::FORBIDDEN, "Forbidden", "The form's anti-CSRF token is missing or wrong.");
+        return message(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "The form's anti-CSRF token is missing or wrong.",
+        );
     }
     let result = config
         .sources
@@ -162,7 +168,14 @@ pub(super) async fn explain(
         .and_then(|source| {
             let extra = extra_headers(form.headers.as_deref())?;
             let event = form.event.as_deref().map(str::trim).filter(|e| !e.is_empty());
-            crate::explain::explain(&config, source, event, &extra, form.payload.as_bytes(), Trust::AssumeAuthentic)
+            crate::explain::explain(
+                &config,
+                source,
+                event,
+                &extra,
+                form.payload.as_bytes(),
+                Trust::AssumeAuthentic,
+            )
         });
     match result {
         Ok(x) => render(&app, &s, StatusCode::OK, &form, Some(view(&x)), None).await,

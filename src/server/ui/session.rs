@@ -73,7 +73,10 @@ impl Keys {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let tag = hex::encode(mac(&self.key, &[b"session", expiry.to_string().as_bytes(), nonce.as_bytes()]));
+        let tag = hex::encode(mac(
+            &self.key,
+            &[b"session", expiry.to_string().as_bytes(), nonce.as_bytes()],
+        ));
         format!("{expiry}.{nonce}.{tag}")
     }
 
@@ -217,7 +220,10 @@ mod tests {
     fn the_cookie_is_http_only_strict_and_secure_behind_tls() {
         let mut h = HeaderMap::new();
         let plain = set_cookie(Some("v".into()), &h);
-        assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"), "{plain}");
+        assert!(
+            plain.contains("HttpOnly") && plain.contains("SameSite=Strict"),
+            "{plain}"
+        );
         assert!(!plain.contains("Secure"), "{plain}");
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         assert!(set_cookie(Some("v".into()), &h).contains("Secure"));

@@ -82,7 +82,11 @@ pub(super) fn list(conn: &Connection, f: &DeliveryFilter) -> Result<Vec<Delivery
 }
 
 /// Every rule's verdicts since `since`, from the newest `cap` summaries.
-pub(super) fn verdicts(conn: &Connection, since: SystemTime, cap: usize) -> Result<RecentVerdicts, StoreError> {
+pub(super) fn verdicts(
+    conn: &Connection,
+    since: SystemTime,
+    cap: usize,
+) -> Result<RecentVerdicts, StoreError> {
     let mut s = conn
         .prepare_cached(
             "SELECT p.summary, d.received_at FROM deliveries d JOIN payloads p ON p.seq = d.seq

@@ -336,7 +336,9 @@ fn the_search_box_reads_indexes_not_the_history() {
     let steps = plan(&conn, &sql);
     assert!(steps.iter().any(|s| s.contains("deliveries_sha")), "{steps:?}");
     assert!(
-        steps.iter().all(|s| !s.starts_with("SCAN d") && !s.starts_with("SCAN deliveries")),
+        steps
+            .iter()
+            .all(|s| !s.starts_with("SCAN d") && !s.starts_with("SCAN deliveries")),
         "{steps:?}"
     );
 }

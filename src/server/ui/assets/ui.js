@@ -58,6 +58,8 @@
       .catch(function () { say("The request failed; nothing was queued."); });
   });
 
+  // Says the script runs (the browser tests tell the two modes apart by it).
+  document.documentElement.setAttribute("data-script", "on");
   document.querySelectorAll("[data-live]").forEach(function (el) {
     el.setAttribute("data-last", el.innerHTML);
   });
