@@ -22,7 +22,9 @@
 //! - `--smoke`: short scenarios.
 //! - `--duration SECS`: length of the closed-loop scenarios.
 //! - `--only TEXT`: only the scenarios whose name contains TEXT; `floors` is
-//!   the stage-cost table (`floors`), measured before any server starts.
+//!   the stage-cost table (`floors`), measured before any server starts;
+//!   `history` is the dashboard on a 100,000-delivery store (`history.rs`),
+//!   on SQLite, and on PostgreSQL too with `--store postgres`.
 //! - `--keep`: keep the temporary directory with configs and logs.
 //! - `--store postgres`: after the SQLite run, run the same scenarios on
 //!   hookbridge with a PostgreSQL store: a fresh database `hb_bench_<ulid>` on
@@ -40,6 +42,7 @@
 
 mod floors;
 mod generator;
+mod history;
 /// The tests' throw-away PostgreSQL databases.
 #[allow(dead_code)]
 #[path = "../../tests/support/pg.rs"]
@@ -269,6 +272,16 @@ async fn run(opts: Options) {
 
     if opts.only.as_ref().is_none_or(|o| "floors".contains(o.as_str())) {
         floors::run(&payloads.push, &payloads.large, dir.path(), opts.smoke).await;
+    }
+
+    if opts.only.as_ref().is_none_or(|o| "history".contains(o.as_str())) {
+        history::run(bin, dir.path(), opts.smoke, false).await;
+        if !opts.pg_replicas.is_empty() {
+            history::run(bin, dir.path(), opts.smoke, true).await;
+        }
+        if opts.only.is_some() {
+            return;
+        }
     }
 
     let ci = StandIn::default();

@@ -143,6 +143,17 @@ parameters = {{ sha = "{{{{ event.sha }}}}", deploy = true }}
 
 /// Start `hookbridge serve` and time it until its webhook port accepts a connection.
 pub(crate) fn start_hookbridge(bin: &Path, config: &Path, port: u16, log: &Path) -> Proc {
+    start_hookbridge_with(bin, config, port, log, &[])
+}
+
+/// [`start_hookbridge`] with more environment variables.
+pub(crate) fn start_hookbridge_with(
+    bin: &Path,
+    config: &Path,
+    port: u16,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Proc {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -155,6 +166,7 @@ pub(crate) fn start_hookbridge(bin: &Path, config: &Path, port: u16, log: &Path)
         .arg(config)
         .env("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
         .env("CIRCLECI_TOKEN", CIRCLE_TOKEN)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
