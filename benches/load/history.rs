@@ -51,7 +51,7 @@ fn sha(i: usize) -> String {
 }
 
 fn delivery(i: usize, now: SystemTime) -> NewDelivery {
-    let source = if i % 5 == 0 { "gitlab" } else { "github" };
+    let source = if i.is_multiple_of(5) { "gitlab" } else { "github" };
     // One repository in 10,000 deliveries is rare: its filter reads far back.
     let repository = if i % 10_000 == 7 {
         "acme/rare".to_owned()
