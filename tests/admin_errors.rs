@@ -237,6 +237,31 @@ async fn a_cursor_pages_the_same_in_either_case() {
         assert_eq!(status, 200, "{text}");
         assert_eq!(page(&text).0, ["page-2"], "{cursor}");
     }
+    // The search box and the newer filters, as the dashboard uses them.
+    let (status, text) = server.call("GET", "/api/v1/deliveries?q=page-2", "").await;
+    assert_eq!(
+        (status, page(&text).0),
+        (200, vec!["page-2".to_owned()]),
+        "{text}"
+    );
+    let (_, text) = server
+        .call("GET", "/api/v1/deliveries?until=2000-01-01T00:00:00Z", "")
+        .await;
+    assert!(page(&text).0.is_empty(), "{text}");
+    let (_, text) = server
+        .call(
+            "GET",
+            "/api/v1/deliveries?repository=nobody%2Fnothing&status=",
+            "",
+        )
+        .await;
+    assert!(page(&text).0.is_empty(), "{text}");
+    let long = "a".repeat(300);
+    let (status, text) = server
+        .call("GET", &format!("/api/v1/deliveries?q={long}"), "")
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(error_message(&text).contains("longer than 256"), "{text}");
     server.stop().await;
 }
 
