@@ -59,7 +59,9 @@ pub fn request_headers(
     extra: &[(String, String)],
 ) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
-    let json = payload.first().is_some_and(|b| *b == b'{' || *b == b'[');
+    // A pasted payload may start with a blank line.
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    let json = first.is_some_and(|b| *b == b'{' || *b == b'[');
     let mut pairs = vec![(
         "Content-Type".to_owned(),
         if json {

@@ -201,6 +201,21 @@ async fn log_in(c: &Client, admin: &str, token: &str) {
         .unwrap();
 }
 
+/// A page of another site (`localhost`, where the dashboard is at
+/// `127.0.0.1`) with one link, `#go`, to `to`.
+async fn link_page(to: &str) -> String {
+    let html =
+        format!(r#"<!doctype html><title>chat</title><a id="go" href="{to}">the failing delivery</a>"#);
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(html) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://localhost:{port}/")
+}
+
 fn save_screenshot(png: &[u8], name: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("docs")
@@ -335,7 +350,20 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
         .unwrap();
     assert!(request.contains("***"), "{request}");
 
-    // Replay the dead job: the new attempt appears without reloading.
+    // Replay the dead job: the new attempt appears without reloading, and
+    // the section the user opened stays open.
+    let job = api_delivery(&daemon, GUID).await["jobs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let opened = format!("return document.getElementById('request-{job}').open");
+    c.find(Locator::Css(&format!("#request-{job} summary")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(c.execute(&opened, vec![]).await.unwrap(), json!(true));
     c.execute("window.hookbridgeMarker = 43", vec![]).await.unwrap();
     c.find(Locator::Css("form.replay button"))
         .await
@@ -354,6 +382,11 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     .await;
     let marker = c.execute("return window.hookbridgeMarker", vec![]).await.unwrap();
     assert_eq!(marker, json!(43), "the page was not reloaded");
+    assert_eq!(
+        c.execute(&opened, vec![]).await.unwrap(),
+        json!(true),
+        "still open"
+    );
     wait_for(Duration::from_secs(20), "the job to be done", async || {
         let state = text_of(&c, ".job .status").await;
         if state.contains("done") {
@@ -367,6 +400,16 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     save_screenshot(&c.screenshot().await.unwrap(), "ui-delivery.png");
     same_origin_only(&c, &admin).await;
     no_secret_in(&c, "the delivery page").await;
+
+    // A link to a delivery followed from another site (a chat, a pull
+    // request) opens it: the session cookie is `SameSite=Strict`, and the
+    // dashboard opens the address again from its own site.
+    let delivery_url = c.current_url().await.unwrap().to_string();
+    let elsewhere = link_page(&delivery_url).await;
+    c.goto(&elsewhere).await.unwrap();
+    c.find(Locator::Id("go")).await.unwrap().click().await.unwrap();
+    assert!(shown(&c, "tr.v-skipped").await.contains("pr-pipeline"));
+    assert_eq!(c.current_url().await.unwrap().as_str(), delivery_url);
 
     // The rules page: counts, and the explain form sends nothing.
     c.goto(&format!("{admin}/ui/rules")).await.unwrap();
@@ -642,8 +685,24 @@ async fn forged_and_cross_site_posts_are_refused_and_the_token_stays_secret() {
         .await
         .unwrap();
     assert_eq!(r.headers()["location"], "/ui/deliveries");
+    // Nor to a `next` that is not printable ASCII (it goes back in a header).
+    let r = http()
+        .post(format!("{admin}/ui/login"))
+        .urlencoded(&[("token", ADMIN_TOKEN), ("next", "/ui/\u{7f}x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/ui/deliveries");
 
     let cookie = session_cookie(&admin).await;
+    // A control character in a filter is the caller's mistake.
+    let r = http()
+        .get(format!("{admin}/ui/deliveries?q=%00"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let page = http()
         .get(format!("{admin}/ui/deliveries/{id}"))
         .header("Cookie", &cookie)
@@ -691,6 +750,17 @@ async fn forged_and_cross_site_posts_are_refused_and_the_token_stays_secret() {
     }
     let r = http().post(&replay).urlencoded(&form).send().await.unwrap();
     assert_eq!(r.status(), 401, "no session");
+    // A job and a re-evaluation at once: refused, as the API refuses it.
+    let r = http()
+        .post(&replay)
+        .header("Cookie", &cookie)
+        .header("Accept", "application/json")
+        .urlencoded(&[("csrf", csrf.as_str()), ("job", "x"), ("reevaluate", "true")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("exclude each other"));
     assert_eq!(ci.requests().len(), 1, "nothing was replayed");
     let state = api_delivery(&daemon, GUID).await["jobs"][0]["state"].clone();
     assert_eq!(state, "dead");
@@ -800,7 +870,8 @@ async fn without_a_token_the_dashboard_answers_only_loopback_names() {
     assert_eq!(r.status(), 400);
     let html = r.text().await.unwrap();
     assert!(html.contains(r#"class="error""#), "{html}");
-    let ping = r#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    // Pasted with a blank line first, as copied from a terminal.
+    let ping = "\n  {\"zen\":\"Keep it logically awesome.\",\"hook_id\":1}";
     let r = http()
         .post(format!("{admin}/ui/rules/explain"))
         .urlencoded(&[

@@ -53,6 +53,23 @@ impl ListQuery {
     /// The store's filter, or why the query is wrong (a sentence about the
     /// caller's own input).
     pub(crate) fn filter(&self, now: SystemTime) -> Result<DeliveryFilter, String> {
+        // No stored name holds a control character; PostgreSQL cannot even
+        // compare text with NUL. Say so instead of finding nothing, or failing.
+        let fields = [
+            ("status", &self.status),
+            ("source", &self.source),
+            ("rule", &self.rule),
+            ("repository", &self.repository),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("q", &self.q),
+            ("before", &self.before),
+        ];
+        for (name, value) in fields {
+            if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
+                return Err(format!("`{name}` holds a control character"));
+            }
+        }
         let status = given(&self.status)
             .map(str::parse::<DeliveryStatus>)
             .transpose()

@@ -71,6 +71,11 @@ async fn the_search_box_finds_by_id_guid_and_sha(h: Harness) {
         ..search("0d1a")
     };
     assert_eq!(found(s, f).await, ["guid-b"]);
+    // Text no stored name holds (PostgreSQL cannot compare with NUL) names nothing.
+    for id in ["guid-b\0", "\0"] {
+        let e = s.get(&key(id)).await.unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::NotFound, "{e}");
+    }
     let shown = s.get(&key("guid-b")).await.unwrap();
     assert_eq!(
         shown.row.sha.as_deref(),

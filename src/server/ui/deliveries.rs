@@ -40,7 +40,11 @@ const STATUSES: [DeliveryStatus; 5] = [
 pub(super) fn store_error(e: &StoreError) -> Response {
     match e.kind() {
         StoreErrorKind::NotFound => message(StatusCode::NOT_FOUND, "Not found", &e.to_string()),
-        StoreErrorKind::Ambiguous => message(StatusCode::CONFLICT, "Several deliveries", &e.to_string()),
+        StoreErrorKind::Ambiguous => message(
+            StatusCode::CONFLICT,
+            "Several deliveries",
+            &format!("{e} (here: add `?source=NAME` to the address, or search the list for it)"),
+        ),
         _ => {
             tracing::warn!(error = %e, "dashboard: store error");
             message(
@@ -176,7 +180,9 @@ fn job_views<'a>(config: &Config, d: &'a DeliveryDetail) -> Vec<JobView<'a>> {
 #[derive(Debug, Deserialize)]
 pub(super) struct ShowQuery {
     source: Option<String>,
-    queued: Option<usize>,
+    /// The notice after a replay without the script (a count; anything
+    /// else shows none).
+    queued: Option<String>,
 }
 
 fn key(id: String, q: &ShowQuery) -> DeliveryKey {
@@ -186,19 +192,40 @@ fn key(id: String, q: &ShowQuery) -> DeliveryKey {
     }
 }
 
-/// A payload as shown: pretty JSON when it is JSON and not too large,
-/// else its text (cut at [`PAYLOAD_SHOWN`]).
+/// A payload as shown: pretty JSON when it is JSON and its pretty text is
+/// not too large, else its text, cut at [`PAYLOAD_SHOWN`] bytes. (Pretty
+/// printing can multiply a payload's size: deep nesting is indented.)
 fn payload_view(payload: &[u8]) -> serde_json::Value {
     let size = payload.len();
     if size <= PAYLOAD_SHOWN
         && let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload)
+        && let Some(text) = pretty_within(&v, PAYLOAD_SHOWN)
     {
-        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
         return json!({ "size": size, "json": true, "truncated": false, "text": text });
     }
     let cut = &payload[..size.min(PAYLOAD_SHOWN)];
     let text = String::from_utf8_lossy(cut);
     json!({ "size": size, "json": false, "truncated": size > PAYLOAD_SHOWN, "shown": cut.len(), "text": text })
+}
+
+/// `v` pretty-printed, unless that takes more than `limit` bytes.
+fn pretty_within(v: &impl Serialize, limit: usize) -> Option<String> {
+    struct Capped(Vec<u8>, usize);
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.0.len().saturating_add(buf.len()) > self.1 {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new(), limit);
+    serde_json::to_writer_pretty(&mut out, v).ok()?;
+    String::from_utf8(out.0).ok()
 }
 
 pub(super) async fn show(
@@ -228,11 +255,15 @@ pub(super) async fn show(
         Err(e) => return store_error(&e),
     };
     let config = app.config.load();
-    let notice = q.queued.map(|n| match n {
-        0 => "Nothing was queued.".to_owned(),
-        1 => "1 job queued; it appears below when it runs.".to_owned(),
-        n => format!("{n} jobs queued; they appear below when they run."),
-    });
+    let notice = q
+        .queued
+        .as_deref()
+        .and_then(|n| n.parse::<u16>().ok())
+        .map(|n| match n {
+            0 => "Nothing was queued.".to_owned(),
+            1 => "1 job queued; it appears below when it runs.".to_owned(),
+            n => format!("{n} jobs queued; they appear below when they run."),
+        });
     page(
         StatusCode::OK,
         "delivery.html",
@@ -247,7 +278,8 @@ pub(super) async fn show(
             "status": detail.row.status,
             "summary": &detail.summary,
             "jobs": job_views(&config, &detail),
-            "event": serde_json::to_string_pretty(&detail.normalized).unwrap_or_default(),
+            "event": pretty_within(&detail.normalized, PAYLOAD_SHOWN)
+                .unwrap_or_else(|| "(the normalized event is too large to show; `deliveries show --json` prints it)".into()),
             "headers": stored.headers.iter().collect::<Vec<_>>(),
             "payload": payload_view(&stored.payload),
         }),
@@ -307,8 +339,9 @@ pub(super) async fn replay(
             message(status, "Refused", text)
         }
     };
-    let Ok(Form(form)) = form else {
-        return refuse(StatusCode::BAD_REQUEST, "The form was not readable.");
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(e) => return refuse(e.status(), &e.body_text()),
     };
     let config = app.config.load_full();
     if !s.allows(&Keys::of(&config), &form.csrf) {
@@ -319,13 +352,19 @@ pub(super) async fn replay(
     }
     let key = DeliveryKey { id, source: None };
     let reevaluate = form.reevaluate.as_deref() == Some("true");
+    let job = form.job.as_deref().filter(|j| !j.is_empty());
+    if reevaluate && job.is_some() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "`job` and `reevaluate` exclude each other: a re-evaluation makes new jobs.",
+        );
+    }
     let now = SystemTime::now();
     let queued = if reevaluate {
         intake::reevaluate(&config, app.store.as_ref(), &key, now)
             .await
             .map(|summary| summary.matched.len())
     } else {
-        let job = form.job.as_deref().filter(|j| !j.is_empty());
         app.store
             .replay(&key, job, now)
             .await
@@ -338,7 +377,13 @@ pub(super) async fn replay(
         Err(ReevaluateError::Store(e)) if !json => return store_error(&e),
         Err(ReevaluateError::Store(e)) => {
             let status = store_error(&e).status();
-            return refuse(status, "The store could not queue the jobs; nothing changed.");
+            // What the caller can act on (no such job, several sources) is
+            // said; what went wrong inside is in the log.
+            let text = match e.kind() {
+                StoreErrorKind::NotFound | StoreErrorKind::Ambiguous => e.to_string(),
+                _ => "The store could not queue the jobs; nothing changed.".to_owned(),
+            };
+            return refuse(status, &text);
         }
     };
     if queued > 0 {
@@ -358,4 +403,24 @@ pub(super) async fn replay(
             .into_response();
     }
     Redirect::to(&format!("/ui/deliveries/{}?queued={queued}", key.id)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_that_pretty_printing_would_blow_up_is_shown_as_sent() {
+        // 120 levels of arrays, repeated: small as sent, huge indented.
+        let nested = format!("{}{}", "[".repeat(120), "]".repeat(120));
+        let items = vec![nested; 1500].join(",");
+        let payload = format!(r#"{{"x":[{items}]}}"#);
+        assert!(payload.len() < PAYLOAD_SHOWN);
+        let v = payload_view(payload.as_bytes());
+        assert_eq!(v["json"], false);
+        assert!(v["text"].as_str().unwrap().len() <= PAYLOAD_SHOWN);
+        let small = payload_view(br#"{"a":[1,2]}"#);
+        assert_eq!(small["json"], true);
+        assert!(small["text"].as_str().unwrap().contains("\n"));
+    }
 }

@@ -126,6 +126,9 @@ async fn gate(State(app): State<App>, headers: HeaderMap, mut request: Request, 
         );
     }
     let Some(nonce) = keys.session(&headers, SystemTime::now()) else {
+        if let Some(path) = followed_from_elsewhere(&request, &headers) {
+            return page(StatusCode::OK, "again.html", json!({ "path": path }));
+        }
         if request.method() == Method::GET
             && !request.uri().path().ends_with("/rows")
             && !request.uri().path().ends_with("/jobs")
@@ -157,9 +160,25 @@ async fn gate(State(app): State<App>, headers: HeaderMap, mut request: Request, 
     with_headers(next.run(request).await)
 }
 
+/// A link followed from another site (a chat message, a pull request)
+/// arrives without the `SameSite=Strict` session cookie. Such a navigation
+/// is answered with a page that opens the same address again, from this
+/// site, so that the browser sends the cookie and a logged-in user lands
+/// where the link points (a user without a session then gets the login
+/// page). Only a top-level `GET` the browser marks as cross-site qualifies.
+fn followed_from_elsewhere(request: &Request, headers: &HeaderMap) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let elsewhere = matches!(header("sec-fetch-site"), Some("cross-site" | "same-site"));
+    let navigation = header("sec-fetch-mode") == Some("navigate");
+    let path = request.uri().path_and_query()?.as_str();
+    (request.method() == Method::GET && elsewhere && navigation && path.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| path.to_owned())
+}
+
 /// Where to go after logging in: a dashboard path, never another site.
 fn next_page(next: Option<&str>) -> String {
-    next.filter(|n| n.starts_with("/ui/") && !n.starts_with("//") && !n.contains('\\'))
+    // Printable ASCII only: it goes back in a `Location` header.
+    next.filter(|n| n.starts_with("/ui/") && !n.contains('\\') && n.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or("/ui/deliveries")
         .to_owned()
 }

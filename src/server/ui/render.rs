@@ -3,7 +3,6 @@
 //! this origin, no inline script or style, no framing).
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +19,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("jobs.html", include_str!("templates/jobs.html")),
     ("rules.html", include_str!("templates/rules.html")),
     ("message.html", include_str!("templates/message.html")),
+    ("again.html", include_str!("templates/again.html")),
 ];
 
 /// `Content-Security-Policy` of every answer.
@@ -37,8 +37,8 @@ fn environment() -> &'static Environment<'static> {
             }
         }
         env.add_filter("time", time);
-        env.add_filter("ago", ago);
         env.add_filter("link", link);
+        env.add_filter("cut", cut);
         env
     })
 }
@@ -49,17 +49,12 @@ fn time(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// How long ago a time (ms) was: `3m`, `2h`, `5d`.
-fn ago(ms: i64) -> String {
-    let age = SystemTime::now()
-        .duration_since(crate::store::from_millis(ms))
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    match age {
-        0..60 => format!("{age}s"),
-        60..3600 => format!("{}m", age / 60),
-        3600..86400 => format!("{}h", age / 3600),
-        _ => format!("{}d", age / 86400),
+/// At most `n` characters of `text`, with `…` when cut: a row of a list
+/// stays a row whatever a sender puts in a repository's name.
+fn cut(text: String, n: usize) -> String {
+    match text.char_indices().nth(n) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
     }
 }
 
@@ -119,6 +114,12 @@ mod tests {
         for (name, _) in TEMPLATES {
             assert!(env.get_template(name).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_character() {
+        assert_eq!(cut("abc".into(), 3), "abc");
+        assert_eq!(cut("ééééé".into(), 2), "éé…");
     }
 
     #[test]

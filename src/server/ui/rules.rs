@@ -151,7 +151,7 @@ pub(super) async fn explain(
 ) -> Response {
     let form = match form {
         Ok(Form(f)) => f,
-        Err(e) => return message(StatusCode::BAD_REQUEST, "Bad form", &e.body_text()),
+        Err(e) => return message(e.status(), "Bad form", &e.body_text()),
     };
     let config = app.config.load_full();
     if !s.allows(&Keys::of(&config), &form.csrf) {

@@ -14,6 +14,11 @@ use crate::store::*;
 
 /// Resolve a [`DeliveryKey`] to an internal id.
 pub(super) async fn resolve(conn: &mut PgConnection, key: &DeliveryKey) -> Result<String, StoreError> {
+    // A `text` column holds no NUL, and PostgreSQL refuses to compare with
+    // one: such a key names no delivery.
+    if key.id.contains('\0') || key.source.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(StoreError::not_found(key.id.replace('\0', "\\0")));
+    }
     let by_internal: Option<String> = sqlx::query_scalar("SELECT id FROM deliveries WHERE id = $1")
         .bind(&key.id)
         .fetch_optional(&mut *conn)
