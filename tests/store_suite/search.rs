@@ -4,9 +4,17 @@
 
 use super::*;
 
+/// `delivery`, with its internal id made at `at`, as the daemon makes it on
+/// receipt: the list is ordered by that id. (Ids made in the same
+/// millisecond are in no particular order.)
+fn received(mut d: NewDelivery) -> NewDelivery {
+    d.id = ulid::Ulid::from_datetime(d.received_at).to_string();
+    d
+}
+
 /// A delivery of `repository` at commit `sha`, with one job of `rule-0`.
 fn at_commit(id: &str, repository: &str, sha: &str, at: SystemTime) -> NewDelivery {
-    let mut d = delivery("github", id, 1, at);
+    let mut d = received(delivery("github", id, 1, at));
     d.event.repository = Some(repository.into());
     d.event.sha = Some(sha.into());
     d
@@ -88,7 +96,7 @@ async fn time_filters_and_the_cursor_page_through(h: Harness) {
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     for i in 0..5u64 {
         let at = t0 + Duration::from_secs(i * 60);
-        s.ingest(delivery("github", &format!("t-{i}"), 1, at))
+        s.ingest(received(delivery("github", &format!("t-{i}"), 1, at)))
             .await
             .unwrap();
     }
