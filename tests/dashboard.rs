@@ -397,7 +397,11 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     })
     .await;
     assert_eq!(ci.requests().len(), 3, "the two pushes and the replay");
+    // The whole page, from the top, for the docs.
+    c.set_window_size(1280, 2200).await.unwrap();
+    c.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
     save_screenshot(&c.screenshot().await.unwrap(), "ui-delivery.png");
+    c.set_window_size(1280, 1000).await.unwrap();
     same_origin_only(&c, &admin).await;
     no_secret_in(&c, "the delivery page").await;
 
