@@ -153,6 +153,30 @@ async fn shown(c: &Client, css: &str) -> String {
     .await
 }
 
+/// The daemon (admin token set) after one push whose job the stand-in
+/// refused: dead-lettered at once. Later triggers are accepted.
+async fn dead_lettered() -> (StandIn, Workspace, Daemon) {
+    let ci = StandIn::start().await;
+    ci.script([Reply::Status(400)]);
+    let ws = Workspace::new(&config(&ci.url, true));
+    let daemon = ws.start(ENV);
+    let summary = push(&daemon, GUID).await;
+    assert_eq!(summary["matched"][0]["rule"], "build-master", "{summary}");
+    wait_for(
+        Duration::from_secs(20),
+        "the job to be dead-lettered",
+        async || {
+            let d = api_delivery(&daemon, GUID).await;
+            match d["jobs"][0]["state"].as_str() {
+                Some("dead") => Ok(()),
+                _ => Err(d["jobs"][0]["state"].to_string()),
+            }
+        },
+    )
+    .await;
+    (ci, ws, daemon)
+}
+
 async fn css_count(c: &Client, css: &str) -> usize {
     c.find_all(Locator::Css(css)).await.unwrap().len()
 }
@@ -229,26 +253,7 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     if !browser::available() {
         return;
     }
-    let ci = StandIn::start().await;
-    // The first trigger is refused (dead-lettered at once); the replay is accepted.
-    ci.script([Reply::Status(400)]);
-    let ws = Workspace::new(&config(&ci.url, true));
-    let daemon = ws.start(ENV);
-    let summary = push(&daemon, GUID).await;
-    assert_eq!(summary["matched"][0]["rule"], "build-master", "{summary}");
-    wait_for(
-        Duration::from_secs(20),
-        "the job to be dead-lettered",
-        async || {
-            let d = api_delivery(&daemon, GUID).await;
-            if d["jobs"][0]["state"] == "dead" {
-                Ok(())
-            } else {
-                Err(d["jobs"][0]["state"].to_string())
-            }
-        },
-    )
-    .await;
+    let (ci, _ws, daemon) = dead_lettered().await;
 
     let driver = Driver::start().await;
     let c = driver.session(true).await;
@@ -489,24 +494,7 @@ async fn every_page_works_with_javascript_off() {
     if !browser::available() {
         return;
     }
-    let ci = StandIn::start().await;
-    ci.script([Reply::Status(400)]);
-    let ws = Workspace::new(&config(&ci.url, true));
-    let daemon = ws.start(ENV);
-    push(&daemon, GUID).await;
-    wait_for(
-        Duration::from_secs(20),
-        "the job to be dead-lettered",
-        async || {
-            let d = api_delivery(&daemon, GUID).await;
-            if d["jobs"][0]["state"] == "dead" {
-                Ok(())
-            } else {
-                Err(d["jobs"][0]["state"].to_string())
-            }
-        },
-    )
-    .await;
+    let (_ci, _ws, daemon) = dead_lettered().await;
     let driver = Driver::start().await;
     let c = driver.session(false).await;
     let admin = daemon.admin.clone();
@@ -628,25 +616,8 @@ fn csrf_of(html: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_cross_site_posts_are_refused_and_the_token_stays_secret() {
-    let ci = StandIn::start().await;
-    ci.script([Reply::Status(400)]);
-    let ws = Workspace::new(&config(&ci.url, true));
-    let daemon = ws.start(ENV);
+    let (ci, _ws, daemon) = dead_lettered().await;
     let admin = daemon.admin.clone();
-    push(&daemon, GUID).await;
-    wait_for(
-        Duration::from_secs(20),
-        "the job to be dead-lettered",
-        async || {
-            let d = api_delivery(&daemon, GUID).await;
-            if d["jobs"][0]["state"] == "dead" {
-                Ok(())
-            } else {
-                Err(d["jobs"][0]["state"].to_string())
-            }
-        },
-    )
-    .await;
     let id = api_delivery(&daemon, GUID).await["id"]
         .as_str()
         .unwrap()
