@@ -84,6 +84,17 @@ pub fn request_headers(
     Ok(map)
 }
 
+/// Parse one header, `Name: value` (`--header`, a line of the dashboard's explain form).
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not a header; write `Name: value`"))?;
+    if k.trim().is_empty() {
+        return Err(format!("`{s}` has an empty header name"));
+    }
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
 /// A matched rule with the request it would send (secrets as `***`).
 #[derive(Debug, serde::Serialize)]
 pub struct Rendered {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::Config;
-pub use crate::explain::{Rendered, format_request, render, request_headers};
+pub use crate::explain::{Rendered, format_request, parse_header, render, request_headers};
 use crate::source::Source;
 
 /// Print a command's error as `error: ...` and turn the outcome into an exit code.
@@ -69,17 +69,6 @@ pub fn terminal_safe(text: &str) -> String {
 /// Read a payload file, with the path in the error.
 pub fn read_payload(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-}
-
-/// Parse `--header "K: V"`.
-pub fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once(':')
-        .ok_or_else(|| format!("`{s}` is not a header; write `Name: value`"))?;
-    if k.trim().is_empty() {
-        return Err(format!("`{s}` has an empty header name"));
-    }
-    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
 #[cfg(test)]

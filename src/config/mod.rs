@@ -61,6 +61,17 @@ pub struct AdminSettings {
     pub token: Option<Secret>,
 }
 
+impl AdminSettings {
+    /// Whether `given` is the admin token, compared in constant time
+    /// (false when there is none): the API's bearer token, the dashboard's login.
+    pub fn accepts(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.token
+            .as_ref()
+            .is_some_and(|t| bool::from(given.as_bytes().ct_eq(t.expose().as_bytes())))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     pub url: StoreUrl,

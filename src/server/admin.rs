@@ -16,11 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use super::App;
 use super::listing::ListQuery;
-use super::origin::{addressed_to, cross_site, is_loopback_host};
+use super::origin::{addressed_to, all_loopback, cross_site};
 use crate::intake::{self, ReevaluateError};
 use crate::store::{DeliveryKey, StoreError, StoreErrorKind};
 
@@ -124,7 +123,8 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
     let refused =
         |status: StatusCode, message: &str| (status, axum::Json(json!({ "error": message }))).into_response();
     let config = app.config.load();
-    if let Some(token) = &config.admin.token {
+    let hosts = addressed_to(request.uri(), &headers);
+    if config.admin.token.is_some() {
         // The scheme's name is case-insensitive (RFC 9110, 11.1).
         let given = headers
             .get(header::AUTHORIZATION)
@@ -132,8 +132,7 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map_or("", |(_, token)| token.trim_start());
-        let ok: bool = given.as_bytes().ct_eq(token.expose().as_bytes()).into();
-        if !ok {
+        if !config.admin.accepts(given) {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -141,15 +140,13 @@ async fn require_token(State(app): State<App>, headers: HeaderMap, request: Requ
             )
                 .into_response();
         }
-    } else if !addressed_to(request.uri(), &headers)
-        .is_some_and(|hosts| hosts.iter().all(|h| is_loopback_host(h)))
-    {
+    } else if !all_loopback(hosts.as_deref()) {
         return refused(
             StatusCode::FORBIDDEN,
             "without [admin] token the API answers only requests addressed to a loopback host (localhost, 127.0.0.1, [::1])",
         );
     }
-    if cross_site(&headers, addressed_to(request.uri(), &headers).as_deref()) {
+    if cross_site(&headers, hosts.as_deref()) {
         return refused(StatusCode::FORBIDDEN, "cross-site requests are refused");
     }
     next.run(request).await

@@ -50,12 +50,9 @@ fn given(v: &Option<String>) -> Option<&str> {
 }
 
 impl ListQuery {
-    /// The store's filter, or why the query is wrong (a sentence about the
-    /// caller's own input).
-    pub(crate) fn filter(&self, now: SystemTime) -> Result<DeliveryFilter, String> {
-        // No stored name holds a control character; PostgreSQL cannot even
-        // compare text with NUL. Say so instead of finding nothing, or failing.
-        let fields = [
+    /// The text filters by name, in the order a page's address lists them.
+    fn filters(&self) -> [(&'static str, &Option<String>); 7] {
+        [
             ("status", &self.status),
             ("source", &self.source),
             ("rule", &self.rule),
@@ -63,9 +60,16 @@ impl ListQuery {
             ("since", &self.since),
             ("until", &self.until),
             ("q", &self.q),
-            ("before", &self.before),
-        ];
-        for (name, value) in fields {
+        ]
+    }
+
+    /// The store's filter, or why the query is wrong (a sentence about the
+    /// caller's own input).
+    pub(crate) fn filter(&self, now: SystemTime) -> Result<DeliveryFilter, String> {
+        // No stored name holds a control character; PostgreSQL cannot even
+        // compare text with NUL. Say so instead of finding nothing, or failing.
+        let before = ("before", &self.before);
+        for (name, value) in self.filters().into_iter().chain([before]) {
             if value.as_deref().is_some_and(|v| v.chars().any(char::is_control)) {
                 return Err(format!("`{name}` holds a control character"));
             }
@@ -113,17 +117,11 @@ impl ListQuery {
     pub(crate) fn page(&self, before: Option<&str>) -> String {
         let mut out = form_urlencoded::Serializer::new(String::new());
         let limit = self.limit.map(|l| l.to_string());
-        let fields = [
-            ("status", given(&self.status)),
-            ("source", given(&self.source)),
-            ("rule", given(&self.rule)),
-            ("repository", given(&self.repository)),
-            ("since", given(&self.since)),
-            ("until", given(&self.until)),
-            ("q", given(&self.q)),
-            ("limit", limit.as_deref()),
-            ("before", before),
-        ];
+        let fields = self
+            .filters()
+            .into_iter()
+            .map(|(name, value)| (name, given(value)))
+            .chain([("limit", limit.as_deref()), ("before", before)]);
         for (name, value) in fields {
             if let Some(v) = value {
                 out.append_pair(name, v);

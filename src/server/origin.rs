@@ -22,9 +22,15 @@ pub(crate) fn addressed_to(uri: &Uri, headers: &HeaderMap) -> Option<Vec<String>
     (!hosts.is_empty()).then_some(hosts)
 }
 
+/// Whether a request is addressed only to loopback names (`hosts` from
+/// [`addressed_to`]); `None`, no name or an unreadable one, is not.
+pub(crate) fn all_loopback(hosts: Option<&[String]>) -> bool {
+    hosts.is_some_and(|h| h.iter().all(|h| is_loopback_host(h)))
+}
+
 /// A `Host` (or an origin's host) that names this machine's loopback:
 /// `localhost`, `127.0.0.0/8` or `[::1]`, with any port.
-pub(crate) fn is_loopback_host(host: &str) -> bool {
+fn is_loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split_once(']').map_or(v6, |(addr, _)| addr),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),

@@ -259,11 +259,7 @@ pub(super) async fn show(
         .queued
         .as_deref()
         .and_then(|n| n.parse::<u16>().ok())
-        .map(|n| match n {
-            0 => "Nothing was queued.".to_owned(),
-            1 => "1 job queued; it appears below when it runs.".to_owned(),
-            n => format!("{n} jobs queued; they appear below when they run."),
-        });
+        .map(|n| queued_notice(n.into()));
     page(
         StatusCode::OK,
         "delivery.html",
@@ -307,6 +303,16 @@ pub(super) async fn jobs(
             "jobs": job_views(&config, &detail),
         }),
     )
+}
+
+/// What a replay queued, as the page says it (after the form's reload, or
+/// in place by the script).
+fn queued_notice(n: usize) -> String {
+    match n {
+        0 => "Nothing was queued.".to_owned(),
+        1 => "1 job queued; it appears below when it runs.".to_owned(),
+        n => format!("{n} jobs queued; they appear below when they run."),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -391,11 +397,7 @@ pub(super) async fn replay(
     }
     tracing::info!(delivery = %key.id, queued, reevaluate, "replay requested from the dashboard");
     if json {
-        let text = match queued {
-            0 => "Nothing was queued.".to_owned(),
-            1 => "1 job queued.".to_owned(),
-            n => format!("{n} jobs queued."),
-        };
+        let text = queued_notice(queued);
         return (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "queued": queued, "message": text })),

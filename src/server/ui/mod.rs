@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::App;
-use super::origin::{addressed_to, cross_site, is_loopback_host};
+use super::origin::{addressed_to, all_loopback, cross_site};
 use render::{page, with_headers};
 use session::Keys;
 
@@ -107,11 +107,7 @@ async fn gate(State(app): State<App>, headers: HeaderMap, mut request: Request, 
     let config = app.config.load();
     let keys = Keys::of(&config);
     let hosts = addressed_to(request.uri(), &headers);
-    if !keys.login
-        && !hosts
-            .as_ref()
-            .is_some_and(|h| h.iter().all(|h| is_loopback_host(h)))
-    {
+    if !keys.login && !all_loopback(hosts.as_deref()) {
         return message(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -242,7 +238,7 @@ async fn login(
     };
     let config = app.config.load();
     let next = next_page(form.next.as_deref());
-    if !Keys::is_token(&config, &form.token) {
+    if !config.admin.accepts(&form.token) {
         tracing::warn!("dashboard login refused: wrong or missing admin token");
         return login_form(
             StatusCode::UNAUTHORIZED,

@@ -119,12 +119,7 @@ fn extra_headers(text: Option<&str>) -> Result<Vec<(String, String)>, String> {
     text.unwrap_or("")
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (k, v) = l
-                .split_once(':')
-                .ok_or_else(|| format!("`{}` is not a header; write `Name: value`", l.trim()))?;
-            Ok((k.trim().to_owned(), v.trim().to_owned()))
-        })
+        .map(|l| crate::explain::parse_header(l.trim()))
         .collect()
 }
 

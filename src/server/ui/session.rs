@@ -58,15 +58,6 @@ impl Keys {
         }
     }
 
-    /// Whether `given` is the admin token, compared in constant time.
-    pub(super) fn is_token(config: &Config, given: &str) -> bool {
-        config
-            .admin
-            .token
-            .as_ref()
-            .is_some_and(|t| bool::from(given.as_bytes().ct_eq(t.expose().as_bytes())))
-    }
-
     /// A new session's cookie value, valid for [`LIFETIME`] from `now`.
     pub(super) fn issue(&self, now: SystemTime) -> String {
         let expiry = (now + LIFETIME)
