@@ -113,30 +113,23 @@ async fn api_delivery(daemon: &Daemon, id: &str) -> Value {
 /// Wait for the browser to arrive at `path` (a click starts a navigation;
 /// it may not have ended when the click returns).
 async fn arrive(c: &Client, path: &str) {
-    wait_for(
-        Duration::from_secs(20),
-        &format!("the browser at {path}"),
-        async || {
-            let url = c.current_url().await.unwrap();
-            let ready = c.execute("return document.readyState", vec![]).await.unwrap();
-            if url.path() == path && ready == json!("complete") {
-                Ok(())
-            } else {
-                Err(format!("{} ({ready})", url.path()))
-            }
-        },
-    )
-    .await;
+    arrive_where(c, &format!("the browser at {path}"), |p, _| p == path).await;
 }
 
 /// Wait for the browser to arrive at a URL whose query holds `needle`.
 async fn arrive_query(c: &Client, needle: &str) {
-    wait_for(Duration::from_secs(20), needle, async || {
+    arrive_where(c, needle, |_, q| q.is_some_and(|q| q.contains(needle))).await;
+}
+
+/// Wait for a loaded page whose URL's path and query pass `at`.
+async fn arrive_where(c: &Client, what: &str, at: impl Fn(&str, Option<&str>) -> bool) {
+    wait_for(Duration::from_secs(20), what, async || {
         let url = c.current_url().await.unwrap();
         let ready = c.execute("return document.readyState", vec![]).await.unwrap();
-        match url.query() {
-            Some(q) if q.contains(needle) && ready == json!("complete") => Ok(()),
-            q => Err(format!("{q:?} ({ready})")),
+        if at(url.path(), url.query()) && ready == json!("complete") {
+            Ok(())
+        } else {
+            Err(format!("{url} ({ready})"))
         }
     })
     .await;
@@ -211,18 +204,8 @@ async fn same_origin_only(c: &Client, origin: &str) {
 async fn log_in(c: &Client, admin: &str, token: &str) {
     c.goto(&format!("{admin}/ui/")).await.unwrap();
     arrive(c, "/ui/login").await;
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, "token", token).await;
+    press(c, Locator::Css("form.login button")).await;
 }
 
 /// A page of another site (`localhost`, where the dashboard is at
@@ -258,7 +241,6 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     let driver = Driver::start().await;
     let c = driver.session(true).await;
     let admin = daemon.admin.clone();
-    // CSS for the narrow screen below, and the script for live updates.
 
     // A wrong token gets the login page again, with the reason.
     log_in(&c, &admin, "not-the-token").await;
@@ -267,18 +249,8 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     no_secret_in(&c, "the login page").await;
 
     // The right one: the deliveries list.
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "token", ADMIN_TOKEN).await;
+    press(&c, Locator::Css("form.login button")).await;
     arrive(&c, "/ui/deliveries").await;
     for cookie in c.get_all_cookies().await.unwrap() {
         for s in SECRETS {
@@ -307,26 +279,11 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     no_secret_in(&c, "the deliveries list").await;
 
     // Find the delivery by the GUID GitHub shows, and open it.
-    c.find(Locator::Id("q"))
-        .await
-        .unwrap()
-        .send_keys(GUID)
-        .await
-        .unwrap();
-    c.find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "q", GUID).await;
+    press(&c, Locator::Css("form.filters button[type=submit]")).await;
     arrive_query(&c, "q=f4a1c2d0").await;
     assert_eq!(css_count(&c, "#rows tr").await, 1);
-    c.find(Locator::LinkText(GUID))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&c, Locator::LinkText(GUID)).await;
     shown(&c, "tr.v-skipped").await;
     assert!(
         c.current_url()
@@ -362,20 +319,10 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
         .unwrap()
         .to_owned();
     let opened = format!("return document.getElementById('request-{job}').open");
-    c.find(Locator::Css(&format!("#request-{job} summary")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&c, Locator::Css(&format!("#request-{job} summary"))).await;
     assert_eq!(c.execute(&opened, vec![]).await.unwrap(), json!(true));
     c.execute("window.hookbridgeMarker = 43", vec![]).await.unwrap();
-    c.find(Locator::Css("form.replay button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&c, Locator::Css("form.replay button")).await;
     wait_for(
         Duration::from_secs(20),
         "the replayed attempt on the page",
@@ -416,7 +363,7 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     let delivery_url = c.current_url().await.unwrap().to_string();
     let elsewhere = link_page(&delivery_url).await;
     c.goto(&elsewhere).await.unwrap();
-    c.find(Locator::Id("go")).await.unwrap().click().await.unwrap();
+    press(&c, Locator::Id("go")).await;
     assert!(shown(&c, "tr.v-skipped").await.contains("pr-pipeline"));
     assert_eq!(c.current_url().await.unwrap().as_str(), delivery_url);
 
@@ -425,12 +372,7 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     let rules = text_of(&c, "table.rules").await;
     assert!(rules.contains("build-master"), "{rules}");
     let sent = ci.requests().len();
-    c.find(Locator::Id("x-event"))
-        .await
-        .unwrap()
-        .send_keys("push")
-        .await
-        .unwrap();
+    type_into(&c, "x-event", "push").await;
     let body = String::from_utf8(payload("github/push.json")).unwrap();
     c.execute(
         "document.getElementById('x-payload').value = arguments[0]",
@@ -438,12 +380,7 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     )
     .await
     .unwrap();
-    c.find(Locator::Css("form.explain button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&c, Locator::Css("form.explain button")).await;
     let explained = shown(&c, "#explanation").await;
     assert!(explained.contains("matched build-master"), "{explained}");
     assert!(explained.contains("***"), "{explained}");
@@ -467,12 +404,7 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
 
     // Log out: the dashboard asks for the token again.
     c.set_window_size(1280, 1000).await.unwrap();
-    c.find(Locator::Css("form.logout button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&c, Locator::Css("form.logout button")).await;
     arrive(&c, "/ui/login").await;
     c.goto(&format!("{admin}/ui/deliveries")).await.unwrap();
     arrive(&c, "/ui/login").await;
@@ -484,9 +416,20 @@ async fn an_operator_finds_a_delivery_reads_why_and_replays_it_in_the_browser() 
     }
 }
 
-/// Pressing a button: a form post, then the page it leads to.
-async fn press(c: &Client, css: &str) {
-    c.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+/// Pressing a button or a link (the navigation it starts may not have
+/// ended when this returns).
+async fn press(c: &Client, at: Locator<'_>) {
+    c.find(at).await.unwrap().click().await.unwrap();
+}
+
+/// Typing into the field with this id.
+async fn type_into(c: &Client, id: &str, text: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,21 +447,11 @@ async fn every_page_works_with_javascript_off() {
     assert_eq!(css_count(&c, "html[data-script=on]").await, 0, "scripts are off");
     assert_eq!(css_count(&c, "#rows tr").await, 1);
     // Filters are a plain GET form.
-    c.find(Locator::Id("q"))
-        .await
-        .unwrap()
-        .send_keys("6113728")
-        .await
-        .unwrap();
-    press(&c, "form.filters button[type=submit]").await;
+    type_into(&c, "q", "6113728").await;
+    press(&c, Locator::Css("form.filters button[type=submit]")).await;
     arrive_query(&c, "q=6113728&status=&source=").await;
     assert_eq!(css_count(&c, "#rows tr").await, 1);
-    c.find(Locator::LinkText(GUID))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    press(&c, Locator::LinkText(GUID)).await;
     assert!(
         shown(&c, "tr.v-skipped")
             .await
@@ -526,7 +459,7 @@ async fn every_page_works_with_javascript_off() {
     );
 
     // Replay without the script: the form posts, the page comes back with a notice.
-    press(&c, "form.replay button").await;
+    press(&c, Locator::Css("form.replay button")).await;
     assert!(shown(&c, "p.notice").await.contains("1 job queued"));
     wait_for(
         Duration::from_secs(20),
@@ -543,23 +476,13 @@ async fn every_page_works_with_javascript_off() {
 
     // Explain, as a form post.
     c.goto(&format!("{admin}/ui/rules")).await.unwrap();
-    c.find(Locator::Id("x-event"))
-        .await
-        .unwrap()
-        .send_keys("ping")
-        .await
-        .unwrap();
-    c.find(Locator::Id("x-payload"))
-        .await
-        .unwrap()
-        .send_keys(r#"{"zen":"Design for failure.","hook_id":1}"#)
-        .await
-        .unwrap();
-    press(&c, "form.explain button").await;
+    type_into(&c, "x-event", "ping").await;
+    type_into(&c, "x-payload", r#"{"zen":"Design for failure.","hook_id":1}"#).await;
+    press(&c, Locator::Css("form.explain button")).await;
     assert!(shown(&c, "#explanation").await.contains("ping"));
     no_secret_in(&c, "the rules page").await;
 
-    press(&c, "form.logout button").await;
+    press(&c, Locator::Css("form.logout button")).await;
     arrive(&c, "/ui/login").await;
     c.close().await.unwrap();
 }
