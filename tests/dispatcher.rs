@@ -250,6 +250,26 @@ impl Store for Paused {
         held(async move { s.start_attempt(&job, &owner, now).await }).await
     }
 
+    async fn lease_follow_ups(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<hookbridge::store::follow::LeasedFollowUp>, StoreError> {
+        self.0.lease_follow_ups(owner, limit, lease, now).await
+    }
+
+    async fn record_follow_up(
+        &self,
+        follow_up: &hookbridge::store::follow::LeasedFollowUp,
+        owner: &str,
+        outcome: hookbridge::store::follow::FollowOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.0.record_follow_up(follow_up, owner, outcome, now).await
+    }
+
     async fn lease_cancels(
         &self,
         owner: &str,

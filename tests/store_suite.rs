@@ -197,6 +197,7 @@ fn created() -> Transition {
         number: Some(7),
         url: None,
         state: None,
+        follow: None,
     })
 }
 

@@ -72,6 +72,7 @@ use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
 pub mod concurrency;
+pub mod follow;
 mod error;
 pub mod handoff;
 pub mod model;
@@ -394,6 +395,28 @@ pub trait Store: Send + Sync {
         owner: &str,
         attempt: Attempt,
         outcome: concurrency::CancelOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError>;
+
+    /// Lease up to `limit` due follow-ups of queued runs ([`follow`]):
+    /// pending and due, or running with an expired lease. Each lease counts
+    /// as a poll ([`follow::LeasedFollowUp::poll`]).
+    async fn lease_follow_ups(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: std::time::Duration,
+        now: SystemTime,
+    ) -> Result<Vec<follow::LeasedFollowUp>, StoreError>;
+
+    /// Record a follow-up's read: the job's result becomes the outcome's,
+    /// and the follow-up ends or falls due again, if `owner` still holds
+    /// its lease.
+    async fn record_follow_up(
+        &self,
+        follow_up: &follow::LeasedFollowUp,
+        owner: &str,
+        outcome: follow::FollowOutcome,
         now: SystemTime,
     ) -> Result<(), StoreError>;
 

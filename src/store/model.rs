@@ -264,6 +264,7 @@ mod tests {
             number: None,
             url: None,
             state: None,
+            follow: None,
         };
         let cases = [
             (Transition::Done(done.clone()), JobState::Done, 10_000, None),

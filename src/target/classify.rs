@@ -27,6 +27,11 @@ pub struct TriggerResult {
     pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// What to read to learn the run, while the CI has only queued it (a
+    /// Jenkins queue item's number): the store keeps a follow-up
+    /// ([`crate::store::follow`]) until the run is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<String>,
 }
 
 /// What a response means for the job.

@@ -222,6 +222,7 @@ pub(super) fn created(body: &[u8]) -> Outcome {
         number: p.iid,
         url: p.web_url,
         state: p.status,
+        follow: None,
     }))
 }
 

@@ -43,6 +43,24 @@ impl Store for DownStore {
     async fn start_attempt(&self, _: &LeasedJob, _: &str, _: SystemTime) -> Result<Start, StoreError> {
         self.down()
     }
+    async fn lease_follow_ups(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: SystemTime,
+    ) -> Result<Vec<hookbridge::store::follow::LeasedFollowUp>, StoreError> {
+        self.down()
+    }
+    async fn record_follow_up(
+        &self,
+        _: &hookbridge::store::follow::LeasedFollowUp,
+        _: &str,
+        _: hookbridge::store::follow::FollowOutcome,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.down()
+    }
     async fn lease_cancels(
         &self,
         _: &str,

@@ -180,6 +180,30 @@ impl Store for PostgresStore {
         self.writers.record.submit(record).await
     }
 
+    async fn lease_follow_ups(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<crate::store::follow::LeasedFollowUp>, StoreError> {
+        // STUB: replaced by the follow-ups implementation.
+        let _ = (owner, limit, lease, now);
+        Ok(Vec::new())
+    }
+
+    async fn record_follow_up(
+        &self,
+        follow_up: &crate::store::follow::LeasedFollowUp,
+        owner: &str,
+        outcome: crate::store::follow::FollowOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        // STUB: replaced by the follow-ups implementation.
+        let _ = (follow_up, owner, outcome, now);
+        Ok(())
+    }
+
     async fn lease_cancels(
         &self,
         owner: &str,

@@ -87,6 +87,7 @@ fn done() -> Transition {
         number: None,
         url: None,
         state: None,
+        follow: None,
     })
 }
 

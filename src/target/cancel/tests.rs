@@ -76,6 +76,7 @@ fn pipeline(id: &str) -> TriggerResult {
         number: Some(7),
         url: None,
         state: None,
+        follow: None,
     }
 }
 

@@ -110,6 +110,7 @@ pub(in crate::target) fn created(req: &Request, status: u16, body: &[u8]) -> Out
                 number: v.build_num,
                 url: v.build_url,
                 state: v.status,
+                follow: None,
             }))
         }
         Request::Pipeline(r) => {
@@ -148,6 +149,7 @@ fn pipeline_result(v: Option<(Option<String>, Option<i64>, Option<String>)>, pro
         number,
         url,
         state,
+        follow: None,
     }
 }
 
