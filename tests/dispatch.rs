@@ -55,7 +55,12 @@ struct Panicking {
 
 #[async_trait::async_trait]
 impl Transport for Panicking {
-    async fn send(&self, _: &OutboundRequest, _: &Secret, _: Duration) -> Result<Response, SendError> {
+    async fn send(
+        &self,
+        _: &OutboundRequest,
+        _: Option<&Secret>,
+        _: Duration,
+    ) -> Result<Response, SendError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         panic!("scripted panic in call {n}");
     }
@@ -69,7 +74,12 @@ struct Counting {
 
 #[async_trait::async_trait]
 impl Transport for Counting {
-    async fn send(&self, _: &OutboundRequest, _: &Secret, _: Duration) -> Result<Response, SendError> {
+    async fn send(
+        &self,
+        _: &OutboundRequest,
+        _: Option<&Secret>,
+        _: Duration,
+    ) -> Result<Response, SendError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(Response {
             status: 201,

@@ -124,7 +124,12 @@ fn response(status: u16, headers: Vec<(&'static str, String)>) -> Response {
 
 #[async_trait::async_trait]
 impl Transport for FakeCi {
-    async fn send(&self, _: &OutboundRequest, _: &Secret, timeout: Duration) -> Result<Response, SendError> {
+    async fn send(
+        &self,
+        _: &OutboundRequest,
+        _: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Response, SendError> {
         let at = self.start.elapsed().as_millis() as u64;
         let answer = self.script.lock().unwrap().pop_front();
         self.calls.lock().unwrap().push(at);

@@ -152,6 +152,15 @@ pub struct RawTarget {
     /// GitLab: an access token with the `api` scope (cancelling pipelines).
     #[schemars(with = "Option<SecretRef>")]
     pub api_token: Option<Spanned<SecretRef>>,
+    /// Jenkins: the user whose API token `token` is.
+    #[schemars(with = "Option<String>")]
+    pub user: Option<Spanned<String>>,
+    /// `http`: `"standard"` signs each request with Standard Webhooks headers.
+    #[schemars(with = "Option<String>")]
+    pub signing: Option<Spanned<String>>,
+    /// `http` with `signing`: the `whsec_...` secret.
+    #[schemars(with = "Option<SecretRef>")]
+    pub signing_secret: Option<Spanned<SecretRef>>,
     pub retry: Option<RawRetry>,
 }
 
@@ -273,6 +282,38 @@ pub struct RawTrigger {
     pub inputs: Option<SpannedTable>,
     #[schemars(with = "Option<SecretRef>")]
     pub token: Option<Spanned<SecretRef>>,
+    // GitHub and Gitea Actions
+    #[schemars(with = "Option<String>")]
+    pub repository: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub workflow: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub event_type: Option<Spanned<String>>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub client_payload: Option<SpannedTable>,
+    // Buildkite
+    #[schemars(with = "Option<String>")]
+    pub organization: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub pipeline: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub commit: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub message: Option<Spanned<String>>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub env: Option<SpannedTable>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub meta_data: Option<SpannedTable>,
+    // http
+    #[schemars(with = "Option<String>")]
+    pub method: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Spanned<String>>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub headers: Option<SpannedTable>,
+    /// A template string sent as is, or a table sent as JSON.
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub body: Option<Spanned<toml::Value>>,
 }
 
 impl RawTrigger {
@@ -301,6 +342,20 @@ impl RawTrigger {
         key!(variables, "variables");
         key!(inputs, "inputs");
         key!(token, "token");
+        key!(repository, "repository");
+        key!(workflow, "workflow");
+        key!(event_type, "event_type");
+        key!(client_payload, "client_payload");
+        key!(organization, "organization");
+        key!(pipeline, "pipeline");
+        key!(commit, "commit");
+        key!(message, "message");
+        key!(env, "env");
+        key!(meta_data, "meta_data");
+        key!(method, "method");
+        key!(path, "path");
+        key!(headers, "headers");
+        key!(body, "body");
         out
     }
 }

@@ -176,11 +176,11 @@ impl Dispatcher {
         policy: &RetryPolicy,
         record: &mut Attempt,
     ) -> Outcome {
-        let (request, token) = match prepare(config, job) {
+        let (request, token) = match prepare(config, job, self.clock.now()) {
             Ok(prepared) => prepared,
             Err(reason) => return Outcome::Permanent(reason.to_string()),
         };
-        let redact = Redactor::new(token.expose());
+        let redact = Redactor::new(token.map_or("", |t| t.expose()));
         let timeout = policy.request_timeout.min(LONGEST_WAIT);
         let outcome = match self.transport.send(&request, token, timeout).await {
             Ok(response) => {
@@ -302,7 +302,8 @@ enum PrepareError {
 fn prepare<'c>(
     config: &'c Config,
     job: &LeasedJob,
-) -> Result<(target::OutboundRequest, &'c crate::config::Secret), PrepareError> {
+    now: SystemTime,
+) -> Result<(target::OutboundRequest, Option<&'c crate::config::Secret>), PrepareError> {
     let target = config
         .targets
         .get(&job.target)
@@ -317,7 +318,8 @@ fn prepare<'c>(
         ),
         _ => None,
     };
-    let request = target.request(&job.request)?;
+    let mut request = target.request(&job.request)?;
+    target.sign(&mut request, &job.id, now)?;
     Ok((request, target.token_for(rule_token)?))
 }
 
@@ -369,14 +371,24 @@ project = "acme/app"
         .unwrap()
         .config;
         let gitlab = serde_json::json!({"api": "gitlab_pipeline", "project": "acme/app", "ref": "main"});
-        let (request, token) = prepare(&config, &job("gitlab", "mirror", gitlab.clone())).unwrap();
+        let (request, token) = prepare(
+            &config,
+            &job("gitlab", "mirror", gitlab.clone()),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
         assert_eq!(
             request.url,
             "https://gitlab.example.com/api/v4/projects/acme%2Fapp/trigger/pipeline"
         );
-        assert_eq!(token.expose(), "glptt-target");
+        assert_eq!(token.unwrap().expose(), "glptt-target");
 
-        let e = prepare(&config, &job("gone", "mirror", gitlab.clone())).unwrap_err();
+        let e = prepare(
+            &config,
+            &job("gone", "mirror", gitlab.clone()),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap_err();
         assert_eq!(e, PrepareError::TargetGone("gone".into()));
         assert_eq!(
             e.to_string(),
@@ -385,14 +397,24 @@ project = "acme/app"
 
         let mut own_token = gitlab.clone();
         own_token["rule_token"] = true.into();
-        let e = prepare(&config, &job("gitlab", "mirror", own_token)).unwrap_err();
+        let e = prepare(
+            &config,
+            &job("gitlab", "mirror", own_token),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap_err();
         assert_eq!(e, PrepareError::RuleTokenGone("mirror".into()));
         assert_eq!(
             e.to_string(),
             "rule `mirror` no longer defines the trigger token this job needs"
         );
 
-        let e = prepare(&config, &job("circleci", "mirror", gitlab)).unwrap_err();
+        let e = prepare(
+            &config,
+            &job("circleci", "mirror", gitlab),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap_err();
         assert!(matches!(
             e,
             PrepareError::Request(target::RequestError::KindChanged { .. })

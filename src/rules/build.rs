@@ -164,8 +164,25 @@ impl<'a> RuleContext<'a> {
                 .with_help("set `api_token = \"env:GITLAB_API_TOKEN\"` (an access token with the `api` scope) on the target"),
             );
         }
+        if let Some(cancel) = &c.cancel_in_progress
+            && *cancel.get_ref()
+            && !matches!(target.kind, TargetKind::Gitlab | TargetKind::Circleci)
+        {
+            self.loader.push(
+                Diagnostic::error(
+                    format!(
+                        "rule `{name}`: cancel_in_progress cancels CircleCI and GitLab pipelines; target `{}` is a {} target",
+                        target.name,
+                        target.kind.as_str()
+                    ),
+                    Some(cancel.span()),
+                )
+                .with_help("leave `cancel_in_progress` out: newest-wins and `debounce` work for every target"),
+            );
+        }
         let trigger = r.trigger.get_ref();
         if trigger.job.is_some()
+            && target.kind == TargetKind::Circleci
             && let Some(revision) = &trigger.revision
         {
             self.loader.push(

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{TriggerRequest, circleci, gitlab};
+use super::{
+    TriggerRequest, buildkite, circleci, gitea_actions, github_actions, gitlab, http_endpoint, jenkins,
+};
 
 /// The response of a trigger call, as the dispatcher saw it.
 #[derive(Debug, Clone)]
@@ -134,13 +136,22 @@ pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> O
         return match req {
             TriggerRequest::Circleci(r) => circleci::created(r, status, &response.body),
             TriggerRequest::Gitlab(_) => gitlab::created(&response.body),
+            TriggerRequest::GithubActions(r) => github_actions::created(r, &response.body),
+            TriggerRequest::GiteaActions(_) => gitea_actions::created(&response.body),
+            TriggerRequest::Buildkite(_) => buildkite::created(&response.body),
+            TriggerRequest::Jenkins(_) => jenkins::created(response),
+            TriggerRequest::Http(_) => http_endpoint::created(),
         };
     }
     let message = error_message(&response.body);
     if matches!(status, 408 | 425 | 429) || status >= 500 {
+        let after = match req {
+            TriggerRequest::GithubActions(_) => github_actions::rate_limited(response, now),
+            _ => retry_after(&response.headers, now),
+        };
         return Outcome::Retry {
             reason: format!("HTTP {status}: {message}"),
-            after: retry_after(&response.headers, now),
+            after,
         };
     }
     if (300..400).contains(&status) {
@@ -159,6 +170,11 @@ pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> O
     match req {
         TriggerRequest::Circleci(_) => circleci::failed(status, &message),
         TriggerRequest::Gitlab(_) => gitlab::failed(status, &message, response, now),
+        TriggerRequest::GithubActions(_) => github_actions::failed(status, &message, response, now),
+        TriggerRequest::GiteaActions(_) => gitea_actions::failed(status, &message),
+        TriggerRequest::Buildkite(_) => buildkite::failed(status, &message, &response.body),
+        TriggerRequest::Jenkins(_) => jenkins::failed(status, &message),
+        TriggerRequest::Http(_) => Outcome::Permanent(format!("HTTP {status}: {message}")),
     }
 }
 

@@ -37,7 +37,7 @@ pub trait Transport: Send + Sync {
     async fn send(
         &self,
         request: &OutboundRequest,
-        token: &Secret,
+        token: Option<&Secret>,
         timeout: Duration,
     ) -> Result<Response, SendError>;
 }
@@ -85,7 +85,7 @@ impl Transport for Http {
     async fn send(
         &self,
         request: &OutboundRequest,
-        token: &Secret,
+        token: Option<&Secret>,
         timeout: Duration,
     ) -> Result<Response, SendError> {
         let wire = wire(&self.client, request, token, timeout)?;
@@ -112,7 +112,7 @@ impl Transport for Http {
                 }
             }
         }
-        let redact = Redactor::new(token.expose());
+        let redact = Redactor::new(token.map_or("", Secret::expose));
         Ok(Response {
             status,
             headers: redact.headers(headers),
@@ -126,41 +126,58 @@ impl Transport for Http {
 pub fn wire(
     client: &reqwest::Client,
     request: &OutboundRequest,
-    token: &Secret,
+    token: Option<&Secret>,
     timeout: Duration,
 ) -> Result<reqwest::Request, SendError> {
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| SendError::Build(format!("invalid method {}", request.method)))?;
-    let body = match request.credential {
-        Credential::Header(_) => serde_json::to_vec(&request.body),
-        Credential::BodyField(field) => {
-            let mut body = request.body.clone();
-            let slot = body
+    let token = match (&request.credential, token) {
+        (Credential::None, _) => None,
+        (_, Some(token)) => Some(token),
+        (_, None) => return Err(SendError::Build("no token to send".into())),
+    };
+    let body = match (&request.credential, token) {
+        (Credential::BodyField(field), Some(token)) => {
+            let mut filled = request.clone();
+            let slot = filled
+                .body
                 .as_object_mut()
-                .and_then(|b| b.get_mut(field))
+                .and_then(|b| b.get_mut(*field))
                 .ok_or_else(|| SendError::Build(format!("the body has no `{field}` field")))?;
             *slot = token.expose().into();
-            serde_json::to_vec(&body)
+            filled.body_bytes()
         }
+        _ => request.body_bytes(),
     }
-    .map_err(|e| SendError::Build(e.to_string()))?;
+    .map_err(SendError::Build)?;
     let mut builder = client.request(method, &request.url).timeout(timeout);
     // A call without a body (a GET, a cancel) sends none, not `null`.
     if !request.body.is_null() {
         builder = builder.body(body);
     }
+    let in_header = request.credential.header();
     for h in &request.headers {
-        let value = match request.credential {
-            Credential::Header(name) if name == h.name => {
-                let mut value = http::HeaderValue::from_str(token.expose())
-                    .map_err(|_| SendError::Build(format!("the token is not a valid {name} header value")))?;
+        let value = match token {
+            Some(token) if in_header == Some(h.name.as_ref()) => {
+                let text = match &request.credential {
+                    Credential::Authorization(scheme) => format!("{scheme} {}", token.expose()),
+                    Credential::Basic(user) => {
+                        use base64::Engine as _;
+                        let pair = format!("{user}:{}", token.expose());
+                        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+                    }
+                    _ => token.expose().to_owned(),
+                };
+                let mut value = http::HeaderValue::from_str(&text).map_err(|_| {
+                    SendError::Build(format!("the token is not a valid {} header value", h.name))
+                })?;
                 value.set_sensitive(true);
                 value
             }
             _ => http::HeaderValue::from_str(&h.value)
                 .map_err(|_| SendError::Build(format!("invalid value for header {}", h.name)))?,
         };
-        builder = builder.header(h.name, value);
+        builder = builder.header(h.name.as_ref(), value);
     }
     builder.build().map_err(describe_error)
 }
@@ -194,7 +211,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::target::{Header, REDACTED};
+    use crate::target::{Encoding, Header, REDACTED};
 
     fn circleci() -> OutboundRequest {
         OutboundRequest {
@@ -202,15 +219,16 @@ mod tests {
             url: "https://circleci.com/api/v2/project/gh/a/b/pipeline".into(),
             headers: vec![
                 Header {
-                    name: "Circle-Token",
+                    name: "Circle-Token".into(),
                     value: REDACTED.into(),
                 },
                 Header {
-                    name: "Content-Type",
+                    name: "Content-Type".into(),
                     value: "application/json".into(),
                 },
             ],
             body: serde_json::json!({"branch": "main"}),
+            encoding: Encoding::Json,
             credential: Credential::Header("Circle-Token"),
         }
     }
@@ -220,10 +238,11 @@ mod tests {
             method: "POST",
             url: "https://gitlab.example.com/api/v4/projects/1/trigger/pipeline".into(),
             headers: vec![Header {
-                name: "Content-Type",
+                name: "Content-Type".into(),
                 value: "application/json".into(),
             }],
             body: serde_json::json!({"ref": "main", "token": REDACTED, "variables": {"A": "1"}}),
+            encoding: Encoding::Json,
             credential: Credential::BodyField("token"),
         }
     }
@@ -236,7 +255,7 @@ mod tests {
     fn the_token_joins_the_request_only_on_the_wire() {
         let client = http_client();
         let token = Secret::new("circle-live-token");
-        let w = wire(&client, &circleci(), &token, Duration::from_secs(5)).unwrap();
+        let w = wire(&client, &circleci(), Some(&token), Duration::from_secs(5)).unwrap();
         let names: Vec<&str> = w.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["circle-token", "content-type"]);
         assert_eq!(w.headers()["circle-token"], "circle-live-token");
@@ -245,7 +264,7 @@ mod tests {
         assert!(!w.url().as_str().contains("circle-live-token"));
 
         let token = Secret::new("glptt-live-token");
-        let w = wire(&client, &gitlab(), &token, Duration::from_secs(5)).unwrap();
+        let w = wire(&client, &gitlab(), Some(&token), Duration::from_secs(5)).unwrap();
         assert_eq!(
             body(&w),
             r#"{"ref":"main","token":"glptt-live-token","variables":{"A":"1"}}"#
@@ -260,7 +279,13 @@ mod tests {
     fn a_body_without_its_token_field_is_refused() {
         let mut r = gitlab();
         r.body = serde_json::json!({"ref": "main"});
-        let e = wire(&http_client(), &r, &Secret::new("t"), Duration::from_secs(5)).unwrap_err();
+        let e = wire(
+            &http_client(),
+            &r,
+            Some(&Secret::new("t")),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "cannot build the request: the body has no `token` field"
@@ -309,7 +334,7 @@ mod tests {
         let mut request = circleci();
         request.url = format!("http://{addr}/api/v2/project/gh/a/b/pipeline");
         let response = Http::new()
-            .send(&request, &Secret::new(token), timeout)
+            .send(&request, Some(&Secret::new(token)), timeout)
             .await
             .unwrap();
         server.abort();

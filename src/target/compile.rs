@@ -6,12 +6,37 @@ use std::collections::BTreeMap;
 
 use toml::Spanned;
 
-use super::{Target, TargetKind, TriggerTemplate, circleci, gitlab};
+use super::{
+    Target, TargetKind, TriggerTemplate, buildkite, circleci, gitea_actions, github_actions, gitlab,
+    http_endpoint, jenkins,
+};
 use crate::config::diagnostic::{Diagnostic, suggest};
 use crate::config::loader::Loader;
 use crate::config::raw::{RawTarget, RawTrigger};
 use crate::config::retry::RetryPolicy;
 use crate::template::{TemplateCompiler, TemplateValue};
+
+/// The URL a target of `kind` calls when the config names none, if any.
+fn default_url(kind: TargetKind) -> Option<&'static str> {
+    match kind {
+        TargetKind::Circleci => Some("https://circleci.com"),
+        TargetKind::GithubActions => Some("https://api.github.com"),
+        TargetKind::Buildkite => Some("https://api.buildkite.com"),
+        TargetKind::Gitlab | TargetKind::GiteaActions | TargetKind::Jenkins | TargetKind::Http => None,
+    }
+}
+
+/// What the `token` of a target of `kind` is, when it is required.
+fn token_required(kind: TargetKind) -> Option<&'static str> {
+    match kind {
+        TargetKind::Circleci => Some("a CircleCI personal API token"),
+        TargetKind::GithubActions => Some("a GitHub token with Actions write access"),
+        TargetKind::GiteaActions => Some("an access token with the write:repository scope"),
+        TargetKind::Buildkite => Some("a Buildkite API access token with write_builds"),
+        TargetKind::Jenkins => Some("the API token of `user`"),
+        TargetKind::Gitlab | TargetKind::Http => None,
+    }
+}
 
 /// Build a target from its config table.
 pub fn build(
@@ -21,90 +46,94 @@ pub fn build(
     loader: &mut Loader,
 ) -> Option<Target> {
     let raw = raw.get_ref();
-    let kind = match raw.kind.get_ref().as_str() {
-        "circleci" => TargetKind::Circleci,
-        "gitlab" => TargetKind::Gitlab,
-        other => {
-            let mut d = Diagnostic::error(
-                format!("target `{name}`: unknown type `{other}`"),
-                Some(raw.kind.span()),
-            )
-            .with_help("types are circleci, gitlab");
-            if let Some(s) = suggest(other, ["circleci", "gitlab"]) {
-                d = d.with_help(format!("did you mean `{s}`?"));
-            }
-            loader.push(d);
-            return None;
+    let Some(kind) = TargetKind::parse(raw.kind.get_ref()) else {
+        let names = TargetKind::ALL.map(TargetKind::as_str);
+        let other = raw.kind.get_ref();
+        let mut d = Diagnostic::error(
+            format!("target `{name}`: unknown type `{other}`"),
+            Some(raw.kind.span()),
+        )
+        .with_help(format!("types are {}", names.join(", ")));
+        if let Some(s) = suggest(other, names) {
+            d = d.with_help(format!("did you mean `{s}`?"));
         }
+        loader.push(d);
+        return None;
     };
-    let base_url = match (&raw.url, kind) {
-        (Some(u), _) => {
-            let url = u.get_ref().trim_end_matches('/').to_owned();
-            match reqwest::Url::parse(&url) {
-                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
-                    if parsed.query().is_some()
-                        || !parsed.username().is_empty()
-                        || parsed.password().is_some()
-                    {
-                        loader.error(
-                            format!("target `{name}`: put tokens in `token`, not in the URL"),
-                            u.span(),
-                        );
-                    }
-                    if parsed.scheme() == "http" && !is_loopback(&parsed) {
-                        // Only the origin: the URL may carry credentials (refused above).
-                        let origin = parsed.origin().ascii_serialization();
-                        loader.push(
-                            Diagnostic::warning(
-                                format!(
-                                    "target `{name}`: `{origin}` is plain http; the token travels unencrypted"
-                                ),
-                                Some(u.span()),
-                            )
-                            .with_help(
-                                "use https, unless the way to the CI is private (a sidecar, a tunnel)",
-                            ),
-                        );
-                    }
-                    url
-                }
-                _ => {
-                    loader.error(
-                        format!("target `{name}`: `{url}` is not an http(s) URL"),
-                        u.span(),
-                    );
-                    return None;
-                }
-            }
-        }
-        (None, TargetKind::Circleci) => "https://circleci.com".to_owned(),
-        (None, TargetKind::Gitlab) => {
+    let base_url = match (&raw.url, default_url(kind)) {
+        (Some(u), _) => base_url(name, u, loader)?,
+        (None, Some(default)) => default.to_owned(),
+        (None, None) => {
             loader.push(
                 Diagnostic::error(
-                    format!("target `{name}`: `url` is required for gitlab targets"),
+                    format!("target `{name}`: `url` is required for {} targets", kind.as_str()),
                     Some(raw.kind.span()),
                 )
-                .with_help("e.g. `url = \"https://gitlab.com\"`"),
+                .with_help("e.g. `url = \"https://ci.example.com\"`"),
             );
             return None;
         }
     };
     let token = raw.token.as_ref().and_then(|t| loader.secret(t));
-    if kind == TargetKind::Circleci && raw.token.is_none() {
+    if let (Some(what), None) = (token_required(kind), &raw.token) {
         loader.push(Diagnostic::error(
-            format!("target `{name}`: `token` is required (a CircleCI personal API token)"),
+            format!("target `{name}`: `token` is required ({what})"),
             Some(raw.kind.span()),
         ));
     }
     let api_token = raw.api_token.as_ref().and_then(|t| loader.secret(t));
-    if let (TargetKind::Circleci, Some(t)) = (kind, &raw.api_token) {
+    if let Some(t) = &raw.api_token
+        && kind != TargetKind::Gitlab
+    {
         loader.push(
             Diagnostic::error(
                 format!("target `{name}`: `api_token` is for gitlab targets"),
                 Some(t.span()),
             )
-            .with_help("CircleCI cancels with the personal API token in `token`"),
+            .with_help("this target authenticates with `token`"),
         );
+    }
+    let user = only_for(name, kind, TargetKind::Jenkins, "user", raw.user.as_ref(), loader);
+    if kind == TargetKind::Jenkins && raw.user.is_none() {
+        loader.push(
+            Diagnostic::error(
+                format!("target `{name}`: `user` is required (the Jenkins user whose API token `token` is)"),
+                Some(raw.kind.span()),
+            )
+            .with_help("e.g. `user = \"hookbridge\"`"),
+        );
+    }
+    let signs = only_for(
+        name,
+        kind,
+        TargetKind::Http,
+        "signing",
+        raw.signing.as_ref(),
+        loader,
+    )
+    .is_some();
+    if let Some(s) = &raw.signing
+        && s.get_ref() != "standard"
+    {
+        loader.error(
+            format!(
+                "target `{name}`: signing `{}`: the one scheme is \"standard\" (Standard Webhooks)",
+                s.get_ref()
+            ),
+            s.span(),
+        );
+    }
+    let signing = raw.signing_secret.as_ref().and_then(|t| loader.secret(t));
+    match (&raw.signing, &raw.signing_secret) {
+        (Some(s), None) => loader.error(
+            format!("target `{name}`: `signing` needs `signing_secret` (a `whsec_...` secret)"),
+            s.span(),
+        ),
+        (None, Some(t)) => loader.error(
+            format!("target `{name}`: `signing_secret` without `signing = \"standard\"` signs nothing"),
+            t.span(),
+        ),
+        _ => {}
     }
     let retry = match &raw.retry {
         Some(r) => retry.overlay(r, loader),
@@ -118,8 +147,65 @@ pub fn build(
         has_token: raw.token.is_some(),
         api_token,
         has_api_token: raw.api_token.is_some(),
+        user,
+        signing,
+        signs,
         retry,
     })
+}
+
+/// A key only targets of kind `only` take: its value, or an error.
+fn only_for(
+    name: &str,
+    kind: TargetKind,
+    only: TargetKind,
+    key: &str,
+    value: Option<&Spanned<String>>,
+    loader: &mut Loader,
+) -> Option<String> {
+    let value = value?;
+    if kind != only {
+        loader.error(
+            format!("target `{name}`: `{key}` is for {} targets", only.as_str()),
+            value.span(),
+        );
+        return None;
+    }
+    Some(value.get_ref().clone())
+}
+
+/// A configured `url`: http(s), without credentials, trailing `/` dropped.
+fn base_url(name: &str, u: &Spanned<String>, loader: &mut Loader) -> Option<String> {
+    let url = u.get_ref().trim_end_matches('/').to_owned();
+    match reqwest::Url::parse(&url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            if parsed.query().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
+                loader.error(
+                    format!("target `{name}`: put tokens in `token`, not in the URL"),
+                    u.span(),
+                );
+            }
+            if parsed.scheme() == "http" && !is_loopback(&parsed) {
+                // Only the origin: the URL may carry credentials (refused above).
+                let origin = parsed.origin().ascii_serialization();
+                loader.push(
+                    Diagnostic::warning(
+                        format!("target `{name}`: `{origin}` is plain http; the token travels unencrypted"),
+                        Some(u.span()),
+                    )
+                    .with_help("use https, unless the way to the CI is private (a sidecar, a tunnel)"),
+                );
+            }
+            Some(url)
+        }
+        _ => {
+            loader.error(
+                format!("target `{name}`: `{url}` is not an http(s) URL"),
+                u.span(),
+            );
+            None
+        }
+    }
 }
 
 impl TriggerTemplate {
@@ -144,6 +230,17 @@ impl TriggerTemplate {
             TargetKind::Gitlab => {
                 gitlab::Trigger::compile(raw, target, &mut fields).map(TriggerTemplate::Gitlab)
             }
+            TargetKind::GithubActions => {
+                github_actions::Trigger::compile(raw, &mut fields).map(TriggerTemplate::GithubActions)
+            }
+            TargetKind::GiteaActions => {
+                gitea_actions::Trigger::compile(raw, &mut fields).map(TriggerTemplate::GiteaActions)
+            }
+            TargetKind::Buildkite => {
+                buildkite::Trigger::compile(raw, &mut fields).map(TriggerTemplate::Buildkite)
+            }
+            TargetKind::Jenkins => jenkins::Trigger::compile(raw, &mut fields).map(TriggerTemplate::Jenkins),
+            TargetKind::Http => http_endpoint::Trigger::compile(raw, &mut fields).map(TriggerTemplate::Http),
         };
         t.filter(|_| fields.ok)
     }
@@ -236,6 +333,75 @@ impl TriggerCompiler<'_> {
             }
         }
         out
+    }
+}
+
+impl TriggerCompiler<'_> {
+    /// A required key: its template, or an error naming what it is.
+    pub fn required(
+        &mut self,
+        raw: &Spanned<RawTrigger>,
+        key: &str,
+        v: &Option<Spanned<String>>,
+        what: &str,
+    ) -> Option<TemplateValue> {
+        match v {
+            Some(v) => self.text(key, v),
+            None => {
+                self.error(format!("trigger needs `{key}`, {what}"), raw.span());
+                None
+            }
+        }
+    }
+
+    /// A table whose values go out as text (environment variables, form
+    /// fields, Gitea inputs), with at most `max` keys. A list or table value
+    /// is refused; with `strict`, so is a number or boolean literal (the API
+    /// takes strings only, and converting would hide it).
+    pub fn text_table(
+        &mut self,
+        key: &str,
+        v: &Option<crate::config::raw::SpannedTable>,
+        max: usize,
+        strict: bool,
+        check_key: impl Fn(&str) -> Result<(), String>,
+    ) -> BTreeMap<String, TemplateValue> {
+        self.limit(key, v, max);
+        if let Some(table) = v {
+            for (k, value) in table.get_ref() {
+                let refused = match value.get_ref() {
+                    toml::Value::Array(_) | toml::Value::Table(_) => Some("a list or table"),
+                    toml::Value::String(_) => None,
+                    _ if strict => Some("not a string"),
+                    _ => None,
+                };
+                if let Some(what) = refused {
+                    self.error(
+                        format!(
+                            "trigger.{key}.{}: values are sent as text, and this is {what}; write it as a string",
+                            k.get_ref()
+                        ),
+                        value.span(),
+                    );
+                }
+            }
+        }
+        self.table(key, v, check_key)
+    }
+
+    /// At most `max` keys in a table (an API limit).
+    pub fn limit(&mut self, key: &str, v: &Option<crate::config::raw::SpannedTable>, max: usize) {
+        if let Some(table) = v
+            && table.get_ref().len() > max
+        {
+            self.error(
+                format!(
+                    "trigger.{key} has {} keys; the API takes at most {max}",
+                    table.get_ref().len()
+                ),
+                table.span(),
+            );
+        }
     }
 }
 

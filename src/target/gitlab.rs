@@ -204,6 +204,7 @@ pub(super) fn request(base: &str, r: &Request) -> OutboundRequest {
         url,
         headers: json_headers(),
         body: serde_json::Value::Object(body),
+        encoding: super::Encoding::Json,
         credential: Credential::BodyField(TOKEN_FIELD),
     }
 }

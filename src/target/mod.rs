@@ -23,13 +23,18 @@ use crate::config::secret::Secret;
 use crate::event::Event;
 use crate::template::Templates;
 
+pub mod buildkite;
 pub mod cancel;
 pub mod circleci;
 mod classify;
 pub mod client;
 mod compile;
 pub mod encode;
+pub mod gitea_actions;
+pub mod github_actions;
 pub mod gitlab;
+pub mod http_endpoint;
+pub mod jenkins;
 mod outbound;
 pub mod redact;
 mod render;
@@ -38,8 +43,11 @@ mod request;
 pub use classify::{Outcome, Response, TriggerResult, classify, error_message, retry_after, truncate_body};
 pub use compile::{TriggerCompiler, build};
 use outbound::json_headers;
-pub use outbound::{Credential, Header, OutboundRequest, REDACTED, USER_AGENT};
-pub use render::{GitRef, json_type, render_opt_string, render_string, render_table};
+pub use outbound::{AUTHORIZATION, Credential, Encoding, Header, OutboundRequest, REDACTED, USER_AGENT};
+pub use render::{
+    GitRef, default_ref, json_type, owner_repo, render_opt_string, render_string, render_table,
+    render_text_table,
+};
 pub use request::{RequestError, TriggerRequest};
 
 /// The `type` of a target.
@@ -47,14 +55,39 @@ pub use request::{RequestError, TriggerRequest};
 pub enum TargetKind {
     Circleci,
     Gitlab,
+    GithubActions,
+    GiteaActions,
+    Buildkite,
+    Jenkins,
+    Http,
 }
 
 impl TargetKind {
+    /// Every kind, in the order `check` lists them.
+    pub const ALL: [TargetKind; 7] = [
+        TargetKind::Circleci,
+        TargetKind::Gitlab,
+        TargetKind::GithubActions,
+        TargetKind::GiteaActions,
+        TargetKind::Buildkite,
+        TargetKind::Jenkins,
+        TargetKind::Http,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TargetKind::Circleci => "circleci",
             TargetKind::Gitlab => "gitlab",
+            TargetKind::GithubActions => "github-actions",
+            TargetKind::GiteaActions => "gitea-actions",
+            TargetKind::Buildkite => "buildkite",
+            TargetKind::Jenkins => "jenkins",
+            TargetKind::Http => "http",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<TargetKind> {
+        TargetKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -73,6 +106,12 @@ pub struct Target {
     pub api_token: Option<Secret>,
     /// Whether the config names an `api_token` at all.
     pub has_api_token: bool,
+    /// Jenkins: the user whose API token `token` is.
+    pub user: Option<String>,
+    /// `http` with `signing = "standard"`: the secret each request is signed with.
+    pub signing: Option<Secret>,
+    /// Whether the config asks for signing (the secret may be unresolved under `check`).
+    pub signs: bool,
     pub retry: RetryPolicy,
 }
 
@@ -82,6 +121,11 @@ pub struct Target {
 pub enum TriggerTemplate {
     Circleci(circleci::Trigger),
     Gitlab(gitlab::Trigger),
+    GithubActions(github_actions::Trigger),
+    GiteaActions(gitea_actions::Trigger),
+    Buildkite(buildkite::Trigger),
+    Jenkins(jenkins::Trigger),
+    Http(http_endpoint::Trigger),
 }
 
 impl TriggerTemplate {
@@ -95,6 +139,11 @@ impl TriggerTemplate {
         match self {
             TriggerTemplate::Circleci(c) => c.render(t, scope, event).map(TriggerRequest::Circleci),
             TriggerTemplate::Gitlab(g) => g.render(t, scope, event).map(TriggerRequest::Gitlab),
+            TriggerTemplate::GithubActions(g) => g.render(t, scope, event).map(TriggerRequest::GithubActions),
+            TriggerTemplate::GiteaActions(g) => g.render(t, scope, event).map(TriggerRequest::GiteaActions),
+            TriggerTemplate::Buildkite(b) => b.render(t, scope, event).map(TriggerRequest::Buildkite),
+            TriggerTemplate::Jenkins(j) => j.render(t, scope).map(TriggerRequest::Jenkins),
+            TriggerTemplate::Http(h) => h.render(t, scope).map(TriggerRequest::Http),
         }
     }
 
@@ -102,7 +151,7 @@ impl TriggerTemplate {
     pub fn token(&self) -> Option<&Secret> {
         match self {
             TriggerTemplate::Gitlab(g) => g.token.as_ref(),
-            TriggerTemplate::Circleci(_) => None,
+            _ => None,
         }
     }
 }
@@ -126,6 +175,9 @@ mod tests {
             has_token: true,
             api_token: None,
             has_api_token: false,
+            user: None,
+            signing: None,
+            signs: false,
             retry: RetryPolicy::default(),
         }
     }
@@ -195,9 +247,9 @@ mod tests {
             assert!(!json.contains(TOKEN), "{json}");
             assert!(json.contains(REDACTED), "{json}");
 
-            let token = target.token_for(None).unwrap();
+            let token = target.token_for(None).unwrap().unwrap();
             assert_eq!(format!("{token:?}"), "Secret(***)");
-            let wire = client::wire(&client, &r, token, Duration::from_secs(5)).unwrap();
+            let wire = client::wire(&client, &r, Some(token), Duration::from_secs(5)).unwrap();
             let body = String::from_utf8(wire.body().unwrap().as_bytes().unwrap().to_vec()).unwrap();
             let in_header = wire.headers().get("circle-token").is_some_and(|v| v == TOKEN);
             assert!(
@@ -212,7 +264,7 @@ mod tests {
     fn a_rule_token_wins_and_a_missing_token_is_an_error() {
         let mut t = target(TargetKind::Gitlab);
         let rule = Secret::new("rule-token");
-        assert_eq!(t.token_for(Some(&rule)).unwrap().expose(), "rule-token");
+        assert_eq!(t.token_for(Some(&rule)).unwrap().unwrap().expose(), "rule-token");
         t.token = None;
         let e = t.token_for(None).unwrap_err();
         assert_eq!(e, RequestError::NoToken("gitlab".into()));

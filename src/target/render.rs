@@ -47,6 +47,53 @@ pub fn render_table(
         .collect()
 }
 
+/// Render a table whose values go out as text: strings as they are,
+/// numbers and booleans written as text unless `strict` (an API that
+/// takes strings only); null, lists and tables are the rule's error.
+pub fn render_text_table(
+    t: &Templates,
+    table: &BTreeMap<String, TemplateValue>,
+    scope: &minijinja::Value,
+    key: &str,
+    strict: bool,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in render_table(t, table, scope)? {
+        let text = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) if !strict => n.to_string(),
+            serde_json::Value::Bool(b) if !strict => b.to_string(),
+            other => {
+                return Err(format!(
+                    "trigger.{key}.{k} must be text, got {}",
+                    json_type(&other)
+                ));
+            }
+        };
+        out.insert(k, text.into());
+    }
+    Ok(out)
+}
+
+/// The event's branch, else its tag: the ref a trigger builds by default.
+pub fn default_ref(event: &Event, key: &str) -> Result<String, String> {
+    event
+        .branch
+        .clone()
+        .or_else(|| event.tag.clone())
+        .ok_or_else(|| format!("the event has no branch or tag; set `{key}` in the trigger"))
+}
+
+/// `owner/repo`, split; anything else is the rule's error.
+pub fn owner_repo(repository: &str) -> Result<(&str, &str), String> {
+    match repository.split_once('/') {
+        Some((owner, repo)) if !owner.is_empty() && !repo.is_empty() && !repo.contains('/') => {
+            Ok((owner, repo))
+        }
+        _ => Err(format!("repository `{repository}` is not `owner/repo`")),
+    }
+}
+
 /// How a JSON value's type reads in a message ("a list").
 pub fn json_type(v: &serde_json::Value) -> &'static str {
     match v {

@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{OutboundRequest, Target, TargetKind, circleci, gitlab};
+use super::{
+    OutboundRequest, Target, TargetKind, buildkite, circleci, gitea_actions, github_actions, gitlab,
+    http_endpoint, jenkins,
+};
 use crate::config::secret::Secret;
 
 /// What a matched rule asks a target to do, fully rendered: one variant per
@@ -18,6 +21,11 @@ use crate::config::secret::Secret;
 pub enum TriggerRequest {
     Circleci(circleci::Request),
     Gitlab(gitlab::Request),
+    GithubActions(github_actions::Request),
+    GiteaActions(gitea_actions::Request),
+    Buildkite(buildkite::Request),
+    Jenkins(jenkins::Request),
+    Http(http_endpoint::Request),
 }
 
 impl TriggerRequest {
@@ -25,6 +33,11 @@ impl TriggerRequest {
         match self {
             TriggerRequest::Circleci(_) => TargetKind::Circleci,
             TriggerRequest::Gitlab(_) => TargetKind::Gitlab,
+            TriggerRequest::GithubActions(_) => TargetKind::GithubActions,
+            TriggerRequest::GiteaActions(_) => TargetKind::GiteaActions,
+            TriggerRequest::Buildkite(_) => TargetKind::Buildkite,
+            TriggerRequest::Jenkins(_) => TargetKind::Jenkins,
+            TriggerRequest::Http(_) => TargetKind::Http,
         }
     }
 }
@@ -43,6 +56,18 @@ enum Stored {
     CircleciPipelineRun(circleci::PipelineRunRequest),
     /// GitLab: `/projects/:id/trigger/pipeline`.
     GitlabPipeline(gitlab::Request),
+    /// GitHub Actions: `workflow_dispatch`.
+    GithubWorkflowDispatch(github_actions::WorkflowDispatch),
+    /// GitHub Actions: `repository_dispatch`.
+    GithubRepositoryDispatch(github_actions::RepositoryDispatch),
+    /// Gitea and Forgejo Actions: `workflow_dispatch`.
+    GiteaWorkflowDispatch(gitea_actions::Request),
+    /// Buildkite: create a build.
+    BuildkiteBuild(buildkite::Request),
+    /// Jenkins: `buildWithParameters`.
+    JenkinsBuild(jenkins::Request),
+    /// Any HTTP endpoint.
+    HttpRequest(http_endpoint::Request),
 }
 
 impl From<TriggerRequest> for Stored {
@@ -52,6 +77,16 @@ impl From<TriggerRequest> for Stored {
             TriggerRequest::Circleci(circleci::Request::Pipeline(r)) => Stored::CircleciPipeline(r),
             TriggerRequest::Circleci(circleci::Request::PipelineRun(r)) => Stored::CircleciPipelineRun(r),
             TriggerRequest::Gitlab(r) => Stored::GitlabPipeline(r),
+            TriggerRequest::GithubActions(github_actions::Request::Workflow(r)) => {
+                Stored::GithubWorkflowDispatch(r)
+            }
+            TriggerRequest::GithubActions(github_actions::Request::Repository(r)) => {
+                Stored::GithubRepositoryDispatch(r)
+            }
+            TriggerRequest::GiteaActions(r) => Stored::GiteaWorkflowDispatch(r),
+            TriggerRequest::Buildkite(r) => Stored::BuildkiteBuild(r),
+            TriggerRequest::Jenkins(r) => Stored::JenkinsBuild(r),
+            TriggerRequest::Http(r) => Stored::HttpRequest(r),
         }
     }
 }
@@ -63,6 +98,16 @@ impl From<Stored> for TriggerRequest {
             Stored::CircleciPipeline(r) => TriggerRequest::Circleci(circleci::Request::Pipeline(r)),
             Stored::CircleciPipelineRun(r) => TriggerRequest::Circleci(circleci::Request::PipelineRun(r)),
             Stored::GitlabPipeline(r) => TriggerRequest::Gitlab(r),
+            Stored::GithubWorkflowDispatch(r) => {
+                TriggerRequest::GithubActions(github_actions::Request::Workflow(r))
+            }
+            Stored::GithubRepositoryDispatch(r) => {
+                TriggerRequest::GithubActions(github_actions::Request::Repository(r))
+            }
+            Stored::GiteaWorkflowDispatch(r) => TriggerRequest::GiteaActions(r),
+            Stored::BuildkiteBuild(r) => TriggerRequest::Buildkite(r),
+            Stored::JenkinsBuild(r) => TriggerRequest::Jenkins(r),
+            Stored::HttpRequest(r) => TriggerRequest::Http(r),
         }
     }
 }
@@ -86,6 +131,10 @@ pub enum RequestError {
     /// The stored CircleCI project slug does not fit its API.
     #[error(transparent)]
     Slug(#[from] circleci::SlugError),
+    /// A stored value does not fit the target's API (a repository that is
+    /// not `owner/repo`, a Jenkins job path with an empty folder).
+    #[error("{0}")]
+    Invalid(String),
     /// Neither the rule nor the target has a token.
     #[error("no token is available for target `{0}`")]
     NoToken(String),
@@ -125,24 +174,66 @@ impl Target {
     }
 
     fn build(&self, req: &TriggerRequest) -> Result<OutboundRequest, RequestError> {
+        let base = &self.base_url;
         match (self.kind, req) {
-            (TargetKind::Circleci, TriggerRequest::Circleci(r)) => Ok(circleci::request(&self.base_url, r)?),
-            (TargetKind::Gitlab, TriggerRequest::Gitlab(r)) => Ok(gitlab::request(&self.base_url, r)),
+            (TargetKind::Circleci, TriggerRequest::Circleci(r)) => Ok(circleci::request(base, r)?),
+            (TargetKind::Gitlab, TriggerRequest::Gitlab(r)) => Ok(gitlab::request(base, r)),
+            (TargetKind::GithubActions, TriggerRequest::GithubActions(r)) => {
+                Ok(github_actions::request(base, r)?)
+            }
+            (TargetKind::GiteaActions, TriggerRequest::GiteaActions(r)) => {
+                Ok(gitea_actions::request(base, r)?)
+            }
+            (TargetKind::Buildkite, TriggerRequest::Buildkite(r)) => Ok(buildkite::request(base, r)),
+            (TargetKind::Jenkins, TriggerRequest::Jenkins(r)) => Ok(jenkins::request(
+                base,
+                self.user.as_deref().unwrap_or_default(),
+                r,
+            )?),
+            (TargetKind::Http, TriggerRequest::Http(r)) => Ok(http_endpoint::request(
+                base,
+                r,
+                self.token.is_some() || self.has_token,
+                self.signs,
+            )?),
             // The job was stored when this target had another `type`.
-            (TargetKind::Circleci, TriggerRequest::Gitlab(_))
-            | (TargetKind::Gitlab, TriggerRequest::Circleci(_)) => Err(RequestError::KindChanged {
+            (now, _) => Err(RequestError::KindChanged {
                 target: self.name.clone(),
-                now: self.kind,
+                now,
                 stored: req.target_kind(),
             }),
         }
     }
 
     /// The token a job sends: its rule's own (GitLab), else the target's.
-    pub fn token_for<'a>(&'a self, rule_token: Option<&'a Secret>) -> Result<&'a Secret, RequestError> {
-        rule_token
-            .or(self.token.as_ref())
-            .ok_or_else(|| RequestError::NoToken(self.name.clone()))
+    /// None for an `http` target that sends no token.
+    pub fn token_for<'a>(
+        &'a self,
+        rule_token: Option<&'a Secret>,
+    ) -> Result<Option<&'a Secret>, RequestError> {
+        match rule_token.or(self.token.as_ref()) {
+            Some(token) => Ok(Some(token)),
+            None if self.kind == TargetKind::Http && !self.has_token => Ok(None),
+            None => Err(RequestError::NoToken(self.name.clone())),
+        }
+    }
+
+    /// `request` signed for one attempt of job `id` at `now`, when this
+    /// target signs (`signing = "standard"`).
+    pub fn sign(
+        &self,
+        request: &mut OutboundRequest,
+        id: &str,
+        now: std::time::SystemTime,
+    ) -> Result<(), RequestError> {
+        if !self.signs {
+            return Ok(());
+        }
+        let secret = self
+            .signing
+            .as_ref()
+            .ok_or_else(|| RequestError::Invalid(format!("target `{}` has no signing_secret", self.name)))?;
+        http_endpoint::sign(request, id, secret, now).map_err(RequestError::Invalid)
     }
 }
 
@@ -190,6 +281,30 @@ mod tests {
             TargetKind::Gitlab,
             r#"{"api":"gitlab_pipeline","project":"42","ref":"v1.0","variables":{},"inputs":{},"rule_token":false}"#,
         ),
+        (
+            TargetKind::GithubActions,
+            r#"{"api":"github_workflow_dispatch","repository":"acme/app","workflow":"deploy.yml","ref":"main","inputs":{"dry":true,"env":"prod","n":3}}"#,
+        ),
+        (
+            TargetKind::GithubActions,
+            r#"{"api":"github_repository_dispatch","repository":"acme/app","event_type":"deploy","client_payload":{"sha":"abc","tags":["a"]}}"#,
+        ),
+        (
+            TargetKind::GiteaActions,
+            r#"{"api":"gitea_workflow_dispatch","repository":"acme/app","workflow":"ci.yaml","ref":"v1","inputs":{"env":"prod"}}"#,
+        ),
+        (
+            TargetKind::Buildkite,
+            r#"{"api":"buildkite_build","organization":"acme","pipeline":"app","commit":"HEAD","branch":"main","message":"m","env":{"A":"1"},"meta_data":{"k":"v"}}"#,
+        ),
+        (
+            TargetKind::Jenkins,
+            r#"{"api":"jenkins_build","job":"team/app","parameters":{"SHA":"abc"}}"#,
+        ),
+        (
+            TargetKind::Http,
+            r#"{"api":"http_request","method":"POST","path":"/deploy","headers":{"X-Env":"prod"},"body":"deploy main","text":true}"#,
+        ),
     ];
 
     /// A job stored for a CircleCI target that the config now calls a GitLab
@@ -200,7 +315,7 @@ mod tests {
             let request: TriggerRequest = serde_json::from_str(stored).unwrap();
             let other = match kind {
                 TargetKind::Circleci => TargetKind::Gitlab,
-                TargetKind::Gitlab => TargetKind::Circleci,
+                _ => TargetKind::Circleci,
             };
             let target = Target {
                 name: "ci".into(),
@@ -210,6 +325,9 @@ mod tests {
                 has_token: false,
                 api_token: None,
                 has_api_token: false,
+                user: None,
+                signing: None,
+                signs: false,
                 retry: crate::config::retry::RetryPolicy::default(),
             };
             let e = target.request(&request).unwrap_err();
@@ -318,10 +436,10 @@ mod tests {
             let request: TriggerRequest = serde_json::from_str(old).unwrap();
             assert_eq!(serde_json::to_string(&request).unwrap(), written);
         }
-        let e = serde_json::from_str::<TriggerRequest>(r#"{"api":"buildkite_build","project":"a"}"#)
+        let e = serde_json::from_str::<TriggerRequest>(r#"{"api":"teamcity_build","project":"a"}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("unknown variant `buildkite_build`"), "{e}");
+        assert!(e.starts_with("unknown variant `teamcity_build`"), "{e}");
         assert!(serde_json::from_str::<TriggerRequest>(r#"{"project":"a"}"#).is_err());
     }
 }
@@ -339,6 +457,9 @@ mod dot_segments {
             has_token: false,
             api_token: None,
             has_api_token: false,
+            user: None,
+            signing: None,
+            signs: false,
             retry: crate::config::retry::RetryPolicy::default(),
         }
     }

@@ -81,22 +81,27 @@ impl Caller<'_> {
             url,
             headers: vec![
                 Header {
-                    name: self.header,
+                    name: self.header.into(),
                     value: REDACTED.to_owned(),
                 },
                 Header {
-                    name: "Accept",
+                    name: "Accept".into(),
                     value: "application/json".into(),
                 },
                 Header {
-                    name: "User-Agent",
+                    name: "User-Agent".into(),
                     value: USER_AGENT.into(),
                 },
             ],
             body: serde_json::Value::Null,
+            encoding: super::Encoding::Json,
             credential: Credential::Header(self.header),
         };
-        let response = match self.transport.send(&request, self.token, self.timeout).await {
+        let response = match self
+            .transport
+            .send(&request, Some(self.token), self.timeout)
+            .await
+        {
             Ok(r) => r,
             Err(e @ super::client::SendError::Build(_)) => {
                 return Step::Stop(Cancelled::Permanent(self.redact.text(&e.to_string())));
@@ -148,6 +153,12 @@ pub async fn cancel(
     let (token, header) = match request {
         TriggerRequest::Circleci(_) => (target.token.as_ref(), "Circle-Token"),
         TriggerRequest::Gitlab(_) => (target.api_token.as_ref(), "PRIVATE-TOKEN"),
+        other => {
+            return unusable(format!(
+                "hookbridge cannot cancel a {} run",
+                other.target_kind().as_str()
+            ));
+        }
     };
     let Some(token) = token else {
         return unusable(format!(
@@ -200,6 +211,11 @@ pub async fn cancel(
             }
             _ => Cancelled::Permanent("the job recorded no GitLab pipeline id to cancel".into()),
         },
+        // Refused before a caller was made.
+        other => Cancelled::Permanent(format!(
+            "hookbridge cannot cancel a {} run",
+            other.target_kind().as_str()
+        )),
     };
     (outcome, caller.last)
 }

@@ -23,7 +23,12 @@ struct Script {
 
 #[async_trait::async_trait]
 impl Transport for Script {
-    async fn send(&self, r: &OutboundRequest, _: &Secret, _: Duration) -> Result<Response, SendError> {
+    async fn send(
+        &self,
+        r: &OutboundRequest,
+        _: Option<&Secret>,
+        _: Duration,
+    ) -> Result<Response, SendError> {
         self.calls.lock().unwrap().push(format!("{} {}", r.method, r.url));
         let mut answers = self.answers.lock().unwrap();
         if answers.is_empty() {
@@ -47,6 +52,9 @@ fn target(kind: TargetKind) -> Target {
         has_token: true,
         api_token: Some(Secret::new(TOKEN)),
         has_api_token: true,
+        user: None,
+        signing: None,
+        signs: false,
         retry: RetryPolicy::default(),
     }
 }

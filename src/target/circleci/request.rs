@@ -16,7 +16,7 @@ pub(in crate::target) fn request(base: &str, req: &Request) -> Result<OutboundRe
     headers.insert(
         0,
         Header {
-            name: TOKEN_HEADER,
+            name: TOKEN_HEADER.into(),
             value: REDACTED.to_owned(),
         },
     );
@@ -83,6 +83,7 @@ pub(in crate::target) fn request(base: &str, req: &Request) -> Result<OutboundRe
         url,
         headers,
         body,
+        encoding: crate::target::Encoding::Json,
         credential: Credential::Header(TOKEN_HEADER),
     })
 }

@@ -1,0 +1,394 @@
+//! Any HTTP endpoint: a templated method, path, headers and body, sent to
+//! the target's `url`.
+//!
+//! A `body` table goes out as JSON (`application/json`); a `body` string as
+//! its text (`text/plain` unless a `Content-Type` header says otherwise).
+//! The target's optional `token` travels as `Authorization: Bearer`; with
+//! `signing = "standard"` each request also carries Standard Webhooks
+//! headers (<https://www.standardwebhooks.com>): `webhook-id` (the job's id,
+//! the same on every retry, so the receiver can deduplicate),
+//! `webhook-timestamp` (when the attempt is sent) and `webhook-signature`
+//! (`v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` under the
+//! secret). Those are computed per attempt ([`sign`]); the printable request
+//! shows where they go.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::{
+    AUTHORIZATION, Credential, Encoding, Header, OutboundRequest, Outcome, REDACTED, RequestError,
+    TriggerCompiler, TriggerResult, USER_AGENT, json_type, render_string, render_table,
+};
+use crate::config::raw::RawTrigger;
+use crate::config::secret::Secret;
+use crate::template::{TemplateValue, Templates};
+
+/// Methods a trigger may use.
+const METHODS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "GET"];
+/// Headers a rule may not set: hookbridge writes them (credentials,
+/// framing, signatures), or they would carry a secret into the store.
+const RESERVED: [&str; 9] = [
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "proxy-authorization",
+];
+/// Headers per request: a bound on a typo'd config.
+const MAX_HEADERS: usize = 50;
+/// What the printable request shows where the attempt's values go.
+const AT_SEND: &str = "(set when sent)";
+
+#[derive(Debug)]
+pub struct Trigger {
+    method: &'static str,
+    path: TemplateValue,
+    headers: BTreeMap<String, TemplateValue>,
+    body: Option<Body>,
+}
+
+#[derive(Debug)]
+enum Body {
+    Text(TemplateValue),
+    Json(TemplateValue),
+}
+
+/// A rendered request (`"api": "http_request"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub method: String,
+    /// Appended to the target's `url`; starts with `/`.
+    pub path: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON value, or the text of a string body (`text`).
+    #[serde(default)]
+    pub body: serde_json::Value,
+    /// `body` is a string to send as is, not JSON.
+    #[serde(default)]
+    pub text: bool,
+}
+
+fn check_header(name: &str) -> Result<(), String> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not a valid header name"));
+    }
+    if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "hookbridge sets `{name}` itself; put a credential in the target's `token` (sent as `Authorization: Bearer`)"
+        ));
+    }
+    Ok(())
+}
+
+impl Trigger {
+    pub fn compile(raw: &Spanned<RawTrigger>, f: &mut TriggerCompiler<'_>) -> Option<Trigger> {
+        let r = raw.get_ref();
+        f.allow(
+            r,
+            "an http request",
+            &["method", "path", "headers", "body"],
+            |key| match key {
+                "parameters" | "variables" | "inputs" => {
+                    Some("put values in `body` (a table is sent as JSON)".into())
+                }
+                _ => None,
+            },
+        );
+        let method = match &r.method {
+            None => "POST",
+            Some(m) => match METHODS.iter().find(|x| x.eq_ignore_ascii_case(m.get_ref())) {
+                Some(x) => x,
+                None => {
+                    f.error(
+                        format!("trigger.method `{}`: one of {}", m.get_ref(), METHODS.join(", ")),
+                        m.span(),
+                    );
+                    return None;
+                }
+            },
+        };
+        let path = match &r.path {
+            Some(p) => {
+                if !p.get_ref().starts_with('/') {
+                    f.error(
+                        "trigger.path starts with `/` (it is appended to the target's url)",
+                        p.span(),
+                    );
+                }
+                f.text("path", p)?
+            }
+            None => TemplateValue::Literal("/".into()),
+        };
+        f.limit("headers", &r.headers, MAX_HEADERS);
+        let headers = f.text_table("headers", &r.headers, MAX_HEADERS, false, check_header);
+        let body = match &r.body {
+            None => None,
+            Some(b) => match b.get_ref() {
+                toml::Value::String(_) => Some(Body::Text(f.value("body", b)?)),
+                toml::Value::Table(_) => Some(Body::Json(f.value("body", b)?)),
+                _ => {
+                    f.error(
+                        "trigger.body is a string (sent as text) or a table (sent as JSON)",
+                        b.span(),
+                    );
+                    return None;
+                }
+            },
+        };
+        if body.is_some() && method == "GET" {
+            if let Some(b) = &r.body {
+                f.error("a GET request has no body", b.span());
+            }
+        }
+        Some(Trigger {
+            method,
+            path,
+            headers,
+            body,
+        })
+    }
+
+    pub fn render(&self, t: &Templates, scope: &minijinja::Value) -> Result<Request, String> {
+        let path = render_string(t, &self.path, scope, "path")?;
+        if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+                "trigger.path rendered `{}`: a path starts with `/` and has no spaces or control characters",
+                path.escape_debug()
+            ));
+        }
+        let mut headers = BTreeMap::new();
+        for (k, v) in render_table(t, &self.headers, scope)? {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => return Err(format!("header `{k}` must be text, got {}", json_type(&other))),
+            };
+            if http::HeaderValue::from_str(&text).is_err() {
+                return Err(format!(
+                    "header `{k}` rendered a value that cannot be sent in a header"
+                ));
+            }
+            headers.insert(k, text);
+        }
+        let (body, text) = match &self.body {
+            None => (serde_json::Value::Null, false),
+            Some(Body::Json(v)) => (t.render(v, scope)?, false),
+            Some(Body::Text(v)) => match t.render(v, scope)? {
+                serde_json::Value::String(s) => (serde_json::Value::String(s), true),
+                // One `{{ expr }}` keeps its type: a table or list goes out as JSON.
+                other => (other, false),
+            },
+        };
+        Ok(Request {
+            method: self.method.to_owned(),
+            path,
+            headers,
+            body,
+            text,
+        })
+    }
+}
+
+/// The request; with `token`, an `Authorization: Bearer` header; with
+/// `signs`, the Standard Webhooks headers as placeholders for [`sign`].
+pub(super) fn request(
+    base: &str,
+    r: &Request,
+    token: bool,
+    signs: bool,
+) -> Result<OutboundRequest, RequestError> {
+    let method = METHODS
+        .into_iter()
+        .find(|m| *m == r.method)
+        .ok_or_else(|| RequestError::Invalid(format!("`{}` is not a method hookbridge sends", r.method)))?;
+    let mut headers: Vec<Header> = Vec::new();
+    let has = |name: &str| r.headers.keys().any(|k| k.eq_ignore_ascii_case(name));
+    if !r.body.is_null() && !has("content-type") {
+        headers.push(Header {
+            name: "Content-Type".into(),
+            value: if r.text {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/json"
+            }
+            .into(),
+        });
+    }
+    if !has("user-agent") {
+        headers.push(Header {
+            name: "User-Agent".into(),
+            value: USER_AGENT.into(),
+        });
+    }
+    for (k, v) in &r.headers {
+        if let Err(e) = check_header(k) {
+            return Err(RequestError::Invalid(e));
+        }
+        headers.push(Header {
+            name: k.clone().into(),
+            value: v.clone(),
+        });
+    }
+    if signs {
+        for name in ["webhook-id", "webhook-timestamp"] {
+            headers.push(Header {
+                name: name.into(),
+                value: AT_SEND.into(),
+            });
+        }
+        headers.push(Header {
+            name: "webhook-signature".into(),
+            value: format!("v1,{REDACTED}"),
+        });
+    }
+    if token {
+        headers.push(Header {
+            name: AUTHORIZATION.into(),
+            value: format!("Bearer {REDACTED}"),
+        });
+    }
+    Ok(OutboundRequest {
+        method,
+        url: format!("{base}{}", r.path),
+        headers,
+        body: r.body.clone(),
+        encoding: if r.text { Encoding::Text } else { Encoding::Json },
+        credential: if token {
+            Credential::Authorization("Bearer")
+        } else {
+            Credential::None
+        },
+    })
+}
+
+/// The key of a Standard Webhooks secret: the base64 after `whsec_`, or
+/// the text itself when it is not one.
+fn key(secret: &str) -> Vec<u8> {
+    secret
+        .strip_prefix("whsec_")
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .unwrap_or_else(|| secret.as_bytes().to_vec())
+}
+
+/// Fill in the Standard Webhooks headers of `request` for one attempt of
+/// job `id` at `now`.
+pub fn sign(request: &mut OutboundRequest, id: &str, secret: &Secret, now: SystemTime) -> Result<(), String> {
+    let timestamp = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        .to_string();
+    let body = request.body_bytes()?;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&key(secret.expose())).map_err(|e| e.to_string())?;
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&body);
+    let signature = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    for h in &mut request.headers {
+        match h.name.as_ref() {
+            "webhook-id" => h.value = id.to_owned(),
+            "webhook-timestamp" => h.value.clone_from(&timestamp),
+            "webhook-signature" => h.value.clone_from(&signature),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn created() -> Outcome {
+    Outcome::Created(TriggerResult {
+        state: Some("delivered".into()),
+        ..TriggerResult::default()
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn req(body: serde_json::Value, text: bool) -> Request {
+        Request {
+            method: "POST".into(),
+            path: "/deploy".into(),
+            headers: BTreeMap::from([("X-Env".into(), "prod".into())]),
+            body,
+            text,
+        }
+    }
+
+    #[test]
+    fn a_table_body_is_json_and_a_string_body_is_text() {
+        let json = request(
+            "https://d.example",
+            &req(serde_json::json!({"a": 1}), false),
+            true,
+            false,
+        )
+        .unwrap();
+        assert_eq!(json.url, "https://d.example/deploy");
+        assert_eq!(json.body_bytes().unwrap(), br#"{"a":1}"#);
+        assert!(
+            json.headers
+                .iter()
+                .any(|h| h.name == "Content-Type" && h.value == "application/json")
+        );
+        assert!(
+            json.headers
+                .iter()
+                .any(|h| h.name == AUTHORIZATION && h.value == "Bearer ***")
+        );
+        let text = request(
+            "https://d.example",
+            &req("deploy main".into(), true),
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(text.body_bytes().unwrap(), b"deploy main");
+        assert_eq!(text.credential, Credential::None);
+    }
+
+    /// The example of the Standard Webhooks specification's reference
+    /// libraries: this secret, id, timestamp and body sign to this value.
+    #[test]
+    fn signing_matches_the_specifications_example() {
+        let mut r = request(
+            "https://d.example",
+            &req(r#"{"test": 2432232314}"#.into(), true),
+            false,
+            true,
+        )
+        .unwrap();
+        let secret = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(1_614_265_330);
+        sign(&mut r, "msg_p5jXN8AQM9LWM0D4loKWxJek", &secret, at).unwrap();
+        let get = |n: &str| r.headers.iter().find(|h| h.name == n).unwrap().value.clone();
+        assert_eq!(get("webhook-id"), "msg_p5jXN8AQM9LWM0D4loKWxJek");
+        assert_eq!(get("webhook-timestamp"), "1614265330");
+        assert_eq!(
+            get("webhook-signature"),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn reserved_headers_are_refused() {
+        for name in ["Authorization", "webhook-signature", "Host", "bad header"] {
+            assert!(check_header(name).is_err(), "{name}");
+        }
+        assert!(check_header("X-Deploy").is_ok());
+    }
+}
