@@ -35,6 +35,7 @@ use crate::target::client::{Http, Transport};
 mod attempt;
 mod cancel;
 mod clock;
+mod follow;
 mod purge;
 mod retry;
 
@@ -141,6 +142,7 @@ impl Dispatcher {
         let mut inflight = Inflight::default();
         let mut store_backoff = Duration::from_millis(100);
         let cancels = tokio::spawn(self.clone().cancel_loop(shutdown.clone()));
+        let follows = tokio::spawn(self.clone().follow_loop(shutdown.clone()));
         // A slot the loop waited for, kept for its next lease.
         let mut freed: Option<OwnedSemaphorePermit> = None;
         info!(owner = %self.owner, concurrency, "dispatcher started");
@@ -276,6 +278,8 @@ impl Dispatcher {
             cancels.abort();
             warn!("a pipeline cancel was still running at the end of the grace period; it runs again");
         }
+        // A read of a queue item is safe to repeat: it stops here.
+        follows.abort();
         if let Err(e) = self.store.release(&self.owner, self.clock.now()).await {
             warn!(error = %e, "cannot give back leases; they expire on their own");
         }
