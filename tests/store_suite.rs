@@ -916,6 +916,8 @@ macro_rules! suite {
     };
 }
 
+#[path = "store_suite/follow_ups.rs"]
+mod follow_ups;
 #[path = "store_suite/groups.rs"]
 mod groups;
 #[path = "store_suite/search.rs"]
@@ -1445,17 +1447,35 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
     assert_eq!(leased.len(), 2);
     let again = leased.iter().find(|j| j.delivery == "old-1").unwrap();
     assert_eq!((again.id.as_str(), again.attempt), (job.id.as_str(), 1));
-    s.record_attempt(again, "w", attempt(201), created(), SystemTime::now())
+    // A run the CI only queued is followed up on the migrated schema.
+    let queued = TriggerResult {
+        follow: Some("3".into()),
+        ..TriggerResult::default()
+    };
+    s.record_attempt(
+        again,
+        "w",
+        attempt(201),
+        Transition::Done(queued),
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    let follow_ups = s
+        .lease_follow_ups("w", 5, LEASE, SystemTime::now())
         .await
         .unwrap();
-    // Purging the old delivery takes its payload with it.
+    assert_eq!(follow_ups.len(), 1);
+    assert_eq!(follow_ups[0].job, job.id);
+    // Purging the old delivery takes its payload and follow-up with it.
     assert_eq!(s.purge(SystemTime::now(), 10).await.unwrap(), 1);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let payloads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payloads")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(payloads, 1);
+    let (payloads, follow_ups): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM payloads), (SELECT COUNT(*) FROM follow_ups)")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((payloads, follow_ups), (1, 0));
     let _ = conn.close().await;
     // Migrating again (a second replica, a restart) changes nothing.
     assert_eq!(
@@ -1479,7 +1499,14 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
     use sqlx::Connection;
 
     type Shape = BTreeMap<String, Vec<String>>;
-    const TABLES: [&str; 4] = ["deliveries", "payloads", "jobs", "attempts"];
+    const TABLES: [&str; 6] = [
+        "deliveries",
+        "payloads",
+        "jobs",
+        "attempts",
+        "cancels",
+        "follow_ups",
+    ];
 
     let lite = sqlite().await;
     let path = lite._sqlite.as_ref().unwrap().path().join("hb.db");
@@ -1570,6 +1597,14 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
         ["lease_until", "WHERE state = 'running'"]
     );
     assert!(lite_columns["payloads"].contains(&"payload".to_owned()));
+    assert_eq!(
+        lite_indexes["follow_ups_due"],
+        ["next_attempt_at", "WHERE state = 'pending'"]
+    );
+    assert_eq!(
+        lite_indexes["follow_ups_lease"],
+        ["lease_until", "WHERE state = 'running'"]
+    );
     assert_eq!(pg_columns, lite_columns);
     assert_eq!(pg_indexes, lite_indexes);
 }

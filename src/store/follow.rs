@@ -45,4 +45,20 @@ impl FollowOutcome {
             FollowOutcome::Done(r) | FollowOutcome::Again { result: r, .. } => r,
         }
     }
+
+    /// The follow-up after this read, recorded at `now` (milliseconds):
+    /// its state (`follow_ups.state`: `pending`, `running` while leased,
+    /// `done`) and when it falls due (for an ended one, `now`).
+    pub(crate) fn next(&self, now: i64) -> (&'static str, i64) {
+        match self {
+            FollowOutcome::Done(_) => ("done", now),
+            FollowOutcome::Again { at, .. } => ("pending", super::millis(*at)),
+        }
+    }
+}
+
+/// Whether an attempt that ended in `next` leaves its job a follow-up: a
+/// run the CI created only as a queue entry.
+pub(crate) fn follows(next: &super::Transition) -> bool {
+    matches!(next, super::Transition::Done(r) if r.follow.is_some())
 }

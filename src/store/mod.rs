@@ -56,10 +56,11 @@
 //!   texts, messages, the schema check, JSON columns;
 //! - [`concurrency`]: concurrency groups' shared model: what an ingest
 //!   supersedes ([`concurrency::supersede`]), starts, cancels;
+//! - [`follow`]: follow-ups of runs a CI only queued;
 //! - [`ready`]: the readiness probe cache;
 //! - [`sqlite`]: `mod` (store, open), `schema`, `writer` (group commit, one
-//!   generic write op), `queue` (writes), `groups` (superseding), `status`,
-//!   `history` (reads), `guard` (files, room);
+//!   generic write op), `queue` (writes), `groups` (superseding), `cancels`,
+//!   `follow_ups`, `status`, `history` (reads), `guard` (files, room);
 //! - [`postgres`]: the shared store. SQL stays per backend.
 
 use std::collections::BTreeMap;
@@ -72,8 +73,8 @@ use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
 pub mod concurrency;
-pub mod follow;
 mod error;
+pub mod follow;
 pub mod handoff;
 pub mod model;
 mod open;

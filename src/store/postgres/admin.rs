@@ -26,8 +26,8 @@ pub(super) async fn replay(
     let groups = groups::groups_of(tx, &id, job).await?;
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
     groups::lock_groups(tx, &groups).await?;
-    // Its old pipeline is no longer held open, and any cancel of it is
-    // forgotten (its attempts stay in the history): it runs anew.
+    // Its old pipeline is no longer held open, and any cancel or follow-up
+    // of it is forgotten (its attempts stay in the history): it runs anew.
     let rows: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
         "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL,
                 superseded_by = NULL, cancel_by = NULL, pipeline_open = NULL, updated_at = $3
@@ -46,6 +46,7 @@ pub(super) async fn replay(
         .execute(&mut **tx)
         .await
         .map_err(db)?;
+    super::follow_ups::forget(tx, &ids).await?;
     let grouped: Vec<Requeued> = rows
         .into_iter()
         .filter_map(|(job, group, cancel)| Requeued::from_row(job, &id, group, cancel.is_some()))
@@ -123,7 +124,7 @@ async fn lock_delivery(tx: &mut Tx, id: &str, key: &DeliveryKey) -> Result<(), S
 }
 
 /// Delete up to `batch` finished deliveries received before `cutoff`, with
-/// their payloads, jobs and attempts, unless another replica holds the purge
+/// their payloads, jobs, attempts, cancels and follow-ups, unless another replica holds the purge
 /// lock (then 0: it purges this round).
 ///
 /// One statement per table, in this order: deleting the jobs waits for any
@@ -167,6 +168,7 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
     for sql in [
         "DELETE FROM attempts WHERE job_id = ANY($1)",
         "DELETE FROM cancels WHERE job_id = ANY($1)",
+        "DELETE FROM follow_ups WHERE job_id = ANY($1)",
     ] {
         sqlx::query(sql)
             .bind(&jobs)

@@ -33,7 +33,7 @@
 //! Files: `schema` (migrations), `batch` (the group-commit queue), `write`
 //! (ingests and records through it), `bulk` and `record` (their multi-row
 //! statements), `groups` (superseding, and the start of a grouped attempt),
-//! `queue` (lease, release, and what the writes share), `admin` (replay,
+//! `cancels` and `follow_ups` (their queues), `queue` (lease, release, and what the writes share), `admin` (replay,
 //! added jobs, purge), `history` (reads), `listen` (notifications),
 //! `connect` (options from `[store]`), `error` (sqlx errors classified into
 //! kinds); this file holds the pool and the [`Store`] impl.
@@ -44,6 +44,7 @@ mod bulk;
 mod cancels;
 mod connect;
 mod error;
+mod follow_ups;
 mod groups;
 mod history;
 mod listen;
@@ -63,6 +64,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::concurrency::{CancelOutcome, LeasedCancel};
+use super::follow::{FollowOutcome, LeasedFollowUp};
 use super::*;
 use crate::config::StoreSettings;
 use crate::store::handoff::Handoff;
@@ -186,22 +188,18 @@ impl Store for PostgresStore {
         limit: usize,
         lease: Duration,
         now: SystemTime,
-    ) -> Result<Vec<crate::store::follow::LeasedFollowUp>, StoreError> {
-        // STUB: replaced by the follow-ups implementation.
-        let _ = (owner, limit, lease, now);
-        Ok(Vec::new())
+    ) -> Result<Vec<LeasedFollowUp>, StoreError> {
+        follow_ups::lease(&self.pool, owner, limit, lease, now).await
     }
 
     async fn record_follow_up(
         &self,
-        follow_up: &crate::store::follow::LeasedFollowUp,
+        follow_up: &LeasedFollowUp,
         owner: &str,
-        outcome: crate::store::follow::FollowOutcome,
+        outcome: FollowOutcome,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        // STUB: replaced by the follow-ups implementation.
-        let _ = (follow_up, owner, outcome, now);
-        Ok(())
+        follow_ups::record(&self.pool, follow_up, owner, &outcome, now).await
     }
 
     async fn lease_cancels(
@@ -277,8 +275,8 @@ impl Store for PostgresStore {
     }
 
     /// One batch, by one replica at a time: a replica that finds the purge
-    /// lock taken deletes nothing this round. Payloads, jobs and attempts go
-    /// with their delivery, deleted by the purge itself (no foreign keys:
+    /// lock taken deletes nothing this round. Payloads, jobs, attempts,
+    /// cancels and follow-ups go with their delivery, deleted by the purge itself (no foreign keys:
     /// `schema`).
     async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;

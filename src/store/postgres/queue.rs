@@ -116,6 +116,10 @@ pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, 
     .await
     .map_err(db)?;
     let requeued = rows.len();
+    if requeued > 0 {
+        let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        super::follow_ups::forget(tx, &ids).await?;
+    }
     let grouped: Vec<Requeued> = rows
         .into_iter()
         .filter_map(|(job, group, cancel)| Requeued::from_row(job, &id, group, cancel.is_some()))
@@ -215,6 +219,7 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
         .await
         .map_err(db)?;
     }
+    super::follow_ups::release(tx, owner, now_ms).await?;
     if !ids.is_empty() {
         notify(&mut **tx).await?;
     }

@@ -1,5 +1,6 @@
 //! A batch of attempt records, written with multi-row statements (`UNNEST`
-//! of one array per column): three in one transaction.
+//! of one array per column): three in one transaction, and a fourth when
+//! a record leaves a follow-up (`follow_ups`).
 //!
 //! Callers ([`super::write`]) hand in records of distinct jobs, sorted by
 //! job id (see [`super::batch::first_by_key`]).
@@ -9,7 +10,8 @@ use std::time::SystemTime;
 
 use super::bulk::{TextPair, text};
 use super::queue::{Tx, refresh_status};
-use super::{db, groups};
+use super::{db, follow_ups, groups};
+use crate::store::follow::follows;
 use crate::store::model::JobUpdate;
 use crate::store::*;
 
@@ -85,6 +87,19 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
         groups::created_late(tx, &created, now).await?;
         groups::after_done(tx, &grouped_done, now).await?;
     }
+    let queued: Vec<(&str, &str, i64)> = records
+        .iter()
+        .zip(&updates)
+        .filter(|(r, _)| follows(&r.next))
+        .filter_map(|(r, u)| {
+            u.result
+                .as_deref()
+                .map(|res| (r.job.as_str(), res, millis(r.now)))
+        })
+        .collect();
+    if !queued.is_empty() {
+        follow_ups::created(tx, &queued).await?;
+    }
     let mut deliveries: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
     deliveries.sort_unstable();
     deliveries.dedup();
@@ -98,7 +113,8 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
 /// record retried after its job was leased again leaves the new lease
 /// alone); a late worker's attempt is recorded all the same. A job a newer
 /// one of its group superseded while its attempt was out is due at once if
-/// it is to be retried: its next start ends it.
+/// it is to be retried: its next start ends it. A job moved on drops its
+/// follow-up, if it had one (one it is to keep is stored again after).
 async fn attempts_and_jobs(
     tx: &mut Tx,
     records: &[&Record],
@@ -160,7 +176,11 @@ async fn attempts_and_jobs(
             INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
             SELECT u.job, COALESCE((SELECT MAX(x.n) FROM attempts x WHERE x.job_id = u.job), 0) + 1,
                    u.started, u.duration, u.status, u.outcome, u.error, u.response
-            FROM u)
+            FROM u),
+         f AS (
+            DELETE FROM follow_ups x USING u, jobs j
+            WHERE x.job_id = u.job AND j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running'
+              AND j.attempts = u.lease)
          UPDATE jobs j SET state = u.state, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = CASE WHEN u.state = 'pending' AND j.superseded_by IS NOT NULL THEN u.now ELSE u.due END,
                 last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now

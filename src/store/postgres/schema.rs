@@ -207,6 +207,23 @@ ALTER TABLE deliveries ADD COLUMN sha TEXT;
 UPDATE deliveries d SET sha = lower(p.event::jsonb ->> 'sha') FROM payloads p WHERE p.seq = d.seq;
 CREATE INDEX deliveries_sha ON deliveries (sha COLLATE "C") WHERE sha IS NOT NULL;
 "#,
+    // Version 9, SQLite's version 8: follow-ups of runs a CI only queued
+    // (see SQLite's schema). No foreign key, as `cancels`: the purge
+    // deletes a delivery's follow-ups with its jobs.
+    r#"
+CREATE TABLE follow_ups (
+    job_id          TEXT PRIMARY KEY,
+    state           TEXT NOT NULL,
+    polls           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     BIGINT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+CREATE INDEX follow_ups_due ON follow_ups (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX follow_ups_lease ON follow_ups (lease_until) WHERE state = 'running';
+"#,
 ];
 
 /// The schema version this build creates.

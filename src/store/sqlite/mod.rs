@@ -25,6 +25,7 @@ use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use super::concurrency::{CancelOutcome, LeasedCancel};
+use super::follow::{FollowOutcome, LeasedFollowUp};
 use super::ready::Readiness;
 use super::*;
 use guard::Guard;
@@ -33,6 +34,7 @@ use schema::{connect, connect_existing, migrate, probe};
 use writer::{How, Op, Write};
 
 mod cancels;
+mod follow_ups;
 mod groups;
 mod guard;
 mod history;
@@ -324,22 +326,26 @@ impl Store for SqliteStore {
         limit: usize,
         lease: Duration,
         now: SystemTime,
-    ) -> Result<Vec<crate::store::follow::LeasedFollowUp>, StoreError> {
-        // STUB: replaced by the follow-ups implementation.
-        let _ = (owner, limit, lease, now);
-        Ok(Vec::new())
+    ) -> Result<Vec<LeasedFollowUp>, StoreError> {
+        let owner = owner.to_owned();
+        self.write(How::BOOKKEEPING, move |tx| {
+            follow_ups::lease(tx, &owner, limit, lease, now)
+        })
+        .await
     }
 
     async fn record_follow_up(
         &self,
-        follow_up: &crate::store::follow::LeasedFollowUp,
+        follow_up: &LeasedFollowUp,
         owner: &str,
-        outcome: crate::store::follow::FollowOutcome,
+        outcome: FollowOutcome,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        // STUB: replaced by the follow-ups implementation.
-        let _ = (follow_up, owner, outcome, now);
-        Ok(())
+        let (follow_up, owner) = (follow_up.clone(), owner.to_owned());
+        self.write(How::BOOKKEEPING, move |tx| {
+            follow_ups::record(tx, &follow_up, &owner, &outcome, now)
+        })
+        .await
     }
 
     async fn lease_cancels(

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::history::resolve;
 use super::status::refresh_status;
-use super::{db, groups};
+use super::{db, follow_ups, groups};
 use crate::store::model::{self, JobUpdate, from_json, to_json};
 use crate::store::owner::{Left, left_by};
 use crate::store::*;
@@ -99,6 +99,9 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
             .and_then(|mut s| s.execute(params![id, now]))
             .map_err(db)?;
         groups::requeued(tx, &groups::grouped_of(tx, &dead)?, now)?;
+        for job in &dead {
+            follow_ups::forget(tx, job)?;
+        }
         if requeued > 0 {
             refresh_status(tx, &id)?;
         }
@@ -296,7 +299,7 @@ pub(super) fn release_leases(
         .and_then(|mut s| s.execute(params![id, now_ms]))
         .map_err(db)?;
     }
-    Ok(())
+    follow_ups::release(tx, owner, now)
 }
 
 /// Record `attempt` of `job`, leased by `owner` as its attempt `lease`.
@@ -343,29 +346,31 @@ pub(super) fn record(
     // worker's attempt is still recorded above.
     // A job a newer one of its group superseded while its attempt was out
     // is due at once if it is to be retried: its next start ends it.
-    tx.prepare_cached(
-        "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
+    let moved = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = CASE WHEN ?3 = 'pending' AND superseded_by IS NOT NULL THEN ?7 ELSE ?4 END,
                 last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
          WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' AND attempts = ?8",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            job,
-            owner,
-            update.state.as_str(),
-            update.next_attempt_at,
-            update.error,
-            update.result,
-            now_ms,
-            lease
-        ])
-    })
-    .map_err(db)?;
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                job,
+                owner,
+                update.state.as_str(),
+                update.next_attempt_at,
+                update.error,
+                update.result,
+                now_ms,
+                lease
+            ])
+        })
+        .map_err(db)?;
     if grouped && matches!(next, Transition::Done(_)) {
         groups::created_late(tx, job, update.result.as_deref(), now_ms)?;
         groups::after_done(tx, job, now_ms)?;
     }
+    follow_ups::after_attempt(tx, job, next, (update.result.as_deref(), moved > 0), now_ms)?;
     refresh_status(tx, delivery_id)
 }
 
@@ -403,8 +408,8 @@ pub(super) fn replay(
         }
     }
     // A job queued again runs anew: its old pipeline is no longer held
-    // open, any cancel of it is forgotten (its attempts stay in the
-    // history), and it is the newest of its group.
+    // open, any cancel or follow-up of it is forgotten (its attempts stay
+    // in the history), and it is the newest of its group.
     for j in &ids {
         tx.prepare_cached(
             "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
@@ -415,6 +420,7 @@ pub(super) fn replay(
         .and_then(|_| tx.prepare_cached("DELETE FROM cancels WHERE job_id = ?1"))
         .and_then(|mut s| s.execute(params![j]))
         .map_err(db)?;
+        follow_ups::forget(tx, j)?;
     }
     groups::requeued(tx, &groups::grouped_of(tx, &ids)?, now_ms)?;
     refresh_status(tx, &id)?;

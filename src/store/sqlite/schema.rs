@@ -177,6 +177,25 @@ ALTER TABLE deliveries ADD COLUMN sha TEXT;
 UPDATE deliveries SET sha = (SELECT lower(json_extract(p.event, '$.sha')) FROM payloads p WHERE p.seq = deliveries.seq);
 CREATE INDEX deliveries_sha ON deliveries (sha) WHERE sha IS NOT NULL;
 "#,
+    // Version 8, PostgreSQL's version 9: follow-ups of runs a CI only
+    // queued (`store::follow`), a queue of their own like `cancels`: one
+    // row per job, stored with the attempt that created the queue entry,
+    // leased to read it again (`polls` counts the leases) until the run is
+    // known. Ended ones stay (`done`) until their delivery is purged.
+    r#"
+CREATE TABLE follow_ups (
+    job_id          TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    state           TEXT NOT NULL,
+    polls           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX follow_ups_due ON follow_ups (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX follow_ups_lease ON follow_ups (lease_until) WHERE state = 'running';
+"#,
 ];
 
 /// The schema version this build creates.
@@ -314,6 +333,29 @@ mod tests {
             .unwrap();
         assert_eq!(leased.len(), 1);
         assert_eq!(leased[0].delivery, "guid-1");
+        // A run the CI only queued is followed up on the upgraded schema.
+        let queued = crate::target::TriggerResult {
+            follow: Some("3".into()),
+            ..Default::default()
+        };
+        let attempt = crate::store::Attempt {
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            status: Some(201),
+            error: None,
+            response: None,
+        };
+        let done = crate::store::Transition::Done(queued);
+        store
+            .record_attempt(&leased[0], "test", attempt, done, SystemTime::now())
+            .await
+            .unwrap();
+        let follow_ups = store
+            .lease_follow_ups("test", 10, Duration::from_secs(60), SystemTime::now())
+            .await
+            .unwrap();
+        assert_eq!(follow_ups.len(), 1);
+        assert_eq!(follow_ups[0].job, "01J1");
         let conn = Connection::open(&path).unwrap();
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version as usize, schema_version());
