@@ -898,3 +898,99 @@ fn plain_http_to_a_remote_ci_is_warned_about() {
         assert!(!err.contains("plain http"), "{url}: {err}");
     }
 }
+
+/// The new target types refuse, at `check`, what their APIs would refuse:
+/// each error names file, line and column.
+#[test]
+fn ci_targets_refuse_what_their_apis_would() {
+    let inputs: Vec<String> = (0..26).map(|i| format!("i{i} = \"v\"")).collect();
+    let payload: Vec<String> = (0..11).map(|i| format!("k{i} = 1")).collect();
+    let (code, err) = check(&format!(
+        r#"
+[targets.gha]
+type = "github-actions"
+token = "env:GITHUB_TOKEN"
+
+[targets.gitea]
+type = "gitea-actions"
+url = "https://gitea.example.com"
+token = "env:GITEA_TOKEN"
+
+[targets.kite]
+type = "buildkite"
+token = "env:BUILDKITE_TOKEN"
+api_token = "env:X"
+
+[targets.jenkins]
+type = "jenkins"
+url = "https://jenkins.example.com"
+token = "env:JENKINS_TOKEN"
+
+[targets.hook]
+type = "http"
+url = "https://deploy.example.com"
+signing = "standard"
+
+[[rules]]
+name = "too-many-inputs"
+[rules.trigger]
+target = "gha"
+repository = "acme/app"
+workflow = "deploy.yml"
+project = "acme/app"
+inputs = {{ {inputs} }}
+
+[[rules]]
+name = "both-dispatches"
+[rules.trigger]
+target = "gha"
+repository = "acme"
+workflow = "deploy.yml"
+event_type = "deploy"
+
+[[rules]]
+name = "big-payload"
+[rules.trigger]
+target = "gha"
+repository = "acme/app"
+event_type = "{long}"
+client_payload = {{ {payload} }}
+
+[[rules]]
+name = "typed-gitea-input"
+[rules.trigger]
+target = "gitea"
+repository = "acme/app"
+workflow = "ci.yaml"
+inputs = {{ level = 3, dry = true, name = "x" }}
+
+[[rules]]
+name = "no-pipeline"
+[rules.trigger]
+target = "kite"
+organization = "acme"
+
+[[rules]]
+name = "jenkins-folder"
+[rules.concurrency]
+group = "x"
+cancel_in_progress = true
+[rules.trigger]
+target = "jenkins"
+job = "team//app"
+
+[[rules]]
+name = "own-auth"
+[rules.trigger]
+target = "hook"
+method = "FETCH"
+path = "deploy"
+headers = {{ Authorization = "Bearer x" }}
+"#,
+        inputs = inputs.join(", "),
+        payload = payload.join(", "),
+        long = "x".repeat(101),
+    ));
+    assert_eq!(code, 1, "{err}");
+    insta::assert_snapshot!(err);
+}

@@ -143,8 +143,9 @@ impl Dispatcher {
             return Err(format!("target `{}` is no longer a jenkins target", f.target));
         }
         let item = f.result.follow.as_deref().unwrap_or_default();
-        let request = jenkins::queue_request(&target.base_url, target.user.as_deref().unwrap_or_default(), item)
-            .map_err(|e| e.to_string())?;
+        let request =
+            jenkins::queue_request(&target.base_url, target.user.as_deref().unwrap_or_default(), item)
+                .map_err(|e| e.to_string())?;
         let token = target.token.as_ref();
         let redact = Redactor::new(token.map_or("", |t| t.expose()));
         let timeout = target.retry.request_timeout.min(LONGEST_WAIT);

@@ -114,7 +114,7 @@ impl Trigger {
                         format!("trigger.method `{}`: one of {}", m.get_ref(), METHODS.join(", ")),
                         m.span(),
                     );
-                    return None;
+                    "POST"
                 }
             },
         };
@@ -146,10 +146,10 @@ impl Trigger {
                 }
             },
         };
-        if body.is_some() && method == "GET" {
-            if let Some(b) = &r.body {
-                f.error("a GET request has no body", b.span());
-            }
+        if method == "GET"
+            && let Some(b) = &r.body
+        {
+            f.error("a GET request has no body", b.span());
         }
         Some(Trigger {
             method,

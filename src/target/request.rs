@@ -131,8 +131,7 @@ pub enum RequestError {
     /// The stored CircleCI project slug does not fit its API.
     #[error(transparent)]
     Slug(#[from] circleci::SlugError),
-    /// A stored value does not fit the target's API (a repository that is
-    /// not `owner/repo`, a Jenkins job path with an empty folder).
+    /// A stored value does not fit the target's API (`owner/repo`, say).
     #[error("{0}")]
     Invalid(String),
     /// Neither the rule nor the target has a token.
@@ -205,8 +204,7 @@ impl Target {
         }
     }
 
-    /// The token a job sends: its rule's own (GitLab), else the target's.
-    /// None for an `http` target that sends no token.
+    /// The token a job sends: its rule's own (GitLab), else the target's (`http`: maybe none).
     pub fn token_for<'a>(
         &'a self,
         rule_token: Option<&'a Secret>,
@@ -218,8 +216,7 @@ impl Target {
         }
     }
 
-    /// `request` signed for one attempt of job `id` at `now`, when this
-    /// target signs (`signing = "standard"`).
+    /// Sign `request` for one attempt of job `id` at `now` (`signing`).
     pub fn sign(
         &self,
         request: &mut OutboundRequest,

@@ -8,6 +8,7 @@ pub(crate) mod daemon;
 pub(crate) mod disk;
 pub(crate) mod down;
 pub(crate) mod pg;
+pub(crate) mod targets;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
