@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::Value;
 use support::daemon::{Daemon, Workspace};
 use support::targets::{
-    BUILDKITE_TOKEN, DEPLOY_WHSEC, GITEA_TOKEN, GITHUB_TOKEN, GiteaMode, JENKINS_TOKEN, JENKINS_USER, Reply,
-    TargetStandIn, verify_standard_webhook,
+    BUILDKITE_TOKEN, DEPLOY_WHSEC, GITEA_TOKEN, GITHUB_TOKEN, GiteaMode, JENKINS_TOKEN, JENKINS_USER,
+    QueueOutcome, Reply, TargetStandIn, verify_standard_webhook,
 };
 use support::{github_signature, payload, wait_for};
 
@@ -154,7 +154,7 @@ parameters = { SHA = "{{ event.sha }}", BRANCH = "{{ event.branch }}" }"#,
         (
             "deploy",
             r#"target = "deploy"
-path = "/hook/deploy"
+path = "/deploy"
 headers = { X-Deploy-Env = "staging" }
 body = { sha = "{{ event.sha }}", repository = "{{ event.repository }}" }"#,
         ),
@@ -341,6 +341,7 @@ async fn one_push_triggers_every_target_type() {
     }
     assert_no_secret("explain", &explained);
     assert_no_secret("the admin API", &d.to_string());
+    assert_no_secret("the daemon's log", &daemon.logs());
     daemon.stop();
     let store = std::fs::read(ws.db_path()).unwrap();
     for secret in SECRETS {
@@ -350,17 +351,34 @@ async fn one_push_triggers_every_target_type() {
 }
 
 /// Forgejo answers its own shape (201 `{id, run_number}`): recorded too.
+/// GitHub Enterprise Server (`/api/v3`), a Gitea under a sub-path and a
+/// Jenkins under a context path are addressed below their `url`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forgejo_records_its_run() {
+async fn forgejo_ghes_and_servers_under_a_path() {
     let s = TargetStandIn::start().await;
     s.set_gitea_mode(GiteaMode::Forgejo);
+    s.set_github_prefix("/api/v3");
+    s.set_gitea_prefix("/git");
+    s.set_jenkins_prefix("/jenkins");
     let ws = Workspace::new(&config(&s));
     let daemon = ws.start(ENV);
     let client = reqwest::Client::new();
-    push(&client, &daemon, "push-forgejo", "gitea").await;
-    let d = settled(&client, &daemon, "push-forgejo").await;
+    push(&client, &daemon, "push-paths", "all").await;
+    let d = settled(&client, &daemon, "push-paths").await;
     let run = &job(&d, "gitea")["result"];
     assert!(run["id"].is_string() && run["number"].is_i64(), "{run}");
+    assert!(job(&d, "workflow")["result"]["id"].is_string(), "{d}");
+    assert_eq!(job(&d, "jenkins")["result"]["state"], "running", "{d}");
+    assert!(
+        s.requests_to("github-workflow-dispatch")[0]
+            .path
+            .starts_with("/api/v3/repos/")
+    );
+    assert!(
+        s.requests_to("jenkins-queue")[0]
+            .path
+            .starts_with("/jenkins/queue/item/")
+    );
     s.assert_clean();
 }
 
@@ -453,4 +471,62 @@ async fn every_target_dead_letters_4xx_and_retries_what_the_api_asks() {
     }
     s.assert_clean();
     assert_no_secret("the daemon's log", &daemon.logs());
+}
+
+/// A Jenkins build still queued when the daemon stops is followed after
+/// it starts again (the follow-up is in the store, not in memory), and is
+/// never asked for twice; one cancelled in the queue says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_jenkins_build_is_followed_across_a_restart() {
+    let s = TargetStandIn::start().await;
+    s.set_waiting_polls(1_000);
+    let ws = Workspace::new(&config(&s));
+    let daemon = ws.start(ENV);
+    let client = reqwest::Client::new();
+    push(&client, &daemon, "queued", "jenkins").await;
+    wait_for(Duration::from_secs(20), "the queue item to be read", async || {
+        let polls = s.requests_to("jenkins-queue").len();
+        if polls >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{polls} reads"))
+        }
+    })
+    .await;
+    let d = delivery(&client, &daemon, "queued").await;
+    let queued = &d["jobs"][0];
+    assert_eq!(queued["state"], "done", "{queued}");
+    assert_eq!(queued["result"]["state"], "queued", "{queued}");
+    assert!(queued["result"]["follow"].is_string(), "{queued}");
+    daemon.kill();
+
+    s.set_waiting_polls(0);
+    let daemon = ws.start(ENV);
+    let d = settled(&client, &daemon, "queued").await;
+    let result = &d["jobs"][0]["result"];
+    assert_eq!(result["state"], "running", "{result}");
+    assert!(result["number"].is_i64(), "{result}");
+    assert_eq!(
+        s.requests_to("jenkins-build").len(),
+        1,
+        "the build was asked for once"
+    );
+
+    s.set_queue_outcome(QueueOutcome::Cancelled);
+    push(&client, &daemon, "cancelled", "jenkins").await;
+    let d = settled(&client, &daemon, "cancelled").await;
+    assert_eq!(d["jobs"][0]["result"]["state"], "cancelled", "{d}");
+    let metrics = client
+        .get(format!("{}/metrics", daemon.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"hookbridge_follow_ups_total{target="jenkins",outcome="cancelled"} 1"#),
+        "{metrics}"
+    );
+    s.assert_clean();
 }

@@ -326,7 +326,63 @@ mod tests {
         assert_eq!(retry_after(&h, now), None);
     }
 
+    /// One stored request of every target kind.
+    fn every_kind() -> Vec<TriggerRequest> {
+        [
+            r#"{"api":"circleci_pipeline","project":"gh/a/b","branch":"main"}"#,
+            r#"{"api":"gitlab_pipeline","project":"a/b","ref":"main"}"#,
+            r#"{"api":"github_workflow_dispatch","repository":"a/b","workflow":"w.yml","ref":"main"}"#,
+            r#"{"api":"github_repository_dispatch","repository":"a/b","event_type":"e"}"#,
+            r#"{"api":"gitea_workflow_dispatch","repository":"a/b","workflow":"w.yml","ref":"main"}"#,
+            r#"{"api":"buildkite_build","organization":"a","pipeline":"b","commit":"HEAD","branch":"main"}"#,
+            r#"{"api":"jenkins_build","job":"a/b"}"#,
+            r#"{"api":"http_request","method":"POST","path":"/"}"#,
+        ]
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect()
+    }
+
     proptest! {
+        /// Any answer from any CI, to any kind of trigger: no panic; a 2xx
+        /// is a created run, a 408/425/429/5xx a retry.
+        #[test]
+        fn any_answer_to_any_target_is_classified(
+            status in 100u16..600,
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..200),
+                "\\PC{0,100}".prop_map(String::into_bytes),
+                Just(br#"{"message":"m","errors":[1,"x",{"a":null}],"workflow_run_id":-1,"id":9e99,"number":"7"}"#.to_vec()),
+            ],
+            headers in proptest::collection::vec(
+                (
+                    prop_oneof![Just("retry-after"), Just("location"), Just("x-ratelimit-remaining"), Just("x-ratelimit-reset"), Just("ratelimit-reset")],
+                    "\\PC{0,30}",
+                ),
+                0..4,
+            ),
+            now in 0u64..=400_000_000_000,
+        ) {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in headers {
+                if let Ok(v) = http::HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            }
+            let response = Response { status, headers: h, body: bytes::Bytes::from(body) };
+            for req in every_kind() {
+                let outcome = classify(&req, &response, UNIX_EPOCH + Duration::from_secs(now));
+                if (200..300).contains(&status) {
+                    let created = matches!(outcome, Outcome::Created(_) | Outcome::Skipped(_));
+                    prop_assert!(created, "{outcome:?}");
+                }
+                if matches!(status, 408 | 425 | 429) || status >= 500 {
+                    let retry = matches!(outcome, Outcome::Retry { .. });
+                    prop_assert!(retry, "{outcome:?}");
+                }
+            }
+        }
+
         /// Any header text and any clock: no panic, and what a value asks
         /// for never depends on anything but the text and `now`.
         #[test]
