@@ -145,7 +145,14 @@ pub fn format_request(r: &OutboundRequest, indent: &str) -> String {
     for h in &r.headers {
         out.push_str(&format!("{indent}{}: {}\n", h.name, h.value));
     }
-    let body = serde_json::to_string_pretty(&r.body).unwrap_or_default();
+    // JSON pretty-printed; a form or a text body as it goes on the wire.
+    let body = match r.encoding {
+        crate::target::Encoding::Json => serde_json::to_string_pretty(&r.body).unwrap_or_default(),
+        _ => r
+            .body_bytes()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default(),
+    };
     out.push_str(indent);
     out.push('\n');
     for line in body.lines() {
