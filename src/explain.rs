@@ -153,6 +153,9 @@ pub fn format_request(r: &OutboundRequest, indent: &str) -> String {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default(),
     };
+    if r.body.is_null() {
+        return out;
+    }
     out.push_str(indent);
     out.push('\n');
     for line in body.lines() {

@@ -986,6 +986,40 @@ target = "hook"
 method = "FETCH"
 path = "deploy"
 headers = {{ Authorization = "Bearer x" }}
+
+[targets.jenkins2]
+type = "jenkins"
+url = "https://jenkins.example.com"
+user = "ops:admin"
+token = "env:JENKINS_TOKEN"
+
+[targets.hook2]
+type = "http"
+url = "https://deploy.example.com"
+token = "env:DEPLOY_TOKEN"
+token_header = "Host"
+signing = "standard"
+signing_secret = "whsec_!!not-base64!!"
+
+[[rules]]
+name = "empty-and-dots"
+[rules.trigger]
+target = "jenkins2"
+job = "team/../admin"
+
+[[rules]]
+name = "no-workflow-name"
+[rules.trigger]
+target = "gitea"
+repository = "acme/app"
+workflow = ""
+
+[[rules]]
+name = "key-in-a-header"
+[rules.trigger]
+target = "hook2"
+path = "/deploy"
+headers = {{ X-Api-Key = "sk_live_written_in_the_config", webhook-foo = "x" }}
 "#,
         inputs = inputs.join(", "),
         payload = payload.join(", "),

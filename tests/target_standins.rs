@@ -1,4 +1,4 @@
-//! Self-test of the stand-in targets (`tests/support/targets.rs`): every route
+//! Self-test of the stand-in targets (`tests/support/targets/`): every route
 //! accepts a valid request and answers as its API does, invalid requests are
 //! reported as violations, and the Standard Webhooks verifier (the reference
 //! library) accepts a correctly signed request and rejects a tampered one.
@@ -352,4 +352,103 @@ async fn stand_in_targets_accept_valid_and_report_invalid_requests() {
         );
     }
     assert!(bad.violations().iter().all(|v| !v.contains(JENKINS_TOKEN)));
+}
+
+/// Under `/api/v3` the stand-in is GitHub Enterprise Server 3.19: dispatches
+/// are checked against its own description (`ghes-3.19.json`), a workflow
+/// dispatch answers 204 only, and `return_run_details` (api.github.com's,
+/// not GHES's) gets the 422 GHES really answers, and a violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ghes_stand_in_takes_no_return_run_details() {
+    let s = TargetStandIn::start().await;
+    s.set_github_prefix("/api/v3");
+    let c = reqwest::Client::new();
+    let wf = format!(
+        "{}/repos/acme/app/actions/workflows/deploy.yml/dispatches",
+        s.github_url()
+    );
+    assert!(wf.starts_with(&format!("{}/api/v3/repos/", s.url)), "{wf}");
+
+    // Without the field: 204, no body, no violation.
+    let resp = github(&c, wf.clone())
+        .json(&json!({"ref": "main", "inputs": {"sha": "abc", "n": 3, "dry": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let resp = github(&c, format!("{}/repos/acme/app/dispatches", s.github_url()))
+        .json(&json!({"event_type": "deploy", "client_payload": {"sha": "abc"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    s.assert_clean();
+
+    // With it (true or false): GHES 3.19's 422, and a violation.
+    for value in [true, false] {
+        let before = s.violations().len();
+        let (status, answer) = json_of(
+            github(&c, wf.clone())
+                .json(&json!({"ref": "main", "return_run_details": value}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(
+            answer["message"],
+            "\"return_run_details\" is not a permitted key."
+        );
+        assert!(
+            answer["documentation_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://docs.github.com/enterprise-server@3.19/"),
+            "{answer}"
+        );
+        let v = s.violations()[before..].to_vec();
+        assert!(
+            v.len() == 1
+                && v[0].contains("github-workflow-dispatch")
+                && v[0].contains("return_run_details")
+                && v[0].contains("GHES 3.19"),
+            "{v:#?}"
+        );
+    }
+    assert_eq!(
+        s.requests_to("github-workflow-dispatch")
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>(),
+        [204, 422, 422]
+    );
+
+    // GHES 3.19's own limits: at most 10 inputs (api.github.com takes 25).
+    let inputs: serde_json::Map<String, Value> = (0..11).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let body = json!({"ref": "main", "inputs": inputs});
+    let before = s.violations().len();
+    let resp = github(&c, wf.clone()).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let v = s.violations()[before..].to_vec();
+    assert!(
+        v.iter()
+            .any(|v| v.contains("GHES 3.19 schema") && v.contains("/inputs")),
+        "{v:#?}"
+    );
+    let dotcom = TargetStandIn::start().await;
+    let resp = github(
+        &c,
+        format!(
+            "{}/repos/acme/app/actions/workflows/deploy.yml/dispatches",
+            dotcom.github_url()
+        ),
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 204);
+    dotcom.assert_clean();
 }

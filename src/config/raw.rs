@@ -155,6 +155,9 @@ pub struct RawTarget {
     /// Jenkins: the user whose API token `token` is.
     #[schemars(with = "Option<String>")]
     pub user: Option<Spanned<String>>,
+    /// `http`: the header `token` goes in, as it is (default: `Authorization: Bearer`).
+    #[schemars(with = "Option<String>")]
+    pub token_header: Option<Spanned<String>>,
     /// `http`: `"standard"` signs each request with Standard Webhooks headers.
     #[schemars(with = "Option<String>")]
     pub signing: Option<Spanned<String>>,

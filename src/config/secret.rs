@@ -65,9 +65,13 @@ impl HmacKey {
     pub fn from_whsec(secret: &Secret) -> Result<Self, KeyError> {
         let text = secret.expose();
         let b64 = text.strip_prefix("whsec_").unwrap_or(text);
-        let mut decoded = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| KeyError::NotBase64)?;
+        // Padding or none, as the Standard Webhooks libraries take it.
+        const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let mut decoded = LENIENT.decode(b64).map_err(|_| KeyError::NotBase64)?;
         // Copy into an exactly sized box and wipe the decoder's buffer, whose
         // capacity may exceed its length (so `into_boxed_slice` would reallocate
         // and leave the bytes behind unzeroed).

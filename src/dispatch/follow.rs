@@ -44,10 +44,14 @@ impl Dispatcher {
                     true
                 }
                 Ok(follow_ups) => {
-                    for f in follow_ups {
+                    // Side by side: a batch takes one read's time (at most a
+                    // request timeout, within the lease), and a slow CI does
+                    // not hold the others' reads.
+                    let reads = follow_ups.into_iter().map(|f| {
                         let span = info_span!("follow", job = %f.job, target = %f.target, poll = f.poll);
-                        self.follow_one(f).instrument(span).await;
-                    }
+                        self.follow_one(f).instrument(span)
+                    });
+                    futures_util::future::join_all(reads).await;
                     false
                 }
                 Err(e) => {

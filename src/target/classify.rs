@@ -144,9 +144,14 @@ pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> O
         };
     }
     let message = error_message(&response.body);
+    if let (TriggerRequest::Jenkins(_), 500) = (req, status)
+        && let Some(outcome) = jenkins::server_error(status, &response.body)
+    {
+        return outcome;
+    }
     if matches!(status, 408 | 425 | 429) || status >= 500 {
         let after = match req {
-            TriggerRequest::GithubActions(_) => github_actions::rate_limited(response, now),
+            TriggerRequest::GithubActions(_) => github_actions::retry_wait(response, &message, now),
             _ => retry_after(&response.headers, now),
         };
         return Outcome::Retry {

@@ -229,7 +229,7 @@ mod tests {
             ],
             body: serde_json::json!({"branch": "main"}),
             encoding: Encoding::Json,
-            credential: Credential::Header("Circle-Token"),
+            credential: Credential::Header("Circle-Token".into()),
         }
     }
 

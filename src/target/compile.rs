@@ -123,7 +123,37 @@ pub fn build(
             s.span(),
         );
     }
-    let signing = raw.signing_secret.as_ref().and_then(|t| loader.secret(t));
+    let signing = raw.signing_secret.as_ref().and_then(|t| {
+        let secret = loader.secret(t)?;
+        match crate::config::secret::HmacKey::from_whsec(&secret) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                loader.error(format!("target `{name}`: signing_secret: {e}"), t.span());
+                None
+            }
+        }
+    });
+    let token_header = only_for(
+        name,
+        kind,
+        TargetKind::Http,
+        "token_header",
+        raw.token_header.as_ref(),
+        loader,
+    );
+    if let (Some(header), Some(raw_header)) = (&token_header, &raw.token_header)
+        && let Err(e) = http_endpoint::check_token_header(header)
+    {
+        loader.error(format!("target `{name}`: token_header: {e}"), raw_header.span());
+    }
+    if let (Some(user), Some(raw_user)) = (&user, &raw.user)
+        && (user.is_empty() || user.contains(':'))
+    {
+        loader.error(
+            format!("target `{name}`: `user` is a Jenkins user name, not empty and without `:` (Basic auth splits there)"),
+            raw_user.span(),
+        );
+    }
     match (&raw.signing, &raw.signing_secret) {
         (Some(s), None) => loader.error(
             format!("target `{name}`: `signing` needs `signing_secret` (a `whsec_...` secret)"),
@@ -148,6 +178,7 @@ pub fn build(
         api_token,
         has_api_token: raw.api_token.is_some(),
         user,
+        token_header,
         signing,
         signs,
         retry,
@@ -346,6 +377,10 @@ impl TriggerCompiler<'_> {
         what: &str,
     ) -> Option<TemplateValue> {
         match v {
+            Some(v) if v.get_ref().trim().is_empty() => {
+                self.error(format!("trigger.{key} cannot be empty: {what}"), v.span());
+                None
+            }
             Some(v) => self.text(key, v),
             None => {
                 self.error(format!("trigger needs `{key}`, {what}"), raw.span());

@@ -26,23 +26,31 @@ use super::{
     TriggerCompiler, TriggerResult, USER_AGENT, json_type, render_string, render_table,
 };
 use crate::config::raw::RawTrigger;
-use crate::config::secret::Secret;
+use crate::config::secret::HmacKey;
 use crate::template::{TemplateValue, Templates};
 
 /// Methods a trigger may use.
 const METHODS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "GET"];
-/// Headers a rule may not set: hookbridge writes them (credentials,
-/// framing, signatures), or they would carry a secret into the store.
-const RESERVED: [&str; 9] = [
+/// Headers a rule may not set: hookbridge writes them (framing, the
+/// credential, signatures: every `webhook-*`), or they would carry a secret
+/// into the store.
+const RESERVED: [&str; 6] = [
     "authorization",
     "host",
     "content-length",
     "transfer-encoding",
     "connection",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
     "proxy-authorization",
+];
+/// Words in a header name that say it carries a credential.
+const CREDENTIAL_WORDS: [&str; 7] = [
+    "key",
+    "token",
+    "secret",
+    "auth",
+    "password",
+    "signature",
+    "cookie",
 ];
 /// Headers per request: a bound on a typo'd config.
 const MAX_HEADERS: usize = 50;
@@ -83,10 +91,24 @@ fn check_header(name: &str) -> Result<(), String> {
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!("`{name}` is not a valid header name"));
     }
-    if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
+    let lower = name.to_ascii_lowercase();
+    if RESERVED.contains(&lower.as_str()) || lower.starts_with("webhook-") {
         return Err(format!(
-            "hookbridge sets `{name}` itself; put a credential in the target's `token` (sent as `Authorization: Bearer`)"
+            "hookbridge sets `{name}` itself; put a credential in the target's `token` (sent as `Authorization: Bearer`, or in the header `token_header` names)"
         ));
+    }
+    Ok(())
+}
+
+/// The header an `http` target's token goes in (`token_header`): any but
+/// those that frame the request or carry its signature.
+pub(super) fn check_token_header(name: &str) -> Result<(), String> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("`{name}` is not a valid header name"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower != "authorization" && (RESERVED.contains(&lower.as_str()) || lower.starts_with("webhook-")) {
+        return Err(format!("`{name}` cannot carry the token"));
     }
     Ok(())
 }
@@ -130,8 +152,8 @@ impl Trigger {
             }
             None => TemplateValue::Literal("/".into()),
         };
-        f.limit("headers", &r.headers, MAX_HEADERS);
         let headers = f.text_table("headers", &r.headers, MAX_HEADERS, false, check_header);
+        warn_of_credentials(r, f);
         let body = match &r.body {
             None => None,
             Some(b) => match b.get_ref() {
@@ -161,9 +183,9 @@ impl Trigger {
 
     pub fn render(&self, t: &Templates, scope: &minijinja::Value) -> Result<Request, String> {
         let path = render_string(t, &self.path, scope, "path")?;
-        if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
+        if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ' || c == '\\') {
             return Err(format!(
-                "trigger.path rendered `{}`: a path starts with `/` and has no spaces or control characters",
+                "trigger.path rendered `{}`: a path starts with `/` and has no spaces, `\\` or control characters",
                 path.escape_debug()
             ));
         }
@@ -201,14 +223,56 @@ impl Trigger {
     }
 }
 
-/// The request; with `token`, an `Authorization: Bearer` header; with
+/// A rule header that looks like a credential, with a value written in the
+/// config: it is stored with every job and printed by `explain`.
+fn warn_of_credentials(r: &RawTrigger, f: &mut TriggerCompiler<'_>) {
+    let Some(headers) = &r.headers else { return };
+    for (k, v) in headers.get_ref() {
+        let lower = k.get_ref().to_ascii_lowercase();
+        let literal = matches!(v.get_ref(), toml::Value::String(s) if !s.contains("{{"));
+        if literal && CREDENTIAL_WORDS.iter().any(|w| lower.contains(w)) {
+            f.loader.push(
+                crate::config::diagnostic::Diagnostic::warning(
+                    format!(
+                        "rule `{}`: header `{}` looks like a credential; rule headers are stored with every job and shown by `explain`",
+                        f.rule,
+                        k.get_ref()
+                    ),
+                    Some(v.span()),
+                )
+                .with_help(format!(
+                    "put it in the target's `token` and set `token_header = \"{}\"`",
+                    k.get_ref()
+                )),
+            );
+        }
+    }
+}
+
+/// Where an `http` target's token goes: nowhere without one; in the header
+/// `token_header` names, as it is; else `Authorization: Bearer`.
+pub(super) fn credential(token: bool, token_header: Option<&str>) -> Credential {
+    match (token, token_header) {
+        (false, _) => Credential::None,
+        (true, Some(name)) => Credential::Header(name.to_owned().into()),
+        (true, None) => Credential::Authorization("Bearer"),
+    }
+}
+
+/// The request, with the token's header as `credential` says; with
 /// `signs`, the Standard Webhooks headers as placeholders for [`sign`].
 pub(super) fn request(
     base: &str,
     r: &Request,
-    token: bool,
+    credential: Credential,
     signs: bool,
 ) -> Result<OutboundRequest, RequestError> {
+    if r.path.contains('\\') || !r.path.starts_with('/') {
+        return Err(RequestError::Invalid(format!(
+            "the path `{}` is not `/...` without `\\`",
+            r.path.escape_debug()
+        )));
+    }
     let method = METHODS
         .into_iter()
         .find(|m| *m == r.method)
@@ -253,11 +317,16 @@ pub(super) fn request(
             value: format!("v1,{REDACTED}"),
         });
     }
-    if token {
-        headers.push(Header {
+    match &credential {
+        Credential::Header(name) => headers.push(Header {
+            name: name.clone(),
+            value: REDACTED.into(),
+        }),
+        Credential::Authorization(scheme) => headers.push(Header {
             name: AUTHORIZATION.into(),
-            value: format!("Bearer {REDACTED}"),
-        });
+            value: format!("{scheme} {REDACTED}"),
+        }),
+        _ => {}
     }
     Ok(OutboundRequest {
         method,
@@ -265,34 +334,20 @@ pub(super) fn request(
         headers,
         body: r.body.clone(),
         encoding: if r.text { Encoding::Text } else { Encoding::Json },
-        credential: if token {
-            Credential::Authorization("Bearer")
-        } else {
-            Credential::None
-        },
+        credential,
     })
-}
-
-/// The key of a Standard Webhooks secret: the base64 after `whsec_`, or
-/// the text itself when it is not one.
-fn key(secret: &str) -> Vec<u8> {
-    secret
-        .strip_prefix("whsec_")
-        .and_then(|b64| STANDARD.decode(b64).ok())
-        .unwrap_or_else(|| secret.as_bytes().to_vec())
 }
 
 /// Fill in the Standard Webhooks headers of `request` for one attempt of
 /// job `id` at `now`.
-pub fn sign(request: &mut OutboundRequest, id: &str, secret: &Secret, now: SystemTime) -> Result<(), String> {
+pub fn sign(request: &mut OutboundRequest, id: &str, key: &HmacKey, now: SystemTime) -> Result<(), String> {
     let timestamp = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
         .to_string();
     let body = request.body_bytes()?;
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(&key(secret.expose())).map_err(|e| e.to_string())?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose()).map_err(|e| e.to_string())?;
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(&body);
     let signature = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
@@ -334,7 +389,7 @@ mod tests {
         let json = request(
             "https://d.example",
             &req(serde_json::json!({"a": 1}), false),
-            true,
+            credential(true, None),
             false,
         )
         .unwrap();
@@ -353,7 +408,7 @@ mod tests {
         let text = request(
             "https://d.example",
             &req("deploy main".into(), true),
-            false,
+            credential(false, None),
             false,
         )
         .unwrap();
@@ -368,11 +423,14 @@ mod tests {
         let mut r = request(
             "https://d.example",
             &req(r#"{"test": 2432232314}"#.into(), true),
-            false,
+            credential(false, None),
             true,
         )
         .unwrap();
-        let secret = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let secret = HmacKey::from_whsec(&crate::config::Secret::new(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ))
+        .unwrap();
         let at = UNIX_EPOCH + std::time::Duration::from_secs(1_614_265_330);
         sign(&mut r, "msg_p5jXN8AQM9LWM0D4loKWxJek", &secret, at).unwrap();
         let get = |n: &str| r.headers.iter().find(|h| h.name == n).unwrap().value.clone();
@@ -385,8 +443,36 @@ mod tests {
     }
 
     #[test]
+    fn the_token_goes_in_its_own_header_when_named_and_a_backslash_path_is_refused() {
+        let r = request(
+            "https://d.example",
+            &req(serde_json::Value::Null, false),
+            credential(true, Some("X-Api-Key")),
+            false,
+        )
+        .unwrap();
+        assert!(
+            r.headers
+                .iter()
+                .any(|h| h.name == "X-Api-Key" && h.value == REDACTED)
+        );
+        assert!(r.headers.iter().all(|h| h.name != AUTHORIZATION));
+        let mut sneaky = req(serde_json::Value::Null, false);
+        sneaky.path = "/x\\..\\..\\admin".into();
+        assert!(request("https://d.example/a/b", &sneaky, credential(false, None), false).is_err());
+        assert!(check_token_header("X-Api-Key").is_ok() && check_token_header("Authorization").is_ok());
+        assert!(check_token_header("webhook-id").is_err() && check_token_header("Host").is_err());
+    }
+
+    #[test]
     fn reserved_headers_are_refused() {
-        for name in ["Authorization", "webhook-signature", "Host", "bad header"] {
+        for name in [
+            "Authorization",
+            "webhook-signature",
+            "Webhook-Foo",
+            "Host",
+            "bad header",
+        ] {
             assert!(check_header(name).is_err(), "{name}");
         }
         assert!(check_header("X-Deploy").is_ok());

@@ -99,9 +99,9 @@ impl Trigger {
 /// `team/app` as Jenkins addresses it: `/job/team/job/app`.
 fn job_path(job: &str) -> Result<String, String> {
     let parts: Vec<&str> = job.trim_matches('/').split('/').collect();
-    if parts.iter().any(|p| p.is_empty()) {
+    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
         return Err(format!(
-            "job `{job}` has an empty folder name; write the full name as `folder/job`"
+            "job `{job}` has an empty, `.` or `..` folder name; write the full name as `folder/job`"
         ));
     }
     Ok(parts
@@ -137,9 +137,16 @@ pub(super) fn request(base: &str, user: &str, r: &Request) -> Result<OutboundReq
             value: "application/x-www-form-urlencoded".into(),
         },
     );
+    // A job without parameters is built by `/build`: Jenkins answers
+    // `buildWithParameters` on it with a 500 ("not parameterized").
+    let endpoint = if r.parameters.is_empty() {
+        "build"
+    } else {
+        "buildWithParameters"
+    };
     Ok(OutboundRequest {
         method: "POST",
-        url: format!("{base}{path}/buildWithParameters"),
+        url: format!("{base}{path}/{endpoint}"),
         headers,
         body: serde_json::Value::Object(r.parameters.clone()),
         encoding: Encoding::Form,
@@ -172,6 +179,19 @@ pub(super) fn created(response: &Response) -> Outcome {
             state: Some("queued".into()),
             ..TriggerResult::default()
         },
+    })
+}
+
+/// Jenkins' answer to `buildWithParameters` on a job without parameters.
+const NOT_PARAMETERIZED: &str = "is not parameterized";
+
+/// A 500 whose page says the job takes no parameters will not succeed as is.
+pub(super) fn server_error(status: u16, body: &[u8]) -> Option<Outcome> {
+    let needle = NOT_PARAMETERIZED.as_bytes();
+    body.windows(needle.len()).any(|w| w == needle).then(|| {
+        Outcome::Permanent(format!(
+            "HTTP {status}: the job takes no parameters; leave `parameters` out to build it with /build"
+        ))
     })
 }
 
@@ -284,6 +304,25 @@ mod tests {
             "https://ci.example.com/jenkins/job/team/job/app/buildWithParameters"
         );
         assert_eq!(out.body_bytes().unwrap(), b"N=1+2%263&SHA=abc");
+        let plain = request(
+            "https://j.example",
+            "bot",
+            &Request {
+                job: "app".into(),
+                parameters: serde_json::Map::new(),
+            },
+        )
+        .unwrap();
+        assert_eq!(plain.url, "https://j.example/job/app/build");
+        assert!(job_path("team/../app").is_err() && job_path("./app").is_err());
+        assert!(matches!(
+            server_error(
+                500,
+                b"<h2>java.lang.IllegalStateException: This build is not parameterized!</h2>"
+            ),
+            Some(Outcome::Permanent(_))
+        ));
+        assert_eq!(server_error(500, b"NullPointerException"), None);
     }
 
     #[test]

@@ -108,8 +108,11 @@ pub struct Target {
     pub has_api_token: bool,
     /// Jenkins: the user whose API token `token` is.
     pub user: Option<String>,
-    /// `http` with `signing = "standard"`: the secret each request is signed with.
-    pub signing: Option<Secret>,
+    /// `http`: the header the token goes in as it is, instead of
+    /// `Authorization: Bearer`.
+    pub token_header: Option<String>,
+    /// `http` with `signing = "standard"`: the key each request is signed with.
+    pub signing: Option<crate::config::secret::HmacKey>,
     /// Whether the config asks for signing (the secret may be unresolved under `check`).
     pub signs: bool,
     pub retry: RetryPolicy,
@@ -176,6 +179,7 @@ mod tests {
             api_token: None,
             has_api_token: false,
             user: None,
+            token_header: None,
             signing: None,
             signs: false,
             retry: RetryPolicy::default(),

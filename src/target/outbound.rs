@@ -24,8 +24,9 @@ pub struct Header {
 /// Where the target's token travels on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// In this header (CircleCI `Circle-Token`); sent marked sensitive.
-    Header(&'static str),
+    /// In this header, as it is (CircleCI `Circle-Token`, an `http`
+    /// target's `token_header`); sent marked sensitive.
+    Header(std::borrow::Cow<'static, str>),
     /// In `Authorization` after this scheme (`Bearer`, Gitea's `token`).
     Authorization(&'static str),
     /// In `Authorization: Basic`, as `user:token` (Jenkins).
@@ -38,7 +39,7 @@ pub enum Credential {
 
 impl Credential {
     /// The header the token goes in, if it goes in one.
-    pub fn header(&self) -> Option<&'static str> {
+    pub fn header(&self) -> Option<&str> {
         match self {
             Credential::Header(name) => Some(name),
             Credential::Authorization(_) | Credential::Basic(_) => Some(AUTHORIZATION),

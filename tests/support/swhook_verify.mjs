@@ -1,6 +1,6 @@
 // Verifies one Standard Webhooks request with the reference library, npm
 // `standardwebhooks` (https://www.standardwebhooks.com), for
-// `verify_standard_webhook` in tests/support/targets.rs.
+// `verify_standard_webhook` in tests/support/targets/install.rs.
 //
 // argv[2]: the directory whose node_modules holds `standardwebhooks`.
 // stdin:   JSON {"secret": "whsec_…" or raw key text, "headers": {name: value}, "body_base64": "…"}.

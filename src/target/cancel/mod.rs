@@ -95,7 +95,7 @@ impl Caller<'_> {
             ],
             body: serde_json::Value::Null,
             encoding: super::Encoding::Json,
-            credential: Credential::Header(self.header),
+            credential: Credential::Header(self.header.into()),
         };
         let response = match self
             .transport

@@ -53,6 +53,7 @@ fn target(kind: TargetKind) -> Target {
         api_token: Some(Secret::new(TOKEN)),
         has_api_token: true,
         user: None,
+        token_header: None,
         signing: None,
         signs: false,
         retry: RetryPolicy::default(),

@@ -84,7 +84,7 @@ pub(in crate::target) fn request(base: &str, req: &Request) -> Result<OutboundRe
         headers,
         body,
         encoding: crate::target::Encoding::Json,
-        credential: Credential::Header(TOKEN_HEADER),
+        credential: Credential::Header(TOKEN_HEADER.into()),
     })
 }
 

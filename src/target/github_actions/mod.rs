@@ -4,8 +4,10 @@
 //!
 //! - `POST /repos/{owner}/{repo}/actions/workflows/{workflow}/dispatches`
 //!   with `{ref, inputs, return_run_details: true}`: GitHub answers 200
-//!   with the run's id and URLs (since 2026-02), which are recorded; an
-//!   older GitHub Enterprise Server answers 204 without them.
+//!   with the run's id and URLs (since 2026-02), which are recorded.
+//!   GitHub Enterprise Server (a `url` ending in `/api/v3`) refuses the
+//!   field (422 "not a permitted key", up to 3.19 at least), so it is not
+//!   sent there: GHES answers 204, and no run is recorded.
 //! - `POST /repos/{owner}/{repo}/dispatches` with `{event_type,
 //!   client_payload}`: 204, no run to record.
 //!
@@ -287,6 +289,11 @@ pub(super) fn headers() -> Vec<Header> {
     ]
 }
 
+/// GitHub Enterprise Server serves its API under `/api/v3`.
+fn is_enterprise_server(base: &str) -> bool {
+    base.trim_end_matches('/').ends_with("/api/v3")
+}
+
 /// The path of a repository, each part one segment.
 pub(super) fn repo_path(repository: &str) -> Result<String, RequestError> {
     let (owner, repo) = owner_repo(repository).map_err(RequestError::Invalid)?;
@@ -301,7 +308,9 @@ pub(super) fn request(base: &str, r: &Request) -> Result<OutboundRequest, Reques
             if !w.inputs.is_empty() {
                 body.insert("inputs".into(), w.inputs.clone().into());
             }
-            body.insert("return_run_details".into(), true.into());
+            if !is_enterprise_server(base) {
+                body.insert("return_run_details".into(), true.into());
+            }
             let url = format!(
                 "{base}{}/actions/workflows/{}/dispatches",
                 repo_path(&w.repository)?,
@@ -359,9 +368,20 @@ pub(super) fn created(r: &Request, body: &[u8]) -> Outcome {
     }
 }
 
+/// How long to wait before retrying a 408, 425, 429 or 5xx: as GitHub
+/// states it ([`rate_limited`]), else a minute for a secondary rate limit.
+pub(super) fn retry_wait(response: &Response, message: &str, now: SystemTime) -> Option<Duration> {
+    rate_limited(response, now).or_else(|| secondary(message).then_some(SECONDARY_WAIT))
+}
+
+/// Whether GitHub's message names its secondary rate limit.
+fn secondary(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("secondary rate limit")
+}
+
 /// When GitHub says how long to wait: `retry-after`, or the primary
 /// limit's reset (`x-ratelimit-remaining: 0`, `x-ratelimit-reset`).
-pub(super) fn rate_limited(response: &Response, now: SystemTime) -> Option<Duration> {
+fn rate_limited(response: &Response, now: SystemTime) -> Option<Duration> {
     let get = |name: &str| {
         response
             .headers
@@ -383,15 +403,18 @@ pub(super) fn rate_limited(response: &Response, now: SystemTime) -> Option<Durat
 /// A 4xx other than 408/425/429: a rate limit (403) is retried after the
 /// time GitHub states, anything else is permanent.
 pub(super) fn failed(status: u16, message: &str, response: &Response, now: SystemTime) -> Outcome {
-    let secondary = message.to_ascii_lowercase().contains("secondary rate limit");
-    if status == 403 {
-        let wait = rate_limited(response, now);
-        if wait.is_some() || secondary {
-            return Outcome::Retry {
-                reason: format!("HTTP {status}: {message}"),
-                after: Some(wait.unwrap_or(SECONDARY_WAIT)),
-            };
-        }
+    if status == 403
+        && let Some(after) = retry_wait(response, message, now)
+    {
+        return Outcome::Retry {
+            reason: format!("HTTP {status}: {message}"),
+            after: Some(after),
+        };
+    }
+    if message.contains("not a permitted key") {
+        return Outcome::Permanent(format!(
+            "HTTP {status}: {message} (this GitHub does not take a field hookbridge sent; a GitHub Enterprise Server `url` ends in /api/v3)"
+        ));
     }
     let hint = match status {
         401 => " (the token is invalid or expired)",

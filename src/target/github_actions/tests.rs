@@ -124,3 +124,43 @@ proptest::proptest! {
         let _ = failed(403, "m", &r, UNIX_EPOCH + Duration::from_secs(now));
     }
 }
+
+/// A 429 naming the secondary rate limit without a time waits a minute,
+/// as a 403 does; GitHub Enterprise Server is not sent `return_run_details`.
+#[test]
+fn a_secondary_rate_limit_429_waits_a_minute_and_ghes_gets_no_run_details() {
+    let r = Request::Workflow(WorkflowDispatch {
+        repository: "acme/app".into(),
+        workflow: "deploy.yml".into(),
+        git_ref: "main".into(),
+        inputs: serde_json::Map::new(),
+    });
+    let req = crate::target::TriggerRequest::GithubActions(r.clone());
+    let body = br#"{"message":"You have exceeded a secondary rate limit."}"#;
+    let answer = Response {
+        status: 429,
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::from_static(body),
+    };
+    let outcome = crate::target::classify(&req, &answer, UNIX_EPOCH);
+    assert!(
+        matches!(outcome, Outcome::Retry { after: Some(d), .. } if d == SECONDARY_WAIT),
+        "{outcome:?}"
+    );
+    let ghes = request("https://ghe.example.com/api/v3", &r).unwrap();
+    assert!(ghes.body.get("return_run_details").is_none(), "{}", ghes.body);
+    assert_eq!(
+        ghes.url,
+        "https://ghe.example.com/api/v3/repos/acme/app/actions/workflows/deploy.yml/dispatches"
+    );
+    let refused = failed(
+        422,
+        "\"return_run_details\" is not a permitted key.",
+        &response(422, &[]),
+        UNIX_EPOCH,
+    );
+    assert!(
+        matches!(refused, Outcome::Permanent(ref why) if why.contains("/api/v3")),
+        "{refused:?}"
+    );
+}
