@@ -535,3 +535,78 @@ async fn a_queued_jenkins_build_is_followed_across_a_restart() {
     );
     s.assert_clean();
 }
+
+/// A Jenkins job without parameters is built by `/build`; parameters sent
+/// to one are dead-lettered at once with Jenkins' reason (not retried as a
+/// 500). An `http` target's token goes in the header `token_header` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_jenkins_jobs_and_a_token_in_its_own_header() {
+    let s = TargetStandIn::start().await;
+    s.set_waiting_polls(0);
+    let extra = format!(
+        r#"
+[targets.keyed]
+type = "http"
+url = "{hook}"
+token = "env:DEPLOY_TOKEN"
+token_header = "X-Api-Key"
+
+[[rules]]
+name = "plain"
+source = "github"
+if = "headers['x-target'] == 'plain'"
+[rules.trigger]
+target = "jenkins"
+job = "team/plain-app"
+
+[[rules]]
+name = "plain-with-parameters"
+source = "github"
+if = "headers['x-target'] == 'plain-with-parameters'"
+[rules.trigger]
+target = "jenkins"
+job = "team/plain-app"
+parameters = {{ SHA = "{{{{ event.sha }}}}" }}
+
+[[rules]]
+name = "keyed"
+source = "github"
+if = "headers['x-target'] == 'keyed'"
+[rules.trigger]
+target = "keyed"
+path = "/keyed"
+"#,
+        hook = s.hook_url()
+    );
+    let ws = Workspace::new(&format!("{}{extra}", config(&s)));
+    let daemon = ws.start(ENV);
+    let client = reqwest::Client::new();
+
+    push(&client, &daemon, "plain", "plain").await;
+    let d = settled(&client, &daemon, "plain").await;
+    assert_eq!(job(&d, "plain")["result"]["state"], "running", "{d}");
+    let build = s.requests_to("jenkins-build").pop().unwrap();
+    assert!(
+        build.path.ends_with("/job/team/job/plain-app/build"),
+        "{}",
+        build.path
+    );
+
+    push(&client, &daemon, "misconfigured", "plain-with-parameters").await;
+    let d = settled(&client, &daemon, "misconfigured").await;
+    let j = job(&d, "plain-with-parameters");
+    assert_eq!(j["state"], "dead", "{j}");
+    assert_eq!(j["attempts"], 1, "{j}");
+    assert!(
+        j["last_error"].as_str().unwrap().contains("takes no parameters"),
+        "{j}"
+    );
+
+    push(&client, &daemon, "keyed", "keyed").await;
+    settled(&client, &daemon, "keyed").await;
+    let keyed = s.requests_to("http").pop().unwrap();
+    assert_eq!(keyed.header("x-api-key"), DEPLOY_TOKEN);
+    assert_eq!(keyed.header("authorization"), "");
+    s.assert_clean();
+    assert_no_secret("the daemon's log", &daemon.logs());
+}

@@ -56,9 +56,20 @@ pub(super) fn check(
     uri: &Uri,
     headers: &HeaderMap,
     raw: &[u8],
-    job: &[String],
+    (job, parameters): (&[String], bool),
     problems: &mut Vec<String>,
 ) -> (bool, Vec<(String, String)>) {
+    // Jobs named `plain*` take no parameters; every other job does.
+    // Jenkins answers `build` on a parameterized job with an error page,
+    // and `buildWithParameters` on a plain one with a 500.
+    match (parameterized(job), parameters) {
+        (true, false) => problems.push(format!("`build` on the parameterized job {job:?}")),
+        (false, true) if raw.is_empty() => problems.push(format!(
+            "`buildWithParameters` without parameters on the plain job {job:?}"
+        )),
+        (false, false) if !raw.is_empty() => problems.push("`build` with a body".into()),
+        _ => {}
+    }
     let auth = check_auth(headers, &basic(JENKINS_USER, JENKINS_TOKEN), problems);
     if job.iter().any(String::is_empty) {
         problems.push(format!("empty job segment in {job:?}"));
@@ -88,8 +99,23 @@ pub(super) fn check(
     (auth, form)
 }
 
-/// The normal answer to a valid build call: 201, `Location` the new queue item.
-pub(super) fn build(shared: &Shared, settings: &Settings, job: &[String]) -> Response {
+/// Whether the stand-in's job `job` takes parameters (not `plain*`).
+fn parameterized(job: &[String]) -> bool {
+    job.last().is_none_or(|name| !name.starts_with("plain"))
+}
+
+/// The normal answer to a valid build call: 201, `Location` the new queue
+/// item; Jenkins' 500 page for parameters given to a plain job.
+pub(super) fn build(shared: &Shared, settings: &Settings, job: &[String], parameters: bool) -> Response {
+    if parameters && !parameterized(job) {
+        let page = "<html><head><title>Jenkins</title></head><body><h2>Oops!</h2><pre>java.lang.IllegalStateException: This build is not parameterized!</pre></body></html>";
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/html")],
+            page,
+        )
+            .into_response();
+    }
     let base = shared.url.get().unwrap();
     let n = {
         let mut jenkins = shared.jenkins.lock().unwrap();

@@ -39,6 +39,8 @@ pub(super) enum Route {
     },
     JenkinsBuild {
         job: Vec<String>,
+        /// `buildWithParameters` (else `build`).
+        parameters: bool,
     },
     JenkinsQueue {
         item: String,
@@ -133,13 +135,14 @@ fn route(path: &str, s: &Settings) -> Result<Route, String> {
         if let ["queue", "item", item, "api", "json"] = segs.as_slice() {
             return Ok(Route::JenkinsQueue { item: d(item) });
         }
-        if let [jobs @ .., "buildWithParameters"] = segs.as_slice()
+        if let [jobs @ .., endpoint @ ("buildWithParameters" | "build")] = segs.as_slice()
             && !jobs.is_empty()
             && jobs.len() % 2 == 0
             && jobs.chunks(2).all(|c| c[0] == "job")
         {
             return Ok(Route::JenkinsBuild {
                 job: jobs.chunks(2).map(|c| d(c[1])).collect(),
+                parameters: *endpoint == "buildWithParameters",
             });
         }
     }
@@ -169,7 +172,7 @@ fn success(
         }
         Route::Gitea { owner, repo } => gitea::success(shared, settings, owner, repo, uri, body, problems),
         Route::Buildkite { org, pipeline } => buildkite::success(shared, org, pipeline, body),
-        Route::JenkinsBuild { job } => jenkins::build(shared, settings, job),
+        Route::JenkinsBuild { job, parameters } => jenkins::build(shared, settings, job, *parameters),
         Route::Http => unreachable!("answered by http::receive"),
         Route::JenkinsQueue { .. } => unreachable!("answered by jenkins::queue"),
     }
@@ -237,8 +240,9 @@ pub(super) async fn handle(
                     body = check_json_request(&headers, &raw, &mut problems);
                     buildkite::check(&uri, &headers, &body, &mut problems)
                 }
-                Route::JenkinsBuild { job } => {
-                    let (authorised, params) = jenkins::check(&uri, &headers, &raw, job, &mut problems);
+                Route::JenkinsBuild { job, parameters } => {
+                    let (authorised, params) =
+                        jenkins::check(&uri, &headers, &raw, (job, *parameters), &mut problems);
                     body = Value::Object(
                         params
                             .iter()
