@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::Dispatcher;
 use super::retry::{LONGEST_WAIT, record_retrying, transition};
@@ -19,48 +19,24 @@ use crate::store::{Attempt, Transition};
 use crate::target::cancel::{Cancelled, cancel};
 use crate::target::{Outcome, TriggerResult};
 
-/// How often an idle loop looks for due cancels.
-const POLL: Duration = Duration::from_millis(500);
-
 impl Dispatcher {
     /// Run cancels until `shutdown`; one in flight at a time (they are few:
     /// one per superseded pipeline).
     pub(super) async fn cancel_loop(self, shutdown: CancellationToken) {
-        let mut backoff = POLL;
-        loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
+        super::side::run("cancels", shutdown, || async {
             let lease = self.config.load().dispatch.lease;
-            let leased = self
+            let cancels = self
                 .store
                 .lease_cancels(&self.owner, 1, lease, self.clock.now())
-                .await;
-            let idle = match leased {
-                Ok(cancels) if cancels.is_empty() => {
-                    backoff = POLL;
-                    true
-                }
-                Ok(cancels) => {
-                    for c in cancels {
-                        let span = info_span!("cancel", job = %c.job, by = %c.by_job, target = %c.target, attempt = c.attempt);
-                        self.cancel_one(c).instrument(span).await;
-                    }
-                    false
-                }
-                Err(e) => {
-                    debug!(error = %e, "cannot lease cancels; trying again");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    true
-                }
-            };
-            if idle {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
-                }
+                .await?;
+            let leased = cancels.len();
+            for c in cancels {
+                let span = info_span!("cancel", job = %c.job, by = %c.by_job, target = %c.target, attempt = c.attempt);
+                self.cancel_one(c).instrument(span).await;
             }
-        }
+            Ok(leased)
+        })
+        .await;
     }
 
     async fn cancel_one(&self, c: LeasedCancel) {

@@ -7,11 +7,10 @@
 //! asked for once.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::Dispatcher;
 use super::retry::{LONGEST_WAIT, record_retrying};
@@ -20,53 +19,30 @@ use crate::target::jenkins::{self, Queue};
 use crate::target::redact::Redactor;
 use crate::target::{TargetKind, TriggerResult};
 
-/// How often an idle loop looks for due follow-ups.
-const POLL: Duration = Duration::from_millis(500);
 /// Follow-ups leased at once: each is one short read.
 const BATCH: usize = 8;
 
 impl Dispatcher {
     /// Run follow-ups until `shutdown`.
     pub(super) async fn follow_loop(self, shutdown: CancellationToken) {
-        let mut backoff = POLL;
-        loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
+        super::side::run("follow-ups", shutdown, || async {
             let lease = self.config.load().dispatch.lease;
-            let leased = self
+            let follow_ups = self
                 .store
                 .lease_follow_ups(&self.owner, BATCH, lease, self.clock.now())
-                .await;
-            let idle = match leased {
-                Ok(follow_ups) if follow_ups.is_empty() => {
-                    backoff = POLL;
-                    true
-                }
-                Ok(follow_ups) => {
-                    // Side by side: a batch takes one read's time (at most a
-                    // request timeout, within the lease), and a slow CI does
-                    // not hold the others' reads.
-                    let reads = follow_ups.into_iter().map(|f| {
-                        let span = info_span!("follow", job = %f.job, target = %f.target, poll = f.poll);
-                        self.follow_one(f).instrument(span)
-                    });
-                    futures_util::future::join_all(reads).await;
-                    false
-                }
-                Err(e) => {
-                    debug!(error = %e, "cannot lease follow-ups; trying again");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    true
-                }
-            };
-            if idle {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
+                .await?;
+            let leased = follow_ups.len();
+            // Side by side: a batch takes one read's time (at most a
+            // request timeout, within the lease), and a slow CI does not
+            // hold the others' reads.
+            let reads = follow_ups.into_iter().map(|f| {
+                let span = info_span!("follow", job = %f.job, target = %f.target, poll = f.poll);
+                self.follow_one(f).instrument(span)
+            });
+            futures_util::future::join_all(reads).await;
+            Ok(leased)
+        })
+        .await;
     }
 
     async fn follow_one(&self, f: LeasedFollowUp) {

@@ -38,6 +38,7 @@ mod clock;
 mod follow;
 mod purge;
 mod retry;
+mod side;
 
 pub use attempt::gave_up;
 pub use purge::purge_loop;

@@ -53,10 +53,7 @@ pub struct Request {
 }
 
 fn check_env_key(key: &str) -> Result<(), String> {
-    let mut chars = key.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
+    if super::is_env_name(key) {
         Ok(())
     } else {
         Err(format!(

@@ -440,6 +440,14 @@ impl TriggerCompiler<'_> {
     }
 }
 
+/// An environment variable's name: letters, digits and `_`, not starting
+/// with a digit (CircleCI build parameters, Buildkite `env`).
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// `localhost`, `127.0.0.0/8` or `::1`: traffic that never leaves the machine.
 fn is_loopback(url: &reqwest::Url) -> bool {
     let host = url.host_str().unwrap_or("");

@@ -41,7 +41,7 @@ mod render;
 mod request;
 
 pub use classify::{Outcome, Response, TriggerResult, classify, error_message, retry_after, truncate_body};
-pub use compile::{TriggerCompiler, build};
+pub use compile::{TriggerCompiler, build, is_env_name};
 use outbound::json_headers;
 pub use outbound::{AUTHORIZATION, Credential, Encoding, Header, OutboundRequest, REDACTED, USER_AGENT};
 pub use render::{

@@ -8,10 +8,7 @@ use crate::config::raw::RawTrigger;
 use crate::target::TriggerCompiler;
 
 fn check_build_parameter(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
+    if crate::target::is_env_name(name) {
         Ok(())
     } else {
         Err(format!(
