@@ -23,7 +23,7 @@ impl Dispatcher {
     /// Run cancels until `shutdown`; one in flight at a time (they are few:
     /// one per superseded pipeline).
     pub(super) async fn cancel_loop(self, shutdown: CancellationToken) {
-        super::side::run("cancels", shutdown, || async {
+        super::side::run("cancels", Duration::from_millis(500), shutdown, || async {
             let lease = self.config.load().dispatch.lease;
             let cancels = self
                 .store

@@ -7,6 +7,7 @@
 //! asked for once.
 
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
@@ -19,13 +20,16 @@ use crate::target::jenkins::{self, Queue};
 use crate::target::redact::Redactor;
 use crate::target::{TargetKind, TriggerResult};
 
+/// How often an idle loop looks for due follow-ups: a queued run is first
+/// read 2 s after it was queued, and the store is not asked more often.
+const IDLE: Duration = Duration::from_secs(2);
 /// Follow-ups leased at once: each is one short read.
 const BATCH: usize = 8;
 
 impl Dispatcher {
     /// Run follow-ups until `shutdown`.
     pub(super) async fn follow_loop(self, shutdown: CancellationToken) {
-        super::side::run("follow-ups", shutdown, || async {
+        super::side::run("follow-ups", IDLE, shutdown, || async {
             let lease = self.config.load().dispatch.lease;
             let follow_ups = self
                 .store

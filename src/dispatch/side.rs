@@ -11,28 +11,27 @@ use tracing::debug;
 
 use crate::store::StoreError;
 
-/// How often an idle loop looks for due work.
-const POLL: Duration = Duration::from_millis(500);
 /// The longest wait after failed leases.
 const LONGEST: Duration = Duration::from_secs(5);
 
 /// Run `batch` until `shutdown`. Each call leases and handles one batch and
-/// answers how many items it leased: none waits [`POLL`]; a store error
-/// waits twice as long as the last wait, up to [`LONGEST`].
-pub(super) async fn run<F, Fut>(what: &str, shutdown: CancellationToken, mut batch: F)
+/// answers how many items it leased: none waits `idle` (how often an idle
+/// loop looks for due work); a store error waits twice as long as the last
+/// wait, up to [`LONGEST`].
+pub(super) async fn run<F, Fut>(what: &str, idle: Duration, shutdown: CancellationToken, mut batch: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<usize, StoreError>>,
 {
-    let mut backoff = POLL;
+    let mut backoff = idle;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let wait = match batch().await {
             Ok(0) => {
-                backoff = POLL;
-                Some(POLL)
+                backoff = idle;
+                Some(idle)
             }
             Ok(_) => None,
             Err(e) => {
