@@ -9,6 +9,7 @@ use sqlx::postgres::PgPool;
 
 use super::db;
 use super::queue::{Tx, next_attempt_number};
+use super::status::lock_job;
 use crate::store::concurrency::{CancelOutcome, LeasedCancel};
 use crate::store::model::from_json;
 use crate::store::{Attempt, StoreError, millis};
@@ -67,12 +68,7 @@ pub(super) async fn record(
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
-    let alive: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(&cancel.job)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-    if alive.is_none() {
+    if !lock_job(&mut tx, &cancel.job).await? {
         return Ok(());
     }
     let now_ms = millis(now);

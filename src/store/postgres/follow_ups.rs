@@ -11,6 +11,7 @@ use sqlx::postgres::PgPool;
 
 use super::db;
 use super::status::Tx;
+use super::status::lock_job;
 use crate::store::follow::{FollowOutcome, LeasedFollowUp};
 use crate::store::model::{from_json, to_json};
 use crate::store::{StoreError, from_millis, millis};
@@ -80,12 +81,7 @@ pub(super) async fn record(
     now: SystemTime,
 ) -> Result<(), StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
-    let alive: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(&f.job)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-    if alive.is_none() {
+    if !lock_job(&mut tx, &f.job).await? {
         return Ok(());
     }
     let now_ms = millis(now);

@@ -113,8 +113,7 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
 /// record retried after its job was leased again leaves the new lease
 /// alone); a late worker's attempt is recorded all the same. A job a newer
 /// one of its group superseded while its attempt was out is due at once if
-/// it is to be retried: its next start ends it. A job moved on drops its
-/// follow-up, if it had one (one it is to keep is stored again after).
+/// it is to be retried: its next start ends it.
 async fn attempts_and_jobs(
     tx: &mut Tx,
     records: &[&Record],
@@ -176,11 +175,7 @@ async fn attempts_and_jobs(
             INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
             SELECT u.job, COALESCE((SELECT MAX(x.n) FROM attempts x WHERE x.job_id = u.job), 0) + 1,
                    u.started, u.duration, u.status, u.outcome, u.error, u.response
-            FROM u),
-         f AS (
-            DELETE FROM follow_ups x USING u, jobs j
-            WHERE x.job_id = u.job AND j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running'
-              AND j.attempts = u.lease)
+            FROM u)
          UPDATE jobs j SET state = u.state, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = CASE WHEN u.state = 'pending' AND j.superseded_by IS NOT NULL THEN u.now ELSE u.due END,
                 last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now

@@ -1,5 +1,6 @@
 //! A delivery's status, recomputed from its jobs after every change to
-//! them, and the transaction type every write shares.
+//! them, the transaction type every write shares, and the job-row lock
+//! a write to a job's side queues (cancels, follow-ups) takes first.
 
 use sqlx::{Postgres, Transaction};
 
@@ -32,4 +33,16 @@ pub(super) async fn refresh_status(tx: &mut Tx, deliveries: &[&str]) -> Result<(
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// Lock job `id`'s row for the rest of `tx`, first of what a write to it
+/// and its queues locks (so writes never wait on each other in a cycle);
+/// false when the job is gone (purged).
+pub(super) async fn lock_job(tx: &mut Tx, id: &str) -> Result<bool, StoreError> {
+    let alive: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(alive.is_some())
 }

@@ -118,13 +118,14 @@ pub(super) fn record(
 /// After an attempt of `job` that ended in `next` (its result as stored:
 /// `result`) was recorded: a run the CI only queued gets a follow-up, due
 /// at once, if the job is done with that result (the record held its
-/// lease, or a superseded job kept the run it created late); a job the
-/// record moved on otherwise (`moved`) keeps none.
+/// lease, or a superseded job kept the run it created late). A job that is
+/// recorded has none to drop: it was leased, so pending or running, and
+/// every path that queues a job again ([`forget`]) drops its follow-up.
 pub(super) fn after_attempt(
     tx: &Connection,
     job: &str,
     next: &Transition,
-    (result, moved): (Option<&str>, bool),
+    result: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
     if follow::follows(next) {
@@ -137,8 +138,6 @@ pub(super) fn after_attempt(
         )
         .and_then(|mut s| s.execute(params![job, result, now]))
         .map_err(db)?;
-    } else if moved {
-        forget(tx, job)?;
     }
     Ok(())
 }

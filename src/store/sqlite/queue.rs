@@ -346,31 +346,30 @@ pub(super) fn record(
     // worker's attempt is still recorded above.
     // A job a newer one of its group superseded while its attempt was out
     // is due at once if it is to be retried: its next start ends it.
-    let moved = tx
-        .prepare_cached(
-            "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
+    tx.prepare_cached(
+        "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = CASE WHEN ?3 = 'pending' AND superseded_by IS NOT NULL THEN ?7 ELSE ?4 END,
                 last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
          WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' AND attempts = ?8",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                job,
-                owner,
-                update.state.as_str(),
-                update.next_attempt_at,
-                update.error,
-                update.result,
-                now_ms,
-                lease
-            ])
-        })
-        .map_err(db)?;
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            job,
+            owner,
+            update.state.as_str(),
+            update.next_attempt_at,
+            update.error,
+            update.result,
+            now_ms,
+            lease
+        ])
+    })
+    .map_err(db)?;
     if grouped && matches!(next, Transition::Done(_)) {
         groups::created_late(tx, job, update.result.as_deref(), now_ms)?;
         groups::after_done(tx, job, now_ms)?;
     }
-    follow_ups::after_attempt(tx, job, next, (update.result.as_deref(), moved > 0), now_ms)?;
+    follow_ups::after_attempt(tx, job, next, update.result.as_deref(), now_ms)?;
     refresh_status(tx, delivery_id)
 }
 
