@@ -184,14 +184,7 @@ async fn circleci_v2_workflows_of_the_older_pipeline_are_cancelled_once() {
     assert!(ci.cancel_calls().iter().all(|c| c.seq > created));
     assert!(calls(&ci).iter().all(|c| !c.contains(&foreign)));
     assert_eq!(job(&client, &daemon, "push-2").await.get("cancel"), None);
-    let metrics = client
-        .get(format!("{}/metrics", daemon.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(r#"hookbridge_pipelines_cancelled_total{target="circleci",outcome="cancelled"} 1"#),
         "{metrics}"

@@ -194,14 +194,7 @@ async fn a_burst_to_one_branch_runs_one_pipeline_for_the_newest_push() {
         out.contains("superseded by job") && out.contains(&main[4]),
         "{out}"
     );
-    let metrics = client
-        .get(format!("{}/metrics", daemon.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains("hookbridge_jobs_superseded_total 11"),
         "{metrics}"

@@ -521,14 +521,7 @@ async fn a_queued_jenkins_build_is_followed_across_a_restart() {
     push(&client, &daemon, "cancelled", "jenkins").await;
     let d = settled(&client, &daemon, "cancelled").await;
     assert_eq!(d["jobs"][0]["result"]["state"], "cancelled", "{d}");
-    let metrics = client
-        .get(format!("{}/metrics", daemon.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(r#"hookbridge_follow_ups_total{target="jenkins",outcome="cancelled"} 1"#),
         "{metrics}"

@@ -136,7 +136,7 @@ pub fn classify(req: &TriggerRequest, response: &Response, now: SystemTime) -> O
         return match req {
             TriggerRequest::Circleci(r) => circleci::created(r, status, &response.body),
             TriggerRequest::Gitlab(_) => gitlab::created(&response.body),
-            TriggerRequest::GithubActions(r) => github_actions::created(r, &response.body),
+            TriggerRequest::GithubActions(_) => github_actions::created(&response.body),
             TriggerRequest::GiteaActions(_) => gitea_actions::created(&response.body),
             TriggerRequest::Buildkite(_) => buildkite::created(&response.body),
             TriggerRequest::Jenkins(_) => jenkins::created(response),

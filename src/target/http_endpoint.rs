@@ -88,11 +88,7 @@ pub struct Request {
 }
 
 fn check_header(name: &str) -> Result<(), String> {
-    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        return Err(format!("`{name}` is not a valid header name"));
-    }
-    let lower = name.to_ascii_lowercase();
-    if RESERVED.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+    if owned_by_hookbridge(name)? {
         return Err(format!(
             "hookbridge sets `{name}` itself; put a credential in the target's `token` (sent as `Authorization: Bearer`, or in the header `token_header` names)"
         ));
@@ -103,14 +99,20 @@ fn check_header(name: &str) -> Result<(), String> {
 /// The header an `http` target's token goes in (`token_header`): any but
 /// those that frame the request or carry its signature.
 pub(super) fn check_token_header(name: &str) -> Result<(), String> {
+    if owned_by_hookbridge(name)? && !name.eq_ignore_ascii_case("authorization") {
+        return Err(format!("`{name}` cannot carry the token"));
+    }
+    Ok(())
+}
+
+/// Whether hookbridge writes header `name` ([`RESERVED`], every
+/// `webhook-*`); an error when it is no header name.
+fn owned_by_hookbridge(name: &str) -> Result<bool, String> {
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(format!("`{name}` is not a valid header name"));
     }
     let lower = name.to_ascii_lowercase();
-    if lower != "authorization" && (RESERVED.contains(&lower.as_str()) || lower.starts_with("webhook-")) {
-        return Err(format!("`{name}` cannot carry the token"));
-    }
-    Ok(())
+    Ok(RESERVED.contains(&lower.as_str()) || lower.starts_with("webhook-"))
 }
 
 impl Trigger {

@@ -155,6 +155,16 @@ impl Daemon {
         format!("{}/hooks/{source}", self.hooks)
     }
 
+    /// The admin listener's `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -338,34 +338,25 @@ pub(super) fn request(base: &str, r: &Request) -> Result<OutboundRequest, Reques
 }
 
 /// The answer to a dispatch that went through.
-pub(super) fn created(r: &Request, body: &[u8]) -> Outcome {
+pub(super) fn created(body: &[u8]) -> Outcome {
     #[derive(Deserialize)]
     struct Run {
         workflow_run_id: Option<i64>,
         html_url: Option<String>,
         run_url: Option<String>,
     }
-    match r {
-        Request::Repository(_) => Outcome::Created(TriggerResult {
-            state: Some("dispatched".into()),
-            ..TriggerResult::default()
-        }),
-        Request::Workflow(_) => {
-            let run: Option<Run> = serde_json::from_slice(body).ok();
-            Outcome::Created(run.map_or_else(
-                || TriggerResult {
-                    state: Some("dispatched".into()),
-                    ..TriggerResult::default()
-                },
-                |run| TriggerResult {
-                    id: run.workflow_run_id.map(|id| id.to_string()),
-                    url: run.html_url.or(run.run_url),
-                    state: Some("dispatched".into()),
-                    ..TriggerResult::default()
-                },
-            ))
-        }
-    }
+    // A repository_dispatch, or a GitHub that was not asked for the run,
+    // answers 204 without a body: dispatched, no run to record.
+    let run: Option<Run> = serde_json::from_slice(body).ok();
+    Outcome::Created(TriggerResult {
+        id: run
+            .as_ref()
+            .and_then(|r| r.workflow_run_id)
+            .map(|id| id.to_string()),
+        url: run.and_then(|r| r.html_url.or(r.run_url)),
+        state: Some("dispatched".into()),
+        ..TriggerResult::default()
+    })
 }
 
 /// How long to wait before retrying a 408, 425, 429 or 5xx: as GitHub

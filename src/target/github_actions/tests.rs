@@ -37,7 +37,6 @@ fn the_workflow_dispatch_asks_for_the_run_and_keeps_the_token_out() {
     let auth = out.headers.iter().find(|h| h.name == AUTHORIZATION).unwrap();
     assert_eq!(auth.value, "Bearer ***");
     let Outcome::Created(run) = created(
-        &r,
         br#"{"workflow_run_id":42,"run_url":"https://api.github.com/repos/acme/app/actions/runs/42","html_url":"https://github.com/acme/app/actions/runs/42"}"#,
     ) else {
         panic!()
