@@ -122,7 +122,11 @@ pub fn render(config: &Config, evaluation: &Evaluation) -> Vec<Rendered> {
                 .targets
                 .get(&m.target)
                 .ok_or_else(|| format!("unknown target `{}`", m.target))
-                .and_then(|t| t.request(&m.request).map_err(|e| e.to_string()));
+                .and_then(|t| {
+                    let mut request = t.request(&m.request).map_err(|e| e.to_string())?;
+                    t.mark(&mut request, "<job id>");
+                    Ok(request)
+                });
             let (request, error) = match request {
                 Ok(r) => (Some(r), None),
                 Err(e) => (None, Some(e)),

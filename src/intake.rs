@@ -180,9 +180,13 @@ pub(crate) fn evaluate(
     Ok(evaluation)
 }
 
-/// Assign job ids and build the summary and the record to store.
+/// Assign job ids and build the summary and the record to store. Traced,
+/// its jobs keep the current span's context ([`crate::telemetry::trace::carrier`]).
 pub fn delivery(intake: Intake, received_at: SystemTime) -> NewDelivery {
     let (summary, jobs) = summary_and_jobs(&intake.event, &intake.evaluation);
+    let trace = (!jobs.is_empty())
+        .then(|| crate::telemetry::trace::carrier(&intake.event))
+        .flatten();
     NewDelivery {
         id: ulid::Ulid::generate().to_string(),
         source: intake.event.source.clone(),
@@ -193,6 +197,7 @@ pub fn delivery(intake: Intake, received_at: SystemTime) -> NewDelivery {
         payload: intake.payload,
         summary,
         jobs,
+        trace,
     }
 }
 

@@ -16,14 +16,17 @@
 //! fails on an import cycle), each on those before it:
 //!
 //! ```text
-//! event, config leaves (diagnostic, loader, retry, raw, secret, units, limits), template
-//!     → source, target → rules → config → intake → store → dispatch → server → cli
+//! event, config leaves (diagnostic, loader, retry, raw, secret, telemetry, units, limits),
+//!     template, telemetry → source, target → rules → config → intake → store → dispatch
+//!     → server → cli
 //! ```
 //!
 //! `source`, `target` and `rules` compile their part of the config against the
 //! leaves ([`config::loader::Loader`], [`config::retry::RetryPolicy`]); only
 //! `config/mod.rs` (`Config`, `load`, `compile`) names them. Templates are a
-//! leaf both `rules` and `target` render with. The admin API calls `intake`
+//! leaf both `rules` and `target` render with. [`telemetry`] (logs, metrics,
+//! the spans of a delivery's trace) names only `event` and the config leaf of
+//! its settings, so every step can make its span. The admin API calls `intake`
 //! and the store, never the CLI.
 
 pub mod cli;

@@ -1028,3 +1028,70 @@ headers = {{ X-Api-Key = "sk_live_written_in_the_config", webhook-foo = "x" }}
     assert_eq!(code, 1, "{err}");
     insta::assert_snapshot!(err);
 }
+
+/// `check` says which GitLab and CircleCI targets cannot reconcile an
+/// ambiguous attempt, and refuses `reconcile` where it means nothing and a
+/// rule variable named as hookbridge's marker.
+#[test]
+fn check_says_which_targets_cannot_reconcile() {
+    let targets = r#"
+[targets.gl-plain]
+type = "gitlab"
+url = "https://gitlab.example"
+token = "env:GL_TRIGGER"
+
+[targets.gl-api]
+type = "gitlab"
+url = "https://gitlab.example"
+token = "env:GL_TRIGGER"
+api_token = "env:GL_API"
+
+[targets.gl-off]
+type = "gitlab"
+url = "https://gitlab.example"
+token = "env:GL_TRIGGER"
+api_token = "env:GL_API"
+reconcile = false
+"#;
+    let ws = Workspace::new(&format!("{BASE}{targets}"));
+    let env = [
+        ("GITHUB_WEBHOOK_SECRET", "s"),
+        ("CIRCLECI_TOKEN", "t"),
+        ("GL_TRIGGER", "glptt-x"),
+        ("GL_API", "glpat-x"),
+    ];
+    let (code, out, err) = ws.cli(&["check", "--config", "hookbridge.toml"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "hookbridge.toml: ok — 1 source, 4 targets, 0 rules\n\
+         \x20 note: target `gl-off` does not reconcile: the target sets `reconcile = false`; an attempt whose answer was lost is sent again (at least once)\n\
+         \x20 note: target `gl-plain` does not reconcile: the target has no `api_token` to list its pipelines with (a trigger token cannot); an attempt whose answer was lost is sent again (at least once)\n"
+    );
+    let (code, err) = check(
+        r#"
+[targets.bk]
+type = "buildkite"
+token = "env:CIRCLECI_TOKEN"
+reconcile = true
+
+[targets.gl]
+type = "gitlab"
+url = "https://gitlab.example"
+token = "env:CIRCLECI_TOKEN"
+
+[[rules]]
+name = "r"
+[rules.trigger]
+target = "gl"
+project = "acme/app"
+variables = { HOOKBRIDGE_JOB = "mine" }
+"#,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("`reconcile` is for gitlab and circleci targets"),
+        "{err}"
+    );
+    assert!(err.contains("variable `HOOKBRIDGE_JOB` is hookbridge's"), "{err}");
+}

@@ -136,6 +136,7 @@ async fn store_with_one_job() -> (Arc<dyn Store>, tempfile::TempDir, String) {
             delay: std::time::Duration::ZERO,
             cancel: false,
         }],
+        trace: None,
     };
     assert_eq!(
         store.ingest(delivery).await.unwrap(),

@@ -391,6 +391,10 @@ impl Store for Paused {
         let s = self.0.clone();
         held(async move { s.stats().await }).await
     }
+    async fn neighbours(&self, target: &str, job: &str, since: SystemTime) -> Result<Neighbours, StoreError> {
+        let (s, target, job) = (self.0.clone(), target.to_owned(), job.to_owned());
+        held(async move { s.neighbours(&target, &job, since).await }).await
+    }
 
     async fn ready(&self) -> Result<(), StoreError> {
         let s = self.0.clone();
@@ -516,6 +520,7 @@ impl Harness {
                 errors: vec![],
             },
             jobs: jobs.clone(),
+            trace: None,
         };
         (delivery, ids)
     }

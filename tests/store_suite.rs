@@ -171,6 +171,7 @@ fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> New
             errors: vec![],
         },
         jobs,
+        trace: None,
     }
 }
 
@@ -188,6 +189,8 @@ fn attempt(status: u16) -> Attempt {
         status: Some(status),
         error: None,
         response: Some("{}".into()),
+        ambiguous: false,
+        reconcile: None,
     }
 }
 
@@ -919,6 +922,8 @@ macro_rules! suite {
     };
 }
 
+#[path = "store_suite/ambiguous.rs"]
+mod ambiguous;
 #[path = "store_suite/follow_ups.rs"]
 mod follow_ups;
 #[path = "store_suite/groups.rs"]
@@ -1427,6 +1432,7 @@ async fn postgres_migrates_in_place(old_schema: &[&str]) {
         outcome: "dead".into(),
         error: Some("HTTP 404".into()),
         response: Some("not found".into()),
+        reconcile: None,
     };
     assert_eq!(j.history, [recorded]);
     let payload = s.payload(&key("old-1")).await.unwrap();

@@ -159,6 +159,8 @@ async fn bookkeeping(store: &Arc<dyn Store>, owner: &str, jobs: usize) -> (f64, 
                             status: Some(201),
                             error: None,
                             response: Some(r#"{"id":"floor","number":1,"state":"created"}"#.into()),
+                            ambiguous: false,
+                            reconcile: None,
                         };
                         let result = TriggerResult {
                             id: Some("floor".into()),

@@ -111,6 +111,7 @@ fn delivery(i: usize, now: SystemTime) -> NewDelivery {
             errors: vec![],
         },
         jobs,
+        trace: None,
     }
 }
 

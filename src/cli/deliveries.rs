@@ -272,6 +272,9 @@ pub fn describe(d: &DeliveryDetail) -> String {
                 a.duration_ms,
                 a.outcome
             ));
+            if let Some(r) = &a.reconcile {
+                out.push_str(&format!("     reconcile: {r}\n"));
+            }
             if let Some(e) = &a.error {
                 out.push_str(&format!("     error: {e}\n"));
             }

@@ -28,7 +28,6 @@ pub struct ServeArgs {
 }
 
 pub(crate) fn run(args: ServeArgs) -> ExitCode {
-    crate::telemetry::init_logging(args.log.log_format, args.log.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -36,15 +35,28 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: ServeArgs) -> ExitCode {
+    // The config before the logs: its `[telemetry]` decides whether log
+    // lines go through the traces' layer too. Its errors go to stderr as
+    // they always did.
     let loaded = match args.config.load(LoadMode::Serve) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let config = loaded.config;
+    let traces = crate::telemetry::init(
+        args.log.log_format,
+        args.log.log_level.as_deref(),
+        loaded.config.telemetry.as_ref(),
+        runtime.handle(),
+    );
+    let code = runtime.block_on(serve(args, loaded.config));
+    // The runtime still runs (its exports go out on it); the wait is bounded.
+    if let Some(traces) = traces {
+        traces.shutdown(crate::telemetry::FLUSH_WITHIN);
+    }
+    code
+}
+
+async fn serve(args: ServeArgs, config: crate::config::Config) -> ExitCode {
     info!(config = %config.path.display(), summary = %config.summary(), version = env!("CARGO_PKG_VERSION"), "starting");
     let store = match store::open(&config.store, OpenMode::Daemon).await {
         Ok(store) => store,

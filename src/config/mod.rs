@@ -20,6 +20,7 @@ pub mod retry;
 pub mod schema;
 pub mod secret;
 pub mod store_url;
+pub mod telemetry;
 pub mod units;
 
 pub use diagnostic::{Diagnostic, Report, Severity, suggest};
@@ -27,6 +28,7 @@ pub use loader::{LoadMode, Loader};
 pub use retry::RetryPolicy;
 pub use secret::{HmacKey, KeyError, Secret, SecretRef, SecretSlot};
 pub use store_url::{StoreUrl, redact_url};
+pub use telemetry::TelemetrySettings;
 
 use crate::rules::RuleSet;
 use crate::source::Source;
@@ -105,6 +107,8 @@ pub struct Config {
     pub sources: BTreeMap<String, Source>,
     pub targets: BTreeMap<String, Target>,
     pub rules: RuleSet,
+    /// `[telemetry]`, when the table is there (traces: [`crate::telemetry`]).
+    pub telemetry: Option<TelemetrySettings>,
 }
 
 impl Config {
@@ -285,6 +289,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         lease,
         lease_ahead,
     };
+    let telemetry = telemetry::compile(raw.telemetry.as_ref(), loader);
 
     Some(Config {
         path: path.to_path_buf(),
@@ -296,6 +301,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         sources,
         targets,
         rules,
+        telemetry,
     })
 }
 

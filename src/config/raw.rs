@@ -39,6 +39,9 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Vec<RawRule>")]
     pub rules: Vec<Spanned<RawRule>>,
+    /// OpenTelemetry traces; off without this table (unless the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+    pub telemetry: Option<RawTelemetry>,
 }
 
 #[derive(Debug, Deserialize, Default, JsonSchema)]
@@ -108,6 +111,21 @@ pub struct RawDispatch {
     pub lease: Option<DurationAtMost<{ limits::LEASE }>>,
 }
 
+/// `[telemetry]`: where traces go, under which name, and how many.
+#[derive(Debug, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/HTTP base URL: spans go to `{otlp_endpoint}/v1/traces`.
+    #[schemars(with = "Option<String>")]
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// The `service.name` of every span (default `hookbridge`).
+    #[schemars(with = "Option<String>")]
+    pub service_name: Option<Spanned<String>>,
+    /// Share of deliveries traced, 0.0 to 1.0 (default 1.0).
+    #[schemars(with = "Option<f64>")]
+    pub sample_ratio: Option<Spanned<f64>>,
+}
+
 /// Every key any source type accepts; [`crate::source`] checks which apply.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +182,10 @@ pub struct RawTarget {
     /// `http` with `signing`: the `whsec_...` secret.
     #[schemars(with = "Option<SecretRef>")]
     pub signing_secret: Option<Spanned<SecretRef>>,
+    /// GitLab with `api_token`: `false` stops marking triggers with
+    /// `HOOKBRIDGE_JOB` and reconciling ambiguous attempts.
+    #[schemars(with = "Option<bool>")]
+    pub reconcile: Option<Spanned<bool>>,
     pub retry: Option<RawRetry>,
 }
 

@@ -9,7 +9,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures_util::FutureExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -90,13 +90,7 @@ impl Dispatcher {
             .unwrap_or(&config.retry)
             .clone();
         let clock = Instant::now();
-        let mut record = Attempt {
-            started_at: self.clock.now(),
-            duration: Duration::ZERO,
-            status: None,
-            error: None,
-            response: None,
-        };
+        let mut record = Attempt::at(self.clock.now());
         let given_up = gave_up(job.attempt, policy.max_attempts);
         let start = if job.grouped && given_up.is_none() {
             self.start_grouped(&job).await
@@ -180,10 +174,18 @@ impl Dispatcher {
             Ok(prepared) => prepared,
             Err(reason) => return Outcome::Permanent(reason.to_string()),
         };
-        let redact = Redactor::new(token.map_or("", |t| t.expose()));
         let timeout = policy.request_timeout.min(LONGEST_WAIT);
+        if let Some(since) = job.ambiguous_since
+            && let Some(outcome) = self.reconcile(config, job, since, timeout, record).await
+        {
+            return outcome;
+        }
+        let redact = Redactor::new(token.map_or("", |t| t.expose()));
         let outcome = match self.transport.send(&request, token, timeout).await {
             Ok(response) => {
+                // A gateway's timeout or failure: the CI behind it may have
+                // taken the trigger.
+                record.ambiguous = matches!(response.status, 502 | 504);
                 let response = target::Response {
                     status: response.status,
                     headers: redact.headers(response.headers),
@@ -201,6 +203,7 @@ impl Dispatcher {
             }
             Err(error) => {
                 record.error = Some(error.to_string());
+                record.ambiguous = error.may_have_arrived();
                 Outcome::Retry {
                     reason: error.to_string(),
                     after: None,
@@ -221,6 +224,11 @@ impl Dispatcher {
         metrics::counter!("hookbridge_trigger_attempts_total", "target" => job.target.clone(), "type" => target_kind, "outcome" => next.outcome()).increment(1);
         metrics::histogram!("hookbridge_trigger_attempt_duration_seconds", "target" => job.target.clone())
             .record(record.duration.as_secs_f64());
+        let created = match next {
+            Transition::Done(result) => (result.id.as_deref(), result.url.as_deref()),
+            _ => (None, None),
+        };
+        crate::telemetry::trace::outcome(next.outcome(), created.0, created.1);
         match next {
             // A 2xx is the CI's word that it accepted the trigger, so the job
             // is done (sending again could start a second pipeline); but an
@@ -319,6 +327,7 @@ fn prepare<'c>(
         _ => None,
     };
     let mut request = target.request(&job.request)?;
+    target.mark(&mut request, &job.id);
     target.sign(&mut request, &job.id, now)?;
     Ok((request, target.token_for(rule_token)?))
 }
@@ -356,6 +365,8 @@ project = "acme/app"
             request: serde_json::from_value(request).unwrap(),
             attempt: 1,
             grouped: false,
+            trace: None,
+            ambiguous_since: None,
         }
     }
 

@@ -48,13 +48,7 @@ impl Dispatcher {
             .or_else(|| config.targets.get(&c.target).map(|t| &t.retry))
             .unwrap_or(&config.retry)
             .clone();
-        let mut record = Attempt {
-            started_at: self.clock.now(),
-            duration: Duration::ZERO,
-            status: None,
-            error: None,
-            response: None,
-        };
+        let mut record = Attempt::at(self.clock.now());
         let clock = Instant::now();
         let result = match config.targets.get(&c.target) {
             None => Cancelled::Permanent(format!(

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::store::handoff::{Handed, Handoff, Terms};
@@ -37,8 +37,10 @@ mod cancel;
 mod clock;
 mod follow;
 mod purge;
+mod reconcile;
 mod retry;
 mod side;
+mod span;
 
 pub use attempt::gave_up;
 pub use purge::purge_loop;
@@ -327,21 +329,8 @@ impl Dispatcher {
 
     /// Start one attempt of a leased `job` in its slot.
     fn start(&self, inflight: &mut Inflight, job: LeasedJob, permit: OwnedSemaphorePermit) {
-        let worker = self.clone();
-        let span = info_span!(
-            "attempt",
-            delivery = %job.delivery,
-            source = %job.source,
-            rule = %job.rule,
-            target = %job.target,
-            job = %job.id,
-            attempt = job.attempt,
-        );
         let id = job.id.clone();
-        inflight.spawn(
-            id,
-            async move { worker.attempt(job, permit).await }.instrument(span),
-        );
+        inflight.spawn(id, span::attempt(self.clone(), job, permit));
     }
 }
 

@@ -21,6 +21,7 @@ use crate::config::ServerSettings;
 use crate::config::units::ByteSize;
 use crate::intake::{self, Rejection};
 use crate::store::{Ingested, Summary};
+use crate::telemetry::trace;
 
 pub fn router(app: App) -> Router {
     Router::new()
@@ -60,8 +61,16 @@ async fn receive(
     // The name comes from the URL, percent-decoded, before anyone is
     // verified: control characters are escaped, so a terminal reading the
     // log does not obey them (configured names are shown as they are).
-    let span = info_span!("webhook", source = %name.escape_debug(), delivery = tracing::field::Empty);
     let connection = connection.map_or_else(ConnectionId::unattached, |c| c.0);
+    if trace::enabled() {
+        let span = trace::webhook_span(&name, &headers);
+        let response = handle(app, name, connection, headers, body)
+            .instrument(span.clone())
+            .await;
+        trace::answered(&span, response.status().as_u16());
+        return response;
+    }
+    let span = info_span!("webhook", source = %name.escape_debug(), delivery = tracing::field::Empty);
     handle(app, name, connection, headers, body)
         .instrument(span)
         .await
@@ -165,6 +174,7 @@ async fn handle(
         Err(rejection) => return reject(&name, rejection),
     };
     tracing::Span::current().record("delivery", intake.event.delivery.as_str());
+    trace::describe(&intake.event);
     if intake.is_ping() {
         count(&name, "ping");
         info!(event = %intake.event.name, "ping answered; nothing stored");
@@ -173,10 +183,20 @@ async fn handle(
     for e in &intake.evaluation.errors {
         warn!(rule = %e.rule, error = %e.error, "rule could not be evaluated");
     }
-    let delivery = intake::delivery(intake, received_at);
+    // Traced, the jobs keep the store span's context (`intake::delivery`).
+    let store_span = trace::store_span(intake.evaluation.matched.len());
+    let delivery = match &store_span {
+        Some(span) => span.in_scope(|| intake::delivery(intake, received_at)),
+        None => intake::delivery(intake, received_at),
+    };
     let mut fresh = delivery.summary.clone();
     let event = delivery.event.name.clone();
-    match app.store.ingest(delivery).await {
+    let ingest = app.store.ingest(delivery);
+    let ingested = match store_span {
+        Some(span) => ingest.instrument(span).await,
+        None => ingest.await,
+    };
+    match ingested {
         Ok(Ingested::Stored { superseded }) => {
             let ended: usize = superseded.iter().map(|s| s.jobs.len()).sum();
             if ended > 0 {

@@ -39,6 +39,7 @@ pub(super) fn pending(started: &Config, next: &Config) -> Vec<&'static str> {
             "[dispatch] concurrency",
             a.dispatch.concurrency != b.dispatch.concurrency,
         ),
+        ("[telemetry]", a.telemetry != b.telemetry),
     ]
     .into_iter()
     .filter_map(|(setting, changed)| changed.then_some(setting))

@@ -212,6 +212,8 @@ mod tests {
             .unwrap(),
             attempt: 1,
             grouped: false,
+            trace: None,
+            ambiguous_since: None,
         }
     }
 

@@ -73,6 +73,7 @@ use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
 pub mod concurrency;
+mod detail;
 mod error;
 pub mod follow;
 pub mod handoff;
@@ -85,6 +86,7 @@ pub mod ready;
 pub mod sqlite;
 
 pub use concurrency::{Start, Superseded, SupersededBy};
+pub use detail::{AttemptRow, DeliveryDetail, DeliveryFilter, DeliveryRow, JobDetail, StoredPayload};
 pub use error::{StoreError, StoreErrorKind};
 pub use model::{DeliveryStatus, JobState, UnknownStatus};
 pub use open::{OpenMode, migrate, open};
@@ -173,6 +175,10 @@ pub struct NewDelivery {
     pub payload: bytes::Bytes,
     pub summary: Summary,
     pub jobs: Vec<NewJob>,
+    /// The W3C `traceparent` of the intake's span, stored with each job so
+    /// that its attempts, on any replica, join the delivery's trace (`None`
+    /// when telemetry is off).
+    pub trace: Option<String>,
 }
 
 /// The result of [`Store::ingest`].
@@ -199,6 +205,13 @@ pub struct LeasedJob {
     /// In a concurrency group: [`Store::start_attempt`] lets each attempt
     /// through, unless a newer job of the group superseded this one.
     pub grouped: bool,
+    /// The delivery's trace context (see [`NewDelivery::trace`]).
+    pub trace: Option<String>,
+    /// When the earliest attempt of this round whose outcome is unknown
+    /// began (it timed out or was cut off after sending, or its worker
+    /// stopped): the CI may have created the pipeline since, so this attempt
+    /// reconciles before it sends again.
+    pub ambiguous_since: Option<SystemTime>,
 }
 
 /// One attempt, as it will be recorded.
@@ -210,6 +223,37 @@ pub struct Attempt {
     pub error: Option<String>,
     /// The response body, truncated.
     pub response: Option<String>,
+    /// The request may have reached the CI without its answer reaching
+    /// hookbridge (a timeout or a connection cut after sending): the next
+    /// attempt reconciles first ([`LeasedJob::ambiguous_since`]).
+    pub ambiguous: bool,
+    /// What reconciling with the CI before sending decided, and why.
+    pub reconcile: Option<String>,
+}
+
+impl Attempt {
+    /// An attempt starting at `started_at`, with nothing to record yet.
+    pub fn at(started_at: SystemTime) -> Attempt {
+        Attempt {
+            started_at,
+            duration: Duration::ZERO,
+            status: None,
+            error: None,
+            response: None,
+            ambiguous: false,
+            reconcile: None,
+        }
+    }
+}
+
+/// Other jobs of a target, as a heuristic reconcile sees them ([`Store::neighbours`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Neighbours {
+    /// The pipelines they recorded (their ids).
+    pub recorded: Vec<String>,
+    /// The requests of those whose attempt is out or was cut short: each
+    /// may have created a pipeline not recorded yet.
+    pub unsettled: Vec<TriggerRequest>,
 }
 
 /// Where a job goes after an attempt.
@@ -234,98 +278,6 @@ impl Transition {
             Transition::Dead(_) => "dead",
         }
     }
-}
-
-/// Filters for listing deliveries, newest first.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryFilter {
-    pub status: Option<DeliveryStatus>,
-    pub source: Option<String>,
-    pub rule: Option<String>,
-    pub repository: Option<String>,
-    pub since: Option<SystemTime>,
-    /// Received before this time.
-    pub until: Option<SystemTime>,
-    /// The search box: a hookbridge id, a provider delivery id, or a commit
-    /// sha or its prefix ([`query::Search`]).
-    pub search: Option<String>,
-    /// Return deliveries older than this internal id (pagination cursor).
-    pub before: Option<String>,
-    pub limit: usize,
-}
-
-/// One line of `deliveries list`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeliveryRow {
-    pub id: String,
-    pub source: String,
-    pub delivery: String,
-    pub received_at: i64,
-    pub event: String,
-    pub kind: String,
-    pub repository: Option<String>,
-    #[serde(rename = "ref")]
-    pub git_ref: Option<String>,
-    /// The event's commit.
-    #[serde(default)]
-    pub sha: Option<String>,
-    pub status: DeliveryStatus,
-    pub jobs: u32,
-}
-
-/// A recorded attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptRow {
-    pub n: u32,
-    pub started_at: i64,
-    pub duration_ms: i64,
-    pub status: Option<u16>,
-    pub outcome: String,
-    pub error: Option<String>,
-    pub response: Option<String>,
-}
-
-/// A job with its attempts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobDetail {
-    pub id: String,
-    pub rule: String,
-    pub target: String,
-    pub state: JobState,
-    pub attempts: u32,
-    pub next_attempt_at: Option<i64>,
-    pub last_error: Option<String>,
-    pub result: Option<TriggerResult>,
-    pub request: TriggerRequest,
-    /// Its concurrency group (`[rules.concurrency]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// For a superseded job: the newer job, and its delivery, that ended it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub superseded_by: Option<SupersededBy>,
-    /// The cancel of its pipeline by a newer job of its group, if any
-    /// (`cancel_in_progress`; its attempts are in `history`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancel: Option<concurrency::CancelDetail>,
-    pub history: Vec<AttemptRow>,
-}
-
-/// Everything known about one delivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeliveryDetail {
-    #[serde(flatten)]
-    pub row: DeliveryRow,
-    pub summary: Summary,
-    pub normalized: Event,
-    pub jobs: Vec<JobDetail>,
-}
-
-/// The stored inputs of a delivery, for re-evaluating rules.
-#[derive(Debug, Clone)]
-pub struct StoredPayload {
-    pub event: Event,
-    pub headers: BTreeMap<String, String>,
-    pub payload: Vec<u8>,
 }
 
 /// Queue figures for metrics.
@@ -460,6 +412,12 @@ pub trait Store: Send + Sync {
     async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError>;
 
     async fn stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// What the other jobs of `target` than `job` did that a reconcile by
+    /// heuristic must know: the pipelines they recorded at or after
+    /// `since`, and those whose outcome is unknown. Run only to reconcile
+    /// an ambiguous attempt, so it may scan.
+    async fn neighbours(&self, target: &str, job: &str, since: SystemTime) -> Result<Neighbours, StoreError>;
 
     /// Can the store take a delivery now? Ready means a durable commit just
     /// succeeded (not merely that a connection answers): a full disk, a write

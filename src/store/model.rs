@@ -36,6 +36,31 @@ pub fn queue_stats((pending, running, dead, oldest): (i64, i64, i64, Option<i64>
     }
 }
 
+/// [`super::Store::neighbours`]: the target's other jobs that recorded a
+/// pipeline since a time, or whose attempt is out or was cut short (the
+/// same text on both stores). A scan of the target's jobs: reconciles only.
+pub const NEIGHBOURS: &str = "SELECT result, request, state = 'running' OR (state = 'pending' AND ambiguous_since IS NOT NULL)
+     FROM jobs WHERE target = $1 AND id <> $2
+     AND ((result IS NOT NULL AND updated_at >= $3) OR state = 'running' OR (state = 'pending' AND ambiguous_since IS NOT NULL))";
+
+/// [`NEIGHBOURS`]' rows, read.
+pub fn neighbours(rows: Vec<(Option<String>, String, bool)>) -> Result<super::Neighbours, StoreError> {
+    let mut n = super::Neighbours::default();
+    for (result, request, unsettled) in rows {
+        if let Some(id) = result
+            .map(|r| from_json::<crate::target::TriggerResult>(&r))
+            .transpose()?
+            .and_then(|r| r.id)
+        {
+            n.recorded.push(id);
+        }
+        if unsettled {
+            n.unsettled.push(from_json(&request)?);
+        }
+    }
+    Ok(n)
+}
+
 /// The outcome recorded for an attempt that was cut short.
 pub const INTERRUPTED: &str = "interrupted";
 
@@ -252,6 +277,8 @@ mod tests {
             status: Some(201),
             error: error.map(str::to_owned),
             response: None,
+            ambiguous: false,
+            reconcile: None,
         }
     }
 

@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::config::secret::Secret;
+use crate::telemetry::trace;
 
 use super::redact::Redactor;
 use super::{Credential, OutboundRequest, Response, USER_AGENT};
@@ -29,6 +32,15 @@ pub enum SendError {
     /// The request itself cannot be built (a config problem, not the CI's).
     #[error("cannot build the request: {0}")]
     Build(String),
+}
+
+impl SendError {
+    /// Whether the request may have reached the CI although no answer came
+    /// back (a timeout or a connection cut after connecting): a pipeline may
+    /// exist, and the next attempt reconciles before sending again.
+    pub fn may_have_arrived(&self) -> bool {
+        matches!(self, SendError::Timeout | SendError::Failed(_))
+    }
 }
 
 /// One trigger call: send `request` with `token` in its place, within `timeout`.
@@ -82,7 +94,40 @@ impl Default for Http {
 
 #[async_trait::async_trait]
 impl Transport for Http {
+    /// Traced, in a client span of its own ([`trace::client_span`]).
     async fn send(
+        &self,
+        request: &OutboundRequest,
+        token: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Response, SendError> {
+        let Some(span) = trace::client_span(request.method, &request.url) else {
+            return self.exchange(request, token, timeout).await;
+        };
+        let answer = self
+            .exchange(request, token, timeout)
+            .instrument(span.clone())
+            .await;
+        trace::client_answered(&span, answer.as_ref().map(|r| r.status).map_err(SendError::kind));
+        answer
+    }
+}
+
+impl SendError {
+    /// Its `error.type` on a client span.
+    fn kind(&self) -> &'static str {
+        match self {
+            SendError::Timeout => "timeout",
+            SendError::Connect(_) => "connect",
+            SendError::Failed(_) => "request",
+            SendError::Build(_) => "build",
+        }
+    }
+}
+
+impl Http {
+    /// Send `request` and read a bounded prefix of the answer.
+    async fn exchange(
         &self,
         request: &OutboundRequest,
         token: Option<&Secret>,
@@ -184,10 +229,11 @@ pub fn wire(
 
 fn describe_error(e: reqwest::Error) -> SendError {
     let e = e.without_url();
-    if e.is_timeout() {
-        SendError::Timeout
-    } else if e.is_connect() {
+    // A connect timeout is a connect error: nothing was sent.
+    if e.is_connect() {
         SendError::Connect(root_cause(&e))
+    } else if e.is_timeout() {
+        SendError::Timeout
     } else if e.is_builder() {
         SendError::Build(root_cause(&e))
     } else {

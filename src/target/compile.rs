@@ -93,6 +93,17 @@ pub fn build(
             .with_help("this target authenticates with `token`"),
         );
     }
+    if let Some(r) = &raw.reconcile
+        && !matches!(kind, TargetKind::Gitlab | TargetKind::Circleci)
+    {
+        loader.push(
+            Diagnostic::error(
+                format!("target `{name}`: `reconcile` is for gitlab and circleci targets"),
+                Some(r.span()),
+            )
+            .with_help("hookbridge cannot look up the runs of this type: an ambiguous attempt is sent again"),
+        );
+    }
     let user = only_for(name, kind, TargetKind::Jenkins, "user", raw.user.as_ref(), loader);
     if kind == TargetKind::Jenkins && raw.user.is_none() {
         loader.push(
@@ -181,6 +192,7 @@ pub fn build(
         token_header,
         signing,
         signs,
+        reconcile: raw.reconcile.as_ref().is_none_or(|r| *r.get_ref()),
         retry,
     })
 }

@@ -49,7 +49,16 @@ pub struct Request {
     pub rule_token: bool,
 }
 
+/// The pipeline variable every trigger of a reconciling target carries:
+/// the job's id ([`super::reconcile`]).
+pub const MARKER: &str = "HOOKBRIDGE_JOB";
+
 fn check_variable_key(key: &str) -> Result<(), String> {
+    if key == MARKER {
+        return Err(format!(
+            "variable `{key}` is hookbridge's: it carries the job's id, by which an ambiguous attempt's pipeline is found"
+        ));
+    }
     let valid =
         !key.is_empty() && key.len() <= 255 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if valid {
@@ -169,7 +178,7 @@ impl Trigger {
 }
 
 /// The API root: the configured URL plus `/api/v4` unless it already ends so.
-fn api_root(base: &str) -> String {
+pub(super) fn api_root(base: &str) -> String {
     if base.ends_with("/api/v4") {
         base.to_owned()
     } else {
@@ -236,7 +245,7 @@ pub(super) fn failed(status: u16, message: &str, response: &Response, now: Syste
         };
     }
     let hint = if message.contains("Insufficient permissions to set pipeline variables") {
-        " (the project restricts pipeline variables: pass values as `inputs`, or allow the token owner to set variables)"
+        " (the project restricts pipeline variables: pass values as `inputs`, or allow the token owner to set variables; with an `api_token` every trigger carries HOOKBRIDGE_JOB, which `reconcile = false` on the target stops)"
     } else {
         match status {
             403 => " (the trigger token's owner lacks permission, or the project blocks triggers)",

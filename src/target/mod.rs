@@ -24,6 +24,7 @@ use crate::event::Event;
 use crate::template::Templates;
 
 pub mod buildkite;
+pub(crate) mod caller;
 pub mod cancel;
 pub mod circleci;
 mod classify;
@@ -36,9 +37,12 @@ pub mod gitlab;
 pub mod http_endpoint;
 pub mod jenkins;
 mod outbound;
+pub mod reconcile;
 pub mod redact;
 mod render;
 mod request;
+#[cfg(test)]
+mod scripted;
 
 pub use classify::{Outcome, Response, TriggerResult, classify, error_message, retry_after, truncate_body};
 pub use compile::{TriggerCompiler, build, is_env_name};
@@ -115,6 +119,9 @@ pub struct Target {
     pub signing: Option<crate::config::secret::HmacKey>,
     /// Whether the config asks for signing (the secret may be unresolved under `check`).
     pub signs: bool,
+    /// Reconcile ambiguous attempts before sending again (GitLab: and mark
+    /// every trigger with `HOOKBRIDGE_JOB`); `reconcile = false` turns it off.
+    pub reconcile: bool,
     pub retry: RetryPolicy,
 }
 
@@ -182,6 +189,7 @@ mod tests {
             token_header: None,
             signing: None,
             signs: false,
+            reconcile: true,
             retry: RetryPolicy::default(),
         }
     }

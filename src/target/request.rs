@@ -311,6 +311,7 @@ mod tests {
                 token_header: None,
                 signing: None,
                 signs: false,
+                reconcile: true,
                 retry: crate::config::retry::RetryPolicy::default(),
             };
             let e = target.request(&request).unwrap_err();
@@ -444,6 +445,7 @@ mod dot_segments {
             token_header: None,
             signing: None,
             signs: false,
+            reconcile: true,
             retry: crate::config::retry::RetryPolicy::default(),
         }
     }

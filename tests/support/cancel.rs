@@ -76,7 +76,7 @@ struct Schemas {
 /// CircleCI's document marks a field that may be `null` with `x-nullable`
 /// (as the API sends a running workflow's `stopped_at` and the last page's
 /// `next_page_token`), which JSON Schema does not read: say it in its terms.
-fn nullable(v: &mut Value) {
+pub(crate) fn nullable(v: &mut Value) {
     match v {
         Value::Object(map) => {
             if map.get("x-nullable") == Some(&Value::Bool(true)) {

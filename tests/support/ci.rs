@@ -6,12 +6,22 @@
 //! token in a header or the body and never in the URL, no forwarded webhook
 //! headers). Violations are collected; tests assert there are none. Replies
 //! can be scripted to simulate outages.
+//!
+//! Like a real CI, the stand-in creates a pipeline when a valid trigger
+//! arrives, before it answers (after [`StandIn::set_delay`], or never with
+//! [`Reply::CreateThenHang`]): a caller that times out or dies meanwhile has
+//! triggered it all the same. It keeps what each pipeline was created with
+//! ([`reads`]) and serves the reads that find them again (GitLab's pipeline
+//! list and pipeline variables, CircleCI's `pipeline/mine`).
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::VecDeque;
+#[path = "ci/reads.rs"]
+pub(crate) mod reads;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -45,6 +55,15 @@ pub(crate) enum Reply {
     EchoEncoded(u16),
     /// A status with this body, verbatim (an HTML page, say).
     Body(u16, &'static str),
+    /// Create the pipeline (as a valid trigger does), then never answer:
+    /// the caller times out, or dies, with its outcome unknown.
+    CreateThenHang,
+    /// Create the pipeline, then close the connection without an answer
+    /// (a proxy or the CI's process cut off after the work was done).
+    CreateThenDrop,
+    /// Create the pipeline, then answer this status anyway (a gateway's
+    /// `502`/`504` in front of a CI that did the work).
+    CreateThenStatus(u16),
 }
 
 /// The token a request carried: CircleCI's header, or GitLab's body field.
@@ -70,6 +89,8 @@ pub(crate) struct Recorded {
     pub status: u16,
     /// When it arrived, in the order of every call to the stand-in.
     pub seq: u64,
+    /// The query string, as sent (reads only; a trigger has none).
+    pub query: Option<String>,
 }
 
 impl Recorded {
@@ -99,6 +120,12 @@ struct Shared {
     seq: AtomicU64,
     /// Statuses for the next cancel-side calls, before normal behaviour resumes.
     cancel_script: Mutex<VecDeque<u16>>,
+    /// What each pipeline was created with, for the reads that find them.
+    made: reads::Made,
+    /// The reads that look for pipelines (reconcile), in order.
+    read_calls: Mutex<Vec<Recorded>>,
+    /// Replies for the next reads, before normal behaviour resumes.
+    read_script: Mutex<VecDeque<Reply>>,
 }
 
 /// A running stand-in; serves both the CircleCI and the GitLab API.
@@ -162,6 +189,144 @@ impl StandIn {
         id
     }
 
+    /// The reads that looked for pipelines (GitLab's pipeline list and
+    /// pipeline variables, CircleCI's `pipeline/mine`), in order; `api` is
+    /// `gitlab-pipelines`, `gitlab-pipeline-variables` or
+    /// `circleci-pipeline-mine`.
+    pub(crate) fn reconcile_calls(&self) -> Vec<Recorded> {
+        self.shared.read_calls.lock().unwrap().clone()
+    }
+
+    /// Answer the next reads with these replies (`Status`, `RetryAfter`,
+    /// `Headers`, `Body`, `Hang`), before normal behaviour resumes. A
+    /// scripted `Status` carries the API's own error body (GitLab's 401
+    /// `{"message":"401 Unauthorized"}`, 403 `insufficient_scope`, ...).
+    pub(crate) fn script_reads(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.read_script.lock().unwrap().extend(replies);
+    }
+
+    /// Every GitLab pipeline, in the order they were created.
+    pub(crate) fn gitlab_pipelines(&self) -> Vec<reads::GitlabPipeline> {
+        self.shared.made.gitlab.lock().unwrap().clone()
+    }
+
+    /// Every CircleCI v2 pipeline, in the order they were created.
+    pub(crate) fn circle_pipelines(&self) -> Vec<reads::CirclePipeline> {
+        self.shared.made.circle.lock().unwrap().clone()
+    }
+
+    /// GitLab pipeline ids by the value of their variable `key` (pipelines
+    /// without it are left out).
+    pub(crate) fn gitlab_pipelines_by_variable(&self, key: &str) -> BTreeMap<String, Vec<u64>> {
+        let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for p in self.gitlab_pipelines() {
+            if let Some(v) = p.variables.get(key) {
+                out.entry(v.clone()).or_default().push(p.id);
+            }
+        }
+        out
+    }
+
+    /// GitLab pipeline ids by the `HOOKBRIDGE_JOB` they carry: more than
+    /// one for a job is a duplicate.
+    pub(crate) fn gitlab_pipelines_per_job(&self) -> BTreeMap<String, Vec<u64>> {
+        self.gitlab_pipelines_by_variable("HOOKBRIDGE_JOB")
+    }
+
+    /// CircleCI v2 pipeline ids by branch (tags as `tag:<name>`).
+    pub(crate) fn circle_pipelines_per_branch(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in self.circle_pipelines() {
+            let key = match (&p.branch, &p.tag) {
+                (Some(b), _) => b.clone(),
+                (None, Some(t)) => format!("tag:{t}"),
+                (None, None) => String::new(),
+            };
+            out.entry(key).or_default().push(p.id.clone());
+        }
+        out
+    }
+
+    /// A GitLab pipeline that hookbridge did not trigger (a push, another
+    /// tool's trigger): its id. Cancelling it is a violation.
+    pub(crate) fn add_gitlab_pipeline(
+        &self,
+        project: &str,
+        git_ref: &str,
+        source: &str,
+        variables: &[(&str, &str)],
+    ) -> u64 {
+        let n = self.shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let id = 1000 + n;
+        self.shared.pipelines.created(
+            id.to_string(),
+            super::cancel::Pipeline::Gitlab("running".into()),
+            false,
+        );
+        self.shared
+            .made
+            .gitlab
+            .lock()
+            .unwrap()
+            .push(reads::GitlabPipeline {
+                id,
+                iid: n,
+                project: project.to_owned(),
+                git_ref: git_ref.to_owned(),
+                sha: format!("{n:040x}"),
+                source: source.to_owned(),
+                variables: variables
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                created_at: SystemTime::now(),
+                web_url: format!("https://gitlab.example/{project}/-/pipelines/{id}"),
+                user: reads::GITLAB_USER.to_owned(),
+                by_hookbridge: false,
+            });
+        id
+    }
+
+    /// A CircleCI v2 pipeline that hookbridge did not trigger, on `branch`
+    /// of `project_slug`, triggered by `trigger_type` (`api`, `webhook`,
+    /// ...), by the token's user when `mine`: its id.
+    pub(crate) fn add_circle_pipeline(
+        &self,
+        project_slug: &str,
+        branch: &str,
+        trigger_type: &str,
+        mine: bool,
+    ) -> String {
+        let n = self.shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let id = format!("5034460f-c7c4-4c43-9457-de07e2{n:06}");
+        self.shared
+            .pipelines
+            .created(id.clone(), super::cancel::workflows_of(n), false);
+        self.shared
+            .made
+            .circle
+            .lock()
+            .unwrap()
+            .push(reads::CirclePipeline {
+                id: id.clone(),
+                number: n,
+                project_slug: project_slug.to_owned(),
+                branch: Some(branch.to_owned()),
+                tag: None,
+                revision: format!("{n:040x}"),
+                created_at: SystemTime::now(),
+                trigger_type: trigger_type.to_owned(),
+                actor: if mine {
+                    reads::CIRCLE_ACTOR.to_owned()
+                } else {
+                    "someone-else".to_owned()
+                },
+                api: "test".to_owned(),
+                parameters: Value::Null,
+            });
+        id
+    }
+
     pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
     }
@@ -183,6 +348,11 @@ impl StandIn {
             v.join("\n")
         );
     }
+}
+
+/// Pipelines beyond the first, over every key of a `..._per_...` map.
+pub(crate) fn duplicates<K, V>(per_key: &BTreeMap<K, Vec<V>>) -> usize {
+    per_key.values().map(|v| v.len().saturating_sub(1)).sum()
 }
 
 pub(crate) fn load_json(rel: &str) -> Value {
@@ -358,7 +528,9 @@ fn check_request(api: &str, uri: &Uri, headers: &HeaderMap, body: &Value) -> Vec
     problems
 }
 
-fn created(shared: &Shared, api: &str, n: u64, path: &str) -> Response {
+/// Create the pipeline a valid trigger asks for (numbered `n`), and the
+/// answer that names it.
+fn created(shared: &Shared, api: &'static str, n: u64, path: &str, body: &Value) -> Response {
     use super::cancel::{Pipeline, workflows_of};
     let id = format!("5034460f-c7c4-4c43-9457-de07e2{n:06}");
     let (key, pipeline) = match api {
@@ -367,6 +539,68 @@ fn created(shared: &Shared, api: &str, n: u64, path: &str) -> Response {
         _ => (id.clone(), workflows_of(n)),
     };
     shared.pipelines.created(key, pipeline, true);
+    let now = SystemTime::now();
+    let web_url = format!("https://gitlab.example{path}/../-/pipelines/{}", 1000 + n);
+    let segs = segments(path);
+    match api {
+        "gitlab-trigger" => {
+            let variables = body["variables"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            shared.made.gitlab.lock().unwrap().push(reads::GitlabPipeline {
+                id: 1000 + n,
+                iid: n,
+                project: decode(segs[3]),
+                git_ref: body["ref"].as_str().unwrap_or_default().to_owned(),
+                sha: format!("{n:040x}"),
+                source: "trigger".into(),
+                variables,
+                created_at: now,
+                web_url: web_url.clone(),
+                user: reads::GITLAB_USER.into(),
+                by_hookbridge: true,
+            });
+        }
+        "circleci-pipeline" | "circleci-pipeline-run" => {
+            // v2: `branch` or `tag`; pipeline/run: the code checked out.
+            let (branch, tag) = if api == "circleci-pipeline" {
+                (body["branch"].as_str(), body["tag"].as_str())
+            } else {
+                (
+                    body["checkout"]["branch"]
+                        .as_str()
+                        .or(body["config"]["branch"].as_str()),
+                    body["checkout"]["tag"]
+                        .as_str()
+                        .or(body["config"]["tag"].as_str()),
+                )
+            };
+            let end = segs.len() - if api == "circleci-pipeline" { 1 } else { 2 };
+            let slug = &segs[3..end];
+            shared.made.circle.lock().unwrap().push(reads::CirclePipeline {
+                id: id.clone(),
+                number: n,
+                project_slug: slug.iter().map(|s| decode(s)).collect::<Vec<_>>().join("/"),
+                // CircleCI builds the branch's head when no tag is named.
+                branch: branch
+                    .map(str::to_owned)
+                    .or_else(|| tag.is_none().then(|| "main".to_owned())),
+                tag: tag.map(str::to_owned),
+                revision: format!("{n:040x}"),
+                created_at: now,
+                trigger_type: "api".into(),
+                actor: reads::CIRCLE_ACTOR.into(),
+                api: api.into(),
+                parameters: body["parameters"].clone(),
+            });
+        }
+        _ => {}
+    }
     match api {
         "circleci-job" => (
             StatusCode::OK,
@@ -384,8 +618,13 @@ fn created(shared: &Shared, api: &str, n: u64, path: &str) -> Response {
                 "id": 1000 + n,
                 "iid": n,
                 "project_id": 3,
+                "sha": format!("{n:040x}"),
+                "ref": body["ref"],
                 "status": "created",
-                "web_url": format!("https://gitlab.example{path}/../-/pipelines/{}", 1000 + n),
+                "source": "trigger",
+                "created_at": reads::iso(now),
+                "updated_at": reads::iso(now),
+                "web_url": web_url,
             })),
         )
             .into_response(),
@@ -395,7 +634,7 @@ fn created(shared: &Shared, api: &str, n: u64, path: &str) -> Response {
                 "id": id,
                 "state": "created",
                 "number": n,
-                "created_at": "2026-11-23T10:00:00Z",
+                "created_at": reads::iso(now),
             })),
         )
             .into_response(),
@@ -412,6 +651,9 @@ async fn handle(
     let path = uri.path().to_owned();
     if path.contains("/triggers") {
         return trigger_tokens(&shared, &method, &uri, &headers, &body);
+    }
+    if let Some(api) = reads::route(&path) {
+        return read(&shared, api, method, uri, headers, body).await;
     }
     if let Some(api) = super::cancel::route(&path) {
         let scripted = shared.cancel_script.lock().unwrap().pop_front();
@@ -441,6 +683,7 @@ async fn handle(
             body: Value::Null,
             status: response.status().as_u16(),
             seq: shared.seq.fetch_add(1, Ordering::SeqCst),
+            query: uri.query().map(str::to_owned),
         });
         return response;
     }
@@ -479,6 +722,7 @@ async fn handle(
         body: parsed,
         status: 0,
         seq: shared.seq.fetch_add(1, Ordering::SeqCst),
+        query: None,
     };
     if hang {
         shared.requests.lock().unwrap().push(record);
@@ -546,9 +790,31 @@ async fn handle(
                 response
             }
             Some(Reply::Body(code, body)) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
+            Some(Reply::CreateThenHang) => {
+                let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+                created(&shared, api, n, &path, &record.body);
+                shared.requests.lock().unwrap().push(record);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return StatusCode::GATEWAY_TIMEOUT.into_response();
+            }
+            Some(Reply::CreateThenDrop) => {
+                let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+                created(&shared, api, n, &path, &record.body);
+                shared.requests.lock().unwrap().push(record);
+                // Unwinding ends this connection's task: hyper closes the
+                // socket with no answer at all (`resume_unwind` skips the
+                // panic hook, so nothing is printed).
+                std::panic::resume_unwind(Box::new("stand-in: connection dropped (CreateThenDrop)"));
+            }
+            Some(Reply::CreateThenStatus(code)) => {
+                let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
+                created(&shared, api, n, &path, &record.body);
+                let status = StatusCode::from_u16(code).unwrap();
+                (status, axum::Json(json!({"message": format!("scripted {code}")}))).into_response()
+            }
             Some(Reply::Hang) | None => {
                 let n = shared.counter.fetch_add(1, Ordering::SeqCst) + 1;
-                created(&shared, api, n, &path)
+                created(&shared, api, n, &path, &record.body)
             }
         }
     };
@@ -560,6 +826,76 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    response
+}
+
+/// A read that looks for pipelines: checked, recorded, answered (or as scripted).
+async fn read(
+    shared: &Shared,
+    api: &'static str,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let (mut response, problems) = reads::answer(
+        &shared.made,
+        &shared.pipelines,
+        api,
+        &method,
+        &uri,
+        &headers,
+        &body,
+    );
+    shared.violations.lock().unwrap().extend(
+        problems
+            .into_iter()
+            .map(|p| format!("{api} {method} {}: {p}", uri)),
+    );
+    let scripted = shared.read_script.lock().unwrap().pop_front();
+    let mut record = Recorded {
+        api,
+        path,
+        headers,
+        body: Value::Null,
+        status: 0,
+        seq: shared.seq.fetch_add(1, Ordering::SeqCst),
+        query: uri.query().map(str::to_owned),
+    };
+    let with_headers = |code: u16, extra: Vec<(&'static str, String)>| {
+        let mut r = (
+            StatusCode::from_u16(code).unwrap(),
+            axum::Json(reads::error_body(api, code)),
+        )
+            .into_response();
+        for (name, value) in extra {
+            r.headers_mut()
+                .insert(name, axum::http::HeaderValue::from_str(&value).unwrap());
+        }
+        r
+    };
+    match scripted {
+        None => {}
+        Some(Reply::Hang) => {
+            shared.read_calls.lock().unwrap().push(record);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return StatusCode::GATEWAY_TIMEOUT.into_response();
+        }
+        Some(Reply::Status(code) | Reply::Echo(code) | Reply::EchoEncoded(code)) => {
+            response = with_headers(code, vec![])
+        }
+        Some(Reply::RetryAfter(code, secs)) => {
+            response = with_headers(code, vec![("retry-after", secs.to_string())])
+        }
+        Some(Reply::Headers(code, extra)) => response = with_headers(code, extra),
+        Some(Reply::Body(code, text)) => {
+            response = (StatusCode::from_u16(code).unwrap(), text).into_response()
+        }
+        Some(other) => panic!("{other:?} is a trigger's reply, not a read's"),
+    }
+    record.status = response.status().as_u16();
+    shared.read_calls.lock().unwrap().push(record);
     response
 }
 

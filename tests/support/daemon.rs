@@ -106,7 +106,8 @@ impl Daemon {
         Daemon::spawn(shell, config, cwd, env)
     }
 
-    fn spawn(mut command: Command, config: &Path, cwd: &Path, env: &[(&str, &str)]) -> Daemon {
+    /// Start `command` (the binary, or a wrapper that runs it) as `serve`.
+    pub(crate) fn spawn(mut command: Command, config: &Path, cwd: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = command
             .args(["serve", "--config"])
             .arg(config)

@@ -121,6 +121,9 @@ impl Store for DownStore {
     async fn stats(&self) -> Result<QueueStats, StoreError> {
         self.down()
     }
+    async fn neighbours(&self, _: &str, _: &str, _: SystemTime) -> Result<Neighbours, StoreError> {
+        self.down()
+    }
     async fn ready(&self) -> Result<(), StoreError> {
         self.down()
     }

@@ -156,7 +156,11 @@ fn job_views<'a>(config: &Config, d: &'a DeliveryDetail) -> Vec<JobView<'a>> {
                 .targets
                 .get(&j.target)
                 .ok_or_else(|| format!("target `{}` is no longer in the config", j.target))
-                .and_then(|t| t.request(&j.request).map_err(|e| e.to_string()));
+                .and_then(|t| {
+                    let mut request = t.request(&j.request).map_err(|e| e.to_string())?;
+                    t.mark(&mut request, &j.id);
+                    Ok(request)
+                });
             let (request_text, request_error) = match built {
                 Ok(r) => (format_request(&r, ""), false),
                 Err(e) => (

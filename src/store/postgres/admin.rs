@@ -29,7 +29,7 @@ pub(super) async fn replay(
     // Its old pipeline is no longer held open, and any cancel or follow-up
     // of it is forgotten (its attempts stay in the history): it runs anew.
     let rows: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL,
+        "UPDATE jobs SET state = 'pending', attempts = 0, ambiguous_since = NULL, next_attempt_at = $3, last_error = NULL,
                 superseded_by = NULL, cancel_by = NULL, pipeline_open = NULL, updated_at = $3
          WHERE delivery_id = $1 AND ($2::TEXT IS NULL OR id = $2) AND state != 'running'
          RETURNING id, concurrency_group, cancel_in_progress",

@@ -139,6 +139,8 @@ async fn hand_over(
                 request: j.request.clone(),
                 attempt: 1,
                 grouped: false,
+                trace: d.trace.clone(),
+                ambiguous_since: None,
             });
         } else {
             left_due += 1;
@@ -309,6 +311,7 @@ async fn insert<'e>(
     let mut delays = Vec::with_capacity(jobs.len());
     let mut groups = Vec::with_capacity(jobs.len());
     let mut cancels = Vec::with_capacity(jobs.len());
+    let mut traces = Vec::with_capacity(jobs.len());
     for (d, j) in &jobs {
         job_ids.push(j.id.as_str());
         job_deliveries.push(d.id.as_str());
@@ -319,6 +322,7 @@ async fn insert<'e>(
         delays.push(i64::try_from(j.delay.as_millis()).unwrap_or(i64::MAX));
         groups.push(j.group.as_deref());
         cancels.push(j.cancel.then_some(1_i32));
+        traces.push(d.trace.as_deref());
     }
     let rows = sqlx::query(
         "WITH d AS (
@@ -337,17 +341,18 @@ async fn insert<'e>(
          j AS (
             INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at,
                               created_at, updated_at, lease_owner, lease_until, concurrency_group,
-                              cancel_in_progress)
+                              cancel_in_progress, leased_at, trace_context)
             SELECT u.id, u.delivery_id, u.rule, u.target, u.request,
                    CASE WHEN u.n <= $20 THEN 'running' ELSE 'pending' END,
                    CASE WHEN u.n <= $20 THEN 1 ELSE 0 END,
                    u.due + u.delay, u.due, u.due,
                    CASE WHEN u.n <= $20 THEN $21::text END,
                    CASE WHEN u.n <= $20 THEN $22::int8 END,
-                   u.grp, u.cancel
+                   u.grp, u.cancel,
+                   CASE WHEN u.n <= $20 THEN u.due END, u.trace
             FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[],
-                        $23::int8[], $24::text[], $25::int4[])
-                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, delay, grp, cancel, n)
+                        $23::int8[], $24::text[], $25::int4[], $27::text[])
+                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, delay, grp, cancel, trace, n)
             WHERE u.delivery_id IN (SELECT id FROM d))
          SELECT id, seq FROM d",
     )
@@ -377,6 +382,7 @@ async fn insert<'e>(
     .bind(&groups)
     .bind(&cancels)
     .bind(&shas)
+    .bind(&traces)
     .fetch_all(on)
     .await
     .map_err(db)?;

@@ -135,7 +135,7 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
     for j in job_rows {
         let job_id: String = j.try_get(0).map_err(db)?;
         let history = sqlx::query(
-            "SELECT n, started_at, duration_ms, status, outcome, error, response
+            "SELECT n, started_at, duration_ms, status, outcome, error, response, reconcile
              FROM attempts WHERE job_id = $1 ORDER BY n",
         )
         .bind(&job_id)
@@ -152,6 +152,7 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
                 outcome: a.try_get(4).map_err(db)?,
                 error: a.try_get(5).map_err(db)?,
                 response: a.try_get(6).map_err(db)?,
+                reconcile: a.try_get(7).map_err(db)?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -235,4 +236,21 @@ pub(super) async fn stats(pool: &PgPool) -> Result<QueueStats, StoreError> {
         .await
         .map_err(db)?;
     Ok(model::queue_stats(row))
+}
+
+/// [`Store::neighbours`].
+pub(super) async fn neighbours(
+    pool: &PgPool,
+    target: &str,
+    job: &str,
+    since: SystemTime,
+) -> Result<Neighbours, StoreError> {
+    let rows: Vec<(Option<String>, String, bool)> = sqlx::query_as(model::NEIGHBOURS)
+        .bind(target)
+        .bind(job)
+        .bind(millis(since))
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    model::neighbours(rows)
 }

@@ -289,6 +289,10 @@ impl Store for PostgresStore {
         history::stats(&self.pool).await
     }
 
+    async fn neighbours(&self, target: &str, job: &str, since: SystemTime) -> Result<Neighbours, StoreError> {
+        history::neighbours(&self.pool, target, job, since).await
+    }
+
     /// A committed write, not a `SELECT 1`: a read-only server (a standby,
     /// `default_transaction_read_only`), a role without write rights or a
     /// server that cannot flush its WAL answers reads but takes no

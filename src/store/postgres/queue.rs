@@ -76,6 +76,13 @@ pub(super) async fn interrupted(tx: &mut Tx, job: &str, now_ms: i64, why: &str) 
     .execute(&mut **tx)
     .await
     .map_err(db)?;
+    sqlx::query(
+        "UPDATE jobs SET ambiguous_since = COALESCE(LEAST(ambiguous_since, leased_at), created_at) WHERE id = $1",
+    )
+    .bind(job)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
     Ok(())
 }
 
@@ -106,7 +113,7 @@ pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, 
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
     super::groups::lock_groups(tx, &groups).await?;
     let rows: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $2, last_error = NULL, updated_at = $2
+        "UPDATE jobs SET state = 'pending', attempts = 0, ambiguous_since = NULL, next_attempt_at = $2, last_error = NULL, updated_at = $2
          WHERE delivery_id = $1 AND state = 'dead'
          RETURNING id, concurrency_group, cancel_in_progress",
     )
@@ -160,11 +167,14 @@ pub(super) async fn lease_due(
                    $1, 0, NULL, $5, $6, NULL
             FROM expired e)
          UPDATE jobs j SET state = 'running', lease_owner = $3, lease_until = $4, attempts = j.attempts + 1,
-                started_at = CASE WHEN j.state = 'pending' THEN NULL ELSE j.started_at END, updated_at = $1
+                started_at = CASE WHEN j.state = 'pending' THEN NULL ELSE j.started_at END, updated_at = $1,
+                ambiguous_since = CASE WHEN j.state = 'running'
+                    THEN COALESCE(LEAST(j.ambiguous_since, j.leased_at), j.created_at) ELSE j.ambiguous_since END,
+                leased_at = $1
          FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS picked, deliveries d
          WHERE j.id = picked.id AND d.id = j.delivery_id
          RETURNING j.id, j.delivery_id, d.delivery, d.source, j.rule, j.target, j.request, j.attempts, j.next_attempt_at,
-                   j.concurrency_group IS NOT NULL",
+                   j.concurrency_group IS NOT NULL, j.trace_context, j.ambiguous_since",
     )
     .bind(now_ms)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -191,6 +201,8 @@ pub(super) async fn lease_due(
                 request: from_json(&request)?,
                 attempt: attempts.max(1) as u32,
                 grouped: r.try_get(9).map_err(db)?,
+                trace: r.try_get(10).map_err(db)?,
+                ambiguous_since: r.try_get::<Option<i64>, _>(11).map_err(db)?.map(from_millis),
             },
         ));
     }

@@ -5,10 +5,11 @@
 //! Callers ([`super::write`]) hand in records of distinct jobs, sorted by
 //! job id (see [`super::batch::first_by_key`]).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use super::bulk::{TextPair, text};
+use super::bulk::text;
 use super::queue::{Tx, refresh_status};
 use super::{db, follow_ups, groups};
 use crate::store::follow::follows;
@@ -139,17 +140,21 @@ async fn attempts_and_jobs(
         Vec::with_capacity(n),
     );
     let mut leases = Vec::with_capacity(n);
-    let texts: Vec<TextPair> = records
+    let mut ambiguous = Vec::with_capacity(n);
+    // Error, response and reconcile decision, as `text` columns hold them.
+    let texts: Vec<[Option<Cow<str>>; 3]> = records
         .iter()
         .zip(updates)
         .map(|(r, u)| {
-            (
+            [
                 u.error.as_deref().map(text),
                 r.attempt.response.as_deref().map(text),
-            )
+                r.attempt.reconcile.as_deref().map(text),
+            ]
         })
         .collect();
-    for ((r, u), (error, response)) in records.iter().zip(updates).zip(&texts) {
+    let mut reconciles = Vec::with_capacity(n);
+    for ((r, u), [error, response, reconcile]) in records.iter().zip(updates).zip(&texts) {
         jobs.push(r.job.as_str());
         started.push(millis(r.attempt.started_at));
         durations.push(i64::try_from(r.attempt.duration.as_millis()).unwrap_or(i64::MAX));
@@ -163,22 +168,25 @@ async fn attempts_and_jobs(
         results.push(u.result.as_deref());
         now.push(millis(r.now));
         leases.push(r.lease);
+        ambiguous.push(r.attempt.ambiguous.then(|| millis(r.attempt.started_at)));
+        reconciles.push(reconcile.as_deref());
     }
     sqlx::query(
         "WITH u AS (
             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[], $6::text[],
                                  $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], $12::int8[],
-                                 $13::int4[])
+                                 $13::int4[], $14::int8[], $15::text[])
                  AS u(job, started, duration, status, outcome, error, response, owner, state, due, result, now,
-                      lease)),
+                      lease, ambiguous, reconcile)),
          a AS (
-            INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
+            INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response, reconcile)
             SELECT u.job, COALESCE((SELECT MAX(x.n) FROM attempts x WHERE x.job_id = u.job), 0) + 1,
-                   u.started, u.duration, u.status, u.outcome, u.error, u.response
+                   u.started, u.duration, u.status, u.outcome, u.error, u.response, u.reconcile
             FROM u)
          UPDATE jobs j SET state = u.state, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = CASE WHEN u.state = 'pending' AND j.superseded_by IS NOT NULL THEN u.now ELSE u.due END,
-                last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now
+                last_error = u.error, result = COALESCE(u.result, j.result), updated_at = u.now,
+                ambiguous_since = LEAST(j.ambiguous_since, u.ambiguous)
          FROM u
          WHERE j.id = u.job AND j.lease_owner = u.owner AND j.state = 'running' AND j.attempts = u.lease",
     )
@@ -195,6 +203,8 @@ async fn attempts_and_jobs(
     .bind(&results)
     .bind(&now)
     .bind(&leases)
+    .bind(&ambiguous)
+    .bind(&reconciles)
     .execute(&mut **tx)
     .await
     .map_err(db)?;

@@ -224,6 +224,15 @@ CREATE TABLE follow_ups (
 CREATE INDEX follow_ups_due ON follow_ups (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX follow_ups_lease ON follow_ups (lease_until) WHERE state = 'running';
 "#,
+    // Version 10: the delivery's trace context, the lease's start, the
+    // start of the round's earliest ambiguous attempt, and each attempt's
+    // reconcile decision (see SQLite's version 9).
+    r#"
+ALTER TABLE jobs ADD COLUMN trace_context TEXT;
+ALTER TABLE jobs ADD COLUMN leased_at BIGINT;
+ALTER TABLE jobs ADD COLUMN ambiguous_since BIGINT;
+ALTER TABLE attempts ADD COLUMN reconcile TEXT;
+"#,
 ];
 
 /// The schema version this build creates.

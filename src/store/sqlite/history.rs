@@ -178,7 +178,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
     {
         let mut a = conn
             .prepare_cached(
-                "SELECT n, started_at, duration_ms, status, outcome, error, response FROM attempts WHERE job_id = ?1 ORDER BY n",
+                "SELECT n, started_at, duration_ms, status, outcome, error, response, reconcile FROM attempts WHERE job_id = ?1 ORDER BY n",
             )
             .map_err(db)?;
         let history = a
@@ -191,6 +191,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
                     outcome: r.get(4)?,
                     error: r.get(5)?,
                     response: r.get(6)?,
+                    reconcile: r.get(7)?,
                 })
             })
             .map_err(db)?
@@ -266,4 +267,22 @@ pub(super) fn stats(c: &Connection) -> Result<QueueStats, StoreError> {
         })
         .map_err(db)?;
     Ok(model::queue_stats(row))
+}
+
+/// [`Store::neighbours`].
+pub(super) fn neighbours(
+    c: &Connection,
+    target: &str,
+    job: &str,
+    since: SystemTime,
+) -> Result<Neighbours, StoreError> {
+    let mut s = c.prepare_cached(model::NEIGHBOURS).map_err(db)?;
+    let rows = s
+        .query_map(params![target, job, millis(since)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)?;
+    model::neighbours(rows)
 }

@@ -457,6 +457,12 @@ impl Store for SqliteStore {
         self.read(history::stats).await
     }
 
+    async fn neighbours(&self, target: &str, job: &str, since: SystemTime) -> Result<Neighbours, StoreError> {
+        let (target, job) = (target.to_owned(), job.to_owned());
+        self.read(move |c| history::neighbours(c, &target, &job, since))
+            .await
+    }
+
     /// A probe commit through the writer, gated like a delivery: it fails
     /// when a delivery would (files gone, no room, read-only, full disk,
     /// I/O errors), and when the commit cannot happen in time (a write lock

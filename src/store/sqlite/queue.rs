@@ -46,7 +46,7 @@ impl PreparedDelivery {
 
 fn insert_job(
     tx: &Connection,
-    delivery_id: &str,
+    (delivery_id, trace): (&str, Option<&str>),
     job: &NewJob,
     request: &str,
     now: i64,
@@ -54,8 +54,8 @@ fn insert_job(
     let due = now.saturating_add(i64::try_from(job.delay.as_millis()).unwrap_or(i64::MAX));
     tx.prepare_cached(
         "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at,
-                           updated_at, concurrency_group, cancel_in_progress)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?7, ?6, ?6, ?8, ?9)",
+                           updated_at, concurrency_group, cancel_in_progress, trace_context)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?7, ?6, ?6, ?8, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -67,7 +67,8 @@ fn insert_job(
             now,
             due,
             job.group,
-            job.cancel.then_some(1)
+            job.cancel.then_some(1),
+            trace
         ])
     })
     .map_err(db)?;
@@ -149,7 +150,7 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
     .and_then(|mut s| s.execute(params![seq, p.summary, p.event, p.headers, &d.payload[..]]))
     .map_err(db)?;
     for (job, request) in d.jobs.iter().zip(&p.requests) {
-        insert_job(tx, &d.id, job, request, received)?;
+        insert_job(tx, (&d.id, d.trace.as_deref()), job, request, received)?;
     }
     groups::apply(tx, &plan, received)?;
     Ok(Ingested::Stored {
@@ -161,7 +162,7 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
 /// (the delivery's few jobs), not `jobs_due` (every dead job), which
 /// SQLite would otherwise take for the equality on `state`.
 pub(super) const REQUEUE_DEAD: &str =
-    "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
+    "UPDATE jobs SET state = 'pending', attempts = 0, ambiguous_since = NULL, next_attempt_at = ?2, last_error = NULL, updated_at = ?2
      WHERE delivery_id = ?1 AND +state = 'dead'";
 
 pub(super) fn next_attempt_number(tx: &Connection, job: &str) -> Result<i64, StoreError> {
@@ -213,9 +214,11 @@ pub(super) fn lease_due(
         let row = tx
             .prepare_cached(
                 "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, attempts = attempts + 1,
-                        started_at = CASE WHEN state = 'pending' THEN NULL ELSE started_at END, updated_at = ?4
+                        started_at = CASE WHEN state = 'pending' THEN NULL ELSE started_at END, updated_at = ?4,
+                        leased_at = ?4
                  WHERE id = ?1
-                 RETURNING delivery_id, rule, target, request, attempts, next_attempt_at, concurrency_group IS NOT NULL",
+                 RETURNING delivery_id, rule, target, request, attempts, next_attempt_at, concurrency_group IS NOT NULL,
+                           trace_context, ambiguous_since",
             )
             .and_then(|mut s| {
                 s.query_row(params![id, owner, until, now_ms], |r| {
@@ -227,11 +230,13 @@ pub(super) fn lease_due(
                         r.get::<_, i64>(4)?,
                         r.get::<_, i64>(5)?,
                         r.get::<_, bool>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
                     ))
                 })
             })
             .map_err(db)?;
-        let (delivery_id, rule, target, request, attempts, due, grouped) = row;
+        let (delivery_id, rule, target, request, attempts, due, grouped, trace, ambiguous) = row;
         let (delivery, source): (String, String) = tx
             .prepare_cached("SELECT delivery, source FROM deliveries WHERE id = ?1")
             .and_then(|mut s| s.query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?))))
@@ -246,6 +251,8 @@ pub(super) fn lease_due(
             request: from_json(&request)?,
             attempt: attempts.max(1) as u32,
             grouped,
+            trace,
+            ambiguous_since: ambiguous.map(from_millis),
         };
         out.push((due, job));
     }
@@ -262,6 +269,13 @@ fn interrupted(tx: &Connection, job: &str, now_ms: i64, why: &str) -> Result<(),
          VALUES (?1, ?2, ?3, 0, NULL, ?5, ?4, NULL)",
     )
     .and_then(|mut s| s.execute(params![job, n, now_ms, why, model::INTERRUPTED]))
+    .map_err(db)?;
+    // Cut short, it may have been sent: ambiguous from its lease's start.
+    tx.prepare_cached(
+        "UPDATE jobs SET ambiguous_since = COALESCE(MIN(ambiguous_since, leased_at), ambiguous_since, leased_at, created_at)
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![job]))
     .map_err(db)?;
     Ok(())
 }
@@ -323,8 +337,8 @@ pub(super) fn record(
     let n = next_attempt_number(tx, job)?;
     let update = JobUpdate::after(next, attempt, now)?;
     tx.prepare_cached(
-        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, status, outcome, error, response, reconcile)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -336,6 +350,7 @@ pub(super) fn record(
             next.outcome(),
             update.error,
             attempt.response,
+            attempt.reconcile,
         ])
     })
     .map_err(db)?;
@@ -349,7 +364,8 @@ pub(super) fn record(
     tx.prepare_cached(
         "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = CASE WHEN ?3 = 'pending' AND superseded_by IS NOT NULL THEN ?7 ELSE ?4 END,
-                last_error = ?5, result = COALESCE(?6, result), updated_at = ?7
+                last_error = ?5, result = COALESCE(?6, result), updated_at = ?7,
+                ambiguous_since = COALESCE(MIN(ambiguous_since, ?9), ambiguous_since, ?9)
          WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' AND attempts = ?8",
     )
     .and_then(|mut s| {
@@ -361,7 +377,8 @@ pub(super) fn record(
             update.error,
             update.result,
             now_ms,
-            lease
+            lease,
+            attempt.ambiguous.then(|| millis(attempt.started_at)),
         ])
     })
     .map_err(db)?;
@@ -411,7 +428,7 @@ pub(super) fn replay(
     // in the history), and it is the newest of its group.
     for j in &ids {
         tx.prepare_cached(
-            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
+            "UPDATE jobs SET state = 'pending', attempts = 0, ambiguous_since = NULL, next_attempt_at = ?2, last_error = NULL,
                     superseded_by = NULL, cancel_by = NULL, pipeline_open = NULL, updated_at = ?2
              WHERE id = ?1",
         )
@@ -435,7 +452,7 @@ pub(super) fn add_jobs(
 ) -> Result<(), StoreError> {
     let id = resolve(tx, key)?;
     for job in jobs {
-        insert_job(tx, &id, job, &to_json(&job.request)?, millis(now))?;
+        insert_job(tx, (&id, None), job, &to_json(&job.request)?, millis(now))?;
     }
     let added: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     groups::requeued(tx, &groups::grouped_of(tx, &added)?, millis(now))?;

@@ -196,6 +196,20 @@ CREATE TABLE follow_ups (
 CREATE INDEX follow_ups_due ON follow_ups (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX follow_ups_lease ON follow_ups (lease_until) WHERE state = 'running';
 "#,
+    // Version 9, PostgreSQL's version 10: what a later attempt needs to
+    // know of the earlier ones. `trace_context` is the delivery's W3C
+    // `traceparent` (an attempt on any replica joins its trace);
+    // `leased_at` is when the current lease was taken; `ambiguous_since`
+    // is when the earliest attempt of this round began whose outcome is
+    // unknown (it may have reached the CI: a timeout, a cut connection, a
+    // worker that stopped), so the next attempt reconciles before sending
+    // again; `attempts.reconcile` is what that reconcile decided, and why.
+    r#"
+ALTER TABLE jobs ADD COLUMN trace_context TEXT;
+ALTER TABLE jobs ADD COLUMN leased_at INTEGER;
+ALTER TABLE jobs ADD COLUMN ambiguous_since INTEGER;
+ALTER TABLE attempts ADD COLUMN reconcile TEXT;
+"#,
 ];
 
 /// The schema version this build creates.
@@ -344,6 +358,8 @@ mod tests {
             status: Some(201),
             error: None,
             response: None,
+            ambiguous: false,
+            reconcile: None,
         };
         let done = crate::store::Transition::Done(queued);
         store

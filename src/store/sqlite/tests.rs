@@ -61,6 +61,7 @@ fn delivery(source: &str, id: &str, jobs: &[&str], at: SystemTime) -> NewDeliver
             errors: vec![],
         },
         jobs,
+        trace: None,
     }
 }
 
@@ -78,6 +79,8 @@ fn attempt(at: SystemTime) -> Attempt {
         status: Some(201),
         error: None,
         response: None,
+        ambiguous: false,
+        reconcile: None,
     }
 }
 

@@ -20,20 +20,16 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
+use super::caller::{Caller, Step, Stop};
 use super::circleci::{self, Api, parse_slug};
 use super::client::Transport;
 use super::encode::path_segment;
-use super::redact::Redactor;
-use super::{
-    Credential, Header, OutboundRequest, REDACTED, Response, Target, TriggerRequest, TriggerResult,
-    USER_AGENT, error_message, retry_after, truncate_body,
-};
-use crate::config::secret::Secret;
+use super::{Target, TriggerRequest, TriggerResult};
+
+pub use super::caller::Exchange;
 
 /// The most workflow pages read per attempt (CircleCI pages 20 or so).
 const PAGES: usize = 10;
-/// Response bytes kept for the attempt record.
-const KEPT: usize = 2048;
 
 /// What a cancel attempt came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,89 +45,11 @@ pub enum Cancelled {
     Permanent(String),
 }
 
-/// The last answer of an attempt, for its record (token redacted).
-#[derive(Debug, Clone, Default)]
-pub struct Exchange {
-    pub status: Option<u16>,
-    pub response: Option<String>,
-}
-
-/// The calls of one cancel, on one target with one token.
-struct Caller<'a> {
-    transport: &'a dyn Transport,
-    token: &'a Secret,
-    header: &'static str,
-    timeout: Duration,
-    now: SystemTime,
-    redact: Redactor,
-    last: Exchange,
-}
-
-/// A step's answer: its 2xx body, or what the attempt came to.
-enum Step {
-    Ok(Response),
-    NotFound,
-    Stop(Cancelled),
-}
-
-impl Caller<'_> {
-    async fn call(&mut self, method: &'static str, url: String) -> Step {
-        let request = OutboundRequest {
-            method,
-            url,
-            headers: vec![
-                Header {
-                    name: self.header.into(),
-                    value: REDACTED.to_owned(),
-                },
-                Header {
-                    name: "Accept".into(),
-                    value: "application/json".into(),
-                },
-                Header {
-                    name: "User-Agent".into(),
-                    value: USER_AGENT.into(),
-                },
-            ],
-            body: serde_json::Value::Null,
-            encoding: super::Encoding::Json,
-            credential: Credential::Header(self.header.into()),
-        };
-        let response = match self
-            .transport
-            .send(&request, Some(self.token), self.timeout)
-            .await
-        {
-            Ok(r) => r,
-            Err(e @ super::client::SendError::Build(_)) => {
-                return Step::Stop(Cancelled::Permanent(self.redact.text(&e.to_string())));
-            }
-            Err(e) => {
-                return Step::Stop(Cancelled::Retry {
-                    reason: self.redact.text(&e.to_string()),
-                    after: None,
-                });
-            }
-        };
-        let body = self.redact.bytes(response.body.to_vec());
-        self.last = Exchange {
-            status: Some(response.status),
-            response: Some(truncate_body(&body, KEPT)).filter(|r| !r.is_empty()),
-        };
-        let status = response.status;
-        let message = || self.redact.text(&error_message(&body));
-        match status {
-            200..=299 => Step::Ok(Response {
-                status,
-                headers: response.headers,
-                body: body.into(),
-            }),
-            404 => Step::NotFound,
-            408 | 425 | 429 | 500..=599 => Step::Stop(Cancelled::Retry {
-                reason: format!("HTTP {status}: {}", message()),
-                after: retry_after(&response.headers, self.now),
-            }),
-            _ => Step::Stop(Cancelled::Permanent(format!("HTTP {status}: {}", message()))),
+impl From<Stop> for Cancelled {
+    fn from(stop: Stop) -> Cancelled {
+        match stop {
+            Stop::Retry { reason, after } => Cancelled::Retry { reason, after },
+            Stop::Permanent { reason, .. } => Cancelled::Permanent(reason),
         }
     }
 }
@@ -171,15 +89,7 @@ pub async fn cancel(
             }
         ));
     };
-    let mut caller = Caller {
-        transport,
-        token,
-        header,
-        timeout,
-        now,
-        redact: Redactor::new(token.expose()),
-        last: Exchange::default(),
-    };
+    let mut caller = Caller::new(transport, token, header, timeout, now);
     let base = &target.base_url;
     let outcome = match request {
         TriggerRequest::Circleci(circleci::Request::Job(r)) => {
@@ -261,7 +171,7 @@ async fn workflows(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cance
                 }
             },
             Step::NotFound => return Cancelled::Finished(format!("pipeline {pipeline} not found")),
-            Step::Stop(c) => return c,
+            Step::Stop(c) => return c.into(),
         };
         for w in page.items {
             seen.push(w.status.clone());
@@ -307,7 +217,7 @@ async fn workflows(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Cance
                 w.name.clone()
             }),
             Step::Stop(c) => {
-                failed.get_or_insert(c);
+                failed.get_or_insert(c.into());
             }
         }
     }
@@ -349,7 +259,7 @@ async fn not_started(caller: &mut Caller<'_>, base: &str, pipeline: &str) -> Can
             None => Cancelled::Finished(format!("pipeline {pipeline} lists no workflow")),
         },
         Step::NotFound => Cancelled::Finished(format!("pipeline {pipeline} not found")),
-        Step::Stop(c) => c,
+        Step::Stop(c) => c.into(),
     }
 }
 
@@ -384,7 +294,7 @@ async fn build_cancel(caller: &mut Caller<'_>, url: String, build: i64) -> Cance
             }
         }
         Step::NotFound => Cancelled::Finished(format!("build {build} not found")),
-        Step::Stop(c) => c,
+        Step::Stop(c) => c.into(),
     }
 }
 
@@ -397,14 +307,14 @@ async fn gitlab_cancel(caller: &mut Caller<'_>, pipeline_url: String, id: &str) 
     match caller.call("POST", format!("{pipeline_url}/cancel")).await {
         Step::Ok(_) => {}
         Step::NotFound => return Cancelled::Finished(format!("pipeline {id} not found")),
-        Step::Stop(c) => return c,
+        Step::Stop(c) => return c.into(),
     }
     let status = match caller.call("GET", pipeline_url).await {
         Step::Ok(r) => serde_json::from_slice::<Pipeline>(&r.body)
             .ok()
             .and_then(|p| p.status),
         Step::NotFound => return Cancelled::Finished(format!("pipeline {id} not found")),
-        Step::Stop(c) => return c,
+        Step::Stop(c) => return c.into(),
     };
     match status.as_deref() {
         Some("canceled") | Some("canceling") => Cancelled::Cancelled(format!("cancelled pipeline {id}")),

@@ -2,82 +2,13 @@
 //! each answer means, and that no answer panics or leaks the token.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::retry::RetryPolicy;
-use crate::target::client::SendError;
-use crate::target::{TargetKind, gitlab};
-
-const TOKEN: &str = "tok-3f9a";
-
-/// Answers each call with the next scripted (status, body), and keeps
-/// the calls (method and URL).
-struct Script {
-    answers: Mutex<Vec<(u16, Vec<u8>)>>,
-    calls: Mutex<Vec<String>>,
-}
-
-#[async_trait::async_trait]
-impl Transport for Script {
-    async fn send(
-        &self,
-        r: &OutboundRequest,
-        _: Option<&Secret>,
-        _: Duration,
-    ) -> Result<Response, SendError> {
-        self.calls.lock().unwrap().push(format!("{} {}", r.method, r.url));
-        let mut answers = self.answers.lock().unwrap();
-        if answers.is_empty() {
-            return Err(SendError::Connect("no more answers".into()));
-        }
-        let (status, body) = answers.remove(0);
-        Ok(Response {
-            status,
-            headers: http::HeaderMap::new(),
-            body: body.into(),
-        })
-    }
-}
-
-fn target(kind: TargetKind) -> Target {
-    Target {
-        name: "ci".into(),
-        kind,
-        base_url: "https://ci.example".into(),
-        token: Some(Secret::new(TOKEN)),
-        has_token: true,
-        api_token: Some(Secret::new(TOKEN)),
-        has_api_token: true,
-        user: None,
-        token_header: None,
-        signing: None,
-        signs: false,
-        retry: RetryPolicy::default(),
-    }
-}
-
-fn v2() -> TriggerRequest {
-    TriggerRequest::Circleci(circleci::Request::Pipeline(circleci::PipelineRequest {
-        project: "gh/acme/app".into(),
-        branch: Some("main".into()),
-        tag: None,
-        parameters: serde_json::Map::new(),
-    }))
-}
-
-fn gl() -> TriggerRequest {
-    TriggerRequest::Gitlab(gitlab::Request {
-        project: "acme/app".into(),
-        git_ref: "main".into(),
-        variables: BTreeMap::new(),
-        inputs: serde_json::Map::new(),
-        rule_token: false,
-    })
-}
+use crate::target::TargetKind;
+use crate::target::scripted::{Script, TOKEN, gl, target, v2};
 
 fn pipeline(id: &str) -> TriggerResult {
     TriggerResult {
@@ -91,15 +22,7 @@ fn pipeline(id: &str) -> TriggerResult {
 
 async fn run(request: TriggerRequest, answers: Vec<(u16, &str)>) -> (Cancelled, Vec<String>) {
     let kind = request.target_kind();
-    let script = Script {
-        answers: Mutex::new(
-            answers
-                .into_iter()
-                .map(|(s, b)| (s, b.as_bytes().to_vec()))
-                .collect(),
-        ),
-        calls: Mutex::new(Vec::new()),
-    };
+    let script = Script::new(answers);
     let (c, _) = cancel(
         &script,
         &target(kind),

@@ -21,7 +21,7 @@ mod compile;
 mod render;
 mod request;
 
-pub(super) use request::{created, failed, request};
+pub(super) use request::{created, failed, pipeline_result, request};
 
 /// Which CircleCI endpoint a trigger calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

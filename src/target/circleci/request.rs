@@ -133,7 +133,10 @@ pub(in crate::target) fn created(req: &Request, status: u16, body: &[u8]) -> Out
     }
 }
 
-fn pipeline_result(v: Option<(Option<String>, Option<i64>, Option<String>)>, project: &str) -> TriggerResult {
+pub(in crate::target) fn pipeline_result(
+    v: Option<(Option<String>, Option<i64>, Option<String>)>,
+    project: &str,
+) -> TriggerResult {
     let (id, number, state) = v.unwrap_or_default();
     // app.circleci.com shows a pipeline at /pipelines/<slug with long provider names>/<number>.
     let url = number.and_then(|n| {

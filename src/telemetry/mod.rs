@@ -1,15 +1,30 @@
-//! Logs and metrics.
+//! Logs, metrics and traces.
 //!
 //! Logs go to stderr, as JSON lines (`--log-format json`, the default when
 //! stdout is not a terminal) or human-readable text; `RUST_LOG` or
 //! `--log-level` set the filter. Metrics are recorded through the `metrics`
 //! facade and rendered in Prometheus text format on the admin listener.
+//! Traces ([`otel`], [`trace`]) are off unless `[telemetry]` or the standard
+//! `OTEL_EXPORTER_OTLP_*` variables ask for them ([`init`]); while on, JSON log
+//! lines written inside a traced span carry its `trace_id` and `span_id`.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Registry;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::config::telemetry::TelemetrySettings;
+
+pub mod otel;
+pub mod trace;
+
+/// How long the exit waits for the last spans to be exported.
+pub const FLUSH_WITHIN: Duration = Duration::from_secs(5);
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,25 +35,84 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Install the global log subscriber. Safe to call more than once (later calls do nothing).
-pub fn init_logging(format: LogFormat, level: Option<&str>) {
-    let filter = match level {
+/// Install logging, and traces when `[telemetry]` (`settings`) or the
+/// environment asks for them ([`otel::plan`]); their exports run on
+/// `runtime`. Answers the running traces, to [`otel::Traces::shutdown`]
+/// before exiting. Traces that cannot start are logged, and the daemon
+/// runs without them.
+pub fn init(
+    format: LogFormat,
+    level: Option<&str>,
+    settings: Option<&TelemetrySettings>,
+    runtime: &tokio::runtime::Handle,
+) -> Option<otel::Traces> {
+    let plan = otel::plan(settings, &|name| std::env::var(name).ok());
+    let Some(plan) = plan else {
+        init_logging(format, level);
+        return None;
+    };
+    let traces = match otel::Traces::start(&plan, runtime.clone()) {
+        Ok(traces) => traces,
+        Err(e) => {
+            init_logging(format, level);
+            tracing::error!(error = %e, "cannot export traces; running without them");
+            return None;
+        }
+    };
+    // As `init_logging`, with the traces' layer beside the log lines'.
+    let traced = Registry::default().with(otel::Filter::new(filter(level)));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
+    let _ = if json(format) {
+        let fmt = fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .map_event_format(otel::WithTraceId);
+        traced.with(fmt).with(traces.layer()).try_init()
+    } else {
+        let fmt = fmt.with_ansi(std::io::stderr().is_terminal());
+        traced.with(fmt).with(traces.layer()).try_init()
+    };
+    trace::enable();
+    tracing::info!(
+        endpoint = %trace::shown_url(&plan.endpoint),
+        service = %plan.service_name,
+        sample_ratio = plan.sample_ratio,
+        "exporting traces (OTLP/HTTP)"
+    );
+    if let Some(protocol) = &plan.ignored_protocol {
+        tracing::warn!(%protocol, "OTEL_EXPORTER_OTLP_PROTOCOL is not followed: traces go out as OTLP/HTTP with protobuf");
+    }
+    Some(traces)
+}
+
+fn filter(level: Option<&str>) -> EnvFilter {
+    match level {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    let json = match format {
+    }
+}
+
+fn json(format: LogFormat) -> bool {
+    match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
-    };
+    }
+}
+
+/// Install the global log subscriber. Safe to call more than once (later calls do nothing).
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: reporting it would `eprintln!` to the same stderr,
     // which panics, and a panic in a request drops the sender's connection.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(level))
         .with_writer(std::io::stderr)
         .log_internal_errors(false);
-    let _ = if json {
+    let _ = if json(format) {
         builder
             .json()
             .flatten_event(true)
@@ -94,6 +168,10 @@ fn describe() {
         "Time of one trigger request to the CI API"
     );
     metrics::describe_counter!("hookbridge_dead_lettered_total", "Jobs dead-lettered, by target");
+    metrics::describe_counter!(
+        "hookbridge_reconciles_total",
+        "Looks for the pipeline an ambiguous attempt may have created, by target and outcome (found, not_found, skipped, failed)"
+    );
     metrics::describe_histogram!(
         "hookbridge_ingest_duration_seconds",
         metrics::Unit::Seconds,
