@@ -1167,3 +1167,52 @@ async fn stand_in_reads_follow_the_documents() {
         .unwrap();
     assert_eq!(ci.violations().len(), 1, "{:?}", ci.violations());
 }
+
+/// A project that restricts pipeline variables (GitLab 18's default for new
+/// projects) refuses a trigger for its `HOOKBRIDGE_JOB` with a 400 that
+/// creates nothing: the same attempt sends it once more without the marker,
+/// and says the job cannot be reconciled. Nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_project_refusing_the_marker_still_gets_its_trigger() {
+    let ci = StandIn::start().await;
+    ci.script([Reply::Body(
+        400,
+        r#"{"message":{"base":["Insufficient permissions to set pipeline variables"]}}"#,
+    )]);
+    let ws = Workspace::new(&config(&ci.url, Target::Gitlab, "5s"));
+    let daemon = ws.start(ENV);
+    let client = reqwest::Client::new();
+    post(
+        &client,
+        &daemon.hook_url("github"),
+        "restricted-1",
+        push_to("main", 0),
+    )
+    .await;
+    let job = final_job(&client, &daemon, "restricted-1").await;
+    assert_eq!(job["state"], "done", "{job:#}");
+    let triggers: Vec<_> = ci
+        .requests()
+        .into_iter()
+        .filter(|r| r.api == "gitlab-trigger")
+        .collect();
+    assert_eq!(triggers.len(), 2, "{triggers:#?}");
+    assert_eq!(triggers[0].body["variables"]["HOOKBRIDGE_JOB"], job["id"]);
+    assert!(
+        triggers[1].body["variables"].get("HOOKBRIDGE_JOB").is_none(),
+        "{:#}",
+        triggers[1].body
+    );
+    assert_eq!(triggers[1].body["variables"]["DELIVERY"], "restricted-1");
+    assert_eq!(history(&job).len(), 1, "one attempt: {job:#}");
+    let decision = attempt(&job, 1)["reconcile"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        decision.contains("refuses pipeline variables") && decision.contains("cannot be reconciled"),
+        "{job:#}"
+    );
+    assert_eq!(ci.gitlab_pipelines().len(), 1);
+    ci.assert_clean();
+}

@@ -21,7 +21,7 @@ use super::retry::{LONGEST_WAIT, record_retrying, transition};
 use crate::config::{Config, RetryPolicy};
 use crate::store::{Attempt, LeasedJob, Start, Transition};
 use crate::target::redact::Redactor;
-use crate::target::{self, Outcome, truncate_body};
+use crate::target::{self, Outcome, reconcile, truncate_body};
 
 /// Response bytes kept per attempt.
 const RESPONSE_LIMIT: usize = 2048;
@@ -176,12 +176,36 @@ impl Dispatcher {
         };
         let timeout = policy.request_timeout.min(LONGEST_WAIT);
         if let Some(since) = job.ambiguous_since
-            && let Some(outcome) = self.reconcile(config, job, since, timeout, record).await
+            && let Some(outcome) = self.reconcile(config, job, since, policy, record).await
         {
             return outcome;
         }
         let redact = Redactor::new(token.map_or("", |t| t.expose()));
-        let outcome = match self.transport.send(&request, token, timeout).await {
+        let mut outcome = self.send(&request, (token, &redact), timeout, job, record).await;
+        // A project that refuses pipeline variables refused the trigger for
+        // its marker, creating nothing: sent once more without it.
+        if let Some(plain) = reconcile::refused_marker(&request, &outcome) {
+            record.reconcile = Some(format!(
+                "the project refuses pipeline variables: sent again without {}, so this job cannot be reconciled (`reconcile = false` on the target stops sending it)",
+                reconcile::MARKER
+            ));
+            outcome = self.send(&plain, (token, &redact), timeout, job, record).await;
+        }
+        record.error = record.error.take().map(|e| redact.text(&e));
+        record.response = record.response.take().map(|r| redact.text(&r));
+        redacted(outcome, &redact)
+    }
+
+    /// Send `request` once and classify the answer into `record`.
+    async fn send(
+        &self,
+        request: &target::OutboundRequest,
+        (token, redact): (Option<&crate::config::Secret>, &Redactor),
+        timeout: std::time::Duration,
+        job: &LeasedJob,
+        record: &mut Attempt,
+    ) -> Outcome {
+        match self.transport.send(request, token, timeout).await {
             Ok(response) => {
                 // A gateway's timeout or failure: the CI behind it may have
                 // taken the trigger.
@@ -209,10 +233,7 @@ impl Dispatcher {
                     after: None,
                 }
             }
-        };
-        record.error = record.error.take().map(|e| redact.text(&e));
-        record.response = record.response.take().map(|r| redact.text(&r));
-        redacted(outcome, &redact)
+        }
     }
 
     /// Metrics and the log line of an attempt.
@@ -367,6 +388,7 @@ project = "acme/app"
             grouped: false,
             trace: None,
             ambiguous_since: None,
+            previous: None,
         }
     }
 

@@ -3,17 +3,18 @@
 //! looks for the pipeline that attempt created. Found, it is the job's
 //! outcome and nothing is sent; not found (or not knowable), the attempt
 //! sends; the CI's API unable to answer, the attempt is retried later
-//! without sending. The decision and why is recorded on the attempt.
+//! without sending (but for the last allowed attempt, which sends: at least
+//! once). The decision and why is recorded on the attempt.
 
 use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
 use super::Dispatcher;
-use crate::config::Config;
+use crate::config::{Config, RetryPolicy};
 use crate::store::{Attempt, LeasedJob};
 use crate::target::Outcome;
-use crate::target::reconcile::{self, CLOCK_SKEW, Looked, Reconciled};
+use crate::target::reconcile::{self, CLOCK_SKEW, Looked, RECORDED_SKEW, Reconciled, Subject};
 
 impl Dispatcher {
     /// The outcome of the attempt when reconciling decided it (found, or
@@ -23,33 +24,48 @@ impl Dispatcher {
         config: &Config,
         job: &LeasedJob,
         since: SystemTime,
-        timeout: Duration,
+        policy: &RetryPolicy,
         record: &mut Attempt,
     ) -> Option<Outcome> {
         let target = config.targets.get(&job.target)?;
-        let (looked, exchange) = reconcile::look(
-            self.transport.as_ref(),
-            target,
-            (&job.id, &job.request),
-            since,
-            (timeout, self.clock.now()),
-        )
-        .await;
-        let decided = match looked {
-            Looked::Decided(decided) => decided,
+        let timeout = policy.request_timeout;
+        // The lookup and the trigger after it fit in the lease, or another
+        // worker could take the job over and send it while this one looks.
+        let budget = (config.dispatch.lease.saturating_sub(timeout) / 2).max(Duration::from_secs(1));
+        let subject = Subject {
+            id: &job.id,
+            request: &job.request,
+            previous: job.previous.as_deref(),
+        };
+        let now = self.clock.now();
+        let lookup = reconcile::look(self.transport.as_ref(), target, subject, since, (timeout, now));
+        let decided = match tokio::time::timeout(budget, lookup).await {
+            Err(_) => (
+                Reconciled::Failed {
+                    reason: format!(
+                        "the lookup took longer than {} (its share of the lease)",
+                        humantime::format_duration(budget)
+                    ),
+                    after: None,
+                },
+                Default::default(),
+            ),
+            Ok((Looked::Decided(decided), exchange)) => (decided, exchange),
             // What the target's other jobs did, read after the CI's list:
             // a pipeline listed there was sent before the read, so its job
             // is found either recording it or with its attempt still out.
-            Looked::Candidates(candidates) => {
-                let from = since.checked_sub(CLOCK_SKEW).unwrap_or(since);
-                match self.store.neighbours(&job.target, &job.id, from).await {
+            Ok((Looked::Candidates(candidates), exchange)) => {
+                let from = since.checked_sub(RECORDED_SKEW.max(CLOCK_SKEW)).unwrap_or(since);
+                let decided = match self.store.neighbours(&job.target, &job.id, from).await {
                     Ok(n) => {
                         let here = n
                             .unsettled
                             .iter()
                             .filter(|r| reconcile::same_place(r, &job.request))
                             .count();
-                        candidates.decide(&n.recorded, here)
+                        let mut recorded = n.recorded;
+                        recorded.extend(job.previous.clone());
+                        candidates.decide(&recorded, here)
                     }
                     Err(e) => {
                         warn!(error = %e, "cannot read what the target's other jobs recorded; reconcile tried again later");
@@ -58,12 +74,18 @@ impl Dispatcher {
                             after: None,
                         }
                     }
-                }
+                };
+                (decided, exchange)
             }
         };
+        let (decided, exchange) = decided;
         metrics::counter!("hookbridge_reconciles_total", "target" => job.target.clone(), "outcome" => decided.outcome())
             .increment(1);
-        let text = decided.describe();
+        let last = job.attempt >= policy.max_attempts;
+        let mut text = decided.describe();
+        if last && let Reconciled::Failed { reason, .. } = &decided {
+            text = format!("failed: {reason}; the last allowed attempt, so triggered again (at least once)");
+        }
         info!(outcome = decided.outcome(), decision = %text, "reconciled before sending again");
         record.reconcile = Some(text);
         match decided {
@@ -71,7 +93,7 @@ impl Dispatcher {
                 record.status = exchange.status;
                 Some(Outcome::Created(result))
             }
-            Reconciled::Failed { reason, after } => {
+            Reconciled::Failed { reason, after } if !last => {
                 record.status = exchange.status;
                 record.response = exchange.response;
                 record.error = Some(format!("reconcile {reason}"));
@@ -80,7 +102,7 @@ impl Dispatcher {
                     after,
                 })
             }
-            Reconciled::NotFound(_) | Reconciled::Skipped(_) => None,
+            Reconciled::Failed { .. } | Reconciled::NotFound(_) | Reconciled::Skipped(_) => None,
         }
     }
 }

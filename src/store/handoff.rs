@@ -214,6 +214,7 @@ mod tests {
             grouped: false,
             trace: None,
             ambiguous_since: None,
+            previous: None,
         }
     }
 

@@ -212,6 +212,9 @@ pub struct LeasedJob {
     /// stopped): the CI may have created the pipeline since, so this attempt
     /// reconciles before it sends again.
     pub ambiguous_since: Option<SystemTime>,
+    /// The pipeline an earlier round of the job recorded (before a
+    /// replay): never this round's, whatever a reconcile finds.
+    pub previous: Option<String>,
 }
 
 /// One attempt, as it will be recorded.

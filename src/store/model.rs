@@ -37,21 +37,28 @@ pub fn queue_stats((pending, running, dead, oldest): (i64, i64, i64, Option<i64>
 }
 
 /// [`super::Store::neighbours`]: the target's other jobs that recorded a
-/// pipeline since a time, or whose attempt is out or was cut short (the
-/// same text on both stores). A scan of the target's jobs: reconciles only.
-pub const NEIGHBOURS: &str = "SELECT result, request, state = 'running' OR (state = 'pending' AND ambiguous_since IS NOT NULL)
+/// pipeline since a time, or whose attempt is out, or that had an
+/// ambiguous attempt still pending or since that time, whatever became of
+/// them (done, dead, superseded: a pipeline that attempt created may be
+/// recorded by nobody). The same text on both stores. A scan of the
+/// target's jobs: reconciles only.
+pub const NEIGHBOURS: &str = "SELECT result, request,
+        state = 'running' OR (ambiguous_since IS NOT NULL AND (state = 'pending' OR updated_at >= $3))
      FROM jobs WHERE target = $1 AND id <> $2
-     AND ((result IS NOT NULL AND updated_at >= $3) OR state = 'running' OR (state = 'pending' AND ambiguous_since IS NOT NULL))";
+     AND ((result IS NOT NULL AND updated_at >= $3) OR state = 'running'
+          OR (ambiguous_since IS NOT NULL AND (state = 'pending' OR updated_at >= $3)))";
 
 /// [`NEIGHBOURS`]' rows, read.
 pub fn neighbours(rows: Vec<(Option<String>, String, bool)>) -> Result<super::Neighbours, StoreError> {
     let mut n = super::Neighbours::default();
     for (result, request, unsettled) in rows {
-        if let Some(id) = result
+        let result = result
             .map(|r| from_json::<crate::target::TriggerResult>(&r))
-            .transpose()?
-            .and_then(|r| r.id)
-        {
+            .transpose()?;
+        // A pipeline recorded without its id cannot be left out by id: its
+        // job counts as one that may own a candidate.
+        let unsettled = unsettled || result.as_ref().is_some_and(|r| r.id.is_none());
+        if let Some(id) = result.and_then(|r| r.id) {
             n.recorded.push(id);
         }
         if unsettled {
@@ -59,6 +66,14 @@ pub fn neighbours(rows: Vec<(Option<String>, String, bool)>) -> Result<super::Ne
         }
     }
     Ok(n)
+}
+
+/// The pipeline id in a stored result (JSON of a `TriggerResult`).
+pub fn pipeline_id(result: Option<&str>) -> Result<Option<String>, StoreError> {
+    Ok(result
+        .map(from_json::<crate::target::TriggerResult>)
+        .transpose()?
+        .and_then(|r| r.id))
 }
 
 /// The outcome recorded for an attempt that was cut short.

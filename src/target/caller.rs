@@ -78,6 +78,8 @@ impl<'a> Caller<'a> {
     }
 
     pub(crate) async fn call(&mut self, method: &'static str, url: String) -> Step {
+        // A call without an answer leaves no earlier call's answer behind.
+        self.last = Exchange::default();
         let mut headers = vec![
             Header {
                 name: self

@@ -79,6 +79,10 @@ async fn an_unanswered_attempt_is_remembered_until_the_round_ends(h: Harness) {
         .await
         .unwrap();
     assert_eq!(replayed[0].ambiguous_since, None);
+    // The earlier round's pipeline goes with it, so no reconcile takes it
+    // for this round's.
+    assert_eq!(replayed[0].previous.as_deref(), Some("42"));
+    assert_eq!(third[0].previous, None);
 }
 
 /// A worker that stopped while holding the job (its lease ran out) may have
@@ -118,7 +122,7 @@ async fn other_jobs_are_seen_as_a_reconcile_needs(h: Harness) {
         .await
         .unwrap();
     let t0 = SystemTime::now();
-    let jobs = s.lease_due("w", 4, LEASE, t0).await.unwrap();
+    let jobs = s.lease_due("w", 4, Duration::from_secs(3600), t0).await.unwrap();
     assert_eq!(jobs.len(), 4);
     for (i, job) in jobs.iter().take(2).enumerate() {
         let done = Transition::Done(TriggerResult {
@@ -153,6 +157,26 @@ async fn other_jobs_are_seen_as_a_reconcile_needs(h: Harness) {
         .unwrap();
     assert!(later.recorded.is_empty(), "recorded before the window");
     assert_eq!(later.unsettled.len(), 1);
+    // Done after its timed-out attempt: the pipeline that attempt may have
+    // created is recorded by nobody, so it still counts, within the window.
+    let mut sent = attempt(201);
+    sent.started_at = t0 + Duration::from_secs(61);
+    let again = s
+        .lease_due("w", 1, LEASE, t0 + Duration::from_secs(61))
+        .await
+        .unwrap();
+    assert_eq!(again[0].id, jobs[2].id);
+    s.record_attempt(&again[0], "w", sent, created(), t0 + Duration::from_secs(62))
+        .await
+        .unwrap();
+    let n = s.neighbours(target, &jobs[3].id, t0).await.unwrap();
+    assert_eq!(n.unsettled, [jobs[2].request.clone()]);
+    assert_eq!(n.recorded.len(), 3);
+    let n = s
+        .neighbours(target, &jobs[3].id, t0 + Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(n.unsettled.is_empty() && n.recorded.is_empty(), "{n:?}");
     assert_eq!(
         s.neighbours("another", &jobs[3].id, t0).await.unwrap(),
         Neighbours::default()

@@ -141,6 +141,7 @@ async fn hand_over(
                 grouped: false,
                 trace: d.trace.clone(),
                 ambiguous_since: None,
+                previous: None,
             });
         } else {
             left_due += 1;

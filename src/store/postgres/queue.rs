@@ -174,7 +174,7 @@ pub(super) async fn lease_due(
          FROM (SELECT id FROM expired UNION ALL SELECT id FROM due) AS picked, deliveries d
          WHERE j.id = picked.id AND d.id = j.delivery_id
          RETURNING j.id, j.delivery_id, d.delivery, d.source, j.rule, j.target, j.request, j.attempts, j.next_attempt_at,
-                   j.concurrency_group IS NOT NULL, j.trace_context, j.ambiguous_since",
+                   j.concurrency_group IS NOT NULL, j.trace_context, j.ambiguous_since, j.result",
     )
     .bind(now_ms)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -203,6 +203,7 @@ pub(super) async fn lease_due(
                 grouped: r.try_get(9).map_err(db)?,
                 trace: r.try_get(10).map_err(db)?,
                 ambiguous_since: r.try_get::<Option<i64>, _>(11).map_err(db)?.map(from_millis),
+                previous: model::pipeline_id(r.try_get::<Option<String>, _>(12).map_err(db)?.as_deref())?,
             },
         ));
     }

@@ -278,9 +278,11 @@ pub(super) fn neighbours(
 ) -> Result<Neighbours, StoreError> {
     let mut s = c.prepare_cached(model::NEIGHBOURS).map_err(db)?;
     let rows = s
-        .query_map(params![target, job, millis(since)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        // Named: `$3` comes first in the text, so positions would not match.
+        .query_map(
+            rusqlite::named_params! {"$1": target, "$2": job, "$3": millis(since)},
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .map_err(db)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(db)?;

@@ -218,7 +218,7 @@ pub(super) fn lease_due(
                         leased_at = ?4
                  WHERE id = ?1
                  RETURNING delivery_id, rule, target, request, attempts, next_attempt_at, concurrency_group IS NOT NULL,
-                           trace_context, ambiguous_since",
+                           trace_context, ambiguous_since, result",
             )
             .and_then(|mut s| {
                 s.query_row(params![id, owner, until, now_ms], |r| {
@@ -232,11 +232,12 @@ pub(super) fn lease_due(
                         r.get::<_, bool>(6)?,
                         r.get::<_, Option<String>>(7)?,
                         r.get::<_, Option<i64>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
                     ))
                 })
             })
             .map_err(db)?;
-        let (delivery_id, rule, target, request, attempts, due, grouped, trace, ambiguous) = row;
+        let (delivery_id, rule, target, request, attempts, due, grouped, trace, ambiguous, previous) = row;
         let (delivery, source): (String, String) = tx
             .prepare_cached("SELECT delivery, source FROM deliveries WHERE id = ?1")
             .and_then(|mut s| s.query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?))))
@@ -253,6 +254,7 @@ pub(super) fn lease_due(
             grouped,
             trace,
             ambiguous_since: ambiguous.map(from_millis),
+            previous: model::pipeline_id(previous.as_deref())?,
         };
         out.push((due, job));
     }

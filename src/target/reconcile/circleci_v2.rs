@@ -93,7 +93,12 @@ pub(super) async fn list(
     let place = match (branch, tag) {
         (_, Some(tag)) => format!("tag `{tag}`"),
         (Some(branch), None) => format!("branch `{branch}`"),
-        (None, None) => "the default branch".to_owned(),
+        // Its pipelines cannot be told from another branch's by name.
+        (None, None) => {
+            return Looked::Decided(Reconciled::Skipped(
+                "the trigger names no branch or tag (the default branch's pipelines are not told apart by name)".into(),
+            ));
+        }
     };
     let since = rfc3339(after);
     let mut found = Vec::new();
@@ -130,13 +135,15 @@ pub(super) async fn list(
             }
             let by_api = p.trigger.as_ref().and_then(|t| t.kind.as_deref()) == Some("api");
             let vcs = p.vcs.as_ref();
-            let same_place = match (branch, tag) {
-                (_, Some(tag)) => vcs.and_then(|v| v.tag.as_deref()) == Some(tag),
-                (Some(branch), None) => vcs.and_then(|v| v.branch.as_deref()) == Some(branch),
-                // The default branch: any branch, since its name is not known here.
-                (None, None) => vcs.and_then(|v| v.tag.as_deref()).is_none(),
+            let same_place = match tag {
+                Some(tag) => vcs.and_then(|v| v.tag.as_deref()) == Some(tag),
+                None => vcs.and_then(|v| v.branch.as_deref()) == branch,
             };
-            if by_api && same_place {
+            // Pages can overlap while pipelines are being created.
+            let seen = found
+                .iter()
+                .any(|r: &crate::target::TriggerResult| r.id.as_deref() == Some(p.id.as_str()));
+            if by_api && same_place && !seen {
                 let mut result = pipeline_result(Some((Some(p.id.clone()), p.number, p.state)), project);
                 result.id = Some(p.id);
                 found.push(result);

@@ -20,8 +20,6 @@ use crate::target::gitlab::{Request, api_root};
 const PER_PAGE: usize = 100;
 /// Pages listed per reconcile.
 const PAGES: usize = 2;
-/// Pipelines whose variables are read per reconcile: every one listed.
-const READS: usize = PER_PAGE * PAGES;
 
 #[derive(Deserialize)]
 struct Pipeline {
@@ -41,7 +39,7 @@ pub(super) async fn find(
     caller: &mut Caller<'_>,
     base: &str,
     r: &Request,
-    job: &str,
+    (job, previous): (&str, Option<&str>),
     after: SystemTime,
 ) -> Reconciled {
     let project = format!("{}/projects/{}", api_root(base), path_segment(&r.project));
@@ -84,18 +82,28 @@ pub(super) async fn find(
         let last_page = pipelines.len() < PER_PAGE;
         listed += pipelines.len();
         for p in pipelines {
-            if read == READS {
-                return Reconciled::Skipped(format!(
-                    "more than {READS} trigger pipelines on `{}` since {since}: the {READS} newest do not carry this job's {MARKER}",
-                    r.git_ref
-                ));
+            // The pipeline of the job's round before a replay carries its id
+            // too; this round's is another.
+            if previous == Some(p.id.to_string().as_str()) {
+                continue;
             }
             read += 1;
-            let variables: Vec<Variable> = match caller
+            let answer = caller
                 .call("GET", format!("{project}/pipelines/{}/variables", p.id))
-                .await
-            {
-                Step::Ok(response) => serde_json::from_slice(&response.body).unwrap_or_default(),
+                .await;
+            // Another pipeline's variables (someone's secrets, maybe) are
+            // never kept for the attempt's record.
+            caller.last.response = None;
+            let variables: Vec<Variable> = match answer {
+                Step::Ok(response) => match serde_json::from_slice(&response.body) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Reconciled::Failed {
+                            reason: format!("GitLab's pipeline variables are not its JSON: {e}"),
+                            after: None,
+                        };
+                    }
+                },
                 // Deleted since it was listed: not this job's to find.
                 Step::NotFound => continue,
                 Step::Stop(stop) => return stopped(stop),
@@ -123,6 +131,12 @@ pub(super) async fn find(
         }
         if last_page {
             break;
+        }
+        if page == PAGES {
+            return Reconciled::Skipped(format!(
+                "more than {listed} trigger pipelines on `{}` since {since}: the {listed} newest do not carry {MARKER}={job}",
+                r.git_ref
+            ));
         }
     }
     Reconciled::NotFound(format!(

@@ -32,6 +32,13 @@ pub use super::gitlab::MARKER;
 /// stamped and still be its own: the CI's clock and this host's differ.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
+/// How far back the pipelines other jobs recorded are read: wider than
+/// [`CLOCK_SKEW`], since replicas stamp them by their own clocks.
+pub const RECORDED_SKEW: Duration = Duration::from_secs(600);
+
+/// The longest one read of a reconcile waits.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What reconciling decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reconciled {
@@ -128,15 +135,27 @@ pub enum Looked {
     Candidates(Candidates),
 }
 
-/// Look at the CI for the pipeline job `job` (`request` on `target`) may
-/// have created since its earliest ambiguous attempt began (`since`).
+/// The job a reconcile looks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub id: &'a str,
+    pub request: &'a TriggerRequest,
+    /// The pipeline its round before a replay recorded: not this round's.
+    pub previous: Option<&'a str>,
+}
+
+/// Look at the CI for the pipeline job `job` may have created since its
+/// earliest ambiguous attempt began (`since`). Each read waits at most
+/// `timeout` (and [`READ_TIMEOUT`]).
 pub async fn look(
     transport: &dyn Transport,
     target: &Target,
-    (job, request): (&str, &TriggerRequest),
+    job: Subject<'_>,
     since: SystemTime,
     (timeout, now): (Duration, SystemTime),
 ) -> (Looked, Exchange) {
+    let timeout = timeout.min(READ_TIMEOUT);
+    let request = job.request;
     if let Some(why) = unable(target, Some(request)) {
         return (Looked::Decided(Reconciled::Skipped(why)), Exchange::default());
     }
@@ -150,7 +169,7 @@ pub async fn look(
                 );
             };
             let mut caller = Caller::new(transport, token, "PRIVATE-TOKEN", timeout, now);
-            let decided = gitlab::find(&mut caller, &target.base_url, r, job, after).await;
+            let decided = gitlab::find(&mut caller, &target.base_url, r, (job.id, job.previous), after).await;
             (Looked::Decided(decided), caller.last)
         }
         TriggerRequest::Circleci(r) => {
@@ -240,6 +259,28 @@ impl Candidates {
 /// branch or tag), so that one's pipeline could pass for the other's.
 pub fn same_place(a: &TriggerRequest, b: &TriggerRequest) -> bool {
     circleci_v2::place(a).is_some() && circleci_v2::place(a) == circleci_v2::place(b)
+}
+
+/// `request` without its [`MARKER`], when a GitLab project refused it for
+/// that (`400 Insufficient permissions to set pipeline variables`: nothing
+/// was created, so sending again is safe).
+pub fn refused_marker(request: &OutboundRequest, outcome: &super::Outcome) -> Option<OutboundRequest> {
+    let super::Outcome::Permanent(reason) = outcome else {
+        return None;
+    };
+    if !reason.starts_with("HTTP 400")
+        || !reason.contains("Insufficient permissions to set pipeline variables")
+    {
+        return None;
+    }
+    let mut plain = request.clone();
+    let body = plain.body.as_object_mut()?;
+    let variables = body.get_mut("variables")?.as_object_mut()?;
+    variables.remove(MARKER)?;
+    if variables.is_empty() {
+        body.remove("variables");
+    }
+    Some(plain)
 }
 
 /// A stop of the reads: a 4xx (the token cannot read, say) cannot be fixed

@@ -27,7 +27,11 @@ async fn run(
     let (looked, _) = look(
         &script,
         &target(kind),
-        (JOB, &request),
+        Subject {
+            id: JOB,
+            request: &request,
+            previous: None,
+        },
         since(),
         (Duration::from_secs(5), since()),
     )
@@ -106,7 +110,11 @@ async fn gitlab_without_the_marker_sends_again_and_says_why() {
         let (looked, _) = look(
             &script,
             &t,
-            (JOB, &gl()),
+            Subject {
+                id: JOB,
+                request: &gl(),
+                previous: None,
+            },
             since(),
             (Duration::from_secs(1), since()),
         )
@@ -320,4 +328,90 @@ proptest! {
             prop_assert!(result.id.is_some());
         }
     }
+}
+
+#[tokio::test]
+async fn gitlab_skips_the_pipeline_of_the_round_before_a_replay() {
+    let list = r#"[{"id":21,"iid":5,"web_url":"https://gl/p/21","status":"success"}]"#;
+    let script = Script::new(vec![(200, list)]);
+    let job = Subject {
+        id: JOB,
+        request: &gl(),
+        previous: Some("21"),
+    };
+    let (looked, _) = look(
+        &script,
+        &target(TargetKind::Gitlab),
+        job,
+        since(),
+        (Duration::from_secs(5), since()),
+    )
+    .await;
+    let Looked::Decided(decided) = looked else {
+        panic!("{looked:?}")
+    };
+    assert_eq!(decided.outcome(), "not_found", "{decided:?}");
+    assert_eq!(script.calls().len(), 1, "its variables are not even read");
+}
+
+#[tokio::test]
+async fn gitlab_answers_that_cannot_be_read_are_not_a_no() {
+    let list = r#"[{"id":12}]"#;
+    let (decided, _) = run(TargetKind::Gitlab, gl(), &[], vec![(200, list), (200, "<html>")]).await;
+    assert_eq!(decided.outcome(), "failed", "{decided:?}");
+    // Two full pages without the job's marker: more may be beyond them.
+    let page: Vec<String> = (0..100).map(|i| format!(r#"{{"id":{}}}"#, 1000 - i)).collect();
+    let page = format!("[{}]", page.join(","));
+    let page2: Vec<String> = (0..100).map(|i| format!(r#"{{"id":{}}}"#, 900 - i)).collect();
+    let page2 = format!("[{}]", page2.join(","));
+    let mut answers = vec![(200, page.as_str())];
+    answers.extend(std::iter::repeat_n((200, "[]"), 100));
+    answers.push((200, page2.as_str()));
+    answers.extend(std::iter::repeat_n((200, "[]"), 100));
+    let (decided, calls) = run(TargetKind::Gitlab, gl(), &[], answers).await;
+    assert_eq!(calls.len(), 202);
+    assert_eq!(
+        decided,
+        Reconciled::Skipped(format!(
+            "more than 200 trigger pipelines on `main` since 2026-12-06T11:59:00.000Z: the 200 newest do not carry HOOKBRIDGE_JOB={JOB}"
+        ))
+    );
+}
+
+#[tokio::test]
+async fn circleci_without_a_branch_is_not_guessed() {
+    let mut request = v2();
+    if let TriggerRequest::Circleci(circleci::Request::Pipeline(r)) = &mut request {
+        r.branch = None;
+    }
+    let (decided, calls) = run(TargetKind::Circleci, request, &[], vec![]).await;
+    assert_eq!(decided.outcome(), "skipped");
+    assert!(calls.is_empty());
+}
+
+#[test]
+fn a_trigger_refused_for_its_marker_is_sent_without_it() {
+    let t = target(TargetKind::Gitlab);
+    let mut request = t.request(&gl()).unwrap();
+    t.mark(&mut request, JOB);
+    assert_eq!(request.body["variables"][MARKER], JOB);
+    let refused = crate::target::Outcome::Permanent(
+        "HTTP 400: Insufficient permissions to set pipeline variables (the project restricts pipeline variables: ...)".into(),
+    );
+    let plain = refused_marker(&request, &refused).unwrap();
+    assert!(plain.body.get("variables").is_none(), "{}", plain.body);
+    assert_eq!(plain.body["ref"], "main");
+    // Any other answer, or a request without the marker, is left alone.
+    let other = crate::target::Outcome::Permanent("HTTP 400: Reference not found".into());
+    assert!(refused_marker(&request, &other).is_none());
+    assert!(refused_marker(&plain, &refused).is_none());
+    // The rule's own variables stay.
+    let mut with_vars = gl();
+    if let TriggerRequest::Gitlab(r) = &mut with_vars {
+        r.variables.insert("DEPLOY".into(), "1".into());
+    }
+    let mut request = t.request(&with_vars).unwrap();
+    t.mark(&mut request, JOB);
+    let plain = refused_marker(&request, &refused).unwrap();
+    assert_eq!(plain.body["variables"], serde_json::json!({"DEPLOY": "1"}));
 }
