@@ -175,12 +175,15 @@ impl Dispatcher {
             Err(reason) => return Outcome::Permanent(reason.to_string()),
         };
         let timeout = policy.request_timeout.min(LONGEST_WAIT);
+        let redact = Redactor::new(token.map_or("", |t| t.expose()));
         if let Some(since) = job.ambiguous_since
             && let Some(outcome) = self.reconcile(config, job, since, policy, record).await
         {
-            return outcome;
+            record.reconcile = record.reconcile.take().map(|r| redact.text(&r));
+            record.error = record.error.take().map(|e| redact.text(&e));
+            record.response = record.response.take().map(|r| redact.text(&r));
+            return redacted(outcome, &redact);
         }
-        let redact = Redactor::new(token.map_or("", |t| t.expose()));
         let mut outcome = self.send(&request, (token, &redact), timeout, job, record).await;
         // A project that refuses pipeline variables refused the trigger for
         // its marker, creating nothing: sent once more without it.
