@@ -14,7 +14,7 @@ use super::Dispatcher;
 use crate::config::{Config, RetryPolicy};
 use crate::store::{Attempt, LeasedJob};
 use crate::target::Outcome;
-use crate::target::reconcile::{self, CLOCK_SKEW, Looked, RECORDED_SKEW, Reconciled, Subject};
+use crate::target::reconcile::{self, Looked, RECORDED_SKEW, Reconciled, Subject};
 
 impl Dispatcher {
     /// The outcome of the attempt when reconciling decided it (found, or
@@ -39,7 +39,7 @@ impl Dispatcher {
         };
         let now = self.clock.now();
         let lookup = reconcile::look(self.transport.as_ref(), target, subject, since, (timeout, now));
-        let decided = match tokio::time::timeout(budget, lookup).await {
+        let (decided, exchange) = match tokio::time::timeout(budget, lookup).await {
             Err(_) => (
                 Reconciled::Failed {
                     reason: format!(
@@ -55,7 +55,7 @@ impl Dispatcher {
             // a pipeline listed there was sent before the read, so its job
             // is found either recording it or with its attempt still out.
             Ok((Looked::Candidates(candidates), exchange)) => {
-                let from = since.checked_sub(RECORDED_SKEW.max(CLOCK_SKEW)).unwrap_or(since);
+                let from = since.checked_sub(RECORDED_SKEW).unwrap_or(since);
                 let decided = match self.store.neighbours(&job.target, &job.id, from).await {
                     Ok(n) => {
                         let here = n
@@ -78,7 +78,6 @@ impl Dispatcher {
                 (decided, exchange)
             }
         };
-        let (decided, exchange) = decided;
         metrics::counter!("hookbridge_reconciles_total", "target" => job.target.clone(), "outcome" => decided.outcome())
             .increment(1);
         let last = job.attempt >= policy.max_attempts;

@@ -5,10 +5,10 @@
 use std::time::{Duration, SystemTime};
 
 use super::client::{SendError, Transport};
+use super::outbound::json_headers;
 use super::redact::Redactor;
 use super::{
-    Credential, Header, OutboundRequest, REDACTED, Response, USER_AGENT, error_message, retry_after,
-    truncate_body,
+    Credential, Header, OutboundRequest, REDACTED, Response, error_message, retry_after, truncate_body,
 };
 use crate::config::secret::Secret;
 
@@ -32,24 +32,16 @@ pub(crate) enum Step {
 /// Why a sequence of calls stopped: worth another try later, or not.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Stop {
-    Retry {
-        reason: String,
-        after: Option<Duration>,
-    },
-    Permanent {
-        reason: String,
-        /// The HTTP status, when the API answered.
-        status: Option<u16>,
-    },
+    Retry { reason: String, after: Option<Duration> },
+    Permanent(String),
 }
 
 /// The calls of one attempt, on one target with one token.
 pub(crate) struct Caller<'a> {
     pub transport: &'a dyn Transport,
     pub token: &'a Secret,
-    pub credential: Credential,
-    /// Headers every call sends besides the token, `Accept` and `User-Agent`.
-    pub headers: Vec<Header>,
+    /// The header the token goes in, as it is.
+    pub header: &'static str,
     pub timeout: Duration,
     pub now: SystemTime,
     pub redact: Redactor,
@@ -68,8 +60,7 @@ impl<'a> Caller<'a> {
         Caller {
             transport,
             token,
-            credential: Credential::Header(header.into()),
-            headers: Vec::new(),
+            header,
             timeout,
             now,
             redact: Redactor::new(token.expose()),
@@ -80,36 +71,20 @@ impl<'a> Caller<'a> {
     pub(crate) async fn call(&mut self, method: &'static str, url: String) -> Step {
         // A call without an answer leaves no earlier call's answer behind.
         self.last = Exchange::default();
-        let mut headers = vec![
-            Header {
-                name: self
-                    .credential
-                    .header()
-                    .unwrap_or("Authorization")
-                    .to_owned()
-                    .into(),
-                value: REDACTED.to_owned(),
-            },
-            Header {
-                name: "Accept".into(),
-                value: "application/json".into(),
-            },
-            Header {
-                name: "User-Agent".into(),
-                value: USER_AGENT.into(),
-            },
-        ];
-        for h in &self.headers {
-            headers.retain(|kept| !kept.name.eq_ignore_ascii_case(&h.name));
-            headers.push(h.clone());
-        }
+        // JSON's headers but the body's type (calls without a body), the
+        // token's header first.
+        let mut headers = vec![Header {
+            name: self.header.into(),
+            value: REDACTED.to_owned(),
+        }];
+        headers.extend(json_headers().into_iter().filter(|h| h.name != "Content-Type"));
         let request = OutboundRequest {
             method,
             url,
             headers,
             body: serde_json::Value::Null,
             encoding: super::Encoding::Json,
-            credential: self.credential.clone(),
+            credential: Credential::Header(self.header.into()),
         };
         let response = match self
             .transport
@@ -118,10 +93,7 @@ impl<'a> Caller<'a> {
         {
             Ok(r) => r,
             Err(e @ SendError::Build(_)) => {
-                return Step::Stop(Stop::Permanent {
-                    reason: self.redact.text(&e.to_string()),
-                    status: None,
-                });
+                return Step::Stop(Stop::Permanent(self.redact.text(&e.to_string())));
             }
             Err(e) => {
                 return Step::Stop(Stop::Retry {
@@ -148,10 +120,7 @@ impl<'a> Caller<'a> {
                 reason: format!("HTTP {status}: {}", message()),
                 after: retry_after(&response.headers, self.now),
             }),
-            _ => Step::Stop(Stop::Permanent {
-                reason: format!("HTTP {status}: {}", message()),
-                status: Some(status),
-            }),
+            _ => Step::Stop(Stop::Permanent(format!("HTTP {status}: {}", message()))),
         }
     }
 }

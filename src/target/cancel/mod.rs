@@ -49,7 +49,7 @@ impl From<Stop> for Cancelled {
     fn from(stop: Stop) -> Cancelled {
         match stop {
             Stop::Retry { reason, after } => Cancelled::Retry { reason, after },
-            Stop::Permanent { reason, .. } => Cancelled::Permanent(reason),
+            Stop::Permanent(reason) => Cancelled::Permanent(reason),
         }
     }
 }

@@ -144,9 +144,7 @@ pub(super) async fn list(
                 .iter()
                 .any(|r: &crate::target::TriggerResult| r.id.as_deref() == Some(p.id.as_str()));
             if by_api && same_place && !seen {
-                let mut result = pipeline_result(Some((Some(p.id.clone()), p.number, p.state)), project);
-                result.id = Some(p.id);
-                found.push(result);
+                found.push(pipeline_result(Some((Some(p.id), p.number, p.state)), project));
             }
         }
         match page.next_page_token.filter(|t| !t.is_empty()) {

@@ -291,7 +291,7 @@ fn stopped(stop: Stop) -> Reconciled {
             reason: format!("cannot ask the CI: {reason}"),
             after,
         },
-        Stop::Permanent { reason, .. } => Reconciled::Skipped(format!("the CI refused the lookup: {reason}")),
+        Stop::Permanent(reason) => Reconciled::Skipped(format!("the CI refused the lookup: {reason}")),
     }
 }
 
