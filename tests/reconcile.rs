@@ -892,6 +892,24 @@ async fn reconcile_decision_is_shown_and_counted() {
             .any(|(l, v)| l.contains("outcome=\"found\"") && l.contains("target=\"gitlab\"") && *v >= 1.0),
         "no hookbridge_reconciles_total{{target=\"gitlab\",outcome=\"found\"}}: {samples:?}"
     );
+    // Neither the trigger token nor the api_token the lookup read with is
+    // in what is shown, logged or stored.
+    let logs = daemon.logs();
+    assert_eq!(daemon.stop(), 0);
+    let mut stored = std::fs::read(ws.db_path()).unwrap();
+    let wal = ws.db_path().with_extension("db-wal");
+    stored.extend(std::fs::read(wal).unwrap_or_default());
+    for secret in [GITLAB_TRIGGER_TOKEN, GITLAB_PRIVATE_TOKEN] {
+        for (what, text) in [
+            ("show --json", &shown.to_string()),
+            ("show", &text),
+            ("log", &logs),
+        ] {
+            assert!(!text.contains(secret), "{secret} in {what}");
+        }
+        let found = stored.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "{secret} in the store");
+    }
     ci.assert_clean();
 }
 
