@@ -214,6 +214,7 @@ pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summa
             group: m.group.clone(),
             delay: m.debounce,
             cancel: m.cancel,
+            status: None,
         })
         .collect();
     let summary = Summary {

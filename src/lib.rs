@@ -42,3 +42,4 @@ pub mod store;
 pub mod target;
 pub mod telemetry;
 pub mod template;
+pub mod vcs;

@@ -135,6 +135,7 @@ async fn store_with_one_job() -> (Arc<dyn Store>, tempfile::TempDir, String) {
             group: None,
             delay: std::time::Duration::ZERO,
             cancel: false,
+            status: None,
         }],
         trace: None,
     };

@@ -490,6 +490,7 @@ impl Harness {
                 group: None,
                 delay: Duration::ZERO,
                 cancel: false,
+                status: None,
             })
             .collect();
         let ids = jobs.iter().map(|j| j.id.clone()).collect();

@@ -142,6 +142,7 @@ fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> New
             group: None,
             delay: Duration::ZERO,
             cancel: false,
+            status: None,
         })
         .collect();
     NewDelivery {

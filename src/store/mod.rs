@@ -84,6 +84,7 @@ pub mod postgres;
 pub mod query;
 pub mod ready;
 pub mod sqlite;
+pub mod status;
 
 pub use concurrency::{Start, Superseded, SupersededBy};
 pub use detail::{AttemptRow, DeliveryDetail, DeliveryFilter, DeliveryRow, JobDetail, StoredPayload};
@@ -142,6 +143,8 @@ pub struct NewJob {
     /// Once its pipeline exists, cancel the older pipelines of its group
     /// (`cancel_in_progress`).
     pub cancel: bool,
+    /// What the job reports on its commit (`[rules.status]`).
+    pub status: Option<status::StatusSpec>,
 }
 
 impl NewJob {
@@ -155,6 +158,7 @@ impl NewJob {
             group: None,
             delay: Duration::ZERO,
             cancel: false,
+            status: None,
         }
     }
 }

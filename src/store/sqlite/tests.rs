@@ -32,6 +32,7 @@ fn delivery(source: &str, id: &str, jobs: &[&str], at: SystemTime) -> NewDeliver
             group: None,
             delay: std::time::Duration::ZERO,
             cancel: false,
+            status: None,
         })
         .collect();
     NewDelivery {
