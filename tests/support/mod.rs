@@ -9,6 +9,7 @@ pub(crate) mod disk;
 pub(crate) mod down;
 pub(crate) mod pg;
 pub(crate) mod targets;
+pub(crate) mod vcs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

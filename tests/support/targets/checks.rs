@@ -9,7 +9,7 @@ use super::{BUILDKITE_TOKEN, GITEA_TOKEN, GITHUB_TOKEN, JENKINS_TOKEN};
 /// As `ci::validator`, with a choice of draft: the schema at `pointer` in an
 /// API document, with its `components` / `definitions` there for `$ref`.
 /// Swagger 2.0 and OpenAPI 3.0 schemas are (extended subsets of) Draft 4.
-pub(super) fn validator_in(doc: &Value, pointer: &str, draft: jsonschema::Draft) -> jsonschema::Validator {
+pub(crate) fn validator_in(doc: &Value, pointer: &str, draft: jsonschema::Draft) -> jsonschema::Validator {
     let schema = doc
         .pointer(pointer)
         .unwrap_or_else(|| panic!("no schema at {pointer}"));
@@ -28,7 +28,7 @@ pub(super) fn validator_in(doc: &Value, pointer: &str, draft: jsonschema::Draft)
 
 /// Each schema error, as `<what>: <error> at `<instance path>``, its text
 /// cut to a readable length (an error quotes the offending value).
-pub(super) fn schema_errors(validator: &jsonschema::Validator, what: &str, value: &Value) -> Vec<String> {
+pub(crate) fn schema_errors(validator: &jsonschema::Validator, what: &str, value: &Value) -> Vec<String> {
     validator
         .iter_errors(value)
         .map(|e| {
@@ -42,7 +42,7 @@ pub(super) fn schema_errors(validator: &jsonschema::Validator, what: &str, value
         .collect()
 }
 
-pub(super) fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -53,7 +53,7 @@ fn is_json(content_type: &str) -> bool {
 }
 
 /// Problems common to the CI APIs: forwarded webhook headers, tokens in the URL.
-pub(super) fn common_problems(uri: &Uri, headers: &HeaderMap) -> Vec<String> {
+pub(crate) fn common_problems(uri: &Uri, headers: &HeaderMap) -> Vec<String> {
     let mut problems = Vec::new();
     for name in headers.keys() {
         let n = name.as_str();
@@ -81,7 +81,7 @@ pub(super) fn common_problems(uri: &Uri, headers: &HeaderMap) -> Vec<String> {
     problems
 }
 
-pub(super) fn check_auth(headers: &HeaderMap, expected: &str, problems: &mut Vec<String>) -> bool {
+pub(crate) fn check_auth(headers: &HeaderMap, expected: &str, problems: &mut Vec<String>) -> bool {
     let got = header(headers, "authorization");
     if got == expected {
         return true;
@@ -96,7 +96,7 @@ pub(super) fn check_auth(headers: &HeaderMap, expected: &str, problems: &mut Vec
     false
 }
 
-pub(super) fn check_json_request(headers: &HeaderMap, raw: &[u8], problems: &mut Vec<String>) -> Value {
+pub(crate) fn check_json_request(headers: &HeaderMap, raw: &[u8], problems: &mut Vec<String>) -> Value {
     let ct = header(headers, "content-type");
     if !is_json(ct) {
         problems.push(format!("Content-Type is `{ct}`, not application/json"));

@@ -26,7 +26,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 mod buildkite;
-mod checks;
+pub(crate) mod checks;
 mod gitea;
 mod github;
 mod http;
