@@ -19,6 +19,7 @@ pub enum Provider {
     AzureDevops,
     Standard,
     Hmac,
+    Circleci,
 }
 
 impl Provider {
@@ -33,6 +34,7 @@ impl Provider {
             Provider::AzureDevops => "azure-devops",
             Provider::Standard => "standard",
             Provider::Hmac => "hmac",
+            Provider::Circleci => "circleci",
         }
     }
 }
@@ -43,6 +45,9 @@ pub mod kind {
     pub const PULL_REQUEST: &str = "pull_request";
     pub const RELEASE: &str = "release";
     pub const PING: &str = "ping";
+    /// A CI pipeline (or CircleCI workflow) that changed state: GitLab
+    /// `Pipeline Hook`, CircleCI `workflow-completed`.
+    pub const PIPELINE: &str = "pipeline";
 }
 
 /// One ref touched by a push. Bitbucket pushes may carry several; the first is
@@ -58,6 +63,32 @@ pub struct RefChange {
     pub created: bool,
     pub deleted: bool,
     pub forced: bool,
+}
+
+/// A CI pipeline run an event reports on (`event.pipeline`): a CircleCI
+/// workflow or job completion, a GitLab `Pipeline Hook`. Rules match these
+/// events like any other; the ids are what a job's recorded pipeline is
+/// matched against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRun {
+    /// The CI that ran it: `circleci` or `gitlab`.
+    pub ci: String,
+    /// The CI's pipeline id: CircleCI's pipeline UUID, GitLab's numeric
+    /// pipeline id (as text, so both CIs fit one field).
+    pub id: String,
+    /// The pipeline's number in its project (CircleCI `number`, GitLab `iid`).
+    pub number: Option<u64>,
+    /// The CI's own word for the state: CircleCI's workflow (or job) status
+    /// (`success`, `failed`, `error`, `canceled`, `unauthorized`), GitLab's
+    /// pipeline status (`running`, `success`, `failed`, `canceled`, ...).
+    pub status: String,
+    /// CircleCI: the workflow's name. A CircleCI pipeline finishes when all
+    /// of its workflows have, so one pipeline can report several times.
+    pub workflow: Option<String>,
+    pub workflow_id: Option<String>,
+    /// Where people look at it: the CircleCI workflow's page, the GitLab
+    /// pipeline's web URL when the payload carries one.
+    pub url: Option<String>,
 }
 
 /// A webhook delivery, described the same way whatever sent it.
@@ -96,6 +127,10 @@ pub struct Event {
     pub forced: bool,
     /// Every ref a push touched (one entry for most providers).
     pub changes: Vec<RefChange>,
+    /// The CI pipeline a completion event reports on; null for every other
+    /// event. Events stored before the field existed read back as null.
+    #[serde(default)]
+    pub pipeline: Option<PipelineRun>,
 }
 
 /// All-zero SHAs mean "no commit" (a creation's `before`, a deletion's `after`).
@@ -139,6 +174,7 @@ impl Event {
         "deleted",
         "forced",
         "changes",
+        "pipeline",
     ];
 
     /// An event with only the identifying fields set; providers fill in the rest.
@@ -166,6 +202,7 @@ impl Event {
             deleted: false,
             forced: false,
             changes: Vec::new(),
+            pipeline: None,
         }
     }
 

@@ -153,6 +153,12 @@ fn cases() -> Vec<(String, &'static str, Value)> {
             "Wiki Page Hook",
             json!({"kind": "wiki_page", "action": "created", "provider_action": "create", "repository": "root/awesome-project", "sender": "user1"}),
         ),
+        // A pipeline's state, with the pipeline it is about.
+        (
+            "gitlab/pipeline-hook.json",
+            "Pipeline Hook",
+            json!({"kind": "pipeline", "action": "success", "ref": "refs/heads/master", "branch": "master", "sha": "bcbb5ec396a2c0f828686f14fac9b80b780504f2", "repository": "gitlab-org/gitlab-test", "sender": "user1", "pipeline": {"ci": "gitlab", "id": "31", "number": 123, "status": "success", "workflow": null, "workflow_id": null, "url": null}}),
+        ),
     ]
     .into_iter()
     .map(|(file, event, want)| (file.to_owned(), event, want))
@@ -190,7 +196,7 @@ fn expected(event: &str, want: &Value) -> Map<String, Value> {
         "source": "gitlab", "provider": "gitlab", "name": event, "action": null, "provider_action": null,
         "ref": null, "branch": null, "tag": null, "sha": null, "before": null, "base_branch": null,
         "number": null, "repository": null, "sender": null, "created": false, "deleted": false,
-        "forced": false, "changes": 0, "paths": null, "paths_unknown": false,
+        "forced": false, "changes": 0, "paths": null, "paths_unknown": false, "pipeline": null,
     })
     .as_object()
     .unwrap()

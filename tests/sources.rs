@@ -68,6 +68,10 @@ secrets = ["hooks:{SECRET}"]
 type = "standard"
 secrets = ["{WHSEC}"]
 
+[sources.circleci]
+type = "circleci"
+secrets = ["old-secret", "{SECRET}"]
+
 [sources.custom]
 type = "hmac"
 secrets = ["{SECRET}"]
@@ -139,6 +143,12 @@ fn signed(source: &str, event: &str, body: &[u8]) -> HeaderMap {
                 ("X-Hub-Signature-256", format!("sha256={hex}")),
             ])
         }
+        "circleci" => headers(&[
+            json,
+            ("User-Agent", "CircleCI-Webhook/1.0".into()),
+            ("circleci-event-type", event.into()),
+            ("circleci-signature", format!("v1={hex}")),
+        ]),
         "gogs" => headers(&[
             json,
             ("X-Gogs-Event", event.into()),
@@ -449,6 +459,41 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
             "azure-devops/git.pullrequest.merged-active.json",
             json!({"action": "merge_attempted", "base_branch": "master", "before": null, "branch": "mytopic", "created": false, "deleted": false, "delivery": "6872ee8c-b333-4eff-bfb9-0d5274943567", "forced": false, "kind": "pull_request", "name": "git.pullrequest.merged", "number": 1, "paths": null, "paths_unknown": true, "provider": "azure-devops", "provider_action": null, "ref": "refs/heads/mytopic", "repository": "Fabrikam/Fabrikam", "sender": "fabrikamfiber4@hotmail.com", "sha": "53d54ac915144006c2c9e90d2c7d3880920db49c", "source": "azure", "tag": null}),
         ),
+        (
+            "gitlab",
+            "gitlab",
+            "Pipeline Hook",
+            "gitlab/pipeline-hook.json",
+            json!({"action": "success", "base_branch": null, "before": null, "branch": "master", "created": false, "deleted": false, "delivery": "f5e5f430-f57b-4e6e-9fac-d9128cd7232f", "forced": false, "kind": "pipeline", "name": "Pipeline Hook", "number": null, "paths": null, "paths_unknown": false, "pipeline": {"ci": "gitlab", "id": "31", "number": 123, "status": "success", "workflow": null, "workflow_id": null, "url": null}, "provider": "gitlab", "provider_action": null, "ref": "refs/heads/master", "repository": "gitlab-org/gitlab-test", "sender": "user1", "sha": "bcbb5ec396a2c0f828686f14fac9b80b780504f2", "source": "gitlab", "tag": null}),
+        ),
+        (
+            "circleci",
+            "circleci",
+            "workflow-completed",
+            "circleci/workflow-completed-github-oauth.json",
+            json!({"action": "success", "base_branch": null, "before": null, "branch": "main", "created": false, "deleted": false, "delivery": "3888f21b-eaa7-38e3-8f3d-75a63bba8895", "forced": false, "kind": "pipeline", "name": "workflow-completed", "number": null, "paths": null, "paths_unknown": false, "pipeline": {"ci": "circleci", "id": "1285fe1d-d3a6-44fc-8886-8979558254c4", "number": 130, "status": "success", "workflow": "build-test-deploy", "workflow_id": "fda08377-fe7e-46b1-8992-3a7aaecac9c3", "url": "https://app.circleci.com/pipelines/github/circleci/webhook-service/130/workflows/fda08377-fe7e-46b1-8992-3a7aaecac9c3"}, "provider": "circleci", "provider_action": null, "ref": "refs/heads/main", "repository": "circleci/webhook-service", "sender": null, "sha": "1dc6aa69429bff4806ad6afe58d3d8f57e25973e", "source": "circleci", "tag": null}),
+        ),
+        (
+            "circleci",
+            "circleci",
+            "workflow-completed",
+            "circleci/workflow-completed-gitlab.json",
+            json!({"action": "failed", "base_branch": null, "before": null, "branch": "main", "created": false, "deleted": false, "delivery": "cbabbb40-6084-4f91-8311-a326c0f4963a", "forced": false, "kind": "pipeline", "name": "workflow-completed", "number": null, "paths": null, "paths_unknown": false, "pipeline": {"ci": "circleci", "id": "37c74cb7-d64d-4032-8731-1cb95bfef921", "number": 1, "status": "failed", "workflow": "build", "workflow_id": "c2006ece-778d-49fc-9e6e-b9965f72bee9", "url": "https://app.circleci.com/pipelines/circleci/DdaVtNusHqi24D4YT3X4eu/6EkDPZoN4ZdMKKZtBkRodt/1/workflows/c2006ece-778d-49fc-9e6e-b9965f72bee9"}, "provider": "circleci", "provider_action": null, "ref": "refs/heads/main", "repository": "circleci/hello-world", "sender": null, "sha": "850a1519f25d14e968649cc420d1bd381715c05c", "source": "circleci", "tag": null}),
+        ),
+        (
+            "circleci",
+            "circleci",
+            "job-completed",
+            "circleci/job-completed-github-oauth.json",
+            json!({"action": "success", "base_branch": null, "before": null, "branch": "main", "created": false, "deleted": false, "delivery": "8bd71c28-4969-3677-8940-3e3a61c46660", "forced": false, "kind": "job", "name": "job-completed", "number": null, "paths": null, "paths_unknown": false, "pipeline": {"ci": "circleci", "id": "1285fe1d-d3a6-44fc-8886-8979558254c4", "number": 130, "status": "success", "workflow": "welcome", "workflow_id": "fda08377-fe7e-46b1-8992-3a7aaecac9c3", "url": "https://app.circleci.com/pipelines/github/circleci/webhook-service/130/workflows/fda08377-fe7e-46b1-8992-3a7aaecac9c3"}, "provider": "circleci", "provider_action": null, "ref": "refs/heads/main", "repository": "circleci/webhook-service", "sender": null, "sha": "1dc6aa69429bff4806ad6afe58d3d8f57e25973e", "source": "circleci", "tag": null}),
+        ),
+        (
+            "circleci",
+            "circleci",
+            "job-completed",
+            "circleci/job-completed-gitlab.json",
+            json!({"action": "success", "base_branch": null, "before": null, "branch": "main", "created": false, "deleted": false, "delivery": "47a497be-4498-4da0-a4e8-2dabd889af0f", "forced": false, "kind": "job", "name": "job-completed", "number": null, "paths": null, "paths_unknown": false, "pipeline": {"ci": "circleci", "id": "37c74cb7-d64d-4032-8731-1cb95bfef921", "number": 1, "status": "success", "workflow": null, "workflow_id": null, "url": null}, "provider": "circleci", "provider_action": null, "ref": "refs/heads/main", "repository": "circleci/hello-world", "sender": null, "sha": "850a1519f25d14e968649cc420d1bd381715c05c", "source": "circleci", "tag": null}),
+        ),
     ]
 }
 
@@ -456,7 +501,7 @@ fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str, Value
 fn every_fixture_is_verified_and_described() {
     let config = config();
     let cases = cases();
-    assert_eq!(cases.len(), 40);
+    assert_eq!(cases.len(), 45);
     for (source, signer, event, file, mut want) in cases {
         let body = payload(file);
         let got = describe(&config, source, &signed(signer, event, &body), &body);
@@ -465,8 +510,14 @@ fn every_fixture_is_verified_and_described() {
         obj.remove("changes");
         let unknown = obj["paths_unknown"].is_string();
         obj.insert("paths_unknown".into(), Value::Bool(unknown));
-        // Every field of the normalized event is asserted.
+        // Every field of the normalized event is asserted; `pipeline` is
+        // null where a case does not name it.
         let want_obj = want.as_object_mut().unwrap();
+        assert_eq!(
+            obj.remove("pipeline"),
+            Some(want_obj.remove("pipeline").unwrap_or(Value::Null)),
+            "{file}: pipeline"
+        );
         assert_eq!(
             obj.keys().collect::<Vec<_>>(),
             want_obj.keys().collect::<Vec<_>>(),
@@ -607,7 +658,7 @@ fn a_signed_payload_that_is_not_utf8_is_refused_by_every_source() {
             );
         }
     }
-    assert_eq!(signers.len(), 8);
+    assert_eq!(signers.len(), 9);
 
     // GitLab with a signing token.
     let body = with_latin1_field(&payload("gitlab/push-hook.json"));

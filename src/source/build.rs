@@ -5,7 +5,7 @@ use crate::config::diagnostic::{Diagnostic, suggest};
 use crate::config::loader::Loader;
 use crate::config::raw::RawSource;
 
-use super::{Scheme, Source, azure, bitbucket, gitea, github, gitlab, hmac, standard};
+use super::{Scheme, Source, azure, bitbucket, circleci, gitea, github, gitlab, hmac, standard};
 
 /// The `type` of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +19,11 @@ pub enum SourceKind {
     AzureDevops,
     Standard,
     Hmac,
+    Circleci,
 }
 
 impl SourceKind {
-    pub const ALL: [(&'static str, SourceKind); 9] = [
+    pub const ALL: [(&'static str, SourceKind); 10] = [
         ("github", SourceKind::Github),
         ("gitlab", SourceKind::Gitlab),
         ("bitbucket", SourceKind::Bitbucket),
@@ -32,6 +33,7 @@ impl SourceKind {
         ("azure-devops", SourceKind::AzureDevops),
         ("standard", SourceKind::Standard),
         ("hmac", SourceKind::Hmac),
+        ("circleci", SourceKind::Circleci),
     ];
 
     pub fn parse(s: &str) -> Option<SourceKind> {
@@ -54,6 +56,7 @@ impl SourceKind {
             SourceKind::Bitbucket => &["secrets", "basic_auth"],
             SourceKind::Gitea | SourceKind::Forgejo | SourceKind::Gogs => &["secrets"],
             SourceKind::AzureDevops => &["secrets"],
+            SourceKind::Circleci => &["secrets"],
             SourceKind::Standard => &["secrets", "tolerance"],
             SourceKind::Hmac => &[
                 "secrets",
@@ -115,6 +118,7 @@ pub fn build(name: &str, raw: &toml::Spanned<RawSource>, loader: &mut Loader) ->
         SourceKind::AzureDevops => Box::new(azure::AzureDevops::build(name, raw_ref, loader)),
         SourceKind::Standard => Box::new(standard::Standard::build(name, raw_ref, loader)),
         SourceKind::Hmac => Box::new(hmac::GenericHmac::build(name, raw_ref, loader)),
+        SourceKind::Circleci => Box::new(circleci::Circleci::build(name, raw_ref, loader)),
     };
     (loader.error_count() == errors_before).then(|| Source {
         name: name.to_owned(),

@@ -14,6 +14,7 @@ use crate::config::secret::{HmacKey, Secret};
 use crate::event::Event;
 
 mod payload;
+mod pipeline;
 
 /// Default allowed clock skew for signed deliveries.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);

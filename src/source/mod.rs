@@ -27,6 +27,7 @@ pub(crate) use keys::{hmac_keys, required_secrets, whsec_keys};
 pub mod azure;
 pub mod bitbucket;
 mod build;
+pub mod circleci;
 mod commit;
 pub mod gitea;
 pub mod github;
@@ -317,6 +318,7 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "x-gitea-signature",
     "x-gogs-signature",
     "x-forgejo-signature",
+    "circleci-signature",
     // Credentials a proxy or another sender may add: never needed by a rule.
     "x-forwarded-authorization",
     "private-token",

@@ -57,6 +57,9 @@ secrets = ["user:pass"]
 [sources.standard]
 type = "standard"
 secrets = ["{WHSEC}"]
+[sources.circleci]
+type = "circleci"
+secrets = ["cc-old", "cc-secret"]
 [sources.hmac-hex]
 type = "hmac"
 secrets = ["hm-secret"]
@@ -93,6 +96,7 @@ const CREDENTIAL_HEADERS: &[&str] = &[
     "x-gogs-signature",
     "authorization",
     "x-signature",
+    "circleci-signature",
     "content-type",
 ];
 
@@ -104,6 +108,7 @@ fn header_value() -> impl Strategy<Value = String> {
         "[0-9a-f]{0,140}",
         "(v1|v1a|v2),[A-Za-z0-9+/=]{0,60}( (v1|v1a),[A-Za-z0-9+/=]{0,60}){0,3}",
         "(Basic|basic|Bearer) [A-Za-z0-9+/=:]{0,40}",
+        "(v1|v2|v1 |)=[0-9a-fA-F]{0,70}(, ?(v1|v2)=[0-9a-fA-Fxz]{0,70}){0,3},?",
         "-?[0-9]{0,25}",
         "application/x-www-form-urlencoded(; charset=utf-8)?",
         "[ -~]{0,80}",

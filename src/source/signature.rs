@@ -108,6 +108,27 @@ pub(crate) fn verify_any(alg: Algorithm, keys: &[HmacKey], parts: &[&[u8]], expe
     ok.into()
 }
 
+/// Whether any of several presented HMAC-SHA256 values (a header may carry
+/// more than one) is the MAC of `body` under any of `keys`. The body is
+/// hashed once per key, whatever the number of candidates; each candidate
+/// then costs one finalization and the `hmac` crate's constant-time
+/// `verify_slice`. Every pair is tried, so the time taken does not reveal
+/// which one matched.
+pub(crate) fn verify_sha256_any_of(keys: &[HmacKey], body: &[u8], candidates: &[Vec<u8>]) -> bool {
+    let mut ok = false;
+    for key in keys {
+        let Ok(mut mac) = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.expose()) else {
+            continue;
+        };
+        mac.update(body);
+        for candidate in candidates {
+            // `|`, not `||`: no early exit.
+            ok |= mac.clone().verify_slice(candidate).is_ok();
+        }
+    }
+    ok
+}
+
 /// Constant-time equality of a presented token with any configured secret.
 pub(crate) fn token_matches(presented: &[u8], secrets: &[Secret]) -> bool {
     let mut ok = subtle::Choice::from(0u8);

@@ -91,7 +91,7 @@ struct Release {
     commit: Option<LastCommit>,
 }
 
-/// Every other event: issues, notes, wiki pages, pipelines, jobs, and the
+/// Every other event: issues, notes, wiki pages, jobs, and the
 /// system hooks' project, group, user and key events.
 #[derive(Deserialize)]
 struct Other {
@@ -142,6 +142,7 @@ pub(super) fn describe(
         "push" | "tag_push" | "repository_update" => kind::PUSH,
         "merge_request" => kind::PULL_REQUEST,
         "release" => kind::RELEASE,
+        "pipeline" => kind::PIPELINE,
         other => other,
     };
     let mut event = Event::new(source, Provider::Gitlab, name, normalized, delivery);
@@ -150,6 +151,7 @@ pub(super) fn describe(
         (kind::PUSH, _) => push(&mut event, parse(payload)?),
         (kind::PULL_REQUEST, _) => merge_request(&mut event, parse(payload)?),
         (kind::RELEASE, _) => release(&mut event, parse(payload)?),
+        (kind::PIPELINE, _) => super::pipeline::describe(&mut event, parse(payload)?),
         _ => other(&mut event, parse(payload)?),
     }
     Ok(event)
@@ -269,6 +271,9 @@ mod tests {
                 Just("project".to_owned()),
                 Just("object_attributes".to_owned()),
                 Just("action".to_owned()),
+                Just("status".to_owned()),
+                Just("tag".to_owned()),
+                Just("iid".to_owned()),
                 Just("total_commits_count".to_owned()),
                 "[a-z_]{1,8}",
             ];
@@ -287,6 +292,7 @@ mod tests {
             "repository_update",
             "merge_request",
             "release",
+            "pipeline",
             "issue",
             "wiki_page",
             "project_create",
@@ -294,12 +300,13 @@ mod tests {
     }
 
     /// Real GitLab bodies, with the hook header each arrives with.
-    const REAL: [(&str, &str); 5] = [
+    const REAL: [(&str, &str); 6] = [
         ("gitlab-system/push.json", "System Hook"),
         ("gitlab-system/repository_update.json", "System Hook"),
         ("gitlab-system/merge_request.json", "System Hook"),
         ("gitlab-system/project_rename.json", "System Hook"),
         ("gitlab/issue-hook.json", "Issue Hook"),
+        ("gitlab/pipeline-hook.json", "Pipeline Hook"),
     ];
 
     fn real(i: usize) -> (serde_json::Map<String, serde_json::Value>, &'static str) {
