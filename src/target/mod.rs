@@ -13,6 +13,9 @@
 //! time), `request` (the stored request and the printable one), [`client`]
 //! (the wire), [`classify`] (the answer); [`circleci`] and [`gitlab`] hold
 //! what is particular to each CI, and [`encode`] the URL path encoding both use.
+//! Besides triggers, the CI's API is called to [`cancel`] a pipeline, to
+//! [`reconcile`] an attempt whose answer was lost, and to [`watch`] a
+//! created pipeline's state.
 //!
 //! Error policy: a 2xx is success; 408, 425, 429, 5xx, connection errors,
 //! timeouts and GitLab's "Too many pipelines" 400 are retried; any other answer
@@ -43,6 +46,7 @@ mod render;
 mod request;
 #[cfg(test)]
 mod scripted;
+pub mod watch;
 
 pub use classify::{Outcome, Response, TriggerResult, classify, error_message, retry_after, truncate_body};
 pub use compile::{TriggerCompiler, build, is_env_name};

@@ -1,6 +1,7 @@
 //! The stand-in CI's pipelines after they are created, and the calls that
-//! list and cancel them: CircleCI v2 workflows, CircleCI v1.1 builds and
-//! GitLab pipelines. Each call is checked against the official API
+//! cancel them: CircleCI v2 workflows, CircleCI v1.1 builds and GitLab
+//! pipelines (the reads of their state, the workflow list among them, are
+//! in `ci/watch.rs`). Each call is checked against the official API
 //! descriptions in `tests/fixtures/openapi/` (method, path parameters by
 //! their schema, the token header, no body), and each answer the stand-in
 //! gives is checked against the response schema too, so that hookbridge is
@@ -65,11 +66,9 @@ pub(crate) fn workflows_of(n: u64) -> Pipeline {
 }
 
 struct Schemas {
-    pipeline_id: jsonschema::Validator,
     workflow_id: jsonschema::Validator,
     build_num: jsonschema::Validator,
     gitlab_pipeline_id: jsonschema::Validator,
-    workflow_list: jsonschema::Validator,
     message: jsonschema::Validator,
 }
 
@@ -107,17 +106,12 @@ fn schemas() -> &'static Schemas {
             .unwrap();
         let gitlab_param = json!({"type": gitlab_param["type"], "format": gitlab_param["format"]});
         Schemas {
-            pipeline_id: validator(&v2, "/paths/~1pipeline~1{pipeline-id}~1workflow/get/parameters/0/schema"),
             workflow_id: validator(&v2, "/paths/~1workflow~1{id}~1cancel/post/parameters/0/schema"),
             build_num: validator(
                 &v1,
                 "/paths/~1project~1{vcs-type}~1{username}~1{project}~1{build_num}~1cancel/post/parameters/3/schema",
             ),
             gitlab_pipeline_id: validator(&json!({"s": gitlab_param}), "/s"),
-            workflow_list: validator(
-                &v2,
-                "/paths/~1pipeline~1{pipeline-id}~1workflow/get/responses/200/content/application~1json/schema",
-            ),
             message: validator(
                 &v2,
                 "/paths/~1workflow~1{id}~1cancel/post/responses/202/content/application~1json/schema",
@@ -136,11 +130,9 @@ fn check(v: &jsonschema::Validator, value: &Value, what: &str, problems: &mut Ve
 pub(crate) fn route(path: &str) -> Option<&'static str> {
     let s: Vec<&str> = path.trim_matches('/').split('/').collect();
     match s.as_slice() {
-        ["api", "v2", "pipeline", _, "workflow"] => Some("circleci-workflows"),
         ["api", "v2", "workflow", _, "cancel"] => Some("circleci-workflow-cancel"),
         ["api", "v1.1", "project", _, _, _, num, "cancel"] if *num != "tree" => Some("circleci-build-cancel"),
         ["api", "v4", "projects", _, "pipelines", _, "cancel"] => Some("gitlab-pipeline-cancel"),
-        ["api", "v4", "projects", _, "pipelines", _] => Some("gitlab-pipeline"),
         _ => None,
     }
 }
@@ -166,13 +158,8 @@ pub(crate) fn answer(
                 .into_owned()
         })
         .collect();
-    let want = if api == "circleci-workflows" || api == "gitlab-pipeline" {
-        Method::GET
-    } else {
-        Method::POST
-    };
-    if *method != want {
-        problems.push(format!("{method} instead of {want}"));
+    if *method != Method::POST {
+        problems.push(format!("{method} instead of POST"));
     }
     if !body.is_empty() {
         problems.push(format!(
@@ -191,43 +178,13 @@ pub(crate) fn answer(
     } else if header("circle-token") != CIRCLE_TOKEN {
         problems.push("missing or wrong Circle-Token".into());
     }
-    if let Some(q) = uri.query()
-        && !(api == "circleci-workflows" && q.starts_with("page-token="))
-    {
+    if let Some(q) = uri.query() {
         problems.push(format!("unexpected query string `{q}`"));
     }
     let sc = schemas();
     let mut all = pipelines.all.lock().unwrap();
     let not_found = || (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Not Found"}))).into_response();
     let response = match api {
-        "circleci-workflows" => {
-            let id = &s[3];
-            check(
-                &sc.pipeline_id,
-                &Value::String(id.clone()),
-                "pipeline-id",
-                &mut problems,
-            );
-            match all.get(id) {
-                Some((Pipeline::Workflows(w), _)) => {
-                    let items: Vec<Value> = w
-                        .iter()
-                        .map(|(wid, name, status)| {
-                            json!({
-                                "pipeline_id": id, "id": wid, "name": name, "project_slug": "gh/acme/app",
-                                "status": status, "started_by": "5034460f-c7c4-4c43-9457-de07e2029e7b",
-                                "pipeline_number": 1, "created_at": "2026-12-06T10:00:00Z",
-                                "stopped_at": null,
-                            })
-                        })
-                        .collect();
-                    let list = json!({"items": items, "next_page_token": null});
-                    check(&sc.workflow_list, &list, "stand-in answer", &mut problems);
-                    (StatusCode::OK, axum::Json(list)).into_response()
-                }
-                _ => not_found(),
-            }
-        }
         "circleci-workflow-cancel" => {
             let id = &s[3];
             check(
@@ -247,7 +204,7 @@ pub(crate) fn answer(
                             "cancelled workflow {id} of pipeline {pid}, which hookbridge did not create"
                         ));
                     }
-                    if w.2 != "running" {
+                    if !["running", "on_hold", "failing"].contains(&w.2.as_str()) {
                         problems.push(format!("cancelled workflow {id}, which was {}", w.2));
                     }
                     w.2 = "canceled".into();
@@ -271,7 +228,7 @@ pub(crate) fn answer(
                             s[6]
                         ));
                     }
-                    if status == "running" {
+                    if !["success", "failed", "canceled", "skipped"].contains(&status.as_str()) {
                         *status = "canceled".into();
                     }
                     (
@@ -289,22 +246,17 @@ pub(crate) fn answer(
             check(&sc.gitlab_pipeline_id, &n, "pipeline_id", &mut problems);
             match all.get_mut(id) {
                 Some((Pipeline::Gitlab(status), mine)) => {
-                    if api == "gitlab-pipeline-cancel" {
-                        if !*mine {
-                            problems.push(format!(
-                                "cancelled pipeline {id}, which hookbridge did not create"
-                            ));
-                        }
-                        // GitLab answers whatever the state; it moves through `canceling`.
-                        let answer = json!({"id": n, "iid": 1, "project_id": 3, "status": status.clone()});
-                        if status == "running" {
-                            *status = "canceled".into();
-                        }
-                        (StatusCode::CREATED, axum::Json(answer)).into_response()
-                    } else {
-                        let answer = json!({"id": n, "iid": 1, "project_id": 3, "status": status.clone()});
-                        (StatusCode::OK, axum::Json(answer)).into_response()
+                    if !*mine {
+                        problems.push(format!(
+                            "cancelled pipeline {id}, which hookbridge did not create"
+                        ));
                     }
+                    // GitLab answers whatever the state; it moves through `canceling`.
+                    let answer = json!({"id": n, "iid": 1, "project_id": 3, "status": status.clone()});
+                    if !["success", "failed", "canceled", "skipped"].contains(&status.as_str()) {
+                        *status = "canceled".into();
+                    }
+                    (StatusCode::CREATED, axum::Json(answer)).into_response()
                 }
                 _ => not_found(),
             }

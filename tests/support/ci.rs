@@ -12,11 +12,15 @@
 //! [`Reply::CreateThenHang`]): a caller that times out or dies meanwhile has
 //! triggered it all the same. It keeps what each pipeline was created with
 //! ([`reads`]) and serves the reads that find them again (GitLab's pipeline
-//! list and pipeline variables, CircleCI's `pipeline/mine`).
+//! list and pipeline variables, CircleCI's `pipeline/mine`), and those that
+//! read a pipeline's state, which a test moves on ([`watch`]: how to finish
+//! a pipeline, set a CircleCI pipeline's workflows, make the reads fail).
 #![allow(dead_code, clippy::unwrap_used)]
 
 #[path = "ci/reads.rs"]
 pub(crate) mod reads;
+#[path = "ci/watch.rs"]
+pub(crate) mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,6 +130,8 @@ struct Shared {
     read_calls: Mutex<Vec<Recorded>>,
     /// Replies for the next reads, before normal behaviour resumes.
     read_script: Mutex<VecDeque<Reply>>,
+    /// What the reads of a pipeline's state need ([`watch`]).
+    watch: watch::Watch,
 }
 
 /// A running stand-in; serves both the CircleCI and the GitLab API.
@@ -540,8 +546,12 @@ fn created(shared: &Shared, api: &'static str, n: u64, path: &str, body: &Value)
     };
     shared.pipelines.created(key, pipeline, true);
     let now = SystemTime::now();
-    let web_url = format!("https://gitlab.example{path}/../-/pipelines/{}", 1000 + n);
     let segs = segments(path);
+    let web_url = format!(
+        "https://gitlab.example/{}/-/pipelines/{}",
+        segs.get(3).map(|p| decode(p)).unwrap_or_default(),
+        1000 + n
+    );
     match api {
         "gitlab-trigger" => {
             let variables = body["variables"]
@@ -654,6 +664,9 @@ async fn handle(
     }
     if let Some(api) = reads::route(&path) {
         return read(&shared, api, method, uri, headers, body).await;
+    }
+    if let Some(api) = watch::route(&path) {
+        return pipeline_read(&shared, api, method, uri, headers, body).await;
     }
     if let Some(api) = super::cancel::route(&path) {
         let scripted = shared.cancel_script.lock().unwrap().pop_front();
@@ -826,6 +839,52 @@ async fn handle(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    response
+}
+
+/// A read of a pipeline's state: checked, recorded with the list and
+/// cancel calls, answered (or as scripted: its own script or standing
+/// failure first, else a status from `script_cancels`, as before).
+async fn pipeline_read(
+    shared: &Shared,
+    api: &'static str,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (mut response, problems) = watch::answer(shared, api, &method, &uri, &headers, &body);
+    shared.violations.lock().unwrap().extend(
+        problems
+            .into_iter()
+            .map(|p| format!("{api} {method} {}: {p}", uri.path())),
+    );
+    let mut record = Recorded {
+        api,
+        path: uri.path().to_owned(),
+        headers,
+        body: Value::Null,
+        status: 0,
+        seq: shared.seq.fetch_add(1, Ordering::SeqCst),
+        query: uri.query().map(str::to_owned),
+    };
+    match watch::failure(&shared.watch, api) {
+        Some(watch::Failed::Hang) => {
+            shared.cancel_calls.lock().unwrap().push(record);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return StatusCode::GATEWAY_TIMEOUT.into_response();
+        }
+        Some(watch::Failed::Answer(r)) => response = r,
+        None => {
+            if let Some(code) = shared.cancel_script.lock().unwrap().pop_front() {
+                let status = StatusCode::from_u16(code).unwrap();
+                response =
+                    (status, axum::Json(json!({"message": format!("scripted {code}")}))).into_response();
+            }
+        }
+    }
+    record.status = response.status().as_u16();
+    shared.cancel_calls.lock().unwrap().push(record);
     response
 }
 

@@ -412,7 +412,7 @@ pub(crate) fn answer(
     (json_response(StatusCode::OK, list), problems)
 }
 
-fn circle_json(p: &CirclePipeline) -> Value {
+pub(crate) fn circle_json(p: &CirclePipeline) -> Value {
     let repo = p.project_slug.split_once('/').map_or("", |x| x.1);
     let mut vcs = json!({
         "provider_name": "GitHub",
