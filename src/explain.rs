@@ -110,6 +110,10 @@ pub struct Rendered {
     /// How long it would wait before its first attempt (`debounce`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debounce: Option<String>,
+    /// What the job would report on its commit (`[rules.status]`):
+    /// `<context> on <repository>@<short sha>`, or `not reported: <why>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// The exact requests of every matched rule, with secrets redacted.
@@ -138,9 +142,22 @@ pub fn render(config: &Config, evaluation: &Evaluation) -> Vec<Rendered> {
                 error,
                 group: m.group.clone(),
                 debounce: (!m.debounce.is_zero()).then(|| humantime::format_duration(m.debounce).to_string()),
+                status: status_line(m),
             }
         })
         .collect()
+}
+
+/// The status a match would report, in one line (`explain`).
+fn status_line(m: &crate::rules::Matched) -> Option<String> {
+    match (&m.status, &m.status_unreported) {
+        (Some(s), _) => {
+            let short: String = s.sha.chars().take(7).collect();
+            Some(format!("{} on {}@{short}", s.context, s.repository))
+        }
+        (None, Some(why)) => Some(format!("not reported: {why}")),
+        (None, None) => None,
+    }
 }
 
 /// Print a request as an HTTP message: request line, headers, pretty JSON body.

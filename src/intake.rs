@@ -201,20 +201,32 @@ pub fn delivery(intake: Intake, received_at: SystemTime) -> NewDelivery {
     }
 }
 
-/// The summary of an evaluation, with a new job for every match.
+/// The summary of an evaluation, with a new job for every match (and the
+/// status it reports on its commit, `[rules.status]`).
 pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summary, Vec<NewJob>) {
     let jobs: Vec<NewJob> = evaluation
         .matched
         .iter()
-        .map(|m| NewJob {
-            id: ulid::Ulid::generate().to_string(),
-            rule: m.rule.clone(),
-            target: m.target.clone(),
-            request: m.request.clone(),
-            group: m.group.clone(),
-            delay: m.debounce,
-            cancel: m.cancel,
-            status: None,
+        .map(|m| {
+            if let Some(why) = &m.status_unreported {
+                // Names and the reason only: no payload beyond the event's own ids.
+                tracing::warn!(
+                    source = %event.source,
+                    delivery = %event.delivery,
+                    rule = %m.rule,
+                    "commit status not reported: {why}"
+                );
+            }
+            NewJob {
+                id: ulid::Ulid::generate().to_string(),
+                rule: m.rule.clone(),
+                target: m.target.clone(),
+                request: m.request.clone(),
+                group: m.group.clone(),
+                delay: m.debounce,
+                cancel: m.cancel,
+                status: m.status.clone(),
+            }
         })
         .collect();
     let summary = Summary {

@@ -135,6 +135,13 @@ impl TemplateCompiler {
 
     /// Compile one string. `name` identifies it in errors (`rule 'x' trigger.branch`).
     pub fn text(&mut self, name: &str, source: &str) -> Result<TemplateValue, String> {
+        self.text_with(name, source, &[])
+    }
+
+    /// Compile one string whose scope has `extra` names besides
+    /// [`SCOPE_ROOTS`] (a status context sees `rule`); the caller renders
+    /// it against a scope that has them.
+    pub fn text_with(&mut self, name: &str, source: &str, extra: &[&str]) -> Result<TemplateValue, String> {
         if !has_template_syntax(source) {
             return Ok(TemplateValue::Literal(serde_json::Value::String(
                 source.to_owned(),
@@ -142,10 +149,10 @@ impl TemplateCompiler {
         }
         if let Some(expr) = single_expression(source) {
             let wrapped = format!("{{{{ ({expr}) | {NATIVE_FILTER} }}}}");
-            self.add(name, wrapped)?;
+            self.add(name, wrapped, extra)?;
             return Ok(TemplateValue::Native(name.to_owned()));
         }
-        self.add(name, source.to_owned())?;
+        self.add(name, source.to_owned(), extra)?;
         Ok(TemplateValue::Text(name.to_owned()))
     }
 
@@ -186,14 +193,14 @@ impl TemplateCompiler {
                     .into(),
             );
         }
-        self.add(name, format!("{{% if {expr} %}}1{{% else %}}0{{% endif %}}"))?;
+        self.add(name, format!("{{% if {expr} %}}1{{% else %}}0{{% endif %}}"), &[])?;
         Ok(Condition {
             name: name.to_owned(),
             source: expr.to_owned(),
         })
     }
 
-    fn add(&mut self, name: &str, source: String) -> Result<(), String> {
+    fn add(&mut self, name: &str, source: String, extra: &[&str]) -> Result<(), String> {
         // Before the parser sees it: minijinja recurses without a limit on
         // some shapes (`not not not …`), see `bounds`.
         crate::rules::bounds::check_template(&source).map_err(|e| e.to_string())?;
@@ -204,12 +211,14 @@ impl TemplateCompiler {
         for var in template.undeclared_variables(true) {
             let mut parts = var.splitn(3, '.');
             let root = parts.next().unwrap_or_default();
-            if !SCOPE_ROOTS.contains(&root) {
-                let hint = crate::config::diagnostic::suggest(root, SCOPE_ROOTS)
+            if !SCOPE_ROOTS.contains(&root) && !extra.contains(&root) {
+                let roots = SCOPE_ROOTS.iter().chain(extra);
+                let hint = crate::config::diagnostic::suggest(root, roots.clone().copied())
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
+                let also: String = extra.iter().map(|r| format!(", `{r}`")).collect();
                 return Err(format!(
-                    "unknown variable `{root}`: templates can use `event`, `body` and `headers`{hint}"
+                    "unknown variable `{root}`: templates can use `event`, `body`{also} and `headers`{hint}"
                 ));
             }
             if root == "body" {

@@ -741,6 +741,9 @@ fn debug_of_a_loaded_config_prints_no_secret() {
         "admin-token-6d2f",
         "store-password-0c95",
         "url-password-58e3",
+        "circleci-webhook-secret-7b41",
+        "ghp-status-api-token-4c2e",
+        "bbapi-status-token-e9a3",
         std_whsec,
         gl_whsec,
     ];
@@ -758,6 +761,13 @@ password = "store-password-0c95"
 type = "github"
 secrets = ["gh-literal-5e2a", "file:{gh_file}"]
 
+[sources.github.api]
+token = "ghp-status-api-token-4c2e"
+
+[sources.circleci]
+type = "circleci"
+secrets = ["circleci-webhook-secret-7b41"]
+
 [sources.gitlab]
 type = "gitlab"
 secrets = ["gl-token-77b0"]
@@ -767,6 +777,10 @@ signing_secrets = ["{gl_whsec}"]
 type = "bitbucket"
 secrets = ["bb-secret-19fe"]
 basic_auth = ["bbuser:bb-password-4471"]
+
+[sources.bitbucket.api]
+token = "bbapi-status-token-e9a3"
+user = "dev@example.com"
 
 [sources.gitea]
 type = "gitea"
@@ -1094,4 +1108,275 @@ variables = { HOOKBRIDGE_JOB = "mine" }
         "{err}"
     );
     assert!(err.contains("variable `HOOKBRIDGE_JOB` is hookbridge's"), "{err}");
+}
+
+/// `[sources.NAME.api]` only where the VCS takes commit statuses; each
+/// refusal names its place.
+#[test]
+fn status_api_is_refused_where_the_vcs_takes_no_statuses() {
+    let sources = r#"
+[sources.gogs]
+type = "gogs"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+[sources.gogs.api]
+url = "https://gogs.example.com"
+token = "env:GITHUB_WEBHOOK_SECRET"
+
+[sources.azure]
+type = "azure-devops"
+secrets = ["env:AZURE"]
+[sources.azure.api]
+token = "env:GITHUB_WEBHOOK_SECRET"
+
+[sources.billing]
+type = "standard"
+secrets = ["env:WHSEC"]
+api = { token = "env:GITHUB_WEBHOOK_SECRET" }
+
+[sources.ci]
+type = "circleci"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+[sources.ci.api]
+url = "https://circleci.com"
+token = "env:GITHUB_WEBHOOK_SECRET"
+
+[sources.custom]
+type = "hmac"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+header = "X-Signature"
+[sources.custom.api]
+token = "env:GITHUB_WEBHOOK_SECRET"
+"#;
+    let ws = Workspace::new(&format!("{BASE}{sources}"));
+    let (code, _, err) = ws.cli(
+        &["check", "--config", "hookbridge.toml"],
+        &[
+            ("GITHUB_WEBHOOK_SECRET", "s"),
+            ("CIRCLECI_TOKEN", "t"),
+            ("AZURE", "ado:pw"),
+            ("WHSEC", "whsec_c2VjcmV0"),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.matches("commit statuses are not supported").count(),
+        5,
+        "{err}"
+    );
+    assert!(!err.contains("warning"), "{err}");
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn status_api_values_are_checked() {
+    let (code, err) = check(
+        r#"
+[sources.github.api]
+url = "https://ghe.example.com/api/v3/"
+token = "env:GITHUB_WEBHOOK_SECRET"
+user = "octocat"
+
+[sources.gitea]
+type = "gitea"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+[sources.gitea.api]
+token = "env:GITHUB_WEBHOOK_SECRET"
+
+[sources.gl]
+type = "gitlab"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+[sources.gl.api]
+url = "https://ops:Url-Password-4e1f@gitlab.example.com"
+token = "env:GITHUB_WEBHOOK_SECRET"
+
+[sources.fj]
+type = "forgejo"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+[sources.fj.api]
+url = "ftp://forgejo.example.com"
+token = "env:GITHUB_WEBHOOK_SECRET"
+
+[sources.bb]
+type = "bitbucket"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+[sources.bb.api]
+token = "env:GITHUB_WEBHOOK_SECRET"
+user = "ops:admin"
+"#,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("Url-Password-4e1f"), "{err}");
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn status_api_misspelled_key() {
+    let (code, err) =
+        check("\n[sources.github.api]\ntokn = \"env:GITHUB_API_TOKEN\"\ntoken = \"env:GITHUB_API_TOKEN\"\n");
+    assert_eq!(code, 1, "{err}");
+    insta::assert_snapshot!(err);
+    let (code, err) = check("\n[sources.github.api]\nurl = \"https://api.github.com\"\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("missing field `token`"), "{err}");
+}
+
+/// The API's token is a secret like the others: literal ones are warned
+/// about and shown as `***`; neither `check` nor `Debug` prints it.
+#[test]
+fn status_api_token_is_never_shown() {
+    let text = format!(
+        "{BASE}\n[sources.github.api]\ntoken = \"ghp-Literal-Api-Token-9b2c\"\n\n[sources.bb]\ntype = \"bitbucket\"\nsecrets = [\"env:GITHUB_WEBHOOK_SECRET\"]\n[sources.bb.api]\nurl = \"https://bitbucket.example.com/rest/\"\nuser = \"ops\"\ntoken = \"bb-Literal-App-Password-1c7e\"\n"
+    );
+    let ws = Workspace::new(&text);
+    let (code, out, err) = ws.cli(
+        &["check", "--config", "hookbridge.toml"],
+        &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
+    );
+    assert_eq!(code, 0, "{err}");
+    for secret in ["ghp-Literal-Api-Token-9b2c", "bb-Literal-App-Password-1c7e"] {
+        assert!(!err.contains(secret) && !out.contains(secret), "{err}{out}");
+    }
+    assert_eq!(err.matches("secret written literally").count(), 2, "{err}");
+    let loaded = hookbridge::config::parse(
+        std::path::Path::new("hookbridge.toml"),
+        &text,
+        hookbridge::config::LoadMode::Check,
+    )
+    .unwrap();
+    let config = &loaded.config;
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("ghp-Literal-Api-Token-9b2c"), "{debug}");
+    assert!(!debug.contains("bb-Literal-App-Password-1c7e"), "{debug}");
+    let gh = config.source_api("github").unwrap();
+    assert_eq!(gh.url, "https://api.github.com");
+    assert_eq!(gh.token.expose(), "ghp-Literal-Api-Token-9b2c");
+    let bb = config.source_api("bb").unwrap();
+    assert_eq!(bb.url, "https://bitbucket.example.com/rest");
+    assert_eq!(bb.user.as_deref(), Some("ops"));
+    assert!(config.source_api("circleci").is_none());
+}
+
+/// A rule with `[rules.status]` on `target`; `status` and `source` are its lines.
+fn status_rule(name: &str, source: &str, target: &str, status: &str) -> String {
+    format!(
+        "\n[[rules]]\nname = \"{name}\"\n{source}\n[rules.status]\n{status}\n[rules.trigger]\ntarget = \"{target}\"\n{}\n",
+        match target {
+            "gl" | "gl-api" => "project = \"acme/app\"\nref = \"main\"",
+            "v1" => "project = \"gh/acme/app\"\njob = \"build\"\nbranch = \"main\"",
+            "kite" => "organization = \"acme\"\npipeline = \"app\"",
+            _ => "project = \"gh/acme/app\"\nbranch = \"main\"",
+        }
+    )
+}
+
+const STATUS_TARGETS: &str = r#"
+[targets.gl]
+type = "gitlab"
+url = "https://gitlab.example.com"
+token = "env:CIRCLECI_TOKEN"
+
+[targets.gl-api]
+type = "gitlab"
+url = "https://gitlab.example.com"
+token = "env:CIRCLECI_TOKEN"
+api_token = "env:CIRCLECI_TOKEN"
+
+[targets.v1]
+type = "circleci"
+token = "env:CIRCLECI_TOKEN"
+
+[targets.kite]
+type = "buildkite"
+token = "env:CIRCLECI_TOKEN"
+
+[sources.gitea]
+type = "gitea"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+"#;
+
+#[test]
+fn status_rules_without_an_api_are_refused() {
+    // No source has an API: a rule over every source cannot post.
+    let (code, err) = check(&format!(
+        "{STATUS_TARGETS}{}{}",
+        status_rule("everywhere", "", "circleci", ""),
+        status_rule("on-gitea", "source = [\"gitea\", \"github\"]", "circleci", "")
+    ));
+    assert_eq!(code, 1, "{err}");
+    insta::assert_snapshot!(err);
+    // With one, a rule naming a source without one is still refused.
+    let (code, err) = check(&format!(
+        "{STATUS_TARGETS}\n[sources.github.api]\ntoken = \"env:GITHUB_WEBHOOK_SECRET\"\n{}{}",
+        status_rule("everywhere", "", "circleci", ""),
+        status_rule("on-gitea", "source = \"gitea\"", "circleci", "")
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    assert!(
+        err.contains("rule `on-gitea`: `[rules.status]` needs `[sources.gitea.api]`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn status_poll_and_context_are_checked() {
+    let api = "\n[sources.github.api]\ntoken = \"env:GITHUB_WEBHOOK_SECRET\"\n";
+    let src = "source = \"github\"";
+    let rules = [
+        status_rule("too-often", src, "circleci", "poll = \"5s\""),
+        status_rule("trigger-token", src, "gl", "poll = \"1m\""),
+        status_rule("v1-job", src, "v1", "poll = \"1m\""),
+        status_rule("kite-poll", src, "kite", "poll = \"1m\"\nfollow = false"),
+        status_rule("timeout", src, "gl-api", "poll = \"1h\"\npoll_timeout = \"30m\""),
+        status_rule("empty", src, "circleci", "context = \"\""),
+        status_rule("unknown", src, "circleci", "context = \"ci/{{ rul }}\""),
+    ]
+    .concat();
+    let (code, err) = check(&format!("{STATUS_TARGETS}{api}{rules}"));
+    assert_eq!(code, 1, "{err}");
+    insta::assert_snapshot!(err);
+    // Durations have their maximum, as everywhere.
+    for (status, max) in [("poll = \"2d\"", "1day"), ("poll_timeout = \"31d\"", "30days")] {
+        let (code, err) = check(&format!("{api}{}", status_rule("long", src, "circleci", status)));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&format!("at most `{max}` is allowed here")), "{err}");
+    }
+}
+
+/// What `follow` relies on is said where it is not an error: a target whose
+/// results hookbridge never learns is a warning; a completion webhook the
+/// result waits for is a note.
+#[test]
+fn status_follow_says_what_the_result_needs() {
+    let api = "\n[sources.github.api]\ntoken = \"env:GITHUB_WEBHOOK_SECRET\"\n";
+    let rules = [
+        status_rule("on-circleci", "", "circleci", ""),
+        status_rule("on-gitlab", "", "gl", "context = \"gitlab/{{ event.branch }}\""),
+        status_rule("polled", "", "gl-api", "poll = \"1m\""),
+        status_rule("created-only", "", "circleci", "follow = false"),
+        status_rule("on-buildkite", "", "kite", ""),
+    ]
+    .concat();
+    let ws = Workspace::new(&format!("{BASE}{STATUS_TARGETS}{api}{rules}"));
+    let (code, out, err) = ws.cli(
+        &["check", "--config", "hookbridge.toml"],
+        &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "warning: rule `on-buildkite`: hookbridge learns pipeline results from CircleCI and GitLab only"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.matches("warning:").count(), 1, "{err}");
+    let notes: Vec<&str> = out.lines().filter(|l| l.contains("note: rule")).collect();
+    assert_eq!(
+        notes,
+        [
+            "  note: rule `on-circleci` reports the pipeline's result only when CircleCI webhooks (`workflow-completed`) to a `circleci` source reach hookbridge; set `poll` to ask the CI instead",
+            "  note: rule `on-gitlab` reports the pipeline's result only when GitLab `Pipeline Hook` deliveries to a `gitlab` source reach hookbridge; set `poll` to ask the CI instead",
+        ],
+        "{out}"
+    );
 }

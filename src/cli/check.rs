@@ -24,8 +24,39 @@ pub(crate) fn run(args: &ConfigArg) -> ExitCode {
                     );
                 }
             }
+            for note in status_notes(&loaded.config) {
+                println!("  note: {note}");
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// What `[rules.status]` with `follow = true` and no `poll` relies on: the
+/// CI's completion webhook, which only the CI's side can configure.
+fn status_notes(config: &crate::config::Config) -> Vec<String> {
+    config
+        .rules
+        .rules()
+        .iter()
+        .filter_map(|rule| {
+            let status = rule.status.as_ref()?;
+            if !status.follow || status.poll.is_some() {
+                return None;
+            }
+            let hook = match config.targets.get(&rule.target)?.kind {
+                TargetKind::Circleci => {
+                    "CircleCI webhooks (`workflow-completed`) to a `circleci` source"
+                }
+                TargetKind::Gitlab => "GitLab `Pipeline Hook` deliveries to a `gitlab` source",
+                // `check` warned: no result is learned from these at all.
+                _ => return None,
+            };
+            Some(format!(
+                "rule `{}` reports the pipeline's result only when {hook} reach hookbridge; set `poll` to ask the CI instead",
+                rule.name
+            ))
+        })
+        .collect()
 }

@@ -108,6 +108,9 @@ pub fn human(x: &Explanation, rules: usize) -> String {
                     .unwrap_or_default()
             ));
         }
+        if let Some(status) = &m.status {
+            out.push_str(&format!("       status: {status}\n"));
+        }
         match (&m.request, &m.error) {
             (Some(r), _) => out.push_str(&format_request(r, "       ")),
             (None, Some(err)) => out.push_str(&format!("       cannot build the request: {err}\n")),

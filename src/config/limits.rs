@@ -39,6 +39,14 @@ pub(crate) const MAX_BACKOFF: u64 = 7 * DAY;
 pub(crate) const REQUEST_TIMEOUT: u64 = DAY;
 /// `[rules.concurrency] debounce`: how long a job waits before its first attempt.
 pub(crate) const DEBOUNCE: u64 = DAY;
+/// `[rules.status] poll`: how long a job waits for a completion event
+/// before asking the CI, and between two reads.
+pub(crate) const STATUS_POLL: u64 = DAY;
+/// `[rules.status] poll_timeout`: how long a job's result is waited for.
+pub(crate) const STATUS_POLL_TIMEOUT: u64 = 30 * DAY;
+/// Characters in a rendered status context (Bitbucket's build status `key`
+/// takes at most 255).
+pub(crate) const STATUS_CONTEXT: usize = 255;
 /// Characters in a rendered concurrency group (stored with every job of a
 /// grouped rule, and compared at every ingest of its group).
 pub(crate) const GROUP: usize = 512;

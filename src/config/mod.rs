@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+pub(crate) mod api;
 pub mod diagnostic;
 pub(crate) mod limits;
 pub mod loader;
@@ -105,6 +106,10 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub dispatch: DispatchSettings,
     pub sources: BTreeMap<String, Source>,
+    /// Each source's `[sources.NAME.api]`, by source name: [`Config::source_api`].
+    /// Loaded for `check` (and `explain`, `test`) with its token unavailable
+    /// (a warning), an API's token is empty; `serve` refuses that.
+    pub source_apis: BTreeMap<String, crate::vcs::Api>,
     pub targets: BTreeMap<String, Target>,
     pub rules: RuleSet,
     /// `[telemetry]`, when the table is there (traces: [`crate::telemetry`]).
@@ -112,6 +117,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The VCS API of source `name` (`[sources.NAME.api]`), which posts
+    /// the commit statuses of the jobs its deliveries start.
+    pub fn source_api(&self, name: &str) -> Option<&crate::vcs::Api> {
+        self.source_apis.get(name)
+    }
+
     /// The one-line summary `check` prints.
     pub fn summary(&self) -> String {
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
@@ -274,6 +285,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
             sources.insert(name.get_ref().clone(), s);
         }
     }
+    let source_apis = api::compile(&raw.sources, loader);
     let mut targets = BTreeMap::new();
     for (name, target) in &raw.targets {
         check_name(name, "target", loader);
@@ -282,7 +294,23 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         }
     }
     let source_names: Vec<&str> = raw.sources.keys().map(|k| k.get_ref().as_str()).collect();
-    let rules = crate::rules::build(&raw.rules, &source_names, &raw.targets, &targets, loader);
+    // As written: a source whose `api` has an error is not also "without one".
+    let api_sources: Vec<&str> = raw
+        .sources
+        .iter()
+        .filter(|(_, s)| s.get_ref().api.is_some())
+        .map(|(k, _)| k.get_ref().as_str())
+        .collect();
+    let rules = crate::rules::build(
+        &raw.rules,
+        &crate::rules::SourceNames {
+            all: &source_names,
+            with_api: &api_sources,
+        },
+        &raw.targets,
+        &targets,
+        loader,
+    );
     let (lease, lease_ahead) = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
     let dispatch = DispatchSettings {
         concurrency: dispatch_concurrency(raw.dispatch.concurrency.as_ref(), loader),
@@ -299,6 +327,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         retry,
         dispatch,
         sources,
+        source_apis,
         targets,
         rules,
         telemetry,

@@ -155,6 +155,26 @@ pub struct RawSource {
     pub event: Option<Spanned<String>>,
     #[schemars(with = "Option<String>")]
     pub delivery_header: Option<Spanned<String>>,
+    /// The VCS's REST API (commit statuses): github, gitlab, bitbucket,
+    /// gitea and forgejo sources.
+    #[schemars(with = "Option<RawApi>")]
+    pub api: Option<Spanned<RawApi>>,
+}
+
+/// `[sources.NAME.api]`: where the VCS's REST API is and the token for it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// Base URL; defaults to the public service where there is one.
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Spanned<String>>,
+    /// A token that may write commit statuses.
+    #[schemars(with = "SecretRef")]
+    pub token: Spanned<SecretRef>,
+    /// Bitbucket: the user (or account email) whose API token or app
+    /// password `token` is, for Basic authentication.
+    #[schemars(with = "Option<String>")]
+    pub user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -252,6 +272,26 @@ pub struct RawRule {
     pub trigger: Spanned<RawTrigger>,
     pub retry: Option<RawRetry>,
     pub concurrency: Option<RawConcurrency>,
+    #[schemars(with = "Option<RawStatus>")]
+    pub status: Option<Spanned<RawStatus>>,
+}
+
+/// `[rules.status]`: report the rule's job on its commit.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    /// Template; the status's name on the commit (default `hookbridge/{{ rule }}`).
+    #[schemars(with = "Option<String>")]
+    pub context: Option<Spanned<String>>,
+    /// Report the pipeline's final result, not only its creation (default true).
+    #[schemars(with = "Option<bool>")]
+    pub follow: Option<Spanned<bool>>,
+    /// Ask the CI when no completion event came in this long.
+    #[schemars(with = "Option<DurationAtMost<{ limits::STATUS_POLL }>>")]
+    pub poll: Option<Spanned<DurationAtMost<{ limits::STATUS_POLL }>>>,
+    /// Stop waiting for the result after this long (default 12h).
+    #[schemars(with = "Option<DurationAtMost<{ limits::STATUS_POLL_TIMEOUT }>>")]
+    pub poll_timeout: Option<Spanned<DurationAtMost<{ limits::STATUS_POLL_TIMEOUT }>>>,
 }
 
 /// `[rules.concurrency]`: newest wins within a group.

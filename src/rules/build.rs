@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use toml::Spanned;
 
 use super::filter::PatternList;
+use super::status::{self, SourceNames};
 use super::{Concurrency, PathsUnknown, Rule, RuleSet};
 use crate::config::diagnostic::{Diagnostic, suggest};
 use crate::config::loader::Loader;
@@ -17,7 +18,7 @@ use crate::template::TemplateCompiler;
 /// What every rule compiles against: the names it may refer to, the compiled
 /// targets, the shared template compiler and the diagnostics so far.
 struct RuleContext<'a> {
-    source_names: &'a [&'a str],
+    source_names: SourceNames<'a>,
     raw_targets: &'a BTreeMap<Spanned<String>, Spanned<RawTarget>>,
     targets: &'a BTreeMap<String, Target>,
     compiler: TemplateCompiler,
@@ -27,13 +28,13 @@ struct RuleContext<'a> {
 /// Compile the `[[rules]]` array.
 pub fn build(
     raw_rules: &[Spanned<RawRule>],
-    source_names: &[&str],
+    source_names: &SourceNames<'_>,
     raw_targets: &BTreeMap<Spanned<String>, Spanned<RawTarget>>,
     targets: &BTreeMap<String, Target>,
     loader: &mut Loader,
 ) -> RuleSet {
     let mut cx = RuleContext {
-        source_names,
+        source_names: *source_names,
         raw_targets,
         targets,
         compiler: TemplateCompiler::new(Event::FIELDS),
@@ -81,6 +82,7 @@ pub fn build(
         rules,
         templates,
         needs_body,
+        api_sources: source_names.with_api.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
@@ -118,6 +120,17 @@ impl<'a> RuleContext<'a> {
             .concurrency
             .as_ref()
             .and_then(|c| self.concurrency(name, r, c, target));
+        let status = r.status.as_ref().and_then(|s| {
+            status::compile(
+                name,
+                r,
+                s,
+                target,
+                self.source_names,
+                &mut self.compiler,
+                self.loader,
+            )
+        });
         (self.loader.error_count() == errors_before).then(|| Rule {
             name: name.to_owned(),
             sources,
@@ -136,6 +149,7 @@ impl<'a> RuleContext<'a> {
             trigger,
             retry,
             concurrency,
+            status,
         })
     }
 
@@ -222,16 +236,18 @@ impl<'a> RuleContext<'a> {
         let s = r.source.as_ref()?;
         let list: Vec<String> = s.get_ref().0.iter().map(|n| n.get_ref().clone()).collect();
         for n in &s.get_ref().0 {
-            if !self.source_names.contains(&n.get_ref().as_str()) {
+            if !self.source_names.all.contains(&n.get_ref().as_str()) {
                 let span = if n.span().is_empty() { s.span() } else { n.span() };
                 let mut d = Diagnostic::error(
                     format!("rule `{name}`: unknown source `{}`", n.get_ref()),
                     Some(span),
                 );
-                d = match suggest(n.get_ref(), self.source_names.iter().copied()) {
+                d = match suggest(n.get_ref(), self.source_names.all.iter().copied()) {
                     Some(m) => d.with_help(format!("did you mean `{m}`?")),
-                    None if self.source_names.is_empty() => d.with_help("no `[sources.NAME]` is configured"),
-                    None => d.with_help(format!("sources are {}", self.source_names.join(", "))),
+                    None if self.source_names.all.is_empty() => {
+                        d.with_help("no `[sources.NAME]` is configured")
+                    }
+                    None => d.with_help(format!("sources are {}", self.source_names.all.join(", "))),
                 };
                 self.loader.push(d);
             }

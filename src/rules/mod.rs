@@ -5,7 +5,7 @@
 //! first filter that failed and the value it saw, or errors (a template or
 //! expression failed, with the message). Several rules may match one event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,11 +13,14 @@ use serde::Serialize;
 pub(crate) mod bounds;
 mod build;
 pub mod filter;
+pub mod status;
 
 pub use build::build;
+pub use status::{SourceNames, StatusRule};
 
 use crate::config::retry::RetryPolicy;
 use crate::event::{Event, kind};
+use crate::store::status::StatusSpec;
 use crate::target::{TriggerRequest, TriggerTemplate};
 use crate::template::{Condition, TemplateValue, Templates};
 use filter::PatternList;
@@ -50,6 +53,8 @@ pub struct Rule {
     /// Effective retry policy: global, then target, then rule.
     pub retry: RetryPolicy,
     pub concurrency: Option<Concurrency>,
+    /// `[rules.status]`: report the job on its commit.
+    pub status: Option<StatusRule>,
 }
 
 /// `[rules.concurrency]`, compiled: jobs whose group renders the same string
@@ -72,6 +77,8 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     templates: Templates,
     needs_body: bool,
+    /// The sources with `[sources.NAME.api]`, which can post statuses.
+    api_sources: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,6 +95,13 @@ pub struct Matched {
     /// Once its pipeline exists, cancel the group's older pipelines.
     #[serde(skip)]
     pub cancel: bool,
+    /// What the job reports on its commit (`[rules.status]`).
+    #[serde(skip)]
+    pub status: Option<StatusSpec>,
+    /// Why a rule with `[rules.status]` reports nothing for this match (no
+    /// commit in the event, no API for its source); the job still runs.
+    #[serde(skip)]
+    pub status_unreported: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -165,14 +179,23 @@ impl RuleSet {
         let mut out = Evaluation::default();
         for rule in &self.rules {
             match self.check(rule, event, &scope) {
-                Ok((request, group)) => out.matched.push(Matched {
-                    rule: rule.name.clone(),
-                    target: rule.target.clone(),
-                    request,
-                    group,
-                    debounce: rule.concurrency.as_ref().map_or(Duration::ZERO, |c| c.debounce),
-                    cancel: rule.concurrency.as_ref().is_some_and(|c| c.cancel_in_progress),
-                }),
+                Ok((request, group, report)) => {
+                    let (status, status_unreported) = match report {
+                        Some(status::Report::Spec(spec)) => (Some(spec), None),
+                        Some(status::Report::Unreported(why)) => (None, Some(cut(&why))),
+                        None => (None, None),
+                    };
+                    out.matched.push(Matched {
+                        rule: rule.name.clone(),
+                        target: rule.target.clone(),
+                        request,
+                        group,
+                        debounce: rule.concurrency.as_ref().map_or(Duration::ZERO, |c| c.debounce),
+                        cancel: rule.concurrency.as_ref().is_some_and(|c| c.cancel_in_progress),
+                        status,
+                        status_unreported,
+                    })
+                }
                 Err(Miss::Skip(reason)) => out.skipped.push(Skipped {
                     rule: rule.name.clone(),
                     reason: cut(&reason),
@@ -191,7 +214,7 @@ impl RuleSet {
         rule: &Rule,
         event: &Event,
         scope: &minijinja::Value,
-    ) -> Result<(TriggerRequest, Option<String>), Miss> {
+    ) -> Result<(TriggerRequest, Option<String>, Option<status::Report>), Miss> {
         filters(rule, event).map_err(Miss::Skip)?;
         if let Some(cond) = &rule.condition {
             match self.templates.test(cond, scope) {
@@ -209,7 +232,14 @@ impl RuleSet {
             Some(c) => Some(self.group(c, scope).map_err(Miss::Error)?),
             None => None,
         };
-        Ok((request, group))
+        let status = match &rule.status {
+            Some(s) => Some(
+                s.render(&rule.name, &self.templates, scope, event, &self.api_sources)
+                    .map_err(Miss::Error)?,
+            ),
+            None => None,
+        };
+        Ok((request, group, status))
     }
 
     /// The concurrency group a match joins: text, not empty, short enough to
