@@ -193,6 +193,47 @@ struct Racing {
     claimed_while_leasing: std::sync::atomic::AtomicUsize,
 }
 
+/// Statuses pass straight through: no test here holds them.
+#[async_trait::async_trait]
+impl status::StatusQueue for Paused {
+    async fn lease_statuses(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<status::LeasedStatus>, StoreError> {
+        self.0.lease_statuses(owner, limit, lease, now).await
+    }
+    async fn record_status(
+        &self,
+        s: &status::LeasedStatus,
+        owner: &str,
+        outcome: status::PostOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.0.record_status(s, owner, outcome, now).await
+    }
+    async fn lease_watches(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<status::LeasedWatch>, StoreError> {
+        self.0.lease_watches(owner, limit, lease, now).await
+    }
+    async fn record_watch(
+        &self,
+        w: &status::LeasedWatch,
+        owner: &str,
+        record: status::WatchRecord,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.0.record_watch(w, owner, record, now).await
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for Paused {
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {

@@ -931,6 +931,8 @@ mod follow_ups;
 mod groups;
 #[path = "store_suite/search.rs"]
 mod search;
+#[path = "store_suite/statuses.rs"]
+mod statuses;
 
 suite!(
     ingest_then_read_back,
@@ -1509,13 +1511,15 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
     use sqlx::Connection;
 
     type Shape = BTreeMap<String, Vec<String>>;
-    const TABLES: [&str; 6] = [
+    const TABLES: [&str; 8] = [
         "deliveries",
         "payloads",
         "jobs",
         "attempts",
         "cancels",
         "follow_ups",
+        "statuses",
+        "watches",
     ];
 
     let lite = sqlite().await;

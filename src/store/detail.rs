@@ -84,7 +84,36 @@ pub struct JobDetail {
     /// (`cancel_in_progress`; its attempts are in `history`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<concurrency::CancelDetail>,
+    /// Its pipeline's state as last learned (`created`, `running`,
+    /// `success`, `failed`, `canceled`), for a job reporting statuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_state: Option<String>,
+    /// The statuses it queued on its commit, oldest first (`[rules.status]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<StatusRow>,
     pub history: Vec<AttemptRow>,
+}
+
+/// A commit status a job queued, and how posting it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRow {
+    pub context: String,
+    /// `pending`, `running`, `success`, `failure`, `error`, `canceled`.
+    pub state: String,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// `pending`, `running` (being posted), `done` (posted), `dead` (given up).
+    pub post: String,
+    pub attempts: u32,
+    /// The VCS's last answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was queued and last changed (milliseconds since the epoch).
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 /// Everything known about one delivery.

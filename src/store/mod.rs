@@ -87,7 +87,9 @@ pub mod sqlite;
 pub mod status;
 
 pub use concurrency::{Start, Superseded, SupersededBy};
-pub use detail::{AttemptRow, DeliveryDetail, DeliveryFilter, DeliveryRow, JobDetail, StoredPayload};
+pub use detail::{
+    AttemptRow, DeliveryDetail, DeliveryFilter, DeliveryRow, JobDetail, StatusRow, StoredPayload,
+};
 pub use error::{StoreError, StoreErrorKind};
 pub use model::{DeliveryStatus, JobState, UnknownStatus};
 pub use open::{OpenMode, migrate, open};
@@ -305,7 +307,7 @@ pub struct DeliveryKey {
 
 /// The durable queue and delivery history.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: status::StatusQueue + Send + Sync {
     /// Store a delivery and its jobs atomically and durably, or report a duplicate.
     /// The delivery's `received_at` is the clock: a duplicate re-queues dead jobs due then.
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError>;

@@ -128,3 +128,43 @@ impl Store for DownStore {
         self.down()
     }
 }
+
+#[async_trait::async_trait]
+impl status::StatusQueue for DownStore {
+    async fn lease_statuses(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: SystemTime,
+    ) -> Result<Vec<status::LeasedStatus>, StoreError> {
+        self.down()
+    }
+    async fn record_status(
+        &self,
+        _: &status::LeasedStatus,
+        _: &str,
+        _: status::PostOutcome,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.down()
+    }
+    async fn lease_watches(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: SystemTime,
+    ) -> Result<Vec<status::LeasedWatch>, StoreError> {
+        self.down()
+    }
+    async fn record_watch(
+        &self,
+        _: &status::LeasedWatch,
+        _: &str,
+        _: status::WatchRecord,
+        _: SystemTime,
+    ) -> Result<(), StoreError> {
+        self.down()
+    }
+}

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::history::resolve;
 use super::queue::{Tx, insert_job, notify, refresh_status};
-use super::{db, groups, to_json};
+use super::{db, groups, statuses, to_json};
 use crate::store::concurrency::Requeued;
 use crate::store::model;
 use crate::store::*;
@@ -28,11 +28,11 @@ pub(super) async fn replay(
     groups::lock_groups(tx, &groups).await?;
     // Its old pipeline is no longer held open, and any cancel or follow-up
     // of it is forgotten (its attempts stay in the history): it runs anew.
-    let rows: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
+    let rows: Vec<(String, Option<String>, Option<i32>, bool)> = sqlx::query_as(
         "UPDATE jobs SET state = 'pending', attempts = 0, ambiguous_since = NULL, next_attempt_at = $3, last_error = NULL,
                 superseded_by = NULL, cancel_by = NULL, pipeline_open = NULL, updated_at = $3
          WHERE delivery_id = $1 AND ($2::TEXT IS NULL OR id = $2) AND state != 'running'
-         RETURNING id, concurrency_group, cancel_in_progress",
+         RETURNING id, concurrency_group, cancel_in_progress, status IS NOT NULL",
     )
     .bind(&id)
     .bind(job)
@@ -41,6 +41,12 @@ pub(super) async fn replay(
     .await
     .map_err(db)?;
     let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let mut reporting: Vec<(&str, i64)> = rows
+        .iter()
+        .filter(|r| r.3)
+        .map(|r| (r.0.as_str(), now_ms))
+        .collect();
+    reporting.sort_unstable();
     sqlx::query("DELETE FROM cancels WHERE job_id = ANY($1)")
         .bind(&ids)
         .execute(&mut **tx)
@@ -48,10 +54,14 @@ pub(super) async fn replay(
         .map_err(db)?;
     super::follow_ups::forget(tx, &ids).await?;
     let grouped: Vec<Requeued> = rows
-        .into_iter()
-        .filter_map(|(job, group, cancel)| Requeued::from_row(job, &id, group, cancel.is_some()))
+        .iter()
+        .filter_map(|(job, group, cancel, _)| {
+            Requeued::from_row(job.clone(), &id, group.clone(), cancel.is_some())
+        })
         .collect();
     groups::requeued(tx, &grouped, now_ms).await?;
+    // "queued" again, after what they superseded (as at ingest).
+    statuses::sync(tx, &reporting).await?;
     if let Some(j) = job
         && ids.is_empty()
     {
@@ -98,6 +108,12 @@ pub(super) async fn add_jobs(
         .filter_map(|j| Requeued::from_row(j.id.clone(), &id, j.group.clone(), j.cancel))
         .collect();
     groups::requeued(tx, &grouped, now).await?;
+    let reporting: Vec<(&str, i64)> = jobs
+        .iter()
+        .filter(|j| j.status.is_some())
+        .map(|j| (j.id.as_str(), now))
+        .collect();
+    statuses::sync(tx, &reporting).await?;
     sqlx::query("UPDATE payloads SET summary = $2 WHERE seq = (SELECT seq FROM deliveries WHERE id = $1)")
         .bind(&id)
         .bind(to_json(summary)?)
@@ -124,7 +140,8 @@ async fn lock_delivery(tx: &mut Tx, id: &str, key: &DeliveryKey) -> Result<(), S
 }
 
 /// Delete up to `batch` finished deliveries received before `cutoff`, with
-/// their payloads, jobs, attempts, cancels and follow-ups, unless another replica holds the purge
+/// their payloads, jobs, attempts, cancels, follow-ups, commit statuses and
+/// watches, unless another replica holds the purge
 /// lock (then 0: it purges this round).
 ///
 /// One statement per table, in this order: deleting the jobs waits for any
@@ -169,6 +186,8 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
         "DELETE FROM attempts WHERE job_id = ANY($1)",
         "DELETE FROM cancels WHERE job_id = ANY($1)",
         "DELETE FROM follow_ups WHERE job_id = ANY($1)",
+        "DELETE FROM statuses WHERE job_id = ANY($1)",
+        "DELETE FROM watches WHERE job_id = ANY($1)",
     ] {
         sqlx::query(sql)
             .bind(&jobs)

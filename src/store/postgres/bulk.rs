@@ -1,6 +1,8 @@
 //! A batch of ingests or of attempt records, written with multi-row
 //! statements (`UNNEST` of one array per column): an ingest batch as one
-//! statement, a record batch as three in one transaction.
+//! statement (in a transaction with what else it writes when its jobs are
+//! grouped or report commit statuses), a record batch as three in one
+//! transaction.
 //!
 //! Callers ([`super::write`]) hand in calls with distinct keys, sorted by key
 //! (see [`super::batch::first_by_key`]); what a lone call writes is in
@@ -14,7 +16,7 @@ use sqlx::postgres::PgPool;
 
 use super::error::refused_by_server;
 use super::queue::{Tx, duplicate, notify};
-use super::{db, groups, to_json};
+use super::{db, groups, statuses, to_json};
 use crate::store::handoff::{Claim, Handoff};
 use crate::store::*;
 
@@ -46,8 +48,11 @@ pub(super) async fn ingest(
         .iter()
         .any(|d| d.jobs.iter().any(|j| j.group.is_some()));
     let claim = handoff.map(|h| h.claim(if grouped { 0 } else { jobs }));
-    let (inserted, mut superseded) = if grouped {
-        match insert_grouped(pool, deliveries).await {
+    // A batch that queues commit statuses (or learns what they report) is
+    // a transaction of its own too, its jobs leased as usual: the statuses
+    // are stored with the deliveries that cause them.
+    let (inserted, mut superseded) = if grouped || statuses::involved(deliveries) {
+        match insert_in_tx(pool, deliveries, grouped, claim.as_ref()).await {
             Ok((stored, superseded)) => (Ok(stored), superseded),
             Err(e) => (Err(e), HashMap::new()),
         }
@@ -196,47 +201,52 @@ async fn give_back_soon(pool: PgPool, jobs: Vec<String>, lease: (String, i64)) {
     );
 }
 
-/// Store `deliveries`, some with grouped jobs, superseding (see
-/// [`super::groups`]); answers the deliveries stored (id to `seq`) and, by
-/// delivery id, what each one's jobs superseded.
-async fn insert_grouped(
+/// Store `deliveries` in a transaction of its own: with `grouped` jobs,
+/// superseding (see [`super::groups`]; `claim` is then empty), and with
+/// the commit statuses they queue and what completion events among them
+/// tell (see [`super::statuses`]); answers the deliveries stored (id to
+/// `seq`) and, by delivery id, what each one's jobs superseded.
+async fn insert_in_tx(
     pool: &PgPool,
     deliveries: &[&NewDelivery],
+    grouped: bool,
+    claim: Option<&Claim>,
 ) -> Result<(HashMap<String, i64>, HashMap<String, Vec<Superseded>>), StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
-    let planned = groups::plan(&mut tx, deliveries).await?;
-    let stored = insert(&mut *tx, deliveries, None, &planned.notes).await?;
-    if stored.len() != planned.fresh {
-        // Stored by a replica that groups its jobs otherwise (another
-        // config) since the plan: it no longer holds. Nothing is written;
-        // the sender tries again and is answered as a duplicate.
-        return Err(StoreError::unavailable(
-            "a delivery of this batch was stored by another replica meanwhile",
-        ));
+    let planned = if grouped {
+        Some(groups::plan(&mut tx, deliveries).await?)
+    } else {
+        None
+    };
+    let no_notes = HashMap::new();
+    let notes = planned.as_ref().map_or(&no_notes, |p| &p.notes);
+    let stored = insert(&mut *tx, deliveries, claim, notes).await?;
+    if let Some(planned) = &planned {
+        if stored.len() != planned.fresh {
+            // Stored by a replica that groups its jobs otherwise (another
+            // config) since the plan: it no longer holds. Nothing is written;
+            // the sender tries again and is answered as a duplicate.
+            return Err(StoreError::unavailable(
+                "a delivery of this batch was stored by another replica meanwhile",
+            ));
+        }
+        let now = deliveries
+            .iter()
+            .map(|d| millis(d.received_at))
+            .max()
+            .unwrap_or(0);
+        groups::apply(&mut tx, &planned.plan, now).await?;
     }
-    let now = deliveries
-        .iter()
-        .map(|d| millis(d.received_at))
-        .max()
-        .unwrap_or(0);
-    groups::apply(&mut tx, &planned.plan, now).await?;
+    statuses::ingested(&mut tx, deliveries, &stored).await?;
     tx.commit().await.map_err(db)?;
-    Ok((stored, planned.notes))
+    Ok((stored, planned.map(|p| p.notes).unwrap_or_default()))
 }
 
 /// Two optional columns of text, made fit by [`text`].
 pub(super) type TextPair<'a> = (Option<Cow<'a, str>>, Option<Cow<'a, str>>);
 
-/// Text for a `text` column, which cannot hold NUL (SQLSTATE 22021, a
-/// write that would fail on every try): a repository or ref decoded from a
-/// payload's `\u0000`, a CI's raw answer. NUL is shown as U+FFFD.
-pub(super) fn text(s: &str) -> Cow<'_, str> {
-    if s.contains('\0') {
-        Cow::Owned(s.replace('\0', "\u{FFFD}"))
-    } else {
-        Cow::Borrowed(s)
-    }
-}
+/// Text for a `text` column (`status`, which every write shares).
+pub(super) use super::status::text;
 
 /// The one statement of a batch: deliveries, payloads and jobs, one
 /// `UNNEST` per table; answers the deliveries it stored, by id, with their
@@ -313,6 +323,7 @@ async fn insert<'e>(
     let mut groups = Vec::with_capacity(jobs.len());
     let mut cancels = Vec::with_capacity(jobs.len());
     let mut traces = Vec::with_capacity(jobs.len());
+    let mut specs = Vec::with_capacity(jobs.len());
     for (d, j) in &jobs {
         job_ids.push(j.id.as_str());
         job_deliveries.push(d.id.as_str());
@@ -324,6 +335,7 @@ async fn insert<'e>(
         groups.push(j.group.as_deref());
         cancels.push(j.cancel.then_some(1_i32));
         traces.push(d.trace.as_deref());
+        specs.push(j.status.as_ref().map(to_json).transpose()?);
     }
     let rows = sqlx::query(
         "WITH d AS (
@@ -342,7 +354,7 @@ async fn insert<'e>(
          j AS (
             INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at,
                               created_at, updated_at, lease_owner, lease_until, concurrency_group,
-                              cancel_in_progress, leased_at, trace_context)
+                              cancel_in_progress, leased_at, trace_context, status)
             SELECT u.id, u.delivery_id, u.rule, u.target, u.request,
                    CASE WHEN u.n <= $20 THEN 'running' ELSE 'pending' END,
                    CASE WHEN u.n <= $20 THEN 1 ELSE 0 END,
@@ -350,10 +362,11 @@ async fn insert<'e>(
                    CASE WHEN u.n <= $20 THEN $21::text END,
                    CASE WHEN u.n <= $20 THEN $22::int8 END,
                    u.grp, u.cancel,
-                   CASE WHEN u.n <= $20 THEN u.due END, u.trace
+                   CASE WHEN u.n <= $20 THEN u.due END, u.trace, u.status
             FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::int8[],
-                        $23::int8[], $24::text[], $25::int4[], $27::text[])
-                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, delay, grp, cancel, trace, n)
+                        $23::int8[], $24::text[], $25::int4[], $27::text[], $28::text[])
+                 WITH ORDINALITY AS u(id, delivery_id, rule, target, request, due, delay, grp, cancel, trace, status,
+                                      n)
             WHERE u.delivery_id IN (SELECT id FROM d))
          SELECT id, seq FROM d",
     )
@@ -384,6 +397,7 @@ async fn insert<'e>(
     .bind(&cancels)
     .bind(&shas)
     .bind(&traces)
+    .bind(&specs)
     .fetch_all(on)
     .await
     .map_err(db)?;

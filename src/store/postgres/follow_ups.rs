@@ -104,13 +104,19 @@ pub(super) async fn record(
     if held.rows_affected() == 0 {
         return Ok(());
     }
-    sqlx::query("UPDATE jobs SET result = $2, updated_at = $3 WHERE id = $1")
-        .bind(&f.job)
-        .bind(to_json(outcome.result())?)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    let reporting: bool = sqlx::query_scalar(
+        "UPDATE jobs SET result = $2, updated_at = $3 WHERE id = $1 RETURNING status IS NOT NULL",
+    )
+    .bind(&f.job)
+    .bind(to_json(outcome.result())?)
+    .bind(now_ms)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    if reporting {
+        // The run found: its pipeline on the commit, and watched.
+        super::statuses::sync(&mut tx, &[(f.job.as_str(), now_ms)]).await?;
+    }
     tx.commit().await.map_err(db)
 }
 

@@ -181,17 +181,28 @@ pub(super) async fn plan(tx: &mut Tx, deliveries: &[&NewDelivery]) -> Result<Pla
 pub(super) async fn apply(tx: &mut Tx, plan: &Supersede, now: i64) -> Result<(), StoreError> {
     let (ended, by): (Vec<&str>, Vec<&str>) =
         plan.ended.iter().map(|(j, b)| (j.as_str(), b.as_str())).unzip();
-    sqlx::query(
+    // Those that report commit statuses say so, in the plan's order.
+    let reporting: HashSet<String> = sqlx::query_scalar::<_, Option<String>>(
         "UPDATE jobs j SET state = 'superseded', superseded_by = u.by, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = $3, updated_at = $3
-         FROM UNNEST($1::text[], $2::text[]) AS u(id, by) WHERE j.id = u.id",
+         FROM UNNEST($1::text[], $2::text[]) AS u(id, by) WHERE j.id = u.id
+         RETURNING CASE WHEN j.status IS NOT NULL THEN j.id END",
     )
     .bind(&ended)
     .bind(&by)
     .bind(now)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
-    .map_err(db)?;
+    .map_err(db)?
+    .into_iter()
+    .flatten()
+    .collect();
+    let reporting: Vec<(&str, i64)> = ended
+        .iter()
+        .filter(|j| reporting.contains(**j))
+        .map(|j| (*j, now))
+        .collect();
+    super::statuses::sync(tx, &reporting).await?;
     let (marked, by): (Vec<&str>, Vec<&str>) =
         plan.marked.iter().map(|(j, b)| (j.as_str(), b.as_str())).unzip();
     if !marked.is_empty() {
@@ -237,7 +248,7 @@ pub(super) async fn start(
     now: SystemTime,
 ) -> Result<Start, StoreError> {
     let mut tx: Tx = pool.begin().await.map_err(db)?;
-    let row: Option<(String, String)> = sqlx::query_as(
+    let row: Option<(String, String, bool)> = sqlx::query_as(
         "UPDATE jobs SET
             state = CASE WHEN superseded_by IS NULL THEN 'running' ELSE 'superseded' END,
             started_at = CASE WHEN superseded_by IS NULL THEN $4 END,
@@ -245,7 +256,7 @@ pub(super) async fn start(
             lease_until = CASE WHEN superseded_by IS NULL THEN lease_until END,
             updated_at = $4
          WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND attempts = $3
-         RETURNING state, delivery_id",
+         RETURNING state, delivery_id, status IS NOT NULL",
     )
     .bind(job)
     .bind(owner)
@@ -256,8 +267,11 @@ pub(super) async fn start(
     .map_err(db)?;
     let start = match row {
         None => Start::Gone,
-        Some((state, _)) if state == "running" => Start::Go,
-        Some((_, delivery)) => {
+        Some((state, _, _)) if state == "running" => Start::Go,
+        Some((_, delivery, reporting)) => {
+            if reporting {
+                super::statuses::sync(&mut tx, &[(job, millis(now))]).await?;
+            }
             refresh_status(&mut tx, &[delivery.as_str()]).await?;
             Start::Superseded
         }

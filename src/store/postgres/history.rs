@@ -120,7 +120,7 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
     let job_rows = sqlx::query(
         "SELECT j.id, j.rule, j.target, j.state, j.attempts, j.next_attempt_at, j.last_error, j.result,
                 j.request, j.concurrency_group, s.id, s.delivery_id, sd.delivery, s.rule,
-                c.by_job, c.state, c.attempts, c.outcome
+                c.by_job, c.state, c.attempts, c.outcome, j.pipeline_state
          FROM jobs j
          LEFT JOIN jobs s ON s.id = j.superseded_by AND j.state = 'superseded'
          LEFT JOIN deliveries sd ON sd.id = s.delivery_id
@@ -185,6 +185,7 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
             }),
             None => None,
         };
+        let statuses = statuses_of(pool, &job_id).await?;
         jobs.push(JobDetail {
             id: job_id,
             rule: j.try_get(1).map_err(db)?,
@@ -198,6 +199,8 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
             group: j.try_get(9).map_err(db)?,
             superseded_by,
             cancel,
+            pipeline_state: j.try_get(18).map_err(db)?,
+            statuses,
             history,
         });
     }
@@ -253,4 +256,36 @@ pub(super) async fn neighbours(
         .await
         .map_err(db)?;
     model::neighbours(rows)
+}
+
+/// The statuses a job queued, oldest first.
+async fn statuses_of(pool: &PgPool, job: &str) -> Result<Vec<StatusRow>, StoreError> {
+    sqlx::query(
+        "SELECT context, state, description, target_url, post, attempts, http_status, last_error, created_at,
+                updated_at
+         FROM statuses WHERE job_id = $1 ORDER BY seq",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?
+    .iter()
+    .map(|r| {
+        Ok(StatusRow {
+            context: r.try_get(0).map_err(db)?,
+            state: r.try_get(1).map_err(db)?,
+            description: r.try_get(2).map_err(db)?,
+            target_url: r.try_get(3).map_err(db)?,
+            post: r.try_get(4).map_err(db)?,
+            attempts: u32::try_from(r.try_get::<i32, _>(5).map_err(db)?).unwrap_or(0),
+            http_status: r
+                .try_get::<Option<i32>, _>(6)
+                .map_err(db)?
+                .and_then(|s| u16::try_from(s).ok()),
+            error: r.try_get(7).map_err(db)?,
+            created_at: r.try_get(8).map_err(db)?,
+            updated_at: r.try_get(9).map_err(db)?,
+        })
+    })
+    .collect()
 }

@@ -33,7 +33,10 @@
 //! Files: `schema` (migrations), `batch` (the group-commit queue), `write`
 //! (ingests and records through it), `bulk` and `record` (their multi-row
 //! statements), `groups` (superseding, and the start of a grouped attempt),
-//! `cancels` and `follow_ups` (their queues), `queue` (lease, release, and what the writes share), `admin` (replay,
+//! `cancels` and `follow_ups` (their queues), `statuses` (commit statuses
+//! queued by the writes, completion events, watches' reads) and
+//! `status_queue` (their posts' and watches' queues: [`StatusQueue`](crate::store::status::StatusQueue)),
+//! `queue` (lease, release, and what the writes share), `admin` (replay,
 //! added jobs, purge), `history` (reads), `listen` (notifications),
 //! `connect` (options from `[store]`), `error` (sqlx errors classified into
 //! kinds); this file holds the pool and the [`Store`] impl.
@@ -52,6 +55,8 @@ mod queue;
 mod record;
 mod schema;
 mod status;
+mod status_queue;
+mod statuses;
 mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};

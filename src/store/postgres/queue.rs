@@ -34,8 +34,8 @@ pub(super) async fn insert_job(
     let due = now.saturating_add(i64::try_from(job.delay.as_millis()).unwrap_or(i64::MAX));
     sqlx::query(
         "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at,
-                           updated_at, concurrency_group, cancel_in_progress)
-         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $7, $6, $6, $8, $9)",
+                           updated_at, concurrency_group, cancel_in_progress, status)
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $7, $6, $6, $8, $9, $10)",
     )
     .bind(&job.id)
     .bind(delivery_id)
@@ -46,6 +46,7 @@ pub(super) async fn insert_job(
     .bind(due)
     .bind(&job.group)
     .bind(job.cancel.then_some(1_i32))
+    .bind(job.status.as_ref().map(to_json).transpose()?)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -112,10 +113,10 @@ pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, 
     .map_err(db)?;
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
     super::groups::lock_groups(tx, &groups).await?;
-    let rows: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
+    let rows: Vec<(String, Option<String>, Option<i32>, bool)> = sqlx::query_as(
         "UPDATE jobs SET state = 'pending', attempts = 0, ambiguous_since = NULL, next_attempt_at = $2, last_error = NULL, updated_at = $2
          WHERE delivery_id = $1 AND state = 'dead'
-         RETURNING id, concurrency_group, cancel_in_progress",
+         RETURNING id, concurrency_group, cancel_in_progress, status IS NOT NULL",
     )
     .bind(&id)
     .bind(now)
@@ -127,11 +128,15 @@ pub(super) async fn duplicate(tx: &mut Tx, d: &NewDelivery) -> Result<Ingested, 
         let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
         super::follow_ups::forget(tx, &ids).await?;
     }
+    let reporting: Vec<String> = rows.iter().filter(|r| r.3).map(|r| r.0.clone()).collect();
     let grouped: Vec<Requeued> = rows
         .into_iter()
-        .filter_map(|(job, group, cancel)| Requeued::from_row(job, &id, group, cancel.is_some()))
+        .filter_map(|(job, group, cancel, _)| Requeued::from_row(job, &id, group, cancel.is_some()))
         .collect();
     super::groups::requeued(tx, &grouped, now).await?;
+    // Last, after what they superseded (as at ingest).
+    let reporting: Vec<(&str, i64)> = reporting.iter().map(|j| (j.as_str(), now)).collect();
+    super::statuses::sync(tx, &reporting).await?;
     if requeued > 0 {
         refresh_status(tx, &[id.as_str()]).await?;
     }
@@ -233,6 +238,7 @@ pub(super) async fn release_leases(tx: &mut Tx, owner: &str, now_ms: i64) -> Res
         .map_err(db)?;
     }
     super::follow_ups::release(tx, owner, now_ms).await?;
+    super::statuses::release(tx, owner, now_ms).await?;
     if !ids.is_empty() {
         notify(&mut **tx).await?;
     }

@@ -1,17 +1,18 @@
 //! A batch of attempt records, written with multi-row statements (`UNNEST`
 //! of one array per column): three in one transaction, and a fourth when
-//! a record leaves a follow-up (`follow_ups`).
+//! a record leaves a follow-up (`follow_ups`), and the statuses of jobs
+//! that report them (`statuses`: the lock tells which do).
 //!
 //! Callers ([`super::write`]) hand in records of distinct jobs, sorted by
 //! job id (see [`super::batch::first_by_key`]).
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::bulk::text;
 use super::queue::{Tx, refresh_status};
-use super::{db, follow_ups, groups};
+use super::{db, follow_ups, groups, statuses};
 use crate::store::follow::follows;
 use crate::store::model::JobUpdate;
 use crate::store::*;
@@ -35,7 +36,7 @@ pub(super) struct Record {
 /// Besides the batch's own jobs (`$1`): the newer jobs that are to cancel
 /// the pipelines of its grouped done jobs (`$2`), and the older jobs whose
 /// pipelines they are to cancel.
-const LOCK_WITH_RELATED: &str = "SELECT id FROM jobs WHERE id IN (
+const LOCK_WITH_RELATED: &str = "SELECT id, status IS NOT NULL FROM jobs WHERE id IN (
         SELECT unnest($1::text[])
         UNION SELECT cancel_by FROM jobs WHERE id = ANY($2) AND cancel_by IS NOT NULL
         UNION SELECT id FROM jobs WHERE cancel_by = ANY($2))
@@ -56,18 +57,18 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
     // takeover (which notes an interrupted attempt). A created pipeline of a
     // group also locks, in the same order, the jobs whose cancels it may
     // make due, so that two records of one group see each other's commit.
+    // Each with whether it reports commit statuses (`statuses`).
     let lock = if grouped_done.is_empty() {
-        sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE").bind(&ids)
-    } else {
-        sqlx::query_scalar(LOCK_WITH_RELATED)
+        sqlx::query_as("SELECT id, status IS NOT NULL FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(&ids)
-            .bind(&grouped_done)
+    } else {
+        sqlx::query_as(LOCK_WITH_RELATED).bind(&ids).bind(&grouped_done)
     };
-    let live: HashSet<String> = lock.fetch_all(&mut **tx).await.map_err(db)?.into_iter().collect();
+    let live: HashMap<String, bool> = lock.fetch_all(&mut **tx).await.map_err(db)?.into_iter().collect();
     let records: Vec<&Record> = records
         .iter()
         .copied()
-        .filter(|r| live.contains(&r.job))
+        .filter(|r| live.contains_key(&r.job))
         .collect();
     if records.is_empty() {
         return Ok(());
@@ -101,6 +102,12 @@ pub(super) async fn record(tx: &mut Tx, records: &[&Record]) -> Result<(), Store
     if !queued.is_empty() {
         follow_ups::created(tx, &queued).await?;
     }
+    let reporting: Vec<(&str, i64)> = records
+        .iter()
+        .filter(|r| live.get(&r.job).copied().unwrap_or_default())
+        .map(|r| (r.job.as_str(), millis(r.now)))
+        .collect();
+    statuses::sync(tx, &reporting).await?;
     let mut deliveries: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
     deliveries.sort_unstable();
     deliveries.dedup();

@@ -233,6 +233,55 @@ ALTER TABLE jobs ADD COLUMN leased_at BIGINT;
 ALTER TABLE jobs ADD COLUMN ambiguous_since BIGINT;
 ALTER TABLE attempts ADD COLUMN reconcile TEXT;
 "#,
+    // Version 11, SQLite's version 10: commit statuses (see SQLite's
+    // schema for each column). `seq` is an identity (SQLite: the row id):
+    // statuses of one subject are posted in its order, and a subject's
+    // writers take its advisory lock, so that order is their commits'.
+    // No foreign keys, as `cancels`: the purge deletes a delivery's
+    // statuses and watches with its jobs.
+    r#"
+ALTER TABLE jobs ADD COLUMN status TEXT,
+    ADD COLUMN pipeline_state TEXT,
+    ADD COLUMN pipeline_id TEXT;
+CREATE INDEX jobs_pipeline ON jobs (pipeline_id) WHERE pipeline_id IS NOT NULL;
+CREATE TABLE statuses (
+    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id          TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    context         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    target_url      TEXT,
+    post            TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     BIGINT,
+    http_status     INTEGER,
+    last_error      TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+CREATE INDEX statuses_subject ON statuses (subject, seq);
+CREATE INDEX statuses_job ON statuses (job_id);
+CREATE INDEX statuses_due ON statuses (next_attempt_at) WHERE post = 'pending';
+CREATE INDEX statuses_lease ON statuses (lease_until) WHERE post = 'running';
+CREATE TABLE watches (
+    job_id          TEXT PRIMARY KEY,
+    state           TEXT NOT NULL,
+    checks          INTEGER NOT NULL DEFAULT 0,
+    next_check_at   BIGINT NOT NULL,
+    deadline        BIGINT NOT NULL,
+    woken           INTEGER NOT NULL DEFAULT 0,
+    facts           TEXT,
+    lease_owner     TEXT,
+    lease_until     BIGINT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+CREATE INDEX watches_due ON watches (next_check_at) WHERE state = 'pending';
+CREATE INDEX watches_lease ON watches (lease_until) WHERE state = 'running';
+"#,
 ];
 
 /// The schema version this build creates.

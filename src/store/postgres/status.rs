@@ -1,6 +1,9 @@
 //! A delivery's status, recomputed from its jobs after every change to
-//! them, the transaction type every write shares, and the job-row lock
-//! a write to a job's side queues (cancels, follow-ups) takes first.
+//! them, the transaction type every write shares, the job-row lock a
+//! write to a job's side queues (cancels, follow-ups, commit statuses)
+//! takes first, and text made fit for a `text` column.
+
+use std::borrow::Cow;
 
 use sqlx::{Postgres, Transaction};
 
@@ -45,4 +48,15 @@ pub(super) async fn lock_job(tx: &mut Tx, id: &str) -> Result<bool, StoreError> 
         .await
         .map_err(db)?;
     Ok(alive.is_some())
+}
+
+/// Text for a `text` column, which cannot hold NUL (SQLSTATE 22021, a
+/// write that would fail on every try): a repository or ref decoded from a
+/// payload's `\u0000`, a CI's raw answer. NUL is shown as U+FFFD.
+pub(super) fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
 }

@@ -112,7 +112,8 @@ pub(super) fn record(
     tx.prepare_cached("UPDATE jobs SET result = ?2, updated_at = ?3 WHERE id = ?1")
         .and_then(|mut s| s.execute(params![f.job, result, now_ms]))
         .map_err(db)?;
-    Ok(())
+    // The run found: its pipeline on the commit, and watched.
+    super::statuses::sync(tx, &f.job, now_ms)
 }
 
 /// After an attempt of `job` that ended in `next` (its result as stored:

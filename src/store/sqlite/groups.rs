@@ -72,6 +72,7 @@ pub(super) fn apply(tx: &Connection, plan: &Supersede, now: i64) -> Result<(), S
         )
         .and_then(|mut s| s.execute(params![job, by, now]))
         .map_err(db)?;
+        super::statuses::sync(tx, job, now)?;
     }
     for (job, by) in &plan.marked {
         tx.prepare_cached("UPDATE jobs SET superseded_by = ?2, updated_at = ?3 WHERE id = ?1")
@@ -182,6 +183,7 @@ pub(super) fn start(
         None => Ok(Start::Gone),
         Some((state, _)) if state == "running" => Ok(Start::Go),
         Some((_, delivery)) => {
+            super::statuses::sync(tx, job, now)?;
             refresh_status(tx, &delivery)?;
             Ok(Start::Superseded)
         }

@@ -197,6 +197,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
             .map_err(db)?
             .collect::<Result<_, _>>()
             .map_err(db)?;
+        let (pipeline_state, statuses) = statuses_of(conn, &job_id)?;
         let state: JobState = state.parse()?;
         let waiting = state == JobState::Pending;
         jobs.push(JobDetail {
@@ -212,6 +213,8 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
             group,
             superseded_by,
             cancel,
+            pipeline_state,
+            statuses,
             history,
         });
     }
@@ -287,4 +290,37 @@ pub(super) fn neighbours(
         .collect::<Result<Vec<_>, _>>()
         .map_err(db)?;
     model::neighbours(rows)
+}
+
+/// A job's pipeline state and the statuses it queued, oldest first.
+fn statuses_of(c: &Connection, job: &str) -> Result<(Option<String>, Vec<StatusRow>), StoreError> {
+    let pipeline: Option<String> = c
+        .prepare_cached("SELECT pipeline_state FROM jobs WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![job], |r| r.get(0)))
+        .map_err(db)?;
+    let rows = c
+        .prepare_cached(
+            "SELECT context, state, description, target_url, post, attempts, http_status, last_error, created_at,
+                    updated_at
+             FROM statuses WHERE job_id = ?1 ORDER BY seq",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![job], |r| {
+                Ok(StatusRow {
+                    context: r.get(0)?,
+                    state: r.get(1)?,
+                    description: r.get(2)?,
+                    target_url: r.get(3)?,
+                    post: r.get(4)?,
+                    attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                    http_status: r.get::<_, Option<i64>>(6)?.and_then(|s| u16::try_from(s).ok()),
+                    error: r.get(7)?,
+                    created_at: r.get(8)?,
+                    updated_at: r.get(9)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(db)?;
+    Ok((pipeline, rows))
 }

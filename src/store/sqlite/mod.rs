@@ -41,6 +41,8 @@ mod history;
 mod queue;
 mod schema;
 mod status;
+mod status_queue;
+mod statuses;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::history::resolve;
 use super::status::refresh_status;
-use super::{db, follow_ups, groups};
+use super::{db, follow_ups, groups, statuses};
 use crate::store::model::{self, JobUpdate, from_json, to_json};
 use crate::store::owner::{Left, left_by};
 use crate::store::*;
@@ -52,10 +52,11 @@ fn insert_job(
     now: i64,
 ) -> Result<(), StoreError> {
     let due = now.saturating_add(i64::try_from(job.delay.as_millis()).unwrap_or(i64::MAX));
+    let status = job.status.as_ref().map(to_json).transpose()?;
     tx.prepare_cached(
         "INSERT INTO jobs (id, delivery_id, rule, target, request, state, attempts, next_attempt_at, created_at,
-                           updated_at, concurrency_group, cancel_in_progress, trace_context)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?7, ?6, ?6, ?8, ?9, ?10)",
+                           updated_at, concurrency_group, cancel_in_progress, trace_context, status)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?7, ?6, ?6, ?8, ?9, ?10, ?11)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -68,7 +69,8 @@ fn insert_job(
             due,
             job.group,
             job.cancel.then_some(1),
-            trace
+            trace,
+            status
         ])
     })
     .map_err(db)?;
@@ -102,6 +104,7 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
         groups::requeued(tx, &groups::grouped_of(tx, &dead)?, now)?;
         for job in &dead {
             follow_ups::forget(tx, job)?;
+            statuses::sync(tx, job, now)?;
         }
         if requeued > 0 {
             refresh_status(tx, &id)?;
@@ -153,6 +156,10 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
         insert_job(tx, (&d.id, d.trace.as_deref()), job, request, received)?;
     }
     groups::apply(tx, &plan, received)?;
+    statuses::queued(tx, &d.jobs, received)?;
+    if let Some(run) = &d.event.pipeline {
+        statuses::completion(tx, run, received)?;
+    }
     Ok(Ingested::Stored {
         superseded: plan.superseded,
     })
@@ -315,7 +322,8 @@ pub(super) fn release_leases(
         .and_then(|mut s| s.execute(params![id, now_ms]))
         .map_err(db)?;
     }
-    follow_ups::release(tx, owner, now)
+    follow_ups::release(tx, owner, now)?;
+    statuses::release(tx, owner, now)
 }
 
 /// Record `attempt` of `job`, leased by `owner` as its attempt `lease`.
@@ -389,6 +397,7 @@ pub(super) fn record(
         groups::after_done(tx, job, now_ms)?;
     }
     follow_ups::after_attempt(tx, job, next, update.result.as_deref(), now_ms)?;
+    statuses::sync(tx, job, now_ms)?;
     refresh_status(tx, delivery_id)
 }
 
@@ -441,6 +450,7 @@ pub(super) fn replay(
         follow_ups::forget(tx, j)?;
     }
     groups::requeued(tx, &groups::grouped_of(tx, &ids)?, now_ms)?;
+    ids.iter().try_for_each(|j| statuses::sync(tx, j, now_ms))?;
     refresh_status(tx, &id)?;
     Ok(ids)
 }
@@ -458,6 +468,7 @@ pub(super) fn add_jobs(
     }
     let added: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     groups::requeued(tx, &groups::grouped_of(tx, &added)?, millis(now))?;
+    statuses::queued(tx, jobs, millis(now))?;
     tx.execute(
         "UPDATE payloads SET summary = ?2 WHERE seq = (SELECT seq FROM deliveries WHERE id = ?1)",
         params![id, to_json(summary)?],

@@ -210,6 +210,56 @@ ALTER TABLE jobs ADD COLUMN leased_at INTEGER;
 ALTER TABLE jobs ADD COLUMN ambiguous_since INTEGER;
 ALTER TABLE attempts ADD COLUMN reconcile TEXT;
 "#,
+    // Version 10, PostgreSQL's version 11: commit statuses
+    // (`store::status`). `jobs.status` is the job's status spec (JSON),
+    // `pipeline_state` its pipeline's state as last learned, `pipeline_id`
+    // the created pipeline's id, which completion events find it by.
+    // `statuses` is the queue of posts, in order per `subject` (source,
+    // repository, commit, context); `watches` the pipelines followed to
+    // their result (`facts`: what completion events told, JSON).
+    r#"
+ALTER TABLE jobs ADD COLUMN status TEXT;
+ALTER TABLE jobs ADD COLUMN pipeline_state TEXT;
+ALTER TABLE jobs ADD COLUMN pipeline_id TEXT;
+CREATE INDEX jobs_pipeline ON jobs (pipeline_id) WHERE pipeline_id IS NOT NULL;
+CREATE TABLE statuses (
+    seq             INTEGER PRIMARY KEY,
+    job_id          TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    subject         TEXT NOT NULL,
+    context         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    target_url      TEXT,
+    post            TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    http_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX statuses_subject ON statuses (subject, seq);
+CREATE INDEX statuses_job ON statuses (job_id);
+CREATE INDEX statuses_due ON statuses (next_attempt_at) WHERE post = 'pending';
+CREATE INDEX statuses_lease ON statuses (lease_until) WHERE post = 'running';
+CREATE TABLE watches (
+    job_id          TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    state           TEXT NOT NULL,
+    checks          INTEGER NOT NULL DEFAULT 0,
+    next_check_at   INTEGER NOT NULL,
+    deadline        INTEGER NOT NULL,
+    woken           INTEGER NOT NULL DEFAULT 0,
+    facts           TEXT,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX watches_due ON watches (next_check_at) WHERE state = 'pending';
+CREATE INDEX watches_lease ON watches (lease_until) WHERE state = 'running';
+"#,
 ];
 
 /// The schema version this build creates.

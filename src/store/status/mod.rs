@@ -11,9 +11,19 @@
 //! same description) is not queued again, so redelivered completion events
 //! post nothing twice.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::target::TriggerRequest;
+
+pub mod desired;
+pub mod state;
+pub mod sync;
+
+pub use desired::{WatchFacts, Workflow};
+pub use state::PipelineState;
 
 /// The VCS a status goes to, as its API speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,67 +108,6 @@ impl StatusState {
     }
 }
 
-/// A pipeline's state as hookbridge last learned it (`jobs.pipeline_state`).
-/// It only moves forward: created, running, then one final state, which
-/// nothing changes (a late or redelivered "running" after "success" is
-/// ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PipelineState {
-    Created,
-    Running,
-    Success,
-    Failed,
-    Canceled,
-}
-
-impl PipelineState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PipelineState::Created => "created",
-            PipelineState::Running => "running",
-            PipelineState::Success => "success",
-            PipelineState::Failed => "failed",
-            PipelineState::Canceled => "canceled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<PipelineState> {
-        [
-            PipelineState::Created,
-            PipelineState::Running,
-            PipelineState::Success,
-            PipelineState::Failed,
-            PipelineState::Canceled,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            PipelineState::Success | PipelineState::Failed | PipelineState::Canceled
-        )
-    }
-
-    fn rank(self) -> u8 {
-        match self {
-            PipelineState::Created => 0,
-            PipelineState::Running => 1,
-            _ => 2,
-        }
-    }
-
-    /// Whether learning `next` after `self` moves the pipeline on.
-    pub fn advances_to(current: Option<PipelineState>, next: PipelineState) -> bool {
-        match current {
-            None => true,
-            Some(c) => next.rank() > c.rank(),
-        }
-    }
-}
-
 /// What a job reports, rendered when its rule matched (`[rules.status]`)
 /// and stored with the job (`jobs.status`, JSON). No token: the source's
 /// `[sources.NAME.api]` is read from the config when a status is posted.
@@ -196,6 +145,114 @@ pub struct NewStatus {
     pub context_suffix: Option<String>,
 }
 
+/// A status handed to a worker to post ([`StatusQueue::lease_statuses`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedStatus {
+    /// Its place in the queue: statuses of one subject are posted in this order.
+    pub seq: i64,
+    pub job: String,
+    pub delivery_id: String,
+    pub spec: StatusSpec,
+    /// The full context (the spec's, or `<context>/<workflow>`).
+    pub context: String,
+    pub state: StatusState,
+    pub description: String,
+    pub target_url: Option<String>,
+    /// This post's number (1 for the first), counting every lease.
+    pub attempt: u32,
+}
+
+/// What posting a status came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PostOutcome {
+    Posted {
+        status: u16,
+    },
+    Retry {
+        at: SystemTime,
+        reason: String,
+        status: Option<u16>,
+    },
+    Dead {
+        reason: String,
+        status: Option<u16>,
+    },
+}
+
+/// A watch handed to a worker: read the pipeline's state from the CI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedWatch {
+    pub job: String,
+    pub delivery_id: String,
+    pub target: String,
+    pub request: TriggerRequest,
+    /// The pipeline's id, as the trigger recorded it.
+    pub pipeline: String,
+    pub spec: StatusSpec,
+    /// This read's number (1 for the first), counting every lease.
+    pub check: u32,
+    /// After this, watching gives up and says so on the commit.
+    pub deadline: SystemTime,
+}
+
+/// What a watch's read learned, and when to read again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WatchRecord {
+    /// The pipeline's state now, if the read told it.
+    pub pipeline: Option<PipelineState>,
+    /// CircleCI's workflows, by name, as read.
+    pub workflows: Vec<(String, Workflow)>,
+    /// The CI refused the read: report each workflow under its own context.
+    pub per_workflow: bool,
+    /// Watching ends without a final state, for this reason.
+    pub gave_up: Option<String>,
+    /// When to read again; `None` ends the watch.
+    pub next: Option<SystemTime>,
+}
+
+/// The queues of statuses to post and pipelines to watch.
+#[async_trait::async_trait]
+pub trait StatusQueue: Send + Sync {
+    /// Lease up to `limit` statuses due to be posted, each the oldest
+    /// unposted one of its subject.
+    async fn lease_statuses(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<LeasedStatus>, StoreError>;
+
+    /// Record a post, if `owner` still holds this lease of the status.
+    async fn record_status(
+        &self,
+        status: &LeasedStatus,
+        owner: &str,
+        outcome: PostOutcome,
+        now: SystemTime,
+    ) -> Result<(), StoreError>;
+
+    /// Lease up to `limit` due watches (a poll is due, a completion event
+    /// woke it, or its deadline came).
+    async fn lease_watches(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<LeasedWatch>, StoreError>;
+
+    /// Record a watch's read and queue the statuses it causes, if `owner`
+    /// still holds this lease of the watch.
+    async fn record_watch(
+        &self,
+        watch: &LeasedWatch,
+        owner: &str,
+        record: WatchRecord,
+        now: SystemTime,
+    ) -> Result<(), StoreError>;
+}
+
 /// The most characters of a description: GitHub refuses longer ones.
 pub const DESCRIPTION_MAX: usize = 140;
 
@@ -215,11 +272,11 @@ mod millis {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
@@ -229,14 +286,14 @@ mod opt_millis {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }
