@@ -260,6 +260,25 @@ pub fn describe(d: &DeliveryDetail) -> String {
         if let Some(e) = &j.last_error {
             out.push_str(&format!("  last error: {e}\n"));
         }
+        if let Some(p) = &j.pipeline_state {
+            out.push_str(&format!("  pipeline: {p}\n"));
+        }
+        for st in &j.statuses {
+            out.push_str(&format!(
+                "  status {} {} \"{}\": {}{}{}\n",
+                st.context,
+                st.state,
+                st.description,
+                match st.post.as_str() {
+                    "done" => "posted",
+                    "dead" => "not posted (gave up)",
+                    "running" => "posting",
+                    _ => "waiting",
+                },
+                st.http_status.map(|h| format!(" ({h})")).unwrap_or_default(),
+                st.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
         if let (Some(next), JobState::Pending) = (j.next_attempt_at, j.state) {
             out.push_str(&format!("  next attempt: {}\n", time(next)));
         }

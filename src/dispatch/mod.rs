@@ -41,6 +41,7 @@ mod reconcile;
 mod retry;
 mod side;
 mod span;
+mod status;
 
 pub use attempt::gave_up;
 pub use purge::purge_loop;
@@ -146,6 +147,8 @@ impl Dispatcher {
         let mut store_backoff = Duration::from_millis(100);
         let cancels = tokio::spawn(self.clone().cancel_loop(shutdown.clone()));
         let follows = tokio::spawn(self.clone().follow_loop(shutdown.clone()));
+        let statuses = tokio::spawn(self.clone().status_loop(shutdown.clone()));
+        let watches = tokio::spawn(self.clone().watch_loop(shutdown.clone()));
         // A slot the loop waited for, kept for its next lease.
         let mut freed: Option<OwnedSemaphorePermit> = None;
         info!(owner = %self.owner, concurrency, "dispatcher started");
@@ -281,8 +284,11 @@ impl Dispatcher {
             cancels.abort();
             warn!("a pipeline cancel was still running at the end of the grace period; it runs again");
         }
-        // A read of a queue item is safe to repeat: it stops here.
+        // A read of a queue item, a status post and a pipeline read are
+        // safe to repeat: they stop here.
         follows.abort();
+        statuses.abort();
+        watches.abort();
         if let Err(e) = self.store.release(&self.owner, self.clock.now()).await {
             warn!(error = %e, "cannot give back leases; they expire on their own");
         }

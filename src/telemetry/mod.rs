@@ -172,6 +172,14 @@ fn describe() {
         "hookbridge_reconciles_total",
         "Looks for the pipeline an ambiguous attempt may have created, by target and outcome (found, not_found, skipped, failed)"
     );
+    metrics::describe_counter!(
+        "hookbridge_statuses_total",
+        "Commit status posts to the VCS, by source, state and outcome (posted, retry, dead)"
+    );
+    metrics::describe_counter!(
+        "hookbridge_pipeline_reads_total",
+        "Reads of a followed pipeline's state from the CI, by target and outcome (final, running, failed, refused, skipped)"
+    );
     metrics::describe_histogram!(
         "hookbridge_ingest_duration_seconds",
         metrics::Unit::Seconds,

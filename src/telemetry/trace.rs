@@ -328,7 +328,7 @@ const VCS_KEYS: &[&str] = &[
 fn vcs(event: &Event) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(VCS_KEYS.len());
     let provider = match event.provider {
-        Provider::Standard | Provider::Hmac => None,
+        Provider::Standard | Provider::Hmac | Provider::Circleci => None,
         known => Some(known.as_str()),
     };
     if let Some(provider) = provider {
