@@ -364,3 +364,16 @@ async fn outside_values_that_cannot_be_a_path_are_permanent_unsent() {
     }
     assert_eq!(s.received(), 0);
 }
+
+/// GitLab refuses to move a status to the state it is in ("Cannot
+/// transition status via :run from :running", 400): the commit shows
+/// what was to be posted, so the post is done, not dead.
+#[tokio::test]
+async fn gitlab_refusing_the_state_it_is_in_counts_as_posted() {
+    let s = Kind::Gitlab.start().await;
+    let p = post(Kind::Gitlab, StatusState::Running, Some(PIPELINE));
+    assert_eq!(send(&s, &s.api(), &p).await, Outcome::Done { status: 201 });
+    assert_eq!(send(&s, &s.api(), &p).await, Outcome::Done { status: 400 });
+    assert_eq!(s.posts().len(), 1);
+    assert_clean(&s);
+}

@@ -145,7 +145,18 @@ pub async fn post_status(
         }
     };
     match transport.send(&request, Some(&api.token), timeout).await {
-        Ok(response) => classify(&response, &redact, now),
+        Ok(response) => match classify(&response, &redact, now) {
+            // GitLab refuses a status the commit already has ("Cannot
+            // transition status via :run from :running"): it shows what
+            // was to be posted, so the post is done.
+            Posted::Permanent {
+                reason,
+                status: Some(400),
+            } if vcs == Vcs::Gitlab && reason.contains("Cannot transition status") => {
+                Posted::Done { status: 400 }
+            }
+            posted => posted,
+        },
         Err(SendError::Build(e)) => Posted::Permanent {
             reason: redact.text(&format!("cannot build the request: {e}")),
             status: None,

@@ -160,6 +160,25 @@ fn answer(
         return response;
     }
     let posted = record(vcs, target, body);
+    // GitLab keeps one status per commit and name while it is not
+    // finished, and refuses to move it to the state it is in.
+    if vcs == Vcs::Gitlab {
+        let posts = state.shared.posts.lock().unwrap();
+        let last = posts
+            .iter()
+            .rev()
+            .find(|p| p.sha == posted.sha && p.context == posted.context);
+        if let Some(last) =
+            last.filter(|l| l.state == posted.state && ["pending", "running"].contains(&l.state.as_str()))
+        {
+            let via = if last.state == "running" { "run" } else { "enqueue" };
+            return error(
+                vcs,
+                400,
+                &format!("Cannot transition status via :{via} from :{}", last.state),
+            );
+        }
+    }
     let answer = success(vcs, &posted);
     state.shared.posts.lock().unwrap().push(posted);
     answer
