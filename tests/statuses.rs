@@ -368,8 +368,39 @@ async fn github_push_to_gitlab_reports_queued_running_then_success_once_each() {
         metrics.contains(r#"hookbridge_statuses_total{source="github",state="success",outcome="posted"} 1"#),
         "{metrics}"
     );
+    // The dashboard's page of the delivery lists them too.
+    let d: Value = reqwest::get(format!(
+        "{}/api/v1/deliveries/{delivery}?source=github",
+        daemon.admin
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let page = reqwest::get(format!(
+        "{}/ui/deliveries/{}",
+        daemon.admin,
+        d["id"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("<caption>Commit statuses</caption>")
+            && page.contains("<dt>Pipeline state</dt><dd>success</dd>"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(
+            r#"<a href="{}" rel="noreferrer noopener">GitLab pipeline #{number} passed</a>"#,
+            url.replace('/', "&#x2f;")
+        )),
+        "{page}"
+    );
     // The token of the status API is nowhere in what hookbridge keeps or says.
-    let shown = format!("{j}{out}{metrics}{}", daemon.logs());
+    let shown = format!("{j}{out}{metrics}{page}{}", daemon.logs());
     assert!(!shown.contains(vcs.token()));
 }
 
