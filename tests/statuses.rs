@@ -720,3 +720,69 @@ async fn every_vcs_receives_its_own_status_shape() {
         drop(daemon);
     }
 }
+
+/// A CircleCI token that may not read the pipeline's workflows: each
+/// workflow is reported under `<context>/<workflow>` from its
+/// `workflow-completed` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_are_reported_one_by_one_when_circleci_refuses_the_read() {
+    let (ci, vcs) = (StandIn::start().await, VcsStandIn::start(Vcs::Gitea).await);
+    let ws = Workspace::new(&config(
+        "gitea",
+        &vcs,
+        &ci,
+        "circleci",
+        "context = \"ci/circleci\"",
+    ));
+    let daemon = start(&ws, &vcs);
+    let sha = "7777777777777777777777777777777777777777";
+    let delivery = gitea_push(&daemon, sha).await;
+    job_with(&daemon, "gitea", &delivery, "the job done", |j| {
+        j["state"] == "done"
+    })
+    .await;
+    let pipeline = ci.circle_pipelines()[0].clone();
+    vcs.wait_for(|p| trail(p, sha).len() == 2, Duration::from_secs(20))
+        .await;
+    ci.fail_pipeline_reads(Some(401));
+    assert_eq!(
+        workflow_completed(&daemon, &pipeline.id, "build", "success", CIRCLE_SECRET).await,
+        200
+    );
+    assert_eq!(
+        workflow_completed(&daemon, &pipeline.id, "test", "failed", CIRCLE_SECRET).await,
+        200
+    );
+    let posts = vcs
+        .wait_for(
+            |p| {
+                p.iter().any(|p| p.context == "ci/circleci/test")
+                    && p.iter().any(|p| p.context == "ci/circleci/build")
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    let of = |context: &str| -> Vec<(String, String)> {
+        posts
+            .iter()
+            .filter(|p| p.context == context)
+            .map(|p| (p.state.clone(), p.description.clone().unwrap_or_default()))
+            .collect()
+    };
+    assert_eq!(
+        of("ci/circleci/build"),
+        [("success".to_owned(), "CircleCI workflow build success".to_owned())]
+    );
+    assert_eq!(
+        of("ci/circleci/test"),
+        [("failure".to_owned(), "CircleCI workflow test failed".to_owned())]
+    );
+    // The pipeline's own context still says it runs: its result is not known.
+    assert_eq!(of("ci/circleci").last().unwrap().0, "pending");
+    let metrics = daemon.metrics().await;
+    assert!(
+        metrics.contains(r#"hookbridge_pipeline_reads_total{target="circleci",outcome="refused"}"#),
+        "{metrics}"
+    );
+    assert!(vcs.problems().is_empty(), "{:#?}", vcs.problems());
+}
