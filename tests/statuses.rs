@@ -177,6 +177,9 @@ async fn pipeline_hook(daemon: &Daemon, id: u64, sha: &str, status: &str, uuid: 
     body["object_attributes"]["status"] = json!(status);
     body["object_attributes"]["sha"] = json!(sha);
     body["object_attributes"]["ref"] = json!("main");
+    // The project the rule triggers (`acme/app`): GitLab's events of other
+    // projects tell its jobs nothing.
+    body["project"]["path_with_namespace"] = json!("acme/app");
     let resp = reqwest::Client::new()
         .post(daemon.hook_url("gitlab-events"))
         .header("X-Gitlab-Event", "Pipeline Hook")
@@ -207,6 +210,11 @@ async fn workflow_completed(
     body["pipeline"]["id"] = json!(pipeline);
     body["workflow"]["name"] = json!(workflow);
     body["workflow"]["status"] = json!(status);
+    // The project the rule triggers (`gh/acme/app`).
+    body["project"]["slug"] = json!("gh/acme/app");
+    for url in ["origin_repository_url", "target_repository_url"] {
+        body["pipeline"]["vcs"][url] = json!("https://github.com/acme/app");
+    }
     let body = serde_json::to_vec(&body).unwrap();
     let signature = format!("v1={}", hmac_sha256_hex(secret.as_bytes(), &body));
     let resp = reqwest::Client::new()

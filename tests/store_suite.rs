@@ -1511,7 +1511,7 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
     use sqlx::Connection;
 
     type Shape = BTreeMap<String, Vec<String>>;
-    const TABLES: [&str; 8] = [
+    const TABLES: [&str; 9] = [
         "deliveries",
         "payloads",
         "jobs",
@@ -1520,6 +1520,7 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
         "follow_ups",
         "statuses",
         "watches",
+        "completions",
     ];
 
     let lite = sqlite().await;

@@ -71,6 +71,7 @@ fn completed(
     at: SystemTime,
 ) -> NewDelivery {
     let mut d = delivery(ci, id, 0, at);
+    d.event.kind = "pipeline".into();
     d.event.pipeline = Some(PipelineRun {
         ci: ci.into(),
         id: run.into(),
@@ -243,10 +244,7 @@ async fn each_step_of_a_job_queues_the_status_it_wants(h: Harness) {
 
     let dead = Transition::Dead("HTTP 404: project not found".into());
     recorded(s, reporting("c-3", &"3".repeat(40), true, t), dead, t).await;
-    let dead = [
-        ("pending", "queued"),
-        ("error", "not triggered: HTTP 404: project not found"),
-    ];
+    let dead = [("pending", "queued"), ("error", "not triggered: HTTP 404")];
     assert_eq!(statuses(s, "c-3").await, want(&dead));
 
     let retry = Transition::Retry {
@@ -669,10 +667,14 @@ async fn a_run_found_by_its_follow_up_is_reported_and_watched(h: Harness) {
     assert_eq!(watches(s, "w", t + POLL).await[0].pipeline, "12");
 }
 
-/// The purge deletes a delivery's statuses and watches with its jobs.
+/// The purge keeps a delivery while a status of its jobs is still to post
+/// (pending or out) or its pipeline is still watched, without letting it
+/// fill a batch; once all are posted and the watch has ended, the delivery
+/// goes, and its statuses and watches with its jobs.
 async fn the_purge_takes_statuses_and_watches_along(h: Harness) {
     let s = &h.store;
     let t = SystemTime::now();
+    let cutoff = t + POLL * 2;
     recorded(
         s,
         reporting("p-1", SHA, true, t),
@@ -680,11 +682,53 @@ async fn the_purge_takes_statuses_and_watches_along(h: Harness) {
         t,
     )
     .await;
-    s.ingest(completed("hook-1", "gitlab", "42", "running", None, t))
+    s.ingest(delivery("github", "p-2", 0, t)).await.unwrap();
+    assert_eq!((rows(&h, "statuses").await, rows(&h, "watches").await), (2, 1));
+    // p-1 is older, but held: a batch of one takes p-2.
+    assert_eq!(s.purge(cutoff, 1).await.unwrap(), 1);
+    assert!(s.get(&key("p-2")).await.is_err());
+    assert_eq!(s.purge(cutoff, 10).await.unwrap(), 0, "statuses to post");
+
+    let post_all = |at: SystemTime| async move {
+        loop {
+            let leased = lease(s, "p", at).await;
+            if leased.is_empty() {
+                break;
+            }
+            for l in leased {
+                s.record_status(&l, "p", PostOutcome::Posted { status: 201 }, at)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    post_all(t).await;
+    assert_eq!(s.purge(cutoff, 10).await.unwrap(), 0, "a watch open");
+    assert_eq!((rows(&h, "statuses").await, rows(&h, "watches").await), (2, 1));
+
+    // The read that finds the result ends the watch and queues its status:
+    // held until posted, also while the post is out.
+    let w = watches(s, "w", t + POLL).await.remove(0);
+    let fin = WatchRecord {
+        pipeline: Some(PipelineState::Success),
+        next: None,
+        ..WatchRecord::default()
+    };
+    s.record_watch(&w, "w", fin, t + POLL).await.unwrap();
+    assert_eq!(s.purge(cutoff, 10).await.unwrap(), 0, "a status to post");
+    let out = lease(s, "p", t + POLL).await;
+    assert_eq!(
+        brief(&out),
+        [(w.job.clone(), "GitLab pipeline #7 passed".to_owned())]
+    );
+    assert_eq!(s.purge(cutoff, 10).await.unwrap(), 0, "a post out");
+    s.record_status(&out[0], "p", PostOutcome::Posted { status: 201 }, t + POLL)
         .await
         .unwrap();
-    assert_eq!((rows(&h, "statuses").await, rows(&h, "watches").await), (2, 1));
-    assert_eq!(s.purge(t + Duration::from_secs(1), 10).await.unwrap(), 2);
+
+    assert_eq!((rows(&h, "statuses").await, rows(&h, "watches").await), (3, 1));
+    assert_eq!(s.purge(cutoff, 10).await.unwrap(), 1);
+    assert!(s.get(&key("p-1")).await.is_err());
     assert_eq!((rows(&h, "statuses").await, rows(&h, "watches").await), (0, 0));
     assert!(lease(s, "p", t + Duration::from_secs(7200)).await.is_empty());
     assert_eq!(h.orphans().await, 0);
@@ -727,6 +771,95 @@ async fn jobs_without_a_status_spec_queue_nothing(h: Harness) {
     );
 }
 
+/// A completion event that comes before the record of the pipeline's
+/// creation (a pipeline that finished at once, a trigger whose answer was
+/// late) is kept, and tells the job once it records that pipeline.
+async fn a_completion_before_the_record_tells_the_job_once_it_records(h: Harness) {
+    let s = &h.store;
+    let t = SystemTime::now();
+    s.ingest(completed("early-1", "gitlab", "77", "success", None, t))
+        .await
+        .unwrap();
+    assert_eq!(rows(&h, "completions").await, 1);
+    recorded(
+        s,
+        reporting("late-1", SHA, true, t),
+        Transition::Done(pipeline("77")),
+        t,
+    )
+    .await;
+    assert_eq!(
+        statuses(s, "late-1").await,
+        want(&[
+            ("pending", "queued"),
+            ("running", "GitLab pipeline #7 running"),
+            ("success", "GitLab pipeline #7 passed"),
+        ])
+    );
+    assert_eq!(pipeline_state(s, "late-1").await.as_deref(), Some("success"));
+    assert_eq!(rows(&h, "completions").await, 0, "applied, then dropped");
+}
+
+/// Only pipeline events of the job's own project tell it anything: a
+/// pipeline of the same id in another project (another GitLab), or a
+/// CircleCI `job-completed`, moves nothing.
+async fn completions_of_other_projects_and_job_events_tell_nothing(h: Harness) {
+    let s = &h.store;
+    let t = SystemTime::now();
+    recorded(
+        s,
+        reporting("own-1", SHA, true, t),
+        Transition::Done(pipeline("42")),
+        t,
+    )
+    .await;
+    let mut other = completed("other-1", "gitlab", "42", "failed", None, t);
+    other.event.repository = Some("unrelated/project".into());
+    s.ingest(other).await.unwrap();
+    let mut job = completed("job-1", "gitlab", "42", "failed", None, t);
+    job.event.kind = "job".into();
+    s.ingest(job).await.unwrap();
+    assert_eq!(
+        statuses(s, "own-1").await,
+        want(&[("pending", "queued"), ("running", "GitLab pipeline #7 running")])
+    );
+    assert_eq!(pipeline_state(s, "own-1").await.as_deref(), Some("created"));
+    // The project's own event does, whatever case the path is written in.
+    let mut own = completed("own-hook", "gitlab", "42", "failed", None, t);
+    own.event.repository = Some("Acme/App".into());
+    s.ingest(own).await.unwrap();
+    assert_eq!(pipeline_state(s, "own-1").await.as_deref(), Some("failed"));
+}
+
+/// Two jobs on one commit and context (a push and a pull request) do not
+/// re-post each other's statuses when one of them moves again.
+async fn two_jobs_on_one_commit_do_not_repost_each_other(h: Harness) {
+    let s = &h.store;
+    let t = SystemTime::now();
+    recorded(
+        s,
+        reporting("two-1", SHA, true, t),
+        Transition::Done(pipeline("51")),
+        t,
+    )
+    .await;
+    recorded(
+        s,
+        reporting("two-2", SHA, true, t),
+        Transition::Done(pipeline("52")),
+        t,
+    )
+    .await;
+    let before = rows(&h, "statuses").await;
+    // Each one's running again (a poll that learned nothing new).
+    for (id, run) in [("r-1", "51"), ("r-2", "52"), ("r-3", "51")] {
+        s.ingest(completed(id, "gitlab", run, "running", None, t))
+            .await
+            .unwrap();
+    }
+    assert_eq!(rows(&h, "statuses").await, before);
+}
+
 suite!(
     a_reporting_job_queues_queued_with_its_delivery,
     each_step_of_a_job_queues_the_status_it_wants,
@@ -739,4 +872,7 @@ suite!(
     a_run_found_by_its_follow_up_is_reported_and_watched,
     the_purge_takes_statuses_and_watches_along,
     jobs_without_a_status_spec_queue_nothing,
+    a_completion_before_the_record_tells_the_job_once_it_records,
+    completions_of_other_projects_and_job_events_tell_nothing,
+    two_jobs_on_one_commit_do_not_repost_each_other,
 );

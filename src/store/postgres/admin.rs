@@ -142,7 +142,10 @@ async fn lock_delivery(tx: &mut Tx, id: &str, key: &DeliveryKey) -> Result<(), S
 /// Delete up to `batch` finished deliveries received before `cutoff`, with
 /// their payloads, jobs, attempts, cancels, follow-ups, commit statuses and
 /// watches, unless another replica holds the purge
-/// lock (then 0: it purges this round).
+/// lock (then 0: it purges this round). A delivery whose jobs still have a
+/// status to post or a pipeline watched stays until it is posted and the
+/// watch ends (at its deadline at the latest); held ones are left out before
+/// the `LIMIT`, so that they never fill a batch.
 ///
 /// One statement per table, in this order: deleting the jobs waits for any
 /// attempt record holding one of their locks (a late worker's), so the
@@ -157,10 +160,20 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
     if !locked {
         return Ok(0);
     }
+    // Completion events kept for a pipeline no job recorded in that time.
+    sqlx::query("DELETE FROM completions WHERE received_at < $1")
+        .bind(millis(cutoff))
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
     let gone: Vec<(String, i64)> = sqlx::query_as(
         "DELETE FROM deliveries WHERE id IN (
-            SELECT id FROM deliveries WHERE status IN ('done', 'skipped', 'superseded') AND received_at < $1
-            LIMIT $2 FOR UPDATE SKIP LOCKED)
+            SELECT id FROM deliveries d WHERE status IN ('done', 'skipped', 'superseded') AND received_at < $1
+              AND NOT EXISTS (SELECT 1 FROM jobs j JOIN statuses s ON s.job_id = j.id
+                              WHERE j.delivery_id = d.id AND s.post IN ('pending', 'running'))
+              AND NOT EXISTS (SELECT 1 FROM jobs j JOIN watches w ON w.job_id = j.id
+                              WHERE j.delivery_id = d.id AND w.state <> 'done')
+            LIMIT $2 FOR UPDATE OF d SKIP LOCKED)
          RETURNING id, seq",
     )
     .bind(millis(cutoff))

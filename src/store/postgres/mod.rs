@@ -45,6 +45,7 @@ mod admin;
 mod batch;
 mod bulk;
 mod cancels;
+mod completions;
 mod connect;
 mod error;
 mod follow_ups;

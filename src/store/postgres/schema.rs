@@ -281,6 +281,14 @@ CREATE TABLE watches (
 );
 CREATE INDEX watches_due ON watches (next_check_at) WHERE state = 'pending';
 CREATE INDEX watches_lease ON watches (lease_until) WHERE state = 'running';
+CREATE TABLE completions (
+    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pipeline_id     TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    received_at     BIGINT NOT NULL
+);
+CREATE INDEX completions_pipeline ON completions (pipeline_id);
+CREATE INDEX completions_received ON completions (received_at);
 "#,
 ];
 

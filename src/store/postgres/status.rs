@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 
+use sha2::Digest;
 use sqlx::{Postgres, Transaction};
 
 use super::db;
@@ -59,4 +60,13 @@ pub(super) fn text(s: &str) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(s)
     }
+}
+
+/// The advisory lock key of a subject (the first 8 bytes of its SHA-256,
+/// after a prefix of its own: a collision only makes two writes wait).
+pub(super) fn lock_key(subject: &str) -> i64 {
+    let digest = sha2::Sha256::digest(format!("hookbridge status\n{subject}").as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
 }

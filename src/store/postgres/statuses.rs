@@ -16,17 +16,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-use sha2::Digest;
 use sqlx::Row;
 
-use super::db;
 use super::status::{Tx, lock_job, text};
-use crate::event::PipelineRun;
-use crate::store::model::from_json;
-use crate::store::status::sync::{self, Plan, STORED_COLUMNS, Stored, Told};
+use super::{completions, db};
+use crate::event::Event;
+use crate::store::status::sync::{self, Plan, STORED_COLUMNS, Stored};
 use crate::store::status::{LeasedWatch, NewStatus, PipelineState, WatchRecord};
 use crate::store::{NewDelivery, StoreError, millis};
-use crate::target::TriggerRequest;
 
 /// Jobs with a status spec among `$1`, in its order.
 static SYNC_SELECT: LazyLock<String> = LazyLock::new(|| {
@@ -43,10 +40,27 @@ static SYNC_SELECT: LazyLock<String> = LazyLock::new(|| {
 /// watching a followed pipeline just created. Jobs without a status spec
 /// are left alone (one query finds none).
 pub(super) async fn sync(tx: &mut Tx, jobs: &[(&str, i64)]) -> Result<(), StoreError> {
+    let created = sync_once(tx, jobs).await?;
+    // Completion events that came before these records (a pipeline that
+    // finished at once, a trigger reconciled later) tell them now; the
+    // jobs they move already carry their pipeline, so this ends.
+    let mut moved = Vec::new();
+    for (event, at) in completions::early(tx, &created).await? {
+        moved.extend(completions::apply(tx, &event, at).await?);
+    }
+    let moved: Vec<(&str, i64)> = moved.iter().map(|(j, at)| (j.as_str(), *at)).collect();
+    if !moved.is_empty() {
+        sync_once(tx, &moved).await?;
+    }
+    Ok(())
+}
+
+/// One round of [`sync`]: the pipeline ids it recorded.
+async fn sync_once(tx: &mut Tx, jobs: &[(&str, i64)]) -> Result<Vec<String>, StoreError> {
     let mut seen = HashSet::with_capacity(jobs.len());
     let jobs: Vec<(&str, i64)> = jobs.iter().copied().filter(|(j, _)| seen.insert(*j)).collect();
     if jobs.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<&str> = jobs.iter().map(|(j, _)| *j).collect();
     let clock: HashMap<&str, i64> = jobs.iter().copied().collect();
@@ -74,10 +88,11 @@ pub(super) async fn sync(tx: &mut Tx, jobs: &[(&str, i64)]) -> Result<(), StoreE
         plans.push((sync::plan(&stored, now)?, now));
     }
     if plans.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     pipelines(tx, &plans).await?;
-    queue(tx, &plans).await
+    queue(tx, &plans).await?;
+    Ok(plans.into_iter().filter_map(|(p, _)| p.pipeline_id).collect())
 }
 
 /// What `plans` change of the jobs' pipelines and watches.
@@ -136,15 +151,6 @@ async fn pipelines(tx: &mut Tx, plans: &[(Plan, i64)]) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The advisory lock key of a subject (the first 8 bytes of its SHA-256,
-/// after a prefix of its own: a collision only makes two writes wait).
-fn lock_key(subject: &str) -> i64 {
-    let digest = sha2::Sha256::digest(format!("hookbridge status\n{subject}").as_bytes());
-    let mut key = [0u8; 8];
-    key.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(key)
-}
-
 /// Queue what `plans` want, under their subjects' locks (in key order),
 /// leaving out each status equal to the latest of its subject, counting
 /// those queued before it here.
@@ -158,7 +164,7 @@ async fn queue(tx: &mut Tx, plans: &[(Plan, i64)]) -> Result<(), StoreError> {
     if subjects.is_empty() {
         return Ok(());
     }
-    let mut keys: Vec<i64> = subjects.iter().map(|s| lock_key(s)).collect();
+    let mut keys: Vec<i64> = subjects.iter().map(|s| super::status::lock_key(s)).collect();
     keys.sort_unstable();
     keys.dedup();
     sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::int8[]) AS k")
@@ -166,17 +172,33 @@ async fn queue(tx: &mut Tx, plans: &[(Plan, i64)]) -> Result<(), StoreError> {
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-    let mut latest: HashMap<String, (String, String)> = sqlx::query_as(
-        "SELECT u.subject, l.state, l.description FROM UNNEST($1::text[]) AS u(subject)
-         CROSS JOIN LATERAL (SELECT state, description FROM statuses s WHERE s.subject = u.subject
+    // Each job's own latest status of each subject, not a dead one: two
+    // jobs on one commit and context do not re-post each other's, and a
+    // status the VCS refused may be queued again.
+    let mut pairs: Vec<(String, String)> = plans
+        .iter()
+        .flat_map(|(p, _)| {
+            p.wanted
+                .iter()
+                .map(|w| (p.job.clone(), text(&w.subject).into_owned()))
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (jobs, subjects): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+    let mut latest: HashMap<(String, String), (String, String)> = sqlx::query_as(
+        "SELECT u.job, u.subject, l.state, l.description FROM UNNEST($1::text[], $2::text[]) AS u(job, subject)
+         CROSS JOIN LATERAL (SELECT state, description FROM statuses s
+                             WHERE s.subject = u.subject AND s.job_id = u.job AND s.post <> 'dead'
                              ORDER BY s.seq DESC LIMIT 1) AS l",
     )
+    .bind(&jobs)
     .bind(&subjects)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?
     .into_iter()
-    .map(|(subject, state, description)| (subject, (state, description)))
+    .map(|(job, subject, state, description)| ((job, subject), (state, description)))
     .collect();
     let mut rows: Vec<[Option<String>; 6]> = Vec::new();
     let mut clock = Vec::new();
@@ -188,12 +210,13 @@ async fn queue(tx: &mut Tx, plans: &[(Plan, i64)]) -> Result<(), StoreError> {
                 description: text(&w.status.description).into_owned(),
                 ..w.status.clone()
             };
-            let last = latest.get(&subject).map(|(s, d)| (s.as_str(), d.as_str()));
+            let key = (plan.job.clone(), subject.clone());
+            let last = latest.get(&key).map(|(s, d)| (s.as_str(), d.as_str()));
             if sync::repeats(last, &status) {
                 continue;
             }
             let (state, description) = (status.state.as_str(), status.description);
-            latest.insert(subject.clone(), (state.to_owned(), description.clone()));
+            latest.insert(key, (state.to_owned(), description.clone()));
             rows.push([
                 Some(plan.job.clone()),
                 Some(subject),
@@ -250,12 +273,13 @@ pub(super) async fn ingested(
         })
         .collect();
     sync(tx, &jobs).await?;
-    let mut runs: Vec<(i64, &PipelineRun)> = fresh()
-        .filter_map(|d| d.event.pipeline.as_ref().map(|run| (millis(d.received_at), run)))
+    let mut runs: Vec<(i64, &Event)> = fresh()
+        .filter(|d| d.event.pipeline.is_some())
+        .map(|d| (millis(d.received_at), &d.event))
         .collect();
     runs.sort_by_key(|(at, _)| *at);
-    for (at, run) in runs {
-        completion(tx, run, at).await?;
+    for (at, event) in runs {
+        completion(tx, event, at).await?;
     }
     Ok(())
 }
@@ -263,83 +287,10 @@ pub(super) async fn ingested(
 /// Whether an ingest batch has work here: a job that reports statuses,
 /// or a completion event.
 pub(super) fn involved(deliveries: &[&NewDelivery]) -> bool {
-    deliveries
-        .iter()
-        .any(|d| d.event.pipeline.is_some() || d.jobs.iter().any(|j| j.status.is_some()))
-}
-
-/// A completion event (a GitLab `Pipeline Hook`, a CircleCI
-/// `workflow-completed`): what it tells of the pipelines of jobs that
-/// report statuses (found by pipeline id, locked), as on SQLite.
-pub(super) async fn completion(tx: &mut Tx, run: &PipelineRun, now: i64) -> Result<(), StoreError> {
-    let jobs: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, request, pipeline_state FROM jobs
-         WHERE pipeline_id = $1 AND status IS NOT NULL AND state = 'done' ORDER BY id FOR UPDATE",
-    )
-    .bind(text(&run.id))
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
-    let mut moved = Vec::with_capacity(jobs.len());
-    for (job, request, current) in &jobs {
-        let kind = from_json::<TriggerRequest>(request)?.target_kind();
-        let current = current.as_deref().and_then(PipelineState::parse);
-        match sync::told(kind, run) {
-            Some(Told::Pipeline(next)) => learn(tx, job, current, next).await?,
-            Some(Told::Workflow(workflow)) => {
-                let facts: Option<Option<String>> =
-                    sqlx::query_scalar("SELECT facts FROM watches WHERE job_id = $1 FOR UPDATE")
-                        .bind(job)
-                        .fetch_optional(&mut **tx)
-                        .await
-                        .map_err(db)?;
-                let facts = sync::with_workflow(facts.flatten().as_deref(), workflow)?;
-                sqlx::query(
-                    "UPDATE watches SET facts = $2, woken = 1, next_check_at = LEAST(next_check_at, $3),
-                            updated_at = $3
-                     WHERE job_id = $1 AND state <> 'done'",
-                )
-                .bind(job)
-                .bind(facts)
-                .bind(now)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
-                learn(tx, job, current, PipelineState::Running).await?;
-            }
-            None => continue,
-        }
-        moved.push((job.as_str(), now));
-    }
-    sync(tx, &moved).await
-}
-
-/// Move `job`'s pipeline to `next` if that moves it on; a final state ends its watch.
-async fn learn(
-    tx: &mut Tx,
-    job: &str,
-    current: Option<PipelineState>,
-    next: PipelineState,
-) -> Result<(), StoreError> {
-    if !PipelineState::advances_to(current, next) {
-        return Ok(());
-    }
-    sqlx::query("UPDATE jobs SET pipeline_state = $2 WHERE id = $1")
-        .bind(job)
-        .bind(next.as_str())
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    if next.is_final() {
-        sqlx::query(
-            "UPDATE watches SET state = 'done', lease_owner = NULL, lease_until = NULL WHERE job_id = $1",
-        )
-        .bind(job)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-    }
-    Ok(())
+    deliveries.iter().any(|d| {
+        (d.event.pipeline.is_some() && d.event.kind == crate::event::kind::PIPELINE)
+            || d.jobs.iter().any(|j| j.status.is_some())
+    })
 }
 
 /// Record a watch's read and queue the statuses it causes, if `owner`
@@ -384,7 +335,7 @@ pub(super) async fn record_watch(
     .await
     .map_err(db)?;
     if let Some(p) = record.pipeline {
-        learn(tx, &w.job, current, p).await?;
+        completions::learn(tx, &w.job, current, p).await?;
     }
     sync(tx, &[(w.job.as_str(), now_ms)]).await
 }
@@ -407,4 +358,13 @@ pub(super) async fn release(tx: &mut Tx, owner: &str, now_ms: i64) -> Result<(),
             .map_err(db)?;
     }
     Ok(())
+}
+
+/// A completion event (a GitLab `Pipeline Hook`, a CircleCI
+/// `workflow-completed`): what it tells of the pipelines of jobs that
+/// report statuses (found by pipeline id, locked), as on SQLite.
+pub(super) async fn completion(tx: &mut Tx, event: &Event, now: i64) -> Result<(), StoreError> {
+    let moved = completions::apply(tx, event, now).await?;
+    let moved: Vec<(&str, i64)> = moved.iter().map(|(j, at)| (j.as_str(), *at)).collect();
+    sync(tx, &moved).await
 }

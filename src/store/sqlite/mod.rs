@@ -38,6 +38,7 @@ mod follow_ups;
 mod groups;
 mod guard;
 mod history;
+mod purge;
 mod queue;
 mod schema;
 mod status;
@@ -451,7 +452,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
-        self.write(How::UPKEEP, move |tx| queue::purge(tx, cutoff, batch))
+        self.write(How::UPKEEP, move |tx| purge::purge(tx, cutoff, batch))
             .await
     }
 

@@ -157,8 +157,8 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
     }
     groups::apply(tx, &plan, received)?;
     statuses::queued(tx, &d.jobs, received)?;
-    if let Some(run) = &d.event.pipeline {
-        statuses::completion(tx, run, received)?;
+    if d.event.pipeline.is_some() {
+        statuses::completion(tx, &d.event, received)?;
     }
     Ok(Ingested::Stored {
         superseded: plan.superseded,
@@ -194,23 +194,14 @@ pub(super) fn lease_due(
 ) -> Result<Vec<LeasedJob>, StoreError> {
     let now_ms = millis(now);
     let mut ids: Vec<(String, bool)> = Vec::new();
-    {
-        let mut expired = tx.prepare_cached(EXPIRED).map_err(db)?;
-        let rows = expired
-            .query_map(params![now_ms, limit as i64], |r| r.get::<_, String>(0))
+    // Expired leases first, then due jobs, up to `limit` in all.
+    for (sql, expired) in [(EXPIRED, true), (DUE, false)] {
+        let room = (limit - ids.len().min(limit)) as i64;
+        let found: Vec<String> = tx
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_map(params![now_ms, room], |r| r.get(0))?.collect())
             .map_err(db)?;
-        for id in rows {
-            ids.push((id.map_err(db)?, true));
-        }
-        let mut due = tx.prepare_cached(DUE).map_err(db)?;
-        let rows = due
-            .query_map(params![now_ms, (limit - ids.len().min(limit)) as i64], |r| {
-                r.get::<_, String>(0)
-            })
-            .map_err(db)?;
-        for id in rows {
-            ids.push((id.map_err(db)?, false));
-        }
+        ids.extend(found.into_iter().map(|id| (id, expired)));
     }
     let until = millis(now + lease);
     let mut out = Vec::with_capacity(ids.len());
@@ -371,33 +362,43 @@ pub(super) fn record(
     // worker's attempt is still recorded above.
     // A job a newer one of its group superseded while its attempt was out
     // is due at once if it is to be retried: its next start ends it.
-    tx.prepare_cached(
-        "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
+    let reports: Option<bool> = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = ?3, lease_owner = NULL, lease_until = NULL,
                 next_attempt_at = CASE WHEN ?3 = 'pending' AND superseded_by IS NOT NULL THEN ?7 ELSE ?4 END,
                 last_error = ?5, result = COALESCE(?6, result), updated_at = ?7,
                 ambiguous_since = COALESCE(MIN(ambiguous_since, ?9), ambiguous_since, ?9)
-         WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' AND attempts = ?8",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            job,
-            owner,
-            update.state.as_str(),
-            update.next_attempt_at,
-            update.error,
-            update.result,
-            now_ms,
-            lease,
-            attempt.ambiguous.then(|| millis(attempt.started_at)),
-        ])
-    })
-    .map_err(db)?;
+         WHERE id = ?1 AND lease_owner = ?2 AND state = 'running' AND attempts = ?8
+         RETURNING status IS NOT NULL",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    job,
+                    owner,
+                    update.state.as_str(),
+                    update.next_attempt_at,
+                    update.error,
+                    update.result,
+                    now_ms,
+                    lease,
+                    attempt.ambiguous.then(|| millis(attempt.started_at)),
+                ],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(db)?;
     if grouped && matches!(next, Transition::Done(_)) {
         groups::created_late(tx, job, update.result.as_deref(), now_ms)?;
         groups::after_done(tx, job, now_ms)?;
     }
     follow_ups::after_attempt(tx, job, next, update.result.as_deref(), now_ms)?;
-    statuses::sync(tx, job, now_ms)?;
+    // Statuses, for a job that reports them (a record that did not hold
+    // its lease moved nothing, unless a superseded job kept its pipeline).
+    if reports.unwrap_or(grouped) {
+        statuses::sync(tx, job, now_ms)?;
+    }
     refresh_status(tx, delivery_id)
 }
 
@@ -475,25 +476,4 @@ pub(super) fn add_jobs(
     )
     .map_err(db)?;
     refresh_status(tx, &id)
-}
-
-pub(super) fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
-    let seqs: Vec<i64> = tx
-        .prepare_cached(
-            "SELECT seq FROM deliveries WHERE status IN ('done', 'skipped', 'superseded') AND received_at < ?1 LIMIT ?2",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![millis(cutoff), batch as i64], |r| r.get(0))?
-                .collect()
-        })
-        .map_err(db)?;
-    for seq in &seqs {
-        // Jobs and attempts go with the delivery (ON DELETE CASCADE).
-        tx.prepare_cached("DELETE FROM payloads WHERE seq = ?1")
-            .and_then(|mut s| s.execute(params![seq]))
-            .and_then(|_| tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1"))
-            .and_then(|mut s| s.execute(params![seq]))
-            .map_err(db)?;
-    }
-    Ok(seqs.len() as u64)
 }

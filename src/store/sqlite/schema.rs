@@ -216,7 +216,9 @@ ALTER TABLE attempts ADD COLUMN reconcile TEXT;
     // the created pipeline's id, which completion events find it by.
     // `statuses` is the queue of posts, in order per `subject` (source,
     // repository, commit, context); `watches` the pipelines followed to
-    // their result (`facts`: what completion events told, JSON).
+    // their result (`facts`: what completion events told, JSON);
+    // `completions` the completion events that came before any job
+    // recorded their pipeline, kept until one does.
     r#"
 ALTER TABLE jobs ADD COLUMN status TEXT;
 ALTER TABLE jobs ADD COLUMN pipeline_state TEXT;
@@ -259,6 +261,14 @@ CREATE TABLE watches (
 );
 CREATE INDEX watches_due ON watches (next_check_at) WHERE state = 'pending';
 CREATE INDEX watches_lease ON watches (lease_until) WHERE state = 'running';
+CREATE TABLE completions (
+    seq             INTEGER PRIMARY KEY,
+    pipeline_id     TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    received_at     INTEGER NOT NULL
+);
+CREATE INDEX completions_pipeline ON completions (pipeline_id);
+CREATE INDEX completions_received ON completions (received_at);
 "#,
 ];
 

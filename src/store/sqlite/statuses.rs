@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::db;
-use crate::event::PipelineRun;
-use crate::store::model::from_json;
+use crate::event::Event;
+use crate::store::model::{from_json, to_json};
 use crate::store::owner::{Left, left_by};
 use crate::store::status::sync::{self, STORED_COLUMNS, Stored, Told};
 use crate::store::status::{LeasedStatus, LeasedWatch, PipelineState, PostOutcome, StatusState, WatchRecord};
@@ -81,10 +81,11 @@ pub(super) fn sync(tx: &Connection, job: &str, now: i64) -> Result<(), StoreErro
     for w in plan.wanted {
         let latest: Option<(String, String)> = tx
             .prepare_cached(
-                "SELECT state, description FROM statuses WHERE subject = ?1 ORDER BY seq DESC LIMIT 1",
+                "SELECT state, description FROM statuses WHERE subject = ?1 AND job_id = ?2 AND post <> 'dead'
+                 ORDER BY seq DESC LIMIT 1",
             )
             .and_then(|mut s| {
-                s.query_row(params![w.subject], |r| Ok((r.get(0)?, r.get(1)?)))
+                s.query_row(params![w.subject, job], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
             .map_err(db)?;
@@ -109,6 +110,30 @@ pub(super) fn sync(tx: &Connection, job: &str, now: i64) -> Result<(), StoreErro
         })
         .map_err(db)?;
     }
+    // A completion event that came before this record (a pipeline that
+    // finished at once, a trigger reconciled later) tells it now.
+    if let Some(id) = &plan.pipeline_id {
+        early(tx, id)?;
+    }
+    Ok(())
+}
+
+/// Completion events kept for pipeline `id` before any job recorded it,
+/// applied (each moves the jobs that now carry it) and dropped.
+fn early(tx: &Connection, id: &str) -> Result<(), StoreError> {
+    let kept: Vec<(i64, String, i64)> = tx
+        .prepare_cached("SELECT seq, event, received_at FROM completions WHERE pipeline_id = ?1 ORDER BY seq")
+        .and_then(|mut s| {
+            s.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(db)?;
+    for (seq, event, at) in kept {
+        tx.prepare_cached("DELETE FROM completions WHERE seq = ?1")
+            .and_then(|mut s| s.execute(params![seq]))
+            .map_err(db)?;
+        completion(tx, &from_json(&event)?, at)?;
+    }
     Ok(())
 }
 
@@ -127,7 +152,15 @@ pub(super) fn queued(tx: &Connection, jobs: &[NewJob], now: i64) -> Result<(), S
 /// report statuses. GitLab's says the pipeline's state; CircleCI's says
 /// one workflow's, so it records that and wakes the watch, which reads
 /// whether every workflow is done.
-pub(super) fn completion(tx: &Connection, run: &PipelineRun, now: i64) -> Result<(), StoreError> {
+pub(super) fn completion(tx: &Connection, event: &Event, now: i64) -> Result<(), StoreError> {
+    // Only pipeline events tell a result (not CircleCI's job-completed).
+    let Some(run) = event
+        .pipeline
+        .as_ref()
+        .filter(|_| event.kind == crate::event::kind::PIPELINE)
+    else {
+        return Ok(());
+    };
     let jobs: Vec<(String, String, Option<String>)> = tx
         .prepare_cached(
             "SELECT id, request, pipeline_state FROM jobs
@@ -138,10 +171,19 @@ pub(super) fn completion(tx: &Connection, run: &PipelineRun, now: i64) -> Result
                 .collect()
         })
         .map_err(db)?;
+    if jobs.is_empty() {
+        // No job recorded this pipeline (yet): its trigger's answer may
+        // still be on its way. Kept until one does, or the purge.
+        let kept = to_json(event)?;
+        tx.prepare_cached("INSERT INTO completions (pipeline_id, event, received_at) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![run.id, kept, now]))
+            .map_err(db)?;
+        return Ok(());
+    }
     for (job, request, current) in jobs {
-        let kind = from_json::<TriggerRequest>(&request)?.target_kind();
+        let request = from_json::<TriggerRequest>(&request)?;
         let current = current.as_deref().and_then(PipelineState::parse);
-        match sync::told(kind, run) {
+        match sync::told(&request, event) {
             Some(Told::Pipeline(next)) => learn(tx, &job, current, next)?,
             Some(Told::Workflow(workflow)) => {
                 let facts: Option<Option<String>> = tx

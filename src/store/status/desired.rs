@@ -116,7 +116,7 @@ pub fn desired(job: &JobFacts<'_>) -> Vec<Wanted> {
         JobState::Pending | JobState::Running => status(StatusState::Pending, "queued", None),
         JobState::Dead => status(
             StatusState::Error,
-            &format!("not triggered: {}", job.last_error.unwrap_or("gave up")),
+            &format!("not triggered: {}", headline(job.last_error.unwrap_or("gave up"))),
             None,
         ),
         JobState::Superseded => {
@@ -125,7 +125,10 @@ pub fn desired(job: &JobFacts<'_>) -> Vec<Wanted> {
         }
         JobState::Skipped => status(
             StatusState::Success,
-            &format!("not run: {}", job.last_error.unwrap_or("the CI chose not to run")),
+            &format!(
+                "not run: {}",
+                headline(job.last_error.unwrap_or("the CI chose not to run"))
+            ),
             None,
         ),
         JobState::Done if !job.spec.follow => {
@@ -141,7 +144,10 @@ pub fn desired(job: &JobFacts<'_>) -> Vec<Wanted> {
     if job.state == JobState::Done
         && let Some(w) = job.watch.filter(|w| w.per_workflow)
     {
-        for (workflow, run) in &w.workflows {
+        for (name, run) in &w.workflows {
+            // A name from a webhook: printable, and short enough for any
+            // VCS's context.
+            let workflow: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
             let context = format!("{}/{workflow}", job.spec.context);
             let state = workflow_state(&run.status);
             let mut s = status(
@@ -149,7 +155,7 @@ pub fn desired(job: &JobFacts<'_>) -> Vec<Wanted> {
                 &format!("CircleCI workflow {workflow} {}", run.status),
                 run.url.clone().or_else(|| url.clone()),
             );
-            s.context_suffix = Some(workflow.clone());
+            s.context_suffix = Some(workflow);
             out.push(Wanted {
                 subject: subject(job.spec, &context),
                 context,
@@ -163,16 +169,12 @@ pub fn desired(job: &JobFacts<'_>) -> Vec<Wanted> {
 /// The status of a done job whose pipeline is followed.
 fn done(job: &JobFacts<'_>, name: &str, url: Option<String>) -> NewStatus {
     let per_workflow = job.watch.is_some_and(|w| w.per_workflow);
+    // A result learned (from an event or a read) is the pipeline's,
+    // whatever was reported workflow by workflow before.
     match job.pipeline {
-        Some(PipelineState::Success) if !per_workflow => {
-            status(StatusState::Success, &format!("{name} passed"), url)
-        }
-        Some(PipelineState::Failed) if !per_workflow => {
-            status(StatusState::Failure, &format!("{name} failed"), url)
-        }
-        Some(PipelineState::Canceled) if !per_workflow => {
-            status(StatusState::Canceled, &format!("{name} canceled"), url)
-        }
+        Some(PipelineState::Success) => status(StatusState::Success, &format!("{name} passed"), url),
+        Some(PipelineState::Failed) => status(StatusState::Failure, &format!("{name} failed"), url),
+        Some(PipelineState::Canceled) => status(StatusState::Canceled, &format!("{name} canceled"), url),
         _ => match job.watch.and_then(|w| w.gave_up.as_deref()) {
             // Reported workflow by workflow, the pipeline's own context ends
             // with the workflows completion events told of, once watching
@@ -216,6 +218,19 @@ pub fn workflow_state(status: &str) -> StatusState {
         "not_run" => StatusState::Success,
         _ => StatusState::Running,
     }
+}
+
+/// What a status may say of an error: its first part, up to the first
+/// `:` (`HTTP 404`, `cannot connect to the CI API`), so that a CI's
+/// answer or a host name is not published on the commit; the whole text
+/// is in `deliveries show`.
+fn headline(error: &str) -> &str {
+    error
+        .split(':')
+        .next()
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .unwrap_or(error)
 }
 
 /// The first 7 characters of a commit.
@@ -320,7 +335,7 @@ mod tests {
         f.last_error = Some("HTTP 404: project not found");
         let s = one(&f);
         assert_eq!(s.state, StatusState::Error);
-        assert_eq!(s.description, "not triggered: HTTP 404: project not found");
+        assert_eq!(s.description, "not triggered: HTTP 404");
         let mut f = facts(&spec, JobState::Superseded, None);
         f.superseded_by = Some("fedcba9876543210");
         assert_eq!(one(&f).description, "superseded by fedcba9");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::desired::{self, JobFacts, Wanted, WatchFacts, Workflow};
 use super::{NewStatus, PipelineState, PostOutcome, StatusSpec, WatchRecord};
-use crate::event::PipelineRun;
+use crate::event::{Event, kind};
 use crate::store::model::{from_json, to_json};
 use crate::store::{JobState, StoreError, millis};
 use crate::target::{TargetKind, TriggerRequest, TriggerResult};
@@ -144,9 +144,18 @@ pub enum Told {
     Workflow(Option<(String, Workflow)>),
 }
 
-/// What `run` tells of a job of `kind`, if it is about such a pipeline.
-pub fn told(kind: TargetKind, run: &PipelineRun) -> Option<Told> {
-    match (kind, run.ci.as_str()) {
+/// What a completion event (`event.pipeline` = `run`) tells of a job
+/// that sent `request` and recorded a pipeline of `run`'s id, if the event
+/// is about that pipeline: from the same CI, and, where both name it, of
+/// the same project (pipeline ids are only unique within one GitLab).
+/// Only pipeline events (`kind = "pipeline"`) tell anything: a CircleCI
+/// `job-completed` is no workflow's result.
+pub fn told(request: &TriggerRequest, event: &Event) -> Option<Told> {
+    let run = event.pipeline.as_ref().filter(|_| event.kind == kind::PIPELINE)?;
+    if !same_project(request, event.repository.as_deref()) {
+        return None;
+    }
+    match (request.target_kind(), run.ci.as_str()) {
         (TargetKind::Gitlab, "gitlab") => desired::gitlab_state(&run.status).map(Told::Pipeline),
         (TargetKind::Circleci, "circleci") => Some(Told::Workflow(run.workflow.clone().map(|name| {
             let workflow = Workflow {
@@ -157,6 +166,26 @@ pub fn told(kind: TargetKind, run: &PipelineRun) -> Option<Told> {
         }))),
         _ => None,
     }
+}
+
+/// Whether a completion event of `repository` may be about a pipeline
+/// `request` created: the GitLab project's path, or the repository a
+/// CircleCI project slug names (`gh/acme/app`), compared without case. A
+/// numeric GitLab project id, a CircleCI `circleci/<org>/<project>` slug or
+/// an event without a repository cannot be compared, and pass.
+fn same_project(request: &TriggerRequest, repository: Option<&str>) -> bool {
+    let Some(repository) = repository else {
+        return true;
+    };
+    let named = match request {
+        TriggerRequest::Gitlab(r) if !r.project.bytes().all(|b| b.is_ascii_digit()) => r.project.as_str(),
+        TriggerRequest::Circleci(r) => match r.project().split_once('/') {
+            Some(("gh" | "github" | "bb" | "bitbucket", path)) => path,
+            _ => return true,
+        },
+        _ => return true,
+    };
+    named.eq_ignore_ascii_case(repository)
 }
 
 /// A workflow added to a watch's facts (JSON in, JSON out).
