@@ -1380,3 +1380,63 @@ fn status_follow_says_what_the_result_needs() {
         "{out}"
     );
 }
+
+/// A followed pipeline is watched until its result or `poll_timeout`, and
+/// its delivery is kept meanwhile: a `poll_timeout` (its own or the default)
+/// longer than `[store] retention` is refused. Rules that watch nothing
+/// (`follow = false`, a target that never reports) are not concerned.
+#[test]
+fn status_poll_timeout_longer_than_retention_is_refused() {
+    let api = "\n[sources.github.api]\ntoken = \"env:GITHUB_WEBHOOK_SECRET\"\n";
+    let store = "\n[store]\nretention = \"6h\"\n";
+    let rules = [
+        status_rule("default-timeout", "", "circleci", ""),
+        status_rule(
+            "long-timeout",
+            "",
+            "gl-api",
+            "poll = \"1m\"\npoll_timeout = \"1d\"",
+        ),
+        status_rule(
+            "short-timeout",
+            "",
+            "gl-api",
+            "poll = \"1m\"\npoll_timeout = \"6h\"",
+        ),
+        status_rule(
+            "not-followed",
+            "",
+            "circleci",
+            "follow = false\npoll_timeout = \"1d\"",
+        ),
+    ]
+    .concat();
+    let (code, err) = check(&format!("{STATUS_TARGETS}{api}{store}{rules}"));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.matches("error:").count(), 2, "{err}");
+    insta::assert_snapshot!(err);
+}
+
+/// A CircleCI v1.1 job trigger creates no pipeline: no read and no
+/// CircleCI webhook can tell its result, so `follow` is warned about as for
+/// a target that never reports one, and no note promises a webhook.
+#[test]
+fn status_follow_on_a_circleci_v1_job_warns() {
+    let api = "\n[sources.github.api]\ntoken = \"env:GITHUB_WEBHOOK_SECRET\"\n";
+    let rules = [
+        status_rule("v1-job", "", "v1", ""),
+        status_rule("v1-created", "", "v1", "follow = false"),
+        status_rule("v2-pipeline", "", "circleci", ""),
+    ]
+    .concat();
+    let ws = Workspace::new(&format!("{BASE}{STATUS_TARGETS}{api}{rules}"));
+    let (code, out, err) = ws.cli(
+        &["check", "--config", "hookbridge.toml"],
+        &[("GITHUB_WEBHOOK_SECRET", "s"), ("CIRCLECI_TOKEN", "t")],
+    );
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!(err);
+    let notes: Vec<&str> = out.lines().filter(|l| l.contains("note: rule")).collect();
+    assert_eq!(notes.len(), 1, "{out}");
+    assert!(notes[0].contains("rule `v2-pipeline`"), "{out}");
+}

@@ -377,3 +377,28 @@ async fn gitlab_refusing_the_state_it_is_in_counts_as_posted() {
     assert_eq!(s.posts().len(), 1);
     assert_clean(&s);
 }
+
+/// GitHub answers its rate limits with 403 and a time to come back: the
+/// status is retried then, not given up.
+#[tokio::test]
+async fn a_github_rate_limit_403_is_retried() {
+    let s = Kind::Github.start().await;
+    s.fail_next_with(403, 1, Some(5));
+    let p = post(Kind::Github, StatusState::Success, Some(PIPELINE));
+    match send(&s, &s.api(), &p).await {
+        Outcome::Retry { after, status, .. } => {
+            assert_eq!((after, status), (Some(Duration::from_secs(5)), Some(403)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A 403 without a time to wait is a token without the scope: permanent.
+    s.fail_next_with(403, 1, None);
+    assert!(matches!(
+        send(&s, &s.api(), &p).await,
+        Outcome::Permanent {
+            status: Some(403),
+            ..
+        }
+    ));
+    assert_clean(&s);
+}

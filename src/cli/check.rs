@@ -42,7 +42,8 @@ fn status_notes(config: &crate::config::Config) -> Vec<String> {
         .iter()
         .filter_map(|rule| {
             let status = rule.status.as_ref()?;
-            if !status.follow || status.poll.is_some() {
+            // No result comes at all (`check` warned), or it is asked for.
+            if !status.follow || status.poll.is_some() || !status.learns_result {
                 return None;
             }
             let hook = match config.targets.get(&rule.target)?.kind {
@@ -50,7 +51,6 @@ fn status_notes(config: &crate::config::Config) -> Vec<String> {
                     "CircleCI webhooks (`workflow-completed`) to a `circleci` source"
                 }
                 TargetKind::Gitlab => "GitLab `Pipeline Hook` deliveries to a `gitlab` source",
-                // `check` warned: no result is learned from these at all.
                 _ => return None,
             };
             Some(format!(

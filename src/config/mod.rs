@@ -311,6 +311,7 @@ fn compile(path: &Path, raw: RawConfig, loader: &mut Loader) -> Option<Config> {
         &targets,
         loader,
     );
+    crate::rules::status::check_retention(&rules, &raw.rules, store.retention, loader);
     let (lease, lease_ahead) = lease(raw.dispatch.lease.map(|d| d.0), &retry, &targets, &rules, loader);
     let dispatch = DispatchSettings {
         concurrency: dispatch_concurrency(raw.dispatch.concurrency.as_ref(), loader),

@@ -29,6 +29,9 @@ use crate::vcs::{self, Posted, StatusPost};
 
 /// How often an idle loop looks for due statuses.
 const IDLE: Duration = Duration::from_millis(500);
+/// How often, when no rule reports statuses (those queued before a
+/// reload that removed the last such rule still get posted).
+const QUIET: Duration = Duration::from_secs(5);
 /// Statuses or watches leased at once: each is one short call.
 const BATCH: usize = 16;
 /// The longest a read of a pipeline's state may take.
@@ -40,6 +43,7 @@ impl Dispatcher {
     /// Post statuses until `shutdown`.
     pub(super) async fn status_loop(self, shutdown: CancellationToken) {
         super::side::run("statuses", IDLE, shutdown, || async {
+            self.quiet().await;
             let lease = self.config.load().dispatch.lease;
             let statuses = self
                 .store
@@ -54,6 +58,13 @@ impl Dispatcher {
             Ok(leased)
         })
         .await;
+    }
+
+    /// Without a rule that reports statuses, look less often.
+    async fn quiet(&self) {
+        if !self.config.load().rules.reports_statuses() {
+            tokio::time::sleep(QUIET.saturating_sub(IDLE)).await;
+        }
     }
 
     async fn post_one(&self, s: LeasedStatus) {
@@ -146,6 +157,7 @@ impl Dispatcher {
     /// Read followed pipelines until `shutdown`.
     pub(super) async fn watch_loop(self, shutdown: CancellationToken) {
         super::side::run("watches", IDLE, shutdown, || async {
+            self.quiet().await;
             let lease = self.config.load().dispatch.lease;
             let watches = self
                 .store
@@ -268,14 +280,17 @@ fn waiting(w: &LeasedWatch, now: SystemTime, after: Option<Duration>, why: &str)
         let within = humantime::format_duration(w.spec.poll_timeout);
         return gave_up(format!("no result within {within} ({why})"));
     }
+    // `after` may be a CI's `Retry-After` of any size: never past the deadline.
+    let left = w.deadline.duration_since(now).unwrap_or_default();
     let wait = match (w.spec.poll, after) {
         (Some(poll), Some(after)) => poll.min(after),
         (Some(poll), None) => poll,
         (None, Some(after)) => after,
-        (None, None) => w.deadline.duration_since(now).unwrap_or_default(),
-    };
+        (None, None) => left,
+    }
+    .min(left);
     WatchRecord {
-        next: Some((now + wait).min(w.deadline)),
+        next: Some(now.checked_add(wait).unwrap_or(w.deadline).min(w.deadline)),
         ..WatchRecord::default()
     }
 }

@@ -131,6 +131,11 @@ enum Miss {
 }
 
 impl RuleSet {
+    /// Whether any rule reports commit statuses (`[rules.status]`).
+    pub fn reports_statuses(&self) -> bool {
+        self.rules.iter().any(|r| r.status.is_some())
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }

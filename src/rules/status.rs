@@ -40,6 +40,10 @@ pub struct StatusRule {
     pub poll: Option<Duration>,
     /// Stop waiting for the result after this long.
     pub poll_timeout: Duration,
+    /// Whether the result of the rule's pipelines can reach hookbridge at
+    /// all (not from a target or trigger that never reports one; `check`
+    /// warns of those when `follow` is set).
+    pub learns_result: bool,
 }
 
 /// The source names a rule set compiles against.
@@ -114,18 +118,24 @@ pub(super) fn compile(
             );
         }
     }
-    if follow && !reads_results(target.kind) {
+    let learns_result = reads_results(r, target.kind);
+    if follow && !learns_result {
         let span = s.follow.as_ref().map_or_else(|| raw.span(), Spanned::span);
-        loader.push(
-            Diagnostic::warning(
+        let (why, help) = if target.kind == TargetKind::Circleci {
+            (
+                "a CircleCI v1.1 job trigger creates no pipeline, so neither CircleCI webhooks nor reads can tell its result; its status stays running once the job is triggered".to_owned(),
+                "set `follow = false` to report success once the job is triggered, or trigger a pipeline (API v2) to report its result",
+            )
+        } else {
+            (
                 format!(
-                    "rule `{name}`: hookbridge learns pipeline results from CircleCI and GitLab only; the status of a {} target's pipeline stays pending after \"pipeline created\"",
+                    "hookbridge learns pipeline results from CircleCI and GitLab only; the status of a {} target's pipeline stays pending after \"pipeline created\"",
                     target.kind.as_str()
                 ),
-                Some(span),
+                "set `follow = false` to report success once the pipeline is created",
             )
-            .with_help("set `follow = false` to report success once the pipeline is created"),
-        );
+        };
+        loader.push(Diagnostic::warning(format!("rule `{name}`: {why}"), Some(span)).with_help(help));
     }
     if loader.error_count() != errors_before {
         return None;
@@ -136,12 +146,62 @@ pub(super) fn compile(
         follow,
         poll: poll.map(|(p, _)| p),
         poll_timeout,
+        learns_result,
     })
 }
 
-/// Targets whose pipeline results reach hookbridge (completion webhooks, reads).
-fn reads_results(kind: TargetKind) -> bool {
-    matches!(kind, TargetKind::Circleci | TargetKind::Gitlab)
+/// Whether the results of the pipelines rule `r` creates on a target of
+/// `kind` reach hookbridge (completion webhooks, reads): GitLab's and
+/// CircleCI's, but not those of a CircleCI v1.1 job trigger, whose result
+/// names no pipeline that a watch or a completion event could find.
+fn reads_results(r: &RawRule, kind: TargetKind) -> bool {
+    match kind {
+        TargetKind::Gitlab => true,
+        TargetKind::Circleci => r.trigger.get_ref().job.is_none(),
+        _ => false,
+    }
+}
+
+/// Each followed rule's `poll_timeout` within `[store] retention`: a
+/// delivery whose pipeline is still watched is not purged, so a longer wait
+/// would keep it (payload and all) past the retention the operator set.
+/// `raw` is the rules as written, for the place to point at.
+pub fn check_retention(
+    rules: &super::RuleSet,
+    raw: &[Spanned<RawRule>],
+    retention: Duration,
+    loader: &mut Loader,
+) {
+    for rule in rules.rules() {
+        let Some(status) = rule.status.as_ref() else {
+            continue;
+        };
+        // Nothing is watched without `follow`, or for a result that never comes.
+        if !status.follow || !status.learns_result || status.poll_timeout <= retention {
+            continue;
+        }
+        let written = raw
+            .iter()
+            .find(|r| *r.get_ref().name.get_ref() == rule.name)
+            .and_then(|r| r.get_ref().status.as_ref());
+        let (span, default) = match written.map(|s| (s, &s.get_ref().poll_timeout)) {
+            Some((_, Some(t))) => (Some(t.span()), ""),
+            Some((s, None)) => (Some(s.span()), ", the default"),
+            None => (None, ""),
+        };
+        loader.push(
+            Diagnostic::error(
+                format!(
+                    "rule `{}`: status.poll_timeout ({}{default}) is longer than `[store] retention` ({}): a delivery is kept while its pipeline is watched",
+                    rule.name,
+                    crate::config::units::HumanDuration(status.poll_timeout),
+                    crate::config::units::HumanDuration(retention)
+                ),
+                span,
+            )
+            .with_help("set a shorter `poll_timeout`, or a longer `[store] retention`"),
+        );
+    }
 }
 
 /// Every source the rule may match must have an API to post with.

@@ -145,6 +145,26 @@ pub async fn post_status(
         }
     };
     match transport.send(&request, Some(&api.token), timeout).await {
+        // GitHub answers its rate limits (commit statuses count as content
+        // creation) with 403 and says when to come back.
+        Ok(response)
+            if vcs == Vcs::Github
+                && response.status == 403
+                && let Some(after) = crate::target::github_actions::retry_wait(
+                    &response,
+                    &String::from_utf8_lossy(&response.body),
+                    now,
+                ) =>
+        {
+            Posted::Retry {
+                reason: redact.text(&format!(
+                    "HTTP 403: {}",
+                    message(&redact.bytes(response.body.to_vec()))
+                )),
+                after: Some(after),
+                status: Some(403),
+            }
+        }
         Ok(response) => match classify(&response, &redact, now) {
             // GitLab refuses a status the commit already has ("Cannot
             // transition status via :run from :running"): it shows what

@@ -21,8 +21,8 @@ struct Attributes {
     iid: Option<u64>,
     #[serde(rename = "ref")]
     git_ref: Option<String>,
-    #[serde(default)]
-    tag: bool,
+    /// `null` in some GitLab versions' hooks, as any field here may be.
+    tag: Option<bool>,
     sha: Option<String>,
     status: Option<String>,
     /// Newer GitLab versions send the pipeline's web URL.
@@ -50,7 +50,7 @@ pub(super) fn describe(event: &mut Event, p: PipelineHook) {
     match a.git_ref.as_deref().filter(|r| !r.is_empty()) {
         // Merge request pipelines run on `refs/merge-requests/1/head`.
         Some(full) if full.starts_with("refs/") => event.set_ref(full),
-        Some(tag) if a.tag => event.set_ref(&format!("refs/tags/{tag}")),
+        Some(tag) if a.tag == Some(true) => event.set_ref(&format!("refs/tags/{tag}")),
         Some(branch) => event.set_ref(&format!("refs/heads/{branch}")),
         None => {}
     }
@@ -131,5 +131,38 @@ mod tests {
         assert_eq!((e.kind.as_str(), e.action, e.pipeline), ("pipeline", None, None));
         let e = describe(&json!({"object_kind": "pipeline", "object_attributes": {"id": 7}}));
         assert_eq!((e.action, e.pipeline), (None, None));
+    }
+
+    /// GitLab may send `null` for any attribute: `tag: null` is a branch
+    /// pipeline, and a hook whose other fields are null is still read.
+    #[test]
+    fn null_attributes_are_read_as_missing() {
+        let mut body = fixture();
+        body["object_attributes"]["tag"] = Value::Null;
+        let e = describe(&body);
+        assert_eq!(
+            (e.git_ref.as_deref(), e.branch.as_deref(), e.tag.as_deref()),
+            (Some("refs/heads/master"), Some("master"), None)
+        );
+        assert_eq!(e.pipeline.unwrap().id, "31");
+        for key in ["iid", "ref", "sha", "url"] {
+            body["object_attributes"][key] = Value::Null;
+        }
+        body["project"] = Value::Null;
+        body["user"] = Value::Null;
+        let e = describe(&body);
+        assert_eq!(
+            (e.git_ref, e.sha, e.repository, e.sender),
+            (None, None, None, None)
+        );
+        let p = e.pipeline.unwrap();
+        assert_eq!(
+            (p.id.as_str(), p.number, p.status.as_str(), p.url),
+            ("31", None, "success", None)
+        );
+        body["object_attributes"]["status"] = Value::Null;
+        body["object_attributes"]["id"] = Value::Null;
+        let e = describe(&body);
+        assert_eq!((e.kind.as_str(), e.action, e.pipeline), ("pipeline", None, None));
     }
 }

@@ -80,6 +80,17 @@ pub enum Request {
     PipelineRun(PipelineRunRequest),
 }
 
+impl Request {
+    /// The project slug the trigger names (`gh/acme/app`, `circleci/<org>/<project>`).
+    pub fn project(&self) -> &str {
+        match self {
+            Request::Job(r) => &r.project,
+            Request::Pipeline(r) => &r.project,
+            Request::PipelineRun(r) => &r.project,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRequest {
     pub project: String,

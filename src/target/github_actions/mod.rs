@@ -361,7 +361,7 @@ pub(super) fn created(body: &[u8]) -> Outcome {
 
 /// How long to wait before retrying a 408, 425, 429 or 5xx: as GitHub
 /// states it ([`rate_limited`]), else a minute for a secondary rate limit.
-pub(super) fn retry_wait(response: &Response, message: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_wait(response: &Response, message: &str, now: SystemTime) -> Option<Duration> {
     rate_limited(response, now).or_else(|| secondary(message).then_some(SECONDARY_WAIT))
 }
 
