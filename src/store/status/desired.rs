@@ -238,18 +238,6 @@ pub fn short(sha: &str) -> &str {
     sha.get(..7).unwrap_or(sha)
 }
 
-/// A GitLab pipeline's status word as a pipeline state.
-pub fn gitlab_state(status: &str) -> Option<PipelineState> {
-    Some(match status {
-        "created" | "waiting_for_resource" | "preparing" | "pending" | "scheduled" => PipelineState::Created,
-        "running" | "manual" | "waiting_for_callback" => PipelineState::Running,
-        "success" | "skipped" => PipelineState::Success,
-        "failed" => PipelineState::Failed,
-        "canceled" | "canceling" => PipelineState::Canceled,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -384,9 +372,18 @@ mod tests {
 
     #[test]
     fn gitlab_words_map_to_states() {
-        assert_eq!(gitlab_state("running"), Some(PipelineState::Running));
-        assert_eq!(gitlab_state("success"), Some(PipelineState::Success));
-        assert_eq!(gitlab_state("canceled"), Some(PipelineState::Canceled));
-        assert_eq!(gitlab_state("weird"), None);
+        assert_eq!(
+            PipelineState::from_gitlab("running"),
+            Some(PipelineState::Running)
+        );
+        assert_eq!(
+            PipelineState::from_gitlab("success"),
+            Some(PipelineState::Success)
+        );
+        assert_eq!(
+            PipelineState::from_gitlab("canceled"),
+            Some(PipelineState::Canceled)
+        );
+        assert_eq!(PipelineState::from_gitlab("weird"), None);
     }
 }

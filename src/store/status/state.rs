@@ -56,6 +56,22 @@ impl PipelineState {
         }
     }
 
+    /// A GitLab pipeline's `status` word as a state; `None` for a word
+    /// this version does not know. Both a `Pipeline Hook` and a read of the
+    /// pipeline (`crate::target::watch`) go by it.
+    pub fn from_gitlab(status: &str) -> Option<PipelineState> {
+        Some(match status {
+            "created" | "waiting_for_resource" | "preparing" | "pending" | "scheduled" => {
+                PipelineState::Created
+            }
+            "running" | "manual" | "waiting_for_callback" => PipelineState::Running,
+            "success" | "skipped" => PipelineState::Success,
+            "failed" => PipelineState::Failed,
+            "canceled" | "canceling" => PipelineState::Canceled,
+            _ => return None,
+        })
+    }
+
     /// Whether learning `next` after `self` moves the pipeline on.
     pub fn advances_to(current: Option<PipelineState>, next: PipelineState) -> bool {
         match current {

@@ -156,7 +156,7 @@ pub fn told(request: &TriggerRequest, event: &Event) -> Option<Told> {
         return None;
     }
     match (request.target_kind(), run.ci.as_str()) {
-        (TargetKind::Gitlab, "gitlab") => desired::gitlab_state(&run.status).map(Told::Pipeline),
+        (TargetKind::Gitlab, "gitlab") => PipelineState::from_gitlab(&run.status).map(Told::Pipeline),
         (TargetKind::Circleci, "circleci") => Some(Told::Workflow(run.workflow.clone().map(|name| {
             let workflow = Workflow {
                 status: run.status.clone(),

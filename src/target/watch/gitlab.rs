@@ -28,13 +28,7 @@ struct Pipeline {
 /// - `failed`: [`Failed`](PipelineState::Failed);
 /// - `canceled`, `canceling`: [`Canceled`](PipelineState::Canceled).
 pub fn state_of(status: &str) -> PipelineState {
-    match status {
-        "created" | "waiting_for_resource" | "preparing" | "pending" | "scheduled" => PipelineState::Created,
-        "success" | "skipped" => PipelineState::Success,
-        "failed" => PipelineState::Failed,
-        "canceled" | "canceling" => PipelineState::Canceled,
-        _ => PipelineState::Running,
-    }
+    PipelineState::from_gitlab(status).unwrap_or(PipelineState::Running)
 }
 
 /// Whether `id` can be a GitLab pipeline id: digits only.
