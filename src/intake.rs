@@ -246,6 +246,7 @@ pub(crate) fn summary_and_jobs(event: &Event, evaluation: &Evaluation) -> (Summa
             .collect(),
         skipped: evaluation.skipped.clone(),
         errors: evaluation.errors.clone(),
+        deferred: evaluation.deferred.clone(),
     };
     (summary, jobs)
 }

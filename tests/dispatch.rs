@@ -126,6 +126,7 @@ async fn store_with_one_job() -> (Arc<dyn Store>, tempfile::TempDir, String) {
             }],
             skipped: vec![],
             errors: vec![],
+            deferred: Vec::new(),
         },
         jobs: vec![NewJob {
             id: job.clone(),

@@ -560,6 +560,7 @@ impl Harness {
                     .collect(),
                 skipped: vec![],
                 errors: vec![],
+                deferred: Vec::new(),
             },
             jobs: jobs.clone(),
             trace: None,

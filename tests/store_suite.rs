@@ -170,6 +170,7 @@ fn delivery(source: &str, id: &str, jobs: usize, received_at: SystemTime) -> New
                 .collect(),
             skipped: vec![],
             errors: vec![],
+            deferred: Vec::new(),
         },
         jobs,
         trace: None,

@@ -109,6 +109,7 @@ fn delivery(i: usize, now: SystemTime) -> NewDelivery {
                 reason: "event 'push' not in events [pull_request]".into(),
             }],
             errors: vec![],
+            deferred: Vec::new(),
         },
         jobs,
         trace: None,

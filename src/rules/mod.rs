@@ -116,12 +116,22 @@ pub struct Errored {
     pub error: String,
 }
 
+/// A rule whose verdict waits for the changed files, read from the VCS
+/// (`paths_unknown = "fetch"`): the summary's `deferred`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Deferred {
+    pub rule: String,
+    /// Why the payload cannot decide it.
+    pub reason: String,
+}
+
 /// The verdict of every rule on one event.
 #[derive(Debug, Default, Clone)]
 pub struct Evaluation {
     pub matched: Vec<Matched>,
     pub skipped: Vec<Skipped>,
     pub errors: Vec<Errored>,
+    pub deferred: Vec<Deferred>,
 }
 
 /// Why a rule did not match: skipped by a filter, or failed to evaluate.

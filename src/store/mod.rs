@@ -73,6 +73,7 @@ use crate::rules::{Errored, Skipped};
 use crate::target::{TriggerRequest, TriggerResult};
 
 pub mod concurrency;
+pub mod deferral;
 mod detail;
 mod error;
 pub mod follow;
@@ -128,6 +129,11 @@ pub struct Summary {
     pub matched: Vec<MatchedJob>,
     pub skipped: Vec<Skipped>,
     pub errors: Vec<Errored>,
+    /// The rules whose path filters wait for the changed files read from
+    /// the VCS (`paths_unknown = "fetch"`); each moves to `matched`,
+    /// `skipped` or `errors` once they are read ([`deferral`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<deferral::Deferred>,
 }
 
 /// A job to create with its delivery.

@@ -52,6 +52,21 @@ pub trait Transport: Send + Sync {
         token: Option<&Secret>,
         timeout: Duration,
     ) -> Result<Response, SendError>;
+
+    /// [`send`](Self::send), reading up to `limit` bytes of the answer
+    /// instead of [`RESPONSE_BODY_LIMIT`]: the VCS reads of changed files,
+    /// whose answers are long lists. A stand-in that does not bound its
+    /// answers need not implement it.
+    async fn send_limited(
+        &self,
+        request: &OutboundRequest,
+        token: Option<&Secret>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Response, SendError> {
+        let _ = limit;
+        self.send(request, token, timeout).await
+    }
 }
 
 /// The shared HTTP client: no redirects, warm connections.
@@ -101,11 +116,22 @@ impl Transport for Http {
         token: Option<&Secret>,
         timeout: Duration,
     ) -> Result<Response, SendError> {
+        self.send_limited(request, token, timeout, RESPONSE_BODY_LIMIT)
+            .await
+    }
+
+    async fn send_limited(
+        &self,
+        request: &OutboundRequest,
+        token: Option<&Secret>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Response, SendError> {
         let Some(span) = trace::client_span(request.method, &request.url) else {
-            return self.exchange(request, token, timeout).await;
+            return self.exchange(request, token, timeout, limit).await;
         };
         let answer = self
-            .exchange(request, token, timeout)
+            .exchange(request, token, timeout, limit)
             .instrument(span.clone())
             .await;
         trace::client_answered(&span, answer.as_ref().map(|r| r.status).map_err(SendError::kind));
@@ -126,12 +152,13 @@ impl SendError {
 }
 
 impl Http {
-    /// Send `request` and read a bounded prefix of the answer.
+    /// Send `request` and read at most `limit` bytes of the answer.
     async fn exchange(
         &self,
         request: &OutboundRequest,
         token: Option<&Secret>,
         timeout: Duration,
+        limit: usize,
     ) -> Result<Response, SendError> {
         let wire = wire(&self.client, request, token, timeout)?;
         let mut response = self.client.execute(wire).await.map_err(describe_error)?;
@@ -141,10 +168,10 @@ impl Http {
         // pages can be large, and a slow one would otherwise hold the attempt
         // until its timeout.
         let mut body = Vec::new();
-        while body.len() < RESPONSE_BODY_LIMIT {
+        while body.len() < limit {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    let room = RESPONSE_BODY_LIMIT - body.len();
+                    let room = limit.saturating_sub(body.len());
                     body.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 }
                 Ok(None) => break,

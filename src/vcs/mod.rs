@@ -35,6 +35,7 @@ use crate::target::{
 
 pub mod bitbucket_cloud;
 pub mod bitbucket_dc;
+pub mod files;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;

@@ -60,6 +60,7 @@ fn delivery(source: &str, id: &str, jobs: &[&str], at: SystemTime) -> NewDeliver
                 .collect(),
             skipped: vec![],
             errors: vec![],
+            deferred: Vec::new(),
         },
         jobs,
         trace: None,

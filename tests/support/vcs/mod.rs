@@ -41,6 +41,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 mod checks;
+pub(crate) mod files;
 mod server;
 
 use std::collections::VecDeque;
@@ -114,6 +115,11 @@ struct Shared {
     failures: Mutex<VecDeque<Failure>>,
     /// Every request that reached the server.
     received: AtomicUsize,
+    /// What the file reads see (`files::History`), and their log.
+    history: Mutex<files::History>,
+    reads: Mutex<Vec<String>>,
+    /// Answers queued for the next reads of changed files.
+    read_failures: Mutex<VecDeque<Failure>>,
 }
 
 /// A running stand-in for one VCS's commit-status API.
@@ -234,6 +240,36 @@ impl VcsStandIn {
     pub(crate) fn fail_next_with(&self, status: u16, count: usize, retry_after: Option<u64>) {
         let mut failures = self.shared.failures.lock().unwrap();
         failures.extend(std::iter::repeat_n(Failure { status, retry_after }, count));
+    }
+
+    /// Set what the repository's file reads see.
+    pub(crate) fn set_history(&self, history: files::History) {
+        *self.shared.history.lock().unwrap() = history;
+    }
+
+    /// Every read of changed files (GET), as `path?query`, in order.
+    pub(crate) fn reads(&self) -> Vec<String> {
+        self.shared.reads.lock().unwrap().clone()
+    }
+
+    /// Answer the next `count` reads of changed files with `status`, with
+    /// `Retry-After: 1` when the status is one to retry.
+    pub(crate) fn fail_reads(&self, status: u16, count: usize) {
+        let retryable = matches!(status, 408 | 425 | 429 | 500..=599);
+        let failure = Failure {
+            status,
+            retry_after: retryable.then_some(1),
+        };
+        self.shared
+            .read_failures
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(failure, count));
+    }
+
+    /// Answer reads normally again.
+    pub(crate) fn recover_reads(&self) {
+        self.shared.read_failures.lock().unwrap().clear();
     }
 
     /// Poll the posts until `pred` holds, at most `timeout`; then panic,

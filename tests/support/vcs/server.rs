@@ -98,7 +98,12 @@ pub(super) async fn handle(
     shared.received.fetch_add(1, Ordering::SeqCst);
     let path = uri.path().to_owned();
     let mut problems = Vec::new();
-    let response = answer(&state, &method, &uri, &headers, &raw, &mut problems);
+    // Reads of changed files (`files/`); every other request is a status post.
+    let response = if method == Method::GET {
+        super::files::serve(&state, &uri, &headers, &mut problems)
+    } else {
+        answer(&state, &method, &uri, &headers, &raw, &mut problems)
+    };
     shared
         .problems
         .lock()
@@ -267,7 +272,7 @@ fn success(vcs: Vcs, p: &Posted) -> Response {
 }
 
 /// An error answer in the VCS's own shape.
-fn error(vcs: Vcs, status: u16, message: &str) -> Response {
+pub(super) fn error(vcs: Vcs, status: u16, message: &str) -> Response {
     let body = match vcs {
         Vcs::BitbucketCloud => json!({"type": "error", "error": {"message": message}}),
         Vcs::BitbucketDatacenter => {

@@ -1,0 +1,24 @@
+//! Bitbucket Cloud's and Data Center's reads of changed files (to be written).
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use hookbridge::store::status::Vcs;
+
+use super::History;
+
+pub(super) fn serve_cloud(
+    _h: &History,
+    _uri: &Uri,
+    _headers: &HeaderMap,
+    _problems: &mut Vec<String>,
+) -> Response {
+    super::super::server::error(Vcs::BitbucketCloud, 404, "Not Found")
+}
+
+pub(super) fn serve_datacenter(
+    _h: &History,
+    _uri: &Uri,
+    _headers: &HeaderMap,
+    _problems: &mut Vec<String>,
+) -> Response {
+    super::super::server::error(Vcs::BitbucketDatacenter, 404, "Not Found")
+}

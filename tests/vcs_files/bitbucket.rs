@@ -1,0 +1,1 @@
+//! bitbucket: reads of changed files (to be written).

@@ -1,0 +1,1 @@
+//! gitea: reads of changed files (to be written).

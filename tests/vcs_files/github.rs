@@ -1,0 +1,1 @@
+//! github: reads of changed files (to be written).

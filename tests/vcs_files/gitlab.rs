@@ -1,0 +1,1 @@
+//! gitlab: reads of changed files (to be written).
