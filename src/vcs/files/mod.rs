@@ -35,6 +35,7 @@ use crate::target::{Credential, Header, OutboundRequest, error_message, retry_af
 
 pub mod bitbucket_cloud;
 pub mod bitbucket_dc;
+pub mod cache;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
