@@ -234,6 +234,39 @@ impl status::StatusQueue for Paused {
     }
 }
 
+/// Deferrals pass straight through: no test here holds them.
+#[async_trait::async_trait]
+impl deferral::DeferralQueue for Paused {
+    async fn lease_deferrals(
+        &self,
+        owner: &str,
+        limit: usize,
+        lease: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<deferral::LeasedDeferral>, StoreError> {
+        self.0.lease_deferrals(owner, limit, lease, now).await
+    }
+    async fn settle_deferral(
+        &self,
+        d: &deferral::LeasedDeferral,
+        owner: &str,
+        settled: deferral::Settled,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.0.settle_deferral(d, owner, settled, now).await
+    }
+    async fn retry_deferral(
+        &self,
+        d: &deferral::LeasedDeferral,
+        owner: &str,
+        at: SystemTime,
+        error: &str,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.0.retry_deferral(d, owner, at, error, now).await
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for Paused {
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError> {

@@ -70,14 +70,15 @@ impl Harness {
     }
 }
 
-/// Rows whose delivery (or job) is gone: payloads, jobs, attempts.
+/// Rows whose delivery (or job) is gone: payloads, jobs, attempts, deferrals.
 const ORPHANS: &str = "SELECT
     (SELECT COUNT(*) FROM payloads p WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = p.seq))
   + (SELECT COUNT(*) FROM jobs j WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = j.delivery_id))
-  + (SELECT COUNT(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.job_id))";
+  + (SELECT COUNT(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = a.job_id))
+  + (SELECT COUNT(*) FROM deferrals f WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = f.delivery_id))";
 
 impl Harness {
-    /// Payloads, jobs and attempts left without their delivery or job.
+    /// Payloads, jobs, attempts and deferrals left without their delivery or job.
     async fn orphans(&self) -> i64 {
         if let Some(dir) = &self._sqlite {
             let conn = rusqlite::Connection::open(dir.path().join("hb.db")).unwrap();
@@ -926,6 +927,8 @@ macro_rules! suite {
 
 #[path = "store_suite/ambiguous.rs"]
 mod ambiguous;
+#[path = "store_suite/deferrals.rs"]
+mod deferrals;
 #[path = "store_suite/follow_ups.rs"]
 mod follow_ups;
 #[path = "store_suite/groups.rs"]
@@ -1512,7 +1515,7 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
     use sqlx::Connection;
 
     type Shape = BTreeMap<String, Vec<String>>;
-    const TABLES: [&str; 9] = [
+    const TABLES: [&str; 10] = [
         "deliveries",
         "payloads",
         "jobs",
@@ -1522,6 +1525,7 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
         "statuses",
         "watches",
         "completions",
+        "deferrals",
     ];
 
     let lite = sqlite().await;
@@ -1620,6 +1624,10 @@ async fn both_stores_have_the_same_tables_columns_and_indexes() {
     assert_eq!(
         lite_indexes["follow_ups_lease"],
         ["lease_until", "WHERE state = 'running'"]
+    );
+    assert_eq!(
+        lite_indexes["deferrals_due"],
+        ["next_attempt_at", "WHERE state = 'pending'"]
     );
     assert_eq!(pg_columns, lite_columns);
     assert_eq!(pg_indexes, lite_indexes);

@@ -162,6 +162,21 @@ impl Summary {
     }
 }
 
+/// The stored summary `stored` (JSON) once `rule`'s deferral settled as
+/// `settled`, naming the jobs its matched job superseded: what both stores
+/// write back, under the delivery's lock, in the settle's transaction.
+pub fn settle_summary(
+    stored: &str,
+    rule: &str,
+    settled: &Settled,
+    superseded: &[super::Superseded],
+) -> Result<String, StoreError> {
+    let mut summary: Summary = super::model::from_json(stored)?;
+    summary.settle(rule, settled);
+    super::concurrency::note_superseded(&mut summary, superseded);
+    super::model::to_json(&summary)
+}
+
 /// The deferral's state words, as stored.
 pub mod state {
     pub const PENDING: &str = "pending";

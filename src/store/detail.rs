@@ -1,11 +1,13 @@
 //! What the store reads back for people: the filters of a delivery list,
-//! its rows, and a delivery with its jobs and their attempts.
+//! its rows, and a delivery with its jobs and their attempts, and its
+//! deferred rules.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::deferral::DeferralRow;
 use super::{DeliveryStatus, JobState, Summary, SupersededBy, concurrency};
 use crate::event::Event;
 use crate::target::{TriggerRequest, TriggerResult};
@@ -124,6 +126,10 @@ pub struct DeliveryDetail {
     pub summary: Summary,
     pub normalized: Event,
     pub jobs: Vec<JobDetail>,
+    /// Its rules whose verdict waited (or waits) for the changed files read
+    /// from the VCS, in rule order ([`super::deferral`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferrals: Vec<DeferralRow>,
 }
 
 /// The stored inputs of a delivery, for re-evaluating rules.

@@ -15,6 +15,9 @@
 //!   marks those whose attempt is out, which end superseded unless that
 //!   attempt creates a pipeline; [`Store::start_attempt`] lets a grouped
 //!   job's attempt go out, or ends it when it was superseded meanwhile.
+//! - Deferred rules ([`deferral`]): the ingest stores one pending deferral
+//!   per rule its summary defers, in its transaction; a delivery is
+//!   `pending` while any of them is not settled, and the purge keeps it.
 //!
 //! SQLite ([`sqlite`]) is the embedded default; PostgreSQL ([`postgres`])
 //! lets several replicas share one queue.
@@ -57,10 +60,12 @@
 //! - [`concurrency`]: concurrency groups' shared model: what an ingest
 //!   supersedes ([`concurrency::supersede`]), starts, cancels;
 //! - [`follow`]: follow-ups of runs a CI only queued;
+//! - [`deferral`]: rules deferred until their changed files are read;
 //! - [`ready`]: the readiness probe cache;
 //! - [`sqlite`]: `mod` (store, open), `schema`, `writer` (group commit, one
 //!   generic write op), `queue` (writes), `groups` (superseding), `cancels`,
-//!   `follow_ups`, `status`, `history` (reads), `guard` (files, room);
+//!   `follow_ups`, `deferrals` and `deferral_queue`, `status`, `history`
+//!   (reads), `guard` (files, room);
 //! - [`postgres`]: the shared store. SQL stays per backend.
 
 use std::collections::BTreeMap;
@@ -313,7 +318,7 @@ pub struct DeliveryKey {
 
 /// The durable queue and delivery history.
 #[async_trait::async_trait]
-pub trait Store: status::StatusQueue + Send + Sync {
+pub trait Store: status::StatusQueue + deferral::DeferralQueue + Send + Sync {
     /// Store a delivery and its jobs atomically and durably, or report a duplicate.
     /// The delivery's `received_at` is the clock: a duplicate re-queues dead jobs due then.
     async fn ingest(&self, delivery: NewDelivery) -> Result<Ingested, StoreError>;

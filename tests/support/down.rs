@@ -168,3 +168,35 @@ impl status::StatusQueue for DownStore {
         self.down()
     }
 }
+
+#[async_trait::async_trait]
+impl deferral::DeferralQueue for DownStore {
+    async fn lease_deferrals(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: SystemTime,
+    ) -> Result<Vec<deferral::LeasedDeferral>, StoreError> {
+        self.down()
+    }
+    async fn settle_deferral(
+        &self,
+        _: &deferral::LeasedDeferral,
+        _: &str,
+        _: deferral::Settled,
+        _: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.down()
+    }
+    async fn retry_deferral(
+        &self,
+        _: &deferral::LeasedDeferral,
+        _: &str,
+        _: SystemTime,
+        _: &str,
+        _: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.down()
+    }
+}

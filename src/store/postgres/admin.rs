@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::history::resolve;
 use super::queue::{Tx, insert_job, notify, refresh_status};
-use super::{db, groups, statuses, to_json};
+use super::{db, deferrals, groups, statuses, to_json};
 use crate::store::concurrency::Requeued;
 use crate::store::model;
 use crate::store::*;
@@ -114,6 +114,7 @@ pub(super) async fn add_jobs(
         .map(|j| (j.id.as_str(), now))
         .collect();
     statuses::sync(tx, &reporting).await?;
+    deferrals::replace(tx, &id, &summary.deferred, now).await?;
     sqlx::query("UPDATE payloads SET summary = $2 WHERE seq = (SELECT seq FROM deliveries WHERE id = $1)")
         .bind(&id)
         .bind(to_json(summary)?)
@@ -140,12 +141,14 @@ async fn lock_delivery(tx: &mut Tx, id: &str, key: &DeliveryKey) -> Result<(), S
 }
 
 /// Delete up to `batch` finished deliveries received before `cutoff`, with
-/// their payloads, jobs, attempts, cancels, follow-ups, commit statuses and
-/// watches, unless another replica holds the purge
-/// lock (then 0: it purges this round). A delivery whose jobs still have a
-/// status to post or a pipeline watched stays until it is posted and the
-/// watch ends (at its deadline at the latest); held ones are left out before
-/// the `LIMIT`, so that they never fill a batch.
+/// their payloads, deferrals, jobs, attempts, cancels, follow-ups, commit
+/// statuses and watches, unless another replica holds the purge lock (then
+/// 0: it purges this round). A delivery whose jobs still have a status to
+/// post or a pipeline watched stays until it is posted and the watch ends
+/// (at its deadline at the latest), as does one with a rule still deferred
+/// (its status says pending anyway; checked here too, as the purge must
+/// never lose one); held ones are left out before the `LIMIT`, so that
+/// they never fill a batch.
 ///
 /// One statement per table, in this order: deleting the jobs waits for any
 /// attempt record holding one of their locks (a late worker's), so the
@@ -173,6 +176,7 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
                               WHERE j.delivery_id = d.id AND s.post IN ('pending', 'running'))
               AND NOT EXISTS (SELECT 1 FROM jobs j JOIN watches w ON w.job_id = j.id
                               WHERE j.delivery_id = d.id AND w.state <> 'done')
+              AND NOT EXISTS (SELECT 1 FROM deferrals f WHERE f.delivery_id = d.id AND f.state <> 'done')
             LIMIT $2 FOR UPDATE OF d SKIP LOCKED)
          RETURNING id, seq",
     )
@@ -187,6 +191,11 @@ pub(super) async fn purge(tx: &mut Tx, cutoff: SystemTime, batch: usize) -> Resu
     let (ids, seqs): (Vec<String>, Vec<i64>) = gone.into_iter().unzip();
     sqlx::query("DELETE FROM payloads WHERE seq = ANY($1)")
         .bind(&seqs)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::query("DELETE FROM deferrals WHERE delivery_id = ANY($1)")
+        .bind(&ids)
         .execute(&mut **tx)
         .await
         .map_err(db)?;

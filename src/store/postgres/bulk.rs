@@ -16,7 +16,7 @@ use sqlx::postgres::PgPool;
 
 use super::error::refused_by_server;
 use super::queue::{Tx, duplicate, notify};
-use super::{db, groups, statuses, to_json};
+use super::{db, deferrals, groups, statuses, to_json};
 use crate::store::handoff::{Claim, Handoff};
 use crate::store::*;
 
@@ -48,10 +48,12 @@ pub(super) async fn ingest(
         .iter()
         .any(|d| d.jobs.iter().any(|j| j.group.is_some()));
     let claim = handoff.map(|h| h.claim(if grouped { 0 } else { jobs }));
-    // A batch that queues commit statuses (or learns what they report) is
-    // a transaction of its own too, its jobs leased as usual: the statuses
-    // are stored with the deliveries that cause them.
-    let (inserted, mut superseded) = if grouped || statuses::involved(deliveries) {
+    // A batch that queues commit statuses (or learns what they report), or
+    // defers rules, is a transaction of its own too, its jobs leased as
+    // usual: the statuses and deferrals are stored with the deliveries that
+    // cause them. (Most batches do neither, and stay one statement.)
+    let own_tx = grouped || statuses::involved(deliveries) || deferrals::involved(deliveries);
+    let (inserted, mut superseded) = if own_tx {
         match insert_in_tx(pool, deliveries, grouped, claim.as_ref()).await {
             Ok((stored, superseded)) => (Ok(stored), superseded),
             Err(e) => (Err(e), HashMap::new()),
@@ -202,9 +204,10 @@ async fn give_back_soon(pool: PgPool, jobs: Vec<String>, lease: (String, i64)) {
 }
 
 /// Store `deliveries` in a transaction of its own: with `grouped` jobs,
-/// superseding (see [`super::groups`]; `claim` is then empty), and with
-/// the commit statuses they queue and what completion events among them
-/// tell (see [`super::statuses`]); answers the deliveries stored (id to
+/// superseding (see [`super::groups`]; `claim` is then empty), with the
+/// commit statuses they queue and what completion events among them tell
+/// (see [`super::statuses`]), and with the rules they defer (see
+/// [`super::deferrals`]); answers the deliveries stored (id to
 /// `seq`) and, by delivery id, what each one's jobs superseded.
 async fn insert_in_tx(
     pool: &PgPool,
@@ -238,6 +241,7 @@ async fn insert_in_tx(
         groups::apply(&mut tx, &planned.plan, now).await?;
     }
     statuses::ingested(&mut tx, deliveries, &stored).await?;
+    deferrals::ingested(&mut tx, deliveries, &stored).await?;
     tx.commit().await.map_err(db)?;
     Ok((stored, planned.map(|p| p.notes).unwrap_or_default()))
 }
@@ -296,7 +300,9 @@ async fn insert<'e>(
         kinds.push(d.event.kind.as_str());
         repositories.push(repository.as_deref());
         refs.push(git_ref.as_deref());
-        statuses.push(if d.jobs.is_empty() { "skipped" } else { "pending" });
+        // Pending while a job or a deferred rule is open.
+        let open = !d.jobs.is_empty() || !d.summary.deferred.is_empty();
+        statuses.push(if open { "pending" } else { "skipped" });
         summaries.push(match notes.get(&d.id) {
             Some(superseded) => {
                 let mut summary = d.summary.clone();

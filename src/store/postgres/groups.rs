@@ -93,12 +93,24 @@ async fn live(tx: &mut Tx, jobs: &[GroupedJob<'_>]) -> Result<Vec<LiveJob>, Stor
 /// took the groups' locks before it changed the jobs' rows.
 pub(super) async fn requeued(tx: &mut Tx, jobs: &[Requeued], now: i64) -> Result<(), StoreError> {
     let grouped: Vec<GroupedJob<'_>> = jobs.iter().map(Requeued::grouped).collect();
+    supersede(tx, &grouped, now).await.map(drop)
+}
+
+/// Jobs stored since the caller took their groups' locks (a settled
+/// deferral's): each is the newest of its group, and supersedes the rest.
+/// Answers what was superseded, for the summary.
+pub(super) async fn supersede(
+    tx: &mut Tx,
+    grouped: &[GroupedJob<'_>],
+    now: i64,
+) -> Result<Supersede, StoreError> {
     if grouped.is_empty() {
-        return Ok(());
+        return Ok(Supersede::default());
     }
-    let live = live(tx, &grouped).await?;
-    let plan = concurrency::supersede(live, &grouped);
-    apply(tx, &plan, now).await
+    let live = live(tx, grouped).await?;
+    let plan = concurrency::supersede(live, grouped);
+    apply(tx, &plan, now).await?;
+    Ok(plan)
 }
 
 /// The groups of a delivery's jobs (one job, or all), to lock before

@@ -209,6 +209,7 @@ pub(super) async fn get(pool: &PgPool, key: &DeliveryKey) -> Result<DeliveryDeta
         summary: from_json(&summary)?,
         normalized: from_json(&event)?,
         jobs,
+        deferrals: super::deferrals::rows(pool, &id).await?,
     })
 }
 

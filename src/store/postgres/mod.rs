@@ -33,7 +33,7 @@
 //! Files: `schema` (migrations), `batch` (the group-commit queue), `write`
 //! (ingests and records through it), `bulk` and `record` (their multi-row
 //! statements), `groups` (superseding, and the start of a grouped attempt),
-//! `cancels` and `follow_ups` (their queues), `statuses` (commit statuses
+//! `cancels`, `follow_ups` and `deferrals` (their queues), `statuses` (commit statuses
 //! queued by the writes, completion events, watches' reads) and
 //! `status_queue` (their posts' and watches' queues: [`StatusQueue`](crate::store::status::StatusQueue)),
 //! `queue` (lease, release, and what the writes share), `admin` (replay,
@@ -47,6 +47,7 @@ mod bulk;
 mod cancels;
 mod completions;
 mod connect;
+mod deferrals;
 mod error;
 mod follow_ups;
 mod groups;
@@ -231,6 +232,9 @@ impl Store for PostgresStore {
 
     async fn release(&self, owner: &str, now: SystemTime) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        // Deferrals first: a settle in progress holds its delivery's lock
+        // and may lock jobs, so this waits for it before locking any job.
+        deferrals::release(&mut tx, owner, millis(now)).await?;
         queue::release_leases(&mut tx, owner, millis(now)).await?;
         tx.commit().await.map_err(db)
     }

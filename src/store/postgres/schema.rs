@@ -290,6 +290,33 @@ CREATE TABLE completions (
 CREATE INDEX completions_pipeline ON completions (pipeline_id);
 CREATE INDEX completions_received ON completions (received_at);
 "#,
+    // Version 12, SQLite's version 11: deferred rule evaluations (see
+    // SQLite's schema for each column). No foreign key, as `cancels`: the
+    // ingest stores a delivery's deferrals in its transaction, and the
+    // purge deletes them with their delivery.
+    r#"
+CREATE TABLE deferrals (
+    id              TEXT PRIMARY KEY,
+    delivery_id     TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    ordinal         INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     BIGINT,
+    outcome         TEXT,
+    files           TEXT,
+    last_error      TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+CREATE INDEX deferrals_delivery ON deferrals (delivery_id);
+CREATE INDEX deferrals_due ON deferrals (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deferrals_lease ON deferrals (lease_until) WHERE state = 'running';
+"#,
 ];
 
 /// The schema version this build creates.

@@ -223,6 +223,7 @@ pub(super) fn get(conn: &Connection, key: &DeliveryKey) -> Result<DeliveryDetail
         summary: from_json(&summary)?,
         normalized: from_json(&event)?,
         jobs,
+        deferrals: super::deferrals::rows(conn, &id)?,
     })
 }
 

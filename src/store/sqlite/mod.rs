@@ -34,6 +34,8 @@ use schema::{connect, connect_existing, migrate, probe};
 use writer::{How, Op, Write};
 
 mod cancels;
+mod deferral_queue;
+mod deferrals;
 mod follow_ups;
 mod groups;
 mod guard;

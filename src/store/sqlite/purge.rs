@@ -1,7 +1,8 @@
 //! The retention purge on SQLite: finished deliveries go with their
-//! jobs, attempts, statuses and watches (ON DELETE CASCADE), unless a
-//! status of theirs is still to post or a watch still open; completion
-//! events kept for a pipeline no job recorded go after the same time.
+//! jobs, attempts, statuses, watches and deferrals (ON DELETE CASCADE),
+//! unless a status of theirs is still to post, a watch still open or a
+//! rule still deferred; completion events kept for a pipeline no job
+//! recorded go after the same time.
 
 use std::time::SystemTime;
 
@@ -10,8 +11,10 @@ use rusqlite::{Connection, params};
 use super::db;
 use crate::store::{StoreError, millis};
 
-/// Finished deliveries past the cutoff, but none with a status still to post or a watch
-/// open (the watch ends at its deadline at the latest); held ones never fill a batch.
+/// Finished deliveries past the cutoff, but none with a status still to post, a watch
+/// open (the watch ends at its deadline at the latest) or a deferral not settled (its
+/// status says pending anyway; checked here too, as the purge must never lose one);
+/// held ones never fill a batch.
 pub(super) fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result<u64, StoreError> {
     let seqs: Vec<i64> = tx
         .prepare_cached(
@@ -20,6 +23,7 @@ pub(super) fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result
                                WHERE j.delivery_id = d.id AND s.post IN ('pending', 'running'))
                AND NOT EXISTS (SELECT 1 FROM jobs j JOIN watches w ON w.job_id = j.id
                                WHERE j.delivery_id = d.id AND w.state <> 'done')
+               AND NOT EXISTS (SELECT 1 FROM deferrals f WHERE f.delivery_id = d.id AND f.state <> 'done')
              LIMIT ?2",
         )
         .and_then(|mut s| {
@@ -28,7 +32,7 @@ pub(super) fn purge(tx: &Connection, cutoff: SystemTime, batch: usize) -> Result
         })
         .map_err(db)?;
     for seq in &seqs {
-        // Jobs, attempts, statuses and watches go with the delivery (ON DELETE CASCADE).
+        // Jobs, attempts, statuses, watches and deferrals go with the delivery (ON DELETE CASCADE).
         tx.prepare_cached("DELETE FROM payloads WHERE seq = ?1")
             .and_then(|mut s| s.execute(params![seq]))
             .and_then(|_| tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1"))

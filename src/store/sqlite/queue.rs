@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::history::resolve;
 use super::status::refresh_status;
-use super::{db, follow_ups, groups, statuses};
+use super::{db, deferrals, follow_ups, groups, statuses};
 use crate::store::model::{self, JobUpdate, from_json, to_json};
 use crate::store::owner::{Left, left_by};
 use crate::store::*;
@@ -44,7 +44,7 @@ impl PreparedDelivery {
     }
 }
 
-fn insert_job(
+pub(super) fn insert_job(
     tx: &Connection,
     (delivery_id, trace): (&str, Option<&str>),
     job: &NewJob,
@@ -126,7 +126,9 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
         p.summary = to_json(&p.delivery.summary)?;
     }
     let d = &p.delivery;
-    let status = if d.jobs.is_empty() { "skipped" } else { "pending" };
+    // Pending while a job or a deferred rule is open.
+    let open = !d.jobs.is_empty() || !d.summary.deferred.is_empty();
+    let status = if open { "pending" } else { "skipped" };
     tx.prepare_cached(
         "INSERT INTO deliveries (id, source, delivery, received_at, event_name, kind, repository, git_ref, status, sha)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -155,6 +157,7 @@ pub(super) fn ingest(tx: &Connection, mut p: PreparedDelivery) -> Result<Ingeste
     for (job, request) in d.jobs.iter().zip(&p.requests) {
         insert_job(tx, (&d.id, d.trace.as_deref()), job, request, received)?;
     }
+    deferrals::insert(tx, (&d.id, &d.source), &d.summary.deferred, received)?;
     groups::apply(tx, &plan, received)?;
     statuses::queued(tx, &d.jobs, received)?;
     if d.event.pipeline.is_some() {
@@ -314,6 +317,7 @@ pub(super) fn release_leases(
         .map_err(db)?;
     }
     follow_ups::release(tx, owner, now)?;
+    deferrals::release(tx, owner, now)?;
     statuses::release(tx, owner, now)
 }
 
@@ -470,6 +474,7 @@ pub(super) fn add_jobs(
     let added: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     groups::requeued(tx, &groups::grouped_of(tx, &added)?, millis(now))?;
     statuses::queued(tx, jobs, millis(now))?;
+    deferrals::replace(tx, &id, &summary.deferred, millis(now))?;
     tx.execute(
         "UPDATE payloads SET summary = ?2 WHERE seq = (SELECT seq FROM deliveries WHERE id = ?1)",
         params![id, to_json(summary)?],

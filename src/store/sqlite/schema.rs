@@ -270,6 +270,38 @@ CREATE TABLE completions (
 CREATE INDEX completions_pipeline ON completions (pipeline_id);
 CREATE INDEX completions_received ON completions (received_at);
 "#,
+    // Version 11, PostgreSQL's version 12: deferred rule evaluations
+    // (`store::deferral`), a queue of their own like `follow_ups`: one row
+    // per rule a delivery's summary lists as `deferred`, stored with the
+    // delivery, leased to read the changed files (`attempts` counts the
+    // leases), ended `done` with its `outcome` and the `files` note (JSON)
+    // once settled. `ordinal` is the rule's place in the summary, so that a
+    // delivery shows its deferrals in rule order. Done ones stay until their
+    // delivery is purged; `deferrals_delivery` serves the delivery's status,
+    // its detail and the purge.
+    r#"
+CREATE TABLE deferrals (
+    id              TEXT PRIMARY KEY,
+    delivery_id     TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    source          TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    ordinal         INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    outcome         TEXT,
+    files           TEXT,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX deferrals_delivery ON deferrals (delivery_id);
+CREATE INDEX deferrals_due ON deferrals (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deferrals_lease ON deferrals (lease_until) WHERE state = 'running';
+"#,
 ];
 
 /// The schema version this build creates.

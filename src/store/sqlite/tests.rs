@@ -310,6 +310,23 @@ fn the_queue_reads_never_scan_the_jobs_table() {
             .all(|s| s.starts_with("SEARCH jobs USING INDEX jobs_group")),
         "{steps:?}"
     );
+    // Deferrals, the same way: through `deferrals_due` and `deferrals_lease`.
+    for (sql, index) in [
+        (deferrals::DUE, "deferrals_due"),
+        (deferrals::EXPIRED, "deferrals_lease"),
+    ] {
+        let steps = plan(&conn, sql);
+        assert!(steps.iter().all(|s| s.contains(index)), "{sql}: {steps:?}");
+    }
+    let steps = plan(&conn, status::REFRESH_STATUS);
+    let deferred: Vec<&String> = steps.iter().filter(|s| s.contains(" deferrals ")).collect();
+    assert!(
+        !deferred.is_empty()
+            && deferred
+                .iter()
+                .all(|s| s.starts_with("SEARCH deferrals USING INDEX deferrals_delivery")),
+        "{steps:?}"
+    );
     for sql in [queue::REQUEUE_DEAD, status::REFRESH_STATUS] {
         let steps = plan(&conn, sql);
         let jobs: Vec<&String> = steps.iter().filter(|s| s.contains(" jobs ")).collect();
