@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::Config;
 use crate::event::Event;
 use crate::intake::Trust;
-use crate::rules::{Errored, Evaluation, Skipped};
+use crate::rules::{Deferred, Errored, Evaluation, Files, Skipped};
 use crate::source::Source;
 use crate::target::OutboundRequest;
 
@@ -19,6 +19,12 @@ pub struct Explanation {
     pub matched: Vec<Rendered>,
     pub skipped: Vec<Skipped>,
     pub errors: Vec<Errored>,
+    /// Rules that wait for the changed files (`paths_unknown = "fetch"`):
+    /// the daemon reads them from the VCS; `explain --fetch` does too.
+    pub deferred: Vec<Deferred>,
+    /// With `--fetch`: where the files were read, or why they could not be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<String>,
 }
 
 /// Explain `body` as `source` would receive it for `event`, with `extra`
@@ -46,8 +52,81 @@ pub fn explain(
         matched: render(config, &intake.evaluation),
         skipped: intake.evaluation.skipped,
         errors: intake.evaluation.errors,
+        deferred: intake.evaluation.deferred,
+        fetched: None,
         event: intake.event,
     })
+}
+
+/// `explain --fetch`: read the changed files of `x`'s deferred rules from
+/// the source's VCS, as the daemon would, and decide those rules with them.
+pub async fn fetch(config: &Config, source: &Source, x: &mut Explanation, body: &[u8], headers: &HeaderMap) {
+    if x.deferred.is_empty() {
+        return;
+    }
+    let name = &x.event.source;
+    let read = match (
+        config.source_api(name),
+        crate::rules::status::vcs_of(&x.event),
+        crate::dispatch::files_query(&x.event),
+    ) {
+        // `explain` loads the config without the daemon's environment
+        // checks: an unset variable leaves the token empty.
+        (Some(api), Some(_), Some(_)) if api.token.expose().is_empty() => {
+            crate::vcs::files::FilesRead::Failed(format!(
+                "the token of [sources.{name}.api] is empty: set it (its variable or file) as for the daemon"
+            ))
+        }
+        (Some(api), Some(vcs), Some(query)) => {
+            let transport = crate::target::client::Http::new();
+            let timeout = config.retry.request_timeout;
+            crate::vcs::files::read(
+                &transport,
+                vcs,
+                api,
+                &query,
+                timeout,
+                std::time::SystemTime::now(),
+            )
+            .await
+        }
+        _ => crate::vcs::files::FilesRead::Failed(format!(
+            "source `{name}` has no api, or the event names nothing to read"
+        )),
+    };
+    let mut event = x.event.clone();
+    let files = match read {
+        crate::vcs::files::FilesRead::Read(read) => {
+            x.fetched = Some(format!(
+                "{} changed files read from {} ({} request{})",
+                read.paths.len(),
+                read.from,
+                read.requests,
+                if read.requests == 1 { "" } else { "s" }
+            ));
+            event.paths = Some(read.paths);
+            event.paths_unknown = None;
+            Files::Read
+        }
+        crate::vcs::files::FilesRead::Retry { reason, .. } | crate::vcs::files::FilesRead::Failed(reason) => {
+            x.fetched = Some(format!("the changed files could not be read: {reason}"));
+            Files::Unreadable(reason)
+        }
+    };
+    let visible = source.visible_headers(headers);
+    for d in std::mem::take(&mut x.deferred) {
+        match crate::intake::evaluate_deferred(config, &event, &visible, body, &d.rule, files.clone()) {
+            Ok(e) => {
+                x.matched.extend(render(config, &e));
+                x.skipped.extend(e.skipped);
+                x.errors.extend(e.errors);
+            }
+            Err(e) => x.errors.push(Errored {
+                rule: d.rule,
+                error: e.to_string(),
+            }),
+        }
+    }
 }
 
 /// Request headers as the source's sender would send them for `event`, plus `extra`

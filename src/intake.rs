@@ -13,8 +13,9 @@ use http::{HeaderMap, StatusCode};
 
 use crate::config::Config;
 use crate::event::{Event, kind};
-use crate::rules::Evaluation;
+use crate::rules::{Evaluation, Files};
 use crate::source::{DescribeError, Inbound, Source, Verified, VerifyError};
+use crate::store::deferral::Verdict;
 use crate::store::{DeliveryKey, MatchedJob, NewDelivery, NewJob, Store, StoreError, Summary};
 
 /// Why a request was refused. The message is safe to send back to the sender.
@@ -158,12 +159,68 @@ pub(crate) fn evaluate(
     headers: &BTreeMap<String, String>,
     payload: &[u8],
 ) -> Result<Evaluation, Rejection> {
-    let body: Option<serde_json::Value> = if config.rules.needs_body() {
+    let body = body(config, payload)?;
+    let evaluation = config.rules.evaluate(event, body.as_ref(), headers);
+    Ok(buildable(config, evaluation))
+}
+
+/// The payload as JSON, when a rule reads `body`.
+fn body(config: &Config, payload: &[u8]) -> Result<Option<serde_json::Value>, Rejection> {
+    Ok(if config.rules.needs_body() {
         Some(crate::source::parse(payload)?)
     } else {
         None
+    })
+}
+
+/// A deferred rule's verdict on a stored delivery, once its changed files
+/// are read (`files` is `Read` and `event.paths` holds them) or cannot be
+/// (`Unreadable`, and `paths_unknown_on_error` decides). A match comes with
+/// its new job.
+pub fn settle_deferred(
+    config: &Config,
+    event: &Event,
+    headers: &BTreeMap<String, String>,
+    payload: &[u8],
+    rule: &str,
+    files: Files,
+) -> Verdict {
+    let evaluation = match evaluate_deferred(config, event, headers, payload, rule, files) {
+        Ok(evaluation) => evaluation,
+        Err(e) => return Verdict::Errored(e.to_string()),
     };
-    let mut evaluation = config.rules.evaluate(event, body.as_ref(), headers);
+    let (_, jobs) = summary_and_jobs(event, &evaluation);
+    if let Some(job) = jobs.into_iter().next() {
+        Verdict::Matched(Box::new(job))
+    } else if let Some(s) = evaluation.skipped.into_iter().next() {
+        Verdict::Skipped(s.reason)
+    } else if let Some(e) = evaluation.errors.into_iter().next() {
+        Verdict::Errored(e.error)
+    } else {
+        // A rule evaluated with its files known is never deferred again.
+        Verdict::Errored(format!("rule `{rule}` could not be decided"))
+    }
+}
+
+/// A deferred rule evaluated again with what is known of its files (see
+/// [`settle_deferred`]); `explain --fetch` shows it.
+pub fn evaluate_deferred(
+    config: &Config,
+    event: &Event,
+    headers: &BTreeMap<String, String>,
+    payload: &[u8],
+    rule: &str,
+    files: Files,
+) -> Result<Evaluation, Rejection> {
+    let body = body(config, payload)?;
+    let evaluation = config
+        .rules
+        .evaluate_deferred(rule, event, body.as_ref(), headers, files);
+    Ok(buildable(config, evaluation))
+}
+
+/// `evaluation` with the matches their target cannot build turned into errors.
+fn buildable(config: &Config, mut evaluation: Evaluation) -> Evaluation {
     // A request its target cannot build (a templated project that is not a
     // slug, a `.` or `..` path segment) fails its rule now, with the reason
     // in the summary, rather than being acknowledged and dead-lettered at
@@ -177,7 +234,7 @@ pub(crate) fn evaluate(
             _ => evaluation.matched.push(m),
         }
     }
-    Ok(evaluation)
+    evaluation
 }
 
 /// Assign job ids and build the summary and the record to store. Traced,

@@ -1159,7 +1159,8 @@ token = "env:GITHUB_WEBHOOK_SECRET"
     );
     assert_eq!(code, 1, "{err}");
     assert_eq!(
-        err.matches("commit statuses are not supported").count(),
+        err.matches("commit statuses and changed files are not supported")
+            .count(),
         5,
         "{err}"
     );
@@ -1439,4 +1440,44 @@ fn status_follow_on_a_circleci_v1_job_warns() {
     let notes: Vec<&str> = out.lines().filter(|l| l.contains("note: rule")).collect();
     assert_eq!(notes.len(), 1, "{out}");
     assert!(notes[0].contains("rule `v2-pipeline`"), "{out}");
+}
+
+/// `paths_unknown` takes "fetch", "skip" or "match"; "fetch" needs a
+/// source with an `api`; `paths_unknown_on_error` takes "skip" or "match".
+#[test]
+fn paths_unknown_values_are_checked() {
+    let rule = |name: &str, keys: &str| {
+        format!(
+            "\n[[rules]]\nname = \"{name}\"\nsource = \"github\"\npaths = [\"src/**\"]\n{keys}\n[rules.trigger]\ntarget = \"circleci\"\nproject = \"gh/acme/app\"\n"
+        )
+    };
+    let (code, err) = check(&format!(
+        "{}{}{}",
+        rule("fetching", "paths_unknown = \"fetch\""),
+        rule("guessing", "paths_unknown = \"guess\""),
+        rule("on-error", "paths_unknown_on_error = \"retry\""),
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("rule `fetching`: paths_unknown = \"fetch\" reads the changed files from the VCS, but none of its sources has an `api`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule `guessing`: paths_unknown `guess`: expected \"fetch\", \"skip\" or \"match\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("rule `on-error`: paths_unknown_on_error `retry`: expected \"skip\" or \"match\""),
+        "{err}"
+    );
+    // With an api, all three are fine.
+    let (code, err) = check(&format!(
+        "\n[sources.github.api]\ntoken = \"env:GITHUB_WEBHOOK_SECRET\"\n{}{}",
+        rule(
+            "fetching",
+            "paths_unknown = \"fetch\"\npaths_unknown_on_error = \"match\""
+        ),
+        rule("default", ""),
+    ));
+    assert_eq!(code, 0, "{err}");
 }

@@ -214,6 +214,12 @@ pub fn describe(d: &DeliveryDetail) -> String {
     for e in &d.summary.errors {
         out.push_str(&format!("  error   {}: {}\n", e.rule, e.error));
     }
+    for x in &d.summary.deferred {
+        out.push_str(&format!("  deferred {}: {}\n", x.rule, x.reason));
+    }
+    for f in &d.deferrals {
+        out.push_str(&deferral_line(f));
+    }
     for j in &d.jobs {
         out.push_str(&format!(
             "\njob {}  rule {}  target {}  state {}  attempts {}\n",
@@ -319,6 +325,7 @@ async fn replay(a: ReplayArgs) -> Result<(), String> {
         if a.json {
             return print_json(&serde_json::json!({
                 "queued": queued, "skipped": summary.skipped, "errors": summary.errors,
+                "deferred": summary.deferred,
             }));
         }
         if queued.is_empty() {
@@ -338,6 +345,13 @@ async fn replay(a: ReplayArgs) -> Result<(), String> {
                     "  error   {}: {}",
                     terminal_safe(&e.rule),
                     terminal_safe(&e.error)
+                );
+            }
+            for x in &summary.deferred {
+                println!(
+                    "  deferred {}: {} (queued once the changed files are read)",
+                    terminal_safe(&x.rule),
+                    terminal_safe(&x.reason)
                 );
             }
             return Ok(());
@@ -372,4 +386,28 @@ fn queued_message(id: &str, queued: &[String]) -> Result<(), String> {
     );
     println!("the running daemon picks them up within a second");
     Ok(())
+}
+
+/// One deferred rule's read of changed files, for `deliveries show`:
+/// `files for billing: done (matched): 1200 read from GitHub compare ...`.
+fn deferral_line(f: &crate::store::deferral::DeferralRow) -> String {
+    let state = match &f.outcome {
+        Some(outcome) => format!("{} ({outcome})", f.state),
+        None => f.state.clone(),
+    };
+    let files = match &f.files {
+        Some(n) => format!("{} read from {}", n.count, n.from),
+        None => "not read".to_owned(),
+    };
+    let mut line = format!(
+        "  files for {}: {state}: {files}; {} read{}",
+        f.rule,
+        f.attempts,
+        if f.attempts == 1 { "" } else { "s" }
+    );
+    if let Some(error) = &f.last_error {
+        line.push_str(&format!("; last error: {error}"));
+    }
+    line.push('\n');
+    line
 }

@@ -1,5 +1,7 @@
 //! `hookbridge explain`: which rules match a payload, why the others do not,
-//! and the exact requests the matches would send. No network, no store.
+//! and the exact requests the matches would send. No network, no store;
+//! with `--fetch`, rules that wait for the changed files read them from the
+//! source's VCS API, as the daemon would.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +29,10 @@ pub struct ExplainArgs {
     /// Check the signature too (give the signature headers with --header)
     #[arg(long)]
     pub verify: bool,
+    /// Read the changed files of deferred rules from the source's VCS API
+    /// (`[sources.NAME.api]`) and decide them, as the daemon would
+    #[arg(long)]
+    pub fetch: bool,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
@@ -55,8 +61,22 @@ fn explain(args: &ExplainArgs, config: &Config) -> Result<ExitCode, String> {
     } else {
         Trust::AssumeAuthentic
     };
-    let explanation =
+    let mut explanation =
         crate::explain::explain(config, source, args.event.as_deref(), &args.headers, &body, trust)?;
+    if args.fetch && !explanation.deferred.is_empty() {
+        let headers = crate::explain::request_headers(source, &body, args.event.as_deref(), &args.headers)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        runtime.block_on(crate::explain::fetch(
+            config,
+            source,
+            &mut explanation,
+            &body,
+            &headers,
+        ));
+    }
     if args.json {
         println!(
             "{}",
@@ -123,6 +143,15 @@ pub fn human(x: &Explanation, rules: usize) -> String {
     }
     for err in &x.errors {
         out.push_str(&format!("ERROR  {}: {}\n", err.rule, err.error));
+    }
+    for d in &x.deferred {
+        out.push_str(&format!(
+            "DEFER  {}: {} (the daemon decides once it has read them; --fetch reads them now)\n",
+            d.rule, d.reason
+        ));
+    }
+    if let Some(fetched) = &x.fetched {
+        out.push_str(&format!("\nfiles: {fetched}\n"));
     }
     out.push_str(&format!(
         "\n{} of {rules} rule{} matched\n",

@@ -72,7 +72,7 @@ fn one(name: &str, kind: &str, raw: &Spanned<RawApi>, loader: &mut Loader) -> Op
         if crate::source::SourceKind::parse(kind).is_some() {
             loader.push(
                 Diagnostic::error(
-                    format!("source `{name}`: commit statuses are not supported for `{kind}` sources"),
+                    format!("source `{name}`: commit statuses and changed files are not supported for `{kind}` sources"),
                     Some(raw.span()),
                 )
                 .with_help(

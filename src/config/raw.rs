@@ -263,6 +263,8 @@ pub struct RawRule {
     pub paths_ignore: Option<SpannedList<String>>,
     #[schemars(with = "Option<String>")]
     pub paths_unknown: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub paths_unknown_on_error: Option<Spanned<String>>,
     #[schemars(with = "Option<Vec<String>>")]
     pub repositories: Option<SpannedList<String>>,
     #[serde(rename = "if")]

@@ -35,6 +35,7 @@ use crate::target::client::{Http, Transport};
 mod attempt;
 mod cancel;
 mod clock;
+mod deferred;
 mod follow;
 mod purge;
 mod reconcile;
@@ -44,6 +45,7 @@ mod span;
 mod status;
 
 pub use attempt::gave_up;
+pub use deferred::query as files_query;
 pub use purge::purge_loop;
 pub use retry::{LONGEST_WAIT, backoff, backoff_base, retry_delay, transition};
 
@@ -88,6 +90,8 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     /// Where each retry falls in its backoff window.
     jitter: Jitter,
+    /// Changed files recently read from a VCS (deferred rules).
+    files: Arc<crate::vcs::files::cache::FilesCache>,
 }
 
 impl Dispatcher {
@@ -101,6 +105,7 @@ impl Dispatcher {
             owner,
             clock: Arc::new(SystemClock),
             jitter: random_jitter(),
+            files: Arc::default(),
         }
     }
 
@@ -149,6 +154,7 @@ impl Dispatcher {
         let follows = tokio::spawn(self.clone().follow_loop(shutdown.clone()));
         let statuses = tokio::spawn(self.clone().status_loop(shutdown.clone()));
         let watches = tokio::spawn(self.clone().watch_loop(shutdown.clone()));
+        let deferrals = tokio::spawn(self.clone().deferral_loop(shutdown.clone()));
         // A slot the loop waited for, kept for its next lease.
         let mut freed: Option<OwnedSemaphorePermit> = None;
         info!(owner = %self.owner, concurrency, "dispatcher started");
@@ -284,11 +290,12 @@ impl Dispatcher {
             cancels.abort();
             warn!("a pipeline cancel was still running at the end of the grace period; it runs again");
         }
-        // A read of a queue item, a status post and a pipeline read are
-        // safe to repeat: they stop here.
+        // A read of a queue item, a status post, a pipeline read and a read
+        // of changed files are safe to repeat: they stop here.
         follows.abort();
         statuses.abort();
         watches.abort();
+        deferrals.abort();
         if let Err(e) = self.store.release(&self.owner, self.clock.now()).await {
             warn!(error = %e, "cannot give back leases; they expire on their own");
         }

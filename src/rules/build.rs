@@ -102,6 +102,7 @@ impl<'a> RuleContext<'a> {
         let paths = self.patterns(name, &r.paths, false, "paths");
         let paths_ignore = self.patterns(name, &r.paths_ignore, false, "paths_ignore");
         let paths_unknown = self.paths_unknown(name, r);
+        let paths_unknown_on_error = self.paths_unknown_on_error(name, r);
         let condition = r.condition.as_ref().and_then(|c| {
             self.compiler
                 .condition(&format!("rule `{name}` if"), c.get_ref())
@@ -144,6 +145,7 @@ impl<'a> RuleContext<'a> {
             paths,
             paths_ignore,
             paths_unknown,
+            paths_unknown_on_error,
             condition,
             target: target_name.clone(),
             trigger,
@@ -289,14 +291,66 @@ impl<'a> RuleContext<'a> {
             })
     }
 
+    /// `paths_unknown`: `fetch` by default (it reads the files only where
+    /// the event's source has an `api`; elsewhere it skips, as before), and
+    /// when written, only on a rule one of whose sources has one.
     fn paths_unknown(&mut self, name: &str, r: &RawRule) -> PathsUnknown {
+        let span = || r.paths_unknown.as_ref().map(Spanned::span).unwrap_or_default();
         match r.paths_unknown.as_ref().map(|p| p.get_ref().as_str()) {
+            None => PathsUnknown::Fetch,
+            Some("skip") => PathsUnknown::Skip,
+            Some("match") => PathsUnknown::Match,
+            Some("fetch") => {
+                let with_api = self.source_names.with_api;
+                let any = match &r.source {
+                    Some(list) => list
+                        .get_ref()
+                        .0
+                        .iter()
+                        .any(|s| with_api.contains(&s.get_ref().as_str())),
+                    None => !with_api.is_empty(),
+                };
+                if !any {
+                    self.loader.push(
+                        crate::config::diagnostic::Diagnostic::error(
+                            format!(
+                                "rule `{name}`: paths_unknown = \"fetch\" reads the changed files from the VCS, but none of its sources has an `api`"
+                            ),
+                            Some(span()),
+                        )
+                        .with_help("add `[sources.NAME.api]` with `url` and `token` to the rule's source"),
+                    );
+                }
+                PathsUnknown::Fetch
+            }
+            Some(other) => {
+                self.loader.error(
+                    format!(
+                        "rule `{name}`: paths_unknown `{other}`: expected \"fetch\", \"skip\" or \"match\""
+                    ),
+                    span(),
+                );
+                PathsUnknown::Skip
+            }
+        }
+    }
+
+    /// `paths_unknown_on_error`: what a rule does when the changed files
+    /// cannot be read (`skip` by default, or `match`).
+    fn paths_unknown_on_error(&mut self, name: &str, r: &RawRule) -> PathsUnknown {
+        match r.paths_unknown_on_error.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("skip") => PathsUnknown::Skip,
             Some("match") => PathsUnknown::Match,
             Some(other) => {
-                let span = r.paths_unknown.as_ref().map(Spanned::span).unwrap_or_default();
+                let span = r
+                    .paths_unknown_on_error
+                    .as_ref()
+                    .map(Spanned::span)
+                    .unwrap_or_default();
                 self.loader.error(
-                    format!("rule `{name}`: paths_unknown `{other}`: expected \"skip\" or \"match\""),
+                    format!(
+                        "rule `{name}`: paths_unknown_on_error `{other}`: expected \"skip\" or \"match\""
+                    ),
                     span,
                 );
                 PathsUnknown::Skip

@@ -13,9 +13,11 @@ use serde::Serialize;
 pub(crate) mod bounds;
 mod build;
 pub mod filter;
+mod paths;
 pub mod status;
 
 pub use build::build;
+pub use paths::{Files, PathsUnknown};
 pub use status::{SourceNames, StatusRule};
 
 use crate::config::retry::RetryPolicy;
@@ -24,13 +26,7 @@ use crate::store::status::StatusSpec;
 use crate::target::{TriggerRequest, TriggerTemplate};
 use crate::template::{Condition, TemplateValue, Templates};
 use filter::PatternList;
-
-/// What a rule does when a push's changed files are not known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathsUnknown {
-    Skip,
-    Match,
-}
+pub use paths::readable;
 
 /// One compiled rule.
 #[derive(Debug)]
@@ -47,6 +43,9 @@ pub struct Rule {
     pub paths: Option<PatternList>,
     pub paths_ignore: Option<PatternList>,
     pub paths_unknown: PathsUnknown,
+    /// What the rule does when the changed files cannot be read from the
+    /// VCS (`paths_unknown_on_error`): `Skip` or `Match`.
+    pub paths_unknown_on_error: PathsUnknown,
     pub condition: Option<Condition>,
     pub target: String,
     pub trigger: TriggerTemplate,
@@ -134,10 +133,12 @@ pub struct Evaluation {
     pub deferred: Vec<Deferred>,
 }
 
-/// Why a rule did not match: skipped by a filter, or failed to evaluate.
+/// Why a rule did not match: skipped by a filter, failed to evaluate, or
+/// waiting for the changed files (`paths_unknown = "fetch"`).
 enum Miss {
     Skip(String),
     Error(String),
+    Defer(String),
 }
 
 impl RuleSet {
@@ -193,35 +194,75 @@ impl RuleSet {
         let scope = Self::scope(event, body, headers);
         let mut out = Evaluation::default();
         for rule in &self.rules {
-            match self.check(rule, event, &scope) {
-                Ok((request, group, report)) => {
-                    let (status, status_unreported) = match report {
-                        Some(status::Report::Spec(spec)) => (Some(spec), None),
-                        Some(status::Report::Unreported(why)) => (None, Some(cut(&why))),
-                        None => (None, None),
-                    };
-                    out.matched.push(Matched {
-                        rule: rule.name.clone(),
-                        target: rule.target.clone(),
-                        request,
-                        group,
-                        debounce: rule.concurrency.as_ref().map_or(Duration::ZERO, |c| c.debounce),
-                        cancel: rule.concurrency.as_ref().is_some_and(|c| c.cancel_in_progress),
-                        status,
-                        status_unreported,
-                    })
-                }
-                Err(Miss::Skip(reason)) => out.skipped.push(Skipped {
-                    rule: rule.name.clone(),
-                    reason: cut(&reason),
-                }),
-                Err(Miss::Error(error)) => out.errors.push(Errored {
-                    rule: rule.name.clone(),
-                    error: cut(&error),
-                }),
-            }
+            self.verdict(rule, event, &scope, &Files::Payload, &mut out);
         }
         out
+    }
+
+    /// Evaluate one deferred rule again, now that its changed files are
+    /// read (or cannot be): the verdict goes into an [`Evaluation`] of its
+    /// own, never `deferred` again. A rule no longer in the config errors.
+    pub fn evaluate_deferred(
+        &self,
+        rule: &str,
+        event: &Event,
+        body: Option<&serde_json::Value>,
+        headers: &BTreeMap<String, String>,
+        files: Files,
+    ) -> Evaluation {
+        let mut out = Evaluation::default();
+        let Some(rule) = self.get(rule) else {
+            out.errors.push(Errored {
+                rule: rule.to_owned(),
+                error: format!("rule `{rule}` is no longer in the configuration"),
+            });
+            return out;
+        };
+        let scope = Self::scope(event, body, headers);
+        self.verdict(rule, event, &scope, &files, &mut out);
+        out
+    }
+
+    /// One rule's verdict, into `out`.
+    fn verdict(
+        &self,
+        rule: &Rule,
+        event: &Event,
+        scope: &minijinja::Value,
+        files: &Files,
+        out: &mut Evaluation,
+    ) {
+        match self.check(rule, event, scope, files) {
+            Ok((request, group, report)) => {
+                let (status, status_unreported) = match report {
+                    Some(status::Report::Spec(spec)) => (Some(spec), None),
+                    Some(status::Report::Unreported(why)) => (None, Some(cut(&why))),
+                    None => (None, None),
+                };
+                out.matched.push(Matched {
+                    rule: rule.name.clone(),
+                    target: rule.target.clone(),
+                    request,
+                    group,
+                    debounce: rule.concurrency.as_ref().map_or(Duration::ZERO, |c| c.debounce),
+                    cancel: rule.concurrency.as_ref().is_some_and(|c| c.cancel_in_progress),
+                    status,
+                    status_unreported,
+                })
+            }
+            Err(Miss::Skip(reason)) => out.skipped.push(Skipped {
+                rule: rule.name.clone(),
+                reason: cut(&reason),
+            }),
+            Err(Miss::Error(error)) => out.errors.push(Errored {
+                rule: rule.name.clone(),
+                error: cut(&error),
+            }),
+            Err(Miss::Defer(reason)) => out.deferred.push(Deferred {
+                rule: rule.name.clone(),
+                reason: cut(&reason),
+            }),
+        }
     }
 
     fn check(
@@ -229,8 +270,16 @@ impl RuleSet {
         rule: &Rule,
         event: &Event,
         scope: &minijinja::Value,
+        files: &Files,
     ) -> Result<(TriggerRequest, Option<String>, Option<status::Report>), Miss> {
         filters(rule, event).map_err(Miss::Skip)?;
+        // Waiting for the files still runs the rest: an `if` that is false,
+        // a template that fails, say so now rather than after the read.
+        let deferred = match paths::check(rule, event, files, &self.api_sources) {
+            Ok(()) => None,
+            Err(paths::Miss::Skip(reason)) => return Err(Miss::Skip(reason)),
+            Err(paths::Miss::Defer(reason)) => Some(reason),
+        };
         if let Some(cond) = &rule.condition {
             match self.templates.test(cond, scope) {
                 Ok(true) => {}
@@ -254,6 +303,9 @@ impl RuleSet {
             ),
             None => None,
         };
+        if let Some(reason) = deferred {
+            return Err(Miss::Defer(reason));
+        }
         Ok((request, group, status))
     }
 
@@ -296,16 +348,6 @@ fn list_display(items: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Changed paths for messages: the first few, then a count.
-fn paths_display(paths: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut items: Vec<String> = paths.iter().take(SHOWN).map(|p| format!("{p:?}")).collect();
-    if paths.len() > SHOWN {
-        items.push(format!("… {} more", paths.len() - SHOWN));
-    }
-    format!("[{}]", items.join(", "))
-}
-
 /// The first failing filter, with the value it saw.
 fn filters(rule: &Rule, event: &Event) -> Result<(), String> {
     if let Some(sources) = &rule.sources
@@ -343,8 +385,7 @@ fn filters(rule: &Rule, event: &Event) -> Result<(), String> {
             None => return Err("repositories: the event names no repository".into()),
         }
     }
-    refs(rule, event)?;
-    paths(rule, event)
+    refs(rule, event)
 }
 
 /// Branch and tag filters, with GitHub Actions' rules for which applies.
@@ -412,51 +453,4 @@ fn check_exclude(key: &str, list: &Option<PatternList>, value: &str, label: &str
         )),
         _ => Ok(()),
     }
-}
-
-/// Path filters. As in GitHub Actions they do not apply to tag pushes.
-fn paths(rule: &Rule, event: &Event) -> Result<(), String> {
-    if rule.paths.is_none() && rule.paths_ignore.is_none() {
-        return Ok(());
-    }
-    if event.kind == kind::PUSH && event.tag.is_some() {
-        return Ok(());
-    }
-    let key = if rule.paths.is_some() {
-        "paths"
-    } else {
-        "paths_ignore"
-    };
-    let Some(paths) = &event.paths else {
-        if rule.paths_unknown == PathsUnknown::Match {
-            return Ok(());
-        }
-        let why = event
-            .paths_unknown
-            .as_deref()
-            .unwrap_or("the payload does not list them");
-        return Err(format!(
-            "{key}: changed files unknown ({why}); set paths_unknown = \"match\" to run anyway"
-        ));
-    };
-    if let Some(include) = &rule.paths
-        && !paths.iter().any(|p| include.matches(p))
-    {
-        return Err(format!(
-            "paths: {} match none of {}",
-            paths_display(paths),
-            include.display()
-        ));
-    }
-    if let Some(ignore) = &rule.paths_ignore
-        && !paths.is_empty()
-        && paths.iter().all(|p| ignore.matches(p))
-    {
-        return Err(format!(
-            "paths_ignore: every changed file {} matches {}",
-            paths_display(paths),
-            ignore.display()
-        ));
-    }
-    Ok(())
 }

@@ -218,7 +218,10 @@ async fn replay_delivery(
         let summary = intake::reevaluate(&config, app.store.as_ref(), &key, SystemTime::now()).await?;
         let queued: Vec<String> = summary.matched.iter().map(|m| m.job.clone()).collect();
         // The verdicts say why nothing was queued, when nothing was.
-        let answer = json!({ "queued": queued, "skipped": summary.skipped, "errors": summary.errors });
+        let answer = json!({
+            "queued": queued, "skipped": summary.skipped, "errors": summary.errors,
+            "deferred": summary.deferred,
+        });
         (queued, answer)
     } else {
         let queued = app

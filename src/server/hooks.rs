@@ -214,13 +214,16 @@ async fn handle(
             if matched && !app.store.wakes_on_ingest() {
                 app.wake.notify_one();
             }
+            // Rules waiting for the changed files are work to do, like a match.
+            let deferred = !fresh.deferred.is_empty();
             // Nothing matched because rules failed is not "nothing to do".
             count(
                 &name,
-                match (matched, fresh.errors.is_empty()) {
-                    (true, _) => "accepted",
-                    (false, true) => "unmatched",
-                    (false, false) => "rule_error",
+                match (matched, deferred, fresh.errors.is_empty()) {
+                    (true, _, _) => "accepted",
+                    (false, true, _) => "deferred",
+                    (false, false, true) => "unmatched",
+                    (false, false, false) => "rule_error",
                 },
             );
             info!(
@@ -229,10 +232,11 @@ async fn handle(
                 superseded = ended,
                 skipped = fresh.skipped.len(),
                 errors = fresh.errors.len(),
+                deferred = fresh.deferred.len(),
                 "delivery stored"
             );
             summary(
-                if matched {
+                if matched || deferred {
                     StatusCode::ACCEPTED
                 } else {
                     StatusCode::OK

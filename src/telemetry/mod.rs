@@ -152,7 +152,7 @@ pub fn metrics() -> &'static PrometheusHandle {
 fn describe() {
     metrics::describe_counter!(
         "hookbridge_webhooks_received_total",
-        "Webhook requests by source and outcome (accepted, unmatched, duplicate, ping, unauthorized, invalid, too_large, unknown_source, unavailable)"
+        "Webhook requests by source and outcome (accepted, deferred, unmatched, rule_error, duplicate, ping, unauthorized, invalid, too_large, unknown_source, unavailable)"
     );
     metrics::describe_counter!(
         "hookbridge_rule_matches_total",
@@ -179,6 +179,14 @@ fn describe() {
     metrics::describe_counter!(
         "hookbridge_pipeline_reads_total",
         "Reads of a followed pipeline's state from the CI, by target and outcome (final, running, failed, refused, skipped)"
+    );
+    metrics::describe_counter!(
+        "hookbridge_changed_files_reads_total",
+        "Reads of a change's files from the VCS for deferred rules, by vcs and outcome (read, cached, retry, failed)"
+    );
+    metrics::describe_counter!(
+        "hookbridge_deferred_total",
+        "Deferred rules settled or retried, by source and outcome (matched, skipped, error, retry)"
     );
     metrics::describe_histogram!(
         "hookbridge_ingest_duration_seconds",

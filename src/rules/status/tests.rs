@@ -230,6 +230,8 @@ fn explain_shows_the_status_each_match_reports_or_why_not() {
         ),
         skipped: Vec::new(),
         errors: Vec::new(),
+        deferred: Vec::new(),
+        fetched: None,
     };
     let human = crate::cli::explain::human(&explanation, 1);
     assert!(

@@ -277,6 +277,7 @@ pub(super) async fn show(
             "delivery_id": &detail.row.id,
             "status": detail.row.status,
             "summary": &detail.summary,
+            "deferrals": &detail.deferrals,
             "jobs": job_views(&config, &detail),
             "event": pretty_within(&detail.normalized, PAYLOAD_SHOWN)
                 .unwrap_or_else(|| "(the normalized event is too large to show; `deliveries show --json` prints it)".into()),

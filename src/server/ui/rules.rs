@@ -136,7 +136,7 @@ fn view(x: &Explanation) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "event": x.event, "matched": matched, "skipped": x.skipped, "errors": x.errors })
+    json!({ "event": x.event, "matched": matched, "skipped": x.skipped, "errors": x.errors, "deferred": x.deferred })
 }
 
 pub(super) async fn explain(

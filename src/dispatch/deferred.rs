@@ -1,0 +1,244 @@
+//! Deferred rules (`paths_unknown = "fetch"`): a loop beside the
+//! dispatcher's that leases the deferrals due, reads the changed files from
+//! the VCS of the delivery's source (`vcs::files`, through a bounded cache
+//! so several rules and redeliveries read a comparison once), evaluates the
+//! rule again with them and settles it: its job queued (with its group and
+//! statuses) when it matches, its verdict moved in the delivery's summary.
+//!
+//! A read that fails for now (timeout, 429, 5xx) is tried again with the
+//! rule's retry policy, as a trigger would be; when the policy gives up, or
+//! the VCS refuses (401, 403, 404), `paths_unknown_on_error` decides (skip,
+//! or match), and the reason is recorded on the deferral and in the
+//! verdict. Deferrals of one delivery are settled one after another (the
+//! later ones find the first one's read in the cache); different
+//! deliveries' run side by side.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Dispatcher;
+use super::retry::{LONGEST_WAIT, record_retrying, retry_delay};
+use crate::config::Config;
+use crate::event::{Event, is_null_sha, kind};
+use crate::rules::Files;
+use crate::store::deferral::{FilesNote, LeasedDeferral, Settled, Verdict};
+use crate::store::{DeliveryKey, StoredPayload};
+use crate::vcs::files::{self, Changes, FilesQuery, FilesRead};
+
+/// How often an idle loop looks for due deferrals.
+const IDLE: Duration = Duration::from_millis(500);
+/// Deferrals leased at once.
+const BATCH: usize = 16;
+
+/// What one settling comes to, for the store and the metrics.
+enum Step {
+    Settle(Settled),
+    Retry { at: SystemTime, error: String },
+}
+
+impl Dispatcher {
+    /// Settle deferred rules until `shutdown`.
+    pub(super) async fn deferral_loop(self, shutdown: CancellationToken) {
+        super::side::run("deferrals", IDLE, shutdown, || async {
+            let lease = self.config.load().dispatch.lease;
+            let leased = self
+                .store
+                .lease_deferrals(&self.owner, BATCH, lease, self.clock.now())
+                .await?;
+            let count = leased.len();
+            let mut by_delivery: BTreeMap<String, Vec<LeasedDeferral>> = BTreeMap::new();
+            for d in leased {
+                by_delivery.entry(d.delivery_id.clone()).or_default().push(d);
+            }
+            let this = &self;
+            let deliveries = by_delivery.into_values().map(|group| async move {
+                for d in group {
+                    let span = info_span!("deferred", delivery = %d.delivery_id, rule = %d.rule, attempt = d.attempt);
+                    this.settle_one(d).instrument(span).await;
+                }
+            });
+            futures_util::future::join_all(deliveries).await;
+            Ok(count)
+        })
+        .await;
+    }
+
+    async fn settle_one(&self, d: LeasedDeferral) {
+        let config = self.config.load_full();
+        let key = DeliveryKey {
+            id: d.delivery_id.clone(),
+            source: Some(d.source.clone()),
+        };
+        let stored = match self.store.payload(&key).await {
+            Ok(stored) => stored,
+            // The lease runs out and another read takes it up.
+            Err(e) => return warn!(error = %e, "cannot read the deferred delivery; trying again later"),
+        };
+        let step = AssertUnwindSafe(self.decide(&config, &d, &stored))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Step::Retry {
+                at: self.clock.now() + Duration::from_secs(60),
+                error: "internal error: settling the rule panicked".into(),
+            });
+        let label = match &step {
+            Step::Settle(s) => {
+                info!(outcome = s.outcome(), "deferred rule settled");
+                s.outcome()
+            }
+            Step::Retry { error, .. } => {
+                warn!(reason = %error, "cannot read the changed files; trying again");
+                "retry"
+            }
+        };
+        metrics::counter!("hookbridge_deferred_total", "source" => d.source.clone(), "outcome" => label)
+            .increment(1);
+        let write = || {
+            let d = &d;
+            let step = match &step {
+                Step::Settle(s) => Step::Settle(s.clone()),
+                Step::Retry { at, error } => Step::Retry {
+                    at: *at,
+                    error: error.clone(),
+                },
+            };
+            async move {
+                let now = self.clock.now();
+                let held = match step {
+                    Step::Settle(s) => self.store.settle_deferral(d, &self.owner, s, now).await?,
+                    Step::Retry { at, error } => {
+                        self.store.retry_deferral(d, &self.owner, at, &error, now).await?
+                    }
+                };
+                if !held {
+                    warn!("the deferral's lease was lost; another worker settles it");
+                }
+                Ok(())
+            }
+        };
+        if record_retrying("deferred rule", write).await {
+            // A matched rule's job is due: wake the dispatcher.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Read the files and decide, or say when to read again.
+    async fn decide(&self, config: &Config, d: &LeasedDeferral, stored: &StoredPayload) -> Step {
+        let event = &stored.event;
+        let settle = |files: Files, note: Option<FilesNote>, error: Option<String>, event: &Event| {
+            let verdict = crate::intake::settle_deferred(
+                config,
+                event,
+                &stored.headers,
+                &stored.payload,
+                &d.rule,
+                files,
+            );
+            Step::Settle(Settled {
+                verdict,
+                files: note,
+                error,
+            })
+        };
+        let unreadable =
+            |reason: String| settle(Files::Unreadable(reason.clone()), None, Some(reason), event);
+        let Some(rule) = config.rules.get(&d.rule) else {
+            return Step::Settle(Settled {
+                verdict: Verdict::Errored(format!("rule `{}` is no longer in the configuration", d.rule)),
+                files: None,
+                error: None,
+            });
+        };
+        let Some(api) = config.source_api(&event.source) else {
+            return unreadable(format!(
+                "source `{}` has no [sources.{}.api] in the configuration any more",
+                event.source, event.source
+            ));
+        };
+        let (Some(vcs), Some(query)) = (crate::rules::status::vcs_of(event), query(event)) else {
+            return unreadable("the event names no commit or request whose files the VCS can list".into());
+        };
+        let now = self.clock.now();
+        let read = match self.files.get(&api.url, &query, std::time::Instant::now()) {
+            Some(files) => {
+                metrics::counter!("hookbridge_changed_files_reads_total", "vcs" => vcs.as_str(), "outcome" => "cached")
+                    .increment(1);
+                FilesRead::Read(files)
+            }
+            None => {
+                // A read may take many requests: it ends well inside the lease.
+                let lease = config.dispatch.lease.min(LONGEST_WAIT);
+                let timeout = rule.retry.request_timeout.min(LONGEST_WAIT);
+                let read = files::read(&*self.transport, vcs, api, &query, timeout, now);
+                let read = match tokio::time::timeout(lease / 2, read).await {
+                    Ok(read) => read,
+                    Err(_) => FilesRead::Retry {
+                        reason: format!("reading the changed files took longer than {:?}", lease / 2),
+                        after: None,
+                    },
+                };
+                let label = match &read {
+                    FilesRead::Read(files) => {
+                        self.files.put(&api.url, &query, files, std::time::Instant::now());
+                        "read"
+                    }
+                    FilesRead::Retry { .. } => "retry",
+                    FilesRead::Failed(_) => "failed",
+                };
+                metrics::counter!("hookbridge_changed_files_reads_total", "vcs" => vcs.as_str(), "outcome" => label)
+                    .increment(1);
+                read
+            }
+        };
+        match read {
+            FilesRead::Read(files) => {
+                let note = FilesNote {
+                    from: files.from.clone(),
+                    count: u64::try_from(files.paths.len()).unwrap_or(u64::MAX),
+                };
+                let mut known = event.clone();
+                known.paths = Some(files.paths);
+                known.paths_unknown = None;
+                settle(Files::Read, Some(note), None, &known)
+            }
+            FilesRead::Retry { reason, after } if d.attempt < rule.retry.max_attempts => {
+                let delay = retry_delay(&rule.retry, d.attempt, after, (self.jitter)());
+                Step::Retry {
+                    at: now + delay,
+                    error: reason,
+                }
+            }
+            FilesRead::Retry { reason, .. } => {
+                unreadable(format!("gave up after {} reads: {reason}", d.attempt))
+            }
+            FilesRead::Failed(reason) => unreadable(reason),
+        }
+    }
+}
+
+/// What to read for `event`: a push's `before`→`after` (a new branch's
+/// from the default branch), a pull request's files by number.
+pub fn query(event: &Event) -> Option<FilesQuery> {
+    let repository = event.repository.clone()?;
+    let changes = match event.kind.as_str() {
+        kind::PUSH => {
+            let after = event.sha.clone().filter(|s| !is_null_sha(s))?;
+            let before = event
+                .before
+                .clone()
+                .filter(|b| !b.is_empty() && !is_null_sha(b) && !event.created);
+            Changes::Push { before, after }
+        }
+        kind::PULL_REQUEST => Changes::Request {
+            number: event.number?,
+            head: event.sha.clone(),
+        },
+        _ => return None,
+    };
+    Some(FilesQuery { repository, changes })
+}
