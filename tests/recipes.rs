@@ -136,3 +136,99 @@ fn every_recipe_config_has_cases() {
         }
     }
 }
+
+/// config/monorepo-services.toml: on a GitHub source with an `api`, a push
+/// to main leaves every service's rule waiting for the changed files; read
+/// from GitHub, they decide which services build, and when they cannot be
+/// read every service builds (`paths_unknown_on_error = "match"`).
+#[test]
+fn the_monorepo_recipe_builds_the_services_the_files_read_touch() {
+    use hookbridge::rules::Files;
+
+    let config_path = root().join("config/monorepo-services.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    let config = hookbridge::config::parse(&config_path, &text, LoadMode::Check)
+        .unwrap_or_else(|r| panic!("{}: {r}", config_path.display()))
+        .config;
+    let body = std::fs::read(root().join("config/tests/monorepo-services/push-main.json")).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-github-event", HeaderValue::from_static("push"));
+    let intake = hookbridge::intake::process(
+        &config,
+        &config.sources["github"],
+        &headers,
+        &body,
+        SystemTime::now(),
+        hookbridge::intake::Trust::AssumeAuthentic,
+    )
+    .unwrap();
+    let ev = &intake.evaluation;
+    assert!(
+        ev.matched.is_empty() && ev.skipped.is_empty() && ev.errors.is_empty(),
+        "{ev:?}"
+    );
+    let deferred: Vec<&str> = ev.deferred.iter().map(|d| d.rule.as_str()).collect();
+    assert_eq!(deferred, ["billing", "search", "web"]);
+    for d in &ev.deferred {
+        assert!(
+            d.reason.contains("cannot show that it lists every changed file"),
+            "{}: {}",
+            d.rule,
+            d.reason
+        );
+    }
+
+    // Each rule decided as the daemon does once the files are read.
+    let decide = |files: Files, paths: &[&str]| -> Vec<String> {
+        let mut event = intake.event.clone();
+        if files == Files::Read {
+            event.paths = Some(paths.iter().map(|p| (*p).to_owned()).collect());
+            event.paths_unknown = None;
+        }
+        let mut matched = Vec::new();
+        for rule in &deferred {
+            let e = hookbridge::intake::evaluate_deferred(
+                &config,
+                &event,
+                &intake.headers,
+                &intake.payload,
+                rule,
+                files.clone(),
+            )
+            .unwrap();
+            assert!(e.errors.is_empty() && e.deferred.is_empty(), "{rule}: {e:?}");
+            for m in &e.matched {
+                let request = config.targets[&m.target].request(&m.request).unwrap();
+                let got = serde_json::to_value(&request).unwrap();
+                assert_eq!(
+                    got["url"],
+                    "https://circleci.com/api/v2/project/gh/acme/monorepo/pipeline"
+                );
+                assert_eq!(
+                    got["body"],
+                    serde_json::json!({"branch": "main", "parameters": {"service": rule}})
+                );
+            }
+            matched.extend(e.matched.iter().map(|m| m.rule.clone()));
+        }
+        matched
+    };
+    // The payload lists billing and docs; GitHub has the whole push.
+    assert_eq!(
+        decide(
+            Files::Read,
+            &["docs/billing.md", "services/billing/src/invoice.rs"]
+        ),
+        ["billing"]
+    );
+    assert_eq!(
+        decide(Files::Read, &["libs/money/src/round.rs", "services/web/app.ts"]),
+        ["billing", "search", "web"]
+    );
+    assert_eq!(decide(Files::Read, &["docs/billing.md"]), Vec::<String>::new());
+    // Unreadable: every service builds.
+    assert_eq!(
+        decide(Files::Unreadable("HTTP 401: Bad credentials".into()), &[]),
+        ["billing", "search", "web"]
+    );
+}
