@@ -318,14 +318,28 @@ async fn a_github_push_listing_3_of_1200_files_matches_on_the_files_read_from_th
     assert_eq!(d["status"], "skipped", "{d:#}");
     assert_eq!(triggered(&ci), ["billing"]);
 
-    // The two rules of a delivery read the comparison once.
+    // The same push delivered again (another id) is answered from the cache.
+    let (status, _) = post(
+        &daemon,
+        "github",
+        &[
+            ("X-GitHub-Event", "push".into()),
+            ("X-GitHub-Delivery", "push-without-billing-again".into()),
+        ],
+        &github_push(&with_billing, &without),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let d = settled(&daemon, "github", "push-without-billing-again").await;
+    assert_eq!(verdict(&d["summary"], "billing").0, "skipped", "{d:#}");
+    // The two rules of a delivery read the comparison once; the redelivery not at all.
     let metrics = daemon.metrics().await;
     assert!(
         metrics.contains(r#"hookbridge_changed_files_reads_total{vcs="github",outcome="read"} 2"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"hookbridge_changed_files_reads_total{vcs="github",outcome="cached"} 2"#),
+        metrics.contains(r#"hookbridge_changed_files_reads_total{vcs="github",outcome="cached"} 1"#),
         "{metrics}"
     );
     // `deliveries show` says which files were read, from where.
@@ -335,6 +349,18 @@ async fn a_github_push_listing_3_of_1200_files_matches_on_the_files_read_from_th
         out.contains("files for billing: done (matched): 1201 read from GitHub compare"),
         "{out}"
     );
+    // So does the dashboard's delivery page.
+    let page = reqwest::get(format!(
+        "{}/ui/deliveries/{}",
+        daemon.admin,
+        d["id"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Changed files read from the VCS"), "{html}");
+    assert!(html.contains("from GitHub compare"), "{html}");
     v.assert_clean();
     ci.assert_clean();
     // No token in the logs.
@@ -548,6 +574,9 @@ async fn with_the_api_down_the_read_is_retried_then_skipped_or_matched_and_a_res
     v.github.fail_reads(503, 1000);
     let daemon = start(&ws, &v);
 
+    // A payload without its commits: nothing to fall back on.
+    let mut push = github_push(&base, &after);
+    push.as_object_mut().unwrap().remove("commits");
     let (status, summary) = post(
         &daemon,
         "github",
@@ -555,7 +584,7 @@ async fn with_the_api_down_the_read_is_retried_then_skipped_or_matched_and_a_res
             ("X-GitHub-Event", "push".into()),
             ("X-GitHub-Delivery", "push-api-down".into()),
         ],
-        &github_push(&base, &after),
+        &push,
     )
     .await;
     // Answered at once, the API down or not.

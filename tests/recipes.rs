@@ -179,11 +179,19 @@ fn the_monorepo_recipe_builds_the_services_the_files_read_touch() {
     }
 
     // Each rule decided as the daemon does once the files are read.
-    let decide = |files: Files, paths: &[&str]| -> Vec<String> {
+    // `paths`: the files read (or, when unreadable, what the payload
+    // lists: `None` for a payload that lists none).
+    let decide = |files: Files, paths: Option<&[&str]>| -> Vec<String> {
         let mut event = intake.event.clone();
-        if files == Files::Read {
-            event.paths = Some(paths.iter().map(|p| (*p).to_owned()).collect());
-            event.paths_unknown = None;
+        match paths {
+            Some(paths) => {
+                event.paths = Some(paths.iter().map(|p| (*p).to_owned()).collect());
+                event.paths_unknown = None;
+            }
+            None => {
+                event.paths = None;
+                event.paths_unknown = Some("the payload lists no commits".into());
+            }
         }
         let mut matched = Vec::new();
         for rule in &deferred {
@@ -217,18 +225,27 @@ fn the_monorepo_recipe_builds_the_services_the_files_read_touch() {
     assert_eq!(
         decide(
             Files::Read,
-            &["docs/billing.md", "services/billing/src/invoice.rs"]
+            Some(&["docs/billing.md", "services/billing/src/invoice.rs"])
         ),
         ["billing"]
     );
     assert_eq!(
-        decide(Files::Read, &["libs/money/src/round.rs", "services/web/app.ts"]),
+        decide(
+            Files::Read,
+            Some(&["libs/money/src/round.rs", "services/web/app.ts"])
+        ),
         ["billing", "search", "web"]
     );
-    assert_eq!(decide(Files::Read, &["docs/billing.md"]), Vec::<String>::new());
-    // Unreadable: every service builds.
     assert_eq!(
-        decide(Files::Unreadable("HTTP 401: Bad credentials".into()), &[]),
-        ["billing", "search", "web"]
+        decide(Files::Read, Some(&["docs/billing.md"])),
+        Vec::<String>::new()
     );
+    // Unreadable: the payload's list decides when it has one...
+    let unreadable = || Files::Unreadable("HTTP 401: Bad credentials".into());
+    assert_eq!(
+        decide(unreadable(), Some(&["services/billing/src/invoice.rs"])),
+        ["billing"]
+    );
+    // ...and without one, paths_unknown_on_error = "match" builds every service.
+    assert_eq!(decide(unreadable(), None), ["billing", "search", "web"]);
 }

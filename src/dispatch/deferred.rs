@@ -32,8 +32,9 @@ use crate::vcs::files::{self, Changes, FilesQuery, FilesRead};
 
 /// How often an idle loop looks for due deferrals.
 const IDLE: Duration = Duration::from_millis(500);
-/// Deferrals leased at once.
-const BATCH: usize = 16;
+/// Deferrals leased at once (each delivery's read holds up to
+/// `vcs::files::BODY_LIMIT` of answer at a time).
+const BATCH: usize = 8;
 
 /// What one settling comes to, for the store and the metrics.
 enum Step {
@@ -57,9 +58,12 @@ impl Dispatcher {
             }
             let this = &self;
             let deliveries = by_delivery.into_values().map(|group| async move {
+                // One read per delivery: its other rules take the same
+                // answer, a failure (and its Retry-After) included.
+                let mut read: Option<FilesRead> = None;
                 for d in group {
                     let span = info_span!("deferred", delivery = %d.delivery_id, rule = %d.rule, attempt = d.attempt);
-                    this.settle_one(d).instrument(span).await;
+                    this.settle_one(d, lease, &mut read).instrument(span).await;
                 }
             });
             futures_util::future::join_all(deliveries).await;
@@ -68,24 +72,44 @@ impl Dispatcher {
         .await;
     }
 
-    async fn settle_one(&self, d: LeasedDeferral) {
+    /// Settle `d` (leased for `lease`), reading the files unless `read`
+    /// already holds this delivery's answer.
+    async fn settle_one(&self, d: LeasedDeferral, lease: Duration, read: &mut Option<FilesRead>) {
         let config = self.config.load_full();
+        // However it fails, a deferral is tried no more than a rule would be.
+        let attempts = config
+            .rules
+            .get(&d.rule)
+            .map_or(config.retry.max_attempts, |r| r.retry.max_attempts);
         let key = DeliveryKey {
             id: d.delivery_id.clone(),
             source: Some(d.source.clone()),
         };
-        let stored = match self.store.payload(&key).await {
-            Ok(stored) => stored,
-            // The lease runs out and another read takes it up.
-            Err(e) => return warn!(error = %e, "cannot read the deferred delivery; trying again later"),
-        };
-        let step = AssertUnwindSafe(self.decide(&config, &d, &stored))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Step::Retry {
+        let step = match self.store.payload(&key).await {
+            Ok(stored) => AssertUnwindSafe(self.decide(&config, &d, &stored, lease, read))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Step::Retry {
+                    at: self.clock.now() + Duration::from_secs(60),
+                    error: "internal error: settling the rule panicked".into(),
+                }),
+            Err(e) if e.is_unavailable() => {
+                // The lease runs out and another read takes it up.
+                return warn!(error = %e, "cannot read the deferred delivery; trying again later");
+            }
+            Err(e) => Step::Retry {
                 at: self.clock.now() + Duration::from_secs(60),
-                error: "internal error: settling the rule panicked".into(),
-            });
+                error: format!("cannot read the stored delivery: {e}"),
+            },
+        };
+        let step = match step {
+            Step::Retry { error, .. } if d.attempt >= attempts => Step::Settle(Settled {
+                verdict: Verdict::Errored(format!("gave up after {} tries: {error}", d.attempt)),
+                files: None,
+                error: Some(error),
+            }),
+            step => step,
+        };
         let label = match &step {
             Step::Settle(s) => {
                 info!(outcome = s.outcome(), "deferred rule settled");
@@ -128,7 +152,14 @@ impl Dispatcher {
     }
 
     /// Read the files and decide, or say when to read again.
-    async fn decide(&self, config: &Config, d: &LeasedDeferral, stored: &StoredPayload) -> Step {
+    async fn decide(
+        &self,
+        config: &Config,
+        d: &LeasedDeferral,
+        stored: &StoredPayload,
+        lease: Duration,
+        memo: &mut Option<FilesRead>,
+    ) -> Step {
         let event = &stored.event;
         let settle = |files: Files, note: Option<FilesNote>, error: Option<String>, event: &Event| {
             let verdict = crate::intake::settle_deferred(
@@ -164,37 +195,44 @@ impl Dispatcher {
             return unreadable("the event names no commit or request whose files the VCS can list".into());
         };
         let now = self.clock.now();
-        let read = match self.files.get(&api.url, &query, std::time::Instant::now()) {
-            Some(files) => {
-                metrics::counter!("hookbridge_changed_files_reads_total", "vcs" => vcs.as_str(), "outcome" => "cached")
-                    .increment(1);
-                FilesRead::Read(files)
-            }
-            None => {
-                // A read may take many requests: it ends well inside the lease.
-                let lease = config.dispatch.lease.min(LONGEST_WAIT);
-                let timeout = rule.retry.request_timeout.min(LONGEST_WAIT);
-                let read = files::read(&*self.transport, vcs, api, &query, timeout, now);
-                let read = match tokio::time::timeout(lease / 2, read).await {
-                    Ok(read) => read,
-                    Err(_) => FilesRead::Retry {
-                        reason: format!("reading the changed files took longer than {:?}", lease / 2),
-                        after: None,
-                    },
-                };
-                let label = match &read {
-                    FilesRead::Read(files) => {
-                        self.files.put(&api.url, &query, files, std::time::Instant::now());
-                        "read"
-                    }
-                    FilesRead::Retry { .. } => "retry",
-                    FilesRead::Failed(_) => "failed",
-                };
-                metrics::counter!("hookbridge_changed_files_reads_total", "vcs" => vcs.as_str(), "outcome" => label)
-                    .increment(1);
-                read
-            }
+        // The cache's key names the source: another source's token may not
+        // see the same repository.
+        let cache_key = format!("{}\n{}", event.source, api.url);
+        let read = if let Some(read) = memo.clone() {
+            read
+        } else if let Some(files) = self.files.get(&cache_key, &query, std::time::Instant::now()) {
+            metrics::counter!("hookbridge_changed_files_reads_total", "vcs" => vcs.as_str(), "outcome" => "cached")
+                .increment(1);
+            FilesRead::Read(files)
+        } else {
+            // A read may take many requests: it ends well inside its lease.
+            let budget = lease.min(LONGEST_WAIT) / 2;
+            let timeout = rule.retry.request_timeout.min(LONGEST_WAIT);
+            let read = files::read(&*self.transport, vcs, api, &query, timeout, now);
+            let read = match tokio::time::timeout(budget, read).await {
+                Ok(read) => read,
+                Err(_) => FilesRead::Retry {
+                    reason: format!(
+                        "reading the changed files took longer than {} (half of [dispatch] lease)",
+                        humantime::format_duration(budget)
+                    ),
+                    after: None,
+                },
+            };
+            let label = match &read {
+                FilesRead::Read(files) => {
+                    self.files
+                        .put(&cache_key, &query, files, std::time::Instant::now());
+                    "read"
+                }
+                FilesRead::Retry { .. } => "retry",
+                FilesRead::Failed(_) => "failed",
+            };
+            metrics::counter!("hookbridge_changed_files_reads_total", "vcs" => vcs.as_str(), "outcome" => label)
+                .increment(1);
+            read
         };
+        *memo = Some(read.clone());
         match read {
             FilesRead::Read(files) => {
                 let note = FilesNote {

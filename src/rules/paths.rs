@@ -61,10 +61,16 @@ pub(super) fn check(
     if fetching && event.kind == kind::PUSH && event.deleted {
         return Err(Miss::Skip(deleted(event, key)));
     }
-    // A rule is deferred only when the payload cannot decide it: once the
-    // read gave up, its list (if any) is no better than before.
-    let (Some(paths), false) = (&event.paths, matches!(files, Files::Unreadable(_))) else {
+    let Some(paths) = &event.paths else {
         return unknown(rule, event, files, api_sources, key);
+    };
+    // A GitHub push is read even when its payload lists files: when the
+    // read gives up, the payload's list decides, as it does without an api.
+    let fallback = |reason: String| match files {
+        Files::Unreadable(why) => {
+            format!("{reason} (the payload's list: the changed files could not be read from the VCS: {why})")
+        }
+        _ => reason,
     };
     // GitHub's push payload says nothing of what it leaves out (it cuts the
     // commits at 2048 and each commit's files at 3000, and lists no commit
@@ -84,21 +90,21 @@ pub(super) fn check(
     if let Some(include) = &rule.paths
         && !paths.iter().any(|p| include.matches(p))
     {
-        return Err(Miss::Skip(format!(
+        return Err(Miss::Skip(fallback(format!(
             "paths: {} match none of {}",
             display(paths),
             include.display()
-        )));
+        ))));
     }
     if let Some(ignore) = &rule.paths_ignore
         && !paths.is_empty()
         && paths.iter().all(|p| ignore.matches(p))
     {
-        return Err(Miss::Skip(format!(
+        return Err(Miss::Skip(fallback(format!(
             "paths_ignore: every changed file {} matches {}",
             display(paths),
             ignore.display()
-        )));
+        ))));
     }
     Ok(())
 }

@@ -499,6 +499,27 @@ async fn a_reevaluation_replaces_the_unsettled_deferrals(h: Harness) {
     assert_eq!(rules(&lease(s, "w", later).await), ["docs", "web"]);
 }
 
+/// A re-evaluation that defers nothing and matches nothing (the deferred
+/// rules were removed) leaves nothing open: the delivery is skipped.
+async fn a_reevaluation_that_drops_every_deferral_leaves_the_delivery_skipped(h: Harness) {
+    let s = &h.store;
+    let t = SystemTime::now();
+    s.ingest(deferring("push-1", &["web"], 0, t)).await.unwrap();
+    assert_eq!(
+        s.get(&key("push-1")).await.unwrap().row.status,
+        DeliveryStatus::Pending
+    );
+    let mut again = deferring("push-1", &[], 0, t);
+    again.summary.deferred.clear();
+    s.add_jobs(&key("push-1"), vec![], again.summary, t + Duration::from_secs(1))
+        .await
+        .unwrap();
+    let detail = s.get(&key("push-1")).await.unwrap();
+    assert!(detail.deferrals.is_empty());
+    assert_eq!(detail.row.status, DeliveryStatus::Skipped);
+    assert!(lease(s, "w", t + Duration::from_secs(1)).await.is_empty());
+}
+
 /// Concurrent deliveries (one batch on PostgreSQL) each get their own
 /// deferrals, those that defer nothing none.
 async fn a_burst_of_ingests_stores_each_ones_deferrals(h: Harness) {
@@ -545,6 +566,7 @@ suite!(
     release_gives_deferral_leases_back,
     the_purge_keeps_a_delivery_until_its_deferrals_settle,
     a_reevaluation_replaces_the_unsettled_deferrals,
+    a_reevaluation_that_drops_every_deferral_leaves_the_delivery_skipped,
     a_burst_of_ingests_stores_each_ones_deferrals,
 );
 

@@ -180,6 +180,21 @@ fn a_deferred_rule_is_decided_on_the_files_read_or_by_paths_unknown_on_error() {
         e.skipped
     );
     assert_eq!(decide("lenient", &unknown, gone()).matched.len(), 1);
+    // A payload that lists files (a GitHub push) decides when the read gave up.
+    let mut listed = unknown.clone();
+    listed.paths = Some(vec!["web/a.js".into()]);
+    listed.paths_unknown = None;
+    let e = decide("lenient", &listed, gone());
+    assert!(
+        e.skipped[0].reason.contains("match none of")
+            && e.skipped[0]
+                .reason
+                .contains("the payload's list: the changed files could not be read"),
+        "{:?}",
+        e.skipped
+    );
+    listed.paths = Some(vec!["services/billing/a.rs".into()]);
+    assert_eq!(decide("strict", &listed, gone()).matched.len(), 1);
     // A rule removed from the config since errors, with its name.
     let e = decide("removed", &unknown, gone());
     assert!(e.errors[0].error.contains("no longer in the configuration"));

@@ -109,6 +109,17 @@ pub(super) async fn replace(
         .await
         .map_err(db)?;
     if deferred.is_empty() {
+        // With neither jobs nor deferrals left (the rules that deferred were
+        // removed, say) the status recompute finds no row: nothing is open.
+        sqlx::query(
+            "UPDATE deliveries SET status = 'skipped' WHERE id = $1 AND status = 'pending'
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE delivery_id = $1)
+             AND NOT EXISTS (SELECT 1 FROM deferrals WHERE delivery_id = $1)",
+        )
+        .bind(delivery_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
         return Ok(());
     }
     let source: String = sqlx::query_scalar("SELECT source FROM deliveries WHERE id = $1")

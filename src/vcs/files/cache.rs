@@ -4,8 +4,8 @@
 //! repository, `before` and `after`, or a request's number and head), kept
 //! for [`TTL`] (a pull request's files change with every push to it; its
 //! head is in the key when the event names it), and bounded: at most
-//! [`ENTRIES`] reads and [`PATHS`] paths in all, the least recently used
-//! going first. One per process: replicas each read once.
+//! [`ENTRIES`] reads and [`BYTES`] bytes of paths in all, the least
+//! recently used going first. One per process: replicas each read once.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,8 +16,8 @@ use super::{ChangedFiles, FilesQuery};
 
 /// The most reads kept.
 pub const ENTRIES: usize = 256;
-/// The most paths kept, over every read.
-pub const PATHS: usize = 200_000;
+/// The most bytes of paths kept, over every read.
+pub const BYTES: usize = 64 * 1024 * 1024;
 /// How long a read is kept.
 pub const TTL: Duration = Duration::from_secs(600);
 
@@ -30,7 +30,13 @@ pub struct FilesCache {
 
 struct Inner {
     reads: LruCache<Key, (Instant, ChangedFiles)>,
-    paths: usize,
+    /// Bytes of paths kept.
+    bytes: usize,
+}
+
+/// What a read weighs in the cache.
+fn weight(files: &ChangedFiles) -> usize {
+    files.paths.iter().map(String::len).fold(0, usize::saturating_add)
 }
 
 impl Default for FilesCache {
@@ -38,7 +44,7 @@ impl Default for FilesCache {
         FilesCache {
             inner: Mutex::new(Inner {
                 reads: LruCache::new(ENTRIES),
-                paths: 0,
+                bytes: 0,
             }),
         }
     }
@@ -55,28 +61,29 @@ impl FilesCache {
             None => return None,
         };
         if !fresh && let Some((_, old)) = inner.reads.remove(&key) {
-            inner.paths = inner.paths.saturating_sub(old.paths.len());
+            inner.bytes = inner.bytes.saturating_sub(weight(&old));
         }
         None
     }
 
-    /// Keep `files`, read at `now`; a read larger than [`PATHS`] is not kept.
+    /// Keep `files`, read at `now`; a read larger than [`BYTES`] is not kept.
     pub fn put(&self, api_url: &str, query: &FilesQuery, files: &ChangedFiles, now: Instant) {
-        if files.paths.len() > PATHS {
+        let weight = weight(files);
+        if weight > BYTES {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let key = (api_url.to_owned(), query.clone());
         if let Some((_, old)) = inner.reads.remove(&key) {
-            inner.paths = inner.paths.saturating_sub(old.paths.len());
+            inner.bytes = inner.bytes.saturating_sub(self::weight(&old));
         }
-        while inner.paths.saturating_add(files.paths.len()) > PATHS || inner.reads.len() >= ENTRIES {
+        while inner.bytes.saturating_add(weight) > BYTES || inner.reads.len() >= ENTRIES {
             match inner.reads.remove_lru() {
-                Some((_, (_, old))) => inner.paths = inner.paths.saturating_sub(old.paths.len()),
+                Some((_, (_, old))) => inner.bytes = inner.bytes.saturating_sub(self::weight(&old)),
                 None => break,
             }
         }
-        inner.paths = inner.paths.saturating_add(files.paths.len());
+        inner.bytes = inner.bytes.saturating_add(weight);
         inner.reads.insert(key, (now, files.clone()));
     }
 
@@ -106,9 +113,10 @@ mod tests {
         }
     }
 
+    /// `n` paths of 8 bytes each.
     fn files(n: usize) -> ChangedFiles {
         ChangedFiles {
-            paths: (0..n).map(|i| format!("f{i}")).collect(),
+            paths: (0..n).map(|i| format!("f{i:07}")).collect(),
             from: "test".into(),
             requests: 1,
         }
@@ -152,13 +160,13 @@ mod tests {
         // The least recently used went first.
         assert!(cache.get("u", &query("0"), t0).is_none());
         assert!(cache.get("u", &query(&(ENTRIES + 9).to_string()), t0).is_some());
-        // Two reads of more than half the paths cannot both stay.
-        cache.put("u", &query("big1"), &files(PATHS / 2 + 1), t0);
-        cache.put("u", &query("big2"), &files(PATHS / 2 + 1), t0);
+        // Two reads of more than half the bytes cannot both stay.
+        cache.put("u", &query("big1"), &files(BYTES / 16 + 1), t0);
+        cache.put("u", &query("big2"), &files(BYTES / 16 + 1), t0);
         assert!(cache.get("u", &query("big1"), t0).is_none());
         assert!(cache.get("u", &query("big2"), t0).is_some());
         // Larger than the whole cache: not kept.
-        cache.put("u", &query("huge"), &files(PATHS + 1), t0);
+        cache.put("u", &query("huge"), &files(BYTES / 8 + 1), t0);
         assert!(cache.get("u", &query("huge"), t0).is_none());
     }
 }

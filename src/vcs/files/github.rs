@@ -100,14 +100,21 @@ async fn push(r: &mut Reader<'_>, root: &str, before: Option<&str>, after: &str)
     let from = format!("GitHub compare {shown_base}...{}", short(after));
     let url = format!("{root}/compare/{base}...{after}?per_page={PER_PAGE}");
     let (headers, first): (_, Comparison) = r.json(url).await?;
+    // `files` is optional in GitHub's description: a comparison of commits
+    // without it says nothing of their files, unlike an empty list.
+    let cut = first.files.is_none() && first.total_commits > 0;
     let listed = first.files.unwrap_or_default();
     let mut paths = Paths::default();
     add_all(&mut paths, &listed)?;
-    if listed.len() < COMPARE_LIMIT {
+    if listed.len() < COMPARE_LIMIT && !cut {
         return Ok((paths, from));
     }
-    // At the limit the list may be cut: read each commit of the comparison.
-    if first.total_commits > u64::from(MAX_REQUESTS) {
+    // At the limit the list may be cut: read each commit of the comparison,
+    // which takes the compare's pages of commits and a request per commit.
+    let needed = first
+        .total_commits
+        .saturating_add(first.total_commits.div_ceil(u64::from(PER_PAGE)));
+    if needed.saturating_add(u64::from(r.requests)) > u64::from(MAX_REQUESTS) {
         return Err(Stop::Failed(format!(
             "the push has {} commits and more than GitHub's {COMPARE_LIMIT} files in one compare; \
              reading each commit would take more than {MAX_REQUESTS} requests",

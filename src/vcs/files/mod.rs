@@ -44,8 +44,12 @@ pub mod gitlab;
 pub const MAX_REQUESTS: u32 = 300;
 /// The most paths one read collects.
 pub const MAX_FILES: usize = 100_000;
+/// The longest path taken (Linux's `PATH_MAX`); a longer one is no file.
+pub const MAX_PATH: usize = 4096;
+/// The most bytes of paths one read collects.
+pub const MAX_PATH_BYTES: usize = 32 * 1024 * 1024;
 /// The most bytes read of one answer (a page of files with their patches).
-pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
+pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// What changed: a push, or a pull/merge request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,37 +136,47 @@ pub enum Stop {
     Failed(String),
 }
 
-/// The paths collected so far: sorted, unique, bounded by [`MAX_FILES`].
+/// The paths collected so far: sorted, unique, bounded by [`MAX_FILES`]
+/// paths of at most [`MAX_PATH`] bytes, [`MAX_PATH_BYTES`] in all.
 #[derive(Debug, Default)]
-pub struct Paths(BTreeSet<String>);
+pub struct Paths {
+    paths: BTreeSet<String>,
+    bytes: usize,
+}
 
 impl Paths {
     /// Add one path (an empty one is ignored).
     pub fn add(&mut self, path: &str) -> Result<(), Stop> {
-        if path.is_empty() {
+        if path.is_empty() || self.paths.contains(path) {
             return Ok(());
         }
-        if !self.0.contains(path) {
-            if self.0.len() >= MAX_FILES {
-                return Err(Stop::Failed(format!(
-                    "the change touches more than {MAX_FILES} files"
-                )));
-            }
-            self.0.insert(path.to_owned());
+        if path.len() > MAX_PATH {
+            return Err(Stop::Failed(format!(
+                "the VCS lists a path of {} bytes, longer than {MAX_PATH}",
+                path.len()
+            )));
         }
+        if self.paths.len() >= MAX_FILES || self.bytes.saturating_add(path.len()) > MAX_PATH_BYTES {
+            return Err(Stop::Failed(format!(
+                "the change touches more than {MAX_FILES} files (or {} MiB of paths)",
+                MAX_PATH_BYTES / (1024 * 1024)
+            )));
+        }
+        self.bytes = self.bytes.saturating_add(path.len());
+        self.paths.insert(path.to_owned());
         Ok(())
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.paths.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.paths.is_empty()
     }
 
     fn into_iter(self) -> impl Iterator<Item = String> {
-        self.0.into_iter()
+        self.paths.into_iter()
     }
 }
 
