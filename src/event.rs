@@ -177,6 +177,16 @@ impl Event {
         "pipeline",
     ];
 
+    /// This event with its changed files known (read from the VCS): what a
+    /// deferred rule is decided on, and what its trigger sees.
+    pub fn with_paths(&self, paths: Vec<String>) -> Event {
+        Event {
+            paths: Some(paths),
+            paths_unknown: None,
+            ..self.clone()
+        }
+    }
+
     /// An event with only the identifying fields set; providers fill in the rest.
     pub fn new(source: &str, provider: Provider, name: &str, kind: &str, delivery: String) -> Self {
         Event {

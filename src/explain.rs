@@ -68,16 +68,16 @@ pub async fn fetch(config: &Config, source: &Source, x: &mut Explanation, body: 
     let read = match (
         config.source_api(name),
         crate::rules::status::vcs_of(&x.event),
-        crate::dispatch::files_query(&x.event),
+        crate::vcs::files::FilesQuery::of(&x.event),
     ) {
         // `explain` loads the config without the daemon's environment
         // checks: an unset variable leaves the token empty.
-        (Some(api), Some(_), Some(_)) if api.token.expose().is_empty() => {
+        (Some(api), Some(_), Ok(_)) if api.token.expose().is_empty() => {
             crate::vcs::files::FilesRead::Failed(format!(
                 "the token of [sources.{name}.api] is empty: set it (its variable or file) as for the daemon"
             ))
         }
-        (Some(api), Some(vcs), Some(query)) => {
+        (Some(api), Some(vcs), Ok(query)) => {
             let transport = crate::target::client::Http::new();
             let timeout = config.retry.request_timeout;
             crate::vcs::files::read(
@@ -90,9 +90,8 @@ pub async fn fetch(config: &Config, source: &Source, x: &mut Explanation, body: 
             )
             .await
         }
-        _ => crate::vcs::files::FilesRead::Failed(format!(
-            "source `{name}` has no api, or the event names nothing to read"
-        )),
+        (_, _, Err(why)) => crate::vcs::files::FilesRead::Failed(why),
+        _ => crate::vcs::files::FilesRead::Failed(format!("source `{name}` has no api to read them with")),
     };
     let mut event = x.event.clone();
     let files = match read {
@@ -104,8 +103,7 @@ pub async fn fetch(config: &Config, source: &Source, x: &mut Explanation, body: 
                 read.requests,
                 if read.requests == 1 { "" } else { "s" }
             ));
-            event.paths = Some(read.paths);
-            event.paths_unknown = None;
+            event = event.with_paths(read.paths);
             Files::Read
         }
         crate::vcs::files::FilesRead::Retry { reason, .. } | crate::vcs::files::FilesRead::Failed(reason) => {

@@ -24,11 +24,11 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Dispatcher;
 use super::retry::{LONGEST_WAIT, record_retrying, retry_delay};
 use crate::config::Config;
-use crate::event::{Event, is_null_sha, kind};
+use crate::event::Event;
 use crate::rules::Files;
 use crate::store::deferral::{FilesNote, LeasedDeferral, Settled, Verdict};
 use crate::store::{DeliveryKey, StoredPayload};
-use crate::vcs::files::{self, Changes, FilesQuery, FilesRead};
+use crate::vcs::files::{self, FilesQuery, FilesRead};
 
 /// How often an idle loop looks for due deferrals.
 const IDLE: Duration = Duration::from_millis(500);
@@ -191,8 +191,15 @@ impl Dispatcher {
                 event.source, event.source
             ));
         };
-        let (Some(vcs), Some(query)) = (crate::rules::status::vcs_of(event), query(event)) else {
-            return unreadable("the event names no commit or request whose files the VCS can list".into());
+        let query = match FilesQuery::of(event) {
+            Ok(query) => query,
+            Err(why) => return unreadable(why),
+        };
+        let Some(vcs) = crate::rules::status::vcs_of(event) else {
+            return unreadable(format!(
+                "{} events have no VCS to read from",
+                event.provider.as_str()
+            ));
         };
         let now = self.clock.now();
         // The cache's key names the source: another source's token may not
@@ -239,10 +246,7 @@ impl Dispatcher {
                     from: files.from.clone(),
                     count: u64::try_from(files.paths.len()).unwrap_or(u64::MAX),
                 };
-                let mut known = event.clone();
-                known.paths = Some(files.paths);
-                known.paths_unknown = None;
-                settle(Files::Read, Some(note), None, &known)
+                settle(Files::Read, Some(note), None, &event.with_paths(files.paths))
             }
             FilesRead::Retry { reason, after } if d.attempt < rule.retry.max_attempts => {
                 let delay = retry_delay(&rule.retry, d.attempt, after, (self.jitter)());
@@ -257,26 +261,4 @@ impl Dispatcher {
             FilesRead::Failed(reason) => unreadable(reason),
         }
     }
-}
-
-/// What to read for `event`: a push's `before`→`after` (a new branch's
-/// from the default branch), a pull request's files by number.
-pub fn query(event: &Event) -> Option<FilesQuery> {
-    let repository = event.repository.clone()?;
-    let changes = match event.kind.as_str() {
-        kind::PUSH => {
-            let after = event.sha.clone().filter(|s| !is_null_sha(s))?;
-            let before = event
-                .before
-                .clone()
-                .filter(|b| !b.is_empty() && !is_null_sha(b) && !event.created);
-            Changes::Push { before, after }
-        }
-        kind::PULL_REQUEST => Changes::Request {
-            number: event.number?,
-            head: event.sha.clone(),
-        },
-        _ => return None,
-    };
-    Some(FilesQuery { repository, changes })
 }

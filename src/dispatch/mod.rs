@@ -45,7 +45,6 @@ mod span;
 mod status;
 
 pub use attempt::gave_up;
-pub use deferred::query as files_query;
 pub use purge::purge_loop;
 pub use retry::{LONGEST_WAIT, backoff, backoff_base, retry_delay, transition};
 

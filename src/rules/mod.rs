@@ -26,7 +26,6 @@ use crate::store::status::StatusSpec;
 use crate::target::{TriggerRequest, TriggerTemplate};
 use crate::template::{Condition, TemplateValue, Templates};
 use filter::PatternList;
-pub use paths::readable;
 
 /// One compiled rule.
 #[derive(Debug)]

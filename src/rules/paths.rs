@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use super::Rule;
 use crate::event::{Event, kind};
+use crate::vcs::files::FilesQuery;
 
 /// What a rule does when a push's changed files are not known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub(super) fn check(
         return Err(Miss::Skip(deleted(event, key)));
     }
     let Some(paths) = &event.paths else {
-        return unknown(rule, event, files, api_sources, key);
+        return unknown(rule, event, files, fetching, key);
     };
     // A GitHub push is read even when its payload lists files: when the
     // read gives up, the payload's list decides, as it does without an api.
@@ -81,7 +82,7 @@ pub(super) fn check(
         && event.provider == crate::event::Provider::Github
         && event.kind == kind::PUSH
         && !event.deleted
-        && readable(event).is_ok()
+        && FilesQuery::of(event).is_ok()
     {
         return Err(Miss::Defer(format!(
             "{key}: a GitHub push payload cannot show that it lists every changed file; reading them from the VCS"
@@ -113,13 +114,7 @@ pub(super) fn check(
 mod tests;
 
 /// The verdict when the payload does not list the changed files.
-fn unknown(
-    rule: &Rule,
-    event: &Event,
-    files: &Files,
-    api_sources: &BTreeSet<String>,
-    key: &str,
-) -> Result<(), Miss> {
+fn unknown(rule: &Rule, event: &Event, files: &Files, fetching: bool, key: &str) -> Result<(), Miss> {
     let why = event
         .paths_unknown
         .as_deref()
@@ -133,11 +128,10 @@ fn unknown(
             ))),
         };
     }
-    let fetching = rule.paths_unknown == PathsUnknown::Fetch && api_sources.contains(&event.source);
     match rule.paths_unknown {
         PathsUnknown::Match => Ok(()),
-        PathsUnknown::Fetch if fetching => match readable(event) {
-            Ok(()) => Err(Miss::Defer(format!(
+        PathsUnknown::Fetch if fetching => match FilesQuery::of(event) {
+            Ok(_) => Err(Miss::Defer(format!(
                 "{key}: changed files unknown ({why}); reading them from the VCS"
             ))),
             Err(cannot) => Err(Miss::Skip(format!(
@@ -159,30 +153,6 @@ fn deleted(event: &Event, key: &str) -> String {
             .as_deref()
             .map_or("its ref".to_owned(), |b| format!("branch {b:?}"))
     )
-}
-
-/// Whether the VCS can say which files `event` changed: a push names its
-/// commit, a pull request its number, and both their repository.
-pub fn readable(event: &Event) -> Result<(), String> {
-    if event.repository.is_none() {
-        return Err("the event names no repository to read them from".into());
-    }
-    match event.kind.as_str() {
-        kind::PUSH
-            if event
-                .sha
-                .as_deref()
-                .is_some_and(|s| !crate::event::is_null_sha(s)) =>
-        {
-            Ok(())
-        }
-        kind::PUSH => Err("the push names no commit to read them from".into()),
-        kind::PULL_REQUEST if event.number.is_some() => Ok(()),
-        kind::PULL_REQUEST => Err("the pull request has no number to read them by".into()),
-        other => Err(format!(
-            "the files of `{other}` events cannot be read (only pushes' and pull requests')"
-        )),
-    }
 }
 
 /// Changed paths for messages: the first few, then a count.

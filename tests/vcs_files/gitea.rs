@@ -5,75 +5,23 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hookbridge::config::secret::Secret;
 use hookbridge::store::status::Vcs;
-use hookbridge::target::client::Http;
 use hookbridge::vcs::Api;
-use hookbridge::vcs::files::{ChangedFiles, Changes, FilesQuery, FilesRead};
+use hookbridge::vcs::files::FilesRead;
 use serde_json::json;
 
 use crate::support::vcs::files::{FileChange, History};
 use crate::support::vcs::{TOKENS, VcsStandIn};
+use crate::{REPO, failed, files, no_problems, pull, push, read, read_with};
 
-const REPO: &str = "acme/monorepo";
 /// What the stand-in reads in a commit's message as "the compare lists
 /// this commit without its files" (`support::vcs::files::gitea`).
 const FILES_UNLISTED: &str = "[files unlisted]";
 
 const FORKS: [(Vcs, &str); 2] = [(Vcs::Gitea, "Gitea"), (Vcs::Forgejo, "Forgejo")];
-
-async fn read_with(vcs: Vcs, api: &Api, query: &FilesQuery) -> FilesRead {
-    hookbridge::vcs::files::read(
-        &Http::new(),
-        vcs,
-        api,
-        query,
-        Duration::from_secs(20),
-        SystemTime::now(),
-    )
-    .await
-}
-
-async fn read(vcs: &VcsStandIn, query: &FilesQuery) -> FilesRead {
-    read_with(vcs.vcs(), &vcs.api(), query).await
-}
-
-fn push(before: Option<&str>, after: &str) -> FilesQuery {
-    FilesQuery {
-        repository: REPO.into(),
-        changes: Changes::Push {
-            before: before.map(str::to_owned),
-            after: after.into(),
-        },
-    }
-}
-
-fn pull(number: u64) -> FilesQuery {
-    FilesQuery {
-        repository: REPO.into(),
-        changes: Changes::Request { number, head: None },
-    }
-}
-
-fn files(read: FilesRead) -> ChangedFiles {
-    match read {
-        FilesRead::Read(files) => files,
-        other => panic!("expected files, got {other:?}"),
-    }
-}
-
-fn failed(read: FilesRead) -> String {
-    match read {
-        FilesRead::Failed(reason) => reason,
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
-
-fn no_problems(vcs: &VcsStandIn) {
-    assert!(vcs.problems().is_empty(), "{:#?}", vcs.problems());
-}
 
 /// A base commit, then five commits with additions, changes, a rename and
 /// a removal.

@@ -4,71 +4,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hookbridge::config::secret::Secret;
 use hookbridge::store::status::Vcs;
-use hookbridge::target::client::Http;
 use hookbridge::vcs::Api;
-use hookbridge::vcs::files::{ChangedFiles, Changes, FilesQuery, FilesRead};
+use hookbridge::vcs::files::{FilesQuery, FilesRead};
 use serde_json::json;
 
 use crate::support::vcs::files::{FileChange, History};
 use crate::support::vcs::{TOKENS, VcsStandIn};
+use crate::{REPO, failed, files, no_problems, pull, push, read, read_with};
 
-const REPO: &str = "acme/monorepo";
 const BILLING: &str = "services/billing/src/invoice.rs";
-
-async fn read_with(api: &Api, query: &FilesQuery) -> FilesRead {
-    hookbridge::vcs::files::read(
-        &Http::new(),
-        Vcs::Github,
-        api,
-        query,
-        Duration::from_secs(20),
-        SystemTime::now(),
-    )
-    .await
-}
-
-async fn read(vcs: &VcsStandIn, query: &FilesQuery) -> FilesRead {
-    read_with(&vcs.api(), query).await
-}
-
-fn push(before: Option<&str>, after: &str) -> FilesQuery {
-    FilesQuery {
-        repository: REPO.into(),
-        changes: Changes::Push {
-            before: before.map(str::to_owned),
-            after: after.into(),
-        },
-    }
-}
-
-fn pull(number: u64) -> FilesQuery {
-    FilesQuery {
-        repository: REPO.into(),
-        changes: Changes::Request { number, head: None },
-    }
-}
-
-fn files(read: FilesRead) -> ChangedFiles {
-    match read {
-        FilesRead::Read(files) => files,
-        other => panic!("expected files, got {other:?}"),
-    }
-}
-
-fn failed(read: FilesRead) -> String {
-    match read {
-        FilesRead::Failed(reason) => reason,
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
-
-fn no_problems(vcs: &VcsStandIn) {
-    assert!(vcs.problems().is_empty(), "{:#?}", vcs.problems());
-}
 
 /// A base commit, then 12 commits of 100 new files each: 1,200 files, four
 /// times what one compare lists. With `billing`, the last commit's last
@@ -313,7 +261,7 @@ async fn errors_are_retried_or_fail_and_no_reason_carries_the_token() {
         token: Secret::new(wrong),
         ..vcs.api()
     };
-    let reason = failed(read_with(&api, &query).await);
+    let reason = failed(read_with(Vcs::Github, &api, &query).await);
     assert!(
         reason.contains("401") && reason.contains("Bad credentials"),
         "{reason}"
@@ -413,12 +361,12 @@ async fn a_next_link_away_from_the_api_is_not_followed() {
             token: Secret::new(TOKENS[0]),
             user: None,
         };
-        let reason = failed(read_with(&api, &pull(7)).await);
+        let reason = failed(read_with(Vcs::Github, &api, &pull(7)).await);
         assert!(reason.contains("is not under the API's URL"), "{reason}");
         assert!(reason.contains("not followed"), "{reason}");
         assert_eq!(count.load(Ordering::SeqCst), 1);
         let before = "c".repeat(40);
-        let reason = failed(read_with(&api, &push(Some(&before), &"d".repeat(40))).await);
+        let reason = failed(read_with(Vcs::Github, &api, &push(Some(&before), &"d".repeat(40))).await);
         assert!(reason.contains("not followed"), "{reason}");
         assert_eq!(count.load(Ordering::SeqCst), 2);
     }

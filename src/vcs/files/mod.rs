@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 
 use super::Api;
+use crate::event::{Event, is_null_sha, kind};
 use crate::store::status::Vcs;
 use crate::target::client::{SendError, Transport};
 use crate::target::redact::Redactor;
@@ -69,6 +70,44 @@ pub enum Changes {
 pub struct FilesQuery {
     pub repository: String,
     pub changes: Changes,
+}
+
+impl FilesQuery {
+    /// What to read for `event`: a push's `before`→`after` (a new branch's
+    /// from the default branch), a pull request's files by number; or why
+    /// the VCS cannot say which files it changed.
+    pub fn of(event: &Event) -> Result<FilesQuery, String> {
+        let repository = event
+            .repository
+            .clone()
+            .ok_or("the event names no repository to read them from")?;
+        let changes = match event.kind.as_str() {
+            kind::PUSH => {
+                let after = event
+                    .sha
+                    .clone()
+                    .filter(|s| !is_null_sha(s))
+                    .ok_or("the push names no commit to read them from")?;
+                let before = event
+                    .before
+                    .clone()
+                    .filter(|b| !b.is_empty() && !is_null_sha(b) && !event.created);
+                Changes::Push { before, after }
+            }
+            kind::PULL_REQUEST => Changes::Request {
+                number: event
+                    .number
+                    .ok_or("the pull request has no number to read them by")?,
+                head: event.sha.clone(),
+            },
+            other => {
+                return Err(format!(
+                    "the files of `{other}` events cannot be read (only pushes' and pull requests')"
+                ));
+            }
+        };
+        Ok(FilesQuery { repository, changes })
+    }
 }
 
 /// The files a change touched.
